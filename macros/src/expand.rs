@@ -1,0 +1,85 @@
+//! Generate the entry's marker type, its `Entry` impl and its registration.
+
+use crate::parse::Parsed;
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{FnArg, ReturnType};
+
+/// On error: the error, plus the item unchanged so that callers of the fn do
+/// not add a cascade of "cannot find function" errors.
+pub(crate) fn failed(err: syn::Error, item: TokenStream) -> TokenStream {
+    let err = err.to_compile_error();
+    quote! { #err #item }
+}
+
+pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
+    let func = &parsed.func;
+    let vis = &func.vis;
+    let ident = &func.sig.ident;
+    let name = ident.to_string();
+    let name = name.strip_prefix("r#").unwrap_or(&name);
+
+    let tys: Vec<_> = func
+        .sig
+        .inputs
+        .iter()
+        .filter_map(|arg| match arg {
+            FnArg::Typed(arg) => Some(&*arg.ty),
+            FnArg::Receiver(_) => None,
+        })
+        .collect();
+    let vars: Vec<_> = (0..tys.len())
+        .map(|i| format_ident!("__multiproc_arg{}", i, span = Span::mixed_site()))
+        .collect();
+    let args_ty = quote_spanned! {func.sig.inputs.span()=> (#(#tys,)*) };
+    let output_ty = match &func.sig.output {
+        ReturnType::Default => quote! { () },
+        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
+    };
+    let private = quote! { ::multiproc::__private };
+
+    quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_camel_case_types)]
+        #vis struct #ident {}
+
+        const _: () = {
+            impl ::core::clone::Clone for #ident {
+                #[inline]
+                fn clone(&self) -> Self {
+                    *self
+                }
+            }
+            impl ::core::marker::Copy for #ident {}
+
+            impl #ident {
+                #[doc(hidden)]
+                #[inline]
+                #[allow(clippy::unused_unit)]
+                #vis fn __multiproc_args(self, #(#vars: #tys),*) -> #args_ty {
+                    (#(#vars,)*)
+                }
+            }
+
+            impl #private::Entry for #ident {
+                type Args = #args_ty;
+                type Output = #output_ty;
+                const NAME: &'static str =
+                    ::core::concat!(::core::module_path!(), "::", #name);
+
+                #[allow(clippy::unused_unit)]
+                fn call(args: Self::Args) -> Self::Output {
+                    let (#(#vars,)*) = args;
+                    #ident(#(#vars),*)
+                }
+            }
+
+            #private::inventory::submit! {
+                #private::EntryRecord::new::<#ident>(::core::file!(), ::core::line!())
+            }
+        };
+    }
+}

@@ -1,0 +1,111 @@
+//! Reject the functions that cannot be entries, pointing at the offending token.
+
+use crate::parse::Parsed;
+use syn::spanned::Spanned;
+use syn::visit::Visit;
+use syn::{FnArg, ReturnType, Safety, Type};
+
+pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
+    let sig = &parsed.func.sig;
+    if let Some(token) = &sig.asyncness {
+        return Err(syn::Error::new_spanned(
+            token,
+            "#[process_entry] cannot be an `async fn`: a child process runs the entry synchronously; \
+             start a runtime inside a regular fn instead",
+        ));
+    }
+    if let Some(token) = &sig.constness {
+        return Err(syn::Error::new_spanned(
+            token,
+            "#[process_entry] cannot be a `const fn`",
+        ));
+    }
+    if let Safety::Unsafe(token) = &sig.safety {
+        return Err(syn::Error::new_spanned(
+            token,
+            "#[process_entry] cannot be an `unsafe fn`: wrap the unsafe call in a safe fn",
+        ));
+    }
+    if let Some(abi) = &sig.abi {
+        return Err(syn::Error::new_spanned(
+            abi,
+            "#[process_entry] cannot have an explicit ABI",
+        ));
+    }
+    if let Some(variadic) = &sig.variadic {
+        return Err(syn::Error::new_spanned(
+            variadic,
+            "#[process_entry] cannot be variadic",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(
+            &sig.generics.params,
+            "#[process_entry] cannot be generic: the child looks the entry up by name, \
+             so its argument and return types must be concrete",
+        ));
+    }
+    if let Some(clause) = &sig.generics.where_clause {
+        return Err(syn::Error::new_spanned(
+            clause,
+            "#[process_entry] cannot have a where clause",
+        ));
+    }
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(receiver) => {
+                return Err(syn::Error::new_spanned(
+                    receiver,
+                    "#[process_entry] must be a free fn, not a method taking `self`",
+                ));
+            }
+            FnArg::Typed(arg) => check_owned(&arg.ty, "argument")?,
+        }
+    }
+    if let ReturnType::Type(_, ty) = &sig.output {
+        check_owned(ty, "return type")?;
+    }
+    Ok(())
+}
+
+/// Arguments and results cross a process boundary, so they must be owned.
+fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
+    let mut finder = BorrowFinder { found: None };
+    finder.visit_type(ty);
+    match finder.found {
+        None => Ok(()),
+        Some((span, kind)) => Err(syn::Error::new(
+            span,
+            format!(
+                "#[process_entry] {what} cannot {kind}: values are copied into another process, \
+                 so use an owned type (`String` for `&str`, `Vec<T>` for `&[T]`)"
+            ),
+        )),
+    }
+}
+
+struct BorrowFinder {
+    found: Option<(proc_macro2::Span, &'static str)>,
+}
+
+impl<'ast> Visit<'ast> for BorrowFinder {
+    fn visit_type(&mut self, ty: &'ast Type) {
+        if self.found.is_some() {
+            return;
+        }
+        match ty {
+            Type::Reference(_) => self.found = Some((ty.span(), "be a reference")),
+            Type::Ptr(_) => self.found = Some((ty.span(), "be a raw pointer")),
+            Type::ImplTrait(_) => self.found = Some((ty.span(), "be `impl Trait`")),
+            Type::TraitObject(_) => self.found = Some((ty.span(), "be a trait object")),
+            Type::Infer(_) => self.found = Some((ty.span(), "be inferred (`_`)")),
+            _ => syn::visit::visit_type(self, ty),
+        }
+    }
+
+    fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
+        if self.found.is_none() && lifetime.ident != "static" {
+            self.found = Some((lifetime.span(), "borrow (it names a lifetime)"));
+        }
+    }
+}

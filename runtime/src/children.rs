@@ -1,0 +1,274 @@
+//! Who reaps whom: the table of live children, the orphan reaper, and the
+//! wait for unjoined children at exit.
+//!
+//! A child is reaped exactly once, under its `status` lock, by whichever of
+//! these gets there first: its `JoinHandle`, the orphan reaper (after the
+//! handle was dropped), [`active_children`](crate::active_children), or the
+//! exit hook. Waiting for the exit happens on the pidfd *outside* that lock,
+//! so no lock is ever held across a blocking wait.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ExitStatus {
+    /// As Python's `exitcode`: the code, or `-N` for signal `N`.
+    pub(crate) fn exitcode(self) -> i32 {
+        match self {
+            ExitStatus::Code(code) => code,
+            ExitStatus::Signal(sig) => -sig,
+        }
+    }
+}
+
+/// One child process of this process.
+#[derive(Debug)]
+pub(crate) struct Child {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    pub(crate) daemon: bool,
+    pidfd: Option<OwnedFd>,
+    status: Mutex<Option<ExitStatus>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether this kernel has pidfds (Linux 5.3+); checked once.
+fn pidfd_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        if std::env::var_os("MULTIPROC_NO_PIDFD").is_some() {
+            return false;
+        }
+        let me = rustix::process::getpid();
+        rustix::process::pidfd_open(me, rustix::process::PidfdFlags::empty()).is_ok()
+    })
+}
+
+impl Child {
+    /// Starts tracking a just-spawned child.
+    pub(crate) fn track(pid: u32, name: String, daemon: bool) -> Arc<Child> {
+        let pidfd = Pid::from_raw(pid as i32)
+            .filter(|_| pidfd_supported())
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+        let child = Arc::new(Child {
+            pid,
+            name,
+            daemon,
+            pidfd,
+            status: Mutex::new(None),
+        });
+        lock(&TABLE).push(child.clone());
+        register_exit_hook();
+        child
+    }
+
+    /// The exit status if the child has ended (reaping it), `None` while it runs.
+    pub(crate) fn try_reap(&self) -> io::Result<Option<ExitStatus>> {
+        let mut status = lock(&self.status);
+        if let Some(status) = *status {
+            return Ok(Some(status));
+        }
+        let reaped = match &self.pidfd {
+            Some(fd) => rustix::process::waitid(
+                WaitId::PidFd(fd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            )?
+            .and_then(|st| {
+                if let Some(code) = st.exit_status() {
+                    Some(ExitStatus::Code(code))
+                } else {
+                    st.terminating_signal().map(ExitStatus::Signal)
+                }
+            }),
+            None => {
+                let pid =
+                    Pid::from_raw(self.pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
+                rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)?.and_then(|(_, st)| {
+                    if let Some(code) = st.exit_status() {
+                        Some(ExitStatus::Code(code))
+                    } else {
+                        st.terminating_signal().map(ExitStatus::Signal)
+                    }
+                })
+            }
+        };
+        if reaped.is_some() {
+            *status = reaped;
+            drop(status);
+            forget(self);
+        }
+        Ok(reaped)
+    }
+
+    /// Waits until the child ends or the deadline passes; reaps it.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
+        let mut backoff = Duration::from_micros(200);
+        loop {
+            if let Some(status) = self.try_reap()? {
+                return Ok(Some(status));
+            }
+            let remaining = match deadline {
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(None);
+                    }
+                    Some(deadline - now)
+                }
+                None => None,
+            };
+            match &self.pidfd {
+                Some(fd) => {
+                    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+                    crate::poll::poll(&mut fds, remaining)?;
+                }
+                None => {
+                    // No pidfd on this kernel: poll the pid with a growing sleep.
+                    let nap = remaining.map_or(backoff, |r| r.min(backoff));
+                    std::thread::sleep(nap);
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    /// Sends `sig` unless the child has already been reaped (so a recycled
+    /// pid is never signalled).
+    pub(crate) fn signal(&self, sig: Signal) -> io::Result<()> {
+        let status = lock(&self.status);
+        if status.is_some() {
+            return Ok(());
+        }
+        let result = match &self.pidfd {
+            Some(fd) => rustix::process::pidfd_send_signal(fd, sig),
+            None => match Pid::from_raw(self.pid as i32) {
+                Some(pid) => rustix::process::kill_process(pid, sig),
+                None => return Err(io::Error::other("bad pid")),
+            },
+        };
+        drop(status);
+        match result {
+            // Already exited (and perhaps a zombie): nothing to do.
+            Err(rustix::io::Errno::SRCH) => Ok(()),
+            other => other.map_err(Into::into),
+        }
+    }
+}
+
+/// Every child not yet reaped.
+static TABLE: Mutex<Vec<Arc<Child>>> = Mutex::new(Vec::new());
+
+fn forget(child: &Child) {
+    lock(&TABLE).retain(|c| !std::ptr::eq(&**c, child));
+}
+
+/// The children still running (reaping those that ended).
+pub(crate) fn live() -> Vec<Arc<Child>> {
+    let all: Vec<Arc<Child>> = lock(&TABLE).clone();
+    all.into_iter()
+        .filter(|c| matches!(c.try_reap(), Ok(None)))
+        .collect()
+}
+
+/// Hands a still-running child whose handle was dropped to the reaper
+/// thread, which reaps it as soon as it ends.
+pub(crate) fn orphan(child: Arc<Child>) {
+    let reaper = REAPER.get_or_init(Reaper::start);
+    match reaper {
+        Some(reaper) => {
+            lock(&reaper.queue).push(child);
+            let _ = rustix::io::write(&reaper.wake, &[1]);
+        }
+        // No reaper thread could be started: the exit hook still reaps it.
+        None => drop(child),
+    }
+}
+
+#[derive(Debug)]
+struct Reaper {
+    queue: Mutex<Vec<Arc<Child>>>,
+    wake: OwnedFd,
+}
+
+static REAPER: OnceLock<Option<Reaper>> = OnceLock::new();
+
+impl Reaper {
+    fn start() -> Option<Reaper> {
+        let (rx, tx) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+        std::thread::Builder::new()
+            .name("multiproc-reaper".into())
+            .spawn(move || reaper_loop(rx))
+            .ok()?;
+        Some(Reaper {
+            queue: Mutex::new(Vec::new()),
+            wake: tx,
+        })
+    }
+}
+
+fn reaper_loop(wake: OwnedFd) {
+    let mut orphans: Vec<Arc<Child>> = Vec::new();
+    loop {
+        if let Some(Some(reaper)) = REAPER.get() {
+            orphans.append(&mut lock(&reaper.queue));
+        }
+        orphans.retain(|c| matches!(c.try_reap(), Ok(None)));
+        let without_pidfd = orphans.iter().any(|c| c.pidfd.is_none());
+        let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
+        fds.extend(
+            orphans
+                .iter()
+                .filter_map(|c| c.pidfd.as_ref())
+                .map(|fd| PollFd::new(fd, PollFlags::IN)),
+        );
+        let timeout = without_pidfd.then_some(Duration::from_millis(50));
+        if crate::poll::poll(&mut fds, timeout).is_err() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if fds[0].revents().contains(PollFlags::IN) {
+            let mut drain = [0u8; 64];
+            let _ = rustix::io::read(&wake, &mut drain);
+        }
+    }
+}
+
+static EXIT_HOOK: AtomicBool = AtomicBool::new(false);
+
+fn register_exit_hook() {
+    if !EXIT_HOOK.swap(true, Ordering::AcqRel) {
+        let _ = crate::sys::at_exit(exit_hook);
+    }
+}
+
+extern "C" fn exit_hook() {
+    let _ = std::panic::catch_unwind(finish_children);
+}
+
+/// What Python does at exit: kill daemonic children, then wait for the rest.
+pub(crate) fn finish_children() {
+    let all: Vec<Arc<Child>> = lock(&TABLE).clone();
+    for child in all.iter().filter(|c| c.daemon) {
+        let _ = child.signal(Signal::KILL);
+    }
+    for child in &all {
+        let _ = child.wait(None);
+    }
+}

@@ -1,0 +1,167 @@
+//! Entries: functions a child process can run, found by name.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind};
+use crate::sys::Anchor;
+
+/// A function that can run in a child process.
+///
+/// Implemented by `#[process_entry]` for a marker type named like the
+/// function; name that value with [`entry!`](crate::entry). Do not implement
+/// it by hand.
+pub trait Entry: Copy + Send + Sync + 'static {
+    /// The arguments, as a tuple in declaration order.
+    type Args: Serialize + DeserializeOwned + 'static;
+    /// The return type.
+    type Output: Serialize + DeserializeOwned + 'static;
+    /// The full path of the function, as `module_path!()::name`.
+    const NAME: &'static str;
+    /// Calls the function.
+    fn call(args: Self::Args) -> Self::Output;
+}
+
+/// What running an entry in the child produced, ready to send.
+pub(crate) enum RunOutcome {
+    /// The encoded return value.
+    Value(crate::wire::OutFrame),
+    /// The entry panicked.
+    Panicked,
+    /// The child could not run the entry.
+    Failed(Error),
+}
+
+/// One registered entry. Built by `#[process_entry]`; not public API.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct EntryRecord {
+    name: &'static str,
+    file: &'static str,
+    line: u32,
+    run: fn(&[u8], Vec<OwnedFd>) -> RunOutcome,
+    _anchor: Anchor,
+}
+
+impl EntryRecord {
+    /// Describes entry `E`, defined at `file:line`.
+    pub const fn new<E: Entry>(file: &'static str, line: u32) -> EntryRecord {
+        EntryRecord {
+            name: E::NAME,
+            file,
+            line,
+            run: run_entry::<E>,
+            _anchor: crate::sys::ANCHOR,
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
+
+    pub(crate) fn run(&self, args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
+        (self.run)(args, fds)
+    }
+}
+
+inventory::collect!(EntryRecord);
+
+fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
+    let args: E::Args = match crate::wire::decode(args, fds) {
+        Ok(args) => args,
+        Err(err) => {
+            return RunOutcome::Failed(
+                Error::new(
+                    ErrorKind::Decode,
+                    format!("could not decode the arguments of entry `{}`", E::NAME),
+                )
+                .with_source(err),
+            );
+        }
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| E::call(args))) {
+        Ok(value) => {
+            let mut frame = crate::wire::OutFrame::new();
+            match frame.encode(&value) {
+                Ok(()) => RunOutcome::Value(frame),
+                Err(err) => RunOutcome::Failed(err),
+            }
+        }
+        Err(_) => RunOutcome::Panicked,
+    }
+}
+
+struct Registry {
+    by_name: HashMap<&'static str, &'static EntryRecord>,
+    duplicates: HashMap<&'static str, Vec<&'static EntryRecord>>,
+}
+
+fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| {
+        let mut by_name = HashMap::new();
+        let mut duplicates: HashMap<&'static str, Vec<&'static EntryRecord>> = HashMap::new();
+        for record in inventory::iter::<EntryRecord> {
+            if let Some(first) = by_name.insert(record.name, record) {
+                duplicates
+                    .entry(record.name)
+                    .or_insert_with(|| vec![first])
+                    .push(record);
+            }
+        }
+        for (name, records) in &duplicates {
+            eprintln!("multiproc: {}", duplicate_message(name, records));
+        }
+        Registry {
+            by_name,
+            duplicates,
+        }
+    })
+}
+
+fn duplicate_message(name: &str, records: &[&EntryRecord]) -> String {
+    let places: Vec<String> = records
+        .iter()
+        .map(|r| format!("{}:{}", r.file, r.line))
+        .collect();
+    format!(
+        "{} entries are registered under the name `{name}` (at {}); rename all but one",
+        records.len(),
+        places.join(" and ")
+    )
+}
+
+/// Finds the entry registered as `name`.
+pub(crate) fn lookup(name: &str) -> Result<&'static EntryRecord, Error> {
+    let registry = registry();
+    if let Some(records) = registry.duplicates.get(name) {
+        return Err(Error::new(
+            ErrorKind::DuplicateEntry,
+            duplicate_message(name, records),
+        ));
+    }
+    registry.by_name.get(name).copied().ok_or_else(|| {
+        Error::new(
+            ErrorKind::UnknownEntry,
+            format!("no #[process_entry] named `{name}` in this binary"),
+        )
+    })
+}
+
+/// The names of all entries registered in this binary, sorted.
+///
+/// ```
+/// #[multiproc::process_entry]
+/// fn double(x: u64) -> u64 { x * 2 }
+///
+/// assert!(multiproc::entries().iter().any(|name| name.ends_with("::double")));
+/// ```
+pub fn entries() -> Vec<&'static str> {
+    let mut names: Vec<&'static str> = registry().by_name.keys().copied().collect();
+    names.sort_unstable();
+    names
+}

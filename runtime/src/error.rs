@@ -1,0 +1,244 @@
+//! The crate's error type.
+
+use std::fmt;
+use std::io;
+
+/// A specialised `Result` whose error is [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What kind of failure an [`Error`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The child process could not be started.
+    Spawn,
+    /// The entry panicked in the child.
+    Panicked,
+    /// The child exited (with the code in [`Error::exitcode`]) without sending a result.
+    Exited,
+    /// The child was ended by a signal before it sent a result.
+    Signaled,
+    /// A deadline passed.
+    Timeout,
+    /// The other side of a channel is gone (closed, dropped, or its process died).
+    Disconnected,
+    /// Bytes from another process could not be decoded (malformed, truncated or too large).
+    Decode,
+    /// A value could not be encoded for sending.
+    Encode,
+    /// No entry with the requested name is registered in this binary.
+    UnknownEntry,
+    /// Two entries were registered under the same name.
+    DuplicateEntry,
+    /// Authentication with a remote peer failed.
+    Auth,
+    /// The owner of a lock died while holding it.
+    OwnerDied,
+    /// An operating-system call failed.
+    Io,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Spawn => "could not start process",
+            ErrorKind::Panicked => "panicked",
+            ErrorKind::Exited => "exited without a result",
+            ErrorKind::Signaled => "was killed by a signal",
+            ErrorKind::Timeout => "timed out",
+            ErrorKind::Disconnected => "disconnected",
+            ErrorKind::Decode => "could not decode",
+            ErrorKind::Encode => "could not encode",
+            ErrorKind::UnknownEntry => "unknown entry",
+            ErrorKind::DuplicateEntry => "duplicate entry",
+            ErrorKind::Auth => "authentication failed",
+            ErrorKind::OwnerDied => "lock owner died",
+            ErrorKind::Io => "I/O error",
+        }
+    }
+}
+
+/// A panic that happened in a child process, as reported back to the parent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PanicReport {
+    /// The panic message.
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child.
+    pub backtrace: Option<String>,
+}
+
+/// The error returned by multiproc operations.
+///
+/// Opaque on purpose: inspect it with [`Error::kind`] and the `is_*` helpers.
+/// Its `Display` says what happened and, where there is one, in which process
+/// and entry.
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: String,
+    process: Option<String>,
+    exitcode: Option<i32>,
+    panic: Option<PanicReport>,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Error {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                process: None,
+                exitcode: None,
+                panic: None,
+                source: None,
+            }),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, err: io::Error) -> Error {
+        Error::new(ErrorKind::Io, context).with_source(err)
+    }
+
+    pub(crate) fn with_source(
+        mut self,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Names the process (and entry) the error happened in.
+    pub(crate) fn in_process(mut self, process: impl Into<String>) -> Error {
+        self.inner.process = Some(process.into());
+        self
+    }
+
+    pub(crate) fn with_exitcode(mut self, code: i32) -> Error {
+        self.inner.exitcode = Some(code);
+        self
+    }
+
+    pub(crate) fn with_panic(mut self, report: PanicReport) -> Error {
+        self.inner.panic = Some(report);
+        self
+    }
+
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The child's exit code when it is known: its code, or `-N` when it was
+    /// ended by signal `N` (as Python's `Process.exitcode`).
+    pub fn exitcode(&self) -> Option<i32> {
+        self.inner.exitcode
+    }
+
+    /// The child's panic, when the error is [`ErrorKind::Panicked`].
+    pub fn panic(&self) -> Option<&PanicReport> {
+        self.inner.panic.as_ref()
+    }
+
+    /// The entry panicked in the child.
+    pub fn is_panicked(&self) -> bool {
+        self.kind() == ErrorKind::Panicked
+    }
+
+    /// The child exited without sending a result.
+    pub fn is_exited(&self) -> bool {
+        self.kind() == ErrorKind::Exited
+    }
+
+    /// The child was ended by a signal.
+    pub fn is_signaled(&self) -> bool {
+        self.kind() == ErrorKind::Signaled
+    }
+
+    /// A deadline passed.
+    pub fn is_timeout(&self) -> bool {
+        self.kind() == ErrorKind::Timeout
+    }
+
+    /// The other side is gone.
+    pub fn is_disconnected(&self) -> bool {
+        self.kind() == ErrorKind::Disconnected
+    }
+
+    /// Authentication failed.
+    pub fn is_auth(&self) -> bool {
+        self.kind() == ErrorKind::Auth
+    }
+
+    /// Bytes from another process could not be decoded.
+    pub fn is_decode(&self) -> bool {
+        self.kind() == ErrorKind::Decode
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        if let Some(process) = &inner.process {
+            write!(f, "{process}: ")?;
+        }
+        f.write_str(inner.kind.describe())?;
+        if !inner.message.is_empty() {
+            write!(f, ": {}", inner.message)?;
+        }
+        if let Some(panic) = &inner.panic {
+            write!(f, ": '{}'", panic.message)?;
+            if let Some(location) = &panic.location {
+                write!(f, " at {location}")?;
+            }
+            if let Some(backtrace) = &panic.backtrace {
+                write!(f, "\nchild backtrace:\n{backtrace}")?;
+            }
+        }
+        if let Some(source) = &inner.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("Error");
+        s.field("kind", &self.inner.kind);
+        s.field("message", &self.inner.message);
+        if let Some(process) = &self.inner.process {
+            s.field("process", process);
+        }
+        if let Some(code) = self.inner.exitcode {
+            s.field("exitcode", &code);
+        }
+        if let Some(panic) = &self.inner.panic {
+            s.field("panic", panic);
+        }
+        if let Some(source) = &self.inner.source {
+            s.field("source", source);
+        }
+        s.finish()
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(err: io::Error) -> Error {
+        Error::new(ErrorKind::Io, "").with_source(err)
+    }
+}

@@ -1,0 +1,99 @@
+//! Facts about the current process and its children.
+
+use std::sync::OnceLock;
+
+/// The current process, as [`current_process`] describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    name: String,
+    pid: u32,
+    is_child: bool,
+}
+
+impl ProcessInfo {
+    /// `MainProcess` in the process that was not started by multiproc;
+    /// in a child, the name its parent gave it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Whether this process was started by multiproc.
+    pub fn is_child(&self) -> bool {
+        self.is_child
+    }
+}
+
+static CHILD_NAME: OnceLock<String> = OnceLock::new();
+
+pub(crate) fn set_child_name(name: String) {
+    let _ = CHILD_NAME.set(name);
+}
+
+/// Describes the current process (Python's `multiprocessing.current_process()`).
+///
+/// ```
+/// let me = multiproc::current_process();
+/// assert_eq!(me.name(), "MainProcess");
+/// assert_eq!(me.pid(), std::process::id());
+/// assert!(!me.is_child());
+/// ```
+pub fn current_process() -> ProcessInfo {
+    match CHILD_NAME.get() {
+        Some(name) => ProcessInfo {
+            name: name.clone(),
+            pid: std::process::id(),
+            is_child: true,
+        },
+        None => ProcessInfo {
+            name: "MainProcess".to_string(),
+            pid: std::process::id(),
+            is_child: false,
+        },
+    }
+}
+
+/// The parent's process id (`getppid`).
+pub fn parent_pid() -> u32 {
+    std::os::unix::process::parent_id()
+}
+
+/// The number of CPUs this process may run on (at least 1).
+pub fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A live child, as [`active_children`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildInfo {
+    pid: u32,
+    name: String,
+}
+
+impl ChildInfo {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The child's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The children of this process that are still running, joined or not
+/// (as Python's `active_children()`, it reaps those that have ended).
+pub fn active_children() -> Vec<ChildInfo> {
+    crate::children::live()
+        .into_iter()
+        .map(|c| ChildInfo {
+            pid: c.pid,
+            name: c.name.clone(),
+        })
+        .collect()
+}

@@ -1,0 +1,178 @@
+//! Python's `multiprocessing`, for Rust: run a function in a fresh child
+//! process, type-checked, with no boilerplate.
+//!
+//! # Entries and spawning
+//!
+//! Mark a free function with [`#[process_entry]`](process_entry) and start it
+//! in a child with [`spawn!`]. The child is this same binary, re-executed: it
+//! runs only the entry — never `main`, never the test harness — and sends the
+//! return value back.
+//!
+//! ```
+//! use multiproc::{process_entry, spawn};
+//!
+//! #[process_entry]
+//! fn add(a: i32, b: i32) -> i32 {
+//!     a + b
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let child = spawn!(add, 1, 2)?;      // type-checked against `add`
+//! assert_eq!(child.join()?, 3);
+//! assert_eq!(add(2, 2), 4);            // still an ordinary function
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A wrong argument is a compile error, not a runtime failure:
+//!
+//! ```compile_fail
+//! # use multiproc::{process_entry, spawn};
+//! # #[process_entry] fn add(a: i32, b: i32) -> i32 { a + b }
+//! let child = spawn!(add, 1, "two");
+//! ```
+//!
+//! # Failures
+//!
+//! [`JoinHandle::join`] never hangs on a child that died. It returns the
+//! value, or an [`Error`] saying why there is none:
+//!
+//! ```
+//! use multiproc::{process_entry, spawn};
+//!
+//! #[process_entry]
+//! fn boom() -> u8 {
+//!     panic!("no luck")
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let err = spawn!(boom)?.join().unwrap_err();
+//! assert!(err.is_panicked());
+//! assert!(err.to_string().contains("no luck"));
+//! assert_eq!(err.exitcode(), Some(1));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Builder, daemons and lifetime
+//!
+//! [`Process`] is Python's `Process`: a name, a daemon flag, then `start`.
+//! Children that are neither joined nor daemons are waited for when `main`
+//! returns; daemons are killed when the parent exits or dies, however it
+//! dies. Dropping a [`JoinHandle`] never leaves a zombie.
+//!
+//! # What multiproc does not do
+//!
+//! - Only Linux is supported; other platforms fail to compile.
+//! - Entries run in a copy of *this binary*: the child trusts the parent and
+//!   its messages as much as it trusts its own code.
+//! - There is no `fork` start method (yet): every child is a fresh exec.
+
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![deny(
+    unsafe_code,
+    unsafe_op_in_unsafe_fn,
+    clippy::undocumented_unsafe_blocks
+)]
+#![doc(test(attr(deny(warnings))))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc supports only Linux for now: it relies on pidfds, SCM_RIGHTS, memfd and futexes"
+);
+
+// Lets generated code name `::multiproc` inside this crate's own tests.
+extern crate self as multiproc;
+
+mod bootstrap;
+mod children;
+mod codec;
+mod entry;
+mod error;
+mod fd;
+mod info;
+mod poll;
+mod process;
+mod sys;
+mod wire;
+
+pub use crate::entry::{Entry, entries};
+pub use crate::error::{Error, ErrorKind, PanicReport, Result};
+pub use crate::fd::Fd;
+pub use crate::info::{
+    ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
+};
+pub use crate::process::{JoinHandle, Process};
+pub use multiproc_macros::process_entry;
+
+/// Runs the child check now. A no-op in a parent (and in a child, since the
+/// check already ran before `main`); for programs that want the call visible.
+pub fn init() {
+    bootstrap::on_load();
+}
+
+/// Names an entry as a value implementing [`Entry`], for [`Process::new`].
+///
+/// ```
+/// use multiproc::{entry, process_entry, Entry, Process};
+///
+/// #[process_entry]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// fn name_of<E: Entry>(_: E) -> &'static str { E::NAME }
+/// assert!(name_of(entry!(square)).ends_with("::square"));
+/// assert_eq!(Process::new(entry!(square), (7,)).start()?.join()?, 49);
+/// # Ok(())
+/// # }
+/// ```
+#[macro_export]
+macro_rules! entry {
+    ($($entry:ident)::+) => {
+        $($entry)::+ {}
+    };
+    (::$($entry:ident)::+) => {
+        ::$($entry)::+ {}
+    };
+}
+
+/// Starts an entry in a child process: `spawn!(path::to::f, args…)`.
+///
+/// Checked at compile time against `f`'s signature. Returns
+/// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
+///
+/// ```
+/// use multiproc::{process_entry, spawn};
+///
+/// #[process_entry]
+/// fn greet(name: String) -> String { format!("hello {name}") }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// assert_eq!(spawn!(greet, "AAA".to_string())?.join()?, "hello AAA");
+/// # Ok(())
+/// # }
+/// ```
+#[macro_export]
+macro_rules! spawn {
+    ($($entry:ident)::+ $(, $arg:expr)* $(,)?) => {
+        $crate::Process::new(
+            $crate::entry!($($entry)::+),
+            $crate::entry!($($entry)::+).__multiproc_args($($arg),*),
+        )
+        .start()
+    };
+    (::$($entry:ident)::+ $(, $arg:expr)* $(,)?) => {
+        $crate::Process::new(
+            $crate::entry!(::$($entry)::+),
+            $crate::entry!(::$($entry)::+).__multiproc_args($($arg),*),
+        )
+        .start()
+    };
+}
+
+/// Not public API: used by the code `#[process_entry]` generates.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::entry::{Entry, EntryRecord};
+    pub use inventory;
+}

@@ -1,0 +1,469 @@
+//! [`Process`] and [`JoinHandle`]: start an entry in a child and collect its result.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use rustix::process::Signal;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::children::{Child, ExitStatus};
+use crate::entry::Entry;
+use crate::error::{Error, ErrorKind, PanicReport};
+use crate::wire::{self, Kind, OutFrame};
+
+/// The environment variable that marks a child and carries
+/// `<parent pid>:<daemon 0|1>`.
+pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
+
+/// What the parent tells the child before the arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct CallHeader {
+    pub(crate) entry: String,
+    pub(crate) process_name: String,
+}
+
+/// Why a child could not run its entry, as sent to the parent.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ChildFailure {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum FailureKind {
+    UnknownEntry,
+    DuplicateEntry,
+    Decode,
+    Encode,
+    Other,
+}
+
+impl From<ErrorKind> for FailureKind {
+    fn from(kind: ErrorKind) -> FailureKind {
+        match kind {
+            ErrorKind::UnknownEntry => FailureKind::UnknownEntry,
+            ErrorKind::DuplicateEntry => FailureKind::DuplicateEntry,
+            ErrorKind::Decode => FailureKind::Decode,
+            ErrorKind::Encode => FailureKind::Encode,
+            _ => FailureKind::Other,
+        }
+    }
+}
+
+impl From<FailureKind> for ErrorKind {
+    fn from(kind: FailureKind) -> ErrorKind {
+        match kind {
+            FailureKind::UnknownEntry => ErrorKind::UnknownEntry,
+            FailureKind::DuplicateEntry => ErrorKind::DuplicateEntry,
+            FailureKind::Decode => ErrorKind::Decode,
+            FailureKind::Encode => ErrorKind::Encode,
+            FailureKind::Other => ErrorKind::Spawn,
+        }
+    }
+}
+
+/// A child process to be started: Python's `multiprocessing.Process`.
+///
+/// ```
+/// use multiproc::{entry, process_entry, Process};
+///
+/// #[process_entry]
+/// fn add(a: i32, b: i32) -> i32 { a + b }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let child = Process::new(entry!(add), (1, 2)).name("adder").start()?;
+/// assert_eq!(child.name(), "adder");
+/// assert_eq!(child.join()?, 3);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Process<E: Entry> {
+    args: E::Args,
+    name: Option<String>,
+    daemon: bool,
+    _entry: PhantomData<E>,
+}
+
+impl<E: Entry> fmt::Debug for Process<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Process")
+            .field("entry", &E::NAME)
+            .field("name", &self.name)
+            .field("daemon", &self.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+impl<E: Entry> Process<E> {
+    /// A process that will run `entry` with `args` (a tuple of the entry's arguments).
+    pub fn new(entry: E, args: E::Args) -> Process<E> {
+        let _ = entry;
+        Process {
+            args,
+            name: None,
+            daemon: false,
+            _entry: PhantomData,
+        }
+    }
+
+    /// Names the process (default `Process-N`, N counting from 1).
+    pub fn name(mut self, name: impl Into<String>) -> Process<E> {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// A daemon is killed when this process exits or dies, however it dies.
+    /// Default `false`: non-daemon children are waited for at exit.
+    pub fn daemon(mut self, daemon: bool) -> Process<E> {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts the child; returns a handle to join it.
+    ///
+    /// The arguments are encoded before the child is started, so an argument
+    /// that cannot be encoded is an error here and no process is created.
+    pub fn start(self) -> Result<JoinHandle<E::Output>, Error> {
+        crate::entry::lookup(E::NAME)?;
+        let name = self
+            .name
+            .unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let header = CallHeader {
+            entry: E::NAME.to_string(),
+            process_name: name.clone(),
+        };
+        let mut frame = OutFrame::new();
+        frame
+            .encode(&(&header, &self.args))
+            .map_err(|e| e.in_process(describe(&name, None, E::NAME)))?;
+        drop(self.args);
+        start_child(frame, name, E::NAME, self.daemon)
+    }
+}
+
+fn describe(name: &str, pid: Option<u32>, entry: &str) -> String {
+    match pid {
+        Some(pid) => format!("process '{name}' (pid {pid}, entry `{entry}`)"),
+        None => format!("process '{name}' (entry `{entry}`)"),
+    }
+}
+
+/// Spawns the child, hands it the call frame and returns its handle.
+pub(crate) fn start_child<R>(
+    mut frame: OutFrame,
+    name: String,
+    entry: &'static str,
+    daemon: bool,
+) -> Result<JoinHandle<R>, Error> {
+    let spawn_err = |e: std::io::Error| {
+        Error::new(ErrorKind::Spawn, "")
+            .with_source(e)
+            .in_process(describe(&name, None, entry))
+    };
+    let (ours, theirs) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| spawn_err(e.into()))?;
+
+    let mut cmd = Command::new("/proc/self/exe");
+    if let Some(arg0) = std::env::args_os().next() {
+        cmd.arg0(arg0);
+    }
+    cmd.env(
+        BOOT_ENV,
+        format!("{}:{}", std::process::id(), if daemon { 1 } else { 0 }),
+    )
+    .stdin(Stdio::from(theirs));
+    let pid = if daemon {
+        spawn_on_daemon_thread(cmd)
+    } else {
+        cmd.spawn().map(|child| child.id())
+    }
+    .map_err(spawn_err)?;
+    let child = Child::track(pid, name.clone(), daemon);
+
+    // If the child died before reading its call, `join` reports how it died.
+    let _ = frame.send(ours.as_fd(), Kind::Call);
+    Ok(JoinHandle {
+        child,
+        entry,
+        sock: Some(ours),
+        outcome: None,
+        _result: PhantomData,
+    })
+}
+
+/// The parent-death signal fires when the *thread* that spawned the child
+/// ends, so daemons are spawned from one thread that lives as long as the
+/// process.
+fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
+    type Job = (Command, mpsc::SyncSender<std::io::Result<u32>>);
+    static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("multiproc-daemon-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn().map(|child| child.id()));
+                }
+            })
+            .ok()
+            .map(|_| Mutex::new(tx))
+    });
+    let spawner = spawner
+        .as_ref()
+        .ok_or_else(|| std::io::Error::other("could not start the daemon spawner thread"))?;
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("daemon spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("daemon spawner thread is gone"))?
+}
+
+/// What came back on the control socket.
+#[derive(Debug)]
+enum Outcome {
+    Value(Vec<u8>, Vec<OwnedFd>),
+    Panicked(PanicReport),
+    Failed(Error),
+    /// End of stream with no frame: the child ended without a result.
+    Nothing,
+    /// The value was already handed out by `join_timeout`.
+    Taken,
+}
+
+/// A running (or finished) child process; join it for the entry's result.
+///
+/// # Caveats
+/// - Dropping the handle does not stop the child. A child still running is
+///   reaped by a background thread when it ends (never left a zombie); a
+///   non-daemon one is also waited for when `main` returns, as in Python.
+/// - The result may be sent before the child exits; `join` waits for both.
+pub struct JoinHandle<R> {
+    child: Arc<Child>,
+    entry: &'static str,
+    sock: Option<OwnedFd>,
+    outcome: Option<Outcome>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for JoinHandle<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JoinHandle")
+            .field("pid", &self.child.pid)
+            .field("name", &self.child.name)
+            .field("entry", &self.entry)
+            .field("daemon", &self.child.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> JoinHandle<R> {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid
+    }
+
+    /// The name given to [`Process::name`], or the default `Process-N`.
+    pub fn name(&self) -> &str {
+        &self.child.name
+    }
+
+    /// Whether the child is a daemon.
+    pub fn is_daemon(&self) -> bool {
+        self.child.daemon
+    }
+
+    /// True until the child has exited.
+    pub fn is_alive(&self) -> bool {
+        matches!(self.child.try_reap(), Ok(None))
+    }
+
+    /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
+    pub fn exitcode(&self) -> Option<i32> {
+        self.child
+            .try_reap()
+            .ok()
+            .flatten()
+            .map(ExitStatus::exitcode)
+    }
+
+    /// Sends `SIGTERM`. A no-op once the child has exited.
+    pub fn terminate(&self) -> Result<(), Error> {
+        self.child
+            .signal(Signal::TERM)
+            .map_err(|e| Error::io("sending SIGTERM", e).in_process(self.describe()))
+    }
+
+    /// Sends `SIGKILL`. A no-op once the child has exited.
+    pub fn kill(&self) -> Result<(), Error> {
+        self.child
+            .signal(Signal::KILL)
+            .map_err(|e| Error::io("sending SIGKILL", e).in_process(self.describe()))
+    }
+
+    /// Waits for the child and returns the entry's value, or why there is none.
+    ///
+    /// Never hangs on a child that died: a crash, a signal or an `exit`
+    /// becomes an error naming the cause.
+    pub fn join(mut self) -> Result<R, Error> {
+        match self.finish(None)? {
+            Some(value) => Ok(value),
+            None => Err(Error::new(
+                ErrorKind::Timeout,
+                "join without a deadline timed out",
+            )),
+        }
+    }
+
+    /// Like [`join`](Self::join), but gives up at the deadline: `Ok(None)`
+    /// means the child is still running, and the handle stays usable.
+    pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, Error> {
+        self.finish(Some(Instant::now() + timeout))
+    }
+
+    fn describe(&self) -> String {
+        describe(&self.child.name, Some(self.child.pid), self.entry)
+    }
+
+    fn finish(&mut self, deadline: Option<Instant>) -> Result<Option<R>, Error> {
+        if self.outcome.is_none() {
+            match self.read_outcome(deadline)? {
+                Some(outcome) => {
+                    self.outcome = Some(outcome);
+                    self.sock = None;
+                }
+                None => return Ok(None),
+            }
+        }
+        let status = match self
+            .child
+            .wait(deadline)
+            .map_err(|e| Error::io("waiting for the child", e).in_process(self.describe()))?
+        {
+            Some(status) => status,
+            None => return Ok(None),
+        };
+        let outcome = self.outcome.replace(Outcome::Taken);
+        let err = match outcome {
+            Some(Outcome::Value(bytes, fds)) => {
+                return wire::decode(&bytes, fds).map(Some).map_err(|e| {
+                    Error::new(ErrorKind::Decode, "could not decode the result")
+                        .with_source(e)
+                        .in_process(self.describe())
+                });
+            }
+            Some(Outcome::Panicked(report)) => {
+                Error::new(ErrorKind::Panicked, "").with_panic(report)
+            }
+            Some(Outcome::Failed(err)) => err,
+            Some(Outcome::Nothing) | None => match status {
+                ExitStatus::Code(code) => Error::new(
+                    ErrorKind::Exited,
+                    format!("exit code {code} before returning a result"),
+                ),
+                ExitStatus::Signal(sig) => Error::new(
+                    ErrorKind::Signaled,
+                    format!("signal {sig} ({})", signal_name(sig)),
+                ),
+            },
+            Some(Outcome::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
+        };
+        Err(err
+            .with_exitcode(status.exitcode())
+            .in_process(self.describe()))
+    }
+
+    /// Reads the result frame, or end of stream. `Ok(None)`: deadline passed.
+    fn read_outcome(&mut self, deadline: Option<Instant>) -> Result<Option<Outcome>, Error> {
+        let Some(sock) = &self.sock else {
+            return Ok(Some(Outcome::Nothing));
+        };
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let mut fds = [PollFd::new(sock, PollFlags::IN)];
+        let ready = crate::poll::poll(&mut fds, remaining)
+            .map_err(|e| Error::io("waiting for the result", e).in_process(self.describe()))?;
+        if ready == 0 {
+            return Ok(None);
+        }
+        let mut buf = Vec::new();
+        let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(Some(Outcome::Nothing)),
+            // A child killed mid-write leaves a truncated frame; report how it died.
+            Err(wire::RecvError::Truncated { .. }) => return Ok(Some(Outcome::Nothing)),
+            Err(wire::RecvError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                return Ok(Some(Outcome::Nothing));
+            }
+            Err(e) => {
+                return Ok(Some(Outcome::Failed(
+                    Error::new(ErrorKind::Decode, "bad result frame from the child")
+                        .with_source(e.into_error()),
+                )));
+            }
+        };
+        Ok(Some(match frame.kind {
+            Kind::Value => Outcome::Value(buf, frame.fds),
+            Kind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
+                Ok(report) => Outcome::Panicked(report),
+                Err(e) => Outcome::Failed(e),
+            },
+            Kind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
+                Ok(failure) => Outcome::Failed(Error::new(failure.kind.into(), failure.message)),
+                Err(e) => Outcome::Failed(e),
+            },
+            Kind::Call => Outcome::Failed(Error::new(
+                ErrorKind::Decode,
+                "the child sent a call frame instead of a result",
+            )),
+        }))
+    }
+}
+
+impl<R> Drop for JoinHandle<R> {
+    fn drop(&mut self) {
+        if matches!(self.child.try_reap(), Ok(None)) {
+            crate::children::orphan(self.child.clone());
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}

@@ -1,0 +1,355 @@
+//! Frames on a Unix socket, with file descriptors riding beside them.
+//!
+//! A frame is a 16-byte header — magic, protocol version, kind, descriptor
+//! count, payload length — followed by the payload. The length is checked
+//! against [`MAX_FRAME_LEN`] before anything is allocated. Descriptors travel
+//! as `SCM_RIGHTS` on the same `sendmsg` as the header.
+//!
+//! Handles (such as [`Fd`](crate::Fd)) serialize by moving their descriptor
+//! into a side table that only this module installs, around an encode or a
+//! decode; the value itself carries only the descriptor's index.
+
+use std::cell::RefCell;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::error::{Error, ErrorKind};
+
+/// The largest payload a frame may announce.
+pub(crate) const MAX_FRAME_LEN: u64 = 1 << 31;
+/// Most descriptors one frame may carry (the kernel's `SCM_MAX_FD`).
+pub(crate) const MAX_FDS: usize = 253;
+pub(crate) const HEADER_LEN: usize = 16;
+const MAGIC: [u8; 4] = *b"MPRC";
+const VERSION: u8 = 1;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Kind {
+    /// Parent to child: the entry to run and its arguments.
+    Call = 1,
+    /// Child to parent: the entry's return value.
+    Value = 2,
+    /// Child to parent: the entry panicked.
+    Panic = 3,
+    /// Child to parent: the child could not run the entry.
+    Failure = 4,
+}
+
+impl Kind {
+    fn from_u8(byte: u8) -> Option<Kind> {
+        Some(match byte {
+            1 => Kind::Call,
+            2 => Kind::Value,
+            3 => Kind::Panic,
+            4 => Kind::Failure,
+            _ => return None,
+        })
+    }
+}
+
+/// A frame being built: header space first, then the payload.
+#[derive(Debug)]
+pub(crate) struct OutFrame {
+    buf: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl OutFrame {
+    pub(crate) fn new() -> OutFrame {
+        OutFrame {
+            buf: vec![0; HEADER_LEN],
+            fds: Vec::new(),
+        }
+    }
+
+    /// Appends the encoding of `value`, collecting the descriptors of any
+    /// handles inside it.
+    pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
+        let (result, fds) = with_table(Table::Encode(Vec::new()), || {
+            codec::encode_into(value, &mut self.buf)
+        });
+        result?;
+        if let Table::Encode(fds) = fds {
+            self.fds.extend(fds);
+        }
+        if self.fds.len() > MAX_FDS {
+            return Err(Error::new(
+                ErrorKind::Encode,
+                format!(
+                    "a message may carry at most {MAX_FDS} handles, this one has {}",
+                    self.fds.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Sends the frame; blocks until all of it is written.
+    pub(crate) fn send(&mut self, sock: BorrowedFd<'_>, kind: Kind) -> io::Result<()> {
+        let len = (self.buf.len() - HEADER_LEN) as u64;
+        if len > MAX_FRAME_LEN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("message of {len} bytes is over the {MAX_FRAME_LEN}-byte limit"),
+            ));
+        }
+        let header = header(kind, self.fds.len() as u16, len);
+        self.buf[..HEADER_LEN].copy_from_slice(&header);
+        let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|fd| fd.as_fd()).collect();
+        send_all(sock, &self.buf, &borrowed)
+    }
+}
+
+fn header(kind: Kind, nfds: u16, len: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4] = VERSION;
+    h[5] = kind as u8;
+    h[6..8].copy_from_slice(&nfds.to_le_bytes());
+    h[8..16].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+/// Writes all of `bytes`, the descriptors going with the first chunk.
+pub(crate) fn send_all(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let mut sent = 0;
+    if !fds.is_empty() {
+        let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("too many descriptors for one message"));
+        }
+        loop {
+            match rustix::net::sendmsg(
+                sock,
+                &[IoSlice::new(bytes)],
+                &mut control,
+                SendFlags::NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    sent = n;
+                    break;
+                }
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    while sent < bytes.len() {
+        match rustix::net::send(sock, &bytes[sent..], SendFlags::NOSIGNAL) {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Why a frame could not be received.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RecvError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("connection closed in the middle of a frame ({got} of {want} bytes)")]
+    Truncated { got: usize, want: usize },
+    #[error("not a multiproc frame (bad magic {0:02x?})")]
+    BadMagic([u8; 4]),
+    #[error("unsupported protocol version {0} (this build speaks {VERSION})")]
+    BadVersion(u8),
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    #[error("frame announces {0} bytes, over the {MAX_FRAME_LEN}-byte limit")]
+    TooLarge(u64),
+    #[error("frame announces {want} descriptors but {got} arrived")]
+    FdMismatch { want: usize, got: usize },
+}
+
+impl RecvError {
+    /// Turns a receive failure into the crate's error.
+    pub(crate) fn into_error(self) -> Error {
+        match self {
+            RecvError::Io(e) => Error::io("receiving a frame", e),
+            other => Error::new(ErrorKind::Decode, other.to_string()),
+        }
+    }
+}
+
+/// A received frame; the payload is in the buffer passed to [`recv_frame`].
+#[derive(Debug)]
+pub(crate) struct InFrame {
+    pub(crate) kind: Kind,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Receives one frame into `buf` (cleared first). `Ok(None)` is a clean end
+/// of stream before any byte of a frame.
+pub(crate) fn recv_frame(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<Option<InFrame>, RecvError> {
+    let mut head = [0u8; HEADER_LEN];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < HEADER_LEN {
+        let n = recv_with_fds(sock, &mut head[got..], &mut fds)?;
+        if n == 0 {
+            if got == 0 && fds.is_empty() {
+                return Ok(None);
+            }
+            return Err(RecvError::Truncated {
+                got,
+                want: HEADER_LEN,
+            });
+        }
+        got += n;
+    }
+    let magic: [u8; 4] = [head[0], head[1], head[2], head[3]];
+    if magic != MAGIC {
+        return Err(RecvError::BadMagic(magic));
+    }
+    if head[4] != VERSION {
+        return Err(RecvError::BadVersion(head[4]));
+    }
+    let kind = Kind::from_u8(head[5]).ok_or(RecvError::BadKind(head[5]))?;
+    let nfds = u16::from_le_bytes([head[6], head[7]]) as usize;
+    let mut len_bytes = [0u8; 8];
+    len_bytes.copy_from_slice(&head[8..16]);
+    let len = u64::from_le_bytes(len_bytes);
+    if len > MAX_FRAME_LEN {
+        return Err(RecvError::TooLarge(len));
+    }
+    if fds.len() != nfds {
+        return Err(RecvError::FdMismatch {
+            want: nfds,
+            got: fds.len(),
+        });
+    }
+    let len = len as usize;
+    buf.clear();
+    buf.reserve(len);
+    let mut filled = 0;
+    while filled < len {
+        let n = crate::sys::recv_append(sock, buf, len - filled).map_err(RecvError::Io)?;
+        if n == 0 {
+            return Err(RecvError::Truncated {
+                got: HEADER_LEN + filled,
+                want: HEADER_LEN + len,
+            });
+        }
+        filled += n;
+    }
+    Ok(Some(InFrame { kind, fds }))
+}
+
+fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    into: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> Result<usize, RecvError> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(into)],
+            &mut control,
+            RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(RecvError::Io(e.into())),
+        }
+    };
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(msg.bytes)
+}
+
+/// Decodes a received payload, handing `fds` to the handles inside it.
+/// Descriptors no handle claimed are closed.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
+    let table = Table::Decode(fds.into_iter().map(Some).collect());
+    with_table(table, || codec::decode(bytes)).0
+}
+
+/// Like [`decode`], for a value at the start of `bytes`; returns the bytes used.
+pub(crate) fn decode_prefix<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> (Result<(T, usize), Error>, Vec<OwnedFd>) {
+    let table = Table::Decode(fds.into_iter().map(Some).collect());
+    let (result, table) = with_table(table, || codec::decode_prefix(bytes));
+    let rest = match table {
+        Table::Decode(fds) => fds.into_iter().flatten().collect(),
+        Table::Encode(_) => Vec::new(),
+    };
+    (result, rest)
+}
+
+enum Table {
+    Encode(Vec<OwnedFd>),
+    Decode(Vec<Option<OwnedFd>>),
+}
+
+thread_local! {
+    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+}
+
+fn with_table<R>(table: Table, f: impl FnOnce() -> R) -> (R, Table) {
+    let previous = TABLE.with(|t| t.borrow_mut().replace(table));
+    let result = f();
+    let table = TABLE.with(|t| {
+        let mut slot = t.borrow_mut();
+        let table = slot.take();
+        *slot = previous;
+        table
+    });
+    (result, table.unwrap_or(Table::Encode(Vec::new())))
+}
+
+/// Used by handles' `Serialize`: moves a duplicate of `fd` into the frame
+/// being encoded and returns its index.
+pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
+    TABLE.with(|t| match &mut *t.borrow_mut() {
+        Some(Table::Encode(fds)) => {
+            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)
+                .map_err(|e| format!("could not duplicate a handle's descriptor: {e}"))?;
+            fds.push(dup);
+            Ok((fds.len() - 1) as u32)
+        }
+        _ => Err(NOT_ON_WIRE.to_string()),
+    })
+}
+
+/// Used by handles' `Deserialize`: takes the descriptor at `index` out of the
+/// frame being decoded.
+pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
+    TABLE.with(|t| match &mut *t.borrow_mut() {
+        Some(Table::Decode(fds)) => fds
+            .get_mut(index as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| format!("message refers to handle #{index}, which it did not carry")),
+        _ => Err(NOT_ON_WIRE.to_string()),
+    })
+}
+
+const NOT_ON_WIRE: &str = "multiproc handles can only be (de)serialized by multiproc itself \
+     (as an entry argument or result, or in a message on a multiproc channel)";
