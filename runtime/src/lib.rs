@@ -174,5 +174,7 @@ macro_rules! spawn {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::entry::{Entry, EntryRecord};
+    pub use crate::process::{spawn_unchecked_named, spawn_with_raw_call};
+    pub use crate::wire::encode_frame_for_tests;
     pub use inventory;
 }

@@ -148,7 +148,7 @@ impl<E: Entry> Process<E> {
             .encode(&(&header, &self.args))
             .map_err(|e| e.in_process(describe(&name, None, E::NAME)))?;
         drop(self.args);
-        start_child(frame, name, E::NAME, self.daemon)
+        start_child(Outgoing::Frame(frame), name, E::NAME, self.daemon)
     }
 }
 
@@ -159,9 +159,18 @@ fn describe(name: &str, pid: Option<u32>, entry: &str) -> String {
     }
 }
 
+/// What the parent writes to a new child's control socket.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// A call frame.
+    Frame(OutFrame),
+    /// Arbitrary bytes: only for testing how a child handles bad input.
+    Raw(Vec<u8>),
+}
+
 /// Spawns the child, hands it the call frame and returns its handle.
 pub(crate) fn start_child<R>(
-    mut frame: OutFrame,
+    outgoing: Outgoing,
     name: String,
     entry: &'static str,
     daemon: bool,
@@ -197,7 +206,12 @@ pub(crate) fn start_child<R>(
     let child = Child::track(pid, name.clone(), daemon);
 
     // If the child died before reading its call, `join` reports how it died.
-    let _ = frame.send(ours.as_fd(), Kind::Call);
+    let _ = match outgoing {
+        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), Kind::Call),
+        Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
+            rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
+        }),
+    };
     Ok(JoinHandle {
         child,
         entry,
@@ -466,4 +480,26 @@ fn signal_name(sig: i32) -> &'static str {
         libc::SIGTERM => "SIGTERM",
         _ => "signal",
     }
+}
+
+/// Starts a child that is asked to run the entry `name` with no arguments,
+/// without the parent's check that it exists. Not public API: for testing
+/// the child's handling of unknown entries.
+#[doc(hidden)]
+pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
+    let header = CallHeader {
+        entry: name.to_string(),
+        process_name: "unchecked".to_string(),
+    };
+    let mut frame = OutFrame::new();
+    frame.encode(&(&header, &()))?;
+    let entry: &'static str = Box::leak(name.to_string().into_boxed_str());
+    start_child(Outgoing::Frame(frame), "unchecked".into(), entry, false)
+}
+
+/// Starts a child and writes `bytes` to its control socket instead of a
+/// call frame. Not public API: for testing how a child handles bad input.
+#[doc(hidden)]
+pub fn spawn_with_raw_call(bytes: Vec<u8>) -> Result<JoinHandle<()>, Error> {
+    start_child(Outgoing::Raw(bytes), "raw".into(), "<raw>", false)
 }

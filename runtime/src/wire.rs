@@ -353,3 +353,17 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
 
 const NOT_ON_WIRE: &str = "multiproc handles can only be (de)serialized by multiproc itself \
      (as an entry argument or result, or in a message on a multiproc channel)";
+
+/// Builds the bytes of a frame with an arbitrary header. Not public API: for
+/// tests that feed malformed frames to a child.
+#[doc(hidden)]
+pub fn encode_frame_for_tests(kind: u8, announced_len: u64, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
+    bytes.extend_from_slice(&MAGIC);
+    bytes.push(VERSION);
+    bytes.push(kind);
+    bytes.extend_from_slice(&0u16.to_le_bytes());
+    bytes.extend_from_slice(&announced_len.to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}

@@ -1,0 +1,223 @@
+//! Who outlives whom: daemons, unjoined children, dropped handles. Checked in /proc.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use multiproc::{Fd, Process, entry, process_entry};
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::process::{Pid, PidfdFlags};
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let (r, w) = std::io::pipe().expect("pipe");
+    (r.into(), w.into())
+}
+
+fn read_u32(fd: OwnedFd) -> u32 {
+    let mut bytes = [0u8; 4];
+    std::fs::File::from(fd)
+        .read_exact(&mut bytes)
+        .expect("read pid");
+    u32::from_le_bytes(bytes)
+}
+
+fn block_on(gate: Fd) {
+    let mut byte = [0u8; 1];
+    let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
+}
+
+/// True once `pid` has exited, within `bound`; watched through a pidfd.
+fn exits_within(pid: u32, bound: Duration) -> bool {
+    let Ok(pidfd) =
+        rustix::process::pidfd_open(Pid::from_raw(pid as i32).expect("pid"), PidfdFlags::empty())
+    else {
+        return true; // already gone
+    };
+    let ts = Timespec {
+        tv_sec: bound.as_secs() as i64,
+        tv_nsec: bound.subsec_nanos() as _,
+    };
+    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") == 1
+}
+
+/// `Some(state)` from /proc/<pid>/stat, `None` once the pid is gone.
+fn proc_state(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().next().map(str::to_string)
+}
+
+#[process_entry]
+fn blocker(gate: Fd) {
+    block_on(gate)
+}
+
+/// Starts a daemon grandchild that blocks on `gate`, reports its pid, then blocks too.
+#[process_entry]
+fn middle_with_daemon(gate: Fd, report: Fd) {
+    let daemon = Process::new(entry!(blocker), (gate.try_clone().unwrap(),))
+        .daemon(true)
+        .start()
+        .unwrap();
+    let mut report = std::fs::File::from(report.into_owned_fd());
+    report.write_all(&daemon.pid().to_le_bytes()).unwrap();
+    drop(report);
+    block_on(gate);
+}
+
+#[test]
+fn daemon_dies_when_its_parent_is_sigkilled() {
+    // The gate's write end stays here, so nothing but the parent-death
+    // signal can end the daemon.
+    let (gate_r, _gate_w) = pipe();
+    let (report_r, report_w) = pipe();
+    let middle = Process::new(
+        entry!(middle_with_daemon),
+        (Fd::from(gate_r), Fd::from(report_w)),
+    )
+    .start()
+    .unwrap();
+    let daemon_pid = read_u32(report_r);
+    assert!(proc_state(daemon_pid).is_some(), "daemon should be running");
+    middle.kill().unwrap();
+    let err = middle.join().unwrap_err();
+    assert_eq!(err.exitcode(), Some(-9));
+    assert!(
+        exits_within(daemon_pid, Duration::from_secs(10)),
+        "daemon {daemon_pid} outlived its SIGKILLed parent"
+    );
+}
+
+#[process_entry]
+fn echo_byte(input: Fd, output: Fd) -> u8 {
+    let mut byte = [0u8; 1];
+    std::fs::File::from(input.into_owned_fd())
+        .read_exact(&mut byte)
+        .unwrap();
+    std::fs::File::from(output.into_owned_fd())
+        .write_all(&byte)
+        .unwrap();
+    byte[0]
+}
+
+#[test]
+fn daemon_survives_the_thread_that_spawned_it() {
+    let (in_r, in_w) = pipe();
+    let (out_r, out_w) = pipe();
+    let mut daemon = std::thread::spawn(move || {
+        Process::new(entry!(echo_byte), (Fd::from(in_r), Fd::from(out_w)))
+            .daemon(true)
+            .start()
+            .unwrap()
+    })
+    .join()
+    .unwrap();
+    // The spawning thread is gone; a round trip proves the daemon is not.
+    std::fs::File::from(in_w).write_all(&[42]).unwrap();
+    let mut byte = [0u8; 1];
+    std::fs::File::from(out_r).read_exact(&mut byte).unwrap();
+    assert_eq!(byte[0], 42);
+    assert_eq!(
+        daemon.join_timeout(Duration::from_secs(30)).unwrap(),
+        Some(42)
+    );
+}
+
+#[test]
+fn dropped_handle_of_a_running_child_leaves_no_zombie() {
+    let (gate_r, gate_w) = pipe();
+    let child = Process::new(entry!(blocker), (Fd::from(gate_r),))
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    drop(child);
+    assert!(proc_state(pid).is_some());
+    drop(gate_w);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match proc_state(pid) {
+            None => break,
+            Some(state) => assert!(
+                Instant::now() < deadline,
+                "child {pid} still in state {state}"
+            ),
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn dropped_handle_of_a_finished_child_leaves_no_zombie() {
+    let (gate_r, gate_w) = pipe();
+    let mut child = Process::new(entry!(blocker), (Fd::from(gate_r),))
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    drop(gate_w);
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(30)).unwrap(),
+        Some(())
+    );
+    drop(child);
+    assert_eq!(proc_state(pid), None);
+}
+
+#[process_entry]
+fn print_after_gate(gate: Fd) {
+    block_on(gate);
+    println!("child done");
+}
+
+const INNER: &str = "MULTIPROC_LIFETIME_INNER";
+
+/// Run by `exit_waits_for_unjoined_children` in a fresh copy of this test
+/// binary: leaves a child running and returns.
+#[test]
+#[ignore = "run by exit_waits_for_unjoined_children"]
+fn inner_main_returns_with_child_running() {
+    if std::env::var_os(INNER).is_none() {
+        return;
+    }
+    let stdin = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 3).unwrap();
+    let child = Process::new(entry!(print_after_gate), (Fd::from(stdin),))
+        .start()
+        .unwrap();
+    std::mem::forget(child);
+    println!("main returning");
+}
+
+#[test]
+fn exit_waits_for_unjoined_children() {
+    let mut inner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_main_returns_with_child_running",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gate = inner.stdin.take().unwrap();
+    let mut lines = BufReader::new(inner.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("main returning")),
+        "inner test did not run"
+    );
+    // Its main has returned, yet it must not exit while its child runs.
+    assert!(!exits_within(inner.id(), Duration::from_millis(500)));
+    gate.write_all(b"go").unwrap();
+    drop(gate);
+    let status = inner.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
+}

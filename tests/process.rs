@@ -1,0 +1,443 @@
+//! Process, JoinHandle and spawn!: results, failures and introspection, across real processes.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use multiproc::{ErrorKind, Fd, Process, entry, process_entry, spawn};
+use serde::{Deserialize, Serialize};
+
+#[process_entry]
+fn add(a: i32, b: i32) -> i32 {
+    a + b
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Job {
+    id: u64,
+    words: Vec<String>,
+    weight: Option<f64>,
+}
+
+#[process_entry]
+fn summarize(job: Job, extra: String) -> (u64, usize, String) {
+    (
+        job.id,
+        job.words.len(),
+        format!("{}{}", job.words.join(" "), extra),
+    )
+}
+
+#[process_entry]
+fn nothing() {}
+
+#[process_entry]
+fn panics(message: String) -> u32 {
+    panic!("{message}")
+}
+
+#[process_entry]
+fn exits_with(code: i32) {
+    std::process::exit(code)
+}
+
+#[process_entry]
+fn aborts() {
+    std::process::abort()
+}
+
+#[inline(never)]
+fn recurse(depth: u64, pad: [u8; 4096]) -> u64 {
+    let pad = std::hint::black_box(pad);
+    if depth == u64::MAX {
+        return pad[0] as u64;
+    }
+    recurse(depth + 1, pad) + pad[(depth % 4096) as usize] as u64
+}
+
+#[process_entry]
+fn overflows_stack() -> u64 {
+    // No guard page handler runs before `main`, so this is a plain SIGSEGV.
+    recurse(0, [1; 4096])
+}
+
+/// Blocks until a byte arrives on `gate` (or it closes), then returns `value`.
+#[process_entry]
+fn wait_for_gate(gate: Fd, value: u32) -> u32 {
+    let mut byte = [0u8; 1];
+    let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
+    value
+}
+
+/// Signals `ready`, then blocks on `gate`.
+#[process_entry]
+fn ready_then_block(ready: Fd, gate: Fd) {
+    let mut ready = std::fs::File::from(ready.into_owned_fd());
+    let _ = ready.write_all(&[1]);
+    drop(ready);
+    let mut byte = [0u8; 1];
+    let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let (r, w) = std::io::pipe().expect("pipe");
+    (r.into(), w.into())
+}
+
+fn read_byte(fd: &OwnedFd) -> Option<u8> {
+    let mut file = std::fs::File::from(fd.try_clone().expect("dup"));
+    let mut byte = [0u8; 1];
+    match file.read(&mut byte) {
+        Ok(1) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+#[test]
+fn spawn_returns_the_entrys_value() {
+    assert_eq!(spawn!(add, 40, 2).unwrap().join().unwrap(), 42);
+}
+
+#[test]
+fn structs_and_strings_round_trip() {
+    let job = Job {
+        id: 7,
+        words: vec!["a".into(), "b".into()],
+        weight: Some(0.5),
+    };
+    let out = spawn!(summarize, job, "!".to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(out, (7, 2, "a b!".to_string()));
+}
+
+#[test]
+fn unit_entry_joins_ok() {
+    spawn!(nothing).unwrap().join().unwrap();
+}
+
+#[test]
+fn entry_stays_a_plain_function() {
+    assert_eq!(add(1, 2), 3);
+}
+
+#[test]
+fn builder_sets_name_and_default_names_count() {
+    let named = Process::new(entry!(add), (1, 1))
+        .name("adder-1")
+        .start()
+        .unwrap();
+    assert_eq!(named.name(), "adder-1");
+    let unnamed = Process::new(entry!(add), (1, 1)).start().unwrap();
+    let n: u64 = unnamed
+        .name()
+        .strip_prefix("Process-")
+        .and_then(|n| n.parse().ok())
+        .expect("default name is Process-N");
+    assert!(n >= 1);
+    assert_eq!(named.join().unwrap(), 2);
+    assert_eq!(unnamed.join().unwrap(), 2);
+}
+
+#[test]
+fn join_reports_panic_with_message_and_location() {
+    let child = spawn!(panics, "the sky fell".to_string()).unwrap();
+    let pid = child.pid();
+    let err = child.join().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked);
+    assert!(err.is_panicked());
+    let report = err.panic().expect("panic report");
+    assert_eq!(report.message, "the sky fell");
+    let location = report.location.as_deref().expect("location");
+    assert!(location.starts_with("tests/process.rs:"), "{location}");
+    let text = err.to_string();
+    assert!(text.contains("the sky fell"), "{text}");
+    assert!(text.contains(&pid.to_string()), "{text}");
+    assert!(text.contains("panics"), "entry named in: {text}");
+    assert_eq!(err.exitcode(), Some(1));
+}
+
+#[test]
+fn join_reports_exit_code() {
+    let err = spawn!(exits_with, 3).unwrap().join().unwrap_err();
+    assert!(err.is_exited(), "{err}");
+    assert_eq!(err.exitcode(), Some(3));
+    assert!(err.to_string().contains("exit code 3"), "{err}");
+}
+
+#[test]
+fn join_reports_abort_as_sigabrt() {
+    let err = spawn!(aborts).unwrap().join().unwrap_err();
+    assert!(err.is_signaled(), "{err}");
+    assert_eq!(err.exitcode(), Some(-6));
+}
+
+#[test]
+fn join_reports_segfault_as_sigsegv() {
+    let err = spawn!(overflows_stack).unwrap().join().unwrap_err();
+    assert!(err.is_signaled(), "{err}");
+    assert_eq!(err.exitcode(), Some(-11));
+    assert!(err.to_string().contains("SIGSEGV"), "{err}");
+}
+
+#[test]
+fn terminate_and_kill_report_the_signal() {
+    for (how, sig) in [("terminate", 15), ("kill", 9)] {
+        let (gate_r, _gate_w) = pipe();
+        let mut child = spawn!(wait_for_gate, Fd::from(gate_r), 1).unwrap();
+        assert!(child.is_alive());
+        assert_eq!(child.exitcode(), None);
+        if how == "terminate" {
+            child.terminate().unwrap();
+        } else {
+            child.kill().unwrap();
+        }
+        let err = child.join_timeout(Duration::from_secs(10)).unwrap_err();
+        assert!(err.is_signaled(), "{err}");
+        assert_eq!(err.exitcode(), Some(-sig));
+        // The handle stays usable and keeps the exit code.
+        assert_eq!(child.exitcode(), Some(-sig));
+        assert!(!child.is_alive());
+        // Signalling an exited child is a no-op.
+        child.terminate().unwrap();
+        child.kill().unwrap();
+    }
+}
+
+#[test]
+fn join_timeout_returns_none_while_running_then_the_value() {
+    let (gate_r, gate_w) = pipe();
+    let mut child = spawn!(wait_for_gate, Fd::from(gate_r), 99).unwrap();
+    let start = Instant::now();
+    assert_eq!(
+        child.join_timeout(Duration::from_millis(200)).unwrap(),
+        None
+    );
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(200), "{waited:?}");
+    assert!(waited < Duration::from_millis(700), "{waited:?}");
+    assert!(child.is_alive());
+    assert_eq!(child.exitcode(), None);
+    drop(gate_w);
+    // Wakes as soon as the child ends, long before the bound.
+    let start = Instant::now();
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(30)).unwrap(),
+        Some(99)
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert_eq!(child.exitcode(), Some(0));
+}
+
+#[test]
+fn is_alive_turns_false_after_exit() {
+    let (gate_r, gate_w) = pipe();
+    let mut child = spawn!(wait_for_gate, Fd::from(gate_r), 5).unwrap();
+    assert!(child.is_alive());
+    drop(gate_w);
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(30)).unwrap(),
+        Some(5)
+    );
+    assert!(!child.is_alive());
+}
+
+#[process_entry]
+fn fd_roundtrip(fd: Fd, text: String) -> usize {
+    let mut file = std::fs::File::from(fd.into_owned_fd());
+    file.write_all(text.as_bytes()).unwrap();
+    text.len()
+}
+
+#[test]
+fn fd_argument_arrives_as_a_working_descriptor() {
+    let (r, w) = pipe();
+    let n = spawn!(fd_roundtrip, Fd::from(w), "through the pipe".to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(n, 16);
+    let mut text = String::new();
+    std::fs::File::from(r).read_to_string(&mut text).unwrap();
+    assert_eq!(text, "through the pipe");
+}
+
+#[process_entry]
+fn many_fds(fds: Vec<Fd>) -> usize {
+    for (i, fd) in fds.into_iter().enumerate() {
+        let mut file = std::fs::File::from(fd.into_owned_fd());
+        file.write_all(&[i as u8]).unwrap();
+    }
+    64
+}
+
+#[test]
+fn sixty_four_fds_in_one_call() {
+    let pipes: Vec<(OwnedFd, OwnedFd)> = (0..64).map(|_| pipe()).collect();
+    let writers: Vec<Fd> = pipes
+        .iter()
+        .map(|(_, w)| Fd::from(w.try_clone().unwrap()))
+        .collect();
+    assert_eq!(spawn!(many_fds, writers).unwrap().join().unwrap(), 64);
+    for (i, (r, _)) in pipes.iter().enumerate() {
+        assert_eq!(read_byte(r), Some(i as u8));
+    }
+}
+
+#[process_entry]
+fn return_an_fd(text: String) -> Fd {
+    let (r, w) = std::io::pipe().unwrap();
+    let mut w = std::fs::File::from(OwnedFd::from(w));
+    w.write_all(text.as_bytes()).unwrap();
+    Fd::from(OwnedFd::from(r))
+}
+
+#[test]
+fn fd_result_travels_back_to_the_parent() {
+    let fd = spawn!(return_an_fd, "from child".to_string())
+        .unwrap()
+        .join()
+        .unwrap();
+    let mut text = String::new();
+    fd.into_file().read_to_string(&mut text).unwrap();
+    assert_eq!(text, "from child");
+}
+
+#[process_entry]
+fn describe_self() -> (String, u32, bool, u32) {
+    let me = multiproc::current_process();
+    (
+        me.name().to_string(),
+        me.pid(),
+        me.is_child(),
+        multiproc::parent_pid(),
+    )
+}
+
+#[test]
+fn child_knows_its_name_pid_and_parent() {
+    let child = Process::new(entry!(describe_self), ())
+        .name("introspect")
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    let (name, child_pid, is_child, parent) = child.join().unwrap();
+    assert_eq!(name, "introspect");
+    assert_eq!(child_pid, pid);
+    assert!(is_child);
+    assert_eq!(parent, std::process::id());
+    let me = multiproc::current_process();
+    assert_eq!(me.name(), "MainProcess");
+    assert!(!me.is_child());
+}
+
+#[process_entry]
+fn read_stdin() -> usize {
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).unwrap();
+    bytes.len()
+}
+
+#[test]
+fn child_stdin_is_dev_null() {
+    assert_eq!(spawn!(read_stdin).unwrap().join().unwrap(), 0);
+}
+
+#[process_entry]
+fn spawn_grandchild(a: i32) -> (i32, u32) {
+    let grandchild = spawn!(add, a, 1).unwrap();
+    let pid = grandchild.pid();
+    (grandchild.join().unwrap(), pid)
+}
+
+#[test]
+fn a_child_can_spawn_grandchildren() {
+    let (value, grandchild_pid) = spawn!(spawn_grandchild, 41).unwrap().join().unwrap();
+    assert_eq!(value, 42);
+    assert_ne!(grandchild_pid, std::process::id());
+}
+
+#[test]
+fn active_children_lists_running_children_only() {
+    let (gate_r, gate_w) = pipe();
+    let mut child = Process::new(entry!(wait_for_gate), (Fd::from(gate_r), 0))
+        .name("listed")
+        .start()
+        .unwrap();
+    let listed = multiproc::active_children();
+    assert!(
+        listed
+            .iter()
+            .any(|c| c.pid() == child.pid() && c.name() == "listed"),
+        "{listed:?}"
+    );
+    drop(gate_w);
+    child.join_timeout(Duration::from_secs(30)).unwrap();
+    let pid = child.pid();
+    assert!(multiproc::active_children().iter().all(|c| c.pid() != pid));
+}
+
+#[test]
+fn entries_lists_registered_names() {
+    let names = multiproc::entries();
+    assert!(names.contains(&"process::add"), "{names:?}");
+    assert!(names.contains(&"process::wait_for_gate"), "{names:?}");
+}
+
+#[test]
+fn cpu_count_is_positive() {
+    assert!(multiproc::cpu_count() >= 1);
+}
+
+#[test]
+fn fifty_concurrent_spawns_from_eight_threads() {
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let handles: Vec<_> = (0..7)
+                    .filter(|i| t * 7 + i < 50)
+                    .map(|i| (t * 7 + i, spawn!(add, t * 7 + i, 1000).unwrap()))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|(i, h)| (i, h.join().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut results: Vec<(i32, i32)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    results.sort();
+    assert_eq!(results.len(), 50);
+    for (i, r) in results {
+        assert_eq!(r, i + 1000);
+    }
+}
+
+#[test]
+fn handle_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<multiproc::JoinHandle<i32>>();
+    let child = spawn!(add, 2, 3).unwrap();
+    let value = std::thread::spawn(move || child.join().unwrap())
+        .join()
+        .unwrap();
+    assert_eq!(value, 5);
+}
+
+#[test]
+fn ready_signal_and_gate_synchronise_with_the_child() {
+    let (ready_r, ready_w) = pipe();
+    let (gate_r, gate_w) = pipe();
+    let mut child = spawn!(ready_then_block, Fd::from(ready_w), Fd::from(gate_r)).unwrap();
+    assert_eq!(read_byte(&ready_r), Some(1));
+    assert!(child.is_alive());
+    drop(gate_w);
+    assert_eq!(
+        child.join_timeout(Duration::from_secs(30)).unwrap(),
+        Some(())
+    );
+}
