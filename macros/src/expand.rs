@@ -38,6 +38,17 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
     };
     let private = quote! { ::multiproc::__private };
+    // Spanned at the fn's name, so a wrong `spawn!` call points there.
+    let args_method = quote_spanned! {ident.span()=>
+        impl #ident {
+            #[doc(hidden)]
+            #[inline]
+            #[allow(clippy::unused_unit)]
+            #vis fn __multiproc_args(self, #(#vars: #tys),*) -> #args_ty {
+                (#(#vars,)*)
+            }
+        }
+    };
 
     quote! {
         #func
@@ -55,14 +66,7 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
             }
             impl ::core::marker::Copy for #ident {}
 
-            impl #ident {
-                #[doc(hidden)]
-                #[inline]
-                #[allow(clippy::unused_unit)]
-                #vis fn __multiproc_args(self, #(#vars: #tys),*) -> #args_ty {
-                    (#(#vars,)*)
-                }
-            }
+            #args_method
 
             impl #private::Entry for #ident {
                 type Args = #args_ty;

@@ -1,7 +1,7 @@
 //! Reject the functions that cannot be entries, pointing at the offending token.
 
 use crate::parse::Parsed;
-use syn::spanned::Spanned;
+use quote::ToTokens;
 use syn::visit::Visit;
 use syn::{FnArg, ReturnType, Safety, Type};
 
@@ -74,8 +74,8 @@ fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
     finder.visit_type(ty);
     match finder.found {
         None => Ok(()),
-        Some((span, kind)) => Err(syn::Error::new(
-            span,
+        Some((tokens, kind)) => Err(syn::Error::new_spanned(
+            tokens,
             format!(
                 "#[process_entry] {what} cannot {kind}: values are copied into another process, \
                  so use an owned type (`String` for `&str`, `Vec<T>` for `&[T]`)"
@@ -85,7 +85,7 @@ fn check_owned(ty: &Type, what: &str) -> syn::Result<()> {
 }
 
 struct BorrowFinder {
-    found: Option<(proc_macro2::Span, &'static str)>,
+    found: Option<(proc_macro2::TokenStream, &'static str)>,
 }
 
 impl<'ast> Visit<'ast> for BorrowFinder {
@@ -94,18 +94,18 @@ impl<'ast> Visit<'ast> for BorrowFinder {
             return;
         }
         match ty {
-            Type::Reference(_) => self.found = Some((ty.span(), "be a reference")),
-            Type::Ptr(_) => self.found = Some((ty.span(), "be a raw pointer")),
-            Type::ImplTrait(_) => self.found = Some((ty.span(), "be `impl Trait`")),
-            Type::TraitObject(_) => self.found = Some((ty.span(), "be a trait object")),
-            Type::Infer(_) => self.found = Some((ty.span(), "be inferred (`_`)")),
+            Type::Reference(_) => self.found = Some((ty.to_token_stream(), "be a reference")),
+            Type::Ptr(_) => self.found = Some((ty.to_token_stream(), "be a raw pointer")),
+            Type::ImplTrait(_) => self.found = Some((ty.to_token_stream(), "be `impl Trait`")),
+            Type::TraitObject(_) => self.found = Some((ty.to_token_stream(), "be a trait object")),
+            Type::Infer(_) => self.found = Some((ty.to_token_stream(), "be inferred (`_`)")),
             _ => syn::visit::visit_type(self, ty),
         }
     }
 
     fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
         if self.found.is_none() && lifetime.ident != "static" {
-            self.found = Some((lifetime.span(), "borrow (it names a lifetime)"));
+            self.found = Some((lifetime.to_token_stream(), "borrow (it names a lifetime)"));
         }
     }
 }

@@ -154,20 +154,14 @@ macro_rules! entry {
 /// ```
 #[macro_export]
 macro_rules! spawn {
-    ($($entry:ident)::+ $(, $arg:expr)* $(,)?) => {
-        $crate::Process::new(
-            $crate::entry!($($entry)::+),
-            $crate::entry!($($entry)::+).__multiproc_args($($arg),*),
-        )
-        .start()
-    };
-    (::$($entry:ident)::+ $(, $arg:expr)* $(,)?) => {
-        $crate::Process::new(
-            $crate::entry!(::$($entry)::+),
-            $crate::entry!(::$($entry)::+).__multiproc_args($($arg),*),
-        )
-        .start()
-    };
+    ($($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
+        let entry = $crate::entry!($($entry)::+);
+        $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
+    }};
+    (::$($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
+        let entry = $crate::entry!(::$($entry)::+);
+        $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
+    }};
 }
 
 /// Not public API: used by the code `#[process_entry]` generates.

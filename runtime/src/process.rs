@@ -503,3 +503,26 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
 pub fn spawn_with_raw_call(bytes: Vec<u8>) -> Result<JoinHandle<()>, Error> {
     start_child(Outgoing::Raw(bytes), "raw".into(), "<raw>", false)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::{process_entry, spawn};
+
+    #[process_entry]
+    fn triple(x: u64) -> u64 {
+        x * 3
+    }
+
+    #[test]
+    fn entries_defined_in_unit_tests_run_in_a_child() {
+        let child = spawn!(triple, 14).unwrap();
+        assert_ne!(child.pid(), std::process::id());
+        assert_eq!(child.join().unwrap(), 42);
+    }
+
+    #[test]
+    fn unknown_entry_is_rejected_in_the_parent() {
+        let err = crate::entry::lookup("multiproc::nope").unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::UnknownEntry);
+    }
+}

@@ -367,3 +367,120 @@ pub fn encode_frame_for_tests(kind: u8, announced_len: u64, payload: &[u8]) -> V
     bytes.extend_from_slice(payload);
     bytes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap()
+    }
+
+    fn feed(bytes: &[u8]) -> Result<Option<InFrame>, RecvError> {
+        let (a, b) = pair();
+        send_all(a.as_fd(), bytes, &[]).unwrap();
+        drop(a);
+        let mut buf = Vec::new();
+        recv_frame(b.as_fd(), &mut buf)
+    }
+
+    #[test]
+    fn frame_round_trips_with_descriptors() {
+        let (a, b) = pair();
+        let (pr, pw) = rustix::pipe::pipe().unwrap();
+        let mut out = OutFrame::new();
+        out.encode(&(String::from("hi"), crate::Fd::from(pw)))
+            .unwrap();
+        out.send(a.as_fd(), Kind::Value).unwrap();
+        let mut buf = Vec::new();
+        let frame = recv_frame(b.as_fd(), &mut buf).unwrap().unwrap();
+        assert_eq!(frame.kind, Kind::Value);
+        assert_eq!(frame.fds.len(), 1);
+        let (text, fd): (String, crate::Fd) = decode(&buf, frame.fds).unwrap();
+        assert_eq!(text, "hi");
+        rustix::io::write(&fd, b"x").unwrap();
+        let mut byte = [0u8; 1];
+        assert_eq!(rustix::io::read(&pr, &mut byte).unwrap(), 1);
+    }
+
+    #[test]
+    fn clean_end_of_stream_is_none() {
+        assert!(matches!(feed(&[]), Ok(None)));
+    }
+
+    #[test]
+    fn garbage_is_bad_magic() {
+        assert!(matches!(
+            feed(b"GARBAGE!GARBAGE!"),
+            Err(RecvError::BadMagic(_))
+        ));
+    }
+
+    #[test]
+    fn short_header_is_truncated() {
+        let bytes = encode_frame_for_tests(2, 10, &[]);
+        assert!(matches!(
+            feed(&bytes[..7]),
+            Err(RecvError::Truncated { got: 7, .. })
+        ));
+    }
+
+    #[test]
+    fn short_payload_is_truncated() {
+        let bytes = encode_frame_for_tests(2, 10, &[1, 2, 3]);
+        assert!(matches!(feed(&bytes), Err(RecvError::Truncated { .. })));
+    }
+
+    #[test]
+    fn oversized_frame_is_rejected_from_its_header() {
+        let bytes = encode_frame_for_tests(2, 1 << 40, &[]);
+        assert!(matches!(feed(&bytes), Err(RecvError::TooLarge(n)) if n == 1 << 40));
+    }
+
+    #[test]
+    fn unknown_version_and_kind_are_rejected() {
+        let mut bytes = encode_frame_for_tests(2, 0, &[]);
+        bytes[4] = 99;
+        assert!(matches!(feed(&bytes), Err(RecvError::BadVersion(99))));
+        let bytes = encode_frame_for_tests(77, 0, &[]);
+        assert!(matches!(feed(&bytes), Err(RecvError::BadKind(77))));
+    }
+
+    #[test]
+    fn announced_descriptors_must_arrive() {
+        let mut bytes = encode_frame_for_tests(2, 0, &[]);
+        bytes[6] = 3;
+        assert!(matches!(
+            feed(&bytes),
+            Err(RecvError::FdMismatch { want: 3, got: 0 })
+        ));
+    }
+
+    #[test]
+    fn serializing_a_handle_outside_the_wire_is_an_error() {
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let fd = crate::Fd::from(w);
+        let mut buf = Vec::new();
+        let err = crate::codec::encode_into(&fd, &mut buf).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only be (de)serialized by multiproc"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn handle_index_that_was_not_sent_is_a_decode_error() {
+        let mut buf = Vec::new();
+        crate::codec::encode_into(&5u32, &mut buf).unwrap();
+        let err = decode::<crate::Fd>(&buf, Vec::new()).unwrap_err();
+        assert!(err.is_decode(), "{err}");
+    }
+}

@@ -1,0 +1,6 @@
+use multiproc::process_entry;
+
+#[process_entry(name = "x")]
+fn work() {}
+
+fn main() {}
