@@ -164,6 +164,10 @@ macro_rules! spawn {
     }};
 }
 
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
+
 /// Not public API: used by the code `#[process_entry]` generates.
 #[doc(hidden)]
 pub mod __private {
