@@ -5,7 +5,7 @@ use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use multiproc::__private::{encode_frame_for_tests, spawn_unchecked_named, spawn_with_raw_call};
-use multiproc::{ErrorKind, Fd, process_entry, spawn};
+use multiproc::{ErrorKind, Fd, entry, process_entry, spawn};
 
 #[process_entry]
 fn add(a: i32, b: i32) -> i32 {
@@ -36,7 +36,7 @@ fn unknown_entry_is_an_error_in_the_child_too() {
 
 #[test]
 fn garbage_call_bytes_are_a_decode_error() {
-    let child = spawn_with_raw_call(b"this is not a frame at all".to_vec()).unwrap();
+    let child = spawn_with_raw_call(entry!(add), b"this is not a frame at all".to_vec()).unwrap();
     let err = child.join().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     assert!(err.to_string().contains("magic"), "{err}");
@@ -46,7 +46,10 @@ fn garbage_call_bytes_are_a_decode_error() {
 fn truncated_call_frame_is_a_decode_error() {
     let mut bytes = encode_frame_for_tests(1, 100, &[0u8; 40]);
     bytes.truncate(30);
-    let err = spawn_with_raw_call(bytes).unwrap().join().unwrap_err();
+    let err = spawn_with_raw_call(entry!(add), bytes)
+        .unwrap()
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     assert!(err.to_string().contains("closed in the middle"), "{err}");
 }
@@ -54,7 +57,10 @@ fn truncated_call_frame_is_a_decode_error() {
 #[test]
 fn frame_announcing_a_terabyte_is_rejected_before_allocating() {
     let bytes = encode_frame_for_tests(1, 1 << 40, &[]);
-    let err = spawn_with_raw_call(bytes).unwrap().join().unwrap_err();
+    let err = spawn_with_raw_call(entry!(add), bytes)
+        .unwrap()
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
     assert!(err.to_string().contains("1099511627776"), "{err}");
 }
@@ -63,14 +69,20 @@ fn frame_announcing_a_terabyte_is_rejected_before_allocating() {
 fn well_framed_garbage_payload_is_a_decode_error() {
     let payload = [0xffu8; 64];
     let bytes = encode_frame_for_tests(1, payload.len() as u64, &payload);
-    let err = spawn_with_raw_call(bytes).unwrap().join().unwrap_err();
+    let err = spawn_with_raw_call(entry!(add), bytes)
+        .unwrap()
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
 }
 
 #[test]
 fn wrong_frame_kind_is_a_decode_error() {
     let bytes = encode_frame_for_tests(2, 0, &[]);
-    let err = spawn_with_raw_call(bytes).unwrap().join().unwrap_err();
+    let err = spawn_with_raw_call(entry!(add), bytes)
+        .unwrap()
+        .join()
+        .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
 }
 

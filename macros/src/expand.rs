@@ -81,9 +81,7 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
                 }
             }
 
-            #private::inventory::submit! {
-                #private::EntryRecord::new::<#ident>(::core::file!(), ::core::line!())
-            }
+            #private::entry_ctor!(#ident, ::core::file!(), ::core::line!());
         };
     }
 }

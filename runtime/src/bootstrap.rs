@@ -2,10 +2,11 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use rustix::process::Signal;
 
+use crate::entry::RunFn;
 use crate::error::{Error, ErrorKind, PanicReport};
 use crate::process::{BOOT_ENV, CallHeader, ChildFailure};
 use crate::wire::{self, Kind, OutFrame};
@@ -15,22 +16,58 @@ const EXIT_PANICKED: i32 = 1;
 /// Exit code of a child that could not run its entry at all.
 const EXIT_BOOTSTRAP_FAILED: i32 = 2;
 
-/// Called by the load-time constructor (and by [`crate::init`]). In a child
-/// it never returns; anywhere else it returns at once.
-pub(crate) fn on_load() {
-    let Some(marker) = std::env::var_os(BOOT_ENV) else {
+/// What the marker variable asks of this child.
+#[derive(Debug)]
+struct Target {
+    parent: u32,
+    daemon: bool,
+    /// How many entries the parent's registry holds (it is the same binary).
+    expected: usize,
+    entry: String,
+}
+
+/// `None` in a process that is not a bootstrapping child. Read once, and the
+/// variable removed, so this child's own children start clean.
+fn target() -> Option<&'static Target> {
+    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let marker = std::env::var_os(BOOT_ENV)?;
+            // Before anything can start a thread.
+            crate::sys::remove_env_before_main(BOOT_ENV);
+            Some(parse_marker(&marker.to_string_lossy()).unwrap_or(Target {
+                parent: 0,
+                daemon: false,
+                expected: 0,
+                entry: String::new(),
+            }))
+        })
+        .as_ref()
+}
+
+/// Called at load time, before `main`: by the runtime's constructor and by
+/// every entry's constructor after it registered, in whatever order the
+/// linker laid them out. `loaded` is how many entries have registered so far.
+///
+/// In a child, once every entry of the binary has registered (the parent,
+/// being the same binary, said how many there are), the target is run — or
+/// reported unknown — and the child exits here, never reaching `main`. In any
+/// other process this returns at once.
+pub(crate) fn on_load(loaded: usize) {
+    let Some(target) = target() else {
         return;
     };
-    // Before anything can start a thread, and so that this child's own
-    // children are not mistaken for bootstrapping ones.
-    crate::sys::remove_env_before_main(BOOT_ENV);
-    let code = run_child(&marker.to_string_lossy());
+    if loaded < target.expected {
+        return;
+    }
+    let run = crate::entry::find_loaded(&target.entry).map(|record| record.run());
+    let code = run_child(target, run);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code);
 }
 
-fn run_child(marker: &str) -> i32 {
+fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
     crate::sys::ignore_sigpipe();
     let sock = match take_control_socket() {
         Ok(sock) => sock,
@@ -39,21 +76,29 @@ fn run_child(marker: &str) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    let Some((parent, daemon)) = parse_marker(marker) else {
+    if target.entry.is_empty() {
+        let failure = Error::new(ErrorKind::Decode, "malformed bootstrap marker");
+        send_failure(sock.as_fd(), &failure);
+        return EXIT_BOOTSTRAP_FAILED;
+    }
+    if target.daemon {
+        // Die with the parent; if it already died, the signal will never come.
+        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+        if std::os::unix::process::parent_id() != target.parent {
+            return EXIT_BOOTSTRAP_FAILED;
+        }
+    }
+    let Some(run) = run else {
         let failure = Error::new(
-            ErrorKind::Decode,
-            format!("malformed bootstrap marker {marker:?}"),
+            ErrorKind::UnknownEntry,
+            format!(
+                "no #[process_entry] named `{}` in this binary",
+                target.entry
+            ),
         );
         send_failure(sock.as_fd(), &failure);
         return EXIT_BOOTSTRAP_FAILED;
     };
-    if daemon {
-        // Die with the parent; if it already died, the signal will never come.
-        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-        if std::os::unix::process::parent_id() != parent {
-            return EXIT_BOOTSTRAP_FAILED;
-        }
-    }
     install_panic_hook();
 
     let mut buf = Vec::new();
@@ -76,21 +121,25 @@ fn run_child(marker: &str) -> i32 {
     };
     let (header, fds) = wire::decode_prefix::<CallHeader>(&buf, frame.fds);
     let (header, used) = match header {
-        Ok(header) => header,
+        Ok((header, used)) if header.entry == target.entry => (header, used),
+        Ok((header, _)) => {
+            let failure = Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "call names entry `{}`, marker names `{}`",
+                    header.entry, target.entry
+                ),
+            );
+            send_failure(sock.as_fd(), &failure);
+            return EXIT_BOOTSTRAP_FAILED;
+        }
         Err(e) => {
             send_failure(sock.as_fd(), &e);
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
     crate::info::set_child_name(header.process_name);
-    let record = match crate::entry::lookup(&header.entry) {
-        Ok(record) => record,
-        Err(e) => {
-            send_failure(sock.as_fd(), &e);
-            return EXIT_BOOTSTRAP_FAILED;
-        }
-    };
-    let code = match record.run(&buf[used..], fds) {
+    let code = match run(&buf[used..], fds) {
         crate::entry::RunOutcome::Value(mut frame) => {
             let _ = frame.send(sock.as_fd(), Kind::Value);
             0
@@ -115,19 +164,35 @@ fn run_child(marker: &str) -> i32 {
     drop(sock);
     // Like the main process, wait for this child's own unjoined children.
     crate::children::finish_children();
-    let _ = record.name();
     code
 }
 
-fn parse_marker(marker: &str) -> Option<(u32, bool)> {
-    let (parent, daemon) = marker.split_once(':')?;
-    let parent = parent.parse().ok()?;
-    let daemon = match daemon {
+/// Builds the marker for a child that is to run `entry`.
+pub(crate) fn marker(daemon: bool, entry: &str) -> String {
+    format!(
+        "{}:{}:{}:{entry}",
+        std::process::id(),
+        if daemon { 1 } else { 0 },
+        crate::entry::loaded_count()
+    )
+}
+
+fn parse_marker(marker: &str) -> Option<Target> {
+    let mut parts = marker.splitn(4, ':');
+    let parent = parts.next()?.parse().ok()?;
+    let daemon = match parts.next()? {
         "0" => false,
         "1" => true,
         _ => return None,
     };
-    Some((parent, daemon))
+    let expected = parts.next()?.parse().ok()?;
+    let entry = parts.next()?.to_string();
+    Some(Target {
+        parent,
+        daemon,
+        expected,
+        entry,
+    })
 }
 
 /// Moves the control socket off fd 0 and puts `/dev/null` there, as Python

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
-use crate::wire::MAX_FRAME_LEN;
+use crate::wire::{MAX_FRAME_LEN, take_handle_error};
 
 #[cfg(not(feature = "postcard"))]
 fn config() -> impl bincode::config::Config {
@@ -27,7 +27,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     let result = postcard::to_extend(value, std::mem::take(buf))
         .map(|out| *buf = out)
         .map_err(|e| e.to_string());
-    result.map_err(|e| Error::new(ErrorKind::Encode, e))
+    result.map_err(|e| Error::new(ErrorKind::Encode, take_handle_error().unwrap_or(e)))
 }
 
 /// Decodes one value from the start of `bytes`; returns it and the bytes it used.
@@ -38,7 +38,7 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usi
     let result = postcard::take_from_bytes(bytes)
         .map(|(value, rest)| (value, bytes.len() - rest.len()))
         .map_err(|e| e.to_string());
-    result.map_err(|e| Error::new(ErrorKind::Decode, e))
+    result.map_err(|e| Error::new(ErrorKind::Decode, take_handle_error().unwrap_or(e)))
 }
 
 /// Decodes exactly one value that fills `bytes`.

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,7 +43,7 @@ pub struct EntryRecord {
     name: &'static str,
     file: &'static str,
     line: u32,
-    run: fn(&[u8], Vec<OwnedFd>) -> RunOutcome,
+    run: RunFn,
     _anchor: Anchor,
 }
 
@@ -59,16 +59,47 @@ impl EntryRecord {
         }
     }
 
-    pub(crate) fn name(&self) -> &'static str {
-        self.name
-    }
-
-    pub(crate) fn run(&self, args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
-        (self.run)(args, fds)
+    pub(crate) fn run(&self) -> RunFn {
+        self.run
     }
 }
 
-inventory::collect!(EntryRecord);
+/// Every entry whose load-time constructor has run, in the order they ran.
+///
+/// Entries register themselves from their own constructors (see
+/// `sys::__entry_ctor`) rather than through `inventory`: a child must know
+/// the moment the last entry has registered, and only its own constructors
+/// can tell it.
+static LOADED: Mutex<Vec<&'static EntryRecord>> = Mutex::new(Vec::new());
+
+fn loaded() -> std::sync::MutexGuard<'static, Vec<&'static EntryRecord>> {
+    LOADED.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Called by each entry's load-time constructor. Not public API.
+#[doc(hidden)]
+pub fn entry_loaded(record: &'static EntryRecord) {
+    let count = {
+        let mut loaded = loaded();
+        loaded.push(record);
+        loaded.len()
+    };
+    crate::bootstrap::on_load(count);
+}
+
+/// The entries registered so far (all of them, once `main` runs).
+pub(crate) fn loaded_count() -> usize {
+    loaded().len()
+}
+
+/// Finds `name` among the entries registered so far, without the registry
+/// (which must not be built before every entry has registered).
+pub(crate) fn find_loaded(name: &str) -> Option<&'static EntryRecord> {
+    loaded().iter().copied().find(|r| r.name == name)
+}
+
+/// Runs an entry from its encoded arguments (in the child).
+pub(crate) type RunFn = fn(&[u8], Vec<OwnedFd>) -> RunOutcome;
 
 fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
     let args: E::Args = match crate::wire::decode(args, fds) {
@@ -105,7 +136,7 @@ fn registry() -> &'static Registry {
     REGISTRY.get_or_init(|| {
         let mut by_name = HashMap::new();
         let mut duplicates: HashMap<&'static str, Vec<&'static EntryRecord>> = HashMap::new();
-        for record in inventory::iter::<EntryRecord> {
+        for record in loaded().iter().copied() {
             if let Some(first) = by_name.insert(record.name, record) {
                 duplicates
                     .entry(record.name)

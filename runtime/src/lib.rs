@@ -108,7 +108,7 @@ pub use multiproc_macros::process_entry;
 /// Runs the child check now. A no-op in a parent (and in a child, since the
 /// check already ran before `main`); for programs that want the call visible.
 pub fn init() {
-    bootstrap::on_load();
+    bootstrap::on_load(entry::loaded_count());
 }
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
@@ -171,8 +171,8 @@ struct ReadmeDoctests;
 /// Not public API: used by the code `#[process_entry]` generates.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::entry::{Entry, EntryRecord};
+    pub use crate::__entry_ctor as entry_ctor;
+    pub use crate::entry::{Entry, EntryRecord, entry_loaded};
     pub use crate::process::{spawn_unchecked_named, spawn_with_raw_call};
     pub use crate::wire::encode_frame_for_tests;
-    pub use inventory;
 }

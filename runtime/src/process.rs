@@ -21,7 +21,7 @@ use crate::error::{Error, ErrorKind, PanicReport};
 use crate::wire::{self, Kind, OutFrame};
 
 /// The environment variable that marks a child and carries
-/// `<parent pid>:<daemon 0|1>`.
+/// `<parent pid>:<daemon 0|1>:<number of entries>:<entry name>`.
 pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
 
 /// What the parent tells the child before the arguments.
@@ -192,11 +192,8 @@ pub(crate) fn start_child<R>(
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(
-        BOOT_ENV,
-        format!("{}:{}", std::process::id(), if daemon { 1 } else { 0 }),
-    )
-    .stdin(Stdio::from(theirs));
+    cmd.env(BOOT_ENV, crate::bootstrap::marker(daemon, entry))
+        .stdin(Stdio::from(theirs));
     let pid = if daemon {
         spawn_on_daemon_thread(cmd)
     } else {
@@ -497,14 +494,21 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     start_child(Outgoing::Frame(frame), "unchecked".into(), entry, false)
 }
 
-/// Starts a child and writes `bytes` to its control socket instead of a
-/// call frame. Not public API: for testing how a child handles bad input.
+/// Starts a child for `entry` and writes `bytes` to its control socket
+/// instead of a call frame. Not public API: for testing how a child handles
+/// bad input.
 #[doc(hidden)]
-pub fn spawn_with_raw_call(bytes: Vec<u8>) -> Result<JoinHandle<()>, Error> {
-    start_child(Outgoing::Raw(bytes), "raw".into(), "<raw>", false)
+pub fn spawn_with_raw_call<E: Entry>(
+    entry: E,
+    bytes: Vec<u8>,
+) -> Result<JoinHandle<E::Output>, Error> {
+    let _ = entry;
+    start_child(Outgoing::Raw(bytes), "raw".into(), E::NAME, false)
 }
 
 #[cfg(test)]
+// `#[process_entry]` gives each entry an `.init_array` slot (see `sys`).
+#[allow(unsafe_code)]
 mod tests {
     use crate::{process_entry, spawn};
 

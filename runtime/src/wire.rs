@@ -311,6 +311,19 @@ enum Table {
 
 thread_local! {
     static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+    /// Why the last handle failed to (de)serialize: some formats replace a
+    /// serializer's custom message with a generic one, so the codec asks here.
+    static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+fn handle_error(message: String) -> String {
+    HANDLE_ERROR.with(|e| *e.borrow_mut() = Some(message.clone()));
+    message
+}
+
+/// The message of a handle that failed during the current encode or decode.
+pub(crate) fn take_handle_error() -> Option<String> {
+    HANDLE_ERROR.with(|e| e.borrow_mut().take())
 }
 
 fn with_table<R>(table: Table, f: impl FnOnce() -> R) -> (R, Table) {
@@ -330,12 +343,13 @@ fn with_table<R>(table: Table, f: impl FnOnce() -> R) -> (R, Table) {
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
     TABLE.with(|t| match &mut *t.borrow_mut() {
         Some(Table::Encode(fds)) => {
-            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)
-                .map_err(|e| format!("could not duplicate a handle's descriptor: {e}"))?;
+            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| {
+                handle_error(format!("could not duplicate a handle's descriptor: {e}"))
+            })?;
             fds.push(dup);
             Ok((fds.len() - 1) as u32)
         }
-        _ => Err(NOT_ON_WIRE.to_string()),
+        _ => Err(handle_error(NOT_ON_WIRE.to_string())),
     })
 }
 
@@ -346,8 +360,12 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
         Some(Table::Decode(fds)) => fds
             .get_mut(index as usize)
             .and_then(Option::take)
-            .ok_or_else(|| format!("message refers to handle #{index}, which it did not carry")),
-        _ => Err(NOT_ON_WIRE.to_string()),
+            .ok_or_else(|| {
+                handle_error(format!(
+                    "message refers to handle #{index}, which it did not carry"
+                ))
+            }),
+        _ => Err(handle_error(NOT_ON_WIRE.to_string())),
     })
 }
 

@@ -15,9 +15,40 @@ use rustix::net::RecvFlags;
 /// exits; in any other process it returns at once.
 extern "C" fn bootstrap_ctor() {
     // Unwinding out of a function the loader called is undefined behaviour.
-    if std::panic::catch_unwind(crate::bootstrap::on_load).is_err() {
+    if std::panic::catch_unwind(|| crate::bootstrap::on_load(crate::entry::loaded_count())).is_err()
+    {
         std::process::abort();
     }
+}
+
+/// Registers an entry from its own load-time constructor. Not public API:
+/// used by `#[process_entry]`.
+///
+/// With one constructor per entry that registers it and then checks whether
+/// this is a child whose entries are now all known, a child finds its entry
+/// however the linker ordered the constructors (which it does not promise).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __entry_ctor {
+    ($entry:ty, $file:expr, $line:expr) => {
+        const _: () = {
+            static RECORD: $crate::__private::EntryRecord =
+                $crate::__private::EntryRecord::new::<$entry>($file, $line);
+            extern "C" fn __multiproc_entry_ctor() {
+                // Unwinding out of a function the loader called is undefined behaviour.
+                if ::std::panic::catch_unwind(|| $crate::__private::entry_loaded(&RECORD)).is_err()
+                {
+                    ::std::process::abort();
+                }
+            }
+            #[used]
+            // SAFETY: `.init_array` holds pointers to `extern "C" fn()` that
+            // the loader calls once at start-up; the static has exactly that
+            // type, and the function does not unwind.
+            #[unsafe(link_section = ".init_array")]
+            static __MULTIPROC_ENTRY_CTOR: extern "C" fn() = __multiproc_entry_ctor;
+        };
+    };
 }
 
 /// The constructor's slot in `.init_array`.
