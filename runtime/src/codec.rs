@@ -6,12 +6,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
-use crate::wire::{MAX_FRAME_LEN, take_handle_error};
+use crate::wire::take_handle_error;
 
 #[cfg(not(feature = "postcard"))]
 fn config() -> impl bincode::config::Config {
     // The limit bounds what a length prefix may make the decoder allocate.
-    bincode::config::standard().with_limit::<{ MAX_FRAME_LEN as usize }>()
+    bincode::config::standard().with_limit::<{ crate::wire::MAX_FRAME_LEN as usize }>()
 }
 
 /// Appends the encoding of `value` to `buf`.
