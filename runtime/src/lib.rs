@@ -85,23 +85,29 @@ compile_error!(
 extern crate self as multiproc;
 
 mod bootstrap;
+mod channel_error;
 mod children;
 mod codec;
 mod entry;
 mod error;
 mod fd;
 mod info;
+mod pipe;
 mod poll;
 mod process;
 mod sys;
 mod wire;
 
+pub use crate::channel_error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 pub use crate::entry::{Entry, entries};
 pub use crate::error::{Error, ErrorKind, PanicReport, Result};
 pub use crate::fd::Fd;
 pub use crate::info::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
+pub use crate::pipe::{Connection, Pipe};
 pub use crate::process::{JoinHandle, Process};
 pub use multiproc_macros::process_entry;
 

@@ -442,9 +442,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                 Ok(failure) => Outcome::Failed(Error::new(failure.kind.into(), failure.message)),
                 Err(e) => Outcome::Failed(e),
             },
-            Kind::Call => Outcome::Failed(Error::new(
+            other => Outcome::Failed(Error::new(
                 ErrorKind::Decode,
-                "the child sent a call frame instead of a result",
+                format!("the child sent a {other:?} frame instead of a result"),
             )),
         }))
     }

@@ -44,6 +44,10 @@ pub(crate) enum Kind {
     Panic = 3,
     /// Child to parent: the child could not run the entry.
     Failure = 4,
+    /// A message on a channel, encoded by the codec.
+    Data = 5,
+    /// Raw bytes on a channel (`send_bytes`), or a `Vec<u8>` sent as is.
+    Bytes = 6,
 }
 
 impl Kind {
@@ -53,6 +57,8 @@ impl Kind {
             2 => Kind::Value,
             3 => Kind::Panic,
             4 => Kind::Failure,
+            5 => Kind::Data,
+            6 => Kind::Bytes,
             _ => return None,
         })
     }
@@ -71,6 +77,12 @@ impl OutFrame {
             buf: vec![0; HEADER_LEN],
             fds: Vec::new(),
         }
+    }
+
+    /// Empties the frame for reuse, keeping its buffer.
+    pub(crate) fn clear(&mut self) {
+        self.buf.truncate(HEADER_LEN);
+        self.fds.clear();
     }
 
     /// Appends the encoding of `value`, collecting the descriptors of any
@@ -107,7 +119,11 @@ impl OutFrame {
         let header = header(kind, self.fds.len() as u16, len);
         self.buf[..HEADER_LEN].copy_from_slice(&header);
         let borrowed: Vec<BorrowedFd<'_>> = self.fds.iter().map(|fd| fd.as_fd()).collect();
-        send_all(sock, &self.buf, &borrowed)
+        let result = send_all(sock, &self.buf, &borrowed);
+        // Our copies must not outlive the send: a kept copy of a
+        // connection's end would stop its peer from ever seeing it gone.
+        self.fds.clear();
+        result
     }
 }
 
@@ -119,6 +135,36 @@ fn header(kind: Kind, nfds: u16, len: u64) -> [u8; HEADER_LEN] {
     h[6..8].copy_from_slice(&nfds.to_le_bytes());
     h[8..16].copy_from_slice(&len.to_le_bytes());
     h
+}
+
+/// Sends a frame whose payload is `payload` as is, without copying it into
+/// a frame buffer first (header and payload go out in one `sendmsg`).
+pub(crate) fn send_raw_frame(sock: BorrowedFd<'_>, kind: Kind, payload: &[u8]) -> io::Result<()> {
+    let len = payload.len() as u64;
+    if len > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {len} bytes is over the {MAX_FRAME_LEN}-byte limit"),
+        ));
+    }
+    let head = header(kind, 0, len);
+    let mut sent = 0;
+    let total = HEADER_LEN + payload.len();
+    while sent < total {
+        let n = if sent < HEADER_LEN {
+            let iov = [IoSlice::new(&head[sent..]), IoSlice::new(payload)];
+            let mut no_fds = SendAncillaryBuffer::new(&mut []);
+            rustix::net::sendmsg(sock, &iov, &mut no_fds, SendFlags::NOSIGNAL)
+        } else {
+            rustix::net::send(sock, &payload[sent - HEADER_LEN..], SendFlags::NOSIGNAL)
+        };
+        match n {
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
 }
 
 /// Writes all of `bytes`, the descriptors going with the first chunk.

@@ -1,0 +1,297 @@
+//! [`Pipe`] and [`Connection`]: two connected ends that carry typed messages
+//! between processes (Python's `multiprocessing.Pipe`).
+
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
+use crate::error::{Error, ErrorKind};
+use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
+
+/// Creates connected pairs of [`Connection`]s.
+///
+/// ```
+/// use multiproc::{process_entry, spawn, Connection, Pipe};
+///
+/// #[process_entry]
+/// fn child(conn: Connection<(i32, Option<i32>, String)>) {
+///     conn.send(&(42, None, "hello".to_string())).unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (parent_conn, child_conn) = Pipe::duplex()?;
+/// let p = spawn!(child, child_conn)?;
+/// assert_eq!(parent_conn.recv()?, (42, None, "hello".to_string()));
+/// p.join()?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Pipe<T>(PhantomData<fn(T) -> T>);
+
+impl<T: Serialize + DeserializeOwned> Pipe<T> {
+    /// Two ends that can each send and receive.
+    pub fn duplex() -> Result<(Connection<T>, Connection<T>), Error> {
+        let (a, b) = socketpair()?;
+        Ok((
+            Connection::new(a, true, true),
+            Connection::new(b, true, true),
+        ))
+    }
+
+    /// `(receiver, sender)`: the first end only receives, the second only sends.
+    pub fn simplex() -> Result<(Connection<T>, Connection<T>), Error> {
+        let (rx, tx) = socketpair()?;
+        // Each end refuses the direction it does not have, in every process.
+        rustix::net::shutdown(&rx, Shutdown::Write).map_err(|e| Error::io("shutdown", e.into()))?;
+        rustix::net::shutdown(&tx, Shutdown::Read).map_err(|e| Error::io("shutdown", e.into()))?;
+        Ok((
+            Connection::new(rx, true, false),
+            Connection::new(tx, false, true),
+        ))
+    }
+}
+
+fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| Error::io("creating a socket pair", e.into()))
+}
+
+/// One end of a [`Pipe`]: sends and receives messages of type `T`.
+///
+/// Messages arrive whole and in order, whatever their size. Threads of one
+/// process may share an end (`Connection` is `Sync`): sends and receives are
+/// each serialised by a lock, so two messages never interleave.
+///
+/// # Caveats
+/// - When every handle to the other end is gone — dropped, closed, or its
+///   process died — `recv` returns `Disconnected` and `send` fails with
+///   [`ErrorKind::Disconnected`]; nothing hangs. Keep no spare copy of the
+///   other end in this process, or it never looks gone (as with Python).
+/// - Two *processes* sending on copies of the same end can interleave
+///   messages larger than the socket's buffer; give each sender its own pipe.
+/// - A `Connection` travels to another process as an entry argument or in a
+///   message; the copy sent and the copy kept are the same end.
+pub struct Connection<T> {
+    fd: OwnedFd,
+    readable: bool,
+    writable: bool,
+    send: Mutex<OutFrame>,
+    recv: Mutex<RecvState>,
+    _message: PhantomData<fn(T) -> T>,
+}
+
+#[derive(Debug, Default)]
+struct RecvState {
+    buf: Vec<u8>,
+    /// Set when the byte stream can no longer be split into frames.
+    broken: Option<String>,
+}
+
+impl<T> fmt::Debug for Connection<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("fd", &self.fd)
+            .field("readable", &self.readable)
+            .field("writable", &self.writable)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<T> Connection<T> {
+    fn new(fd: OwnedFd, readable: bool, writable: bool) -> Connection<T> {
+        Connection {
+            fd,
+            readable,
+            writable,
+            send: Mutex::new(OutFrame::new()),
+            recv: Mutex::new(RecvState::default()),
+            _message: PhantomData,
+        }
+    }
+
+    /// Whether this end can receive.
+    pub fn readable(&self) -> bool {
+        self.readable
+    }
+
+    /// Whether this end can send.
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Closes this end (in this process; copies elsewhere stay open).
+    pub fn close(self) {
+        drop(self);
+    }
+
+    /// Whether a message (or the end of the stream) is ready to receive,
+    /// waiting up to `timeout`.
+    pub fn poll(&self, timeout: Duration) -> bool {
+        let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
+        matches!(crate::poll::poll(&mut fds, Some(timeout)), Ok(n) if n > 0)
+    }
+
+    /// Sends `bytes` as one message, without encoding them.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
+        self.check_writable()?;
+        let _guard = lock(&self.send);
+        wire::send_raw_frame(self.fd.as_fd(), Kind::Bytes, bytes).map_err(send_error)
+    }
+
+    /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
+    /// sent, or the encoding of what `send` sent).
+    pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        let mut state = lock(&self.recv);
+        self.recv_frame(&mut state)?;
+        Ok(std::mem::take(&mut state.buf))
+    }
+
+    fn check_writable(&self) -> Result<(), Error> {
+        if self.writable {
+            Ok(())
+        } else {
+            Err(Error::new(
+                ErrorKind::Io,
+                "this end of the pipe is receive-only",
+            ))
+        }
+    }
+
+    /// Receives one frame into `state.buf`.
+    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::InFrame, RecvError> {
+        if !self.readable {
+            return Err(RecvError::Failed(Error::new(
+                ErrorKind::Io,
+                "this end of the pipe is send-only",
+            )));
+        }
+        if let Some(why) = &state.broken {
+            return Err(RecvError::Failed(Error::new(
+                ErrorKind::Decode,
+                format!("connection is broken: {why}"),
+            )));
+        }
+        match wire::recv_frame(self.fd.as_fd(), &mut state.buf) {
+            Ok(Some(frame)) => Ok(frame),
+            Ok(None) => Err(RecvError::Disconnected),
+            Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                Err(RecvError::Disconnected)
+            }
+            Err(WireError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
+            Err(e) => {
+                // The peer died mid-message or sent garbage: no later frame can be trusted.
+                state.broken = Some(e.to_string());
+                Err(RecvError::Failed(e.into_error()))
+            }
+        }
+    }
+}
+
+fn send_error(e: std::io::Error) -> Error {
+    match e.raw_os_error() {
+        Some(libc::EPIPE) | Some(libc::ECONNRESET) => {
+            Error::new(ErrorKind::Disconnected, "the other end of the pipe is gone")
+        }
+        _ => Error::io("sending", e),
+    }
+}
+
+impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
+    /// Sends a message. Blocks while the other side's buffer is full.
+    pub fn send(&self, message: &T) -> Result<(), Error> {
+        self.check_writable()?;
+        // A `Vec<u8>` goes out as raw bytes, not element by element.
+        if let Some(bytes) = (message as &dyn Any).downcast_ref::<Vec<u8>>() {
+            return self.send_bytes(bytes);
+        }
+        let mut frame = lock(&self.send);
+        frame.clear();
+        frame.encode(message)?;
+        frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
+    }
+
+    /// Receives a message, blocking until one arrives or the other side is gone.
+    pub fn recv(&self) -> Result<T, RecvError> {
+        let mut state = lock(&self.recv);
+        let frame = self.recv_frame(&mut state)?;
+        if frame.kind == Kind::Bytes {
+            // Sent by `send_bytes` or as a `Vec<u8>`: hand the buffer over.
+            let bytes = std::mem::take(&mut state.buf);
+            let boxed: Box<dyn Any> = Box::new(bytes);
+            if let Ok(value) = boxed.downcast::<T>() {
+                return Ok(*value);
+            }
+            return Err(RecvError::Failed(Error::new(
+                ErrorKind::Decode,
+                "received raw bytes where a typed message was expected",
+            )));
+        }
+        wire::decode(&state.buf, frame.fds).map_err(RecvError::Failed)
+    }
+
+    /// Receives a message if one is ready now.
+    pub fn try_recv(&self) -> Result<T, TryRecvError> {
+        if !self.poll(Duration::ZERO) {
+            return Err(TryRecvError::Empty);
+        }
+        self.recv().map_err(Into::into)
+    }
+
+    /// Receives a message, waiting at most `timeout` for one to start arriving.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        let deadline = Instant::now() + timeout;
+        if !self.poll(deadline.saturating_duration_since(Instant::now())) {
+            return Err(RecvTimeoutError::Timeout);
+        }
+        self.recv().map_err(Into::into)
+    }
+}
+
+impl<T> AsFd for Connection<T> {
+    /// The socket underneath (Python's `fileno()`), e.g. to wait on it with `poll`.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl<T> Serialize for Connection<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let index = wire::push_fd(self.fd.as_fd()).map_err(S::Error::custom)?;
+        let flags = u8::from(self.readable) | (u8::from(self.writable) << 1);
+        serializer.serialize_newtype_struct("multiproc::Connection", &(index, flags))
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Connection<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Connection<T>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "multiproc::Connection")]
+        struct Wire((u32, u8));
+        let Wire((index, flags)) = Wire::deserialize(deserializer)?;
+        if flags > 3 {
+            return Err(D::Error::custom("bad connection flags"));
+        }
+        let fd = wire::take_fd(index).map_err(D::Error::custom)?;
+        Ok(Connection::new(fd, flags & 1 != 0, flags & 2 != 0))
+    }
+}

@@ -1,0 +1,274 @@
+//! Pipe and Connection across real processes: sizes, order, handles, peer death, bad frames.
+
+use std::io::Read;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use multiproc::__private::encode_frame_for_tests;
+use multiproc::{Connection, ErrorKind, Fd, Pipe, RecvError, RecvTimeoutError, TryRecvError};
+use multiproc::{process_entry, spawn};
+
+type Msg = (i32, Option<i32>, String);
+
+#[process_entry]
+fn send_greeting(conn: Connection<Msg>) {
+    conn.send(&(42, None, "hello".to_string())).unwrap();
+    conn.close();
+}
+
+#[test]
+fn child_sends_through_its_end_of_a_pipe() {
+    let (parent_conn, child_conn) = Pipe::duplex().unwrap();
+    let p = spawn!(send_greeting, child_conn).unwrap();
+    assert_eq!(parent_conn.recv().unwrap(), (42, None, "hello".to_string()));
+    p.join().unwrap();
+    // The child's end is gone now.
+    assert!(matches!(parent_conn.recv(), Err(RecvError::Disconnected)));
+}
+
+#[process_entry]
+fn echo_until_disconnected(conn: Connection<Vec<u8>>) -> usize {
+    let mut n = 0;
+    while let Ok(msg) = conn.recv() {
+        conn.send(&msg).unwrap();
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn messages_of_every_size_arrive_whole_and_in_order() {
+    let (conn, child_conn) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let child = spawn!(echo_until_disconnected, child_conn).unwrap();
+    let sizes = [0usize, 1, 15, 16, 17, 4095, 65536, 65537, 1 << 20, 16 << 20];
+    for (i, &size) in sizes.iter().enumerate() {
+        let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+        conn.send(&msg).unwrap();
+        assert_eq!(conn.recv().unwrap(), msg, "size {size}");
+    }
+    drop(conn);
+    assert_eq!(child.join().unwrap(), sizes.len());
+}
+
+#[process_entry]
+fn count_up(conn: Connection<u64>, n: u64) {
+    for i in 0..n {
+        conn.send(&i).unwrap();
+    }
+}
+
+#[test]
+fn ten_thousand_messages_keep_their_order() {
+    let (rx, tx) = Pipe::<u64>::simplex().unwrap();
+    let child = spawn!(count_up, tx, 10_000).unwrap();
+    for i in 0..10_000 {
+        assert_eq!(rx.recv().unwrap(), i);
+    }
+    child.join().unwrap();
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn send_bytes_and_recv_bytes_skip_the_codec() {
+    let (a, b) = Pipe::<String>::duplex().unwrap();
+    a.send_bytes(b"raw").unwrap();
+    a.send(&"typed".to_string()).unwrap();
+    assert_eq!(b.recv_bytes().unwrap(), b"raw");
+    // The encoding of a typed message is still a message of bytes.
+    assert!(!b.recv_bytes().unwrap().is_empty());
+}
+
+#[test]
+fn simplex_ends_go_one_way() {
+    let (rx, tx) = Pipe::<u8>::simplex().unwrap();
+    assert!(rx.readable() && !rx.writable());
+    assert!(tx.writable() && !tx.readable());
+    assert_eq!(rx.send(&1).unwrap_err().kind(), ErrorKind::Io);
+    assert!(matches!(tx.recv(), Err(RecvError::Failed(_))));
+    tx.send(&7).unwrap();
+    assert_eq!(rx.recv().unwrap(), 7);
+}
+
+#[test]
+fn threads_sharing_an_end_never_interleave_messages() {
+    let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let a = std::sync::Arc::new(a);
+    let senders: Vec<_> = (0..4u8)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    a.send(&vec![t; 300_000]).unwrap();
+                }
+            })
+        })
+        .collect();
+    for _ in 0..80 {
+        let msg = b.recv().unwrap();
+        assert_eq!(msg.len(), 300_000);
+        assert!(msg.iter().all(|&x| x == msg[0]), "interleaved message");
+    }
+    for s in senders {
+        s.join().unwrap();
+    }
+}
+
+#[process_entry]
+fn serve_over_forwarded_conn(control: Connection<Connection<u32>>) -> u32 {
+    // Receive a connection from a process that is already running, then use it.
+    let conn = control.recv().unwrap();
+    let x = conn.recv().unwrap();
+    conn.send(&(x * 2)).unwrap();
+    x
+}
+
+#[test]
+fn a_connection_sent_to_a_running_process_works_there() {
+    let (control, child_control) = Pipe::<Connection<u32>>::duplex().unwrap();
+    let child = spawn!(serve_over_forwarded_conn, child_control).unwrap();
+    let (mine, theirs) = Pipe::<u32>::duplex().unwrap();
+    control.send(&theirs).unwrap();
+    drop(theirs);
+    mine.send(&21).unwrap();
+    assert_eq!(mine.recv().unwrap(), 42);
+    assert_eq!(child.join().unwrap(), 21);
+    assert!(matches!(mine.recv(), Err(RecvError::Disconnected)));
+}
+
+#[process_entry]
+fn hold_until_killed(conn: Connection<u8>, ready: Fd) {
+    std::fs::File::from(ready.into_owned_fd()).write_all_byte();
+    let _ = conn.recv();
+}
+
+trait WriteByte {
+    fn write_all_byte(self);
+}
+
+impl WriteByte for std::fs::File {
+    fn write_all_byte(mut self) {
+        std::io::Write::write_all(&mut self, &[1]).unwrap();
+    }
+}
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let (r, w) = std::io::pipe().unwrap();
+    (r.into(), w.into())
+}
+
+fn wait_byte(fd: OwnedFd) {
+    let mut b = [0u8; 1];
+    std::fs::File::from(fd).read_exact(&mut b).unwrap();
+}
+
+#[test]
+fn peer_death_is_disconnected_for_recv_and_send() {
+    let (conn, child_conn) = Pipe::<u8>::duplex().unwrap();
+    let (ready_r, ready_w) = pipe();
+    let child = spawn!(hold_until_killed, child_conn, Fd::from(ready_w)).unwrap();
+    wait_byte(ready_r);
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    assert!(matches!(conn.recv(), Err(RecvError::Disconnected)));
+    let err = conn.send(&1).unwrap_err();
+    assert!(err.is_disconnected(), "{err}");
+}
+
+#[test]
+fn recv_timeout_returns_within_bounds() {
+    let (a, _b) = Pipe::<u8>::duplex().unwrap();
+    let start = Instant::now();
+    assert!(matches!(
+        a.recv_timeout(Duration::from_millis(300)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    let waited = start.elapsed();
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(waited <= Duration::from_millis(800), "{waited:?}");
+    assert!(matches!(a.try_recv(), Err(TryRecvError::Empty)));
+    assert!(!a.poll(Duration::ZERO));
+}
+
+fn write_raw(conn: &impl AsFd, bytes: &[u8]) {
+    let mut written = 0;
+    while written < bytes.len() {
+        written += rustix::io::write(conn.as_fd(), &bytes[written..]).unwrap();
+    }
+}
+
+#[test]
+fn garbage_on_a_connection_is_a_typed_error_and_breaks_it() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    write_raw(&b, b"definitely not a frame");
+    let err = match a.recv() {
+        Err(RecvError::Failed(e)) => e,
+        other => panic!("expected a failure, got {other:?}"),
+    };
+    assert!(err.is_decode(), "{err}");
+    // The stream cannot be re-synchronised: later receives fail too.
+    b.send(&1).unwrap();
+    assert!(matches!(a.recv(), Err(RecvError::Failed(_))));
+}
+
+#[test]
+fn oversized_frame_is_rejected_without_allocating() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    write_raw(&b, &encode_frame_for_tests(5, 1 << 40, &[]));
+    match a.recv() {
+        Err(RecvError::Failed(e)) => assert!(e.to_string().contains("1099511627776"), "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn truncated_frame_then_close_is_a_typed_error() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    let frame = encode_frame_for_tests(5, 100, &[7; 50]);
+    write_raw(&b, &frame);
+    drop(b);
+    match a.recv() {
+        Err(RecvError::Failed(e)) => assert!(e.to_string().contains("middle of a frame"), "{e}"),
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn undecodable_message_is_an_error_and_the_next_one_still_arrives() {
+    let (a, b) = Pipe::<String>::duplex().unwrap();
+    // A well-framed message whose payload is not a String.
+    write_raw(&b, &encode_frame_for_tests(5, 3, &[0xff, 0xff, 0xff]));
+    b.send(&"after".to_string()).unwrap();
+    match a.recv() {
+        Err(RecvError::Failed(e)) => assert!(e.is_decode(), "{e}"),
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    assert_eq!(a.recv().unwrap(), "after");
+}
+
+#[process_entry]
+fn write_to_all(fds: Connection<Vec<Fd>>) -> usize {
+    let fds = fds.recv().unwrap();
+    let n = fds.len();
+    for (i, fd) in fds.into_iter().enumerate() {
+        rustix::io::write(&fd, &[i as u8]).unwrap();
+    }
+    n
+}
+
+#[test]
+fn sixty_four_handles_in_one_message() {
+    let (conn, child_conn) = Pipe::<Vec<Fd>>::duplex().unwrap();
+    let child = spawn!(write_to_all, child_conn).unwrap();
+    let pipes: Vec<(OwnedFd, OwnedFd)> = (0..64).map(|_| pipe()).collect();
+    let fds: Vec<Fd> = pipes
+        .iter()
+        .map(|(_, w)| Fd::from(w.try_clone().unwrap()))
+        .collect();
+    conn.send(&fds).unwrap();
+    assert_eq!(child.join().unwrap(), 64);
+    for (i, (r, _)) in pipes.iter().enumerate() {
+        let mut byte = [0u8; 1];
+        rustix::io::read(r, &mut byte).unwrap();
+        assert_eq!(byte[0], i as u8);
+    }
+}
