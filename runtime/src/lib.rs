@@ -93,6 +93,7 @@ mod fd;
 mod info;
 mod poll;
 mod process;
+mod sync;
 mod sys;
 mod wire;
 
@@ -103,6 +104,11 @@ pub use crate::info::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
 pub use crate::process::{JoinHandle, Process};
+pub use crate::sync::{
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
+    Value, ValueGuard,
+};
 pub use multiproc_macros::process_entry;
 
 /// Runs the child check now. A no-op in a parent (and in a child, since the
