@@ -1,11 +1,13 @@
 //! [`Event`]: Python's `multiprocessing.Event`.
 
 use std::fmt;
+use std::hint::spin_loop;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::Duration;
 
+use super::raw::SPINS;
 use super::{HEADER_LEN, Kind, Wait, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
@@ -111,6 +113,9 @@ impl Event {
         }
         let generation = start & !(SET | SLEEPERS);
         let mut current = start;
+        // A peer that answers within microseconds then costs no sleep and
+        // no wake-up call.
+        let mut spins = SPINS;
         loop {
             if current & SET != 0 || current & !(SET | SLEEPERS) != generation {
                 return true;
@@ -118,6 +123,12 @@ impl Event {
             let left = wait.left();
             if left == Some(Duration::ZERO) {
                 return false;
+            }
+            if spins > 0 && current & SLEEPERS == 0 {
+                spins -= 1;
+                spin_loop();
+                current = state.load(Acquire);
+                continue;
             }
             if current & SLEEPERS == 0
                 && let Err(now) =

@@ -7,7 +7,8 @@
 //!
 //! Layout shared by all regions: a magic word at offset 0 naming the kind
 //! of primitive, the lock word at 8 and its owner tag at 16 (for kinds with
-//! a lock), kind-specific words from 24, data (if any) from 64.
+//! a lock), kind-specific words from 24 to 40, then the data of `Value`,
+//! `Array` and `SharedMemory`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -44,9 +45,11 @@ pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 pub use shared_memory::{SharedMemory, SharedMemoryGuard};
 pub use value::{Value, ValueGuard};
 
-/// Size of the atomics part of regions that have nothing past the standard
-/// words (and where the data of `Value`, `Array` and `SharedMemory` starts,
-/// at the least).
+/// The standard words: magic, lock word, owner tag, and kind-specific
+/// words up to here. The data of `Value`, `Array` and `SharedMemory` starts
+/// right after (aligned), so a small value shares the lock's cache line.
+pub(crate) const WORDS_LEN: usize = 40;
+/// Size of regions that have nothing past the standard words.
 pub(crate) const HEADER_LEN: usize = 64;
 const MAGIC: usize = 0;
 
@@ -146,7 +149,7 @@ pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
     let fd = crate::wire::take_fd(index).map_err(D::Error::custom)?;
     let bad = |why: String| D::Error::custom(format!("received {} is invalid: {why}", kind.name));
     let region = SharedRegion::open(fd, atomics_len).map_err(|e| bad(e.to_string()))?;
-    if region.len() < HEADER_LEN {
+    if region.len() < WORDS_LEN {
         return Err(bad(format!("{} bytes is too small", region.len())));
     }
     let magic = region.atomic_u32(MAGIC).load(Ordering::Acquire);

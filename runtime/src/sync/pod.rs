@@ -12,7 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
 use super::raw::DataGuard;
-use super::{HEADER_LEN, Kind, Wait};
+use super::{Kind, WORDS_LEN, Wait};
 use crate::error::{Error, ErrorKind};
 use crate::sys::shm::{self, SharedRegion};
 
@@ -20,14 +20,14 @@ use crate::sys::shm::{self, SharedRegion};
 const ELEM_SIZE: usize = 24;
 /// `align_of::<T>()`, as the creator saw it.
 const ELEM_ALIGN: usize = 28;
-/// Number of elements (64 bits).
+/// Number of elements (64 bits, up to `WORDS_LEN`).
 const LEN: usize = 32;
 /// The mapping is page-aligned; larger alignments cannot be honoured.
 const MAX_ALIGN: usize = 4096;
 
-/// Where the elements start: after the header, aligned for `T`.
+/// Where the elements start: after the standard words, aligned for `T`.
 fn data_start<T>() -> usize {
-    HEADER_LEN.max(align_of::<T>())
+    WORDS_LEN.next_multiple_of(align_of::<T>())
 }
 
 /// A region of `len` elements of `T`.

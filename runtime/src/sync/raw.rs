@@ -27,8 +27,10 @@ use crate::sys::shm::SharedRegion;
 /// Set in the lock word when a process may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
 const OWNER_MASK: u32 = !WAITERS;
-/// Busy-wait iterations before sleeping (as std's futex mutex).
-const SPINS: u32 = 100;
+/// Busy-wait iterations before sleeping (about 3 µs on a 2.8 GHz Xeon):
+/// a futex sleep and wake-up costs more than that, and a holder usually
+/// lets go sooner.
+pub(crate) const SPINS: u32 = 300;
 /// How often a sleeping waiter checks that the owner is alive.
 pub(crate) const CHECK_PERIOD: Duration = Duration::from_millis(50);
 
