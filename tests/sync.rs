@@ -37,6 +37,21 @@ fn assert_within(elapsed: Duration, deadline: Duration) {
     );
 }
 
+#[test]
+fn every_handle_is_clone_send_sync_and_travels() {
+    fn handle<T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned>() {}
+    handle::<Lock>();
+    handle::<RLock>();
+    handle::<Semaphore>();
+    handle::<BoundedSemaphore>();
+    handle::<Event>();
+    handle::<Condition>();
+    handle::<Barrier>();
+    handle::<Value<u64>>();
+    handle::<Array<f32>>();
+    handle::<SharedMemory>();
+}
+
 // ---------------------------------------------------------------- Value
 
 #[process_entry]
@@ -232,6 +247,40 @@ fn condition_wait_timeout_gives_up_within_bounds() {
     assert!(timed_out);
     drop(guard);
     assert!(cond.try_lock().unwrap().is_some());
+}
+
+#[process_entry]
+fn hold_condition(cond: Condition, held: Event, release: Event) -> Result<(), String> {
+    let _guard = cond.lock().map_err(text)?;
+    cond.notify_all();
+    held.set();
+    release.wait_timeout(BOUND);
+    Ok(())
+}
+
+#[test]
+fn condition_wait_reports_death_of_the_process_holding_its_lock() {
+    let cond = Condition::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let guard = cond.lock().unwrap();
+    let child = spawn!(hold_condition, cond.clone(), held.clone(), release.clone()).unwrap();
+    let (err, child) = std::thread::scope(|s| {
+        // The child notifies us, then dies holding the lock we must take back.
+        let killer = s.spawn(|| {
+            assert!(held.wait_timeout(BOUND));
+            child.kill().unwrap();
+            child
+        });
+        let err = cond.wait_timeout(guard, BOUND).unwrap_err();
+        (err, killer.join().unwrap())
+    });
+    assert_eq!(err.kind(), ErrorKind::OwnerDied, "{err}");
+    assert!(err.to_string().contains(&child.pid().to_string()), "{err}");
+    // Left free, and the condition still works.
+    let guard = cond.lock().unwrap();
+    let (_guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(10)).unwrap();
+    assert!(timed_out);
+    assert!(child.join().unwrap_err().is_signaled());
 }
 
 // -------------------------------------------------------------- Barrier

@@ -64,7 +64,8 @@ impl SharedRegion {
         };
         rustix::fs::ftruncate(&fd, len as u64)?;
         rustix::fs::fcntl_add_seals(&fd, SIZE_SEALS | SealFlags::SEAL)?;
-        SharedRegion::map(fd, len, atomics_len)
+        let stat = rustix::fs::fstat(&fd)?;
+        SharedRegion::map(fd, &stat, len, atomics_len)
     }
 
     /// Maps a region received from another process, after checking that it
@@ -72,8 +73,8 @@ impl SharedRegion {
     /// [`create`](Self::create)), of at least `atomics_len` bytes
     /// (`fstat`). `None` means the whole region is atomics.
     pub(crate) fn open(fd: OwnedFd, atomics_len: Option<usize>) -> io::Result<SharedRegion> {
-        let stat = rustix::fs::fstat(&fd)?;
-        if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        let kind = rustix::fs::fstat(&fd)?;
+        if FileType::from_raw_mode(kind.st_mode) != FileType::RegularFile {
             return Err(invalid("the descriptor is not a shared-memory object"));
         }
         let seals = rustix::fs::fcntl_get_seals(&fd)
@@ -83,6 +84,8 @@ impl SharedRegion {
                 "the shared-memory object is not sealed against resizing",
             ));
         }
+        // Sealed now, so from here on the size cannot change.
+        let stat = rustix::fs::fstat(&fd)?;
         let len = usize::try_from(stat.st_size)
             .ok()
             .filter(|&len| len > 0 && len <= isize::MAX as usize)
@@ -93,11 +96,15 @@ impl SharedRegion {
                 "shared-memory object of {len} bytes is too small (at least {atomics_len} needed)"
             )));
         }
-        SharedRegion::map(fd, len, atomics_len)
+        SharedRegion::map(fd, &stat, len, atomics_len)
     }
 
-    fn map(fd: OwnedFd, len: usize, data_start: usize) -> io::Result<SharedRegion> {
-        let stat = rustix::fs::fstat(&fd)?;
+    fn map(
+        fd: OwnedFd,
+        stat: &rustix::fs::Stat,
+        len: usize,
+        data_start: usize,
+    ) -> io::Result<SharedRegion> {
         // SAFETY: a new mapping at an address the kernel picks (null hint),
         // so it overlaps nothing of ours; `len` bytes of a file sealed
         // against shrinking, so every page stays backed while mapped. No
@@ -114,12 +121,15 @@ impl SharedRegion {
         };
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        // The field types vary by architecture.
+        #[allow(clippy::unnecessary_cast)]
+        let id = (stat.st_dev as u64, stat.st_ino as u64);
         Ok(SharedRegion {
             fd,
             base,
             len,
             data_start,
-            id: (stat.st_dev as u64, stat.st_ino as u64),
+            id,
         })
     }
 
