@@ -1,13 +1,12 @@
 //! [`Event`]: Python's `multiprocessing.Event`.
 
 use std::fmt;
-use std::hint::spin_loop;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::Duration;
 
-use super::raw::SPINS;
+use super::raw::Spin;
 use super::{HEADER_LEN, Kind, Wait, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
@@ -115,7 +114,7 @@ impl Event {
         let mut current = start;
         // A peer that answers within microseconds then costs no sleep and
         // no wake-up call.
-        let mut spins = SPINS;
+        let mut spin = Spin::new();
         loop {
             if current & SET != 0 || current & !(SET | SLEEPERS) != generation {
                 return true;
@@ -124,9 +123,7 @@ impl Event {
             if left == Some(Duration::ZERO) {
                 return false;
             }
-            if spins > 0 && current & SLEEPERS == 0 {
-                spins -= 1;
-                spin_loop();
+            if current & SLEEPERS == 0 && spin.spin() {
                 current = state.load(Acquire);
                 continue;
             }

@@ -27,10 +27,8 @@ use crate::sys::shm::SharedRegion;
 /// Set in the lock word when a process may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
 const OWNER_MASK: u32 = !WAITERS;
-/// Busy-wait iterations before sleeping (about 3 µs on a 2.8 GHz Xeon):
-/// a futex sleep and wake-up costs more than that, and a holder usually
-/// lets go sooner.
-pub(crate) const SPINS: u32 = 300;
+/// Rounds of busy-waiting before sleeping (see [`Spin`]).
+const SPIN_ROUNDS: u32 = 16;
 /// How often a sleeping waiter checks that the owner is alive.
 pub(crate) const CHECK_PERIOD: Duration = Duration::from_millis(50);
 
@@ -86,7 +84,7 @@ impl<'a> RawLock<'a> {
             Wait::Until(deadline) => Some(deadline),
             Wait::Forever => None,
         };
-        let mut spins = SPINS;
+        let mut spin = Spin::new();
         // Once we have slept, others may be asleep too: keep WAITERS set.
         let mut mine = me.pid;
         loop {
@@ -102,9 +100,7 @@ impl<'a> RawLock<'a> {
                 }
                 continue;
             }
-            if spins > 0 && current & WAITERS == 0 {
-                spins -= 1;
-                spin_loop();
+            if current & WAITERS == 0 && spin.spin() {
                 continue;
             }
             if current & WAITERS == 0
@@ -199,6 +195,35 @@ impl<'a> RawLock<'a> {
             0 => None,
             pid => Some(pid),
         }
+    }
+}
+
+/// Bounded busy-waiting with exponential backoff, before a futex sleep.
+///
+/// Rounds of 1, 2, 4, … 32 pauses, one look at the shared word each: about
+/// 400 pauses in all, a few microseconds (4 µs on a 2.8 GHz Xeon), which is
+/// less than a futex sleep and wake-up cost, while looking seldom enough
+/// not to steal the cache line from a holder that is busy with it.
+#[derive(Debug)]
+pub(crate) struct Spin {
+    round: u32,
+}
+
+impl Spin {
+    pub(crate) fn new() -> Spin {
+        Spin { round: 0 }
+    }
+
+    /// Pauses for one round; `false` once the rounds are used up.
+    pub(crate) fn spin(&mut self) -> bool {
+        if self.round >= SPIN_ROUNDS {
+            return false;
+        }
+        for _ in 0..1u32 << self.round.min(5) {
+            spin_loop();
+        }
+        self.round += 1;
+        true
     }
 }
 
