@@ -34,6 +34,12 @@ pub enum ErrorKind {
     Auth,
     /// The owner of a lock died while holding it.
     OwnerDied,
+    /// A barrier is broken (aborted, reset, timed out, or a waiter died).
+    BrokenBarrier,
+    /// A lock was released by a thread that does not hold it.
+    NotOwner,
+    /// A semaphore was released above its limit.
+    TooManyReleases,
     /// An operating-system call failed.
     Io,
 }
@@ -53,6 +59,9 @@ impl ErrorKind {
             ErrorKind::DuplicateEntry => "duplicate entry",
             ErrorKind::Auth => "authentication failed",
             ErrorKind::OwnerDied => "lock owner died",
+            ErrorKind::BrokenBarrier => "broken barrier",
+            ErrorKind::NotOwner => "not the owner",
+            ErrorKind::TooManyReleases => "released too many times",
             ErrorKind::Io => "I/O error",
         }
     }

@@ -95,6 +95,7 @@ mod info;
 mod pipe;
 mod poll;
 mod process;
+mod sync;
 mod sys;
 mod wire;
 
@@ -109,6 +110,11 @@ pub use crate::info::{
 };
 pub use crate::pipe::{Connection, Pipe};
 pub use crate::process::{JoinHandle, Process};
+pub use crate::sync::{
+    Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
+    Value, ValueGuard,
+};
 pub use multiproc_macros::process_entry;
 
 /// Runs the child check now. A no-op in a parent (and in a child, since the

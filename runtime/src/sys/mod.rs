@@ -5,6 +5,9 @@
 
 #![allow(unsafe_code)]
 
+pub(crate) mod futex;
+pub(crate) mod shm;
+
 use std::io;
 use std::os::fd::BorrowedFd;
 

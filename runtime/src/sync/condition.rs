@@ -1,0 +1,297 @@
+//! [`Condition`]: Python's `multiprocessing.Condition`, owning its lock
+//! the way std's `Mutex` + `Condvar` pair does.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Relaxed, Release};
+use std::time::Duration;
+
+use super::raw::{Outcome, RawLock};
+use super::{HEADER_LEN, Kind, Wait, owner, owner_died, region_handle};
+use crate::error::Error;
+use crate::sys::futex;
+use crate::sys::shm::SharedRegion;
+
+const KIND: Kind = Kind::new(b"mpCV", "multiproc::Condition");
+/// Bumped by every notify; waiters sleep on it.
+const SEQ: usize = 24;
+/// Waiters not yet notified.
+const WAITERS: usize = 28;
+/// Notified waiters that have not yet taken their wake-up.
+const TOKENS: usize = 32;
+
+/// A condition variable shared by processes, with its own lock (Python's
+/// `multiprocessing.Condition`, shaped like std's `Mutex` + `Condvar`).
+///
+/// Take the lock with [`lock`](Self::lock), then [`wait`](Self::wait) with
+/// the guard (the lock is released while waiting and held again on return),
+/// or change the shared state and [`notify`](Self::notify) while holding it.
+/// `notify(n)` wakes at most `n` waiters, as Python's does; use
+/// [`wait_while`](Self::wait_while) to wait for a predicate.
+///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{process_entry, spawn, Condition, Value};
+///
+/// #[process_entry]
+/// fn produce(cond: Condition, item: Value<u32>) {
+///     let _guard = cond.lock().expect("lock");
+///     item.store(42).expect("store");
+///     cond.notify_all();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let cond = Condition::new()?;
+/// let item = Value::new(0u32)?;
+/// let guard = cond.lock()?;
+/// let child = spawn!(produce, cond.clone(), item.clone())?;
+/// let (guard, timed_out) = cond.wait_while_timeout(guard, Duration::from_secs(10), || {
+///     matches!(item.load(), Ok(0))
+/// })?;
+/// assert!(!timed_out);
+/// assert_eq!(item.load()?, 42);
+/// drop(guard);
+/// child.join()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Caveats
+/// - The lock behaves as a [`Lock`](crate::Lock), owner death included: if
+///   its holder dies, the next `lock` (or a `wait` taking it back) returns an
+///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and leaves it free.
+/// - A waiter killed while waiting keeps its place in the count of waiters,
+///   so a later `notify(n)` may spend one of its `n` wake-ups on it (Python
+///   has the same weakness); `notify_all` is unaffected.
+pub struct Condition {
+    region: Arc<SharedRegion>,
+}
+
+region_handle!(Condition, KIND, Some(HEADER_LEN));
+
+impl Condition {
+    /// A new condition, with its lock free.
+    pub fn new() -> Result<Condition, Error> {
+        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        Ok(Condition { region })
+    }
+
+    fn raw(&self) -> RawLock<'_> {
+        RawLock::of(&self.region)
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        self.region.atomic_u32(offset)
+    }
+
+    fn acquire(&self, wait: Wait) -> Result<Option<ConditionGuard<'_>>, Error> {
+        let raw = self.raw();
+        match raw.acquire(wait) {
+            Outcome::Acquired => Ok(Some(ConditionGuard { cond: self, raw })),
+            Outcome::TimedOut => Ok(None),
+            Outcome::OwnerDied(pid) => Err(owner_died("condition's lock", pid)),
+        }
+    }
+
+    /// Takes the condition's lock.
+    ///
+    /// # Errors
+    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if its holder died; the
+    /// lock is then free.
+    pub fn lock(&self) -> Result<ConditionGuard<'_>, Error> {
+        loop {
+            if let Some(guard) = self.acquire(Wait::Forever)? {
+                return Ok(guard);
+            }
+        }
+    }
+
+    /// Takes the lock if it is free: `Ok(None)` if a live process holds it.
+    pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>, Error> {
+        self.acquire(Wait::Try)
+    }
+
+    /// Takes the lock, giving up after `timeout`: `Ok(None)`.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ConditionGuard<'_>>, Error> {
+        self.acquire(Wait::timeout(timeout))
+    }
+
+    /// Releases the lock, sleeps until notified, takes the lock again.
+    ///
+    /// # Errors
+    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if, while taking the lock
+    /// back, its holder had died; the lock is then left free.
+    ///
+    /// # Panics
+    /// If `guard` belongs to another condition.
+    pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> Result<ConditionGuard<'a>, Error> {
+        self.wait_until(guard, Wait::Forever)
+            .map(|(guard, _)| guard)
+    }
+
+    /// Like [`wait`](Self::wait), for at most `timeout`; the flag is `true`
+    /// if it timed out rather than being notified.
+    pub fn wait_timeout<'a>(
+        &'a self,
+        guard: ConditionGuard<'a>,
+        timeout: Duration,
+    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+        self.wait_until(guard, Wait::timeout(timeout))
+    }
+
+    /// Waits as long as `condition` returns `true` (checked with the lock
+    /// held, first before any waiting).
+    pub fn wait_while<'a>(
+        &'a self,
+        mut guard: ConditionGuard<'a>,
+        mut condition: impl FnMut() -> bool,
+    ) -> Result<ConditionGuard<'a>, Error> {
+        while condition() {
+            guard = self.wait(guard)?;
+        }
+        Ok(guard)
+    }
+
+    /// Like [`wait_while`](Self::wait_while), for at most `timeout`; the flag
+    /// is `true` if it timed out with `condition` still `true`.
+    pub fn wait_while_timeout<'a>(
+        &'a self,
+        mut guard: ConditionGuard<'a>,
+        timeout: Duration,
+        mut condition: impl FnMut() -> bool,
+    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+        let wait = Wait::timeout(timeout);
+        loop {
+            if !condition() {
+                return Ok((guard, false));
+            }
+            if wait.left() == Some(Duration::ZERO) {
+                return Ok((guard, true));
+            }
+            guard = self.wait_until(guard, wait)?.0;
+        }
+    }
+
+    fn wait_until<'a>(
+        &'a self,
+        guard: ConditionGuard<'a>,
+        wait: Wait,
+    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+        assert!(
+            guard.cond.region.same_object(&self.region),
+            "Condition::wait called with the guard of another condition"
+        );
+        let raw = guard.raw;
+        // From here the lock is handled by hand.
+        std::mem::forget(guard);
+        let (seq, waiters, tokens) = (self.word(SEQ), self.word(WAITERS), self.word(TOKENS));
+        waiters.fetch_add(1, Relaxed);
+        loop {
+            // Read under the lock, so a notify after this point changes it.
+            let seen = seq.load(Relaxed);
+            raw.release();
+            match wait.left() {
+                Some(Duration::ZERO) => {}
+                left => {
+                    futex::wait(seq, seen, left);
+                }
+            }
+            let mut died = None;
+            loop {
+                match raw.acquire(Wait::Forever) {
+                    Outcome::Acquired => break,
+                    // Left free by the detection: take it to fix the counts.
+                    Outcome::OwnerDied(pid) => died = Some(pid),
+                    Outcome::TimedOut => {}
+                }
+            }
+            let notified = take_one(tokens);
+            if let Some(pid) = died {
+                if !notified {
+                    take_one(waiters);
+                }
+                raw.release();
+                return Err(owner_died("condition's lock", pid));
+            }
+            if notified {
+                return Ok((ConditionGuard { cond: self, raw }, false));
+            }
+            if wait.left() == Some(Duration::ZERO) {
+                take_one(waiters);
+                return Ok((ConditionGuard { cond: self, raw }, true));
+            }
+            // Woken without a wake-up of our own (another waiter took it).
+        }
+    }
+
+    /// Wakes at most `n` waiters. Call it while holding the lock.
+    ///
+    /// # Panics
+    /// If this process does not hold the condition's lock (Python raises
+    /// `RuntimeError`).
+    pub fn notify(&self, n: usize) {
+        assert!(
+            self.raw().holder() == Some(owner::me().pid),
+            "Condition::notify called without holding the condition's lock"
+        );
+        let waiters = self.word(WAITERS);
+        let waiting = waiters.load(Relaxed);
+        let woken = waiting.min(u32::try_from(n).unwrap_or(u32::MAX));
+        if woken == 0 {
+            return;
+        }
+        waiters.store(waiting - woken, Relaxed);
+        self.word(TOKENS).fetch_add(woken, Relaxed);
+        let seq = self.word(SEQ);
+        seq.fetch_add(1, Release);
+        futex::wake(seq, woken);
+    }
+
+    /// Wakes every waiter. Call it while holding the lock.
+    ///
+    /// # Panics
+    /// As [`notify`](Self::notify).
+    pub fn notify_all(&self) {
+        self.notify(usize::MAX);
+    }
+}
+
+/// Decrements `word` if it is positive; says whether it did. Only called
+/// with the lock held.
+fn take_one(word: &AtomicU32) -> bool {
+    let value = word.load(Relaxed);
+    if value == 0 {
+        return false;
+    }
+    word.store(value - 1, Relaxed);
+    true
+}
+
+impl fmt::Debug for Condition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Condition")
+            .field("holder_pid", &self.raw().holder())
+            .finish()
+    }
+}
+
+/// Holds a [`Condition`]'s lock; releases it when dropped. Give it to
+/// [`Condition::wait`] to wait.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ConditionGuard<'a> {
+    cond: &'a Condition,
+    raw: RawLock<'a>,
+}
+
+impl Drop for ConditionGuard<'_> {
+    fn drop(&mut self) {
+        self.raw.release();
+    }
+}
+
+impl fmt::Debug for ConditionGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConditionGuard").finish_non_exhaustive()
+    }
+}

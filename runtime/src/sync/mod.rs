@@ -1,0 +1,207 @@
+//! Process-shared synchronisation primitives and shared memory.
+//!
+//! Every primitive is a small memfd mapped `MAP_SHARED` (see
+//! [`crate::sys::shm`]) holding futex words; a handle is an `Arc` of that
+//! mapping, and travels to another process as the memfd (`SCM_RIGHTS`),
+//! which the receiver validates and maps again.
+//!
+//! Layout shared by all regions: a magic word at offset 0 naming the kind
+//! of primitive, the lock word at 8 and its owner tag at 16 (for kinds with
+//! a lock), kind-specific words from 24 to 40, then the data of `Value`,
+//! `Array` and `SharedMemory`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::de::{Error as _, Visitor};
+use serde::ser::Error as _;
+use serde::{Deserializer, Serializer};
+
+use crate::error::{Error, ErrorKind};
+use crate::sys::shm::SharedRegion;
+
+mod array;
+mod barrier;
+mod condition;
+mod event;
+mod lock;
+pub(crate) mod owner;
+mod pod;
+pub(crate) mod raw;
+mod rlock;
+mod semaphore;
+mod shared_memory;
+mod value;
+
+pub use array::{Array, ArrayGuard};
+pub use barrier::Barrier;
+pub use condition::{Condition, ConditionGuard};
+pub use event::Event;
+pub use lock::{Lock, LockGuard};
+pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
+pub use shared_memory::{SharedMemory, SharedMemoryGuard};
+pub use value::{Value, ValueGuard};
+
+/// The standard words: magic, lock word, owner tag, and kind-specific
+/// words up to here. The data of `Value`, `Array` and `SharedMemory` starts
+/// right after (aligned), so a small value shares the lock's cache line.
+pub(crate) const WORDS_LEN: usize = 40;
+/// Size of regions that have nothing past the standard words.
+pub(crate) const HEADER_LEN: usize = 64;
+const MAGIC: usize = 0;
+
+/// How long an operation may block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Not at all.
+    Try,
+    /// Until this instant.
+    Until(Instant),
+    /// As long as it takes.
+    Forever,
+}
+
+impl Wait {
+    /// At most `timeout` from now.
+    pub(crate) fn timeout(timeout: Duration) -> Wait {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => Wait::Until(deadline),
+            None => Wait::Forever,
+        }
+    }
+
+    /// What is left: `None` for ever, zero once passed.
+    pub(crate) fn left(self) -> Option<Duration> {
+        match self {
+            Wait::Try => Some(Duration::ZERO),
+            Wait::Until(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
+            Wait::Forever => None,
+        }
+    }
+}
+
+/// The kind of a region, checked when a handle arrives.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kind {
+    /// Stored at offset 0.
+    magic: u32,
+    /// The type's name, for messages, memfd names and serde.
+    name: &'static str,
+}
+
+impl Kind {
+    pub(crate) const fn new(tag: &[u8; 4], name: &'static str) -> Kind {
+        Kind {
+            magic: u32::from_le_bytes(*tag),
+            name,
+        }
+    }
+}
+
+/// Makes a zeroed region of `kind` and lets `init` fill in its words
+/// before any other process can see it.
+pub(crate) fn create(
+    kind: Kind,
+    atomics_len: usize,
+    data_len: usize,
+    init: impl FnOnce(&SharedRegion),
+) -> Result<Arc<SharedRegion>, Error> {
+    let region = SharedRegion::create(kind.name, atomics_len, data_len)
+        .map_err(|e| Error::io(format!("creating a {}", kind.name), e))?;
+    init(&region);
+    region
+        .atomic_u32(MAGIC)
+        .store(kind.magic, Ordering::Release);
+    Ok(Arc::new(region))
+}
+
+/// Serializes a handle: its memfd goes in the message's descriptor table.
+pub(crate) fn serialize_region<S: Serializer>(
+    region: &SharedRegion,
+    kind: Kind,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let index = crate::wire::push_fd(region.as_fd()).map_err(S::Error::custom)?;
+    serializer.serialize_newtype_struct(kind.name, &index)
+}
+
+/// Deserializes a handle: takes its memfd, validates and maps it, checks
+/// the magic word. `atomics_len: None` means the whole region is atomics.
+pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    kind: Kind,
+    atomics_len: Option<usize>,
+) -> Result<SharedRegion, D::Error> {
+    struct Index;
+    impl<'de> Visitor<'de> for Index {
+        type Value = u32;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a multiproc handle")
+        }
+        fn visit_newtype_struct<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
+            serde::Deserialize::deserialize(d)
+        }
+    }
+    let index = deserializer.deserialize_newtype_struct(kind.name, Index)?;
+    let fd = crate::wire::take_fd(index).map_err(D::Error::custom)?;
+    let bad = |why: String| D::Error::custom(format!("received {} is invalid: {why}", kind.name));
+    let region = SharedRegion::open(fd, atomics_len).map_err(|e| bad(e.to_string()))?;
+    if region.len() < WORDS_LEN {
+        return Err(bad(format!("{} bytes is too small", region.len())));
+    }
+    let magic = region.atomic_u32(MAGIC).load(Ordering::Acquire);
+    if magic != kind.magic {
+        return Err(bad(format!(
+            "it is not a {} (magic {magic:#010x})",
+            kind.name
+        )));
+    }
+    Ok(region)
+}
+
+/// The error for a lock whose owner died holding it.
+pub(crate) fn owner_died(what: &str, pid: u32) -> Error {
+    Error::new(
+        ErrorKind::OwnerDied,
+        format!(
+            "process {pid} died while holding the {what}; the {what} is free again \
+             (lock it again to recover, and check the state it protected)"
+        ),
+    )
+}
+
+/// Implements `Clone`, `Serialize` and `Deserialize` for a handle that is
+/// just `{ region: Arc<SharedRegion> }` with a fixed atomics part.
+macro_rules! region_handle {
+    ($ty:ident, $kind:expr, $atomics_len:expr) => {
+        impl ::std::clone::Clone for $ty {
+            fn clone(&self) -> $ty {
+                $ty {
+                    region: ::std::sync::Arc::clone(&self.region),
+                }
+            }
+        }
+
+        impl ::serde::Serialize for $ty {
+            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                $crate::sync::serialize_region(&self.region, $kind, s)
+            }
+        }
+
+        impl<'de> ::serde::Deserialize<'de> for $ty {
+            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+                let region = $crate::sync::deserialize_region(d, $kind, $atomics_len)?;
+                Ok($ty {
+                    region: ::std::sync::Arc::new(region),
+                })
+            }
+        }
+    };
+}
+pub(crate) use region_handle;
+
+#[cfg(test)]
+mod tests;

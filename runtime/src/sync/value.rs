@@ -1,0 +1,164 @@
+//! [`Value`]: Python's `multiprocessing.Value`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::time::Duration;
+
+use bytemuck::Pod;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::pod::PodRegion;
+use super::raw::DataGuard;
+use super::{Kind, Wait};
+use crate::error::Error;
+
+const KIND: Kind = Kind::new(b"mpVL", "multiproc::Value");
+const WHAT: &str = "value's lock";
+
+/// One plain-old-data value in shared memory, with a built-in lock
+/// (Python's `multiprocessing.Value`).
+///
+/// `T` is any [`bytemuck::Pod`] type: integers, floats, arrays of them, and
+/// `#[repr(C)]` structs of them that implement `Pod` (with bytemuck's
+/// derive, for instance). [`lock`](Self::lock) gives a guard that derefs to
+/// `T`; [`load`](Self::load) and [`store`](Self::store) take the lock for a
+/// single read or write.
+///
+/// ```
+/// use multiproc::{process_entry, spawn, Value};
+///
+/// #[process_entry]
+/// fn count(total: Value<u64>, times: u32) -> bool {
+///     for _ in 0..times {
+///         let Ok(mut n) = total.lock() else { return false };
+///         *n += 1;
+///     }
+///     true
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let total = Value::new(0u64)?;
+/// let a = spawn!(count, total.clone(), 1000)?;
+/// let b = spawn!(count, total.clone(), 1000)?;
+/// assert!(a.join()? && b.join()?);
+/// assert_eq!(total.load()?, 2000);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Caveats
+/// - `bool` is not `Pod` (not every byte is a valid `bool`): share a `u8`.
+/// - If a process dies holding the lock, the next locker gets an
+///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and the lock is left
+///   free; the value may be half-written, but is always a valid `T`.
+pub struct Value<T> {
+    pod: PodRegion<T>,
+}
+
+impl<T: Pod> Value<T> {
+    /// A new shared value, set to `value`.
+    pub fn new(value: T) -> Result<Value<T>, Error> {
+        Ok(Value {
+            pod: PodRegion::from_slice(KIND, std::slice::from_ref(&value), WHAT)?,
+        })
+    }
+
+    fn acquire(&self, wait: Wait) -> Result<Option<ValueGuard<'_, T>>, Error> {
+        Ok(self.pod.lock(wait, WHAT)?.map(|guard| ValueGuard {
+            guard,
+            _value: PhantomData,
+        }))
+    }
+
+    /// Locks the value; the guard derefs to `T`.
+    ///
+    /// # Errors
+    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if the lock's holder died;
+    /// the lock is then free.
+    pub fn lock(&self) -> Result<ValueGuard<'_, T>, Error> {
+        loop {
+            if let Some(guard) = self.acquire(Wait::Forever)? {
+                return Ok(guard);
+            }
+        }
+    }
+
+    /// Locks the value if no live process holds it: `Ok(None)` otherwise.
+    pub fn try_lock(&self) -> Result<Option<ValueGuard<'_, T>>, Error> {
+        self.acquire(Wait::Try)
+    }
+
+    /// Locks the value, giving up after `timeout`: `Ok(None)`.
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ValueGuard<'_, T>>, Error> {
+        self.acquire(Wait::timeout(timeout))
+    }
+
+    /// Reads the value under its lock.
+    pub fn load(&self) -> Result<T, Error> {
+        Ok(*self.lock()?)
+    }
+
+    /// Writes the value under its lock.
+    pub fn store(&self, value: T) -> Result<(), Error> {
+        *self.lock()? = value;
+        Ok(())
+    }
+}
+
+impl<T> Clone for Value<T> {
+    fn clone(&self) -> Value<T> {
+        Value {
+            pod: self.pod.clone(),
+        }
+    }
+}
+
+impl<T: Pod> Serialize for Value<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.pod.serialize(KIND, s)
+    }
+}
+
+impl<'de, T: Pod> Deserialize<'de> for Value<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value<T>, D::Error> {
+        Ok(Value {
+            pod: PodRegion::deserialize(d, KIND, Some(1))?,
+        })
+    }
+}
+
+impl<T: Pod> fmt::Debug for Value<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Value")
+            .field("type", &std::any::type_name::<T>())
+            .field("holder_pid", &self.pod.holder())
+            .finish()
+    }
+}
+
+/// The locked value of a [`Value`]; unlocks on drop.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct ValueGuard<'a, T> {
+    guard: DataGuard<'a>,
+    _value: PhantomData<&'a mut T>,
+}
+
+impl<T: Pod> Deref for ValueGuard<'_, T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &PodRegion::<T>::elements(&self.guard)[0]
+    }
+}
+
+impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut PodRegion::<T>::elements_mut(&mut self.guard)[0]
+    }
+}
+
+impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ValueGuard").field(&**self).finish()
+    }
+}

@@ -1,0 +1,671 @@
+//! Process-shared synchronisation and shared memory, across real processes.
+//!
+//! Processes coordinate through Events, Semaphores and the primitives under
+//! test; timeouts here only bound a failure, they never order anything.
+
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, RLock, Semaphore,
+    SharedMemory, Value, process_entry, spawn,
+};
+
+/// How long a test may wait for something that should happen promptly.
+const BOUND: Duration = Duration::from_secs(20);
+/// How far past its deadline a timed wait may return.
+const SLACK: Duration = Duration::from_millis(500);
+
+fn text(err: multiproc::Error) -> String {
+    err.to_string()
+}
+
+/// Polls a condition that no primitive can signal (such as "a process is
+/// now blocked inside `Barrier::wait`"), failing after `BOUND`.
+fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !condition() {
+        assert!(start.elapsed() < BOUND, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn assert_within(elapsed: Duration, deadline: Duration) {
+    assert!(
+        elapsed >= deadline && elapsed <= deadline + SLACK,
+        "returned after {elapsed:?}, expected within [{deadline:?}, {:?}]",
+        deadline + SLACK
+    );
+}
+
+#[test]
+fn every_handle_is_clone_send_sync_and_travels() {
+    fn handle<T: Clone + Send + Sync + serde::Serialize + serde::de::DeserializeOwned>() {}
+    handle::<Lock>();
+    handle::<RLock>();
+    handle::<Semaphore>();
+    handle::<BoundedSemaphore>();
+    handle::<Event>();
+    handle::<Condition>();
+    handle::<Barrier>();
+    handle::<Value<u64>>();
+    handle::<Array<f32>>();
+    handle::<SharedMemory>();
+}
+
+// ---------------------------------------------------------------- Value
+
+#[process_entry]
+fn increment(total: Value<u64>, times: u64) -> Result<(), String> {
+    for _ in 0..times {
+        *total.lock().map_err(text)? += 1;
+    }
+    Ok(())
+}
+
+#[test]
+fn value_increments_from_four_processes_are_exact() {
+    let total = Value::new(0u64).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| spawn!(increment, total.clone(), 100_000).unwrap())
+        .collect();
+    for child in children {
+        child.join().unwrap().unwrap();
+    }
+    assert_eq!(total.load().unwrap(), 400_000);
+}
+
+#[process_entry]
+fn make_value(start: i32) -> Value<i32> {
+    Value::new(start).expect("value")
+}
+
+#[test]
+fn a_value_created_in_a_child_is_shared_with_the_parent() {
+    let value = spawn!(make_value, 41).unwrap().join().unwrap();
+    *value.lock().unwrap() += 1;
+    assert_eq!(value.load().unwrap(), 42);
+}
+
+// ---------------------------------------------------- Array, SharedMemory
+
+#[process_entry]
+fn fill(numbers: Array<u32>, bytes: SharedMemory) -> Result<(), String> {
+    for (i, n) in numbers.lock().map_err(text)?.iter_mut().enumerate() {
+        *n = i as u32 * 10;
+    }
+    bytes
+        .lock()
+        .map_err(text)?
+        .copy_from_slice(b"from the child");
+    Ok(())
+}
+
+#[test]
+fn array_and_shared_memory_written_by_a_child_are_seen_by_the_parent() {
+    let numbers = Array::<u32>::new(5).unwrap();
+    assert_eq!(numbers.to_vec().unwrap(), [0; 5]);
+    let bytes = SharedMemory::new(14).unwrap();
+    spawn!(fill, numbers.clone(), bytes.clone())
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(numbers.to_vec().unwrap(), [0, 10, 20, 30, 40]);
+    assert_eq!(bytes.lock().unwrap().as_slice(), b"from the child");
+    let copy = Array::from_slice(&[1.5f64, 2.5]).unwrap();
+    assert_eq!(*copy.lock().unwrap(), [1.5, 2.5]);
+}
+
+// ------------------------------------------------------------ Condition
+
+/// Ring buffer in an `Array<u64>`: head, tail, closed flag, then slots.
+const HEAD: usize = 0;
+const TAIL: usize = 1;
+const CLOSED: usize = 2;
+const SLOTS: usize = 3;
+const CAPACITY: u64 = 4;
+const ITEMS: u64 = 2000;
+
+#[process_entry]
+fn produce(cond: Condition, ring: Array<u64>) -> Result<(), String> {
+    for item in 1..=ITEMS {
+        let guard = cond.lock().map_err(text)?;
+        let guard = cond
+            .wait_while(guard, || {
+                let r = ring.to_vec().unwrap_or_default();
+                r[TAIL] - r[HEAD] == CAPACITY
+            })
+            .map_err(text)?;
+        {
+            let mut r = ring.lock().map_err(text)?;
+            let tail = r[TAIL];
+            r[SLOTS + (tail % CAPACITY) as usize] = item;
+            r[TAIL] = tail + 1;
+        }
+        cond.notify_all();
+        drop(guard);
+    }
+    let _guard = cond.lock().map_err(text)?;
+    ring.lock().map_err(text)?[CLOSED] = 1;
+    cond.notify_all();
+    Ok(())
+}
+
+#[process_entry]
+fn consume(cond: Condition, ring: Array<u64>) -> Result<(u64, u64), String> {
+    let (mut count, mut sum) = (0, 0);
+    loop {
+        let guard = cond.lock().map_err(text)?;
+        let guard = cond
+            .wait_while(guard, || {
+                let r = ring.to_vec().unwrap_or_default();
+                r[TAIL] == r[HEAD] && r[CLOSED] == 0
+            })
+            .map_err(text)?;
+        let mut r = ring.lock().map_err(text)?;
+        if r[TAIL] == r[HEAD] {
+            return Ok((count, sum));
+        }
+        let head = r[HEAD];
+        sum += r[SLOTS + (head % CAPACITY) as usize];
+        count += 1;
+        r[HEAD] = head + 1;
+        drop(r);
+        cond.notify_all();
+        drop(guard);
+    }
+}
+
+#[test]
+fn condition_hands_every_item_from_producer_to_consumers_once() {
+    let cond = Condition::new().unwrap();
+    let ring = Array::<u64>::new(SLOTS + CAPACITY as usize).unwrap();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| spawn!(consume, cond.clone(), ring.clone()).unwrap())
+        .collect();
+    let producer = spawn!(produce, cond.clone(), ring.clone()).unwrap();
+    producer.join().unwrap().unwrap();
+    let (mut count, mut sum) = (0, 0);
+    for consumer in consumers {
+        let (c, s) = consumer.join().unwrap().unwrap();
+        count += c;
+        sum += s;
+    }
+    assert_eq!(count, ITEMS);
+    assert_eq!(sum, ITEMS * (ITEMS + 1) / 2);
+}
+
+#[process_entry]
+fn wait_once(cond: Condition, ready: Value<u32>, announce: Condition) -> Result<bool, String> {
+    let guard = cond.lock().map_err(text)?;
+    *ready.lock().map_err(text)? += 1;
+    {
+        let _announce = announce.lock().map_err(text)?;
+        announce.notify_all();
+    }
+    let (_guard, timed_out) = cond
+        .wait_timeout(guard, Duration::from_secs(2))
+        .map_err(text)?;
+    Ok(!timed_out)
+}
+
+#[test]
+fn condition_notify_wakes_at_most_n_waiters() {
+    let cond = Condition::new().unwrap();
+    let announce = Condition::new().unwrap();
+    let ready = Value::new(0u32).unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| spawn!(wait_once, cond.clone(), ready.clone(), announce.clone()).unwrap())
+        .collect();
+    let guard = announce.lock().unwrap();
+    let (guard, timed_out) = announce
+        .wait_while_timeout(guard, BOUND, || ready.load().unwrap() < 3)
+        .unwrap();
+    assert!(!timed_out);
+    drop(guard);
+    // Each waiter counted itself while holding `cond`'s lock and released it
+    // only by waiting, so once we hold it all three are waiting.
+    let guard = cond.lock().unwrap();
+    cond.notify(1);
+    drop(guard);
+    let woken = waiters
+        .into_iter()
+        .map(|w| w.join().unwrap().unwrap())
+        .filter(|&woken| woken)
+        .count();
+    assert_eq!(woken, 1);
+}
+
+#[test]
+fn condition_wait_timeout_gives_up_within_bounds() {
+    let cond = Condition::new().unwrap();
+    let guard = cond.lock().unwrap();
+    let deadline = Duration::from_millis(300);
+    let start = Instant::now();
+    let (guard, timed_out) = cond.wait_timeout(guard, deadline).unwrap();
+    assert_within(start.elapsed(), deadline);
+    assert!(timed_out);
+    drop(guard);
+    assert!(cond.try_lock().unwrap().is_some());
+}
+
+#[process_entry]
+fn hold_condition(cond: Condition, held: Event, release: Event) -> Result<(), String> {
+    let _guard = cond.lock().map_err(text)?;
+    cond.notify_all();
+    held.set();
+    release.wait_timeout(BOUND);
+    Ok(())
+}
+
+#[test]
+fn condition_wait_reports_death_of_the_process_holding_its_lock() {
+    let cond = Condition::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let guard = cond.lock().unwrap();
+    let child = spawn!(hold_condition, cond.clone(), held.clone(), release.clone()).unwrap();
+    let (err, child) = std::thread::scope(|s| {
+        // The child notifies us, then dies holding the lock we must take back.
+        let killer = s.spawn(|| {
+            assert!(held.wait_timeout(BOUND));
+            child.kill().unwrap();
+            child
+        });
+        let err = cond.wait_timeout(guard, BOUND).unwrap_err();
+        (err, killer.join().unwrap())
+    });
+    assert_eq!(err.kind(), ErrorKind::OwnerDied, "{err}");
+    assert!(err.to_string().contains(&child.pid().to_string()), "{err}");
+    // Left free, and the condition still works.
+    let guard = cond.lock().unwrap();
+    let (_guard, timed_out) = cond.wait_timeout(guard, Duration::from_millis(10)).unwrap();
+    assert!(timed_out);
+    assert!(child.join().unwrap_err().is_signaled());
+}
+
+// -------------------------------------------------------------- Barrier
+
+const PARTIES: usize = 5;
+const ROUNDS: u64 = 100;
+
+#[process_entry]
+fn march(
+    barrier: Barrier,
+    progress: Array<u64>,
+    arrivals: Array<u64>,
+    me: usize,
+) -> Result<(), String> {
+    for round in 1..=ROUNDS {
+        progress.lock().map_err(text)?[me] = round;
+        let index = barrier.wait_timeout(BOUND).map_err(text)?;
+        arrivals.lock().map_err(text)?[index] += 1;
+        let seen = progress.to_vec().map_err(text)?;
+        if seen.iter().any(|&r| r != round) {
+            return Err(format!("round {round}: saw progress {seen:?}"));
+        }
+        barrier.wait_timeout(BOUND).map_err(text)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn barrier_keeps_five_processes_in_step_for_100_rounds() {
+    let barrier = Barrier::new(PARTIES).unwrap();
+    let progress = Array::<u64>::new(PARTIES).unwrap();
+    let arrivals = Array::<u64>::new(PARTIES).unwrap();
+    let children: Vec<_> = (0..PARTIES)
+        .map(|me| {
+            spawn!(
+                march,
+                barrier.clone(),
+                progress.clone(),
+                arrivals.clone(),
+                me
+            )
+            .unwrap()
+        })
+        .collect();
+    for child in children {
+        child.join().unwrap().unwrap();
+    }
+    // Every round handed out each arrival index exactly once.
+    assert_eq!(arrivals.to_vec().unwrap(), [ROUNDS; PARTIES]);
+    assert!(!barrier.is_broken());
+}
+
+#[process_entry]
+fn arrive(barrier: Barrier) -> Result<usize, String> {
+    barrier
+        .wait_timeout(BOUND)
+        .map_err(|e| format!("{:?}", e.kind()))
+}
+
+#[test]
+fn barrier_breaks_when_a_waiting_process_is_killed() {
+    let barrier = Barrier::new(3).unwrap();
+    let doomed = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the child waits at the barrier", || {
+        barrier.n_waiting() == 1
+    });
+    doomed.kill().unwrap();
+    let start = Instant::now();
+    let err = barrier.wait_timeout(BOUND).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenBarrier, "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(barrier.is_broken());
+    assert!(doomed.join().unwrap_err().is_signaled());
+
+    // Reset makes it whole again.
+    barrier.reset();
+    assert!(!barrier.is_broken());
+    let others: Vec<_> = (0..2)
+        .map(|_| spawn!(arrive, barrier.clone()).unwrap())
+        .collect();
+    let mut indices = vec![barrier.wait_timeout(BOUND).unwrap()];
+    for other in others {
+        indices.push(other.join().unwrap().unwrap());
+    }
+    indices.sort();
+    assert_eq!(indices, [0, 1, 2]);
+}
+
+#[test]
+fn barrier_abort_fails_current_and_later_waiters_until_reset() {
+    let barrier = Barrier::new(2).unwrap();
+    let waiter = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the child waits at the barrier", || {
+        barrier.n_waiting() == 1
+    });
+    barrier.abort();
+    assert_eq!(waiter.join().unwrap().unwrap_err(), "BrokenBarrier");
+    assert_eq!(barrier.wait().unwrap_err().kind(), ErrorKind::BrokenBarrier);
+    barrier.reset();
+    let waiter = spawn!(arrive, barrier.clone()).unwrap();
+    let mine = barrier.wait_timeout(BOUND).unwrap();
+    assert_eq!(mine + waiter.join().unwrap().unwrap(), 1);
+}
+
+#[test]
+fn barrier_wait_timeout_breaks_the_barrier_within_bounds() {
+    let barrier = Barrier::new(2).unwrap();
+    let deadline = Duration::from_millis(300);
+    let start = Instant::now();
+    let err = barrier.wait_timeout(deadline).unwrap_err();
+    assert_within(start.elapsed(), deadline);
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(barrier.is_broken());
+    // Others now fail at once, as in Python.
+    let other = spawn!(arrive, barrier.clone()).unwrap();
+    assert_eq!(other.join().unwrap().unwrap_err(), "BrokenBarrier");
+}
+
+// ---------------------------------------------------------------- Event
+
+#[process_entry]
+fn await_event(go: Event, ready: Semaphore) -> bool {
+    ready.release().is_ok() && go.wait_timeout(BOUND)
+}
+
+#[test]
+fn event_wakes_waiters_in_three_processes() {
+    let go = Event::new().unwrap();
+    let ready = Semaphore::new(0).unwrap();
+    let waiters: Vec<_> = (0..3)
+        .map(|_| spawn!(await_event, go.clone(), ready.clone()).unwrap())
+        .collect();
+    for _ in 0..3 {
+        ready
+            .acquire_timeout(BOUND)
+            .expect("a waiter is ready")
+            .forget();
+    }
+    assert!(!go.is_set());
+    go.set();
+    for waiter in waiters {
+        assert!(waiter.join().unwrap());
+    }
+    go.clear();
+    assert!(!go.is_set());
+}
+
+#[test]
+fn event_wait_timeout_gives_up_within_bounds() {
+    let event = Event::new().unwrap();
+    let deadline = Duration::from_millis(300);
+    let start = Instant::now();
+    assert!(!event.wait_timeout(deadline));
+    assert_within(start.elapsed(), deadline);
+}
+
+// ------------------------------------------------------------ Semaphore
+
+#[process_entry]
+fn crowd(slots: Semaphore, inside: Value<u32>, most: Value<u32>, times: u32) -> Result<(), String> {
+    for _ in 0..times {
+        let _permit = slots.acquire_timeout(BOUND).ok_or("no permit")?;
+        let now = {
+            let mut inside = inside.lock().map_err(text)?;
+            *inside += 1;
+            *inside
+        };
+        {
+            let mut most = most.lock().map_err(text)?;
+            *most = (*most).max(now);
+        }
+        *inside.lock().map_err(text)? -= 1;
+    }
+    Ok(())
+}
+
+#[test]
+fn semaphore_admits_at_most_its_value_across_processes() {
+    let slots = Semaphore::new(2).unwrap();
+    let inside = Value::new(0u32).unwrap();
+    let most = Value::new(0u32).unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| spawn!(crowd, slots.clone(), inside.clone(), most.clone(), 2000).unwrap())
+        .collect();
+    for child in children {
+        child.join().unwrap().unwrap();
+    }
+    assert!((1..=2).contains(&most.load().unwrap()));
+    assert_eq!(slots.value(), 2);
+}
+
+#[process_entry]
+fn release_bounded(sem: BoundedSemaphore) -> Option<String> {
+    sem.release().err().map(|e| format!("{:?}", e.kind()))
+}
+
+#[test]
+fn bounded_semaphore_refuses_release_above_its_initial_value() {
+    let sem = BoundedSemaphore::new(1).unwrap();
+    assert_eq!(
+        spawn!(release_bounded, sem.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        Some("TooManyReleases".to_string())
+    );
+    sem.acquire().forget();
+    assert_eq!(
+        spawn!(release_bounded, sem.clone())
+            .unwrap()
+            .join()
+            .unwrap(),
+        None
+    );
+    assert_eq!(sem.value(), 1);
+}
+
+#[test]
+fn semaphore_acquire_timeout_gives_up_within_bounds() {
+    let sem = Semaphore::new(0).unwrap();
+    let deadline = Duration::from_millis(300);
+    let start = Instant::now();
+    assert!(sem.acquire_timeout(deadline).is_none());
+    assert_within(start.elapsed(), deadline);
+}
+
+// ----------------------------------------------------------- Lock, RLock
+
+#[process_entry]
+fn hold_lock(lock: Lock, held: Event, release: Event) -> Result<(), String> {
+    let _guard = lock.lock().map_err(text)?;
+    held.set();
+    release.wait_timeout(BOUND);
+    Ok(())
+}
+
+#[test]
+fn lock_reports_owner_death_after_kill() {
+    let lock = Lock::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(hold_lock, lock.clone(), held.clone(), release.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    assert!(lock.try_lock().unwrap().is_none());
+    child.kill().unwrap();
+
+    let start = Instant::now();
+    let err = lock.lock().unwrap_err();
+    assert!(start.elapsed() < Duration::from_secs(2));
+    assert_eq!(err.kind(), ErrorKind::OwnerDied);
+    let message = err.to_string();
+    assert!(message.contains("died"), "{message}");
+    assert!(message.contains(&child.pid().to_string()), "{message}");
+
+    // The lock was left free: it can be taken and works as before.
+    let guard = lock.lock().unwrap();
+    assert!(lock.is_locked());
+    drop(guard);
+    assert!(!lock.is_locked());
+    assert!(child.join().unwrap_err().is_signaled());
+}
+
+#[test]
+fn try_lock_reports_owner_death_at_once() {
+    let lock = Lock::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(hold_lock, lock.clone(), held.clone(), release.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    child.kill().unwrap();
+    let pid = child.pid();
+    assert!(child.join().unwrap_err().is_signaled());
+    let err = lock.try_lock().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OwnerDied);
+    assert!(err.to_string().contains(&pid.to_string()));
+    assert!(lock.try_lock().unwrap().is_some());
+}
+
+#[test]
+fn lock_timeout_gives_up_within_bounds() {
+    let lock = Lock::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(hold_lock, lock.clone(), held.clone(), release.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    for deadline in [
+        Duration::ZERO,
+        Duration::from_millis(30),
+        Duration::from_millis(300),
+    ] {
+        let start = Instant::now();
+        assert!(lock.lock_timeout(deadline).unwrap().is_none());
+        assert_within(start.elapsed(), deadline);
+    }
+    release.set();
+    child.join().unwrap().unwrap();
+    assert!(lock.lock_timeout(BOUND).unwrap().is_some());
+}
+
+#[process_entry]
+fn hold_value(value: Value<u64>, held: Event, release: Event) -> Result<(), String> {
+    let _guard = value.lock().map_err(text)?;
+    held.set();
+    release.wait_timeout(BOUND);
+    Ok(())
+}
+
+#[test]
+fn value_reports_owner_death_and_keeps_its_contents() {
+    let value = Value::new(7u64).unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(hold_value, value.clone(), held.clone(), release.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    let deadline = Duration::from_millis(100);
+    let start = Instant::now();
+    assert!(value.lock_timeout(deadline).unwrap().is_none());
+    assert_within(start.elapsed(), deadline);
+    child.kill().unwrap();
+    assert_eq!(value.load().unwrap_err().kind(), ErrorKind::OwnerDied);
+    assert_eq!(value.load().unwrap(), 7);
+    let _ = child.join();
+}
+
+#[process_entry]
+fn hold_rlock(lock: RLock, held: Event, release: Event) -> Result<(), String> {
+    let a = lock.lock().map_err(text)?;
+    let b = lock.lock().map_err(text)?;
+    let c = lock.lock().map_err(text)?;
+    held.set();
+    release.wait_timeout(BOUND);
+    drop((c, b, a));
+    Ok(())
+}
+
+#[test]
+fn rlock_reports_owner_death_after_kill() {
+    let lock = RLock::new().unwrap();
+    let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(hold_rlock, lock.clone(), held.clone(), release.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    assert!(lock.try_lock().unwrap().is_none());
+    child.kill().unwrap();
+
+    let err = lock.lock().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::OwnerDied);
+    assert!(err.to_string().contains(&child.pid().to_string()), "{err}");
+
+    // Free again, with a fresh count: one level is one release.
+    let guard = lock.lock().unwrap();
+    assert!(lock.is_owned());
+    drop(guard);
+    assert!(!lock.is_owned());
+    assert!(lock.try_lock().unwrap().is_some());
+    assert!(child.join().unwrap_err().is_signaled());
+}
+
+#[process_entry]
+fn release_rlock(lock: RLock) -> Option<String> {
+    lock.release().err().map(|e| format!("{:?}", e.kind()))
+}
+
+#[test]
+fn rlock_is_reentrant_and_only_its_owner_may_release_it() {
+    let lock = RLock::new().unwrap();
+    let outer = lock.lock().unwrap();
+    let inner = lock
+        .lock_timeout(Duration::ZERO)
+        .unwrap()
+        .expect("re-entry");
+    // Another process, and another thread, do not own it.
+    assert_eq!(
+        spawn!(release_rlock, lock.clone()).unwrap().join().unwrap(),
+        Some("NotOwner".to_string())
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            assert_eq!(lock.release().unwrap_err().kind(), ErrorKind::NotOwner);
+            assert!(lock.try_lock().unwrap().is_none());
+        });
+    });
+    drop(inner);
+    assert!(lock.is_owned());
+    outer.forget();
+    lock.release().unwrap();
+    assert!(!lock.is_owned());
+    assert_eq!(lock.release().unwrap_err().kind(), ErrorKind::NotOwner);
+}
