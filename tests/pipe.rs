@@ -272,3 +272,33 @@ fn sixty_four_handles_in_one_message() {
         assert_eq!(byte[0], i as u8);
     }
 }
+
+#[process_entry]
+fn send_uniform(tx: Connection<Vec<u8>>, fill: u8, count: usize, size: usize) {
+    for _ in 0..count {
+        tx.send(&vec![fill; size]).unwrap();
+    }
+}
+
+#[test]
+fn processes_sharing_an_end_never_interleave_messages() {
+    let (rx, tx) = Pipe::<Vec<u8>>::simplex().unwrap();
+    // Each message is far larger than the socket buffer, so without the
+    // end's shared lock the two writers' bytes would mix.
+    let children: Vec<_> = (1..=3u8)
+        .map(|fill| spawn!(send_uniform, tx.try_clone().unwrap(), fill, 10, 1 << 20).unwrap())
+        .collect();
+    drop(tx);
+    let mut per_fill = [0usize; 4];
+    for _ in 0..30 {
+        let msg = rx.recv().unwrap();
+        assert_eq!(msg.len(), 1 << 20);
+        assert!(msg.iter().all(|&x| x == msg[0]), "interleaved message");
+        per_fill[msg[0] as usize] += 1;
+    }
+    assert_eq!(per_fill, [0, 10, 10, 10]);
+    for child in children {
+        child.join().unwrap();
+    }
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+}

@@ -16,6 +16,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
+use crate::sync::{Lock, LockGuard};
 use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
 
 /// Creates connected pairs of [`Connection`]s.
@@ -44,8 +45,8 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     pub fn duplex() -> Result<(Connection<T>, Connection<T>), Error> {
         let (a, b) = socketpair()?;
         Ok((
-            Connection::new(a, true, true),
-            Connection::new(b, true, true),
+            Connection::new(a, true, Some(Lock::new()?)),
+            Connection::new(b, true, Some(Lock::new()?)),
         ))
     }
 
@@ -56,8 +57,8 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         rustix::net::shutdown(&rx, Shutdown::Write).map_err(|e| Error::io("shutdown", e.into()))?;
         rustix::net::shutdown(&tx, Shutdown::Read).map_err(|e| Error::io("shutdown", e.into()))?;
         Ok((
-            Connection::new(rx, true, false),
-            Connection::new(tx, false, true),
+            Connection::new(rx, true, None),
+            Connection::new(tx, false, Some(Lock::new()?)),
         ))
     }
 }
@@ -74,23 +75,27 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
 
 /// One end of a [`Pipe`]: sends and receives messages of type `T`.
 ///
-/// Messages arrive whole and in order, whatever their size. Threads of one
-/// process may share an end (`Connection` is `Sync`): sends and receives are
-/// each serialised by a lock, so two messages never interleave.
+/// Messages arrive whole and in order, whatever their size. Threads and
+/// processes may share an end (`Connection` is `Sync`, and a copy sent to
+/// another process is the same end): every send holds a process-shared lock
+/// of that end, so two messages never interleave. Receives are serialised
+/// within a process; two processes receiving on one end share its messages
+/// between them.
 ///
 /// # Caveats
 /// - When every handle to the other end is gone — dropped, closed, or its
 ///   process died — `recv` returns `Disconnected` and `send` fails with
 ///   [`ErrorKind::Disconnected`]; nothing hangs. Keep no spare copy of the
 ///   other end in this process, or it never looks gone (as with Python).
-/// - Two *processes* sending on copies of the same end can interleave
-///   messages larger than the socket's buffer; give each sender its own pipe.
+/// - A process killed in the middle of a send leaves half a message in the
+///   stream: the receiver gets a decode error and the connection is broken.
 /// - A `Connection` travels to another process as an entry argument or in a
 ///   message; the copy sent and the copy kept are the same end.
 pub struct Connection<T> {
     fd: OwnedFd,
     readable: bool,
-    writable: bool,
+    /// Held across every send on this end, by every process that has it.
+    send_lock: Option<Lock>,
     send: Mutex<OutFrame>,
     recv: Mutex<RecvState>,
     _message: PhantomData<fn(T) -> T>,
@@ -108,7 +113,7 @@ impl<T> fmt::Debug for Connection<T> {
         f.debug_struct("Connection")
             .field("fd", &self.fd)
             .field("readable", &self.readable)
-            .field("writable", &self.writable)
+            .field("writable", &self.send_lock.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -118,15 +123,25 @@ fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
 }
 
 impl<T> Connection<T> {
-    fn new(fd: OwnedFd, readable: bool, writable: bool) -> Connection<T> {
+    fn new(fd: OwnedFd, readable: bool, send_lock: Option<Lock>) -> Connection<T> {
         Connection {
             fd,
             readable,
-            writable,
+            send_lock,
             send: Mutex::new(OutFrame::new()),
             recv: Mutex::new(RecvState::default()),
             _message: PhantomData,
         }
+    }
+
+    /// Another handle to this same end (its descriptor duplicated), for
+    /// example to hand one end to several processes.
+    pub fn try_clone(&self) -> Result<Connection<T>, Error> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| Error::io("duplicating a connection", e))?;
+        Ok(Connection::new(fd, self.readable, self.send_lock.clone()))
     }
 
     /// Whether this end can receive.
@@ -136,7 +151,7 @@ impl<T> Connection<T> {
 
     /// Whether this end can send.
     pub fn writable(&self) -> bool {
-        self.writable
+        self.send_lock.is_some()
     }
 
     /// Closes this end (in this process; copies elsewhere stay open).
@@ -153,8 +168,8 @@ impl<T> Connection<T> {
 
     /// Sends `bytes` as one message, without encoding them.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
-        self.check_writable()?;
-        let _guard = lock(&self.send);
+        let _frame = lock(&self.send);
+        let _guard = self.lock_sending()?;
         wire::send_raw_frame(self.fd.as_fd(), Kind::Bytes, bytes).map_err(send_error)
     }
 
@@ -166,15 +181,22 @@ impl<T> Connection<T> {
         Ok(std::mem::take(&mut state.buf))
     }
 
-    fn check_writable(&self) -> Result<(), Error> {
-        if self.writable {
-            Ok(())
-        } else {
-            Err(Error::new(
+    /// Takes this end's send lock. A sender that died holding it may have
+    /// left half a message in the stream, which no later send can repair.
+    fn lock_sending(&self) -> Result<LockGuard<'_>, Error> {
+        let Some(lock) = &self.send_lock else {
+            return Err(Error::new(
                 ErrorKind::Io,
                 "this end of the pipe is receive-only",
-            ))
-        }
+            ));
+        };
+        lock.lock().map_err(|e| {
+            Error::new(
+                ErrorKind::Disconnected,
+                "a process died while sending on this end; the stream is no longer usable",
+            )
+            .with_source(e)
+        })
     }
 
     /// Receives one frame into `state.buf`.
@@ -219,7 +241,6 @@ fn send_error(e: std::io::Error) -> Error {
 impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
     /// Sends a message. Blocks while the other side's buffer is full.
     pub fn send(&self, message: &T) -> Result<(), Error> {
-        self.check_writable()?;
         // A `Vec<u8>` goes out as raw bytes, not element by element.
         if let Some(bytes) = (message as &dyn Any).downcast_ref::<Vec<u8>>() {
             return self.send_bytes(bytes);
@@ -227,6 +248,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         let mut frame = lock(&self.send);
         frame.clear();
         frame.encode(message)?;
+        let _guard = self.lock_sending()?;
         frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
     }
 
@@ -277,8 +299,10 @@ impl<T> AsFd for Connection<T> {
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let index = wire::push_fd(self.fd.as_fd()).map_err(S::Error::custom)?;
-        let flags = u8::from(self.readable) | (u8::from(self.writable) << 1);
-        serializer.serialize_newtype_struct("multiproc::Connection", &(index, flags))
+        serializer.serialize_newtype_struct(
+            "multiproc::Connection",
+            &(index, self.readable, &self.send_lock),
+        )
     }
 }
 
@@ -286,12 +310,9 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Connection<T>, D::Error> {
         #[derive(Deserialize)]
         #[serde(rename = "multiproc::Connection")]
-        struct Wire((u32, u8));
-        let Wire((index, flags)) = Wire::deserialize(deserializer)?;
-        if flags > 3 {
-            return Err(D::Error::custom("bad connection flags"));
-        }
+        struct Wire((u32, bool, Option<Lock>));
+        let Wire((index, readable, send_lock)) = Wire::deserialize(deserializer)?;
         let fd = wire::take_fd(index).map_err(D::Error::custom)?;
-        Ok(Connection::new(fd, flags & 1 != 0, flags & 2 != 0))
+        Ok(Connection::new(fd, readable, send_lock))
     }
 }
