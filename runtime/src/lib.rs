@@ -95,6 +95,7 @@ mod info;
 mod pipe;
 mod poll;
 mod process;
+mod queue;
 mod sync;
 mod sys;
 mod wire;
@@ -110,6 +111,7 @@ pub use crate::info::{
 };
 pub use crate::pipe::{Connection, Pipe};
 pub use crate::process::{JoinHandle, Process};
+pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,

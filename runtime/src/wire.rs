@@ -79,6 +79,16 @@ impl OutFrame {
         }
     }
 
+    /// The encoded payload (after the header space).
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.buf[HEADER_LEN..]
+    }
+
+    /// The descriptors collected while encoding.
+    pub(crate) fn fds(&self) -> &[OwnedFd] {
+        &self.fds
+    }
+
     /// Empties the frame for reuse, keeping its buffer.
     pub(crate) fn clear(&mut self) {
         self.buf.truncate(HEADER_LEN);
@@ -417,6 +427,12 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
 
 const NOT_ON_WIRE: &str = "multiproc handles can only be (de)serialized by multiproc itself \
      (as an entry argument or result, or in a message on a multiproc channel)";
+
+impl Default for OutFrame {
+    fn default() -> OutFrame {
+        OutFrame::new()
+    }
+}
 
 /// Builds the bytes of a frame with an arbitrary header. Not public API: for
 /// tests that feed malformed frames to a child.

@@ -147,7 +147,17 @@ pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
     }
     let index = deserializer.deserialize_newtype_struct(kind.name, Index)?;
     let fd = crate::wire::take_fd(index).map_err(D::Error::custom)?;
-    let bad = |why: String| D::Error::custom(format!("received {} is invalid: {why}", kind.name));
+    open_region(fd, kind, atomics_len).map_err(D::Error::custom)
+}
+
+/// Validates and maps a received region of `kind` (see [`SharedRegion::open`]),
+/// checking its size and magic word.
+pub(crate) fn open_region(
+    fd: std::os::fd::OwnedFd,
+    kind: Kind,
+    atomics_len: Option<usize>,
+) -> Result<SharedRegion, String> {
+    let bad = |why: String| format!("received {} is invalid: {why}", kind.name);
     let region = SharedRegion::open(fd, atomics_len).map_err(|e| bad(e.to_string()))?;
     if region.len() < WORDS_LEN {
         return Err(bad(format!("{} bytes is too small", region.len())));
