@@ -1,33 +1,56 @@
-//! The seed examples and the tour print what ../shared/seed-examples.md asks for.
+//! The seed programs and the tour print what ../shared/seed-examples.md asks
+//! for. Each runs in a fresh copy of this test binary, so that the output of
+//! its child processes (which write to the inherited stdout) is captured.
+
+#[path = "../examples/seeds/mod.rs"]
+mod seeds;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::process::Command;
 
-/// Path of a built example, building it if `cargo test` has not.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join(name);
-    if !path.exists() {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--example", name])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .unwrap();
-        assert!(status.success());
+const INNER: &str = "MULTIPROC_SEED_INNER";
+
+/// Runs the seed named by `MULTIPROC_SEED_INNER` (or the tour, for "tour").
+#[test]
+#[ignore = "run by the tests below in a fresh process"]
+fn inner_run_seed() {
+    let Some(which) = std::env::var_os(INNER) else {
+        return;
+    };
+    let which = which.to_string_lossy().into_owned();
+    // The harness has printed "test inner_run_seed ... " without a newline.
+    println!();
+    if which == "tour" {
+        assert_eq!(seeds::tour(), 0);
+        return;
     }
-    path
+    let (_, run) = seeds::ALL
+        .iter()
+        .find(|(name, _)| name.starts_with(&which))
+        .expect("seed name");
+    run().unwrap();
 }
 
-fn run(name: &str) -> String {
-    let out = Command::new(example(name)).output().unwrap();
+fn run(which: &str) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_run_seed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER, which)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),
-        "{name} failed: {}",
+        "{which} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    assert!(stdout.contains("1 passed"), "{stdout}");
+    stdout
 }
 
 fn check_seed1(out: &str) {
@@ -51,16 +74,47 @@ fn check_seed1(out: &str) {
     assert!(last_hello < done, "done comes after every hello: {out}");
 }
 
+fn check_seed2(out: &str) {
+    let mut items: Vec<&str> = out
+        .lines()
+        .filter(|l| l.ends_with(", 'hello']") && l.matches(", ").count() == 1)
+        .collect();
+    items.sort();
+    assert_eq!(
+        items,
+        ["[0, 'hello']", "[1, 'hello']", "[2, 'hello']"],
+        "{out}"
+    );
+}
+
+fn check_seed3(out: &str) {
+    assert!(out.lines().any(|l| l == "[42, None, 'hello']"), "{out}");
+}
+
 #[test]
 fn seed1_prints_three_hellos_then_done() {
-    check_seed1(&run("seed1_processes"));
+    check_seed1(&run("seed 1"));
+}
+
+#[test]
+fn seed2_prints_each_item_exactly_once() {
+    check_seed2(&run("seed 2"));
+}
+
+#[test]
+fn seed3_prints_the_message_from_the_child() {
+    check_seed3(&run("seed 3"));
 }
 
 #[test]
 fn tour_runs_every_seed_and_summarises() {
     let out = run("tour");
     check_seed1(&out);
+    check_seed2(&out);
+    check_seed3(&out);
     let summary = out.split("=== summary").nth(1).expect("summary");
-    assert!(summary.contains("ok    seed 1"), "{summary}");
-    assert!(summary.contains(" 0 failed"), "{summary}");
+    for seed in ["seed 1", "seed 2", "seed 3"] {
+        assert!(summary.contains(&format!("ok    {seed}")), "{summary}");
+    }
+    assert!(summary.contains("3 seeds ran, 0 failed"), "{summary}");
 }
