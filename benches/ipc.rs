@@ -64,14 +64,17 @@ fn ping_pong(c: &mut Criterion) {
         pin(Some(parent_cpu));
         let (mut mine, theirs) = UnixStream::pair().unwrap();
         let raw = spawn!(raw_echo, Fd::from(OwnedFd::from(theirs)), Some(child_cpu)).unwrap();
-        group.bench_function(BenchmarkId::new("raw socketpair (8 bytes)", placement), |b| {
-            let mut buf = [0u8; 8];
-            b.iter(|| {
-                mine.write_all(&7u64.to_le_bytes()).unwrap();
-                mine.read_exact(&mut buf).unwrap();
-                black_box(buf);
-            })
-        });
+        group.bench_function(
+            BenchmarkId::new("raw socketpair (8 bytes)", placement),
+            |b| {
+                let mut buf = [0u8; 8];
+                b.iter(|| {
+                    mine.write_all(&7u64.to_le_bytes()).unwrap();
+                    mine.read_exact(&mut buf).unwrap();
+                    black_box(buf);
+                })
+            },
+        );
         drop(mine);
         raw.join().unwrap();
 
@@ -150,7 +153,11 @@ fn throughput(c: &mut Criterion) {
         for typed in [false, true] {
             let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
             let sink = spawn!(bytes_sink, theirs, typed).unwrap();
-            let name = if typed { "send(&Vec<u8>)" } else { "send_bytes" };
+            let name = if typed {
+                "send(&Vec<u8>)"
+            } else {
+                "send_bytes"
+            };
             group.bench_function(BenchmarkId::new(name, label), |b| {
                 b.iter_custom(|iters| {
                     let start = Instant::now();

@@ -103,6 +103,7 @@ pub struct Connection<T> {
 
 #[derive(Debug, Default)]
 struct RecvState {
+    reader: wire::FrameReader,
     buf: Vec<u8>,
     /// Set when the byte stream can no longer be split into frames.
     broken: Option<String>,
@@ -213,7 +214,7 @@ impl<T> Connection<T> {
                 format!("connection is broken: {why}"),
             )));
         }
-        match wire::recv_frame(self.fd.as_fd(), &mut state.buf) {
+        match state.reader.recv(self.fd.as_fd(), &mut state.buf) {
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(RecvError::Disconnected),
             Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {

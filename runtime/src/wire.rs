@@ -274,6 +274,20 @@ pub(crate) fn recv_frame(
         }
         got += n;
     }
+    let (kind, nfds, len) = parse_header(&head)?;
+    if fds.len() != nfds {
+        return Err(RecvError::FdMismatch {
+            want: nfds,
+            got: fds.len(),
+        });
+    }
+    buf.clear();
+    read_rest(sock, buf, len)?;
+    Ok(Some(InFrame { kind, fds }))
+}
+
+/// Checks a header; returns the frame's kind, descriptor count and length.
+fn parse_header(head: &[u8; HEADER_LEN]) -> Result<(Kind, usize, usize), RecvError> {
     let magic: [u8; 4] = [head[0], head[1], head[2], head[3]];
     if magic != MAGIC {
         return Err(RecvError::BadMagic(magic));
@@ -289,17 +303,14 @@ pub(crate) fn recv_frame(
     if len > MAX_FRAME_LEN {
         return Err(RecvError::TooLarge(len));
     }
-    if fds.len() != nfds {
-        return Err(RecvError::FdMismatch {
-            want: nfds,
-            got: fds.len(),
-        });
-    }
-    let len = len as usize;
-    buf.clear();
-    buf.reserve(len);
-    let mut filled = 0;
-    while filled < len {
+    Ok((kind, nfds, len as usize))
+}
+
+/// Appends bytes from `sock` to `buf` until it holds `len` bytes.
+fn read_rest(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> Result<(), RecvError> {
+    buf.reserve(len.saturating_sub(buf.len()));
+    while buf.len() < len {
+        let filled = buf.len();
         let n = crate::sys::recv_append(sock, buf, len - filled).map_err(RecvError::Io)?;
         if n == 0 {
             return Err(RecvError::Truncated {
@@ -307,9 +318,82 @@ pub(crate) fn recv_frame(
                 want: HEADER_LEN + len,
             });
         }
-        filled += n;
     }
-    Ok(Some(InFrame { kind, fds }))
+    Ok(())
+}
+
+/// How much a [`FrameReader`] reads ahead.
+const READ_AHEAD: usize = 64 << 10;
+
+/// Receives frames from a stream it reads ahead of, so that a small message
+/// costs one `recvmsg` rather than one for its header and one for its body.
+///
+/// Descriptors arrive with the first byte of the frame that carries them (a
+/// `recvmsg` never returns those of two different sends); they wait in
+/// order until their frame's header claims them.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    ahead: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl FrameReader {
+    /// Receives one frame, its payload into `out` (cleared first).
+    /// `Ok(None)` is a clean end of stream between frames.
+    pub(crate) fn recv(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<Option<InFrame>, RecvError> {
+        if self.ahead.is_empty() {
+            self.ahead = vec![0; READ_AHEAD];
+        }
+        while self.end - self.start < HEADER_LEN {
+            if self.end == self.ahead.len() {
+                self.ahead.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            let mut fds = Vec::new();
+            let n = recv_with_fds(sock, &mut self.ahead[self.end..], &mut fds)?;
+            self.fds.extend(fds);
+            if n == 0 {
+                let got = self.end - self.start;
+                if got == 0 && self.fds.is_empty() {
+                    return Ok(None);
+                }
+                return Err(RecvError::Truncated {
+                    got,
+                    want: HEADER_LEN,
+                });
+            }
+            self.end += n;
+        }
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(&self.ahead[self.start..self.start + HEADER_LEN]);
+        let (kind, nfds, len) = parse_header(&head)?;
+        if self.fds.len() < nfds {
+            return Err(RecvError::FdMismatch {
+                want: nfds,
+                got: self.fds.len(),
+            });
+        }
+        self.start += HEADER_LEN;
+        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        let buffered = (self.end - self.start).min(len);
+        out.clear();
+        out.reserve(len);
+        out.extend_from_slice(&self.ahead[self.start..self.start + buffered]);
+        self.start += buffered;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        read_rest(sock, out, len)?;
+        Ok(Some(InFrame { kind, fds }))
+    }
 }
 
 fn recv_with_fds(
