@@ -61,12 +61,116 @@
 //! returns; daemons are killed when the parent exits or dies, however it
 //! dies. Dropping a [`JoinHandle`] never leaves a zombie.
 //!
+//! # Pipes
+//!
+//! [`Pipe::duplex`] makes two connected [`Connection`]s. Pass one to a child
+//! (or send it through another connection or queue) and the other process
+//! gets a working end. When every handle to one end is gone — dropped, or
+//! its process died — the other end's `recv` reports
+//! [`RecvError::Disconnected`] instead of hanging.
+//!
+//! ```
+//! use multiproc::{process_entry, spawn, Connection, Pipe};
+//!
+//! #[process_entry]
+//! fn shout(conn: Connection<String>) {
+//!     while let Ok(word) = conn.recv() {
+//!         conn.send(&word.to_uppercase()).unwrap();
+//!     }
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let (conn, theirs) = Pipe::duplex()?;
+//! let child = spawn!(shout, theirs)?;
+//! conn.send(&"hello".to_string())?;
+//! assert_eq!(conn.recv()?, "HELLO");
+//! drop(conn);                 // the child's `recv` now reports Disconnected
+//! child.join()?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Queues
+//!
+//! [`Queue`] is a multi-producer, multi-consumer queue for any number of
+//! processes, in shared memory; [`JoinableQueue`] adds `task_done`/`join`.
+//! Errors use crossbeam-channel's vocabulary ([`TryRecvError`],
+//! [`RecvTimeoutError`], [`TrySendError`], …).
+//!
+//! ```
+//! use multiproc::{process_entry, spawn, Queue};
+//!
+//! #[process_entry]
+//! fn square_all(tasks: Queue<u64>, results: Queue<u64>) {
+//!     while let Ok(n) = tasks.get() {
+//!         results.put(n * n).unwrap();
+//!     }
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let (tasks, results) = (Queue::new()?, Queue::new()?);
+//! let workers: Vec<_> = (0..2)
+//!     .map(|_| spawn!(square_all, tasks.clone(), results.clone()))
+//!     .collect::<Result<_, _>>()?;
+//! for n in 1..=10 {
+//!     tasks.put(n).unwrap();
+//! }
+//! let mut sum = 0;
+//! for _ in 0..10 {
+//!     sum += results.get()?;
+//! }
+//! tasks.close();              // workers' `get` now reports Disconnected
+//! for w in workers {
+//!     w.join()?;
+//! }
+//! assert_eq!(sum, 385);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Locks, events and shared memory
+//!
+//! [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
+//! [`Condition`] and [`Barrier`] work across processes, as do the shared
+//! [`Value`], [`Array`] and [`SharedMemory`]. Each lives in a small memfd
+//! mapped into every process that has a handle. Unlike Python's, a lock
+//! whose owner is killed does not deadlock the others: the next `lock()`
+//! reports [`ErrorKind::OwnerDied`] and the lock can be taken again.
+//!
+//! ```
+//! use multiproc::{process_entry, spawn, Value};
+//!
+//! #[process_entry]
+//! fn count(counter: Value<u64>, times: u64) {
+//!     for _ in 0..times {
+//!         *counter.lock().unwrap() += 1;
+//!     }
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let counter = Value::new(0u64)?;
+//! let children: Vec<_> = (0..4)
+//!     .map(|_| spawn!(count, counter.clone(), 1000))
+//!     .collect::<Result<_, _>>()?;
+//! for child in children {
+//!     child.join()?;
+//! }
+//! assert_eq!(counter.load()?, 4000);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # What multiproc does not do
 //!
 //! - Only Linux is supported; other platforms fail to compile.
 //! - Entries run in a copy of *this binary*: the child trusts the parent and
 //!   its messages as much as it trusts its own code.
+//! - An entry runs while the program is being loaded (from a load-time
+//!   constructor, after every entry has registered): `main` never runs in a
+//!   child, and load-time constructors of other crates that the linker
+//!   placed after multiproc's may not have run yet.
 //! - There is no `fork` start method (yet): every child is a fresh exec.
+//! - No `Manager` or `Pool` yet.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(
