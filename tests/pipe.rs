@@ -302,3 +302,46 @@ fn processes_sharing_an_end_never_interleave_messages() {
     }
     assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
 }
+
+#[test]
+fn messages_read_ahead_are_seen_by_try_recv_poll_and_recv_timeout() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    for i in 0..3 {
+        b.send(&i).unwrap();
+    }
+    // One read takes all three frames off the socket.
+    assert_eq!(a.recv().unwrap(), 0);
+    assert!(a.poll(Duration::ZERO));
+    assert_eq!(a.try_recv().unwrap(), 1);
+    assert_eq!(a.recv_timeout(Duration::from_millis(10)).unwrap(), 2);
+    assert!(matches!(a.try_recv(), Err(TryRecvError::Empty)));
+}
+
+#[test]
+fn a_connection_with_unread_data_refuses_to_travel() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    b.send(&1).unwrap();
+    b.send(&2).unwrap();
+    assert_eq!(a.recv().unwrap(), 1);
+    let (carrier, _other) = Pipe::<Connection<u32>>::duplex().unwrap();
+    let err = carrier.send(&a).unwrap_err();
+    assert!(err.to_string().contains("not yet read"), "{err}");
+    assert_eq!(a.recv().unwrap(), 2);
+}
+
+#[test]
+fn clones_of_an_end_share_one_stream() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    let a2 = a.try_clone().unwrap();
+    b.send(&1).unwrap();
+    b.send(&2).unwrap();
+    assert_eq!(a.recv().unwrap(), 1);
+    assert_eq!(a2.recv().unwrap(), 2);
+}
+
+#[test]
+fn huge_timeouts_do_not_overflow() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    b.send(&9).unwrap();
+    assert_eq!(a.recv_timeout(Duration::MAX).unwrap(), 9);
+}

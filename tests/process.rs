@@ -441,3 +441,61 @@ fn ready_signal_and_gate_synchronise_with_the_child() {
         Some(())
     );
 }
+
+#[derive(Debug)]
+struct PanicsWhenDecoded;
+
+impl Serialize for PanicsWhenDecoded {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for PanicsWhenDecoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        panic!("refusing to be decoded")
+    }
+}
+
+#[process_entry]
+fn takes_fragile(_x: PanicsWhenDecoded) {}
+
+#[test]
+fn a_panic_while_decoding_arguments_is_reported_as_a_panic() {
+    let err = spawn!(takes_fragile, PanicsWhenDecoded)
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(err.is_panicked(), "{err}");
+    assert!(err.to_string().contains("refusing to be decoded"), "{err}");
+}
+
+#[process_entry]
+fn big_vec(n: usize) -> Vec<u64> {
+    (0..n as u64).collect()
+}
+
+#[test]
+fn a_child_with_a_large_result_exits_without_being_joined() {
+    let mut child = spawn!(big_vec, 2_000_000).unwrap();
+    let pid = child.pid();
+    // Its result does not fit in the socket, yet it exits at once.
+    let pidfd = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    )
+    .unwrap();
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let bound = rustix::event::Timespec {
+        tv_sec: 30,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&bound)).unwrap(), 1);
+    let v = child.join_timeout(Duration::MAX).unwrap().unwrap();
+    assert_eq!(v.len(), 2_000_000);
+    assert_eq!(v[1_999_999], 1_999_999);
+}

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use rustix::process::Signal;
@@ -11,6 +12,8 @@ use crate::error::{Error, ErrorKind, PanicReport};
 use crate::process::{BOOT_ENV, CallHeader, ChildFailure};
 use crate::wire::{self, Kind, OutFrame};
 
+/// Results larger than this travel in a memfd (the socket buffers ~200 KiB).
+const RESULT_INLINE_MAX: usize = 64 << 10;
 /// Exit code of a child whose entry panicked (Python: an uncaught exception).
 const EXIT_PANICKED: i32 = 1;
 /// Exit code of a child that could not run its entry at all.
@@ -54,10 +57,22 @@ fn target() -> Option<&'static Target> {
 /// reported unknown — and the child exits here, never reaching `main`. In any
 /// other process this returns at once.
 pub(crate) fn on_load(loaded: usize) {
+    dispatch(loaded, false);
+}
+
+/// What [`crate::init`] does: in a child whose entry has not run yet (its
+/// entry is in a library loaded after start-up, so fewer entries registered
+/// at load time than the parent counted), run it now, or report it unknown.
+pub(crate) fn force() {
+    dispatch(crate::entry::loaded_count(), true);
+}
+
+fn dispatch(loaded: usize, force: bool) {
+    static DISPATCHED: AtomicBool = AtomicBool::new(false);
     let Some(target) = target() else {
         return;
     };
-    if loaded < target.expected {
+    if (loaded < target.expected && !force) || DISPATCHED.swap(true, Ordering::AcqRel) {
         return;
     }
     let run = crate::entry::find_loaded(&target.entry).map(|record| record.run());
@@ -141,7 +156,14 @@ fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
     crate::info::set_child_name(header.process_name);
     let code = match run(&buf[used..], fds) {
         crate::entry::RunOutcome::Value(mut frame) => {
-            let _ = frame.send(sock.as_fd(), Kind::Value);
+            // A result larger than the socket can buffer goes in a memfd,
+            // so this child can exit even if its parent never joins it.
+            let kind = if frame.payload().len() > RESULT_INLINE_MAX && frame.spill().is_ok() {
+                Kind::SpilledValue
+            } else {
+                Kind::Value
+            };
+            let _ = frame.send(sock.as_fd(), kind);
             0
         }
         crate::entry::RunOutcome::Panicked => {

@@ -118,6 +118,11 @@ impl Child {
         Ok(reaped)
     }
 
+    /// The pidfd, when this kernel has them; readable once the child exits.
+    pub(crate) fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|fd| fd.as_fd())
+    }
+
     /// Waits until the child ends or the deadline passes; reaps it.
     pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<Option<ExitStatus>> {
         let mut backoff = Duration::from_micros(200);

@@ -102,28 +102,29 @@ pub(crate) fn find_loaded(name: &str) -> Option<&'static EntryRecord> {
 pub(crate) type RunFn = fn(&[u8], Vec<OwnedFd>) -> RunOutcome;
 
 fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
-    let args: E::Args = match crate::wire::decode(args, fds) {
-        Ok(args) => args,
-        Err(err) => {
-            return RunOutcome::Failed(
-                Error::new(
-                    ErrorKind::Decode,
-                    format!("could not decode the arguments of entry `{}`", E::NAME),
-                )
-                .with_source(err),
-            );
+    // Decoding the arguments and encoding the result run user code too
+    // (their serde impls), so a panic there is the entry's panic.
+    let run = || {
+        let args: E::Args = match crate::wire::decode(args, fds) {
+            Ok(args) => args,
+            Err(err) => {
+                return RunOutcome::Failed(
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!("could not decode the arguments of entry `{}`", E::NAME),
+                    )
+                    .with_source(err),
+                );
+            }
+        };
+        let value = E::call(args);
+        let mut frame = crate::wire::OutFrame::new();
+        match frame.encode(&value) {
+            Ok(()) => RunOutcome::Value(frame),
+            Err(err) => RunOutcome::Failed(err),
         }
     };
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| E::call(args))) {
-        Ok(value) => {
-            let mut frame = crate::wire::OutFrame::new();
-            match frame.encode(&value) {
-                Ok(()) => RunOutcome::Value(frame),
-                Err(err) => RunOutcome::Failed(err),
-            }
-        }
-        Err(_) => RunOutcome::Panicked,
-    }
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(RunOutcome::Panicked)
 }
 
 struct Registry {

@@ -223,10 +223,16 @@ pub use crate::sync::{
 };
 pub use multiproc_macros::process_entry;
 
-/// Runs the child check now. A no-op in a parent (and in a child, since the
-/// check already ran before `main`); for programs that want the call visible.
+/// Runs the child check now: a no-op in a parent, and in a child whose
+/// entry already ran before `main` (the usual case, so most programs never
+/// call it).
+///
+/// Call it first thing in `main` if entries live in libraries loaded after
+/// start-up (`dlopen`): such a child has fewer entries at load time than its
+/// parent counted, so it waits for this call to run its entry (or report it
+/// unknown) instead of running `main`.
 pub fn init() {
-    bootstrap::on_load(entry::loaded_count());
+    bootstrap::force();
 }
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].

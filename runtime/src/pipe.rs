@@ -5,8 +5,8 @@ use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
@@ -76,11 +76,12 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
 /// One end of a [`Pipe`]: sends and receives messages of type `T`.
 ///
 /// Messages arrive whole and in order, whatever their size. Threads and
-/// processes may share an end (`Connection` is `Sync`, and a copy sent to
-/// another process is the same end): every send holds a process-shared lock
-/// of that end, so two messages never interleave. Receives are serialised
-/// within a process; two processes receiving on one end share its messages
-/// between them.
+/// processes may share an end for sending (`Connection` is `Sync`, and a
+/// copy sent to another process is the same end): every send holds a
+/// process-shared lock of that end, so two messages never interleave.
+/// Receiving is for one process at a time, as in Python: threads of that
+/// process (and its `try_clone`s) take turns, but two processes receiving
+/// on copies of one end would split the stream between them.
 ///
 /// # Caveats
 /// - When every handle to the other end is gone — dropped, closed, or its
@@ -97,7 +98,8 @@ pub struct Connection<T> {
     /// Held across every send on this end, by every process that has it.
     send_lock: Option<Lock>,
     send: Mutex<OutFrame>,
-    recv: Mutex<RecvState>,
+    /// Shared by the handles `try_clone` makes, which read one stream.
+    recv: Arc<Mutex<RecvState>>,
     _message: PhantomData<fn(T) -> T>,
 }
 
@@ -130,7 +132,7 @@ impl<T> Connection<T> {
             readable,
             send_lock,
             send: Mutex::new(OutFrame::new()),
-            recv: Mutex::new(RecvState::default()),
+            recv: Arc::new(Mutex::new(RecvState::default())),
             _message: PhantomData,
         }
     }
@@ -142,7 +144,9 @@ impl<T> Connection<T> {
             .fd
             .try_clone()
             .map_err(|e| Error::io("duplicating a connection", e))?;
-        Ok(Connection::new(fd, self.readable, self.send_lock.clone()))
+        let mut clone = Connection::new(fd, self.readable, self.send_lock.clone());
+        clone.recv = Arc::clone(&self.recv);
+        Ok(clone)
     }
 
     /// Whether this end can receive.
@@ -163,8 +167,19 @@ impl<T> Connection<T> {
     /// Whether a message (or the end of the stream) is ready to receive,
     /// waiting up to `timeout`.
     pub fn poll(&self, timeout: Duration) -> bool {
+        // Data read ahead is ready too. (If another thread is receiving, it
+        // holds the state: then only the socket is looked at.)
+        if let Ok(state) = self.recv.try_lock()
+            && state.reader.has_buffered()
+        {
+            return true;
+        }
+        self.poll_socket(Some(timeout))
+    }
+
+    fn poll_socket(&self, timeout: Option<Duration>) -> bool {
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        matches!(crate::poll::poll(&mut fds, Some(timeout)), Ok(n) if n > 0)
+        matches!(crate::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 
     /// Sends `bytes` as one message, without encoding them.
@@ -192,6 +207,10 @@ impl<T> Connection<T> {
             ));
         };
         lock.lock().map_err(|e| {
+            // Its half-written message is in the stream for good: close this
+            // direction for every process, so the receiver sees the stream
+            // end after the garbage instead of later messages spliced into it.
+            let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
             Error::new(
                 ErrorKind::Disconnected,
                 "a process died while sending on this end; the stream is no longer usable",
@@ -248,15 +267,24 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         }
         let mut frame = lock(&self.send);
         frame.clear();
-        frame.encode(message)?;
-        let _guard = self.lock_sending()?;
-        frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
+        let result = frame.encode(message).and_then(|()| {
+            let _guard = self.lock_sending()?;
+            frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
+        });
+        // Drop our copies of any handles in the message, sent or not: a kept
+        // copy of a connection's end would hide its peer's disconnection.
+        frame.clear();
+        result
     }
 
     /// Receives a message, blocking until one arrives or the other side is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
         let mut state = lock(&self.recv);
-        let frame = self.recv_frame(&mut state)?;
+        self.recv_locked(&mut state)
+    }
+
+    fn recv_locked(&self, state: &mut RecvState) -> Result<T, RecvError> {
+        let frame = self.recv_frame(state)?;
         if frame.kind == Kind::Bytes {
             // Sent by `send_bytes` or as a `Vec<u8>`: hand the buffer over.
             let bytes = std::mem::take(&mut state.buf);
@@ -274,19 +302,27 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     /// Receives a message if one is ready now.
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
-        if !self.poll(Duration::ZERO) {
-            return Err(TryRecvError::Empty);
-        }
-        self.recv().map_err(Into::into)
+        self.recv_waiting(Some(Duration::ZERO))
+            .map_err(|e| match e {
+                RecvTimeoutError::Timeout => TryRecvError::Empty,
+                RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
+            })
     }
 
     /// Receives a message, waiting at most `timeout` for one to start arriving.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        let deadline = Instant::now() + timeout;
-        if !self.poll(deadline.saturating_duration_since(Instant::now())) {
+        self.recv_waiting(Some(timeout))
+    }
+
+    fn recv_waiting(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        // Holding the state while waiting, so no other thread can take the
+        // message this one was woken for.
+        let mut state = lock(&self.recv);
+        if !state.reader.has_buffered() && !self.poll_socket(timeout) {
             return Err(RecvTimeoutError::Timeout);
         }
-        self.recv().map_err(Into::into)
+        self.recv_locked(&mut state).map_err(Into::into)
     }
 }
 
@@ -299,6 +335,11 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if lock(&self.recv).reader.has_buffered() {
+            return Err(S::Error::custom(
+                "this connection has received data not yet read; receive it before sending the connection",
+            ));
+        }
         let index = wire::push_fd(self.fd.as_fd()).map_err(S::Error::custom)?;
         serializer.serialize_newtype_struct(
             "multiproc::Connection",

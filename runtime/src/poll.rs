@@ -8,7 +8,8 @@ use rustix::event::{PollFd, Timespec};
 /// Polls `fds` until one is ready or `timeout` passes (`None`: no limit).
 /// Returns the number of ready descriptors (0 on timeout).
 pub(crate) fn poll(fds: &mut [PollFd<'_>], timeout: Option<Duration>) -> io::Result<usize> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    // A timeout too large to represent waits for ever.
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let ts = remaining.map(|r| Timespec {

@@ -197,7 +197,11 @@ pub(crate) fn start_child<R>(
     let pid = if daemon {
         spawn_on_daemon_thread(cmd)
     } else {
-        cmd.spawn().map(|child| child.id())
+        // `cmd` holds our copy of the child's end of the socket: drop it, or
+        // a child that died early would never make our send fail.
+        let spawned = cmd.spawn().map(|child| child.id());
+        drop(cmd);
+        spawned
     }
     .map_err(spawn_err)?;
     let child = Child::track(pid, name.clone(), daemon);
@@ -349,7 +353,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// Like [`join`](Self::join), but gives up at the deadline: `Ok(None)`
     /// means the child is still running, and the handle stays usable.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, Error> {
-        self.finish(Some(Instant::now() + timeout))
+        self.finish(Instant::now().checked_add(timeout))
     }
 
     fn describe(&self) -> String {
@@ -410,9 +414,30 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             return Ok(Some(Outcome::Nothing));
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        let mut fds = [PollFd::new(sock, PollFlags::IN)];
-        let ready = crate::poll::poll(&mut fds, remaining)
-            .map_err(|e| Error::io("waiting for the result", e).in_process(self.describe()))?;
+        // Watch the child too: a descendant it forked without exec could
+        // keep the socket open after the child itself is gone.
+        let ready = match self.child.pidfd() {
+            Some(pidfd) => {
+                let mut fds = [
+                    PollFd::new(sock, PollFlags::IN),
+                    PollFd::new(&pidfd, PollFlags::IN),
+                ];
+                let ready = crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                    Error::io("waiting for the result", e).in_process(self.describe())
+                })?;
+                if ready > 0 && fds[0].revents().is_empty() {
+                    // Exited, and nothing was written before it did.
+                    return Ok(Some(Outcome::Nothing));
+                }
+                ready
+            }
+            None => {
+                let mut fds = [PollFd::new(sock, PollFlags::IN)];
+                crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                    Error::io("waiting for the result", e).in_process(self.describe())
+                })?
+            }
+        };
         if ready == 0 {
             return Ok(None);
         }
@@ -434,6 +459,19 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         };
         Ok(Some(match frame.kind {
             Kind::Value => Outcome::Value(buf, frame.fds),
+            Kind::SpilledValue => {
+                let mut fds = frame.fds;
+                match (<[u8; 8]>::try_from(buf.as_slice()), fds.is_empty()) {
+                    (Ok(len), false) => {
+                        let memfd = fds.remove(0);
+                        match wire::read_spill(&memfd, u64::from_le_bytes(len)) {
+                            Ok(bytes) => Outcome::Value(bytes, fds),
+                            Err(e) => Outcome::Failed(Error::io("reading the result", e)),
+                        }
+                    }
+                    _ => Outcome::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
+                }
+            }
             Kind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
                 Ok(report) => Outcome::Panicked(report),
                 Err(e) => Outcome::Failed(e),

@@ -48,6 +48,10 @@ pub(crate) enum Kind {
     Data = 5,
     /// Raw bytes on a channel (`send_bytes`), or a `Vec<u8>` sent as is.
     Bytes = 6,
+    /// Child to parent: the return value, too large for the socket's
+    /// buffer, is in a memfd (the frame's first descriptor); the payload is
+    /// its length.
+    SpilledValue = 7,
 }
 
 impl Kind {
@@ -59,6 +63,7 @@ impl Kind {
             4 => Kind::Failure,
             5 => Kind::Data,
             6 => Kind::Bytes,
+            7 => Kind::SpilledValue,
             _ => return None,
         })
     }
@@ -87,6 +92,18 @@ impl OutFrame {
     /// The descriptors collected while encoding.
     pub(crate) fn fds(&self) -> &[OwnedFd] {
         &self.fds
+    }
+
+    /// Moves the payload into a new memfd, which becomes the first
+    /// descriptor, and leaves the payload's length (8 bytes) in its place:
+    /// sending the frame then never waits for the reader.
+    pub(crate) fn spill(&mut self) -> io::Result<()> {
+        let memfd = spill(&self.buf[HEADER_LEN..])?;
+        let len = (self.buf.len() - HEADER_LEN) as u64;
+        self.buf.truncate(HEADER_LEN);
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.fds.insert(0, memfd);
+        Ok(())
     }
 
     /// Empties the frame for reuse, keeping its buffer.
@@ -307,11 +324,14 @@ fn parse_header(head: &[u8; HEADER_LEN]) -> Result<(Kind, usize, usize), RecvErr
 }
 
 /// Appends bytes from `sock` to `buf` until it holds `len` bytes.
+///
+/// The buffer grows as bytes arrive (at most doubling), so a header that
+/// announces far more than is ever sent costs no more memory than was sent.
 fn read_rest(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> Result<(), RecvError> {
-    buf.reserve(len.saturating_sub(buf.len()));
     while buf.len() < len {
         let filled = buf.len();
-        let n = crate::sys::recv_append(sock, buf, len - filled).map_err(RecvError::Io)?;
+        let chunk = (len - filled).min(filled.max(1 << 16));
+        let n = crate::sys::recv_append(sock, buf, chunk).map_err(RecvError::Io)?;
         if n == 0 {
             return Err(RecvError::Truncated {
                 got: HEADER_LEN + filled,
@@ -340,6 +360,11 @@ pub(crate) struct FrameReader {
 }
 
 impl FrameReader {
+    /// Whether bytes or descriptors were read ahead and wait for a `recv`.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start || !self.fds.is_empty()
+    }
+
     /// Receives one frame, its payload into `out` (cleared first).
     /// `Ok(None)` is a clean end of stream between frames.
     pub(crate) fn recv(
@@ -384,7 +409,6 @@ impl FrameReader {
         let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
         let buffered = (self.end - self.start).min(len);
         out.clear();
-        out.reserve(len);
         out.extend_from_slice(&self.ahead[self.start..self.start + buffered]);
         self.start += buffered;
         if self.start == self.end {
@@ -511,6 +535,41 @@ pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
 
 const NOT_ON_WIRE: &str = "multiproc handles can only be (de)serialized by multiproc itself \
      (as an entry argument or result, or in a message on a multiproc channel)";
+
+/// Writes `payload` into a new memfd.
+pub(crate) fn spill(payload: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("multiproc-message", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut written = 0;
+    while written < payload.len() {
+        match rustix::io::write(&fd, &payload[written..]) {
+            Ok(n) => written += n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(fd)
+}
+
+/// Reads back what [`spill`] wrote: exactly `len` bytes, checked against
+/// the memfd's size before anything is allocated.
+pub(crate) fn read_spill(fd: &OwnedFd, len: u64) -> io::Result<Vec<u8>> {
+    let size = rustix::fs::fstat(fd)?.st_size;
+    if u64::try_from(size).ok() != Some(len) || len > MAX_FRAME_LEN {
+        return Err(io::Error::other(format!(
+            "spilled message of {len} bytes in a memfd of {size}"
+        )));
+    }
+    let len = len as usize;
+    let mut bytes = Vec::with_capacity(len);
+    while bytes.len() < len {
+        let done = bytes.len();
+        let n = crate::sys::pread_append(fd.as_fd(), &mut bytes, len - done, done as u64)?;
+        if n == 0 {
+            return Err(io::Error::other("spilled message is short"));
+        }
+    }
+    Ok(bytes)
+}
 
 impl Default for OutFrame {
     fn default() -> OutFrame {

@@ -127,3 +127,27 @@ pub(crate) fn recv_append(
     unsafe { buf.set_len(len + n) };
     Ok(n)
 }
+
+/// Reads at most `max` bytes at `offset` of `fd` (`pread`), appended to
+/// `buf` without zero-filling it first. Returns how many bytes arrived.
+pub(crate) fn pread_append(
+    fd: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    max: usize,
+    offset: u64,
+) -> io::Result<usize> {
+    buf.reserve(max);
+    let len = buf.len();
+    let spare = &mut buf.spare_capacity_mut()[..max];
+    let n = loop {
+        match rustix::io::pread(fd, &mut *spare, offset) {
+            Ok((init, _)) => break init.len(),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // SAFETY: `pread` initialised the first `n` bytes of the spare capacity,
+    // and `n <= max <= capacity - len`.
+    unsafe { buf.set_len(len + n) };
+    Ok(n)
+}
