@@ -345,3 +345,27 @@ fn huge_timeouts_do_not_overflow() {
     b.send(&9).unwrap();
     assert_eq!(a.recv_timeout(Duration::MAX).unwrap(), 9);
 }
+
+#[process_entry]
+fn half_a_frame_then_wait(conn: Connection<u32>, ready: Fd) {
+    // A header that announces 100 bytes, and only 10 of them.
+    write_raw(&conn, &encode_frame_for_tests(5, 100, &[1; 10]));
+    std::fs::File::from(ready.into_owned_fd()).write_all_byte();
+    let mut byte = [0u8; 1];
+    let _ = rustix::io::read(&conn, &mut byte);
+}
+
+#[test]
+fn peer_killed_mid_message_is_a_typed_error_then_broken() {
+    let (conn, theirs) = Pipe::<u32>::duplex().unwrap();
+    let (ready_r, ready_w) = pipe();
+    let child = spawn!(half_a_frame_then_wait, theirs, Fd::from(ready_w)).unwrap();
+    wait_byte(ready_r);
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    match conn.recv() {
+        Err(RecvError::Failed(e)) => assert!(e.to_string().contains("middle of a frame"), "{e}"),
+        other => panic!("expected a truncated frame, got {other:?}"),
+    }
+    assert!(matches!(conn.recv(), Err(RecvError::Failed(_))));
+}

@@ -499,3 +499,23 @@ fn a_child_with_a_large_result_exits_without_being_joined() {
     assert_eq!(v.len(), 2_000_000);
     assert_eq!(v[1_999_999], 1_999_999);
 }
+
+#[process_entry]
+fn write_to_closed_pipe(w: Fd) -> String {
+    let mut file = std::fs::File::from(w.into_owned_fd());
+    match file.write_all(b"anyone there?") {
+        Ok(()) => "written".to_string(),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+#[test]
+fn sigpipe_is_ignored_in_the_child() {
+    let (r, w) = pipe();
+    drop(r);
+    let outcome = spawn!(write_to_closed_pipe, Fd::from(w))
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(outcome, "BrokenPipe");
+}
