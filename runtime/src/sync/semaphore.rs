@@ -148,6 +148,39 @@ pub struct Semaphore {
     region: Arc<SharedRegion>,
 }
 
+/// The methods `Semaphore` and `BoundedSemaphore` share word for word.
+macro_rules! permit_methods {
+    () => {
+        fn sem(&self) -> Sem<'_> {
+            Sem::of(&self.region)
+        }
+
+        /// Takes a permit, blocking until there is one.
+        pub fn acquire(&self) -> SemaphoreGuard<'_> {
+            loop {
+                if let Some(guard) = self.sem().acquire(Wait::Forever) {
+                    return guard;
+                }
+            }
+        }
+
+        /// Takes a permit if there is one now.
+        pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
+            self.sem().acquire(Wait::Try)
+        }
+
+        /// Takes a permit, waiting at most `timeout` for one.
+        pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
+            self.sem().acquire(Wait::timeout(timeout))
+        }
+
+        /// The number of free permits (a snapshot; Python's `get_value`).
+        pub fn value(&self) -> u32 {
+            self.sem().count.load(Relaxed)
+        }
+    };
+}
+
 region_handle!(Semaphore, SEMAPHORE, Some(HEADER_LEN));
 
 impl Semaphore {
@@ -158,28 +191,7 @@ impl Semaphore {
         })
     }
 
-    fn sem(&self) -> Sem<'_> {
-        Sem::of(&self.region)
-    }
-
-    /// Takes a permit, blocking until there is one.
-    pub fn acquire(&self) -> SemaphoreGuard<'_> {
-        loop {
-            if let Some(guard) = self.sem().acquire(Wait::Forever) {
-                return guard;
-            }
-        }
-    }
-
-    /// Takes a permit if there is one now.
-    pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-        self.sem().acquire(Wait::Try)
-    }
-
-    /// Takes a permit, waiting at most `timeout` for one.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-        self.sem().acquire(Wait::timeout(timeout))
-    }
+    permit_methods!();
 
     /// Adds a permit, waking a waiter if any.
     ///
@@ -190,11 +202,6 @@ impl Semaphore {
         self.sem()
             .release()
             .map_err(|max| too_many_releases(SEMAPHORE, max))
-    }
-
-    /// The number of free permits (a snapshot; Python's `get_value`).
-    pub fn value(&self) -> u32 {
-        self.sem().count.load(Relaxed)
     }
 }
 
@@ -241,28 +248,7 @@ impl BoundedSemaphore {
         })
     }
 
-    fn sem(&self) -> Sem<'_> {
-        Sem::of(&self.region)
-    }
-
-    /// Takes a permit, blocking until there is one.
-    pub fn acquire(&self) -> SemaphoreGuard<'_> {
-        loop {
-            if let Some(guard) = self.sem().acquire(Wait::Forever) {
-                return guard;
-            }
-        }
-    }
-
-    /// Takes a permit if there is one now.
-    pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-        self.sem().acquire(Wait::Try)
-    }
-
-    /// Takes a permit, waiting at most `timeout` for one.
-    pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-        self.sem().acquire(Wait::timeout(timeout))
-    }
+    permit_methods!();
 
     /// Adds a permit, waking a waiter if any.
     ///
@@ -273,11 +259,6 @@ impl BoundedSemaphore {
         self.sem()
             .release()
             .map_err(|max| too_many_releases(BOUNDED, max))
-    }
-
-    /// The number of free permits (a snapshot).
-    pub fn value(&self) -> u32 {
-        self.sem().count.load(Relaxed)
     }
 
     /// The initial value, which is also the maximum.
