@@ -336,9 +336,10 @@ impl<T> AsFd for Connection<T> {
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if lock(&self.recv).reader.has_buffered() {
-            return Err(S::Error::custom(
-                "this connection has received data not yet read; receive it before sending the connection",
-            ));
+            return Err(S::Error::custom(wire::handle_error(
+                "this connection has received data not yet read; receive it before sending the connection"
+                    .to_string(),
+            )));
         }
         let index = wire::push_fd(self.fd.as_fd()).map_err(S::Error::custom)?;
         serializer.serialize_newtype_struct(

@@ -480,7 +480,9 @@ thread_local! {
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-fn handle_error(message: String) -> String {
+/// Records why a handle failed to (de)serialize and returns the message,
+/// for `serde::{de,ser}::Error::custom`.
+pub(crate) fn handle_error(message: String) -> String {
     HANDLE_ERROR.with(|e| *e.borrow_mut() = Some(message.clone()));
     message
 }

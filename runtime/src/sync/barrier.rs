@@ -365,11 +365,11 @@ impl<'de> Deserialize<'de> for Barrier {
         let region = super::deserialize_region(d, KIND, None)?;
         let parties = region.atomic_u32(PARTIES).load(Relaxed) as usize;
         if parties == 0 || parties > MAX_PARTIES || region.len() != SLOTS + 8 * parties {
-            return Err(D::Error::custom(format!(
+            return Err(D::Error::custom(crate::wire::handle_error(format!(
                 "received {} is invalid: {parties} parties in {} bytes",
                 KIND.name,
                 region.len()
-            )));
+            ))));
         }
         Ok(Barrier {
             region: Arc::new(region),

@@ -147,7 +147,7 @@ pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
     }
     let index = deserializer.deserialize_newtype_struct(kind.name, Index)?;
     let fd = crate::wire::take_fd(index).map_err(D::Error::custom)?;
-    open_region(fd, kind, atomics_len).map_err(D::Error::custom)
+    open_region(fd, kind, atomics_len).map_err(|e| D::Error::custom(crate::wire::handle_error(e)))
 }
 
 /// Validates and maps a received region of `kind` (see [`SharedRegion::open`]),

@@ -142,8 +142,12 @@ impl<T: Pod> PodRegion<T> {
         let size = region.atomic_u32(ELEM_SIZE).load(Relaxed) as usize;
         let align = region.atomic_u32(ELEM_ALIGN).load(Relaxed) as usize;
         let len = region.atomic_u64(LEN).load(Relaxed);
-        let bad =
-            |why: String| D::Error::custom(format!("received {} is invalid: {why}", kind.name));
+        let bad = |why: String| {
+            D::Error::custom(crate::wire::handle_error(format!(
+                "received {} is invalid: {why}",
+                kind.name
+            )))
+        };
         if size != size_of::<T>() || align != align_of::<T>() {
             return Err(bad(format!(
                 "it holds elements of size {size} and alignment {align}, expected {} and {}",
