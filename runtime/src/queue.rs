@@ -26,10 +26,10 @@
 //! Sleepers use the usual protocol against lost wake-ups: a getter counts
 //! itself in `EMPTY_WAITERS`, reads the `NOT_EMPTY` sequence word, looks at
 //! `tail` once more and only then sleeps on `NOT_EMPTY`; a putter stores
-//! `tail` and then reads `EMPTY_WAITERS`, bumping and waking `NOT_EMPTY` if
-//! anyone is counted (all sequentially consistent, so one of the two sees
-//! the other). Putters waiting for room do the same with `head`,
-//! `FULL_WAITERS` and `NOT_FULL`.
+//! `tail` and then reads `EMPTY_WAITERS`, and if anyone is counted takes the
+//! count (swapping in 0), bumps `NOT_EMPTY` and wakes that many (all
+//! sequentially consistent, so one of the two sees the other). Putters
+//! waiting for room do the same with `head`, `FULL_WAITERS` and `NOT_FULL`.
 
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -61,28 +61,30 @@ use crate::wire::{self, OutFrame};
 
 const KIND: Kind = Kind::new(b"mpQU", "multiproc::Queue");
 
-// Words of the region. The first cache line holds the standard magic (the
-// standard lock at 8 is unused: the ring has two locks of its own) and words
-// that every put or get reads but that seldom change.
+// Words of the region, in 128-byte slots (see `sys::ring`). The first holds
+// the standard magic (the standard lock at 8 is unused: the ring has two
+// locks of its own) and words that every put or get reads but that seldom
+// change.
 /// Most items the queue holds (0: no limit but the ring's size).
 const CAPACITY: usize = 24;
 /// Non-zero once `close` was called.
 const CLOSED: usize = 28;
 /// Side messages ever numbered (see `send_side`).
 const SIDE_SENT: usize = 32;
-// Lines 1 to 4 are the ring's words (`sys::ring`); then a line per kind of
-// sleeper, so that sleeping getters do not disturb putters and back.
+// Then the ring's words (`ring::WORDS_START..ring::WORDS_END`), then a slot
+// per kind of sleeper, so that sleeping getters do not disturb putters and
+// back.
 /// Bumped when an item arrives (or the queue closes), for sleeping getters.
-const NOT_EMPTY: usize = 320;
-const EMPTY_WAITERS: usize = 324;
+const NOT_EMPTY: usize = 640;
+const EMPTY_WAITERS: usize = 644;
 /// Bumped when an item leaves (or the queue closes), for sleeping putters.
-const NOT_FULL: usize = 384;
-const FULL_WAITERS: usize = 388;
+const NOT_FULL: usize = 768;
+const FULL_WAITERS: usize = 772;
 /// Items put but not yet marked done (`JoinableQueue`).
-const UNFINISHED: usize = 448;
+const UNFINISHED: usize = 896;
 /// Bumped when `UNFINISHED` reaches zero.
-const ALL_DONE: usize = 452;
-const ATOMICS_LEN: usize = 512;
+const ALL_DONE: usize = 900;
+const ATOMICS_LEN: usize = 1024;
 const _: () = assert!(SIDE_SENT + 4 <= ring::WORDS_START && NOT_EMPTY >= ring::WORDS_END);
 
 /// The ring's default size: address space only, until items fill it.
@@ -287,8 +289,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_wait(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
-        let (bytes, fds) = self.inner.get_bytes(wait)?;
-        wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed)
+        let mut bytes = DECODER.take();
+        let result = self
+            .inner
+            .get_bytes(wait, &mut bytes)
+            .and_then(|fds| wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed));
+        if bytes.capacity() <= SPILL_OVER {
+            DECODER.set(bytes);
+        }
+        result
     }
 
     /// How many items are in the queue now (a snapshot, like Python's `qsize`).
@@ -323,6 +332,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 thread_local! {
     /// Each thread encodes into its own reused buffer.
     static ENCODER: std::cell::Cell<OutFrame> = std::cell::Cell::new(OutFrame::new());
+    /// Each thread copies items out of the ring into its own reused buffer
+    /// (given up after a large item).
+    static DECODER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 enum PutFail {
@@ -370,6 +382,23 @@ impl Inner {
         for word in [NOT_EMPTY, NOT_FULL] {
             self.word(word).fetch_add(1, SeqCst);
             futex::wake_all(self.word(word));
+        }
+    }
+
+    /// After a put (or get): wakes the getters (putters) counted in
+    /// `waiters` as sleeping on `seq`. The count is taken, not read: a woken
+    /// sleeper that has yet to run (or one that timed out) is no reason for
+    /// the next put to make a system call too; sleepers count themselves
+    /// again before each sleep.
+    fn wake(&self, waiters: usize, seq: usize) {
+        let waiters = self.word(waiters);
+        if waiters.load(SeqCst) == 0 {
+            return;
+        }
+        let n = waiters.swap(0, SeqCst);
+        if n > 0 {
+            self.word(seq).fetch_add(1, SeqCst);
+            futex::wake(self.word(seq), n);
         }
     }
 
@@ -465,10 +494,7 @@ impl Inner {
                     }
                     return Err(PutFail::Failed);
                 }
-                if self.word(EMPTY_WAITERS).load(SeqCst) > 0 {
-                    self.word(NOT_EMPTY).fetch_add(1, SeqCst);
-                    futex::wake(self.word(NOT_EMPTY), 1);
-                }
+                self.wake(EMPTY_WAITERS, NOT_EMPTY);
                 return Ok(());
             }
             drop(put);
@@ -498,14 +524,14 @@ impl Inner {
                         futex::Wait::TimedOut
                     )
             };
-            self.word(FULL_WAITERS).fetch_sub(1, SeqCst);
             if timed_out && wait.left() == Some(Duration::ZERO) {
                 return Err(PutFail::Full);
             }
         }
     }
 
-    fn get_bytes(&self, wait: Wait) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvTimeoutError> {
+    /// Takes an item: its bytes into `bytes`, its descriptors returned.
+    fn get_bytes(&self, wait: Wait, bytes: &mut Vec<u8>) -> Result<Vec<OwnedFd>, RecvTimeoutError> {
         let mut spin = Spin::new();
         loop {
             let Some(mut get) = self.ring.lock_get(wait) else {
@@ -519,11 +545,8 @@ impl Inner {
                 get.refresh_tail();
             }
             if head.until(get.seen_tail()) != 0 {
-                let result = self.take_record(get, head);
-                if self.word(FULL_WAITERS).load(SeqCst) > 0 {
-                    self.word(NOT_FULL).fetch_add(1, SeqCst);
-                    futex::wake(self.word(NOT_FULL), 1);
-                }
+                let result = self.take_record(get, head, bytes);
+                self.wake(FULL_WAITERS, NOT_FULL);
                 return result.map_err(RecvTimeoutError::Failed);
             }
             drop(get);
@@ -556,16 +579,20 @@ impl Inner {
                         futex::Wait::TimedOut
                     )
             };
-            self.word(EMPTY_WAITERS).fetch_sub(1, SeqCst);
             if timed_out && wait.left() == Some(Duration::ZERO) {
                 return Err(RecvTimeoutError::Timeout);
             }
         }
     }
 
-    /// Reads the record at `head` and advances past it, which releases the
-    /// get lock.
-    fn take_record(&self, get: GetSide<'_>, head: Pos) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
+    /// Reads the record at `head` into `bytes` and advances past it, which
+    /// releases the get lock.
+    fn take_record(
+        &self,
+        get: GetSide<'_>,
+        head: Pos,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, Error> {
         let ring = self.ring.len();
         let read_header = |at: usize| -> Result<(usize, u32), Error> {
             let mut bytes = [0u8; RECORD_HEADER];
@@ -586,8 +613,9 @@ impl Inner {
         if end > ring {
             return Err(corrupt("record longer than the ring"));
         }
-        let mut bytes = vec![0u8; inline];
-        get.read(h + RECORD_HEADER, &mut bytes)
+        bytes.clear();
+        bytes.resize(inline, 0);
+        get.read(h + RECORD_HEADER, bytes)
             .map_err(|_| corrupt("record longer than the ring's used part"))?;
         let side = if flags & SIDE != 0 {
             recv_side(self.side_rx.as_fd(), head.count(), flags >> NUMBER_SHIFT)
@@ -601,14 +629,14 @@ impl Inner {
             .map_err(|_| corrupt("record outside the ring's used part"))?;
         let mut fds = side.map_err(|e| Error::io("receiving an item's handles", e))?;
         if flags & SPILLED == 0 {
-            return Ok((bytes, fds));
+            return Ok(fds);
         }
         if fds.is_empty() {
             return Err(corrupt("a large item's memfd is missing"));
         }
         let memfd = fds.remove(0);
-        let bytes = read_spill(&memfd, len).map_err(|e| Error::io("reading a large item", e))?;
-        Ok((bytes, fds))
+        *bytes = read_spill(&memfd, len).map_err(|e| Error::io("reading a large item", e))?;
+        Ok(fds)
     }
 }
 

@@ -34,23 +34,25 @@ use crate::sync::Wait;
 use crate::sync::raw::{Outcome, RawLock};
 use crate::sys::shm::SharedRegion;
 
-// The ring's words, one 64-byte line per writer, so that a side's writes
+// The ring's words, 128 bytes apart: one line per writer, and none in the
+// same 128-byte pair of lines as another's (the L2 fetches lines in pairs, so
+// a reader of one line takes its neighbour too), so that a side's writes
 // never take a line the other side keeps reading.
 /// The put lock (its word, then its owner tag), `SEEN_HEAD` and the ring's length.
-const PUT_LOCK: usize = 64;
-const PUT_TAG: usize = 72;
-const SEEN_HEAD: usize = 80;
-const LEN: usize = 88;
+const PUT_LOCK: usize = 128;
+const PUT_TAG: usize = 136;
+const SEEN_HEAD: usize = 144;
+const LEN: usize = 152;
 /// The get lock, its tag, `SEEN_TAIL`.
-const GET_LOCK: usize = 128;
-const GET_TAG: usize = 136;
-const SEEN_TAIL: usize = 144;
-const TAIL: usize = 192;
-const HEAD: usize = 256;
-/// The first byte of a region's atomics part that the ring does not use.
-pub(crate) const WORDS_END: usize = 320;
+const GET_LOCK: usize = 256;
+const GET_TAG: usize = 264;
+const SEEN_TAIL: usize = 272;
+const TAIL: usize = 384;
+const HEAD: usize = 512;
 /// The ring's words are at and above this offset, and below [`WORDS_END`].
-pub(crate) const WORDS_START: usize = 64;
+pub(crate) const WORDS_START: usize = 128;
+/// The first byte of a region's atomics part that the ring does not use.
+pub(crate) const WORDS_END: usize = 640;
 
 /// A position in the ring: an offset and how many records came before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
