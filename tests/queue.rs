@@ -367,7 +367,7 @@ fn put_mixed(q: Queue<(u32, String)>, n: u32) {
 fn a_producer_and_a_consumer_share_the_ring_over_many_laps() {
     // Concurrent: the child writes while we read, mostly from a full ring
     // (we start late and decode slowly), and sometimes from an empty one.
-    const N: u32 = 2000;
+    const N: u32 = 6000;
     let q = Queue::<(u32, String)>::new().unwrap();
     let child = spawn!(put_mixed, q.clone(), N).unwrap();
     std::thread::sleep(Duration::from_millis(200));

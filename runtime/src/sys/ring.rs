@@ -21,10 +21,14 @@
 //! Each side also keeps, next to its lock, the other side's word as it last
 //! loaded it (`SEEN_HEAD`, `SEEN_TAIL`). The other side only ever moves its
 //! word forward, which only grows what this side owns, so a stale copy is
-//! safe to act on; the side reloads it only when the copy says the ring is
-//! full (putter) or empty (getter). With one putter and one getter, the only
-//! cache lines that move between them are then the ring's bytes and `TAIL`
-//! or `HEAD` when one side catches up with the other.
+//! safe to act on; the queue reloads it mainly when the copy says the ring
+//! is full (putter) or empty (getter). The copies live in the region, one
+//! per side rather than one per process, so a copy never lags behind this
+//! side's own word: it is at most a ring's worth of records old, and the
+//! 32-bit counts cannot wrap around between it and the truth. With one
+//! putter and one getter, the only cache lines that move between them are
+//! then the ring's bytes and `TAIL` or `HEAD` when one side catches up with
+//! the other.
 
 use std::ptr;
 use std::sync::atomic::AtomicU64;
@@ -171,11 +175,11 @@ impl Ring {
     /// starting at `start`.
     fn within(&self, start: usize, span: usize, at: usize, n: usize) -> bool {
         let len = self.len;
-        let Some(end) = at.checked_add(n).filter(|&end| end <= len) else {
+        if at.checked_add(n).is_none_or(|end| end > len) {
             return false;
-        };
+        }
         if n == 0 || span == len {
-            return end <= len;
+            return true;
         }
         let from = if at >= start {
             at - start
