@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    Connection, Event, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError, SendTimeoutError,
-    TryRecvError, TrySendError, process_entry, spawn,
+    Connection, Event, Fd, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError,
+    SendTimeoutError, TryRecvError, TrySendError, process_entry, spawn,
 };
 
 #[process_entry]
@@ -489,4 +489,66 @@ fn close_wakes_a_putter_blocked_on_a_full_queue() {
     );
     assert_eq!(q.try_get().unwrap(), 1);
     assert!(matches!(q.try_get(), Err(TryRecvError::Disconnected)));
+}
+
+/// A file whose size says who made it.
+fn sized_file(len: u64) -> Fd {
+    let fd = rustix::fs::memfd_create("queue-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(len).unwrap();
+    Fd::from(file)
+}
+
+fn size_of(fd: Fd) -> u64 {
+    fd.into_file().metadata().unwrap().len()
+}
+
+#[process_entry]
+fn hammer_with_handles(q: Queue<(u32, Fd)>, ready: Event) {
+    ready.set();
+    loop {
+        let _ = q.put((1000, sized_file(1000)));
+        let _ = q.try_get();
+    }
+}
+
+#[test]
+fn processes_killed_mid_put_or_get_of_items_with_handles_cost_only_their_own_items() {
+    const ROUNDS: u32 = 100;
+    let q = Queue::<(u32, Fd)>::new().unwrap();
+    for round in 0..ROUNDS {
+        let ready = Event::new().unwrap();
+        let child = spawn!(hammer_with_handles, q.clone(), ready.clone()).unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)));
+        child.kill().unwrap();
+        assert!(child.join().unwrap_err().is_signaled());
+        q.put_timeout(
+            (round, sized_file(u64::from(round))),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    }
+    // Every item comes with its own handle, except at most one per killed
+    // getter (whose side message it had taken); ours (those the children did
+    // not take) keep their order.
+    let (mut lost, mut ours) = (0, Vec::new());
+    loop {
+        match q.try_get() {
+            Ok((n, fd)) => {
+                assert_eq!(
+                    size_of(fd),
+                    u64::from(n),
+                    "an item came with another's handle"
+                );
+                if n < 1000 {
+                    ours.push(n);
+                }
+            }
+            Err(TryRecvError::Failed(_)) => lost += 1,
+            Err(TryRecvError::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(lost <= ROUNDS, "{lost} items lost their handles");
+    assert!(ours.is_sorted(), "our items keep their order");
 }
