@@ -265,20 +265,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        let encoded = ENCODER.with(|enc| {
-            let mut frame = enc.take();
-            frame.clear();
-            let result = frame.encode(&item);
-            (frame, result)
+        let result = with_encoded(&item, |frame| {
+            self.inner
+                .put_bytes(frame.payload(), frame.fds(), wait, false)
         });
-        let (frame, encoded) = encoded;
-        let result = match encoded {
-            Ok(()) => self
-                .inner
-                .put_bytes(frame.payload(), frame.fds(), wait, false),
-            Err(_) => Err(PutFail::Failed),
-        };
-        ENCODER.with(|enc| enc.set(frame));
         match result {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
@@ -331,10 +321,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
 thread_local! {
     /// Each thread encodes into its own reused buffer.
-    static ENCODER: std::cell::Cell<OutFrame> = std::cell::Cell::new(OutFrame::new());
+    static ENCODER: std::cell::Cell<Option<OutFrame>> = const { std::cell::Cell::new(None) };
     /// Each thread copies items out of the ring into its own reused buffer
     /// (given up after a large item).
     static DECODER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Encodes `item` into this thread's reused frame, and puts the frame.
+fn with_encoded<T: Serialize>(
+    item: &T,
+    put: impl FnOnce(&OutFrame) -> Result<(), PutFail>,
+) -> Result<(), PutFail> {
+    let mut frame = ENCODER.take().unwrap_or_default();
+    frame.clear();
+    let result = match frame.encode(item) {
+        Ok(()) => put(&frame),
+        Err(_) => Err(PutFail::Failed),
+    };
+    ENCODER.set(Some(frame));
+    result
 }
 
 enum PutFail {
@@ -951,20 +956,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        let (frame, encoded) = ENCODER.with(|enc| {
-            let mut frame = enc.take();
-            frame.clear();
-            let result = frame.encode(&item);
-            (frame, result)
-        });
-        let result = match encoded {
-            Ok(()) => self
-                .queue
+        let result = with_encoded(&item, |frame| {
+            self.queue
                 .inner
-                .put_bytes(frame.payload(), frame.fds(), wait, true),
-            Err(_) => Err(PutFail::Failed),
-        };
-        ENCODER.with(|enc| enc.set(frame));
+                .put_bytes(frame.payload(), frame.fds(), wait, true)
+        });
         match result {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
