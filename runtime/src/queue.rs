@@ -135,15 +135,16 @@ const NUMBER_SHIFT: u32 = 8;
 /// - Order is FIFO per producer; items of different producers interleave.
 /// - `len` is a snapshot, as Python's `qsize`.
 /// - A process killed while putting or getting never wedges the queue for
-///   the others (the lock it held is taken over within about 50 ms). What
-///   can be lost: the item that process was putting (it is either in the
-///   queue whole or not at all) and the item it was taking (taken whole, or
-///   left in the queue whole, except that an item carrying handles or too
-///   large for the ring, whose side message the dead process had already
-///   received, is then dropped by the next `get`, which reports an error for
-///   it). Nothing is ever delivered twice, and no other item loses its
-///   handles. A `JoinableQueue` putter killed just before its item appeared
-///   leaves one unfinished task that no one will take, so `join` then waits
+///   the others (a lock it held is taken over within about 50 ms). What can
+///   be lost is only that process's own item: the one it was putting is
+///   either in the queue whole or not at all, and the one it was taking is
+///   either gone with it or still in the queue whole, except that an item
+///   carrying handles or too large for the ring whose side message the dead
+///   process had already received is then dropped by the next `get`, which
+///   reports an error for it. Nothing is ever delivered twice, and no other
+///   item loses its handles or gets another's. A `JoinableQueue` putter
+///   killed in the instant between counting its item as unfinished and
+///   publishing it leaves a task that no one will take, so `join` then waits
 ///   until its timeout.
 /// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
 /// - Waiters on a queue no one will put to again wait until their timeout
