@@ -20,20 +20,15 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use multiproc::{Connection, Fd, JoinHandle, Pipe, Queue, process_entry, spawn};
 
+/// Pins this process to `cpu`, an index the parent already reduced to the
+/// CPUs it may use (a pinned parent's child cannot tell how many there are:
+/// `available_parallelism` counts the inherited affinity, one CPU).
 fn pin(cpu: Option<usize>) {
     if let Some(cpu) = cpu {
         let mut set = rustix::thread::CpuSet::new();
-        set.set(cpu % multiproc::cpu_count());
+        set.set(cpu);
         rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity");
     }
-}
-
-fn unpin() {
-    let mut set = rustix::thread::CpuSet::new();
-    for cpu in 0..multiproc::cpu_count() {
-        set.set(cpu);
-    }
-    rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity");
 }
 
 #[process_entry]
@@ -60,7 +55,17 @@ fn conn_echo(conn: Connection<u64>, cpu: Option<usize>) {
 
 fn ping_pong(c: &mut Criterion) {
     let mut group = c.benchmark_group("ping-pong");
+    // Restored after each placement, so that later groups (and their
+    // children, which inherit it) run on every CPU again.
+    let all = rustix::thread::sched_getaffinity(None).expect("sched_getaffinity");
+    let nth = |n: usize| {
+        (0..rustix::thread::CpuSet::MAX_CPU)
+            .filter(|&cpu| all.is_set(cpu))
+            .nth(n % all.count().max(1) as usize)
+            .unwrap_or(0)
+    };
     for (placement, parent_cpu, child_cpu) in [("same CPU", 0, 0), ("different CPUs", 0, 1)] {
+        let (parent_cpu, child_cpu) = (nth(parent_cpu), nth(child_cpu));
         pin(Some(parent_cpu));
         let (mut mine, theirs) = UnixStream::pair().unwrap();
         let raw = spawn!(raw_echo, Fd::from(OwnedFd::from(theirs)), Some(child_cpu)).unwrap();
@@ -88,7 +93,7 @@ fn ping_pong(c: &mut Criterion) {
         });
         drop(conn);
         child.join().unwrap();
-        unpin();
+        rustix::thread::sched_setaffinity(None, &all).expect("sched_setaffinity");
     }
     group.finish();
 }

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    Connection, Event, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError, SendTimeoutError,
-    TryRecvError, TrySendError, process_entry, spawn,
+    Connection, Event, Fd, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError,
+    SendTimeoutError, TryRecvError, TrySendError, process_entry, spawn,
 };
 
 #[process_entry]
@@ -304,4 +304,251 @@ fn too_many_task_done_is_an_error() {
     q.task_done().unwrap();
     assert!(q.task_done().is_err());
     assert!(q.join_timeout(Duration::ZERO).unwrap());
+}
+
+/// A size for item `i`: small, odd, page-sized and large ones mixed, so that
+/// records end at every kind of offset and `PAD` records fall anywhere.
+fn mixed_size(i: u32) -> usize {
+    const SIZES: [usize; 10] = [0, 1, 5, 8, 13, 100, 1000, 4093, 40_000, 250_001];
+    SIZES[i as usize % SIZES.len()] + (i as usize * 7919) % 3000
+}
+
+fn mixed_item(i: u32) -> (u32, String) {
+    let c = char::from(b'a' + (i % 26) as u8);
+    (i, c.to_string().repeat(mixed_size(i)))
+}
+
+fn check_mixed(i: u32, item: &(u32, String)) {
+    assert_eq!(item.0, i, "items out of order");
+    assert_eq!(item.1.len(), mixed_size(i), "item {i} has the wrong size");
+    assert!(item.1 == mixed_item(i).1, "item {i} is damaged");
+}
+
+#[test]
+fn a_full_ring_wraps_whole_items_of_mixed_sizes_over_many_laps() {
+    // One process: fill the ring until it refuses, take some, fill again,
+    // so that the ring stays full and wraps lap after lap.
+    let q = Queue::<(u32, String)>::new().unwrap();
+    let (mut put, mut got) = (0u32, 0u32);
+    let mut bytes = 0usize;
+    for _ in 0..30 {
+        loop {
+            match q.try_put(mixed_item(put)) {
+                Ok(()) => {
+                    bytes += mixed_size(put);
+                    put += 1;
+                }
+                Err(TrySendError::Full(_)) => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(q.len() > 10, "the ring is full with only {} items", q.len());
+        for _ in 0..q.len() / 2 + 1 {
+            check_mixed(got, &q.try_get().unwrap());
+            got += 1;
+        }
+    }
+    while got < put {
+        check_mixed(got, &q.try_get().unwrap());
+        got += 1;
+    }
+    assert!(matches!(q.try_get(), Err(TryRecvError::Empty)));
+    assert!(bytes > 10 * (16 << 20), "only {bytes} bytes went through");
+}
+
+#[process_entry]
+fn put_mixed(q: Queue<(u32, String)>, n: u32) {
+    for i in 0..n {
+        q.put(mixed_item(i)).unwrap();
+    }
+}
+
+#[test]
+fn a_producer_and_a_consumer_share_the_ring_over_many_laps() {
+    // Concurrent: the child writes while we read, mostly from a full ring
+    // (we start late and decode slowly), and sometimes from an empty one.
+    const N: u32 = 6000;
+    let q = Queue::<(u32, String)>::new().unwrap();
+    let child = spawn!(put_mixed, q.clone(), N).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..N {
+        check_mixed(i, &q.get_timeout(Duration::from_secs(60)).unwrap());
+    }
+    child.join().unwrap();
+    assert!(q.is_empty());
+}
+
+/// (producer, index, bytes that depend on both)
+type Tagged = (u32, u32, Vec<u8>);
+
+#[process_entry]
+fn put_forever(q: Queue<Tagged>, producer: u32, ready: Event) {
+    ready.set();
+    for i in 0.. {
+        let _ = q.put((producer, i, vec![producer as u8; 1 + i as usize % 300]));
+    }
+}
+
+/// Takes items until the sentinel (`u32::MAX`), checking each is whole and
+/// each producer's items arrive in order. Returns how many it took.
+#[process_entry]
+fn take_checking(q: Queue<Tagged>) -> u64 {
+    let mut last: std::collections::HashMap<u32, u32> = Default::default();
+    let mut taken = 0;
+    loop {
+        let (producer, i, bytes) = q.get().unwrap();
+        if producer == u32::MAX {
+            return taken;
+        }
+        assert_eq!(bytes, vec![producer as u8; 1 + i as usize % 300]);
+        if let Some(prev) = last.insert(producer, i) {
+            assert!(i > prev, "producer {producer}: {i} after {prev}");
+        }
+        taken += 1;
+    }
+}
+
+#[test]
+fn producers_killed_mid_put_leave_a_running_consumer_whole_items() {
+    let q = Queue::bounded(1000).unwrap();
+    let consumer = spawn!(take_checking, q.clone()).unwrap();
+    for round in 0..40 {
+        let ready = Event::new().unwrap();
+        let producer = spawn!(put_forever, q.clone(), round, ready.clone()).unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(round as u64 % 7));
+        producer.kill().unwrap();
+        assert!(producer.join().unwrap_err().is_signaled());
+    }
+    q.put_timeout((u32::MAX, 0, Vec::new()), Duration::from_secs(30))
+        .unwrap();
+    assert!(consumer.join().unwrap() > 0);
+}
+
+#[process_entry]
+fn take_forever(q: Queue<Tagged>, ready: Event) {
+    ready.set();
+    loop {
+        let _ = q.get();
+    }
+}
+
+#[test]
+fn consumers_killed_mid_get_leave_a_running_producer_going() {
+    let q = Queue::bounded(1000).unwrap();
+    let ready = Event::new().unwrap();
+    let producer = spawn!(put_forever, q.clone(), 7, ready.clone()).unwrap();
+    assert!(ready.wait_timeout(Duration::from_secs(30)));
+    for _ in 0..40 {
+        let ready = Event::new().unwrap();
+        let consumer = spawn!(take_forever, q.clone(), ready.clone()).unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)));
+        std::thread::sleep(Duration::from_millis(2));
+        consumer.kill().unwrap();
+        assert!(consumer.join().unwrap_err().is_signaled());
+    }
+    // The producer still gets its items through, whole and in order (less
+    // those the killed consumers took).
+    let mut last = None;
+    for _ in 0..5000 {
+        let (producer, i, bytes) = q.get_timeout(Duration::from_secs(30)).unwrap();
+        assert_eq!(producer, 7);
+        assert_eq!(bytes, vec![7; 1 + i as usize % 300]);
+        assert!(last < Some(i), "{i} after {last:?}");
+        last = Some(i);
+    }
+    producer.kill().unwrap();
+    assert!(producer.join().unwrap_err().is_signaled());
+}
+
+#[process_entry]
+fn put_into_full(q: Queue<u32>, started: Event) -> bool {
+    started.set();
+    q.put(2).is_err()
+}
+
+#[test]
+fn close_wakes_a_putter_blocked_on_a_full_queue() {
+    let q = Queue::bounded(1).unwrap();
+    q.put(1).unwrap();
+    let started = Event::new().unwrap();
+    let child = spawn!(put_into_full, q.clone(), started.clone()).unwrap();
+    assert!(started.wait_timeout(Duration::from_secs(30)));
+    // Let it get past its spinning and fall asleep.
+    std::thread::sleep(Duration::from_millis(200));
+    let closed = Instant::now();
+    q.close();
+    assert!(
+        child.join().unwrap(),
+        "the blocked put succeeded after close"
+    );
+    assert!(
+        closed.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        closed.elapsed()
+    );
+    assert_eq!(q.try_get().unwrap(), 1);
+    assert!(matches!(q.try_get(), Err(TryRecvError::Disconnected)));
+}
+
+/// A file whose size says who made it.
+fn sized_file(len: u64) -> Fd {
+    let fd = rustix::fs::memfd_create("queue-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let file = std::fs::File::from(fd);
+    file.set_len(len).unwrap();
+    Fd::from(file)
+}
+
+fn size_of(fd: Fd) -> u64 {
+    fd.into_file().metadata().unwrap().len()
+}
+
+#[process_entry]
+fn hammer_with_handles(q: Queue<(u32, Fd)>, ready: Event) {
+    ready.set();
+    loop {
+        let _ = q.put((1000, sized_file(1000)));
+        let _ = q.try_get();
+    }
+}
+
+#[test]
+fn processes_killed_mid_put_or_get_of_items_with_handles_cost_only_their_own_items() {
+    const ROUNDS: u32 = 100;
+    let q = Queue::<(u32, Fd)>::new().unwrap();
+    for round in 0..ROUNDS {
+        let ready = Event::new().unwrap();
+        let child = spawn!(hammer_with_handles, q.clone(), ready.clone()).unwrap();
+        assert!(ready.wait_timeout(Duration::from_secs(30)));
+        child.kill().unwrap();
+        assert!(child.join().unwrap_err().is_signaled());
+        q.put_timeout(
+            (round, sized_file(u64::from(round))),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    }
+    // Every item comes with its own handle, except at most one per killed
+    // getter (whose side message it had taken); ours (those the children did
+    // not take) keep their order.
+    let (mut lost, mut ours) = (0, Vec::new());
+    loop {
+        match q.try_get() {
+            Ok((n, fd)) => {
+                assert_eq!(
+                    size_of(fd),
+                    u64::from(n),
+                    "an item came with another's handle"
+                );
+                if n < 1000 {
+                    ours.push(n);
+                }
+            }
+            Err(TryRecvError::Failed(_)) => lost += 1,
+            Err(TryRecvError::Empty) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(lost <= ROUNDS, "{lost} items lost their handles");
+    assert!(ours.is_sorted(), "our items keep their order");
 }

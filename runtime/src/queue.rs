@@ -2,19 +2,34 @@
 //! shared by any number of processes (Python's `multiprocessing.Queue`).
 //!
 //! Items are encoded by the putting process and copied into a ring buffer in
-//! shared memory (a memfd, see [`crate::sys::shm`]), under the region's
-//! process-shared lock; sleeping getters and putters wait on futex words
-//! beside it. An item that carries handles (descriptors), or that is too
-//! large for the ring, also sends a message on a datagram socket pair owned
-//! by the queue: the descriptors (and, for a large item, a memfd holding its
-//! bytes) travel there, tagged with the item's sequence number.
+//! shared memory (a memfd, see [`crate::sys::shm`]); sleeping getters and
+//! putters wait on futex words beside it. An item that carries handles
+//! (descriptors), or that is too large for the ring, also sends a message on
+//! a datagram socket pair owned by the queue: the descriptors (and, for a
+//! large item, a memfd holding its bytes) travel there, tagged with the
+//! item's sequence number and a message number kept in its record.
 //!
-//! The ring's state is two words, `tail` (where the next item goes, and how
-//! many were ever put) and `head` (where the next item is read, and how many
-//! were ever taken), each changed by a single store at the very end of a put
-//! or a get. A process killed at any point of a put or get therefore leaves
+//! The ring has two robust process-shared locks, as a Michael–Scott
+//! two-lock queue: putters serialise on the put lock, getters on the get
+//! lock, and a putter and a getter work at the same time on different bytes
+//! (see [`crate::sys::ring`], which checks that each side only touches its
+//! own part). The ring's state is two words, `tail` (where the next item
+//! goes, and how many were ever put; stored only by putters) and `head`
+//! (where the next item is read, and how many were ever taken; stored only
+//! by getters), each changed by a single store at the very end of a put or
+//! a get. A process killed at any point of a put or get therefore leaves
 //! the ring consistent, and the lock it held is taken over by the next
-//! process (see `sync::raw`).
+//! process (see `sync::raw`). Each side keeps the other's word as last seen
+//! and reloads it only when the ring looks full (or empty), so with one
+//! putter and one getter the words' cache lines rarely move between CPUs.
+//!
+//! Sleepers use the usual protocol against lost wake-ups: a getter counts
+//! itself in `EMPTY_WAITERS`, reads the `NOT_EMPTY` sequence word, looks at
+//! `tail` once more and only then sleeps on `NOT_EMPTY`; a putter stores
+//! `tail` and then reads `EMPTY_WAITERS`, and if anyone is counted takes the
+//! count (swapping in 0), bumps `NOT_EMPTY` and wakes that many (all
+//! sequentially consistent, so one of the two sees the other). Putters
+//! waiting for room do the same with `head`, `FULL_WAITERS` and `NOT_FULL`.
 
 use std::fmt;
 use std::io::{self, IoSlice, IoSliceMut};
@@ -22,8 +37,8 @@ use std::marker::PhantomData;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release, SeqCst};
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
 use rustix::net::{
@@ -38,47 +53,57 @@ use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::error::{Error, ErrorKind};
-use crate::sync::raw::{DataGuard, Spin};
+use crate::sync::raw::Spin;
 use crate::sync::{Kind, Wait};
 use crate::sys::futex;
-use crate::sys::shm::{self, SharedRegion};
+use crate::sys::ring::{self, GetSide, Pos, Ring};
 use crate::wire::{self, OutFrame};
 
 const KIND: Kind = Kind::new(b"mpQU", "multiproc::Queue");
 
-// Words of the region (after the standard magic, lock word and owner tag).
+// Words of the region, in 128-byte slots (see `sys::ring`). The first holds
+// the standard magic (the standard lock at 8 is unused: the ring has two
+// locks of its own) and words that every put or get reads but that seldom
+// change.
 /// Most items the queue holds (0: no limit but the ring's size).
 const CAPACITY: usize = 24;
 /// Non-zero once `close` was called.
 const CLOSED: usize = 28;
-/// Low 32 bits: byte offset of the next record; high 32: items ever put.
-const TAIL: usize = 40;
-/// Low 32 bits: byte offset of the next record to read; high 32: items ever taken.
-const HEAD: usize = 48;
+/// Side messages ever numbered (see `send_side`).
+const SIDE_SENT: usize = 32;
+// Then the ring's words (`ring::WORDS_START..ring::WORDS_END`), then a slot
+// per kind of sleeper, so that sleeping getters do not disturb putters and
+// back.
 /// Bumped when an item arrives (or the queue closes), for sleeping getters.
-const NOT_EMPTY: usize = 56;
-const EMPTY_WAITERS: usize = 60;
+const NOT_EMPTY: usize = 640;
+const EMPTY_WAITERS: usize = 644;
 /// Bumped when an item leaves (or the queue closes), for sleeping putters.
-const NOT_FULL: usize = 64;
-const FULL_WAITERS: usize = 68;
+const NOT_FULL: usize = 768;
+const FULL_WAITERS: usize = 772;
 /// Items put but not yet marked done (`JoinableQueue`).
-const UNFINISHED: usize = 72;
+const UNFINISHED: usize = 896;
 /// Bumped when `UNFINISHED` reaches zero.
-const ALL_DONE: usize = 76;
-/// Size of the ring in bytes.
-const RING_LEN: usize = 80;
-const ATOMICS_LEN: usize = 128;
+const ALL_DONE: usize = 900;
+const ATOMICS_LEN: usize = 1024;
+const _: () = assert!(SIDE_SENT + 4 <= ring::WORDS_START && NOT_EMPTY >= ring::WORDS_END);
 
 /// The ring's default size: address space only, until items fill it.
 const DEFAULT_RING: usize = 16 << 20;
 /// Items whose encoding is larger than this go through a memfd.
 const SPILL_OVER: usize = 1 << 20;
+/// Past this offset, a putter looks whether the ring is empty (once per
+/// [`LOOK_EVERY`] bytes) and if so goes back to offset 0, so that a queue
+/// that keeps draining stays in the same few cache lines and pages.
+const WRAP_EARLY: usize = 64 << 10;
+const LOOK_EVERY: usize = 4 << 10;
 
 const RECORD_HEADER: usize = 8;
-/// Record flags.
+/// Record flags (the low byte of the header's second word).
 const PAD: u32 = 1;
 const SIDE: u32 = 2;
 const SPILLED: u32 = 4;
+/// A side record's message number sits above the flags (its low 24 bits).
+const NUMBER_SHIFT: u32 = 8;
 
 /// A queue of `T` shared by processes: any number may put, any number may get.
 ///
@@ -110,11 +135,17 @@ const SPILLED: u32 = 4;
 /// - Order is FIFO per producer; items of different producers interleave.
 /// - `len` is a snapshot, as Python's `qsize`.
 /// - A process killed while putting or getting never wedges the queue for
-///   the others. What can be lost: the item that process was putting (it is
-///   either in the queue whole or not at all) and the item it was taking
-///   (taken whole or left in the queue, except that an item carrying handles
-///   or too large for the ring, caught between the two steps of its get, is
-///   dropped). Nothing is ever delivered twice.
+///   the others (a lock it held is taken over within about 50 ms). What can
+///   be lost is only that process's own item: the one it was putting is
+///   either in the queue whole or not at all, and the one it was taking is
+///   either gone with it or still in the queue whole, except that an item
+///   carrying handles or too large for the ring whose side message the dead
+///   process had already received is then dropped by the next `get`, which
+///   reports an error for it. Nothing is ever delivered twice, and no other
+///   item loses its handles or gets another's. A `JoinableQueue` putter
+///   killed in the instant between counting its item as unfinished and
+///   publishing it leaves a task that no one will take, so `join` then waits
+///   until its timeout.
 /// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
 /// - Waiters on a queue no one will put to again wait until their timeout
 ///   or for ever, as in Python; `close` wakes them.
@@ -124,7 +155,7 @@ pub struct Queue<T> {
 }
 
 struct Inner {
-    region: SharedRegion,
+    ring: Ring,
     /// Putters send side messages here; getters receive them on `side_rx`.
     side_tx: OwnedFd,
     side_rx: OwnedFd,
@@ -168,7 +199,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     fn create(capacity: u32) -> Result<Queue<T>, Error> {
         let region = crate::sync::create(KIND, ATOMICS_LEN, DEFAULT_RING, |r| {
             r.atomic_u32(CAPACITY).store(capacity, Relaxed);
-            r.atomic_u32(RING_LEN).store(DEFAULT_RING as u32, Relaxed);
+            Ring::init(r, DEFAULT_RING);
         })?;
         let region = Arc::try_unwrap(region)
             .map_err(|_| Error::new(ErrorKind::Io, "queue region is shared too early"))?;
@@ -181,7 +212,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         .map_err(|e| Error::io("creating a queue's socket pair", e.into()))?;
         Ok(Queue {
             inner: Arc::new(Inner {
-                region,
+                ring: Ring::new(region),
                 side_tx,
                 side_rx,
             }),
@@ -235,20 +266,10 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        let encoded = ENCODER.with(|enc| {
-            let mut frame = enc.take();
-            frame.clear();
-            let result = frame.encode(&item);
-            (frame, result)
+        let result = with_encoded(&item, |frame| {
+            self.inner
+                .put_bytes(frame.payload(), frame.fds(), wait, false)
         });
-        let (frame, encoded) = encoded;
-        let result = match encoded {
-            Ok(()) => self
-                .inner
-                .put_bytes(frame.payload(), frame.fds(), wait, false),
-            Err(_) => Err(PutFail::Failed),
-        };
-        ENCODER.with(|enc| enc.set(frame));
         match result {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
@@ -259,8 +280,15 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_wait(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
-        let (bytes, fds) = self.inner.get_bytes(wait)?;
-        wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed)
+        let mut bytes = DECODER.take();
+        let result = self
+            .inner
+            .get_bytes(wait, &mut bytes)
+            .and_then(|fds| wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed));
+        if bytes.capacity() <= SPILL_OVER {
+            DECODER.set(bytes);
+        }
+        result
     }
 
     /// How many items are in the queue now (a snapshot, like Python's `qsize`).
@@ -294,7 +322,25 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
 thread_local! {
     /// Each thread encodes into its own reused buffer.
-    static ENCODER: std::cell::Cell<OutFrame> = std::cell::Cell::new(OutFrame::new());
+    static ENCODER: std::cell::Cell<Option<OutFrame>> = const { std::cell::Cell::new(None) };
+    /// Each thread copies items out of the ring into its own reused buffer
+    /// (given up after a large item).
+    static DECODER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Encodes `item` into this thread's reused frame, and puts the frame.
+fn with_encoded<T: Serialize>(
+    item: &T,
+    put: impl FnOnce(&OutFrame) -> Result<(), PutFail>,
+) -> Result<(), PutFail> {
+    let mut frame = ENCODER.take().unwrap_or_default();
+    frame.clear();
+    let result = match frame.encode(item) {
+        Ok(()) => put(&frame),
+        Err(_) => Err(PutFail::Failed),
+    };
+    ENCODER.set(Some(frame));
+    result
 }
 
 enum PutFail {
@@ -315,11 +361,7 @@ const fn align8(n: usize) -> usize {
 
 impl Inner {
     fn word(&self, offset: usize) -> &AtomicU32 {
-        self.region.atomic_u32(offset)
-    }
-
-    fn word64(&self, offset: usize) -> &AtomicU64 {
-        self.region.atomic_u64(offset)
+        self.ring.region().atomic_u32(offset)
     }
 
     fn capacity(&self) -> usize {
@@ -330,36 +372,39 @@ impl Inner {
         self.word(CLOSED).load(Acquire) != 0
     }
 
-    fn ring_len(&self) -> usize {
-        // Fixed at creation; bounded by the region's size in case a peer lies.
-        (self.word(RING_LEN).load(Relaxed) as usize).min(self.region.data_len()) & !7
-    }
-
     fn len(&self) -> usize {
-        let puts = (self.word64(TAIL).load(Acquire) >> 32) as u32;
-        let gets = (self.word64(HEAD).load(Acquire) >> 32) as u32;
-        puts.wrapping_sub(gets) as usize
-    }
-
-    /// Locks the ring. A process that died holding the lock left the ring
-    /// consistent (see the module docs), so its death is not an error here.
-    fn lock(&self, wait: Wait) -> Option<DataGuard<'_>> {
-        loop {
-            match DataGuard::lock(&self.region, wait, "queue lock") {
-                Ok(guard) => return guard,
-                Err(_) => continue,
-            }
-        }
+        // Head first: the tail read after it is at or past it.
+        let head = self.ring.head();
+        head.until(self.ring.tail()) as usize
     }
 
     fn close(&self) {
-        if let Some(guard) = self.lock(Wait::Forever) {
-            self.word(CLOSED).store(1, Release);
-            drop(guard);
+        // Under the put lock, so no put that saw the queue open is still
+        // under way when this returns.
+        if let Some(put) = self.ring.lock_put(Wait::Forever) {
+            self.word(CLOSED).store(1, SeqCst);
+            drop(put);
         }
         for word in [NOT_EMPTY, NOT_FULL] {
             self.word(word).fetch_add(1, SeqCst);
             futex::wake_all(self.word(word));
+        }
+    }
+
+    /// After a put (or get): wakes the getters (putters) counted in
+    /// `waiters` as sleeping on `seq`. The count is taken, not read: a woken
+    /// sleeper that has yet to run (or one that timed out) is no reason for
+    /// the next put to make a system call too; sleepers count themselves
+    /// again before each sleep.
+    fn wake(&self, waiters: usize, seq: usize) {
+        let waiters = self.word(waiters);
+        if waiters.load(SeqCst) == 0 {
+            return;
+        }
+        let n = waiters.swap(0, SeqCst);
+        if n > 0 {
+            self.word(seq).fetch_add(1, SeqCst);
+            futex::wake(self.word(seq), n);
         }
     }
 
@@ -370,154 +415,169 @@ impl Inner {
         wait: Wait,
         joinable: bool,
     ) -> Result<(), PutFail> {
-        let ring = self.ring_len();
+        let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
         let spill = if spilled {
             Some(spill_to_memfd(payload).map_err(|_| PutFail::Failed)?)
         } else {
             None
         };
+        let side = spilled || !fds.is_empty();
         let inline = if spilled { 0 } else { payload.len() };
         let need = RECORD_HEADER + align8(inline);
         let capacity = self.capacity() as u32;
+        let mut spin = Spin::new();
         loop {
-            let Some(mut guard) = self.lock(wait) else {
+            let Some(mut put) = self.ring.lock_put(wait) else {
                 return Err(PutFail::Full);
             };
             if self.is_closed() {
                 return Err(PutFail::Closed);
             }
-            let tail = self.word64(TAIL).load(Relaxed);
-            let head = self.word64(HEAD).load(Relaxed);
-            let puts = (tail >> 32) as u32;
-            let gets = (head >> 32) as u32;
-            let count = puts.wrapping_sub(gets);
-            let (mut t, h) = if count == 0 {
-                (0, 0)
-            } else {
-                ((tail as u32) as usize, (head as u32) as usize)
+            let tail = put.tail();
+            let mut head = put.seen_head();
+            let mut at = place(tail, head, need, ring, capacity);
+            let look = match at {
+                None => true,
+                // Before a side message, so that a full socket is waited on
+                // with a fresh head (below).
+                Some(_) if side => true,
+                Some(at) => {
+                    at >= WRAP_EARLY
+                        && (at + need) / LOOK_EVERY != at / LOOK_EVERY
+                        && head.until(tail) != 0
+                }
             };
-            let room = capacity == 0 || count < capacity;
-            let at = if !room {
-                None
-            } else if count == 0 || t > h {
-                if need <= ring - t {
-                    Some(t)
-                } else if need <= h {
-                    Some(0)
-                } else {
-                    None
+            if look {
+                head = put.refresh_head();
+                at = place(tail, head, need, ring, capacity);
+            }
+            let mut number = 0;
+            let sent = match at {
+                Some(_) if side => {
+                    number = self.word(SIDE_SENT).fetch_add(1, Relaxed);
+                    send_side(
+                        self.side_tx.as_fd(),
+                        tail.count(),
+                        number,
+                        spill.as_ref(),
+                        fds,
+                    )
+                    .map_err(|_| PutFail::Failed)?
                 }
-            } else if t < h && need <= h - t {
-                Some(t)
-            } else {
-                None
+                _ => true,
             };
-            let side_sent = match at {
-                Some(_) if spill.is_some() || !fds.is_empty() => {
-                    send_side(self.side_tx.as_fd(), puts, spill.as_ref(), fds)
-                }
-                _ => Ok(true),
-            };
-            let side_sent = side_sent.map_err(|_| PutFail::Failed)?;
-            if let (Some(at), true) = (at, side_sent) {
-                let data = shm::data_mut(&mut guard);
-                if count == 0 {
-                    self.word64(HEAD).store(u64::from(gets) << 32, Relaxed);
-                }
-                if at == 0 && t != 0 {
-                    data[t..t + RECORD_HEADER].copy_from_slice(&record_header(0, PAD));
-                }
+            if let (Some(at), true) = (at, sent) {
+                let t = tail.offset();
                 let mut flags = 0;
-                if spill.is_some() || !fds.is_empty() {
-                    flags |= SIDE;
+                if side {
+                    flags |= SIDE | number << NUMBER_SHIFT;
                 }
-                if spill.is_some() {
+                if spilled {
                     flags |= SPILLED;
                 }
-                let len = payload.len() as u32;
-                data[at..at + RECORD_HEADER].copy_from_slice(&record_header(len, flags));
-                data[at + RECORD_HEADER..at + RECORD_HEADER + inline]
-                    .copy_from_slice(&payload[..inline]);
-                t = at + need;
-                if t == ring {
-                    t = 0;
+                let mut next = at + need;
+                if next == ring {
+                    next = 0;
                 }
+                let header = record_header(payload.len() as u32, flags);
+                let written = if at == 0 && t != 0 {
+                    put.write(t, &record_header(0, PAD))
+                } else {
+                    Ok(())
+                };
+                written
+                    .and_then(|()| put.write(at, &header))
+                    .and_then(|()| put.write(at + RECORD_HEADER, &payload[..inline]))
+                    .map_err(|_| PutFail::Failed)?;
                 if joinable {
                     self.word(UNFINISHED).fetch_add(1, Relaxed);
                 }
-                // Publishing is this one store.
-                self.word64(TAIL)
-                    .store(u64::from(puts.wrapping_add(1)) << 32 | t as u64, Release);
-                drop(guard);
-                if self.word(EMPTY_WAITERS).load(SeqCst) > 0 {
-                    self.word(NOT_EMPTY).fetch_add(1, SeqCst);
-                    futex::wake(self.word(NOT_EMPTY), 1);
+                // Publishing is this one store (and releases the put lock).
+                if put.publish(tail.next(next)).is_err() {
+                    if joinable {
+                        self.word(UNFINISHED).fetch_sub(1, Relaxed);
+                    }
+                    return Err(PutFail::Failed);
                 }
+                self.wake(EMPTY_WAITERS, NOT_EMPTY);
                 return Ok(());
             }
-            // Full: sleep until a get makes room (or the deadline).
+            drop(put);
+            // Full (or the side socket is): wait until a get moves `HEAD`
+            // past `head`, which was loaded after deciding there was no room.
             if matches!(wait, Wait::Try) {
                 return Err(PutFail::Full);
             }
+            let moved = || self.ring.head() != head || self.is_closed();
+            let mut again = false;
+            while spin.spin() {
+                if moved() {
+                    again = true;
+                    break;
+                }
+            }
+            if again {
+                continue;
+            }
             self.word(FULL_WAITERS).fetch_add(1, SeqCst);
             let seq = self.word(NOT_FULL).load(SeqCst);
-            drop(guard);
-            let left = wait.left();
-            let timed_out = left == Some(Duration::ZERO)
-                || matches!(
-                    futex::wait(self.word(NOT_FULL), seq, left),
-                    futex::Wait::TimedOut
-                );
-            self.word(FULL_WAITERS).fetch_sub(1, SeqCst);
+            let timed_out = !moved() && {
+                let left = wait.left();
+                left == Some(Duration::ZERO)
+                    || matches!(
+                        futex::wait(self.word(NOT_FULL), seq, left),
+                        futex::Wait::TimedOut
+                    )
+            };
             if timed_out && wait.left() == Some(Duration::ZERO) {
                 return Err(PutFail::Full);
             }
         }
     }
 
-    fn get_bytes(&self, wait: Wait) -> Result<(Vec<u8>, Vec<OwnedFd>), RecvTimeoutError> {
+    /// Takes an item: its bytes into `bytes`, its descriptors returned.
+    fn get_bytes(&self, wait: Wait, bytes: &mut Vec<u8>) -> Result<Vec<OwnedFd>, RecvTimeoutError> {
         let mut spin = Spin::new();
         loop {
-            let Some(mut guard) = self.lock(wait) else {
+            let Some(mut get) = self.ring.lock_get(wait) else {
                 return Err(RecvTimeoutError::Timeout);
             };
-            let tail = self.word64(TAIL).load(Acquire);
-            let head = self.word64(HEAD).load(Relaxed);
-            let puts = (tail >> 32) as u32;
-            let gets = (head >> 32) as u32;
-            if puts != gets {
-                let result = self.take_record(&mut guard, head, gets);
-                drop(guard);
-                if self.word(FULL_WAITERS).load(SeqCst) > 0 {
-                    self.word(NOT_FULL).fetch_add(1, SeqCst);
-                    futex::wake(self.word(NOT_FULL), 1);
-                }
+            // Closed first: once the queue is seen closed, every item ever
+            // put is in the `TAIL` loaded after (close takes the put lock).
+            let closed = self.is_closed();
+            let head = get.head();
+            if head.until(get.seen_tail()) == 0 {
+                get.refresh_tail();
+            }
+            if head.until(get.seen_tail()) != 0 {
+                let result = self.take_record(get, head, bytes);
+                self.wake(FULL_WAITERS, NOT_FULL);
                 return result.map_err(RecvTimeoutError::Failed);
             }
-            if self.is_closed() {
+            drop(get);
+            if closed {
                 return Err(RecvTimeoutError::Disconnected);
             }
             if matches!(wait, Wait::Try) {
                 return Err(RecvTimeoutError::Timeout);
             }
-            drop(guard);
             // Empty: look again for a few microseconds before sleeping.
-            let mut arrived = false;
+            let gets = head.count();
+            let arrived = || self.ring.tail().count() != gets || self.is_closed();
+            let mut again = false;
             while spin.spin() {
-                if (self.word64(TAIL).load(Relaxed) >> 32) as u32 != gets || self.is_closed() {
-                    arrived = true;
+                if arrived() {
+                    again = true;
                     break;
                 }
             }
-            if arrived {
+            if again {
                 continue;
             }
             self.word(EMPTY_WAITERS).fetch_add(1, SeqCst);
             let seq = self.word(NOT_EMPTY).load(SeqCst);
-            let still_empty =
-                (self.word64(TAIL).load(SeqCst) >> 32) as u32 == gets && !self.is_closed();
-            let timed_out = still_empty && {
+            let timed_out = !arrived() && {
                 let left = wait.left();
                 left == Some(Duration::ZERO)
                     || matches!(
@@ -525,31 +585,30 @@ impl Inner {
                         futex::Wait::TimedOut
                     )
             };
-            self.word(EMPTY_WAITERS).fetch_sub(1, SeqCst);
             if timed_out && wait.left() == Some(Duration::ZERO) {
                 return Err(RecvTimeoutError::Timeout);
             }
         }
     }
 
-    /// Reads the record at `head` and advances past it (under the lock).
+    /// Reads the record at `head` into `bytes` and advances past it, which
+    /// releases the get lock.
     fn take_record(
         &self,
-        guard: &mut DataGuard<'_>,
-        head: u64,
-        gets: u32,
-    ) -> Result<(Vec<u8>, Vec<OwnedFd>), Error> {
-        let ring = self.ring_len();
-        let data = shm::data(guard);
-        let mut h = (head as u32) as usize;
+        get: GetSide<'_>,
+        head: Pos,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, Error> {
+        let ring = self.ring.len();
         let read_header = |at: usize| -> Result<(usize, u32), Error> {
-            let bytes = data
-                .get(at..at + RECORD_HEADER)
-                .ok_or_else(|| corrupt("record outside the ring"))?;
+            let mut bytes = [0u8; RECORD_HEADER];
+            get.read(at, &mut bytes)
+                .map_err(|_| corrupt("record outside the ring's used part"))?;
             let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
             let flags = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
             Ok((len, flags))
         };
+        let mut h = head.offset();
         let (mut len, mut flags) = read_header(h)?;
         if flags & PAD != 0 {
             h = 0;
@@ -557,31 +616,68 @@ impl Inner {
         }
         let inline = if flags & SPILLED != 0 { 0 } else { len };
         let end = h + RECORD_HEADER + align8(inline);
-        let bytes = data
-            .get(h + RECORD_HEADER..h + RECORD_HEADER + inline)
-            .filter(|_| end <= ring)
-            .ok_or_else(|| corrupt("record longer than the ring"))?
-            .to_vec();
+        if end > ring {
+            return Err(corrupt("record longer than the ring"));
+        }
+        bytes.clear();
+        bytes.resize(inline, 0);
+        get.read(h + RECORD_HEADER, bytes)
+            .map_err(|_| corrupt("record longer than the ring's used part"))?;
         let side = if flags & SIDE != 0 {
-            recv_side(self.side_rx.as_fd(), gets)
+            recv_side(self.side_rx.as_fd(), head.count(), flags >> NUMBER_SHIFT)
         } else {
             Ok(Vec::new())
         };
         let next = if end == ring { 0 } else { end };
         // Taking is this one store: the item is gone from the queue even if
         // its side message could not be had.
-        self.word64(HEAD)
-            .store(u64::from(gets.wrapping_add(1)) << 32 | next as u64, Release);
+        get.advance(head.next(next))
+            .map_err(|_| corrupt("record outside the ring's used part"))?;
         let mut fds = side.map_err(|e| Error::io("receiving an item's handles", e))?;
         if flags & SPILLED == 0 {
-            return Ok((bytes, fds));
+            return Ok(fds);
         }
         if fds.is_empty() {
             return Err(corrupt("a large item's memfd is missing"));
         }
         let memfd = fds.remove(0);
-        let bytes = read_spill(&memfd, len).map_err(|e| Error::io("reading a large item", e))?;
-        Ok((bytes, fds))
+        *bytes = read_spill(&memfd, len).map_err(|e| Error::io("reading a large item", e))?;
+        Ok(fds)
+    }
+}
+
+/// Where a record of `need` bytes goes, given `TAIL` and a head at or behind
+/// `HEAD`; `None` if it does not fit now. A record never wraps: if it does
+/// not fit before the end, it goes to offset 0 behind a `PAD` record.
+fn place(tail: Pos, head: Pos, need: usize, ring: usize, capacity: u32) -> Option<usize> {
+    let count = head.until(tail);
+    if capacity != 0 && count >= capacity {
+        return None;
+    }
+    let (t, h) = (tail.offset(), head.offset());
+    let fits_at_end = ring.checked_sub(t).is_some_and(|room| need <= room);
+    if count == 0 {
+        // Empty (`h == t`): anywhere, and back at the start once far along.
+        return if need <= t && (t >= WRAP_EARLY || !fits_at_end) {
+            Some(0)
+        } else if fits_at_end {
+            Some(t)
+        } else {
+            None
+        };
+    }
+    if t > h {
+        if fits_at_end {
+            Some(t)
+        } else if need <= h {
+            Some(0)
+        } else {
+            None
+        }
+    } else if t < h && need <= h - t {
+        Some(t)
+    } else {
+        None
     }
 }
 
@@ -623,10 +719,14 @@ fn read_spill(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Sends the side message of item `seq`. `Ok(false)`: the socket is full.
+/// Sends the side message of item `seq`, tagged with the item's number and
+/// `number`, a count of side messages that tells it from one left with the
+/// same `seq` by a putter that died before publishing its item.
+/// `Ok(false)`: the socket is full.
 fn send_side(
     sock: BorrowedFd<'_>,
     seq: u32,
+    number: u32,
     spill: Option<&OwnedFd>,
     fds: &[OwnedFd],
 ) -> io::Result<bool> {
@@ -636,7 +736,7 @@ fn send_side(
     if !control.push(SendAncillaryMessage::ScmRights(&all)) {
         return Err(io::Error::other("too many handles in one item"));
     }
-    let tag = seq.to_le_bytes();
+    let tag = side_tag(seq, number);
     loop {
         match rustix::net::sendmsg(
             sock,
@@ -652,46 +752,73 @@ fn send_side(
     }
 }
 
-/// Receives the side message of item `seq`, dropping older ones left by
-/// processes that died between sending one and publishing its item.
-fn recv_side(sock: BorrowedFd<'_>, seq: u32) -> io::Result<Vec<OwnedFd>> {
+const SIDE_TAG: usize = 8;
+/// The bits of a side message's number that its record keeps.
+const NUMBER_MASK: u32 = (1 << (32 - NUMBER_SHIFT)) - 1;
+
+fn side_tag(seq: u32, number: u32) -> [u8; SIDE_TAG] {
+    let mut tag = [0u8; SIDE_TAG];
+    tag[..4].copy_from_slice(&seq.to_le_bytes());
+    tag[4..].copy_from_slice(&(number & NUMBER_MASK).to_le_bytes());
+    tag
+}
+
+/// Receives the side message of item `seq`, numbered `number`. Messages
+/// before it (left by putters that died between sending one and publishing
+/// its item) are dropped with their descriptors; a later item's message is
+/// left for that item (its tag is only peeked at), so one lost message
+/// never costs another item its handles.
+fn recv_side(sock: BorrowedFd<'_>, seq: u32, number: u32) -> io::Result<Vec<OwnedFd>> {
+    let want = side_tag(seq, number);
+    let lost = || io::Error::other("the item's handles were lost");
     loop {
-        let mut tag = [0u8; 4];
-        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_FDS + 1))];
-        let mut control = RecvAncillaryBuffer::new(&mut space);
-        let msg = match rustix::net::recvmsg(
+        let mut tag = [0u8; SIDE_TAG];
+        let peeked = match rustix::net::recvmsg(
             sock,
             &mut [IoSliceMut::new(&mut tag)],
-            &mut control,
-            RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            &mut RecvAncillaryBuffer::new(&mut []),
+            RecvFlags::DONTWAIT | RecvFlags::PEEK,
         ) {
             Ok(msg) => msg,
             Err(rustix::io::Errno::INTR) => continue,
-            Err(rustix::io::Errno::AGAIN) => {
-                return Err(io::Error::other("the item's handles were lost"));
-            }
+            Err(rustix::io::Errno::AGAIN) => return Err(lost()),
             Err(e) => return Err(e.into()),
         };
+        let mine = peeked.bytes == SIDE_TAG && tag == want;
+        let got = u32::from_le_bytes([tag[0], tag[1], tag[2], tag[3]]);
+        if !mine && peeked.bytes == SIDE_TAG && (got.wrapping_sub(seq) as i32) > 0 {
+            return Err(lost());
+        }
+        // Ours, or older (or garbage): take it, and its descriptors.
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(wire::MAX_FDS + 1))];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        loop {
+            match rustix::net::recvmsg(
+                sock,
+                &mut [IoSliceMut::new(&mut tag)],
+                &mut control,
+                RecvFlags::DONTWAIT | RecvFlags::CMSG_CLOEXEC,
+            ) {
+                Ok(_) => break,
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
         let mut fds = Vec::new();
         for message in control.drain() {
             if let RecvAncillaryMessage::ScmRights(received) = message {
                 fds.extend(received);
             }
         }
-        let got = u32::from_le_bytes(tag);
-        if msg.bytes == 4 && got == seq {
+        if mine {
             return Ok(fds);
-        }
-        // `got` is older than `seq` (or garbage): drop it, and its descriptors.
-        if (got.wrapping_sub(seq) as i32) > 0 {
-            return Err(io::Error::other("the item's handles were lost"));
         }
     }
 }
 
 impl<T> Serialize for Queue<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let region = wire::push_fd(self.inner.region.as_fd()).map_err(S::Error::custom)?;
+        let region = wire::push_fd(self.inner.ring.region().as_fd()).map_err(S::Error::custom)?;
         let tx = wire::push_fd(self.inner.side_tx.as_fd()).map_err(S::Error::custom)?;
         let rx = wire::push_fd(self.inner.side_rx.as_fd()).map_err(S::Error::custom)?;
         serializer.serialize_newtype_struct("multiproc::Queue", &(region, tx, rx))
@@ -710,7 +837,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
             crate::sync::open_region(region, KIND, Some(ATOMICS_LEN)).map_err(D::Error::custom)?;
         Ok(Queue {
             inner: Arc::new(Inner {
-                region,
+                ring: Ring::new(region),
                 side_tx,
                 side_rx,
             }),
@@ -830,20 +957,11 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        let (frame, encoded) = ENCODER.with(|enc| {
-            let mut frame = enc.take();
-            frame.clear();
-            let result = frame.encode(&item);
-            (frame, result)
-        });
-        let result = match encoded {
-            Ok(()) => self
-                .queue
+        let result = with_encoded(&item, |frame| {
+            self.queue
                 .inner
-                .put_bytes(frame.payload(), frame.fds(), wait, true),
-            Err(_) => Err(PutFail::Failed),
-        };
-        ENCODER.with(|enc| enc.set(frame));
+                .put_bytes(frame.payload(), frame.fds(), wait, true)
+        });
         match result {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
@@ -902,5 +1020,70 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             }
             futex::wait(inner.word(ALL_DONE), seq, left);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_go_after_the_tail_or_back_at_the_start() {
+        let at = |(puts, t): (u32, usize), (gets, h): (u32, usize), need, cap| {
+            place(Pos::new(puts, t), Pos::new(gets, h), need, 1 << 20, cap)
+        };
+        assert_eq!(at((0, 0), (0, 0), 16, 0), Some(0));
+        assert_eq!(at((3, 48), (1, 16), 16, 0), Some(48), "after the tail");
+        assert_eq!(at((3, 48), (1, 16), 16, 2), None, "at capacity");
+        assert_eq!(at((3, (1 << 20) - 8), (1, 16), 16, 0), Some(0), "wraps");
+        assert_eq!(
+            at((3, (1 << 20) - 8), (1, 16), 24, 0),
+            None,
+            "no room before the head"
+        );
+        assert_eq!(
+            at((3, 16), (1, 64), 48, 0),
+            Some(16),
+            "wrapped, before the head"
+        );
+        assert_eq!(at((3, 16), (1, 64), 56, 0), None);
+        assert_eq!(at((3, 64), (1, 64), 8, 0), None, "full");
+        // Empty: back at the start only once far along (or when it must).
+        assert_eq!(at((5, 4096), (5, 4096), 16, 0), Some(4096));
+        assert_eq!(at((5, WRAP_EARLY), (5, WRAP_EARLY), 16, 0), Some(0));
+        assert_eq!(
+            at((5, WRAP_EARLY), (5, WRAP_EARLY), WRAP_EARLY + 8, 0),
+            Some(WRAP_EARLY)
+        );
+    }
+
+    fn memfd_of(len: usize) -> OwnedFd {
+        spill_to_memfd(&vec![0; len]).unwrap()
+    }
+
+    fn sizes(fds: &[OwnedFd]) -> Vec<i64> {
+        fds.iter()
+            .map(|fd| rustix::fs::fstat(fd).unwrap().st_size)
+            .collect()
+    }
+
+    #[test]
+    fn side_messages_of_dead_putters_are_dropped_and_later_ones_kept() {
+        let (tx, rx) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // Item 5's putter died after sending; the next put of item 5 sent again.
+        assert!(send_side(tx.as_fd(), 5, 1, None, &[memfd_of(1)]).unwrap());
+        assert!(send_side(tx.as_fd(), 5, 2, None, &[memfd_of(2)]).unwrap());
+        // Item 6's message was taken by a getter that died; item 7's is there.
+        assert!(send_side(tx.as_fd(), 7, 3, None, &[memfd_of(3)]).unwrap());
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 5, 2).unwrap()), [2]);
+        assert!(recv_side(rx.as_fd(), 6, 9).is_err());
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 7, 3).unwrap()), [3]);
+        assert!(recv_side(rx.as_fd(), 8, 4).is_err());
     }
 }

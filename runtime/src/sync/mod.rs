@@ -8,7 +8,8 @@
 //! Layout shared by all regions: a magic word at offset 0 naming the kind
 //! of primitive, the lock word at 8 and its owner tag at 16 (for kinds with
 //! a lock), kind-specific words from 24 to 40, then the data of `Value`,
-//! `Array` and `SharedMemory`.
+//! `Array` and `SharedMemory`. A `Queue` keeps two locks of its own further
+//! on instead (see `sys::ring`), and its ring as the data.
 
 use std::fmt;
 use std::sync::Arc;

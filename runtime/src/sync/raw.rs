@@ -62,6 +62,20 @@ impl<'a> RawLock<'a> {
         }
     }
 
+    /// A lock kept elsewhere in `region`: its word at offset `word` and its
+    /// 64-bit owner tag at `tag`, both in the atomics part (for regions with
+    /// more than one lock, such as a queue's).
+    ///
+    /// # Panics
+    /// As [`SharedRegion::atomic_u32`], if an offset is misaligned or not
+    /// in the atomics part.
+    pub(crate) fn at(region: &'a SharedRegion, word: usize, tag: usize) -> RawLock<'a> {
+        RawLock {
+            word: region.atomic_u32(word),
+            tag: region.atomic_u64(tag),
+        }
+    }
+
     /// Takes the lock, waiting as `wait` allows.
     #[inline]
     pub(crate) fn acquire(&self, wait: Wait) -> Outcome {

@@ -4,7 +4,9 @@
 //! words of the synchronisation protocol, only ever touched as atomics (in
 //! every process). At and above it live plain bytes (a `Value`'s `T`, an
 //! `Array`'s elements), reachable only through a [`DataGuard`], that is,
-//! while holding the region's lock.
+//! while holding the region's lock; or, for a queue's ring, only through
+//! the copies of [`super::ring`], each confined to the part of the ring
+//! that its side's lock gives it (no `DataGuard` is ever made for a queue).
 
 use std::fmt;
 use std::io;
@@ -31,9 +33,10 @@ pub(crate) struct SharedRegion {
 }
 
 // SAFETY: the region owns its mapping; what it hands out is either atomics
-// (which are `Sync`) or byte slices tied to a `DataGuard`, which excludes
-// every other user, thread or process. Moving or sharing the owner between
-// threads changes none of that.
+// (which are `Sync`), byte slices tied to a `DataGuard`, which excludes
+// every other user, thread or process, or (`sys::ring`) copies made under a
+// ring side's lock within the bytes that side owns. Moving or sharing the
+// owner between threads changes none of that.
 unsafe impl Send for SharedRegion {}
 // SAFETY: as for `Send` above.
 unsafe impl Sync for SharedRegion {}
