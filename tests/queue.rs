@@ -552,3 +552,16 @@ fn processes_killed_mid_put_or_get_of_items_with_handles_cost_only_their_own_ite
     assert!(lost <= ROUNDS, "{lost} items lost their handles");
     assert!(ours.is_sorted(), "our items keep their order");
 }
+
+#[test]
+fn a_put_keeps_no_copy_of_the_items_handles() {
+    let q = Queue::<Connection<u8>>::new().unwrap();
+    let (mine, theirs) = Pipe::<u8>::duplex().unwrap();
+    q.put(theirs).unwrap();
+    drop(q.get().unwrap());
+    // The only other copy was the one in the queue: the peer is gone now.
+    match mine.recv_timeout(Duration::from_secs(10)) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+}

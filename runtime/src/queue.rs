@@ -147,6 +147,10 @@ const NUMBER_SHIFT: u32 = 8;
 ///   publishing it leaves a task that no one will take, so `join` then waits
 ///   until its timeout.
 /// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
+/// - Items that carry handles, or are too large for the ring (over 1 MiB
+///   encoded), also queue a message on the queue's socket, whose buffer holds
+///   a few hundred of them: past that, such puts wait for gets as if the
+///   queue were full, even an unbounded one.
 /// - Waiters on a queue no one will put to again wait until their timeout
 ///   or for ever, as in Python; `close` wakes them.
 pub struct Queue<T> {
@@ -339,6 +343,9 @@ fn with_encoded<T: Serialize>(
         Ok(()) => put(&frame),
         Err(_) => Err(PutFail::Failed),
     };
+    // Our copies of the item's handles must not outlive the put: a kept copy
+    // of a connection's end would hide its peer's disconnection.
+    frame.clear();
     ENCODER.set(Some(frame));
     result
 }
@@ -418,7 +425,7 @@ impl Inner {
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
         let spill = if spilled {
-            Some(spill_to_memfd(payload).map_err(|_| PutFail::Failed)?)
+            Some(wire::spill(payload).map_err(|_| PutFail::Failed)?)
         } else {
             None
         };
@@ -641,7 +648,8 @@ impl Inner {
             return Err(corrupt("a large item's memfd is missing"));
         }
         let memfd = fds.remove(0);
-        *bytes = read_spill(&memfd, len).map_err(|e| Error::io("reading a large item", e))?;
+        *bytes = wire::read_spill(&memfd, len as u64)
+            .map_err(|e| Error::io("reading a large item", e))?;
         Ok(fds)
     }
 }
@@ -686,37 +694,6 @@ fn record_header(len: u32, flags: u32) -> [u8; RECORD_HEADER] {
     h[..4].copy_from_slice(&len.to_le_bytes());
     h[4..].copy_from_slice(&flags.to_le_bytes());
     h
-}
-
-fn spill_to_memfd(payload: &[u8]) -> io::Result<OwnedFd> {
-    let fd = rustix::fs::memfd_create("multiproc-queue-item", rustix::fs::MemfdFlags::CLOEXEC)?;
-    let mut written = 0;
-    while written < payload.len() {
-        match rustix::io::write(&fd, &payload[written..]) {
-            Ok(n) => written += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(fd)
-}
-
-fn read_spill(fd: &OwnedFd, len: usize) -> io::Result<Vec<u8>> {
-    let size = rustix::fs::fstat(fd)?.st_size;
-    if u64::try_from(size).ok() != Some(len as u64) {
-        return Err(io::Error::other("a large item's memfd has the wrong size"));
-    }
-    let mut bytes = vec![0u8; len];
-    let mut done = 0;
-    while done < len {
-        match rustix::io::pread(fd, &mut bytes[done..], done as u64) {
-            Ok(0) => return Err(io::Error::other("a large item's memfd is short")),
-            Ok(n) => done += n,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(bytes)
 }
 
 /// Sends the side message of item `seq`, tagged with the item's number and
@@ -833,8 +810,8 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         let Wire((region, tx, rx)) = Wire::deserialize(deserializer)?;
         let take = |i| wire::take_fd(i).map_err(D::Error::custom);
         let (region, side_tx, side_rx) = (take(region)?, take(tx)?, take(rx)?);
-        let region =
-            crate::sync::open_region(region, KIND, Some(ATOMICS_LEN)).map_err(D::Error::custom)?;
+        let region = crate::sync::open_region(region, KIND, Some(ATOMICS_LEN))
+            .map_err(|e| D::Error::custom(wire::handle_error(e)))?;
         Ok(Queue {
             inner: Arc::new(Inner {
                 ring: Ring::new(region),
@@ -1058,7 +1035,7 @@ mod tests {
     }
 
     fn memfd_of(len: usize) -> OwnedFd {
-        spill_to_memfd(&vec![0; len]).unwrap()
+        wire::spill(&vec![0; len]).unwrap()
     }
 
     fn sizes(fds: &[OwnedFd]) -> Vec<i64> {
