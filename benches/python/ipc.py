@@ -10,10 +10,11 @@ import time
 
 
 def echo(conn):
+    # A forked child inherits the parent's end too, so it would never see
+    # EOF: stop at a sentinel instead.
     while True:
-        try:
-            x = conn.recv()
-        except EOFError:
+        x = conn.recv()
+        if x is None:
             return
         conn.send(x)
 
@@ -31,7 +32,7 @@ def ping_pong(n=20000):
         a.send(7)
         a.recv()
     per = (time.perf_counter() - start) / n
-    a.close()
+    a.send(None)
     p.join()
     return per
 
