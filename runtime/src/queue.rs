@@ -517,30 +517,39 @@ impl Inner {
                 return Err(PutFail::Full);
             }
             let moved = || self.ring.head() != head || self.is_closed();
-            let mut again = false;
-            while spin.spin() {
-                if moved() {
-                    again = true;
-                    break;
-                }
-            }
-            if again {
-                continue;
-            }
-            self.word(FULL_WAITERS).fetch_add(1, SeqCst);
-            let seq = self.word(NOT_FULL).load(SeqCst);
-            let timed_out = !moved() && {
-                let left = wait.left();
-                left == Some(Duration::ZERO)
-                    || matches!(
-                        futex::wait(self.word(NOT_FULL), seq, left),
-                        futex::Wait::TimedOut
-                    )
-            };
-            if timed_out && wait.left() == Some(Duration::ZERO) {
+            if !self.wait_until(&mut spin, FULL_WAITERS, NOT_FULL, wait, moved) {
                 return Err(PutFail::Full);
             }
         }
+    }
+
+    /// Waits until `ready()` holds or the deadline passes: looks again for a
+    /// few microseconds, then sleeps on the futex word `seq`, counted in
+    /// `waiters` (see [`wake`](Self::wake)). `false` once the deadline passed.
+    fn wait_until(
+        &self,
+        spin: &mut Spin,
+        waiters: usize,
+        seq: usize,
+        wait: Wait,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        while spin.spin() {
+            if ready() {
+                return true;
+            }
+        }
+        self.word(waiters).fetch_add(1, SeqCst);
+        let seen = self.word(seq).load(SeqCst);
+        let timed_out = !ready() && {
+            let left = wait.left();
+            left == Some(Duration::ZERO)
+                || matches!(
+                    futex::wait(self.word(seq), seen, left),
+                    futex::Wait::TimedOut
+                )
+        };
+        !(timed_out && wait.left() == Some(Duration::ZERO))
     }
 
     /// Takes an item: its bytes into `bytes`, its descriptors returned.
@@ -569,30 +578,10 @@ impl Inner {
             if matches!(wait, Wait::Try) {
                 return Err(RecvTimeoutError::Timeout);
             }
-            // Empty: look again for a few microseconds before sleeping.
+            // Empty: wait for a put (or close).
             let gets = head.count();
             let arrived = || self.ring.tail().count() != gets || self.is_closed();
-            let mut again = false;
-            while spin.spin() {
-                if arrived() {
-                    again = true;
-                    break;
-                }
-            }
-            if again {
-                continue;
-            }
-            self.word(EMPTY_WAITERS).fetch_add(1, SeqCst);
-            let seq = self.word(NOT_EMPTY).load(SeqCst);
-            let timed_out = !arrived() && {
-                let left = wait.left();
-                left == Some(Duration::ZERO)
-                    || matches!(
-                        futex::wait(self.word(NOT_EMPTY), seq, left),
-                        futex::Wait::TimedOut
-                    )
-            };
-            if timed_out && wait.left() == Some(Duration::ZERO) {
+            if !self.wait_until(&mut spin, EMPTY_WAITERS, NOT_EMPTY, wait, arrived) {
                 return Err(RecvTimeoutError::Timeout);
             }
         }
