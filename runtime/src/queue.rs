@@ -71,6 +71,8 @@ const CAPACITY: usize = 24;
 const CLOSED: usize = 28;
 /// Side messages ever numbered (see `send_side`).
 const SIDE_SENT: usize = 32;
+/// Non-zero for a `JoinableQueue`: every put counts an unfinished task.
+const JOINABLE: usize = 36;
 // Then the ring's words (`ring::WORDS_START..ring::WORDS_END`), then a slot
 // per kind of sleeper, so that sleeping getters do not disturb putters and
 // back.
@@ -85,7 +87,7 @@ const UNFINISHED: usize = 896;
 /// Bumped when `UNFINISHED` reaches zero.
 const ALL_DONE: usize = 900;
 const ATOMICS_LEN: usize = 1024;
-const _: () = assert!(SIDE_SENT + 4 <= ring::WORDS_START && NOT_EMPTY >= ring::WORDS_END);
+const _: () = assert!(JOINABLE + 4 <= ring::WORDS_START && NOT_EMPTY >= ring::WORDS_END);
 
 /// The ring's default size: address space only, until items fill it.
 const DEFAULT_RING: usize = 16 << 20;
@@ -188,21 +190,18 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// A queue with no limit on the number of items (only on their total
     /// encoded size in flight, 16 MiB, past which `put` waits).
     pub fn new() -> Result<Queue<T>, Error> {
-        Queue::create(0)
+        Queue::create(0, false)
     }
 
     /// A queue that holds at most `capacity` items: `put` waits while it is full.
     pub fn bounded(capacity: usize) -> Result<Queue<T>, Error> {
-        let capacity = u32::try_from(capacity)
-            .ok()
-            .filter(|&c| c > 0)
-            .ok_or_else(|| Error::new(ErrorKind::Io, "capacity must be between 1 and 2^32-1"))?;
-        Queue::create(capacity)
+        Queue::create(checked_capacity(capacity)?, false)
     }
 
-    fn create(capacity: u32) -> Result<Queue<T>, Error> {
+    fn create(capacity: u32, joinable: bool) -> Result<Queue<T>, Error> {
         let region = crate::sync::create(KIND, ATOMICS_LEN, DEFAULT_RING, |r| {
             r.atomic_u32(CAPACITY).store(capacity, Relaxed);
+            r.atomic_u32(JOINABLE).store(u32::from(joinable), Relaxed);
             Ring::init(r, DEFAULT_RING);
         })?;
         let region = Arc::try_unwrap(region)
@@ -271,8 +270,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
         let result = with_encoded(&item, |frame| {
-            self.inner
-                .put_bytes(frame.payload(), frame.fds(), wait, false)
+            self.inner.put_bytes(frame.payload(), frame.fds(), wait)
         });
         match result {
             Ok(()) => Ok(()),
@@ -350,6 +348,13 @@ fn with_encoded<T: Serialize>(
     result
 }
 
+fn checked_capacity(capacity: usize) -> Result<u32, Error> {
+    u32::try_from(capacity)
+        .ok()
+        .filter(|&c| c > 0)
+        .ok_or_else(|| Error::new(ErrorKind::Io, "capacity must be between 1 and 2^32-1"))
+}
+
 enum PutFail {
     Full,
     Closed,
@@ -415,13 +420,8 @@ impl Inner {
         }
     }
 
-    fn put_bytes(
-        &self,
-        payload: &[u8],
-        fds: &[OwnedFd],
-        wait: Wait,
-        joinable: bool,
-    ) -> Result<(), PutFail> {
+    fn put_bytes(&self, payload: &[u8], fds: &[OwnedFd], wait: Wait) -> Result<(), PutFail> {
+        let joinable = self.word(JOINABLE).load(Relaxed) != 0;
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
         let spill = if spilled {
@@ -882,7 +882,8 @@ impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
 impl<T> std::ops::Deref for JoinableQueue<T> {
     type Target = Queue<T>;
 
-    /// Every `Queue` method, except that puts count as unfinished tasks.
+    /// Every `Queue` method; puts count as unfinished tasks (the queue
+    /// itself knows it is joinable, in every process and handle).
     fn deref(&self) -> &Queue<T> {
         &self.queue
     }
@@ -892,49 +893,15 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// An unbounded joinable queue.
     pub fn new() -> Result<JoinableQueue<T>, Error> {
         Ok(JoinableQueue {
-            queue: Queue::new()?,
+            queue: Queue::create(0, true)?,
         })
     }
 
     /// A joinable queue of at most `capacity` items.
     pub fn bounded(capacity: usize) -> Result<JoinableQueue<T>, Error> {
         Ok(JoinableQueue {
-            queue: Queue::bounded(capacity)?,
+            queue: Queue::create(checked_capacity(capacity)?, true)?,
         })
-    }
-
-    /// Puts an item (one more unfinished task), waiting while the queue is full.
-    pub fn put(&self, item: T) -> Result<(), SendError<T>> {
-        self.put_wait(item, Wait::Forever)
-            .map_err(|e| SendError(e.into_inner()))
-    }
-
-    /// Puts an item, waiting at most `timeout` for room.
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.put_wait(item, Wait::timeout(timeout))
-    }
-
-    /// Puts an item if there is room now.
-    pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
-        self.put_wait(item, Wait::Try).map_err(|e| match e {
-            SendTimeoutError::Timeout(item) => TrySendError::Full(item),
-            SendTimeoutError::Disconnected(item) => TrySendError::Disconnected(item),
-        })
-    }
-
-    fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
-        let result = with_encoded(&item, |frame| {
-            self.queue
-                .inner
-                .put_bytes(frame.payload(), frame.fds(), wait, true)
-        });
-        match result {
-            Ok(()) => Ok(()),
-            Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
-            Err(PutFail::Closed) | Err(PutFail::Failed) => {
-                Err(SendTimeoutError::Disconnected(item))
-            }
-        }
     }
 
     /// Marks one item taken with `get` as processed. An error if called more
