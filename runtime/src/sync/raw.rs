@@ -80,15 +80,23 @@ impl<'a> RawLock<'a> {
     #[inline]
     pub(crate) fn acquire(&self, wait: Wait) -> Outcome {
         let me = owner::me();
-        if self
-            .word
-            .compare_exchange(0, me.pid, Acquire, Relaxed)
-            .is_ok()
-        {
-            self.tag.store(me.tag, Relaxed);
+        if self.take_free(me) {
             return Outcome::Acquired;
         }
         self.acquire_contended(me, wait)
+    }
+
+    /// Takes the lock if it is free (`0 → pid`, then the owner tag).
+    #[inline]
+    fn take_free(&self, me: &owner::Me) -> bool {
+        let taken = self
+            .word
+            .compare_exchange(0, me.pid, Acquire, Relaxed)
+            .is_ok();
+        if taken {
+            self.tag.store(me.tag, Relaxed);
+        }
+        taken
     }
 
     #[cold]
@@ -159,12 +167,7 @@ impl<'a> RawLock<'a> {
         loop {
             let current = self.word.load(Relaxed);
             if current == 0 {
-                if self
-                    .word
-                    .compare_exchange(0, me.pid, Acquire, Relaxed)
-                    .is_ok()
-                {
-                    self.tag.store(me.tag, Relaxed);
+                if self.take_free(me) {
                     return Outcome::Acquired;
                 }
                 continue;
