@@ -167,6 +167,24 @@ struct Inner {
     side_rx: OwnedFd,
 }
 
+impl<T> Queue<T> {
+    /// A handle over a queue's region and side socket pair.
+    fn from_parts(
+        region: crate::sys::shm::SharedRegion,
+        side_tx: OwnedFd,
+        side_rx: OwnedFd,
+    ) -> Queue<T> {
+        Queue {
+            inner: Arc::new(Inner {
+                ring: Ring::new(region),
+                side_tx,
+                side_rx,
+            }),
+            _item: PhantomData,
+        }
+    }
+}
+
 impl<T> Clone for Queue<T> {
     fn clone(&self) -> Queue<T> {
         Queue {
@@ -213,14 +231,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             None,
         )
         .map_err(|e| Error::io("creating a queue's socket pair", e.into()))?;
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                ring: Ring::new(region),
-                side_tx,
-                side_rx,
-            }),
-            _item: PhantomData,
-        })
+        Ok(Queue::from_parts(region, side_tx, side_rx))
     }
 
     /// Puts an item, waiting while the queue is full.
@@ -801,14 +812,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
         let (region, side_tx, side_rx) = (take(region)?, take(tx)?, take(rx)?);
         let region = crate::sync::open_region(region, KIND, Some(ATOMICS_LEN))
             .map_err(|e| D::Error::custom(wire::handle_error(e)))?;
-        Ok(Queue {
-            inner: Arc::new(Inner {
-                ring: Ring::new(region),
-                side_tx,
-                side_rx,
-            }),
-            _item: PhantomData,
-        })
+        Ok(Queue::from_parts(region, side_tx, side_rx))
     }
 }
 
