@@ -369,3 +369,83 @@ fn peer_killed_mid_message_is_a_typed_error_then_broken() {
     }
     assert!(matches!(conn.recv(), Err(RecvError::Failed(_))));
 }
+
+#[process_entry]
+fn sum_and_answer(conn: Connection<(Vec<u64>, Connection<u32>)>) -> u64 {
+    let (numbers, reply) = conn.recv().unwrap();
+    reply.send(&(numbers.len() as u32)).unwrap();
+    numbers.iter().fold(0u64, |a, &b| a.wrapping_add(b))
+}
+
+#[test]
+fn a_large_typed_message_carries_its_handles() {
+    // Megabytes of encoded numbers, so the message goes through the lane,
+    // and a connection that must arrive working alongside them.
+    let numbers: Vec<u64> = (0..400_000u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let want = numbers.iter().fold(0u64, |a, &b| a.wrapping_add(b));
+    let (conn, theirs) = Pipe::duplex().unwrap();
+    let (reply_rx, reply_tx) = Pipe::<u32>::simplex().unwrap();
+    let child = spawn!(sum_and_answer, theirs).unwrap();
+    conn.send(&(numbers, reply_tx)).unwrap();
+    assert_eq!(reply_rx.recv().unwrap(), 400_000);
+    assert_eq!(child.join().unwrap(), want);
+    // The child's copy of `reply_tx` is gone with it, and ours went in the message.
+    assert!(matches!(reply_rx.recv(), Err(RecvError::Disconnected)));
+}
+
+#[process_entry]
+fn send_huge_then_stall(conn: Connection<Vec<u8>>) {
+    // Far more than the lane holds: the send waits for a reader, mid-message.
+    let _ = conn.send_bytes(&vec![3u8; 64 << 20]);
+}
+
+#[test]
+fn sender_killed_mid_large_message_is_an_error_then_broken() {
+    let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    // A copy of the child's end stays here, so the socket never says the
+    // sender is gone: only the lane's record of its writer can.
+    let spare = theirs.try_clone().unwrap();
+    let child = spawn!(send_huge_then_stall, theirs).unwrap();
+    // The announcing frame is on the socket: the child is inside its send.
+    assert!(conn.poll(Duration::from_secs(60)));
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    let start = Instant::now();
+    match conn.recv_bytes() {
+        Err(RecvError::Failed(e)) => {
+            assert!(e.is_disconnected(), "{e}");
+            assert!(e.to_string().contains("middle of a message"), "{e}");
+        }
+        other => panic!("expected an error, got {:?}", other.map(|m| m.len())),
+    }
+    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(matches!(conn.recv_bytes(), Err(RecvError::Failed(_))));
+    drop(spare);
+}
+
+#[test]
+fn a_sender_waiting_on_a_large_message_sees_its_receiver_die() {
+    let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let (ready_r, ready_w) = pipe();
+    let receiver = spawn!(hold_until_killed_bytes, theirs, Fd::from(ready_w)).unwrap();
+    wait_byte(ready_r);
+    std::thread::scope(|s| {
+        let sending = s.spawn(|| conn.send_bytes(&vec![5u8; 32 << 20]));
+        receiver.kill().unwrap();
+        assert!(receiver.join().unwrap_err().is_signaled());
+        let err = sending.join().unwrap().unwrap_err();
+        assert!(err.is_disconnected(), "{err}");
+    });
+}
+
+#[process_entry]
+fn hold_until_killed_bytes(conn: Connection<Vec<u8>>, ready: Fd) {
+    std::fs::File::from(ready.into_owned_fd()).write_all_byte();
+    // Holds the end and never receives.
+    let _conn = conn;
+    loop {
+        std::thread::park();
+    }
+}

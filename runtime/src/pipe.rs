@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
 use crate::sync::{Lock, LockGuard};
+use crate::sys::lane::{Abandoned, Lane};
 use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
 
 /// Creates connected pairs of [`Connection`]s.
@@ -83,6 +84,11 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
 /// What each end asks for as its send buffer.
 const SEND_BUFFER: usize = 2 << 20;
 
+/// Messages of at least this many bytes go through the sending handle's
+/// lane (`sys::lane`), a shared-memory ring that the two processes copy
+/// through side by side, rather than through the socket.
+const LANE_MIN: usize = 1 << 20;
+
 /// One end of a [`Pipe`]: sends and receives messages of type `T`.
 ///
 /// Messages arrive whole and in order, whatever their size. Threads and
@@ -107,16 +113,26 @@ pub struct Connection<T> {
     readable: bool,
     /// Held across every send on this end, by every process that has it.
     send_lock: Option<Lock>,
-    send: Mutex<OutFrame>,
+    /// Shared by the handles `try_clone` makes.
+    send: Arc<Mutex<SendState>>,
     /// Shared by the handles `try_clone` makes, which read one stream.
     recv: Arc<Mutex<RecvState>>,
     _message: PhantomData<fn(T) -> T>,
+}
+
+#[derive(Debug)]
+struct SendState {
+    frame: OutFrame,
+    /// Made at the first large message this process sends on the end.
+    lane: Option<Lane>,
 }
 
 #[derive(Debug, Default)]
 struct RecvState {
     reader: wire::FrameReader,
     buf: Vec<u8>,
+    /// The lane of the last large message, kept mapped for the next one.
+    lane: Option<Lane>,
     /// Set when the byte stream can no longer be split into frames.
     broken: Option<String>,
 }
@@ -141,7 +157,10 @@ impl<T> Connection<T> {
             fd,
             readable,
             send_lock,
-            send: Mutex::new(OutFrame::new()),
+            send: Arc::new(Mutex::new(SendState {
+                frame: OutFrame::new(),
+                lane: None,
+            })),
             recv: Arc::new(Mutex::new(RecvState::default())),
             _message: PhantomData,
         }
@@ -155,6 +174,7 @@ impl<T> Connection<T> {
             .try_clone()
             .map_err(|e| Error::io("duplicating a connection", e))?;
         let mut clone = Connection::new(fd, self.readable, self.send_lock.clone());
+        clone.send = Arc::clone(&self.send);
         clone.recv = Arc::clone(&self.recv);
         Ok(clone)
     }
@@ -192,11 +212,64 @@ impl<T> Connection<T> {
         matches!(crate::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 
+    /// Whether the socket says, right now, that the other side is gone:
+    /// `hup` always counts, `also` is what else does for the caller.
+    fn socket_says_gone(&self, also: PollFlags) -> bool {
+        let mut fds = [PollFd::new(&self.fd, also)];
+        matches!(crate::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+            && fds[0]
+                .revents()
+                .intersects(also | PollFlags::HUP | PollFlags::ERR)
+    }
+
     /// Sends `bytes` as one message, without encoding them.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
-        let _frame = lock(&self.send);
+        let mut send = lock(&self.send);
+        if bytes.len() >= LANE_MIN {
+            return self.send_by_lane(&mut send.lane, Kind::Bytes, bytes, &[]);
+        }
         let _guard = self.lock_sending()?;
         wire::send_raw_frame(self.fd.as_fd(), Kind::Bytes, bytes).map_err(send_error)
+    }
+
+    /// Sends a large message through this handle's lane: a frame on the
+    /// socket that announces it (with the lane attached), then the bytes
+    /// through the lane as the receiver takes them.
+    fn send_by_lane(
+        &self,
+        lane: &mut Option<Lane>,
+        kind: Kind,
+        payload: &[u8],
+        fds: &[OwnedFd],
+    ) -> Result<(), Error> {
+        let current = match lane {
+            Some(current) => current,
+            None => lane.insert(Lane::create().map_err(|e| Error::io("making a pipe's lane", e))?),
+        };
+        let _guard = self.lock_sending()?;
+        let mut attached: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+        attached.push(current.as_fd());
+        wire::send_lane_frame(self.fd.as_fd(), kind, payload.len(), &attached)
+            .map_err(send_error)?;
+        // The receiver holds the socket's reading side only; its hanging up
+        // shows as `HUP` (every copy of the other end closed).
+        match current.write(payload, || self.socket_says_gone(PollFlags::empty())) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                // The lane is left in the middle of a message: a fresh one
+                // serves the next message, for a receiver that takes over.
+                *lane = None;
+                Err(Error::new(
+                    ErrorKind::Disconnected,
+                    match why {
+                        Abandoned::PeerDied => {
+                            "the receiving process died in the middle of this message"
+                        }
+                        Abandoned::PeerGone => "the other end of the pipe is gone",
+                    },
+                ))
+            }
+        }
     }
 
     /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
@@ -244,6 +317,7 @@ impl<T> Connection<T> {
             )));
         }
         match state.reader.recv(self.fd.as_fd(), &mut state.buf) {
+            Ok(Some(frame)) if frame.kind == Kind::Lane => self.recv_by_lane(state, frame),
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(RecvError::Disconnected),
             Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
@@ -252,6 +326,49 @@ impl<T> Connection<T> {
             Err(WireError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
             Err(e) => {
                 // The peer died mid-message or sent garbage: no later frame can be trusted.
+                state.broken = Some(e.to_string());
+                Err(RecvError::Failed(e.into_error()))
+            }
+        }
+    }
+}
+
+impl<T> Connection<T> {
+    /// Receives the message a [`Kind::Lane`] frame announces into
+    /// `state.buf`. Any failure breaks the connection: the lane and the
+    /// stream no longer agree on where a message starts.
+    fn recv_by_lane(
+        &self,
+        state: &mut RecvState,
+        mut frame: wire::InFrame,
+    ) -> Result<wire::InFrame, RecvError> {
+        let result = wire::parse_lane_frame(&state.buf).and_then(|(kind, len)| {
+            let fd = frame
+                .fds
+                .pop()
+                .ok_or_else(|| WireError::BadLane("no lane attached".into()))?;
+            let lane = Lane::receive(&mut state.lane, fd).map_err(WireError::Io)?;
+            state.buf.clear();
+            // The sender holds the socket's writing side only: its hanging
+            // up (or shutting the direction) shows as `RDHUP` or `HUP`.
+            lane.read(len, &mut state.buf, || {
+                self.socket_says_gone(PollFlags::RDHUP)
+            })
+            .map_err(|why| {
+                WireError::PeerLost(match why {
+                    Abandoned::PeerDied => "the sending process died in the middle of a message",
+                    Abandoned::PeerGone => "the sender hung up in the middle of a message",
+                })
+            })?;
+            Ok(kind)
+        });
+        match result {
+            Ok(kind) => Ok(wire::InFrame {
+                kind,
+                fds: frame.fds,
+            }),
+            Err(e) => {
+                state.buf.clear();
                 state.broken = Some(e.to_string());
                 Err(RecvError::Failed(e.into_error()))
             }
@@ -275,9 +392,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         if let Some(bytes) = (message as &dyn Any).downcast_ref::<Vec<u8>>() {
             return self.send_bytes(bytes);
         }
-        let mut frame = lock(&self.send);
+        let mut send = lock(&self.send);
+        let SendState { frame, lane } = &mut *send;
         frame.clear();
         let result = frame.encode(message).and_then(|()| {
+            if frame.payload().len() >= LANE_MIN {
+                return self.send_by_lane(lane, Kind::Data, frame.payload(), frame.fds());
+            }
             let _guard = self.lock_sending()?;
             frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
         });
@@ -367,5 +488,99 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
         let Wire((index, readable, send_lock)) = Wire::deserialize(deserializer)?;
         let fd = wire::take_fd(index).map_err(D::Error::custom)?;
         Ok(Connection::new(fd, readable, send_lock))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn announce(
+        conn: &Connection<u32>,
+        kind: Kind,
+        len: usize,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) {
+        wire::send_lane_frame(conn.fd.as_fd(), kind, len, fds).unwrap();
+    }
+
+    fn failure(conn: &Connection<u32>) -> Error {
+        match conn.recv() {
+            Err(RecvError::Failed(e)) => e,
+            other => panic!("expected a failure, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_lane_frame_without_a_lane_breaks_the_connection() {
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        announce(&b, Kind::Data, 10, &[]);
+        let err = failure(&a);
+        assert!(
+            err.is_decode() && err.to_string().contains("no lane"),
+            "{err}"
+        );
+        b.send(&1).unwrap();
+        assert!(failure(&a).to_string().contains("broken"));
+    }
+
+    #[test]
+    fn a_lane_frame_with_some_other_descriptor_is_refused() {
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        let (r, _w) = rustix::pipe::pipe().unwrap();
+        announce(&b, Kind::Bytes, 10, &[r.as_fd()]);
+        let err = failure(&a);
+        assert!(
+            err.to_string().contains("not a shared-memory object"),
+            "{err}"
+        );
+
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        let region = crate::sys::shm::SharedRegion::create("not-a-lane", 4096, 4096).unwrap();
+        announce(&b, Kind::Bytes, 10, &[region.as_fd()]);
+        let err = failure(&a);
+        assert!(err.to_string().contains("not a multiproc lane"), "{err}");
+    }
+
+    #[test]
+    fn a_lane_frame_for_a_bad_kind_or_length_is_refused() {
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        let lane = Lane::create().unwrap();
+        announce(&b, Kind::Call, 10, &[lane.as_fd()]);
+        assert!(failure(&a).to_string().contains("message kind 1"));
+
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        let mut payload = vec![Kind::Bytes as u8];
+        payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, payload.len() as u64, &payload);
+        rustix::io::write(&b.fd, &frame).unwrap();
+        assert!(failure(&a).to_string().contains("1099511627776"));
+
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, 3, &[6, 0, 0]);
+        rustix::io::write(&b.fd, &frame).unwrap();
+        assert!(failure(&a).to_string().contains("3-byte payload"));
+    }
+
+    #[test]
+    fn messages_switch_between_lanes_and_the_socket() {
+        let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
+        let b2 = Connection::<Vec<u8>>::new(b.fd.try_clone().unwrap(), true, b.send_lock.clone());
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // Two handles with a lane each, and small messages between.
+                for i in 0..6u8 {
+                    let sender = if i % 2 == 0 { &b } else { &b2 };
+                    sender.send(&vec![i; (2 << 20) + usize::from(i)]).unwrap();
+                    sender.send_bytes(&[i]).unwrap();
+                }
+            });
+            for i in 0..6u8 {
+                let big = a.recv().unwrap();
+                assert_eq!(big.len(), (2 << 20) + usize::from(i));
+                assert!(big.iter().all(|&x| x == i));
+                assert_eq!(a.recv_bytes().unwrap(), [i]);
+            }
+        });
     }
 }

@@ -52,6 +52,10 @@ pub(crate) enum Kind {
     /// buffer, is in a memfd (the frame's first descriptor); the payload is
     /// its length.
     SpilledValue = 7,
+    /// A large message on a channel, sent through the connection's lane
+    /// (`sys::lane`, the frame's last descriptor): the payload is the
+    /// message's own kind (`Data` or `Bytes`, one byte) and its length (u64).
+    Lane = 8,
 }
 
 impl Kind {
@@ -64,6 +68,7 @@ impl Kind {
             5 => Kind::Data,
             6 => Kind::Bytes,
             7 => Kind::SpilledValue,
+            8 => Kind::Lane,
             _ => return None,
         })
     }
@@ -194,6 +199,50 @@ pub(crate) fn send_raw_frame(sock: BorrowedFd<'_>, kind: Kind, payload: &[u8]) -
     Ok(())
 }
 
+/// Length of a [`Kind::Lane`] frame's payload.
+const LANE_PAYLOAD: usize = 9;
+
+/// Sends the frame that announces a message of `len` bytes and kind `kind`
+/// coming through a lane; `fds` are the message's descriptors, then the lane's.
+pub(crate) fn send_lane_frame(
+    sock: BorrowedFd<'_>,
+    kind: Kind,
+    len: usize,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let len = len as u64;
+    if len > MAX_FRAME_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("message of {len} bytes is over the {MAX_FRAME_LEN}-byte limit"),
+        ));
+    }
+    let mut frame = [0u8; HEADER_LEN + LANE_PAYLOAD];
+    frame[..HEADER_LEN].copy_from_slice(&header(Kind::Lane, fds.len() as u16, LANE_PAYLOAD as u64));
+    frame[HEADER_LEN] = kind as u8;
+    frame[HEADER_LEN + 1..].copy_from_slice(&len.to_le_bytes());
+    send_all(sock, &frame, fds)
+}
+
+/// The kind and length of the message a [`Kind::Lane`] frame announces.
+pub(crate) fn parse_lane_frame(payload: &[u8]) -> Result<(Kind, usize), RecvError> {
+    let [kind, len @ ..] = payload else {
+        return Err(RecvError::BadLane("empty payload".into()));
+    };
+    let kind = match Kind::from_u8(*kind) {
+        Some(kind @ (Kind::Data | Kind::Bytes)) => kind,
+        _ => return Err(RecvError::BadLane(format!("message kind {kind}"))),
+    };
+    let len: [u8; 8] = len
+        .try_into()
+        .map_err(|_| RecvError::BadLane(format!("{}-byte payload", payload.len())))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_FRAME_LEN {
+        return Err(RecvError::TooLarge(len));
+    }
+    Ok((kind, len as usize))
+}
+
 /// Writes all of `bytes`, the descriptors going with the first chunk.
 pub(crate) fn send_all(
     sock: BorrowedFd<'_>,
@@ -250,6 +299,11 @@ pub(crate) enum RecvError {
     TooLarge(u64),
     #[error("frame announces {want} descriptors but {got} arrived")]
     FdMismatch { want: usize, got: usize },
+    #[error("malformed large-message frame ({0})")]
+    BadLane(String),
+    /// The other process went away in the middle of a message.
+    #[error("{0}")]
+    PeerLost(&'static str),
 }
 
 impl RecvError {
@@ -257,6 +311,7 @@ impl RecvError {
     pub(crate) fn into_error(self) -> Error {
         match self {
             RecvError::Io(e) => Error::io("receiving a frame", e),
+            RecvError::PeerLost(why) => Error::new(ErrorKind::Disconnected, why),
             other => Error::new(ErrorKind::Decode, other.to_string()),
         }
     }

@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod futex;
+pub(crate) mod lane;
 pub(crate) mod ring;
 pub(crate) mod shm;
 

@@ -124,16 +124,18 @@ impl SharedRegion {
         };
         let base = NonNull::new(ptr.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
-        // The field types vary by architecture.
-        #[allow(clippy::unnecessary_cast)]
-        let id = (stat.st_dev as u64, stat.st_ino as u64);
         Ok(SharedRegion {
             fd,
             base,
             len,
             data_start,
-            id,
+            id: stat_id(stat),
         })
+    }
+
+    /// The object mapped: its device and inode.
+    pub(crate) fn id(&self) -> (u64, u64) {
+        self.id
     }
 
     /// The memfd, for sending to another process.
@@ -246,6 +248,18 @@ impl fmt::Debug for SharedRegion {
             .field("data_start", &self.data_start)
             .finish()
     }
+}
+
+/// The device and inode of the object `fd` is open on, to compare with
+/// [`SharedRegion::id`].
+pub(crate) fn object_id(fd: &OwnedFd) -> io::Result<(u64, u64)> {
+    Ok(stat_id(&rustix::fs::fstat(fd)?))
+}
+
+fn stat_id(stat: &rustix::fs::Stat) -> (u64, u64) {
+    // The field types vary by architecture.
+    #[allow(clippy::unnecessary_cast)]
+    (stat.st_dev as u64, stat.st_ino as u64)
 }
 
 fn invalid(message: impl Into<String>) -> io::Error {

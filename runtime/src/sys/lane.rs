@@ -1,0 +1,374 @@
+//! A connection's lane for large messages: a ring of fixed-size slots in a
+//! memfd that one sending process fills and one receiving process drains,
+//! both at once.
+//!
+//! A message of [`LANE_MIN`](crate::pipe) bytes or more does not go through
+//! the socket. Its sender writes a small frame on the socket instead (the
+//! message's length, with the lane's memfd attached) and then copies the
+//! message into the lane one slot at a time, while the receiver copies the
+//! slots out as they fill. Each byte is copied twice, as through a socket,
+//! but with no socket buffers to allocate and free and one wake-up at most
+//! per slot, so the two copies run side by side at memory speed.
+//!
+//! Two 32-bit counters say whose each slot is: `WRITTEN` (slots ever
+//! filled, stored only by the writer) and `READ` (slots ever drained, stored
+//! only by the reader). Slot `i % SLOTS` is the writer's while
+//! `WRITTEN - READ < SLOTS` says it is free, and the reader's from the store
+//! of `WRITTEN` that publishes it until the store of `READ` that hands it
+//! back. [`Lane::write`] and [`Lane::read`] keep their own side's counter
+//! in a local and only ever touch the slot it names, so whatever the other
+//! process writes into the words, every copy stays inside the mapping.
+//!
+//! A side that finds nothing to do spins a little, then sleeps on the other
+//! side's counter (a futex), after raising its `*_SLEEPS` flag so the other
+//! side knows to wake it. Sleeps are cut into periods of
+//! [`CHECK_PERIOD`]; after each, the sleeper asks whether the other process
+//! is still there (its tag, see [`crate::sync::owner`], and the caller's own
+//! check of the socket), so a peer that dies mid-message is an error, never
+//! a hang.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::ptr;
+use std::sync::atomic::AtomicU32;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use crate::sync::owner;
+use crate::sync::raw::{CHECK_PERIOD, Spin};
+use crate::sys::futex::{self, Wait};
+use crate::sys::shm::SharedRegion;
+
+const MAGIC: usize = 0;
+const SLOT_LEN: usize = 4;
+const SLOTS: usize = 8;
+/// The tag of the process that made the lane, its only writer.
+const WRITER_TAG: usize = 16;
+// The writer's words and the reader's each on a line pair of their own.
+const WRITTEN: usize = 128;
+const WRITER_SLEEPS: usize = 132;
+const READ: usize = 256;
+const READER_SLEEPS: usize = 260;
+/// The tag of the process in the middle of reading a message, or 0.
+const READER_TAG: usize = 264;
+/// Slots start on a page of their own.
+const WORDS_LEN: usize = 4096;
+
+const LANE_MAGIC: u32 = u32::from_le_bytes(*b"MPLN");
+/// Eight slots of 128 KiB: a slot copies in about 20 µs, long enough that
+/// a wake-up per slot costs little, and the whole lane stays in cache.
+const DEFAULT_SLOT_LEN: u32 = 128 << 10;
+const DEFAULT_SLOTS: u32 = 8;
+/// Bounds a received lane's geometry must keep.
+const MAX_SLOT_LEN: u32 = 16 << 20;
+const MAX_SLOTS: u32 = 1024;
+
+/// A received lane's receive buffer is reserved up front up to this size;
+/// beyond it, the buffer grows as slots arrive (a length is only a claim).
+const MAX_RESERVE: usize = 64 << 20;
+
+/// Why a lane transfer stopped short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abandoned {
+    /// The process on the other side died in the middle of the message.
+    PeerDied,
+    /// The caller's own check said the other side is gone.
+    PeerGone,
+}
+
+/// A lane, mapped.
+#[derive(Debug)]
+pub(crate) struct Lane {
+    region: SharedRegion,
+    slot_len: usize,
+    slots: u32,
+}
+
+impl Lane {
+    /// A new lane, written by this process.
+    pub(crate) fn create() -> io::Result<Lane> {
+        let data = DEFAULT_SLOT_LEN as usize * DEFAULT_SLOTS as usize;
+        let region = SharedRegion::create("multiproc-lane", WORDS_LEN, data)?;
+        region.atomic_u32(MAGIC).store(LANE_MAGIC, Relaxed);
+        region.atomic_u32(SLOT_LEN).store(DEFAULT_SLOT_LEN, Relaxed);
+        region.atomic_u32(SLOTS).store(DEFAULT_SLOTS, Relaxed);
+        region
+            .atomic_u64(WRITER_TAG)
+            .store(owner::me().tag, Relaxed);
+        Ok(Lane {
+            region,
+            slot_len: DEFAULT_SLOT_LEN as usize,
+            slots: DEFAULT_SLOTS,
+        })
+    }
+
+    /// The lane whose memfd `fd` is, received from its writer: the mapping
+    /// kept in `cached` when it is the same object (the usual case: a writer
+    /// sends its lane with every message), else a new one, checked and
+    /// mapped, which replaces it.
+    pub(crate) fn receive(cached: &mut Option<Lane>, fd: OwnedFd) -> io::Result<&Lane> {
+        let id = super::shm::object_id(&fd)?;
+        if cached.as_ref().is_none_or(|lane| lane.region.id() != id) {
+            *cached = None;
+            *cached = Some(Lane::open(fd)?);
+        }
+        cached
+            .as_ref()
+            .ok_or_else(|| io::Error::other("multiproc bug: no lane after opening one"))
+    }
+
+    fn open(fd: OwnedFd) -> io::Result<Lane> {
+        let region = SharedRegion::open(fd, Some(WORDS_LEN))?;
+        let magic = region.atomic_u32(MAGIC).load(Relaxed);
+        let slot_len = region.atomic_u32(SLOT_LEN).load(Relaxed);
+        let slots = region.atomic_u32(SLOTS).load(Relaxed);
+        let fits = (slot_len as usize)
+            .checked_mul(slots as usize)
+            .is_some_and(|len| len <= region.data_len());
+        if magic != LANE_MAGIC
+            || !(1..=MAX_SLOT_LEN).contains(&slot_len)
+            || !(1..=MAX_SLOTS).contains(&slots)
+            || !fits
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the descriptor sent with a large message is not a multiproc lane",
+            ));
+        }
+        Ok(Lane {
+            region,
+            slot_len: slot_len as usize,
+            slots,
+        })
+    }
+
+    /// The memfd, to send along with each message.
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        self.region.as_fd()
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU32 {
+        self.region.atomic_u32(offset)
+    }
+
+    fn slot_ptr(&self, count: u32) -> *mut u8 {
+        let index = (count % self.slots) as usize;
+        self.region.data_ptr().wrapping_add(index * self.slot_len)
+    }
+
+    /// Copies `bytes` into the lane, slot by slot, as the reader frees them.
+    /// Only the process that made the lane writes it, one message at a time
+    /// (the connection's send lock and its per-process mutex see to it).
+    /// `peer_gone` is asked after each [`CHECK_PERIOD`] spent waiting.
+    pub(crate) fn write(
+        &self,
+        bytes: &[u8],
+        mut peer_gone: impl FnMut() -> bool,
+    ) -> Result<(), Abandoned> {
+        let written_word = self.word(WRITTEN);
+        let sleeps = self.word(WRITER_SLEEPS);
+        // Only this process stores `WRITTEN`.
+        let mut written = written_word.load(Relaxed);
+        for chunk in bytes.chunks(self.slot_len) {
+            let mut spin = Spin::new();
+            loop {
+                let read = self.word(READ).load(Acquire);
+                if written.wrapping_sub(read) < self.slots {
+                    break;
+                }
+                if spin.spin() {
+                    continue;
+                }
+                sleeps.store(1, SeqCst);
+                let read = self.word(READ).load(SeqCst);
+                let waited = if written.wrapping_sub(read) < self.slots {
+                    Wait::Woken
+                } else {
+                    futex::wait(self.word(READ), read, Some(CHECK_PERIOD))
+                };
+                sleeps.store(0, Relaxed);
+                if waited == Wait::TimedOut {
+                    let reader = self.region.atomic_u64(READER_TAG).load(Acquire);
+                    if reader != 0 && owner::is_dead(owner::tag_pid(reader), reader) {
+                        return Err(Abandoned::PeerDied);
+                    }
+                    if peer_gone() {
+                        return Err(Abandoned::PeerGone);
+                    }
+                }
+            }
+            // SAFETY: the slot lies in the mapping (index below `slots`, and
+            // `slot_len * slots` fits the data part: `create` made it so and
+            // `open` checked it), and `chunk` is at most `slot_len` bytes of
+            // a Rust slice, not of the lane. No data race: the slot is free
+            // (`written - READ < slots` with `READ` loaded `Acquire`, so the
+            // reader's copy out of it happened before), and the reader
+            // touches slot `written % slots` only after our `SeqCst` store
+            // of `written + 1` below.
+            unsafe {
+                ptr::copy_nonoverlapping(chunk.as_ptr(), self.slot_ptr(written), chunk.len());
+            }
+            written = written.wrapping_add(1);
+            written_word.store(written, SeqCst);
+            if self.word(READER_SLEEPS).load(SeqCst) != 0 {
+                futex::wake(written_word, 1);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends a message of `len` bytes from the lane to `out`, slot by slot
+    /// as the writer fills them. `peer_gone` is asked after each
+    /// [`CHECK_PERIOD`] spent waiting.
+    pub(crate) fn read(
+        &self,
+        len: usize,
+        out: &mut Vec<u8>,
+        mut peer_gone: impl FnMut() -> bool,
+    ) -> Result<(), Abandoned> {
+        let read_word = self.word(READ);
+        let sleeps = self.word(READER_SLEEPS);
+        let tag = self.region.atomic_u64(READER_TAG);
+        tag.store(owner::me().tag, Release);
+        out.reserve(len.min(MAX_RESERVE));
+        // Only this process stores `READ` (one receiving process per end).
+        let mut read = read_word.load(Relaxed);
+        let mut left = len;
+        while left > 0 {
+            let mut spin = Spin::new();
+            loop {
+                if self.word(WRITTEN).load(Acquire) != read {
+                    break;
+                }
+                if spin.spin() {
+                    continue;
+                }
+                sleeps.store(1, SeqCst);
+                let written = self.word(WRITTEN).load(SeqCst);
+                let waited = if written != read {
+                    Wait::Woken
+                } else {
+                    futex::wait(self.word(WRITTEN), written, Some(CHECK_PERIOD))
+                };
+                sleeps.store(0, Relaxed);
+                if waited == Wait::TimedOut {
+                    let writer = self.region.atomic_u64(WRITER_TAG).load(Relaxed);
+                    if owner::is_dead(owner::tag_pid(writer), writer) {
+                        tag.store(0, Release);
+                        return Err(Abandoned::PeerDied);
+                    }
+                    if peer_gone() {
+                        tag.store(0, Release);
+                        return Err(Abandoned::PeerGone);
+                    }
+                }
+            }
+            let n = left.min(self.slot_len);
+            out.reserve(n);
+            let end = out.len();
+            // SAFETY: the slot lies in the mapping (as in `write`) and `n` is
+            // at most `slot_len`; the destination is `n` bytes of `out`'s
+            // spare capacity (just reserved), not lane bytes. No data race:
+            // the slot was published by a `SeqCst` store of `WRITTEN` past
+            // `read` that our `Acquire` load saw, and the writer refills it
+            // only after our store of `read + 1` below. The first `n` spare
+            // bytes are initialised by the copy before `set_len` claims them.
+            unsafe {
+                ptr::copy_nonoverlapping(
+                    self.slot_ptr(read).cast_const(),
+                    out.as_mut_ptr().add(end),
+                    n,
+                );
+                out.set_len(end + n);
+            }
+            read = read.wrapping_add(1);
+            read_word.store(read, SeqCst);
+            if self.word(WRITER_SLEEPS).load(SeqCst) != 0 {
+                futex::wake(read_word, 1);
+            }
+            left -= n;
+        }
+        tag.store(0, Release);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_crosses_between_two_threads() {
+        let lane = Lane::create().unwrap();
+        let fd = lane.as_fd().try_clone_to_owned().unwrap();
+        let message: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let mut cached = None;
+        std::thread::scope(|s| {
+            s.spawn(|| lane.write(&message, || false).unwrap());
+            let reader = Lane::receive(&mut cached, fd).unwrap();
+            let mut out = Vec::new();
+            reader.read(message.len(), &mut out, || false).unwrap();
+            assert!(out == message);
+        });
+        // The same lane sent again is recognised and not mapped twice.
+        let again = lane.as_fd().try_clone_to_owned().unwrap();
+        let before = cached.as_ref().map(|l| l.region.data_ptr());
+        Lane::receive(&mut cached, again).unwrap();
+        assert_eq!(cached.as_ref().map(|l| l.region.data_ptr()), before);
+    }
+
+    #[test]
+    fn a_reader_gives_up_when_told_the_writer_is_gone() {
+        let lane = Lane::create().unwrap();
+        let mut out = Vec::new();
+        let mut asked = 0;
+        let result = lane.read(10, &mut out, || {
+            asked += 1;
+            asked == 2
+        });
+        assert_eq!(result, Err(Abandoned::PeerGone));
+        assert_eq!(asked, 2);
+    }
+
+    #[test]
+    fn a_writer_gives_up_when_told_the_reader_is_gone() {
+        let lane = Lane::create().unwrap();
+        let big = vec![1u8; 20 << 20];
+        let result = lane.write(&big, || true);
+        assert_eq!(result, Err(Abandoned::PeerGone));
+    }
+
+    /// A tag no living process has: its pid is above the kernel's largest.
+    fn dead_tag() -> u64 {
+        owner::tag(5_000_000, 1)
+    }
+
+    #[test]
+    fn a_reader_notices_that_the_writer_died() {
+        let lane = Lane::create().unwrap();
+        lane.region
+            .atomic_u64(WRITER_TAG)
+            .store(dead_tag(), Relaxed);
+        let result = lane.read(10, &mut Vec::new(), || false);
+        assert_eq!(result, Err(Abandoned::PeerDied));
+        // It no longer claims to be reading.
+        assert_eq!(lane.region.atomic_u64(READER_TAG).load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_writer_notices_that_the_reader_died_mid_message() {
+        let lane = Lane::create().unwrap();
+        lane.region
+            .atomic_u64(READER_TAG)
+            .store(dead_tag(), Relaxed);
+        let result = lane.write(&vec![0u8; 2 << 20], || false);
+        assert_eq!(result, Err(Abandoned::PeerDied));
+    }
+
+    #[test]
+    fn a_region_that_is_not_a_lane_is_refused() {
+        let other = SharedRegion::create("not-a-lane", WORDS_LEN, 4096).unwrap();
+        let fd = other.as_fd().try_clone_to_owned().unwrap();
+        let err = Lane::receive(&mut None, fd).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+}
