@@ -105,7 +105,15 @@ const LANE_MIN: usize = 1 << 20;
 ///   [`ErrorKind::Disconnected`]; nothing hangs. Keep no spare copy of the
 ///   other end in this process, or it never looks gone (as with Python).
 /// - A process killed in the middle of a send leaves half a message in the
-///   stream: the receiver gets a decode error and the connection is broken.
+///   stream: the receiver gets an error (`Decode`, or `Disconnected` for a
+///   large message) and the connection is broken. A receiving process killed
+///   in the middle of a large message makes that `send` fail with
+///   `Disconnected`.
+/// - Messages of 1 MiB or more do not go through the socket but through a
+///   *lane*: a 1 MiB ring in shared memory that the sender fills while the
+///   receiver drains it, which roughly doubles their throughput. Each
+///   process that sends such a message on an end keeps one lane for it
+///   (1 MiB of memory) while it holds the end.
 /// - A `Connection` travels to another process as an entry argument or in a
 ///   message; the copy sent and the copy kept are the same end.
 pub struct Connection<T> {

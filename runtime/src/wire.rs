@@ -9,7 +9,7 @@
 //! into a side table that only this module installs, around an encode or a
 //! decode; the value itself carries only the descriptor's index.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -436,9 +436,7 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let mut fds = Vec::new();
-            let n = recv_with_fds(sock, &mut self.ahead[self.end..], &mut fds)?;
-            self.fds.extend(fds);
+            let n = recv_with_fds(sock, &mut self.ahead[self.end..], &mut self.fds)?;
             if n == 0 {
                 let got = self.end - self.start;
                 if got == 0 && self.fds.is_empty() {
@@ -461,7 +459,11 @@ impl FrameReader {
             });
         }
         self.start += HEADER_LEN;
-        let fds: Vec<OwnedFd> = self.fds.drain(..nfds).collect();
+        let fds: Vec<OwnedFd> = if nfds == 0 {
+            Vec::new()
+        } else {
+            self.fds.drain(..nfds).collect()
+        };
         let buffered = (self.end - self.start).min(len);
         out.clear();
         out.extend_from_slice(&self.ahead[self.start..self.start + buffered]);
@@ -478,7 +480,7 @@ impl FrameReader {
 fn recv_with_fds(
     sock: BorrowedFd<'_>,
     into: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
+    fds: &mut impl Extend<OwnedFd>,
 ) -> Result<usize, RecvError> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -505,7 +507,11 @@ fn recv_with_fds(
 /// Decodes a received payload, handing `fds` to the handles inside it.
 /// Descriptors no handle claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
-    let table = Table::Decode(fds.into_iter().map(Some).collect());
+    let table = Table::Decode(if fds.is_empty() {
+        Vec::new()
+    } else {
+        fds.into_iter().map(Some).collect()
+    });
     with_table(table, || codec::decode(bytes)).0
 }
 
@@ -529,7 +535,8 @@ enum Table {
 }
 
 thread_local! {
-    static TABLE: RefCell<Option<Table>> = const { RefCell::new(None) };
+    /// Out of its cell while a handle works on it; `None` outside an encode or decode.
+    static TABLE: Cell<Option<Table>> = const { Cell::new(None) };
     /// Why the last handle failed to (de)serialize: some formats replace a
     /// serializer's custom message with a generic one, so the codec asks here.
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -548,21 +555,24 @@ pub(crate) fn take_handle_error() -> Option<String> {
 }
 
 fn with_table<R>(table: Table, f: impl FnOnce() -> R) -> (R, Table) {
-    let previous = TABLE.with(|t| t.borrow_mut().replace(table));
+    let previous = TABLE.replace(Some(table));
     let result = f();
-    let table = TABLE.with(|t| {
-        let mut slot = t.borrow_mut();
-        let table = slot.take();
-        *slot = previous;
-        table
-    });
+    let table = TABLE.replace(previous);
     (result, table.unwrap_or(Table::Encode(Vec::new())))
+}
+
+/// Runs `f` on the current table (taken out of its cell meanwhile).
+fn on_table<R>(f: impl FnOnce(Option<&mut Table>) -> R) -> R {
+    let mut table = TABLE.take();
+    let result = f(table.as_mut());
+    TABLE.set(table);
+    result
 }
 
 /// Used by handles' `Serialize`: moves a duplicate of `fd` into the frame
 /// being encoded and returns its index.
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    TABLE.with(|t| match &mut *t.borrow_mut() {
+    on_table(|table| match table {
         Some(Table::Encode(fds)) => {
             let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| {
                 handle_error(format!("could not duplicate a handle's descriptor: {e}"))
@@ -577,7 +587,7 @@ pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
 /// Used by handles' `Deserialize`: takes the descriptor at `index` out of the
 /// frame being decoded.
 pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
-    TABLE.with(|t| match &mut *t.borrow_mut() {
+    on_table(|table| match table {
         Some(Table::Decode(fds)) => fds
             .get_mut(index as usize)
             .and_then(Option::take)
