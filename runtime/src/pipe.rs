@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
+use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -145,6 +146,25 @@ struct RecvState {
     broken: Option<String>,
 }
 
+impl RecvState {
+    /// The payload of the frame just received: still in the read-ahead
+    /// buffer (at `at`), or in `buf`.
+    fn payload(&self, at: Option<Range<usize>>) -> &[u8] {
+        match at {
+            Some(at) => self.reader.bytes(at),
+            None => &self.buf,
+        }
+    }
+
+    /// The payload of the frame just received, as a vector of its own.
+    fn take_payload(&mut self, at: Option<Range<usize>>) -> Vec<u8> {
+        match at {
+            Some(at) => self.reader.bytes(at).to_vec(),
+            None => std::mem::take(&mut self.buf),
+        }
+    }
+}
+
 impl<T> fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
@@ -284,8 +304,8 @@ impl<T> Connection<T> {
     /// sent, or the encoding of what `send` sent).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         let mut state = lock(&self.recv);
-        self.recv_frame(&mut state)?;
-        Ok(std::mem::take(&mut state.buf))
+        let (_, at) = self.recv_frame(&mut state)?;
+        Ok(state.take_payload(at))
     }
 
     /// Takes this end's send lock. A sender that died holding it may have
@@ -310,8 +330,8 @@ impl<T> Connection<T> {
         })
     }
 
-    /// Receives one frame into `state.buf`.
-    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::InFrame, RecvError> {
+    /// Receives one frame; its payload is where [`RecvState::payload`] says.
+    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::Located, RecvError> {
         if !self.readable {
             return Err(RecvError::Failed(Error::new(
                 ErrorKind::Io,
@@ -325,7 +345,9 @@ impl<T> Connection<T> {
             )));
         }
         match state.reader.recv(self.fd.as_fd(), &mut state.buf) {
-            Ok(Some(frame)) if frame.kind == Kind::Lane => self.recv_by_lane(state, frame),
+            Ok(Some((frame, at))) if frame.kind == Kind::Lane => {
+                self.recv_by_lane(state, frame, at)
+            }
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(RecvError::Disconnected),
             Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
@@ -349,8 +371,9 @@ impl<T> Connection<T> {
         &self,
         state: &mut RecvState,
         mut frame: wire::InFrame,
-    ) -> Result<wire::InFrame, RecvError> {
-        let result = wire::parse_lane_frame(&state.buf).and_then(|(kind, len)| {
+        at: Option<Range<usize>>,
+    ) -> Result<wire::Located, RecvError> {
+        let result = wire::parse_lane_frame(state.payload(at)).and_then(|(kind, len)| {
             let fd = frame
                 .fds
                 .pop()
@@ -371,10 +394,13 @@ impl<T> Connection<T> {
             Ok(kind)
         });
         match result {
-            Ok(kind) => Ok(wire::InFrame {
-                kind,
-                fds: frame.fds,
-            }),
+            Ok(kind) => Ok((
+                wire::InFrame {
+                    kind,
+                    fds: frame.fds,
+                },
+                None,
+            )),
             Err(e) => {
                 state.buf.clear();
                 state.broken = Some(e.to_string());
@@ -423,10 +449,10 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
     }
 
     fn recv_locked(&self, state: &mut RecvState) -> Result<T, RecvError> {
-        let frame = self.recv_frame(state)?;
+        let (frame, at) = self.recv_frame(state)?;
         if frame.kind == Kind::Bytes {
-            // Sent by `send_bytes` or as a `Vec<u8>`: hand the buffer over.
-            let bytes = std::mem::take(&mut state.buf);
+            // Sent by `send_bytes` or as a `Vec<u8>`: hand the bytes over.
+            let bytes = state.take_payload(at);
             let boxed: Box<dyn Any> = Box::new(bytes);
             if let Ok(value) = boxed.downcast::<T>() {
                 return Ok(*value);
@@ -436,7 +462,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
                 "received raw bytes where a typed message was expected",
             )));
         }
-        wire::decode(&state.buf, frame.fds).map_err(RecvError::Failed)
+        wire::decode(state.payload(at), frame.fds).map_err(RecvError::Failed)
     }
 
     /// Receives a message if one is ready now.

@@ -12,6 +12,7 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
+use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use rustix::net::{
@@ -120,13 +121,9 @@ impl OutFrame {
     /// Appends the encoding of `value`, collecting the descriptors of any
     /// handles inside it.
     pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let (result, fds) = with_table(Table::Encode(Vec::new()), || {
-            codec::encode_into(value, &mut self.buf)
-        });
+        let (result, fds) = encoding(|| codec::encode_into(value, &mut self.buf));
         result?;
-        if let Table::Encode(fds) = fds {
-            self.fds.extend(fds);
-        }
+        self.fds.extend(fds);
         if self.fds.len() > MAX_FDS {
             return Err(Error::new(
                 ErrorKind::Encode,
@@ -397,6 +394,10 @@ fn read_rest(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> Result<(), 
     Ok(())
 }
 
+/// A frame from a [`FrameReader`], and where its payload is: in the
+/// read-ahead buffer at the range given, or (`None`) in the caller's buffer.
+pub(crate) type Located = (InFrame, Option<Range<usize>>);
+
 /// How much a [`FrameReader`] reads ahead.
 const READ_AHEAD: usize = 64 << 10;
 
@@ -420,13 +421,15 @@ impl FrameReader {
         self.end > self.start || !self.fds.is_empty()
     }
 
-    /// Receives one frame, its payload into `out` (cleared first).
+    /// Receives one frame. Its payload stays where it is when it was read
+    /// ahead whole, and the range returned locates it (for [`bytes`](Self::bytes),
+    /// until the next `recv`); otherwise it is in `out` (cleared first).
     /// `Ok(None)` is a clean end of stream between frames.
     pub(crate) fn recv(
         &mut self,
         sock: BorrowedFd<'_>,
         out: &mut Vec<u8>,
-    ) -> Result<Option<InFrame>, RecvError> {
+    ) -> Result<Option<Located>, RecvError> {
         if self.ahead.is_empty() {
             self.ahead = vec![0; READ_AHEAD];
         }
@@ -464,7 +467,18 @@ impl FrameReader {
         } else {
             self.fds.drain(..nfds).collect()
         };
-        let buffered = (self.end - self.start).min(len);
+        let frame = InFrame { kind, fds };
+        if self.end - self.start >= len {
+            let at = self.start..self.start + len;
+            self.start += len;
+            if self.start == self.end {
+                // Bytes stay put until the next read; only the marks move.
+                self.start = 0;
+                self.end = 0;
+            }
+            return Ok(Some((frame, Some(at))));
+        }
+        let buffered = self.end - self.start;
         out.clear();
         out.extend_from_slice(&self.ahead[self.start..self.start + buffered]);
         self.start += buffered;
@@ -473,7 +487,12 @@ impl FrameReader {
             self.end = 0;
         }
         read_rest(sock, out, len)?;
-        Ok(Some(InFrame { kind, fds }))
+        Ok(Some((frame, None)))
+    }
+
+    /// Read-ahead bytes, as located by [`recv`](Self::recv).
+    pub(crate) fn bytes(&self, at: Range<usize>) -> &[u8] {
+        &self.ahead[at]
     }
 }
 
@@ -507,12 +526,7 @@ fn recv_with_fds(
 /// Decodes a received payload, handing `fds` to the handles inside it.
 /// Descriptors no handle claimed are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
-    let table = Table::Decode(if fds.is_empty() {
-        Vec::new()
-    } else {
-        fds.into_iter().map(Some).collect()
-    });
-    with_table(table, || codec::decode(bytes)).0
+    decoding(fds, || codec::decode(bytes)).0
 }
 
 /// Like [`decode`], for a value at the start of `bytes`; returns the bytes used.
@@ -520,23 +534,26 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> (Result<(T, usize), Error>, Vec<OwnedFd>) {
-    let table = Table::Decode(fds.into_iter().map(Some).collect());
-    let (result, table) = with_table(table, || codec::decode_prefix(bytes));
-    let rest = match table {
-        Table::Decode(fds) => fds.into_iter().flatten().collect(),
-        Table::Encode(_) => Vec::new(),
-    };
-    (result, rest)
+    let (result, rest) = decoding(fds, || codec::decode_prefix(bytes));
+    (result, rest.into_iter().flatten().collect())
 }
 
-enum Table {
-    Encode(Vec<OwnedFd>),
-    Decode(Vec<Option<OwnedFd>>),
+/// What the codec is doing on this thread, for the handles it meets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Idle,
+    Encoding,
+    Decoding,
 }
 
 thread_local! {
-    /// Out of its cell while a handle works on it; `None` outside an encode or decode.
-    static TABLE: Cell<Option<Table>> = const { Cell::new(None) };
+    static MODE: Cell<Mode> = const { Cell::new(Mode::Idle) };
+    /// The descriptors of the handles met by the encode in progress.
+    /// Empty whenever `MODE` is `Idle`.
+    static OUT_FDS: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    /// The descriptors that came with the payload being decoded, each taken
+    /// by the handle that names it. Empty whenever `MODE` is `Idle`.
+    static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
     /// Why the last handle failed to (de)serialize: some formats replace a
     /// serializer's custom message with a generic one, so the codec asks here.
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -554,50 +571,73 @@ pub(crate) fn take_handle_error() -> Option<String> {
     HANDLE_ERROR.with(|e| e.borrow_mut().take())
 }
 
-fn with_table<R>(table: Table, f: impl FnOnce() -> R) -> (R, Table) {
-    let previous = TABLE.replace(Some(table));
+/// Runs an encode; returns its result and the descriptors its handles gave.
+fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    let previous = MODE.replace(Mode::Encoding);
+    // Inside another encode or decode (a handle's own serializer encoding
+    // something), the outer descriptors wait aside; otherwise there are none.
+    let outer = (previous != Mode::Idle).then(|| (OUT_FDS.take(), IN_FDS.take()));
     let result = f();
-    let table = TABLE.replace(previous);
-    (result, table.unwrap_or(Table::Encode(Vec::new())))
+    let fds = OUT_FDS.take();
+    if let Some((outer_out, outer_in)) = outer {
+        OUT_FDS.set(outer_out);
+        IN_FDS.set(outer_in);
+    }
+    MODE.set(previous);
+    (result, fds)
 }
 
-/// Runs `f` on the current table (taken out of its cell meanwhile).
-fn on_table<R>(f: impl FnOnce(Option<&mut Table>) -> R) -> R {
-    let mut table = TABLE.take();
-    let result = f(table.as_mut());
-    TABLE.set(table);
-    result
+/// Runs a decode with `fds` on offer; returns its result and the
+/// descriptors no handle took.
+fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> (R, Vec<Option<OwnedFd>>) {
+    let previous = MODE.replace(Mode::Decoding);
+    let outer = (previous != Mode::Idle).then(|| (OUT_FDS.take(), IN_FDS.take()));
+    let offered = !fds.is_empty();
+    if offered {
+        IN_FDS.set(fds.into_iter().map(Some).collect());
+    }
+    let result = f();
+    // With nothing offered, nothing is there to take back.
+    let rest = if offered || outer.is_some() {
+        IN_FDS.take()
+    } else {
+        Vec::new()
+    };
+    if let Some((outer_out, outer_in)) = outer {
+        OUT_FDS.set(outer_out);
+        IN_FDS.set(outer_in);
+    }
+    MODE.set(previous);
+    (result, rest)
 }
 
 /// Used by handles' `Serialize`: moves a duplicate of `fd` into the frame
 /// being encoded and returns its index.
 pub(crate) fn push_fd(fd: BorrowedFd<'_>) -> Result<u32, String> {
-    on_table(|table| match table {
-        Some(Table::Encode(fds)) => {
-            let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| {
-                handle_error(format!("could not duplicate a handle's descriptor: {e}"))
-            })?;
-            fds.push(dup);
-            Ok((fds.len() - 1) as u32)
-        }
-        _ => Err(handle_error(NOT_ON_WIRE.to_string())),
-    })
+    if MODE.get() != Mode::Encoding {
+        return Err(handle_error(NOT_ON_WIRE.to_string()));
+    }
+    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 3)
+        .map_err(|e| handle_error(format!("could not duplicate a handle's descriptor: {e}")))?;
+    Ok(OUT_FDS.with_borrow_mut(|fds| {
+        fds.push(dup);
+        (fds.len() - 1) as u32
+    }))
 }
 
 /// Used by handles' `Deserialize`: takes the descriptor at `index` out of the
 /// frame being decoded.
 pub(crate) fn take_fd(index: u32) -> Result<OwnedFd, String> {
-    on_table(|table| match table {
-        Some(Table::Decode(fds)) => fds
-            .get_mut(index as usize)
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                handle_error(format!(
-                    "message refers to handle #{index}, which it did not carry"
-                ))
-            }),
-        _ => Err(handle_error(NOT_ON_WIRE.to_string())),
-    })
+    if MODE.get() != Mode::Decoding {
+        return Err(handle_error(NOT_ON_WIRE.to_string()));
+    }
+    IN_FDS
+        .with_borrow_mut(|fds| fds.get_mut(index as usize).and_then(Option::take))
+        .ok_or_else(|| {
+            handle_error(format!(
+                "message refers to handle #{index}, which it did not carry"
+            ))
+        })
 }
 
 const NOT_ON_WIRE: &str = "multiproc handles can only be (de)serialized by multiproc itself \
