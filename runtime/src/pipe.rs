@@ -277,8 +277,12 @@ impl<T> Connection<T> {
         let _guard = self.lock_sending()?;
         let mut attached: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
         attached.push(current.as_fd());
-        wire::send_lane_frame(self.fd.as_fd(), kind, payload.len(), &attached)
-            .map_err(send_error)?;
+        let message = wire::LaneMessage {
+            kind,
+            len: payload.len(),
+            first: current.next_slot(),
+        };
+        wire::send_lane_frame(self.fd.as_fd(), message, &attached).map_err(send_error)?;
         // The receiver holds the socket's reading side only; its hanging up
         // shows as `HUP` (every copy of the other end closed).
         match current.write(payload, || self.socket_says_gone(PollFlags::empty())) {
@@ -293,7 +297,9 @@ impl<T> Connection<T> {
                         Abandoned::PeerDied => {
                             "the receiving process died in the middle of this message"
                         }
-                        Abandoned::PeerGone => "the other end of the pipe is gone",
+                        Abandoned::PeerGone | Abandoned::OutOfStep => {
+                            "the other end of the pipe is gone"
+                        }
                     },
                 ))
             }
@@ -373,7 +379,7 @@ impl<T> Connection<T> {
         mut frame: wire::InFrame,
         at: Option<Range<usize>>,
     ) -> Result<wire::Located, RecvError> {
-        let result = wire::parse_lane_frame(state.payload(at)).and_then(|(kind, len)| {
+        let result = wire::parse_lane_frame(state.payload(at)).and_then(|message| {
             let fd = frame
                 .fds
                 .pop()
@@ -382,16 +388,21 @@ impl<T> Connection<T> {
             state.buf.clear();
             // The sender holds the socket's writing side only: its hanging
             // up (or shutting the direction) shows as `RDHUP` or `HUP`.
-            lane.read(len, &mut state.buf, || {
+            lane.read(message.first, message.len, &mut state.buf, || {
                 self.socket_says_gone(PollFlags::RDHUP)
             })
-            .map_err(|why| {
-                WireError::PeerLost(match why {
-                    Abandoned::PeerDied => "the sending process died in the middle of a message",
-                    Abandoned::PeerGone => "the sender hung up in the middle of a message",
-                })
+            .map_err(|why| match why {
+                Abandoned::PeerDied => {
+                    WireError::PeerLost("the sending process died in the middle of a message")
+                }
+                Abandoned::PeerGone => {
+                    WireError::PeerLost("the sender hung up in the middle of a message")
+                }
+                Abandoned::OutOfStep => {
+                    WireError::BadLane("the message starts where the lane cannot be".into())
+                }
             })?;
-            Ok(kind)
+            Ok(message.kind)
         });
         match result {
             Ok(kind) => Ok((
@@ -535,7 +546,12 @@ mod tests {
         len: usize,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) {
-        wire::send_lane_frame(conn.fd.as_fd(), kind, len, fds).unwrap();
+        let message = wire::LaneMessage {
+            kind,
+            len,
+            first: 0,
+        };
+        wire::send_lane_frame(conn.fd.as_fd(), message, fds).unwrap();
     }
 
     fn failure(conn: &Connection<u32>) -> Error {
@@ -586,6 +602,7 @@ mod tests {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let mut payload = vec![Kind::Bytes as u8];
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        payload.extend_from_slice(&0u32.to_le_bytes());
         let frame = wire::encode_frame_for_tests(Kind::Lane as u8, payload.len() as u64, &payload);
         rustix::io::write(&b.fd, &frame).unwrap();
         assert!(failure(&a).to_string().contains("1099511627776"));

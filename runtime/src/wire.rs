@@ -196,18 +196,28 @@ pub(crate) fn send_raw_frame(sock: BorrowedFd<'_>, kind: Kind, payload: &[u8]) -
     Ok(())
 }
 
-/// Length of a [`Kind::Lane`] frame's payload.
-const LANE_PAYLOAD: usize = 9;
+/// What a [`Kind::Lane`] frame announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LaneMessage {
+    /// The message's own kind: `Data` or `Bytes`.
+    pub(crate) kind: Kind,
+    /// Its length in bytes.
+    pub(crate) len: usize,
+    /// The lane's slot count at which it starts (see `sys::lane`).
+    pub(crate) first: u32,
+}
 
-/// Sends the frame that announces a message of `len` bytes and kind `kind`
-/// coming through a lane; `fds` are the message's descriptors, then the lane's.
+/// Length of a [`Kind::Lane`] frame's payload: kind, length, first slot.
+const LANE_PAYLOAD: usize = 1 + 8 + 4;
+
+/// Sends the frame that announces `message`, coming through a lane; `fds`
+/// are the message's descriptors, then the lane's.
 pub(crate) fn send_lane_frame(
     sock: BorrowedFd<'_>,
-    kind: Kind,
-    len: usize,
+    message: LaneMessage,
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
-    let len = len as u64;
+    let len = message.len as u64;
     if len > MAX_FRAME_LEN {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -216,28 +226,37 @@ pub(crate) fn send_lane_frame(
     }
     let mut frame = [0u8; HEADER_LEN + LANE_PAYLOAD];
     frame[..HEADER_LEN].copy_from_slice(&header(Kind::Lane, fds.len() as u16, LANE_PAYLOAD as u64));
-    frame[HEADER_LEN] = kind as u8;
-    frame[HEADER_LEN + 1..].copy_from_slice(&len.to_le_bytes());
+    frame[HEADER_LEN] = message.kind as u8;
+    frame[HEADER_LEN + 1..HEADER_LEN + 9].copy_from_slice(&len.to_le_bytes());
+    frame[HEADER_LEN + 9..].copy_from_slice(&message.first.to_le_bytes());
     send_all(sock, &frame, fds)
 }
 
-/// The kind and length of the message a [`Kind::Lane`] frame announces.
-pub(crate) fn parse_lane_frame(payload: &[u8]) -> Result<(Kind, usize), RecvError> {
-    let [kind, len @ ..] = payload else {
-        return Err(RecvError::BadLane("empty payload".into()));
+/// What a [`Kind::Lane`] frame announces.
+pub(crate) fn parse_lane_frame(payload: &[u8]) -> Result<LaneMessage, RecvError> {
+    let Ok(payload) = <[u8; LANE_PAYLOAD]>::try_from(payload) else {
+        return Err(RecvError::BadLane(format!(
+            "{}-byte payload",
+            payload.len()
+        )));
     };
-    let kind = match Kind::from_u8(*kind) {
+    let kind = match Kind::from_u8(payload[0]) {
         Some(kind @ (Kind::Data | Kind::Bytes)) => kind,
-        _ => return Err(RecvError::BadLane(format!("message kind {kind}"))),
+        _ => return Err(RecvError::BadLane(format!("message kind {}", payload[0]))),
     };
-    let len: [u8; 8] = len
-        .try_into()
-        .map_err(|_| RecvError::BadLane(format!("{}-byte payload", payload.len())))?;
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&payload[1..9]);
     let len = u64::from_le_bytes(len);
     if len > MAX_FRAME_LEN {
         return Err(RecvError::TooLarge(len));
     }
-    Ok((kind, len as usize))
+    let mut first = [0u8; 4];
+    first.copy_from_slice(&payload[9..]);
+    Ok(LaneMessage {
+        kind,
+        len: len as usize,
+        first: u32::from_le_bytes(first),
+    })
 }
 
 /// Writes all of `bytes`, the descriptors going with the first chunk.

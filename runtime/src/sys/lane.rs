@@ -73,6 +73,8 @@ pub(crate) enum Abandoned {
     PeerDied,
     /// The caller's own check said the other side is gone.
     PeerGone,
+    /// The message does not start where the lane's counters allow.
+    OutOfStep,
 }
 
 /// A lane, mapped.
@@ -155,6 +157,12 @@ impl Lane {
         self.region.data_ptr().wrapping_add(index * self.slot_len)
     }
 
+    /// The slot count at which the next message written will start.
+    pub(crate) fn next_slot(&self) -> u32 {
+        // Only this process (the writer) stores `WRITTEN`.
+        self.word(WRITTEN).load(Relaxed)
+    }
+
     /// Copies `bytes` into the lane, slot by slot, as the reader frees them.
     /// Only the process that made the lane writes it, one message at a time
     /// (the connection's send lock and its per-process mutex see to it).
@@ -216,11 +224,16 @@ impl Lane {
         Ok(())
     }
 
-    /// Appends a message of `len` bytes from the lane to `out`, slot by slot
-    /// as the writer fills them. `peer_gone` is asked after each
-    /// [`CHECK_PERIOD`] spent waiting.
+    /// Appends a message of `len` bytes, starting at slot count `first`,
+    /// from the lane to `out`, slot by slot as the writer fills them.
+    /// `peer_gone` is asked after each [`CHECK_PERIOD`] spent waiting.
+    ///
+    /// Slots before `first` belong to an earlier message whose reader died
+    /// before taking them all; they are skipped, so they never pass for
+    /// part of this one.
     pub(crate) fn read(
         &self,
+        first: u32,
         len: usize,
         out: &mut Vec<u8>,
         mut peer_gone: impl FnMut() -> bool,
@@ -232,6 +245,19 @@ impl Lane {
         out.reserve(len.min(MAX_RESERVE));
         // Only this process stores `READ` (one receiving process per end).
         let mut read = read_word.load(Relaxed);
+        if read != first {
+            // The writer wrote every slot before `first` and never runs more
+            // than `slots` ahead of `READ`.
+            if first.wrapping_sub(read) > self.slots {
+                tag.store(0, Release);
+                return Err(Abandoned::OutOfStep);
+            }
+            read = first;
+            read_word.store(read, SeqCst);
+            if self.word(WRITER_SLEEPS).load(SeqCst) != 0 {
+                futex::wake(read_word, 1);
+            }
+        }
         let mut left = len;
         while left > 0 {
             let mut spin = Spin::new();
@@ -306,7 +332,7 @@ mod tests {
             s.spawn(|| lane.write(&message, || false).unwrap());
             let reader = Lane::receive(&mut cached, fd).unwrap();
             let mut out = Vec::new();
-            reader.read(message.len(), &mut out, || false).unwrap();
+            reader.read(0, message.len(), &mut out, || false).unwrap();
             assert!(out == message);
         });
         // The same lane sent again is recognised and not mapped twice.
@@ -321,7 +347,7 @@ mod tests {
         let lane = Lane::create().unwrap();
         let mut out = Vec::new();
         let mut asked = 0;
-        let result = lane.read(10, &mut out, || {
+        let result = lane.read(0, 10, &mut out, || {
             asked += 1;
             asked == 2
         });
@@ -348,7 +374,7 @@ mod tests {
         lane.region
             .atomic_u64(WRITER_TAG)
             .store(dead_tag(), Relaxed);
-        let result = lane.read(10, &mut Vec::new(), || false);
+        let result = lane.read(0, 10, &mut Vec::new(), || false);
         assert_eq!(result, Err(Abandoned::PeerDied));
         // It no longer claims to be reading.
         assert_eq!(lane.region.atomic_u64(READER_TAG).load(Relaxed), 0);
@@ -362,6 +388,26 @@ mod tests {
             .store(dead_tag(), Relaxed);
         let result = lane.write(&vec![0u8; 2 << 20], || false);
         assert_eq!(result, Err(Abandoned::PeerDied));
+    }
+
+    #[test]
+    fn slots_left_by_a_dead_reader_are_skipped() {
+        let lane = Lane::create().unwrap();
+        // Two messages of three slots each; the first one's reader took one
+        // slot and died.
+        let slot = lane.slot_len;
+        lane.write(&vec![1u8; 3 * slot], || false).unwrap();
+        let mut out = Vec::new();
+        lane.read(0, slot, &mut out, || false).unwrap();
+        let first = lane.next_slot();
+        lane.write(&vec![2u8; 3 * slot], || false).unwrap();
+        out.clear();
+        lane.read(first, 3 * slot, &mut out, || false).unwrap();
+        assert!(out.len() == 3 * slot && out.iter().all(|&b| b == 2));
+        // A start further ahead than the lane can be is refused.
+        let far = lane.next_slot().wrapping_add(lane.slots + 1);
+        let result = lane.read(far, 1, &mut out, || false);
+        assert_eq!(result, Err(Abandoned::OutOfStep));
     }
 
     #[test]
