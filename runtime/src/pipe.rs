@@ -108,8 +108,8 @@ const LANE_MIN: usize = 1 << 20;
 /// - A process killed in the middle of a send leaves half a message in the
 ///   stream: the receiver gets an error (`Decode`, or `Disconnected` for a
 ///   large message) and the connection is broken. A receiving process killed
-///   in the middle of a large message makes that `send` fail with
-///   `Disconnected`.
+///   in the middle of a large message makes a `send` still waiting for it
+///   fail with `Disconnected` instead of waiting for ever.
 /// - Messages of 1 MiB or more do not go through the socket but through a
 ///   *lane*: a 1 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which roughly doubles their throughput. Each

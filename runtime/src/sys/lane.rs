@@ -19,6 +19,10 @@
 //! in a local and only ever touch the slot it names, so whatever the other
 //! process writes into the words, every copy stays inside the mapping.
 //!
+//! Each message says (in the frame that announces it) at which slot count
+//! it starts, so the reader can skip slots that a reader before it, killed
+//! in the middle of a message, left behind.
+//!
 //! A side that finds nothing to do spins a little, then sleeps on the other
 //! side's counter (a futex), after raising its `*_SLEEPS` flag so the other
 //! side knows to wake it. Sleeps are cut into periods of
