@@ -176,38 +176,11 @@ impl Lane {
         bytes: &[u8],
         mut peer_gone: impl FnMut() -> bool,
     ) -> Result<(), Abandoned> {
-        let written_word = self.word(WRITTEN);
-        let sleeps = self.word(WRITER_SLEEPS);
         // Only this process stores `WRITTEN`.
-        let mut written = written_word.load(Relaxed);
+        let mut written = self.next_slot();
         for chunk in bytes.chunks(self.slot_len) {
-            let mut spin = Spin::new();
-            loop {
-                let read = self.word(READ).load(Acquire);
-                if written.wrapping_sub(read) < self.slots {
-                    break;
-                }
-                if spin.spin() {
-                    continue;
-                }
-                sleeps.store(1, SeqCst);
-                let read = self.word(READ).load(SeqCst);
-                let waited = if written.wrapping_sub(read) < self.slots {
-                    Wait::Woken
-                } else {
-                    futex::wait(self.word(READ), read, Some(CHECK_PERIOD))
-                };
-                sleeps.store(0, Relaxed);
-                if waited == Wait::TimedOut {
-                    let reader = self.region.atomic_u64(READER_TAG).load(Acquire);
-                    if reader != 0 && owner::is_dead(owner::tag_pid(reader), reader) {
-                        return Err(Abandoned::PeerDied);
-                    }
-                    if peer_gone() {
-                        return Err(Abandoned::PeerGone);
-                    }
-                }
-            }
+            let free = |read: u32| written.wrapping_sub(read) < self.slots;
+            self.wait_for(READ, WRITER_SLEEPS, READER_TAG, free, &mut peer_gone)?;
             // SAFETY: the slot lies in the mapping (index below `slots`, and
             // `slot_len * slots` fits the data part: `create` made it so and
             // `open` checked it), and `chunk` is at most `slot_len` bytes of
@@ -220,10 +193,7 @@ impl Lane {
                 ptr::copy_nonoverlapping(chunk.as_ptr(), self.slot_ptr(written), chunk.len());
             }
             written = written.wrapping_add(1);
-            written_word.store(written, SeqCst);
-            if self.word(READER_SLEEPS).load(SeqCst) != 0 {
-                futex::wake(written_word, 1);
-            }
+            self.publish(WRITTEN, written, READER_SLEEPS);
         }
         Ok(())
     }
@@ -240,58 +210,40 @@ impl Lane {
         first: u32,
         len: usize,
         out: &mut Vec<u8>,
-        mut peer_gone: impl FnMut() -> bool,
+        peer_gone: impl FnMut() -> bool,
     ) -> Result<(), Abandoned> {
-        let read_word = self.word(READ);
-        let sleeps = self.word(READER_SLEEPS);
+        // Only one process reads at a time (one receiving process per end),
+        // and the writer may check on it while it does.
         let tag = self.region.atomic_u64(READER_TAG);
         tag.store(owner::me().tag, Release);
+        let result = self.read_slots(first, len, out, peer_gone);
+        tag.store(0, Release);
+        result
+    }
+
+    fn read_slots(
+        &self,
+        first: u32,
+        len: usize,
+        out: &mut Vec<u8>,
+        mut peer_gone: impl FnMut() -> bool,
+    ) -> Result<(), Abandoned> {
         out.reserve(len.min(MAX_RESERVE));
-        // Only this process stores `READ` (one receiving process per end).
-        let mut read = read_word.load(Relaxed);
+        // Only this process stores `READ`.
+        let mut read = self.word(READ).load(Relaxed);
         if read != first {
             // The writer wrote every slot before `first` and never runs more
             // than `slots` ahead of `READ`.
             if first.wrapping_sub(read) > self.slots {
-                tag.store(0, Release);
                 return Err(Abandoned::OutOfStep);
             }
             read = first;
-            read_word.store(read, SeqCst);
-            if self.word(WRITER_SLEEPS).load(SeqCst) != 0 {
-                futex::wake(read_word, 1);
-            }
+            self.publish(READ, read, WRITER_SLEEPS);
         }
         let mut left = len;
         while left > 0 {
-            let mut spin = Spin::new();
-            loop {
-                if self.word(WRITTEN).load(Acquire) != read {
-                    break;
-                }
-                if spin.spin() {
-                    continue;
-                }
-                sleeps.store(1, SeqCst);
-                let written = self.word(WRITTEN).load(SeqCst);
-                let waited = if written != read {
-                    Wait::Woken
-                } else {
-                    futex::wait(self.word(WRITTEN), written, Some(CHECK_PERIOD))
-                };
-                sleeps.store(0, Relaxed);
-                if waited == Wait::TimedOut {
-                    let writer = self.region.atomic_u64(WRITER_TAG).load(Relaxed);
-                    if owner::is_dead(owner::tag_pid(writer), writer) {
-                        tag.store(0, Release);
-                        return Err(Abandoned::PeerDied);
-                    }
-                    if peer_gone() {
-                        tag.store(0, Release);
-                        return Err(Abandoned::PeerGone);
-                    }
-                }
-            }
+            let filled = |written: u32| written != read;
+            self.wait_for(WRITTEN, READER_SLEEPS, WRITER_TAG, filled, &mut peer_gone)?;
             let n = left.min(self.slot_len);
             out.reserve(n);
             let end = out.len();
@@ -311,14 +263,65 @@ impl Lane {
                 out.set_len(end + n);
             }
             read = read.wrapping_add(1);
-            read_word.store(read, SeqCst);
-            if self.word(WRITER_SLEEPS).load(SeqCst) != 0 {
-                futex::wake(read_word, 1);
-            }
+            self.publish(READ, read, WRITER_SLEEPS);
             left -= n;
         }
-        tag.store(0, Release);
         Ok(())
+    }
+
+    /// Waits until `ready` holds of the other side's counter (at offset
+    /// `counter`): spins a little, then sleeps on the counter with this
+    /// side's flag (at `sleeps`) raised. After each [`CHECK_PERIOD`] asleep
+    /// it gives up if the process tagged at `peer_tag` has died, or
+    /// `peer_gone` says the other side is gone.
+    fn wait_for(
+        &self,
+        counter: usize,
+        sleeps: usize,
+        peer_tag: usize,
+        ready: impl Fn(u32) -> bool,
+        peer_gone: &mut impl FnMut() -> bool,
+    ) -> Result<(), Abandoned> {
+        let word = self.word(counter);
+        let mut spin = Spin::new();
+        loop {
+            if ready(word.load(Acquire)) {
+                return Ok(());
+            }
+            if spin.spin() {
+                continue;
+            }
+            // Raised before looking again: the other side's `publish`
+            // either comes before that look or sees the flag (`SeqCst`).
+            self.word(sleeps).store(1, SeqCst);
+            let seen = word.load(SeqCst);
+            let waited = if ready(seen) {
+                Wait::Woken
+            } else {
+                futex::wait(word, seen, Some(CHECK_PERIOD))
+            };
+            self.word(sleeps).store(0, Relaxed);
+            if waited == Wait::TimedOut {
+                let peer = self.region.atomic_u64(peer_tag).load(Acquire);
+                if peer != 0 && owner::is_dead(owner::tag_pid(peer), peer) {
+                    return Err(Abandoned::PeerDied);
+                }
+                if peer_gone() {
+                    return Err(Abandoned::PeerGone);
+                }
+            }
+        }
+    }
+
+    /// Stores this side's counter (at offset `counter`), handing a slot to
+    /// the other side, and wakes that side if its flag (at `other_sleeps`)
+    /// says it sleeps.
+    fn publish(&self, counter: usize, value: u32, other_sleeps: usize) {
+        let word = self.word(counter);
+        word.store(value, SeqCst);
+        if self.word(other_sleeps).load(SeqCst) != 0 {
+            futex::wake(word, 1);
+        }
     }
 }
 
