@@ -241,7 +241,7 @@ impl<T> Connection<T> {
     }
 
     /// Whether the socket says, right now, that the other side is gone:
-    /// `hup` always counts, `also` is what else does for the caller.
+    /// `HUP` or `ERR`, or any of the events in `also`.
     fn socket_says_gone(&self, also: PollFlags) -> bool {
         let mut fds = [PollFd::new(&self.fd, also)];
         matches!(crate::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)

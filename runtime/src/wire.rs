@@ -54,8 +54,9 @@ pub(crate) enum Kind {
     /// its length.
     SpilledValue = 7,
     /// A large message on a channel, sent through the connection's lane
-    /// (`sys::lane`, the frame's last descriptor): the payload is the
-    /// message's own kind (`Data` or `Bytes`, one byte) and its length (u64).
+    /// (`sys::lane`, the frame's last descriptor): the payload is a
+    /// [`LaneMessage`], the message's own kind (`Data` or `Bytes`, one
+    /// byte), its length (u64) and the lane slot where it starts (u32).
     Lane = 8,
 }
 
