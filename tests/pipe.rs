@@ -449,3 +449,27 @@ fn hold_until_killed_bytes(conn: Connection<Vec<u8>>, ready: Fd) {
         std::thread::park();
     }
 }
+
+#[process_entry]
+fn receive_len(conn: Connection<Vec<u8>>) -> usize {
+    conn.recv().unwrap().len()
+}
+
+#[test]
+fn a_few_megabytes_can_be_sent_before_the_receiver_starts() {
+    // As much as a socket's send buffer held before large messages took the
+    // lane: sending it must not wait for a receiver.
+    let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let sender = std::thread::spawn(move || {
+        conn.send(&vec![9u8; 3 << 20]).unwrap();
+        done_tx.send(()).unwrap();
+        conn
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a 3 MiB send waited for a receiver");
+    let child = spawn!(receive_len, theirs).unwrap();
+    assert_eq!(child.join().unwrap(), 3 << 20);
+    drop(sender.join().unwrap());
+}

@@ -111,10 +111,14 @@ const LANE_MIN: usize = 1 << 20;
 ///   in the middle of a large message makes a `send` still waiting for it
 ///   fail with `Disconnected` instead of waiting for ever.
 /// - Messages of 1 MiB or more do not go through the socket but through a
-///   *lane*: a 1 MiB ring in shared memory that the sender fills while the
+///   *lane*: a 4 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which roughly doubles their throughput. Each
 ///   process that sends such a message on an end keeps one lane for it
-///   (1 MiB of memory) while it holds the end.
+///   (up to 4 MiB of memory) while it holds the end.
+/// - A send waits while the other side is not receiving and its buffer
+///   (about 4 MiB, socket or lane) is full; sending more than that before
+///   anyone receives, from the thread that would receive it, never returns
+///   (as with Python, whose buffer is far smaller).
 /// - A `Connection` travels to another process as an entry argument or in a
 ///   message; the copy sent and the copy kept are the same end.
 pub struct Connection<T> {

@@ -58,10 +58,12 @@ const READER_TAG: usize = 264;
 const WORDS_LEN: usize = 4096;
 
 const LANE_MAGIC: u32 = u32::from_le_bytes(*b"MPLN");
-/// Eight slots of 128 KiB: a slot copies in about 20 µs, long enough that
-/// a wake-up per slot costs little, and the whole lane stays in cache.
+/// Slots of 128 KiB: a slot copies in about 20 µs, long enough that a
+/// wake-up per slot costs little. 32 of them, 4 MiB, hold as much as the
+/// socket's send buffer did, so a message that fitted there without a
+/// reader (sent before the receiver starts, say) still does.
 const DEFAULT_SLOT_LEN: u32 = 128 << 10;
-const DEFAULT_SLOTS: u32 = 8;
+const DEFAULT_SLOTS: u32 = 32;
 /// Bounds a received lane's geometry must keep.
 const MAX_SLOT_LEN: u32 = 16 << 20;
 const MAX_SLOTS: u32 = 1024;
@@ -365,7 +367,7 @@ mod tests {
     #[test]
     fn a_writer_gives_up_when_told_the_reader_is_gone() {
         let lane = Lane::create().unwrap();
-        let big = vec![1u8; 20 << 20];
+        let big = vec![1u8; 2 * lane.slot_len * lane.slots as usize];
         let result = lane.write(&big, || true);
         assert_eq!(result, Err(Abandoned::PeerGone));
     }
@@ -393,7 +395,8 @@ mod tests {
         lane.region
             .atomic_u64(READER_TAG)
             .store(dead_tag(), Relaxed);
-        let result = lane.write(&vec![0u8; 2 << 20], || false);
+        let more_than_it_holds = 2 * lane.slot_len * lane.slots as usize;
+        let result = lane.write(&vec![0u8; more_than_it_holds], || false);
         assert_eq!(result, Err(Abandoned::PeerDied));
     }
 
