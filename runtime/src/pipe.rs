@@ -618,6 +618,32 @@ mod tests {
     }
 
     #[test]
+    fn the_socket_says_the_other_side_is_gone_only_when_it_is() {
+        // What a lane's writer (no extra events) and reader (`RDHUP`) ask.
+        let (a, b) = Pipe::<u32>::duplex().unwrap();
+        assert!(!a.socket_says_gone(PollFlags::empty()));
+        assert!(!a.socket_says_gone(PollFlags::RDHUP));
+        b.send(&1).unwrap();
+        assert!(
+            !a.socket_says_gone(PollFlags::RDHUP),
+            "data is not a hang-up"
+        );
+        drop(b);
+        assert!(a.socket_says_gone(PollFlags::empty()));
+        assert!(a.socket_says_gone(PollFlags::RDHUP));
+
+        // A simplex pair's own shutdowns must not look like the peer leaving.
+        let (rx, tx) = Pipe::<u32>::simplex().unwrap();
+        assert!(!rx.socket_says_gone(PollFlags::RDHUP));
+        assert!(!tx.socket_says_gone(PollFlags::empty()));
+        drop(tx);
+        assert!(rx.socket_says_gone(PollFlags::RDHUP));
+        let (rx, tx) = Pipe::<u32>::simplex().unwrap();
+        drop(rx);
+        assert!(tx.socket_says_gone(PollFlags::empty()));
+    }
+
+    #[test]
     fn messages_switch_between_lanes_and_the_socket() {
         let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
         let b2 = Connection::<Vec<u8>>::new(b.fd.try_clone().unwrap(), true, b.send_lock.clone());
