@@ -64,7 +64,8 @@ const LANE_MAGIC: u32 = u32::from_le_bytes(*b"MPLN");
 /// reader (sent before the receiver starts, say) still does.
 const DEFAULT_SLOT_LEN: u32 = 128 << 10;
 const DEFAULT_SLOTS: u32 = 32;
-/// Bounds a received lane's geometry must keep.
+/// Bounds a received lane's geometry must keep (its slot count must also
+/// be a power of two).
 const MAX_SLOT_LEN: u32 = 16 << 20;
 const MAX_SLOTS: u32 = 1024;
 
@@ -135,6 +136,8 @@ impl Lane {
         if magic != LANE_MAGIC
             || !(1..=MAX_SLOT_LEN).contains(&slot_len)
             || !(1..=MAX_SLOTS).contains(&slots)
+            // So that `count % slots` stays in step when a counter wraps.
+            || !slots.is_power_of_two()
             || !fits
         {
             return Err(io::Error::new(
@@ -426,5 +429,16 @@ mod tests {
         let fd = other.as_fd().try_clone_to_owned().unwrap();
         let err = Lane::receive(&mut None, fd).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn a_lane_whose_geometry_does_not_hold_is_refused() {
+        for (word, value) in [(SLOTS, 24), (SLOTS, 0), (SLOT_LEN, 0), (SLOTS, 1 << 20)] {
+            let lane = Lane::create().unwrap();
+            lane.word(word).store(value, Relaxed);
+            let fd = lane.as_fd().try_clone_to_owned().unwrap();
+            let err = Lane::receive(&mut None, fd).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{word}: {value}");
+        }
     }
 }
