@@ -4,8 +4,9 @@
 //! - ping-pong of a small typed message over a `Connection` vs 8 bytes over
 //!   a raw `UnixStream` socketpair, with both processes pinned to the same
 //!   CPU and to different CPUs (placement dominates on a 2-core machine);
-//! - one-way throughput of 64 KiB and 16 MiB messages, via `send_bytes` and
-//!   as a typed `Vec<u8>`, vs `write_all`/`read_exact` on a raw socketpair;
+//! - one-way throughput of 64 KiB, 256 KiB and 16 MiB messages (the last
+//!   two through a lane), via `send_bytes` and as a typed `Vec<u8>`, vs
+//!   `write_all`/`read_exact` on a raw socketpair;
 //! - `Queue` throughput of small items, one producer to one consumer and
 //!   two to two.
 //!
@@ -131,7 +132,11 @@ fn bytes_sink(conn: Connection<Vec<u8>>, typed: bool) {
 
 fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("throughput");
-    for (label, size) in [("64 KiB", 64 << 10), ("16 MiB", 16 << 20)] {
+    for (label, size) in [
+        ("64 KiB", 64 << 10),
+        ("256 KiB", 256 << 10),
+        ("16 MiB", 16 << 20),
+    ] {
         group.throughput(Throughput::Bytes(size as u64));
         if size > 1 << 20 {
             group.sample_size(20);
