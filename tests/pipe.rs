@@ -473,3 +473,46 @@ fn a_few_megabytes_can_be_sent_before_the_receiver_starts() {
     assert_eq!(child.join().unwrap(), 3 << 20);
     drop(sender.join().unwrap());
 }
+
+/// Sends `count` messages whose sizes straddle the lane's threshold, each
+/// tagged with its sender and sequence number and filled from them.
+#[process_entry]
+fn send_mixed_sizes(tx: Connection<Vec<u8>>, sender: u8, count: u32) {
+    for seq in 0..count {
+        tx.send(&mixed_message(sender, seq)).unwrap();
+    }
+}
+
+fn mixed_message(sender: u8, seq: u32) -> Vec<u8> {
+    // 1 KiB to about 1.3 MiB, below and above 256 KiB in turn.
+    let size = 1024 + (seq as usize * 97_003 + sender as usize * 31_337) % (1300 << 10);
+    let mut msg = vec![sender ^ seq as u8; size];
+    msg[..4].copy_from_slice(&seq.to_le_bytes());
+    msg[4] = sender;
+    msg
+}
+
+#[test]
+fn processes_mixing_socket_and_lane_messages_keep_order_and_content() {
+    let (rx, tx) = Pipe::<Vec<u8>>::simplex().unwrap();
+    let senders: Vec<_> = (1..=3u8)
+        .map(|sender| spawn!(send_mixed_sizes, tx.try_clone().unwrap(), sender, 40).unwrap())
+        .collect();
+    drop(tx);
+    let mut next = [0u32; 4];
+    for _ in 0..120 {
+        let msg = rx.recv().unwrap();
+        let seq = u32::from_le_bytes(msg[..4].try_into().unwrap());
+        let sender = msg[4];
+        assert_eq!(seq, next[sender as usize], "sender {sender} out of order");
+        assert!(
+            msg == mixed_message(sender, seq),
+            "sender {sender} #{seq} corrupted"
+        );
+        next[sender as usize] += 1;
+    }
+    for sender in senders {
+        sender.join().unwrap();
+    }
+    assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
+}
