@@ -374,9 +374,7 @@ impl<T> Connection<T> {
             }
         }
     }
-}
 
-impl<T> Connection<T> {
     /// Receives the message a [`Kind::Lane`] frame announces into
     /// `state.buf`. Any failure breaks the connection: the lane and the
     /// stream no longer agree on where a message starts.

@@ -558,6 +558,9 @@ pub(crate) fn decode_prefix<T: DeserializeOwned>(
     (result, rest.into_iter().flatten().collect())
 }
 
+/// An encode's collected descriptors and a decode's offered ones.
+type Tables = (Vec<OwnedFd>, Vec<Option<OwnedFd>>);
+
 /// What the codec is doing on this thread, for the handles it meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -574,6 +577,8 @@ thread_local! {
     /// The descriptors that came with the payload being decoded, each taken
     /// by the handle that names it. Empty whenever `MODE` is `Idle`.
     static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
+    /// The descriptors of the encodes and decodes that nested ones interrupted.
+    static OUTER: RefCell<Vec<Tables>> = const { RefCell::new(Vec::new()) };
     /// Why the last handle failed to (de)serialize: some formats replace a
     /// serializer's custom message with a generic one, so the codec asks here.
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -591,43 +596,86 @@ pub(crate) fn take_handle_error() -> Option<String> {
     HANDLE_ERROR.with(|e| e.borrow_mut().take())
 }
 
+/// One encode or decode in progress on this thread. Ending it (by drop,
+/// so a panicking `Serialize` or `Deserialize` ends it too) restores the
+/// mode before it and, for a nested one, the outer one's descriptors.
+struct Scope {
+    previous: Mode,
+}
+
+impl Scope {
+    #[inline]
+    fn enter(mode: Mode) -> Scope {
+        let previous = MODE.replace(mode);
+        if previous != Mode::Idle {
+            Scope::set_outer_aside();
+        }
+        Scope { previous }
+    }
+
+    /// Inside another encode or decode (a handle's own serializer encoding
+    /// something): the outer one's descriptors wait aside.
+    #[cold]
+    fn set_outer_aside() {
+        let outer = (OUT_FDS.take(), IN_FDS.take());
+        OUTER.with_borrow_mut(|stack| stack.push(outer));
+    }
+
+    #[cold]
+    fn restore_outer() {
+        if let Some((outer_out, outer_in)) = OUTER.with_borrow_mut(Vec::pop) {
+            OUT_FDS.set(outer_out);
+            IN_FDS.set(outer_in);
+        }
+    }
+
+    /// Normally the scope's user took its descriptors already; after a
+    /// panic, what is left is dropped, so `Idle` finds the tables empty.
+    #[cold]
+    fn clear_after_panic() {
+        OUT_FDS.take();
+        IN_FDS.take();
+    }
+
+    fn nested(&self) -> bool {
+        self.previous != Mode::Idle
+    }
+}
+
+impl Drop for Scope {
+    #[inline]
+    fn drop(&mut self) {
+        if self.nested() {
+            Scope::restore_outer();
+        } else if std::thread::panicking() {
+            Scope::clear_after_panic();
+        }
+        MODE.set(self.previous);
+    }
+}
+
 /// Runs an encode; returns its result and the descriptors its handles gave.
 fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    let previous = MODE.replace(Mode::Encoding);
-    // Inside another encode or decode (a handle's own serializer encoding
-    // something), the outer descriptors wait aside; otherwise there are none.
-    let outer = (previous != Mode::Idle).then(|| (OUT_FDS.take(), IN_FDS.take()));
+    let _scope = Scope::enter(Mode::Encoding);
     let result = f();
-    let fds = OUT_FDS.take();
-    if let Some((outer_out, outer_in)) = outer {
-        OUT_FDS.set(outer_out);
-        IN_FDS.set(outer_in);
-    }
-    MODE.set(previous);
-    (result, fds)
+    (result, OUT_FDS.take())
 }
 
 /// Runs a decode with `fds` on offer; returns its result and the
 /// descriptors no handle took.
 fn decoding<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> (R, Vec<Option<OwnedFd>>) {
-    let previous = MODE.replace(Mode::Decoding);
-    let outer = (previous != Mode::Idle).then(|| (OUT_FDS.take(), IN_FDS.take()));
+    let scope = Scope::enter(Mode::Decoding);
     let offered = !fds.is_empty();
     if offered {
         IN_FDS.set(fds.into_iter().map(Some).collect());
     }
     let result = f();
     // With nothing offered, nothing is there to take back.
-    let rest = if offered || outer.is_some() {
+    let rest = if offered || scope.nested() {
         IN_FDS.take()
     } else {
         Vec::new()
     };
-    if let Some((outer_out, outer_in)) = outer {
-        OUT_FDS.set(outer_out);
-        IN_FDS.set(outer_in);
-    }
-    MODE.set(previous);
     (result, rest)
 }
 
@@ -824,6 +872,51 @@ mod tests {
                 .contains("only be (de)serialized by multiproc"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_panicking_serializer_leaves_the_thread_outside_any_encode() {
+        struct Panics;
+        impl serde::Serialize for Panics {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                panic!("a user's Serialize panicked");
+            }
+        }
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let fd = crate::Fd::from(w);
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A handle first, so the encode holds a descriptor when it panics.
+            OutFrame::new().encode(&(&fd, Panics))
+        }));
+        assert!(caught.is_err());
+        assert_eq!(MODE.get(), Mode::Idle);
+        assert!(OUT_FDS.with_borrow(Vec::is_empty));
+        // So a handle serialized outside the wire is refused again.
+        let err = crate::codec::encode_into(&fd, &mut Vec::new()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only be (de)serialized by multiproc")
+        );
+    }
+
+    #[test]
+    fn an_encode_nested_in_another_keeps_each_ones_descriptors() {
+        // A value whose serializer encodes a handle of its own on the side.
+        struct EncodesInside<'a>(&'a crate::Fd);
+        impl serde::Serialize for EncodesInside<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut inner = OutFrame::new();
+                inner.encode(self.0).unwrap();
+                assert_eq!(inner.fds().len(), 1);
+                s.serialize_u8(0)
+            }
+        }
+        let (_r, w) = rustix::pipe::pipe().unwrap();
+        let fd = crate::Fd::from(w);
+        let mut outer = OutFrame::new();
+        outer.encode(&(&fd, EncodesInside(&fd), &fd)).unwrap();
+        assert_eq!(outer.fds().len(), 2);
+        assert_eq!(MODE.get(), Mode::Idle);
     }
 
     #[test]

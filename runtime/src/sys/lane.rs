@@ -116,13 +116,14 @@ impl Lane {
     /// mapped, which replaces it.
     pub(crate) fn receive(cached: &mut Option<Lane>, fd: OwnedFd) -> io::Result<&Lane> {
         let id = super::shm::object_id(&fd)?;
-        if cached.as_ref().is_none_or(|lane| lane.region.id() != id) {
+        if cached.as_ref().is_some_and(|lane| lane.region.id() != id) {
+            // Unmapped before the new one is mapped.
             *cached = None;
-            *cached = Some(Lane::open(fd)?);
         }
-        cached
-            .as_ref()
-            .ok_or_else(|| io::Error::other("multiproc bug: no lane after opening one"))
+        Ok(match cached {
+            Some(lane) => lane,
+            None => cached.insert(Lane::open(fd)?),
+        })
     }
 
     fn open(fd: OwnedFd) -> io::Result<Lane> {
