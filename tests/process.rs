@@ -519,3 +519,26 @@ fn sigpipe_is_ignored_in_the_child() {
         .unwrap();
     assert_eq!(outcome, "BrokenPipe");
 }
+
+/// Holds `held` open until `never` is set, which it never is.
+#[process_entry]
+fn hold_for_ever(held: multiproc::Connection<u8>, never: multiproc::Event) {
+    never.wait();
+    drop(held);
+}
+
+#[test]
+fn a_handle_dropped_by_a_panic_kills_its_child() {
+    let (rx, tx) = multiproc::Pipe::<u8>::simplex().unwrap();
+    let never = multiproc::Event::new().unwrap();
+    let panicker = std::thread::spawn(move || {
+        let _child = spawn!(hold_for_ever, tx, never.clone()).unwrap();
+        panic!("the code that was to release the child fails");
+    });
+    assert!(panicker.join().is_err());
+    // The child held the only sending end: it is gone once the child is.
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Err(multiproc::RecvTimeoutError::Disconnected) => {}
+        other => panic!("the child lives on: {other:?}"),
+    }
+}

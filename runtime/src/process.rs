@@ -272,6 +272,11 @@ enum Outcome {
 /// - Dropping the handle does not stop the child. A child still running is
 ///   reaped by a background thread when it ends (never left a zombie); a
 ///   non-daemon one is also waited for when `main` returns, as in Python.
+/// - Except when the handle is dropped by a panic unwinding its thread: then
+///   the child is killed (`SIGKILL`) before it is left to the reaper. The
+///   code that was to join it, and perhaps to feed it or release it, is
+///   gone, and a child waiting for that would otherwise keep the program
+///   from ever exiting (a failed test would hang the whole test run).
 /// - The result may be sent before the child exits; `join` waits for both.
 pub struct JoinHandle<R> {
     child: Arc<Child>,
@@ -490,6 +495,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
 
 impl<R> Drop for JoinHandle<R> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = self.child.signal(Signal::KILL);
+        }
         if matches!(self.child.try_reap(), Ok(None)) {
             crate::children::orphan(self.child.clone());
         }

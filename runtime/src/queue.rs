@@ -994,6 +994,26 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_getter_whose_wake_up_was_lost_still_gets_the_item() {
+        // A putter killed after publishing its item and taking the sleepers'
+        // count, but before its wake-up call, leaves a getter asleep on a
+        // queue that holds an item. Here: take the count, then put (which
+        // then sees no one to wake).
+        let q = Queue::<u32>::new().unwrap();
+        let getter = q.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(getter.get()));
+        let waiters = q.inner.word(EMPTY_WAITERS);
+        while waiters.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        waiters.swap(0, SeqCst);
+        q.put(7).unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(got.expect("the getter slept on").unwrap(), 7);
+    }
+
     fn memfd_of(len: usize) -> OwnedFd {
         wire::spill(&vec![0; len]).unwrap()
     }

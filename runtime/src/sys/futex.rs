@@ -19,23 +19,33 @@ pub(crate) enum Wait {
     TimedOut,
 }
 
-/// The longest single wait; longer ones are cut into pieces by the callers'
-/// loops anyway, and this keeps the `timespec` far from any overflow.
-const MAX_WAIT: Duration = Duration::from_secs(1 << 30);
+/// The longest single sleep. Every waker in this crate changes a word and
+/// then makes the wake-up call; a waker killed between the two (or one
+/// that took a sleeper count and died before waking) would leave sleepers
+/// asleep for ever while the word says they may go. So no sleep lasts
+/// longer than this: a sleeper cut short reports [`Wait::Woken`] and its
+/// caller's loop looks at the word again, which bounds what such a death
+/// costs to one period of lateness. Idle waiters wake this often; a look
+/// costs a few microseconds.
+const LONGEST_SLEEP: Duration = crate::sync::raw::CHECK_PERIOD;
 
 /// `futex(word, FUTEX_WAIT, expected, timeout)`: sleeps while `word` holds
-/// `expected`, at most `timeout` (relative, `CLOCK_MONOTONIC`) when given.
+/// `expected`, at most `timeout` (relative, `CLOCK_MONOTONIC`) when given,
+/// and never longer than [`LONGEST_SLEEP`]. [`Wait::TimedOut`] only when
+/// the caller's own timeout passed; callers look again after `Woken`.
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wait {
-    let timeout = timeout.map(|d| {
-        let d = d.min(MAX_WAIT);
-        Timespec {
-            tv_sec: d.as_secs() as i64,
-            tv_nsec: d.subsec_nanos().into(),
-        }
-    });
-    match futex::wait(word, Flags::empty(), expected, timeout.as_ref()) {
-        Err(Errno::TIMEDOUT) => Wait::TimedOut,
-        // EAGAIN (value changed), EINTR, or a wake-up: the caller re-checks.
+    let (sleep, cut) = match timeout {
+        Some(t) if t <= LONGEST_SLEEP => (t, false),
+        _ => (LONGEST_SLEEP, true),
+    };
+    let timespec = Timespec {
+        tv_sec: sleep.as_secs() as i64,
+        tv_nsec: sleep.subsec_nanos().into(),
+    };
+    match futex::wait(word, Flags::empty(), expected, Some(&timespec)) {
+        Err(Errno::TIMEDOUT) if !cut => Wait::TimedOut,
+        // EAGAIN (value changed), EINTR, a wake-up, or a sleep cut short:
+        // the caller re-checks.
         _ => Wait::Woken,
     }
 }
@@ -48,4 +58,37 @@ pub(crate) fn wake(word: &AtomicU32, n: u32) {
 /// Wakes every waiter of `word`.
 pub(crate) fn wake_all(word: &AtomicU32) {
     wake(word, i32::MAX as u32);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// Runs `f` on a thread: its result, or a panic if that takes 20 s.
+    fn within_20s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("a futex sleep went on for ever")
+    }
+
+    #[test]
+    fn no_sleep_outlasts_a_period_whatever_its_timeout() {
+        // Nobody wakes these words (as when a waker is killed between its
+        // store and its wake-up call), yet each sleep ends, as `Woken`, so
+        // that the caller looks at its word again.
+        let long = within_20s(|| wait(&AtomicU32::new(0), 0, Some(Duration::from_secs(3600))));
+        assert_eq!(long, Wait::Woken);
+        let endless = within_20s(|| wait(&AtomicU32::new(0), 0, None));
+        assert_eq!(endless, Wait::Woken);
+        // A timeout within the period is the caller's own.
+        let short = wait(&AtomicU32::new(0), 0, Some(Duration::from_millis(1)));
+        assert_eq!(short, Wait::TimedOut);
+        assert_eq!(
+            wait(&AtomicU32::new(1), 0, None),
+            Wait::Woken,
+            "not `expected`"
+        );
+    }
 }
