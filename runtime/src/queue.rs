@@ -137,7 +137,9 @@ const NUMBER_SHIFT: u32 = 8;
 /// - Order is FIFO per producer; items of different producers interleave.
 /// - `len` is a snapshot, as Python's `qsize`.
 /// - A process killed while putting or getting never wedges the queue for
-///   the others (a lock it held is taken over within about 50 ms). What can
+///   the others (a lock it held is taken over within about 50 ms, and a
+///   sleeper whose wake-up it was about to send looks again within 50 ms
+///   anyway). What can
 ///   be lost is only that process's own item: the one it was putting is
 ///   either in the queue whole or not at all, and the one it was taking is
 ///   either gone with it or still in the queue whole, except that an item
