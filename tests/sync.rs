@@ -236,6 +236,44 @@ fn condition_notify_wakes_at_most_n_waiters() {
     assert_eq!(woken, 1);
 }
 
+#[process_entry]
+fn wait_then_say_so(cond: Condition, waiting: Event, woken: Event) -> Result<(), String> {
+    let guard = cond.lock().map_err(text)?;
+    waiting.set();
+    let guard = cond.wait(guard).map_err(text)?;
+    drop(guard);
+    woken.set();
+    Ok(())
+}
+
+#[test]
+fn a_waiter_arriving_after_a_notify_does_not_take_its_wake_up() {
+    let cond = Condition::new().unwrap();
+    let (waiting, woken) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn!(
+        wait_then_say_so,
+        cond.clone(),
+        waiting.clone(),
+        woken.clone()
+    )
+    .unwrap();
+    assert!(waiting.wait_timeout(BOUND));
+    // The child set `waiting` holding the lock, and gives it up only by
+    // waiting: once we hold it, the child waits.
+    let guard = cond.lock().unwrap();
+    cond.notify_all();
+    // We arrive after the notify, and look at once (and again at once, if
+    // the child takes the lock in between): the wake-up is not ours.
+    let (guard, timed_out) = cond.wait_timeout(guard, Duration::ZERO).unwrap();
+    assert!(
+        timed_out,
+        "took the wake-up of a waiter notified before it came"
+    );
+    drop(guard);
+    assert!(woken.wait_timeout(BOUND), "the notified waiter slept on");
+    child.join().unwrap().unwrap();
+}
+
 #[test]
 fn condition_wait_timeout_gives_up_within_bounds() {
     let cond = Condition::new().unwrap();

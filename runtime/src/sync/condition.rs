@@ -63,7 +63,9 @@ const TOKENS: usize = 32;
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and leaves it free.
 /// - A waiter killed while waiting keeps its place in the count of waiters,
 ///   so a later `notify(n)` may spend one of its `n` wake-ups on it (Python
-///   has the same weakness); `notify_all` is unaffected.
+///   has the same weakness), and that wake-up may later go to a waiter that
+///   a notify after it left out: one spurious wake-up, which
+///   [`wait_while`](Self::wait_while) absorbs.
 pub struct Condition {
     region: Arc<SharedRegion>,
 }
@@ -187,6 +189,12 @@ impl Condition {
         std::mem::forget(guard);
         let (seq, waiters, tokens) = (self.word(SEQ), self.word(WAITERS), self.word(TOKENS));
         waiters.fetch_add(1, Relaxed);
+        // The wake-ups handed out so far are for waiters that came before
+        // us: we may take one only once a notify has come since we arrived
+        // (one whose count included us). Without this, a waiter that looks
+        // early (a sleep cut short, or a timeout) would take the wake-up of
+        // one notified before it arrived, which would then sleep on.
+        let arrived = seq.load(Relaxed);
         loop {
             // Read under the lock, so a notify after this point changes it.
             let seen = seq.load(Relaxed);
@@ -206,7 +214,7 @@ impl Condition {
                     Outcome::TimedOut => {}
                 }
             }
-            let notified = take_one(tokens);
+            let notified = seq.load(Relaxed) != arrived && take_one(tokens);
             if let Some(pid) = died {
                 if !notified {
                     take_one(waiters);
