@@ -516,3 +516,80 @@ fn processes_mixing_socket_and_lane_messages_keep_order_and_content() {
     }
     assert!(matches!(rx.recv(), Err(RecvError::Disconnected)));
 }
+
+#[process_entry]
+fn send_huge_then_a_marker(tx: Connection<Vec<u8>>, release: multiproc::Event) -> bool {
+    let sent = tx.send_bytes(&vec![9u8; 64 << 20]).is_ok();
+    let _ = tx.send_bytes(b"end");
+    release.wait();
+    sent
+}
+
+#[process_entry]
+fn start_reading(rx: Connection<Vec<u8>>) -> usize {
+    rx.recv_bytes().map_or(0, |m| m.len())
+}
+
+/// Receives up to the marker: how many large messages came (each checked
+/// whole), and whether the marker came (or the stream ended first).
+#[process_entry]
+fn read_to_the_marker(rx: Connection<Vec<u8>>) -> Result<(usize, bool), String> {
+    let mut whole = 0;
+    while let Ok(message) = rx.recv_bytes() {
+        if message == b"end" {
+            return Ok((whole, true));
+        }
+        if message.len() != 64 << 20 || message.iter().any(|&b| b != 9) {
+            return Err(format!("a torn message of {} bytes", message.len()));
+        }
+        whole += 1;
+    }
+    Ok((whole, false))
+}
+
+/// The scheduler state of process `pid` (`R`, `S`, `T`, ...).
+fn state_of(pid: u32) -> u8 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = stat.rfind(')').unwrap();
+    stat.as_bytes()[after_name + 2]
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+#[test]
+fn a_large_message_that_lost_its_receiver_closes_the_stream_for_the_next() {
+    use rustix::process::Signal;
+    // The sender lives on after its message fails, holding its end: only
+    // the stream's closing can tell the next receiver that the message it
+    // would need is lost (and the sender's next message with it).
+    let (rx, tx) = Pipe::<Vec<u8>>::simplex().unwrap();
+    let release = multiproc::Event::new().unwrap();
+    let sender = spawn!(send_huge_then_a_marker, tx, release.clone()).unwrap();
+    // The message's frame is waiting (and its lane full): stop the sender
+    // there, so that a receiver runs out of bytes in the middle of it.
+    assert!(rx.poll(Duration::from_secs(20)));
+    signal(sender.pid(), Signal::STOP);
+    let first = spawn!(start_reading, rx.try_clone().unwrap()).unwrap();
+    // Once the frame is taken and the receiver sleeps, it is waiting inside
+    // the message (nothing else puts it to sleep after taking the frame).
+    let start = Instant::now();
+    while rx.poll(Duration::ZERO) || state_of(first.pid()) != b'S' {
+        assert!(start.elapsed() < Duration::from_secs(20), "never waits");
+        std::thread::yield_now();
+    }
+    first.kill().unwrap();
+    assert!(first.join().unwrap_err().is_signaled());
+    signal(sender.pid(), Signal::CONT);
+    let mut next = spawn!(read_to_the_marker, rx).unwrap();
+    let left = next
+        .join_timeout(Duration::from_secs(20))
+        .unwrap()
+        .expect("the next receiver was left waiting")
+        .unwrap();
+    release.set();
+    assert!(!sender.join().unwrap(), "the sender's message went through");
+    assert_eq!(left, (0, false), "the stream went on after a lost message");
+}

@@ -112,7 +112,9 @@ const LANE_MIN: usize = 256 << 10;
 ///   stream: the receiver gets an error (`Decode`, or `Disconnected` for a
 ///   large message) and the connection is broken. A receiving process killed
 ///   in the middle of a large message makes a `send` still waiting for it
-///   fail with `Disconnected` instead of waiting for ever.
+///   fail with `Disconnected` instead of waiting for ever, and closes the
+///   stream (its message can no longer be delivered whole), so any other
+///   holder of the receiving end then sees `Disconnected` too.
 /// - Messages of 256 KiB or more do not go through the socket but through a
 ///   *lane*: a 4 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which doubles or triples their throughput. Each
@@ -295,8 +297,12 @@ impl<T> Connection<T> {
         match current.write(payload, || self.socket_says_gone(PollFlags::empty())) {
             Ok(()) => Ok(()),
             Err(why) => {
-                // The lane is left in the middle of a message: a fresh one
-                // serves the next message, for a receiver that takes over.
+                // The message's frame is in the stream but its bytes will
+                // never all come: close this direction for every process, so
+                // that a receiver taking over (another process may hold the
+                // receiving end) sees the stream end rather than waiting for
+                // them for ever.
+                let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
                 *lane = None;
                 Err(Error::new(
                     ErrorKind::Disconnected,
