@@ -593,3 +593,58 @@ fn a_large_message_that_lost_its_receiver_closes_the_stream_for_the_next() {
     assert!(!sender.join().unwrap(), "the sender's message went through");
     assert_eq!(left, (0, false), "the stream went on after a lost message");
 }
+
+#[process_entry]
+fn send_until_blocked(tx: Connection<Vec<u8>>, started: multiproc::Event) {
+    started.set();
+    // Below the lane's threshold: through the socket, until its buffer is
+    // full and a send waits with part of its message written.
+    for i in 0u32.. {
+        let _ = tx.send_bytes(&vec![i as u8; 200 << 10]);
+    }
+}
+
+#[test]
+fn a_sender_killed_mid_message_is_an_error_though_another_holds_the_end() {
+    use rustix::process::Signal;
+    let (rx, tx) = Pipe::<Vec<u8>>::simplex().unwrap();
+    // Ours never sends, but keeps the stream from ending with the sender.
+    let spare = tx.try_clone().unwrap();
+    let started = multiproc::Event::new().unwrap();
+    let sender = spawn!(send_until_blocked, tx, started.clone()).unwrap();
+    assert!(started.wait_timeout(Duration::from_secs(20)));
+    // The sender sleeps only in a send that waits for room.
+    let start = Instant::now();
+    while state_of(sender.pid()) != b'S' {
+        assert!(start.elapsed() < Duration::from_secs(20), "never blocks");
+        std::thread::yield_now();
+    }
+    signal(sender.pid(), Signal::KILL);
+    assert!(sender.join().unwrap_err().is_signaled());
+    let (tx_result, results) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut whole = 0u32;
+        let end = loop {
+            match rx.recv_bytes() {
+                Ok(message) => {
+                    assert_eq!(message, vec![whole as u8; 200 << 10]);
+                    whole += 1;
+                }
+                Err(e) => break e,
+            }
+        };
+        let _ = tx_result.send((whole, end));
+    });
+    let (whole, end) = results
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the receiver waits for the rest of the message for ever");
+    assert!(whole >= 5, "only {whole} messages before the torn one");
+    match end {
+        RecvError::Failed(e) => {
+            assert!(e.is_disconnected(), "{e}");
+            assert!(e.to_string().contains("died in the middle"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(spare);
+}

@@ -17,8 +17,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
-use crate::sync::{Lock, LockGuard};
+use crate::sync::raw::{Outcome, RawLock};
+use crate::sync::{Kind as HandleKind, Wait, region_handle};
 use crate::sys::lane::{Abandoned, Lane};
+use crate::sys::shm::SharedRegion;
 use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
 
 /// Creates connected pairs of [`Connection`]s.
@@ -46,9 +48,10 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
     /// Two ends that can each send and receive.
     pub fn duplex() -> Result<(Connection<T>, Connection<T>), Error> {
         let (a, b) = socketpair()?;
+        let locks = SendLocks::new()?;
         Ok((
-            Connection::new(a, true, Some(Lock::new()?)),
-            Connection::new(b, true, Some(Lock::new()?)),
+            Connection::new(a, End::both(locks.clone(), 0)),
+            Connection::new(b, End::both(locks, 1)),
         ))
     }
 
@@ -58,9 +61,26 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
         // Each end refuses the direction it does not have, in every process.
         rustix::net::shutdown(&rx, Shutdown::Write).map_err(|e| Error::io("shutdown", e.into()))?;
         rustix::net::shutdown(&tx, Shutdown::Read).map_err(|e| Error::io("shutdown", e.into()))?;
+        let locks = SendLocks::new()?;
         Ok((
-            Connection::new(rx, true, None),
-            Connection::new(tx, false, Some(Lock::new()?)),
+            Connection::new(
+                rx,
+                End {
+                    locks: locks.clone(),
+                    side: 1,
+                    readable: true,
+                    writable: false,
+                },
+            ),
+            Connection::new(
+                tx,
+                End {
+                    locks,
+                    side: 0,
+                    readable: false,
+                    writable: true,
+                },
+            ),
         ))
     }
 }
@@ -80,6 +100,62 @@ fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(end, SEND_BUFFER);
     }
     Ok((a, b))
+}
+
+/// The send locks of a pipe's two sides, in one shared region. Every send
+/// on a side holds its lock, in whichever process sends; a receiver whose
+/// message stops arriving half-way looks at the other side's lock, which a
+/// sender killed in the middle of that message still holds.
+struct SendLocks {
+    region: Arc<SharedRegion>,
+}
+
+region_handle!(SendLocks, LOCKS_KIND, Some(crate::sync::HEADER_LEN));
+
+const LOCKS_KIND: HandleKind = HandleKind::new(b"mpPL", "multiproc::Pipe");
+
+impl SendLocks {
+    fn new() -> Result<SendLocks, Error> {
+        let region = crate::sync::create(LOCKS_KIND, crate::sync::HEADER_LEN, 0, |_| {})?;
+        Ok(SendLocks { region })
+    }
+
+    /// The send lock of side `side` (0 or 1): its word, then its owner tag.
+    fn of(&self, side: u8) -> RawLock<'_> {
+        let at = 8 + 16 * usize::from(side & 1);
+        RawLock::at(&self.region, at, at + 8)
+    }
+}
+
+/// Which end of which pipe a handle is, and what it may do there.
+#[derive(Clone, Serialize, Deserialize)]
+struct End {
+    locks: SendLocks,
+    /// 0 or 1; the other side's messages are the ones this end receives.
+    side: u8,
+    readable: bool,
+    writable: bool,
+}
+
+impl End {
+    /// An end of a duplex pipe.
+    fn both(locks: SendLocks, side: u8) -> End {
+        End {
+            locks,
+            side,
+            readable: true,
+            writable: true,
+        }
+    }
+}
+
+/// Holds a side's send lock; releases it when dropped.
+struct Sending<'a>(RawLock<'a>);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
 }
 
 /// What each end asks for as its send buffer.
@@ -109,8 +185,11 @@ const LANE_MIN: usize = 256 << 10;
 ///   [`ErrorKind::Disconnected`]; nothing hangs. Keep no spare copy of the
 ///   other end in this process, or it never looks gone (as with Python).
 /// - A process killed in the middle of a send leaves half a message in the
-///   stream: the receiver gets an error (`Decode`, or `Disconnected` for a
-///   large message) and the connection is broken. A receiving process killed
+///   stream: the receiver gets an error and the connection is broken. The
+///   error is `Disconnected` ("died in the middle of a message") within
+///   about 50 ms, even while other processes still hold the sending end
+///   (the receiver sees the dead process holding that end's send lock), or
+///   `Decode` if the stream ended in the middle of a frame. A receiving process killed
 ///   in the middle of a large message makes a `send` still waiting for it
 ///   fail with `Disconnected` instead of waiting for ever, and closes the
 ///   stream (its message can no longer be delivered whole), so any other
@@ -128,9 +207,7 @@ const LANE_MIN: usize = 256 << 10;
 ///   message; the copy sent and the copy kept are the same end.
 pub struct Connection<T> {
     fd: OwnedFd,
-    readable: bool,
-    /// Held across every send on this end, by every process that has it.
-    send_lock: Option<Lock>,
+    end: End,
     /// Shared by the handles `try_clone` makes.
     send: Arc<Mutex<SendState>>,
     /// Shared by the handles `try_clone` makes, which read one stream.
@@ -178,8 +255,8 @@ impl<T> fmt::Debug for Connection<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
             .field("fd", &self.fd)
-            .field("readable", &self.readable)
-            .field("writable", &self.send_lock.is_some())
+            .field("readable", &self.end.readable)
+            .field("writable", &self.end.writable)
             .finish_non_exhaustive()
     }
 }
@@ -189,11 +266,10 @@ fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
 }
 
 impl<T> Connection<T> {
-    fn new(fd: OwnedFd, readable: bool, send_lock: Option<Lock>) -> Connection<T> {
+    fn new(fd: OwnedFd, end: End) -> Connection<T> {
         Connection {
             fd,
-            readable,
-            send_lock,
+            end,
             send: Arc::new(Mutex::new(SendState {
                 frame: OutFrame::new(),
                 lane: None,
@@ -210,7 +286,7 @@ impl<T> Connection<T> {
             .fd
             .try_clone()
             .map_err(|e| Error::io("duplicating a connection", e))?;
-        let mut clone = Connection::new(fd, self.readable, self.send_lock.clone());
+        let mut clone = Connection::new(fd, self.end.clone());
         clone.send = Arc::clone(&self.send);
         clone.recv = Arc::clone(&self.recv);
         Ok(clone)
@@ -218,12 +294,12 @@ impl<T> Connection<T> {
 
     /// Whether this end can receive.
     pub fn readable(&self) -> bool {
-        self.readable
+        self.end.readable
     }
 
     /// Whether this end can send.
     pub fn writable(&self) -> bool {
-        self.send_lock.is_some()
+        self.end.writable
     }
 
     /// Closes this end (in this process; copies elsewhere stay open).
@@ -329,29 +405,44 @@ impl<T> Connection<T> {
 
     /// Takes this end's send lock. A sender that died holding it may have
     /// left half a message in the stream, which no later send can repair.
-    fn lock_sending(&self) -> Result<LockGuard<'_>, Error> {
-        let Some(lock) = &self.send_lock else {
+    fn lock_sending(&self) -> Result<Sending<'_>, Error> {
+        if !self.end.writable {
             return Err(Error::new(
                 ErrorKind::Io,
                 "this end of the pipe is receive-only",
             ));
-        };
-        lock.lock().map_err(|e| {
-            // Its half-written message is in the stream for good: close this
-            // direction for every process, so the receiver sees the stream
-            // end after the garbage instead of later messages spliced into it.
-            let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
-            Error::new(
-                ErrorKind::Disconnected,
-                "a process died while sending on this end; the stream is no longer usable",
-            )
-            .with_source(e)
-        })
+        }
+        let lock = self.end.locks.of(self.end.side);
+        loop {
+            match lock.acquire(Wait::Forever) {
+                Outcome::Acquired => return Ok(Sending(lock)),
+                Outcome::TimedOut => continue,
+                Outcome::OwnerDied(pid) => {
+                    // Its half-written message is in the stream for good:
+                    // close this direction for every process, so the
+                    // receiver sees the stream end after the garbage instead
+                    // of later messages spliced into it.
+                    let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
+                    return Err(Error::new(
+                        ErrorKind::Disconnected,
+                        format!(
+                            "process {pid} died while sending on this end; the stream is no longer usable"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Whether the sender of the message now arriving died in the middle
+    /// of it: the other side's send lock is held by a dead process.
+    fn sender_died(&self) -> bool {
+        self.end.locks.of(self.end.side ^ 1).holder_is_dead()
     }
 
     /// Receives one frame; its payload is where [`RecvState::payload`] says.
     fn recv_frame(&self, state: &mut RecvState) -> Result<wire::Located, RecvError> {
-        if !self.readable {
+        if !self.end.readable {
             return Err(RecvError::Failed(Error::new(
                 ErrorKind::Io,
                 "this end of the pipe is send-only",
@@ -363,7 +454,11 @@ impl<T> Connection<T> {
                 format!("connection is broken: {why}"),
             )));
         }
-        match state.reader.recv(self.fd.as_fd(), &mut state.buf) {
+        let died = || self.sender_died();
+        match state
+            .reader
+            .recv(self.fd.as_fd(), &mut state.buf, Some(&died))
+        {
             Ok(Some((frame, at))) if frame.kind == Kind::Lane => {
                 self.recv_by_lane(state, frame, at)
             }
@@ -529,10 +624,7 @@ impl<T> Serialize for Connection<T> {
             )));
         }
         let index = wire::push_fd(self.fd.as_fd()).map_err(S::Error::custom)?;
-        serializer.serialize_newtype_struct(
-            "multiproc::Connection",
-            &(index, self.readable, &self.send_lock),
-        )
+        serializer.serialize_newtype_struct("multiproc::Connection", &(index, &self.end))
     }
 }
 
@@ -540,10 +632,10 @@ impl<'de, T> Deserialize<'de> for Connection<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Connection<T>, D::Error> {
         #[derive(Deserialize)]
         #[serde(rename = "multiproc::Connection")]
-        struct Wire((u32, bool, Option<Lock>));
-        let Wire((index, readable, send_lock)) = Wire::deserialize(deserializer)?;
+        struct Wire((u32, End));
+        let Wire((index, end)) = Wire::deserialize(deserializer)?;
         let fd = wire::take_fd(index).map_err(D::Error::custom)?;
-        Ok(Connection::new(fd, readable, send_lock))
+        Ok(Connection::new(fd, end))
     }
 }
 
@@ -663,7 +755,7 @@ mod tests {
     #[test]
     fn messages_switch_between_lanes_and_the_socket() {
         let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
-        let b2 = Connection::<Vec<u8>>::new(b.fd.try_clone().unwrap(), true, b.send_lock.clone());
+        let b2 = Connection::<Vec<u8>>::new(b.fd.try_clone().unwrap(), b.end.clone());
         std::thread::scope(|s| {
             s.spawn(|| {
                 // Two handles with a lane each, and small messages between.

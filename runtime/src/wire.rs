@@ -15,6 +15,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
     SendAncillaryMessage, SendFlags,
@@ -24,6 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::{Error, ErrorKind};
+use crate::sync::raw::CHECK_PERIOD;
 
 /// The largest payload a frame may announce.
 pub(crate) const MAX_FRAME_LEN: u64 = 1 << 31;
@@ -351,7 +353,7 @@ pub(crate) fn recv_frame(
     let mut fds = Vec::new();
     let mut got = 0;
     while got < HEADER_LEN {
-        let n = recv_with_fds(sock, &mut head[got..], &mut fds)?;
+        let n = recv_with_fds(sock, &mut head[got..], &mut fds, RecvFlags::empty())?;
         if n == 0 {
             if got == 0 && fds.is_empty() {
                 return Ok(None);
@@ -371,7 +373,7 @@ pub(crate) fn recv_frame(
         });
     }
     buf.clear();
-    read_rest(sock, buf, len)?;
+    read_rest(sock, buf, len, None)?;
     Ok(Some(InFrame { kind, fds }))
 }
 
@@ -395,15 +397,35 @@ fn parse_header(head: &[u8; HEADER_LEN]) -> Result<(Kind, usize, usize), RecvErr
     Ok((kind, nfds, len as usize))
 }
 
+/// Asked, when the rest of a half-received frame is slow to come, whether
+/// its sender died. Another process may hold the sending end too, so the
+/// stream need not end when the sender does; `None` for streams with a
+/// single sending process, whose death ends the stream.
+pub(crate) type SenderDied<'a> = Option<&'a dyn Fn() -> bool>;
+
 /// Appends bytes from `sock` to `buf` until it holds `len` bytes.
 ///
 /// The buffer grows as bytes arrive (at most doubling), so a header that
 /// announces far more than is ever sent costs no more memory than was sent.
-fn read_rest(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> Result<(), RecvError> {
+fn read_rest(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    len: usize,
+    died: SenderDied<'_>,
+) -> Result<(), RecvError> {
     while buf.len() < len {
         let filled = buf.len();
         let chunk = (len - filled).min(filled.max(1 << 16));
-        let n = crate::sys::recv_append(sock, buf, chunk).map_err(RecvError::Io)?;
+        let n = match died {
+            None => crate::sys::recv_append(sock, buf, chunk, RecvFlags::empty()),
+            Some(died) => loop {
+                match crate::sys::recv_append(sock, buf, chunk, RecvFlags::DONTWAIT) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => await_more(sock, died)?,
+                    other => break other,
+                }
+            },
+        }
+        .map_err(RecvError::Io)?;
         if n == 0 {
             return Err(RecvError::Truncated {
                 got: HEADER_LEN + filled,
@@ -412,6 +434,23 @@ fn read_rest(sock: BorrowedFd<'_>, buf: &mut Vec<u8>, len: usize) -> Result<(), 
         }
     }
     Ok(())
+}
+
+/// Waits for more bytes of a half-received frame, asking `died` after each
+/// [`CHECK_PERIOD`] without any.
+#[cold]
+fn await_more(sock: BorrowedFd<'_>, died: &dyn Fn() -> bool) -> Result<(), RecvError> {
+    loop {
+        let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+        if crate::poll::poll(&mut fds, Some(CHECK_PERIOD)).map_err(RecvError::Io)? > 0 {
+            return Ok(());
+        }
+        if died() {
+            return Err(RecvError::PeerLost(
+                "the sending process died in the middle of a message",
+            ));
+        }
+    }
 }
 
 /// A frame from a [`FrameReader`], and where its payload is: in the
@@ -449,6 +488,7 @@ impl FrameReader {
         &mut self,
         sock: BorrowedFd<'_>,
         out: &mut Vec<u8>,
+        died: SenderDied<'_>,
     ) -> Result<Option<Located>, RecvError> {
         if self.ahead.is_empty() {
             self.ahead = vec![0; READ_AHEAD];
@@ -459,7 +499,19 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let n = recv_with_fds(sock, &mut self.ahead[self.end..], &mut self.fds)?;
+            let into = &mut self.ahead[self.end..];
+            let n = match died {
+                // Half a header: the rest should follow at once.
+                Some(died) if self.end > self.start => loop {
+                    match recv_with_fds(sock, into, &mut self.fds, RecvFlags::DONTWAIT) {
+                        Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                            await_more(sock, died)?
+                        }
+                        other => break other?,
+                    }
+                },
+                _ => recv_with_fds(sock, into, &mut self.fds, RecvFlags::empty())?,
+            };
             if n == 0 {
                 let got = self.end - self.start;
                 if got == 0 && self.fds.is_empty() {
@@ -506,7 +558,7 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
-        read_rest(sock, out, len)?;
+        read_rest(sock, out, len, died)?;
         Ok(Some((frame, None)))
     }
 
@@ -520,6 +572,7 @@ fn recv_with_fds(
     sock: BorrowedFd<'_>,
     into: &mut [u8],
     fds: &mut impl Extend<OwnedFd>,
+    flags: RecvFlags,
 ) -> Result<usize, RecvError> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -528,7 +581,7 @@ fn recv_with_fds(
             sock,
             &mut [IoSliceMut::new(into)],
             &mut control,
-            RecvFlags::CMSG_CLOEXEC,
+            flags | RecvFlags::CMSG_CLOEXEC,
         ) {
             Ok(msg) => break msg,
             Err(rustix::io::Errno::INTR) => continue,

@@ -206,6 +206,13 @@ impl<'a> RawLock<'a> {
         }
     }
 
+    /// Whether the lock is held by a process that has died (looking only:
+    /// the lock is left as it is, for the next acquirer to take over).
+    pub(crate) fn holder_is_dead(&self) -> bool {
+        let pid = self.word.load(Relaxed) & OWNER_MASK;
+        pid != 0 && owner::is_dead(pid, self.tag.load(Relaxed))
+    }
+
     /// The pid of the process holding the lock, if any.
     pub(crate) fn holder(&self) -> Option<u32> {
         match self.word.load(Relaxed) & OWNER_MASK {

@@ -107,18 +107,19 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
-/// Receives at most `max` bytes from `sock`, appended to `buf` without
+/// Receives at most `max` bytes from `sock` (with `flags`), appended to `buf` without
 /// zero-filling it first. Returns how many bytes arrived (0 at end of stream).
 pub(crate) fn recv_append(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
     max: usize,
+    flags: RecvFlags,
 ) -> io::Result<usize> {
     buf.reserve(max);
     let len = buf.len();
     let spare = &mut buf.spare_capacity_mut()[..max];
     let n = loop {
-        match rustix::net::recv(sock, &mut *spare, RecvFlags::empty()) {
+        match rustix::net::recv(sock, &mut *spare, flags) {
             Ok(((init, _), _)) => break init.len(),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
