@@ -146,10 +146,12 @@ const NUMBER_SHIFT: u32 = 8;
 ///   carrying handles or too large for the ring whose side message the dead
 ///   process had already received is then dropped by the next `get`, which
 ///   reports an error for it. Nothing is ever delivered twice, and no other
-///   item loses its handles or gets another's. A `JoinableQueue` putter
-///   killed in the instant between counting its item as unfinished and
-///   publishing it leaves a task that no one will take, so `join` then waits
-///   until its timeout.
+///   item loses its handles or gets another's.
+/// - A `JoinableQueue` item that no one will mark done stays unfinished:
+///   one a getter took and died with (or whose `get` failed, above), or one
+///   whose putter was killed in the instant between counting it and
+///   publishing it. `join` then waits for ever and `join_timeout` until its
+///   timeout, as in Python; call `task_done` for such items yourself.
 /// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
 /// - Items that carry handles, or are too large for the ring (over 1 MiB
 ///   encoded), also queue a message on the queue's socket, whose buffer holds
@@ -633,7 +635,12 @@ impl Inner {
         get.read(h + RECORD_HEADER, bytes)
             .map_err(|_| corrupt("record longer than the ring's used part"))?;
         let side = if flags & SIDE != 0 {
-            recv_side(self.side_rx.as_fd(), head.count(), flags >> NUMBER_SHIFT)
+            recv_side(
+                self.side_rx.as_fd(),
+                head.count(),
+                flags >> NUMBER_SHIFT,
+                || self.ring.tail().count(),
+            )
         } else {
             Ok(Vec::new())
         };
@@ -747,7 +754,17 @@ fn side_tag(seq: u32, number: u32) -> [u8; SIDE_TAG] {
 /// its item) are dropped with their descriptors; a later item's message is
 /// left for that item (its tag is only peeked at), so one lost message
 /// never costs another item its handles.
-fn recv_side(sock: BorrowedFd<'_>, seq: u32, number: u32) -> io::Result<Vec<OwnedFd>> {
+///
+/// A later item is one put since `seq` (up to `tail()`, the count of items
+/// ever put, asked after looking): that bounds how far ahead its number can
+/// be, so a message left by a dead putter any number of items ago, even
+/// past the counts' wrap-around, still counts as before.
+fn recv_side(
+    sock: BorrowedFd<'_>,
+    seq: u32,
+    number: u32,
+    tail: impl Fn() -> u32,
+) -> io::Result<Vec<OwnedFd>> {
     let want = side_tag(seq, number);
     let lost = || io::Error::other("the item's handles were lost");
     loop {
@@ -765,7 +782,8 @@ fn recv_side(sock: BorrowedFd<'_>, seq: u32, number: u32) -> io::Result<Vec<Owne
         };
         let mine = peeked.bytes == SIDE_TAG && tag == want;
         let got = u32::from_le_bytes([tag[0], tag[1], tag[2], tag[3]]);
-        if !mine && peeked.bytes == SIDE_TAG && (got.wrapping_sub(seq) as i32) > 0 {
+        let ahead = got.wrapping_sub(seq);
+        if !mine && peeked.bytes == SIDE_TAG && ahead != 0 && ahead <= tail().wrapping_sub(seq) {
             return Err(lost());
         }
         // Ours, or older (or garbage): take it, and its descriptors.
@@ -820,7 +838,8 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
 
 /// A [`Queue`] that also counts unfinished items, as Python's
 /// `JoinableQueue`: every `get` is matched by a [`task_done`](Self::task_done)
-/// and [`join`](Self::join) waits until all are.
+/// and [`join`](Self::join) waits until all are. (An item lost with a
+/// killed process is never done: see [`Queue`]'s caveats.)
 ///
 /// ```
 /// use multiproc::{process_entry, spawn, JoinableQueue};
@@ -1040,9 +1059,17 @@ mod tests {
         assert!(send_side(tx.as_fd(), 5, 2, None, &[memfd_of(2)]).unwrap());
         // Item 6's message was taken by a getter that died; item 7's is there.
         assert!(send_side(tx.as_fd(), 7, 3, None, &[memfd_of(3)]).unwrap());
-        assert_eq!(sizes(&recv_side(rx.as_fd(), 5, 2).unwrap()), [2]);
-        assert!(recv_side(rx.as_fd(), 6, 9).is_err());
-        assert_eq!(sizes(&recv_side(rx.as_fd(), 7, 3).unwrap()), [3]);
-        assert!(recv_side(rx.as_fd(), 8, 4).is_err());
+        let tail = || 8;
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 5, 2, tail).unwrap()), [2]);
+        assert!(recv_side(rx.as_fd(), 6, 9, tail).is_err());
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 7, 3, tail).unwrap()), [3]);
+        assert!(recv_side(rx.as_fd(), 8, 4, tail).is_err());
+        // Left by a putter that died 3 billion items ago (the counts wrapped
+        // around since): still before, so dropped rather than waited for.
+        let now = 5u32.wrapping_add(3_000_000_000);
+        assert!(send_side(tx.as_fd(), 5, 5, None, &[memfd_of(5)]).unwrap());
+        assert!(send_side(tx.as_fd(), now, 6, None, &[memfd_of(6)]).unwrap());
+        let tail = || now.wrapping_add(1);
+        assert_eq!(sizes(&recv_side(rx.as_fd(), now, 6, tail).unwrap()), [6]);
     }
 }
