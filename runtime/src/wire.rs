@@ -499,18 +499,23 @@ impl FrameReader {
                 self.end -= self.start;
                 self.start = 0;
             }
-            let into = &mut self.ahead[self.end..];
-            let n = match died {
-                // Half a header: the rest should follow at once.
-                Some(died) if self.end > self.start => loop {
-                    match recv_with_fds(sock, into, &mut self.fds, RecvFlags::DONTWAIT) {
-                        Err(RecvError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                            await_more(sock, died)?
-                        }
-                        other => break other?,
+            // With half a header here, the rest should follow at once: if
+            // it does not, ask whether its sender died while waiting.
+            let stall = died.filter(|_| self.end > self.start);
+            let flags = match stall {
+                Some(_) => RecvFlags::DONTWAIT,
+                None => RecvFlags::empty(),
+            };
+            let n = loop {
+                let got = recv_with_fds(sock, &mut self.ahead[self.end..], &mut self.fds, flags);
+                match (got, stall) {
+                    (Err(RecvError::Io(e)), Some(died))
+                        if e.kind() == io::ErrorKind::WouldBlock =>
+                    {
+                        await_more(sock, died)?
                     }
-                },
-                _ => recv_with_fds(sock, into, &mut self.fds, RecvFlags::empty())?,
+                    (got, _) => break got?,
+                }
             };
             if n == 0 {
                 let got = self.end - self.start;
