@@ -189,15 +189,15 @@ const LANE_MIN: usize = 256 << 10;
 ///   error is `Disconnected` ("died in the middle of a message") within
 ///   about 50 ms, even while other processes still hold the sending end
 ///   (the receiver sees the dead process holding that end's send lock), or
-///   `Decode` if the stream ended in the middle of a frame. A receiving process killed
-///   in the middle of a large message makes a `send` still waiting for it
-///   fail with `Disconnected` instead of waiting for ever, and closes the
-///   stream (its message can no longer be delivered whole), so any other
-///   holder of the receiving end then sees `Disconnected` too. Only a
-///   receiver killed in the instant between taking such a message's
-///   announcement and starting on its bytes goes unseen while another
-///   process holds the receiving end: the sender then waits until every
-///   copy of that end is closed.
+///   `Decode` if the stream ended in the middle of a frame.
+/// - A receiving process killed in the middle of a large message makes a
+///   `send` still waiting for it fail with `Disconnected` instead of
+///   waiting for ever, and closes the stream (the message can no longer be
+///   delivered whole), so any other holder of the receiving end then sees
+///   `Disconnected` too. Only a receiver killed in the instant between
+///   taking such a message's announcement and starting on its bytes goes
+///   unseen while another process holds the receiving end: the sender then
+///   waits until every copy of that end is closed.
 /// - Messages of 256 KiB or more do not go through the socket but through a
 ///   *lane*: a 4 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which doubles or triples their throughput. Each

@@ -107,8 +107,9 @@ pub(crate) fn at_exit(f: extern "C" fn()) -> io::Result<()> {
     }
 }
 
-/// Receives at most `max` bytes from `sock` (with `flags`), appended to `buf` without
-/// zero-filling it first. Returns how many bytes arrived (0 at end of stream).
+/// Receives at most `max` bytes from `sock` (with `flags`), appended to
+/// `buf` without zero-filling it first. Returns how many bytes arrived (0 at
+/// end of stream).
 pub(crate) fn recv_append(
     sock: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
