@@ -586,7 +586,8 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         wire::decode(state.payload(at), frame.fds).map_err(RecvError::Failed)
     }
 
-    /// Receives a message if one is ready now.
+    /// Receives a message if one has started arriving (then waits for the
+    /// rest of it, as [`recv_timeout`](Self::recv_timeout) does).
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.recv_waiting(Some(Duration::ZERO))
             .map_err(|e| match e {
@@ -596,7 +597,10 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
             })
     }
 
-    /// Receives a message, waiting at most `timeout` for one to start arriving.
+    /// Receives a message, waiting at most `timeout` for one to start
+    /// arriving. The rest of a message that has started comes without a
+    /// deadline: it is on its way (or its sender is found dead within
+    /// about 50 ms, an error).
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.recv_waiting(Some(timeout))
     }
