@@ -262,9 +262,16 @@ fn a_waiter_arriving_after_a_notify_does_not_take_its_wake_up() {
     // waiting: once we hold it, the child waits.
     let guard = cond.lock().unwrap();
     cond.notify_all();
-    // We arrive after the notify, and look at once (and again at once, if
-    // the child takes the lock in between): the wake-up is not ours.
+    // Stopped, the child cannot take its wake-up before we look.
+    let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    eventually("the child is stopped", || {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.pid())).unwrap();
+        stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'T'
+    });
+    // We arrive after the notify, and look at once: the wake-up is not ours.
     let (guard, timed_out) = cond.wait_timeout(guard, Duration::ZERO).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     assert!(
         timed_out,
         "took the wake-up of a waiter notified before it came"

@@ -1024,9 +1024,19 @@ mod tests {
         let q = Queue::<u32>::new().unwrap();
         let getter = q.clone();
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || tx.send(getter.get()));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+            tx.send(getter.get())
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Counted as a sleeper, and asleep (its only sleep is on the futex).
+        let asleep = || {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'S'
+        };
         let waiters = q.inner.word(EMPTY_WAITERS);
-        while waiters.load(SeqCst) == 0 {
+        while waiters.load(SeqCst) == 0 || !asleep() {
             std::thread::yield_now();
         }
         waiters.swap(0, SeqCst);
