@@ -188,18 +188,13 @@ compile_error!(
 // Lets generated code name `::multiproc` inside this crate's own tests.
 extern crate self as multiproc;
 
-mod bootstrap;
 mod channel_error;
-mod children;
 mod codec;
-mod entry;
 mod error;
 mod fd;
-mod info;
 mod pipe;
-mod poll;
-mod process;
 mod queue;
+mod spawn;
 mod sync;
 mod sys;
 mod wire;
@@ -207,15 +202,15 @@ mod wire;
 pub use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub use crate::entry::{Entry, entries};
 pub use crate::error::{Error, ErrorKind, PanicReport, Result};
 pub use crate::fd::Fd;
-pub use crate::info::{
+pub use crate::pipe::{Connection, Pipe};
+pub use crate::queue::{JoinableQueue, Queue};
+pub use crate::spawn::current::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
-pub use crate::pipe::{Connection, Pipe};
-pub use crate::process::{JoinHandle, Process};
-pub use crate::queue::{JoinableQueue, Queue};
+pub use crate::spawn::parent::{JoinHandle, Process};
+pub use crate::spawn::registry::{Entry, entries};
 pub use crate::sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
@@ -232,7 +227,7 @@ pub use multiproc_macros::process_entry;
 /// parent counted, so it waits for this call to run its entry (or report it
 /// unknown) instead of running `main`.
 pub fn init() {
-    bootstrap::force();
+    spawn::child::force();
 }
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
@@ -296,7 +291,9 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__entry_ctor as entry_ctor;
-    pub use crate::entry::{Entry, EntryRecord, entry_loaded};
-    pub use crate::process::{spawn_unchecked_named, spawn_with_raw_call};
+    pub use crate::__load_time_ctor as load_time_ctor;
+    pub use crate::spawn::child::entry_loaded;
+    pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
+    pub use crate::spawn::registry::{Entry, EntryRecord};
     pub use crate::wire::encode_frame_for_tests;
 }

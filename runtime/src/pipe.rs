@@ -17,9 +17,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
-use crate::sync::raw::{Outcome, RawLock};
-use crate::sync::{Kind as HandleKind, Wait, region_handle};
+use crate::sync::{Kind as HandleKind, region_handle};
 use crate::sys::lane::{Abandoned, Lane};
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
 use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
 
@@ -326,14 +327,14 @@ impl<T> Connection<T> {
 
     fn poll_socket(&self, timeout: Option<Duration>) -> bool {
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        matches!(crate::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
+        matches!(crate::sys::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 
     /// Whether the socket says, right now, that the other side is gone:
     /// `HUP` or `ERR`, or any of the events in `also`.
     fn socket_says_gone(&self, also: PollFlags) -> bool {
         let mut fds = [PollFd::new(&self.fd, also)];
-        matches!(crate::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+        matches!(crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
             && fds[0]
                 .revents()
                 .intersects(also | PollFlags::HUP | PollFlags::ERR)
@@ -418,10 +419,10 @@ impl<T> Connection<T> {
         }
         let lock = self.end.locks.of(self.end.side);
         loop {
-            match lock.acquire(Wait::Forever) {
-                Outcome::Acquired => return Ok(Sending(lock)),
-                Outcome::TimedOut => continue,
-                Outcome::OwnerDied(pid) => {
+            match lock.acquire(Deadline::Never) {
+                Acquisition::Acquired => return Ok(Sending(lock)),
+                Acquisition::TimedOut => continue,
+                Acquisition::OwnerDied(pid) => {
                     // Its half-written message is in the stream for good:
                     // close this direction for every process, so the
                     // receiver sees the stream end after the garbage instead

@@ -53,9 +53,10 @@ use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::error::{Error, ErrorKind};
-use crate::sync::raw::Spin;
-use crate::sync::{Kind, Wait};
+use crate::sync::Kind;
 use crate::sys::futex;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::Spin;
 use crate::sys::ring::{self, GetSide, Pos, Ring};
 use crate::wire::{self, OutFrame};
 
@@ -240,7 +241,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts an item, waiting while the queue is full.
     pub fn put(&self, item: T) -> Result<(), SendError<T>> {
-        self.put_wait(item, Wait::Forever).map_err(|e| match e {
+        self.put_wait(item, Deadline::Never).map_err(|e| match e {
             SendTimeoutError::Timeout(item) | SendTimeoutError::Disconnected(item) => {
                 SendError(item)
             }
@@ -249,12 +250,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Puts an item, waiting at most `timeout` for room.
     pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
-        self.put_wait(item, Wait::timeout(timeout))
+        self.put_wait(item, Deadline::after(timeout))
     }
 
     /// Puts an item if there is room now.
     pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
-        self.put_wait(item, Wait::Try).map_err(|e| match e {
+        self.put_wait(item, Deadline::Now).map_err(|e| match e {
             SendTimeoutError::Timeout(item) => TrySendError::Full(item),
             SendTimeoutError::Disconnected(item) => TrySendError::Disconnected(item),
         })
@@ -263,7 +264,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// Takes the oldest item, waiting until there is one. `Disconnected`
     /// once the queue is closed and drained.
     pub fn get(&self) -> Result<T, RecvError> {
-        self.get_wait(Wait::Forever).map_err(|e| match e {
+        self.get_wait(Deadline::Never).map_err(|e| match e {
             RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout => RecvError::Disconnected,
             RecvTimeoutError::Failed(e) => RecvError::Failed(e),
         })
@@ -271,19 +272,19 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
 
     /// Takes the oldest item, waiting at most `timeout`.
     pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
-        self.get_wait(Wait::timeout(timeout))
+        self.get_wait(Deadline::after(timeout))
     }
 
     /// Takes the oldest item if there is one now.
     pub fn try_get(&self) -> Result<T, TryRecvError> {
-        self.get_wait(Wait::Try).map_err(|e| match e {
+        self.get_wait(Deadline::Now).map_err(|e| match e {
             RecvTimeoutError::Timeout => TryRecvError::Empty,
             RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
             RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
         })
     }
 
-    fn put_wait(&self, item: T, wait: Wait) -> Result<(), SendTimeoutError<T>> {
+    fn put_wait(&self, item: T, wait: Deadline) -> Result<(), SendTimeoutError<T>> {
         let result = with_encoded(&item, |frame| {
             self.inner.put_bytes(frame.payload(), frame.fds(), wait)
         });
@@ -296,7 +297,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         }
     }
 
-    fn get_wait(&self, wait: Wait) -> Result<T, RecvTimeoutError> {
+    fn get_wait(&self, wait: Deadline) -> Result<T, RecvTimeoutError> {
         let mut bytes = DECODER.take();
         let result = self
             .inner
@@ -408,7 +409,7 @@ impl Inner {
     fn close(&self) {
         // Under the put lock, so no put that saw the queue open is still
         // under way when this returns.
-        if let Some(put) = self.ring.lock_put(Wait::Forever) {
+        if let Some(put) = self.ring.lock_put(Deadline::Never) {
             self.word(CLOSED).store(1, SeqCst);
             drop(put);
         }
@@ -435,7 +436,7 @@ impl Inner {
         }
     }
 
-    fn put_bytes(&self, payload: &[u8], fds: &[OwnedFd], wait: Wait) -> Result<(), PutFail> {
+    fn put_bytes(&self, payload: &[u8], fds: &[OwnedFd], wait: Deadline) -> Result<(), PutFail> {
         let joinable = self.word(JOINABLE).load(Relaxed) != 0;
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
@@ -528,7 +529,7 @@ impl Inner {
             drop(put);
             // Full (or the side socket is): wait until a get moves `HEAD`
             // past `head`, which was loaded after deciding there was no room.
-            if matches!(wait, Wait::Try) {
+            if matches!(wait, Deadline::Now) {
                 return Err(PutFail::Full);
             }
             let moved = || self.ring.head() != head || self.is_closed();
@@ -546,7 +547,7 @@ impl Inner {
         spin: &mut Spin,
         waiters: usize,
         seq: usize,
-        wait: Wait,
+        wait: Deadline,
         ready: impl Fn() -> bool,
     ) -> bool {
         while spin.spin() {
@@ -561,14 +562,18 @@ impl Inner {
             left == Some(Duration::ZERO)
                 || matches!(
                     futex::wait(self.word(seq), seen, left),
-                    futex::Wait::TimedOut
+                    futex::Slept::TimedOut
                 )
         };
         !(timed_out && wait.left() == Some(Duration::ZERO))
     }
 
     /// Takes an item: its bytes into `bytes`, its descriptors returned.
-    fn get_bytes(&self, wait: Wait, bytes: &mut Vec<u8>) -> Result<Vec<OwnedFd>, RecvTimeoutError> {
+    fn get_bytes(
+        &self,
+        wait: Deadline,
+        bytes: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, RecvTimeoutError> {
         let mut spin = Spin::new();
         loop {
             let Some(mut get) = self.ring.lock_get(wait) else {
@@ -590,7 +595,7 @@ impl Inner {
             if closed {
                 return Err(RecvTimeoutError::Disconnected);
             }
-            if matches!(wait, Wait::Try) {
+            if matches!(wait, Deadline::Now) {
                 return Err(RecvTimeoutError::Timeout);
             }
             // Empty: wait for a put (or close).
@@ -956,16 +961,16 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
 
     /// Waits until every item put has been marked done.
     pub fn join(&self) -> Result<(), Error> {
-        self.join_wait(Wait::Forever).map(drop)
+        self.join_wait(Deadline::Never).map(drop)
     }
 
     /// Like [`join`](Self::join) for at most `timeout`; `Ok(false)` if tasks
     /// are still unfinished then.
     pub fn join_timeout(&self, timeout: Duration) -> Result<bool, Error> {
-        self.join_wait(Wait::timeout(timeout))
+        self.join_wait(Deadline::after(timeout))
     }
 
-    fn join_wait(&self, wait: Wait) -> Result<bool, Error> {
+    fn join_wait(&self, wait: Deadline) -> Result<bool, Error> {
         let inner = &self.queue.inner;
         loop {
             let seq = inner.word(ALL_DONE).load(SeqCst);

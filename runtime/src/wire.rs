@@ -25,7 +25,7 @@ use serde::de::DeserializeOwned;
 
 use crate::codec;
 use crate::error::{Error, ErrorKind};
-use crate::sync::raw::CHECK_PERIOD;
+use crate::sys::futex::CHECK_PERIOD;
 
 /// The largest payload a frame may announce.
 pub(crate) const MAX_FRAME_LEN: u64 = 1 << 31;
@@ -442,7 +442,7 @@ fn read_rest(
 fn await_more(sock: BorrowedFd<'_>, died: &dyn Fn() -> bool) -> Result<(), RecvError> {
     loop {
         let mut fds = [PollFd::new(&sock, PollFlags::IN)];
-        if crate::poll::poll(&mut fds, Some(CHECK_PERIOD)).map_err(RecvError::Io)? > 0 {
+        if crate::sys::poll::poll(&mut fds, Some(CHECK_PERIOD)).map_err(RecvError::Io)? > 0 {
             return Ok(());
         }
         if died() {

@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::raw::{CHECK_PERIOD, Outcome, RawLock};
-use super::{HEADER_LEN, Kind, Wait, owner};
+use super::{HEADER_LEN, Kind};
 use crate::error::{Error, ErrorKind};
 use crate::sys::futex;
+use crate::sys::futex::CHECK_PERIOD;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
 const KIND: Kind = Kind::new(b"mpBR", "multiproc::Barrier");
@@ -106,10 +109,10 @@ impl Barrier {
         let raw = RawLock::of(&self.region);
         let mut owner_died = false;
         loop {
-            match raw.acquire(Wait::Forever) {
-                Outcome::Acquired => break,
-                Outcome::OwnerDied(_) => owner_died = true,
-                Outcome::TimedOut => {}
+            match raw.acquire(Deadline::Never) {
+                Acquisition::Acquired => break,
+                Acquisition::OwnerDied(_) => owner_died = true,
+                Acquisition::TimedOut => {}
             }
         }
         let state = State { barrier: self, raw };
@@ -133,7 +136,7 @@ impl Barrier {
     /// broken, or becomes broken (abort, reset, another party's timeout, a
     /// waiting process's death) while waiting.
     pub fn wait(&self) -> Result<usize, Error> {
-        self.wait_until(Wait::Forever)
+        self.wait_until(Deadline::Never)
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`. A timeout breaks
@@ -141,10 +144,10 @@ impl Barrier {
     /// [`Timeout`](crate::ErrorKind::Timeout) error; the other waiters get
     /// [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
-        self.wait_until(Wait::timeout(timeout))
+        self.wait_until(Deadline::after(timeout))
     }
 
-    fn wait_until(&self, wait: Wait) -> Result<usize, Error> {
+    fn wait_until(&self, wait: Deadline) -> Result<usize, Error> {
         let me = owner::me();
         let mut state = self.lock_state();
         let mut checked = Instant::now();
@@ -209,7 +212,7 @@ impl Barrier {
 
     /// Releases the lock, sleeps until a state change or for a check
     /// period, takes the lock again.
-    fn sleep<'a>(&'a self, state: State<'a>, wait: Wait) -> State<'a> {
+    fn sleep<'a>(&'a self, state: State<'a>, wait: Deadline) -> State<'a> {
         let seq = self.word(SEQ);
         let seen = seq.load(Relaxed);
         drop(state);

@@ -14,7 +14,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use serde::de::{Error as _, Visitor};
 use serde::ser::Error as _;
@@ -28,9 +27,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
-pub(crate) mod owner;
 mod pod;
-pub(crate) mod raw;
 mod rlock;
 mod semaphore;
 mod shared_memory;
@@ -53,36 +50,6 @@ pub(crate) const WORDS_LEN: usize = 40;
 /// Size of regions that have nothing past the standard words.
 pub(crate) const HEADER_LEN: usize = 64;
 const MAGIC: usize = 0;
-
-/// How long an operation may block.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wait {
-    /// Not at all.
-    Try,
-    /// Until this instant.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
-}
-
-impl Wait {
-    /// At most `timeout` from now.
-    pub(crate) fn timeout(timeout: Duration) -> Wait {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => Wait::Until(deadline),
-            None => Wait::Forever,
-        }
-    }
-
-    /// What is left: `None` for ever, zero once passed.
-    pub(crate) fn left(self) -> Option<Duration> {
-        match self {
-            Wait::Try => Some(Duration::ZERO),
-            Wait::Until(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
-            Wait::Forever => None,
-        }
-    }
-}
 
 /// The kind of a region, checked when a handle arrives.
 #[derive(Debug, Clone, Copy)]

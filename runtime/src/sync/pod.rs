@@ -11,9 +11,9 @@ use bytemuck::Pod;
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
-use super::raw::DataGuard;
-use super::{Kind, WORDS_LEN, Wait};
+use super::{Kind, WORDS_LEN};
 use crate::error::{Error, ErrorKind};
+use crate::sys::lock_word::{DataGuard, Deadline, RawLock};
 use crate::sys::shm::{self, SharedRegion};
 
 /// `size_of::<T>()`, as the creator saw it.
@@ -87,7 +87,7 @@ impl<T: Pod> PodRegion<T> {
     pub(crate) fn from_slice(kind: Kind, items: &[T], what: &str) -> Result<PodRegion<T>, Error> {
         let pod = PodRegion::zeroed(kind, items.len())?;
         // Nobody else has it yet, so the lock is free.
-        let mut guard = pod.lock(Wait::Try, what)?.ok_or_else(|| {
+        let mut guard = pod.lock(Deadline::Now, what)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Io,
                 format!("a new {} was locked by another process", kind.name),
@@ -104,8 +104,8 @@ impl<T: Pod> PodRegion<T> {
     }
 
     /// Locks the elements. `Ok(None)`: timed out.
-    pub(crate) fn lock(&self, wait: Wait, what: &str) -> Result<Option<DataGuard<'_>>, Error> {
-        DataGuard::lock(&self.region, wait, what)
+    pub(crate) fn lock(&self, wait: Deadline, what: &str) -> Result<Option<DataGuard<'_>>, Error> {
+        DataGuard::lock(&self.region, wait).map_err(|pid| super::owner_died(what, pid))
     }
 
     /// The elements, from a guard of this region.
@@ -125,7 +125,7 @@ impl<T: Pod> PodRegion<T> {
 
     /// Debug helper: who holds the lock.
     pub(crate) fn holder(&self) -> Option<u32> {
-        super::raw::RawLock::of(&self.region).holder()
+        RawLock::of(&self.region).holder()
     }
 
     pub(crate) fn serialize<S: Serializer>(&self, kind: Kind, s: S) -> Result<S::Ok, S::Error> {

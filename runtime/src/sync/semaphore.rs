@@ -7,9 +7,10 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
-use super::{HEADER_LEN, Kind, Wait, region_handle};
+use super::{HEADER_LEN, Kind, region_handle};
 use crate::error::{Error, ErrorKind};
 use crate::sys::futex;
+use crate::sys::lock_word::Deadline;
 use crate::sys::shm::SharedRegion;
 
 const SEMAPHORE: Kind = Kind::new(b"mpSM", "multiproc::Semaphore");
@@ -60,7 +61,7 @@ impl<'a> Sem<'a> {
         false
     }
 
-    fn acquire(self, wait: Wait) -> Option<SemaphoreGuard<'a>> {
+    fn acquire(self, wait: Deadline) -> Option<SemaphoreGuard<'a>> {
         loop {
             if self.try_take() {
                 return Some(SemaphoreGuard { sem: self });
@@ -158,7 +159,7 @@ macro_rules! permit_methods {
         /// Takes a permit, blocking until there is one.
         pub fn acquire(&self) -> SemaphoreGuard<'_> {
             loop {
-                if let Some(guard) = self.sem().acquire(Wait::Forever) {
+                if let Some(guard) = self.sem().acquire(Deadline::Never) {
                     return guard;
                 }
             }
@@ -166,12 +167,12 @@ macro_rules! permit_methods {
 
         /// Takes a permit if there is one now.
         pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-            self.sem().acquire(Wait::Try)
+            self.sem().acquire(Deadline::Now)
         }
 
         /// Takes a permit, waiting at most `timeout` for one.
         pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-            self.sem().acquire(Wait::timeout(timeout))
+            self.sem().acquire(Deadline::after(timeout))
         }
 
         /// The number of free permits (a snapshot; Python's `get_value`).

@@ -27,7 +27,7 @@
 //! side's counter (a futex), after raising its `*_SLEEPS` flag so the other
 //! side knows to wake it. Sleeps are cut into periods of
 //! [`CHECK_PERIOD`]; after each, the sleeper asks whether the other process
-//! is still there (its tag, see [`crate::sync::owner`], and the caller's own
+//! is still there (its tag, see [`crate::sys::owner`], and the caller's own
 //! check of the socket), so a peer that dies mid-message is an error, never
 //! a hang.
 
@@ -37,9 +37,10 @@ use std::ptr;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use crate::sync::owner;
-use crate::sync::raw::{CHECK_PERIOD, Spin};
-use crate::sys::futex::{self, Wait};
+use crate::sys::futex::CHECK_PERIOD;
+use crate::sys::futex::{self, Slept};
+use crate::sys::lock_word::Spin;
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
 const MAGIC: usize = 0;
@@ -302,12 +303,12 @@ impl Lane {
             self.word(sleeps).store(1, SeqCst);
             let seen = word.load(SeqCst);
             let waited = if ready(seen) {
-                Wait::Woken
+                Slept::Woken
             } else {
                 futex::wait(word, seen, Some(CHECK_PERIOD))
             };
             self.word(sleeps).store(0, Relaxed);
-            if waited == Wait::TimedOut {
+            if waited == Slept::TimedOut {
                 let peer = self.region.atomic_u64(peer_tag).load(Acquire);
                 if peer != 0 && owner::is_dead(owner::tag_pid(peer), peer) {
                     return Err(Abandoned::PeerDied);

@@ -13,63 +13,12 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::children::{Child, ExitStatus};
-use crate::entry::Entry;
+use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, Marker};
+use super::reaper::{Child, ExitStatus};
+use super::registry::Entry;
 use crate::error::{Error, ErrorKind, PanicReport};
 use crate::wire::{self, Kind, OutFrame};
-
-/// The environment variable that marks a child and carries
-/// `<parent pid>:<daemon 0|1>:<number of entries>:<entry name>`.
-pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
-
-/// What the parent tells the child before the arguments.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct CallHeader {
-    pub(crate) entry: String,
-    pub(crate) process_name: String,
-}
-
-/// Why a child could not run its entry, as sent to the parent.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ChildFailure {
-    pub(crate) kind: FailureKind,
-    pub(crate) message: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) enum FailureKind {
-    UnknownEntry,
-    DuplicateEntry,
-    Decode,
-    Encode,
-    Other,
-}
-
-impl From<ErrorKind> for FailureKind {
-    fn from(kind: ErrorKind) -> FailureKind {
-        match kind {
-            ErrorKind::UnknownEntry => FailureKind::UnknownEntry,
-            ErrorKind::DuplicateEntry => FailureKind::DuplicateEntry,
-            ErrorKind::Decode => FailureKind::Decode,
-            ErrorKind::Encode => FailureKind::Encode,
-            _ => FailureKind::Other,
-        }
-    }
-}
-
-impl From<FailureKind> for ErrorKind {
-    fn from(kind: FailureKind) -> ErrorKind {
-        match kind {
-            FailureKind::UnknownEntry => ErrorKind::UnknownEntry,
-            FailureKind::DuplicateEntry => ErrorKind::DuplicateEntry,
-            FailureKind::Decode => ErrorKind::Decode,
-            FailureKind::Encode => ErrorKind::Encode,
-            FailureKind::Other => ErrorKind::Spawn,
-        }
-    }
-}
 
 /// A child process to be started: Python's `multiprocessing.Process`.
 ///
@@ -135,7 +84,7 @@ impl<E: Entry> Process<E> {
     /// The arguments are encoded before the child is started, so an argument
     /// that cannot be encoded is an error here and no process is created.
     pub fn start(self) -> Result<JoinHandle<E::Output>, Error> {
-        crate::entry::lookup(E::NAME)?;
+        super::registry::lookup(E::NAME)?;
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -192,8 +141,11 @@ pub(crate) fn start_child<R>(
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(BOOT_ENV, crate::bootstrap::marker(daemon, entry))
-        .stdin(Stdio::from(theirs));
+    cmd.env(
+        BOOT_ENV,
+        Marker::for_child(daemon, super::registry::loaded_count(), entry),
+    )
+    .stdin(Stdio::from(theirs));
     let pid = if daemon {
         spawn_on_daemon_thread(cmd)
     } else {
@@ -217,7 +169,7 @@ pub(crate) fn start_child<R>(
         child,
         entry,
         sock: Some(ours),
-        outcome: None,
+        report: None,
         _result: PhantomData,
     })
 }
@@ -256,7 +208,7 @@ fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
 
 /// What came back on the control socket.
 #[derive(Debug)]
-enum Outcome {
+enum Report {
     Value(Vec<u8>, Vec<OwnedFd>),
     Panicked(PanicReport),
     Failed(Error),
@@ -282,7 +234,7 @@ pub struct JoinHandle<R> {
     child: Arc<Child>,
     entry: &'static str,
     sock: Option<OwnedFd>,
-    outcome: Option<Outcome>,
+    report: Option<Report>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -366,10 +318,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     fn finish(&mut self, deadline: Option<Instant>) -> Result<Option<R>, Error> {
-        if self.outcome.is_none() {
-            match self.read_outcome(deadline)? {
-                Some(outcome) => {
-                    self.outcome = Some(outcome);
+        if self.report.is_none() {
+            match self.read_report(deadline)? {
+                Some(report) => {
+                    self.report = Some(report);
                     self.sock = None;
                 }
                 None => return Ok(None),
@@ -383,20 +335,20 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             Some(status) => status,
             None => return Ok(None),
         };
-        let outcome = self.outcome.replace(Outcome::Taken);
-        let err = match outcome {
-            Some(Outcome::Value(bytes, fds)) => {
+        let report = self.report.replace(Report::Taken);
+        let err = match report {
+            Some(Report::Value(bytes, fds)) => {
                 return wire::decode(&bytes, fds).map(Some).map_err(|e| {
                     Error::new(ErrorKind::Decode, "could not decode the result")
                         .with_source(e)
                         .in_process(self.describe())
                 });
             }
-            Some(Outcome::Panicked(report)) => {
+            Some(Report::Panicked(report)) => {
                 Error::new(ErrorKind::Panicked, "").with_panic(report)
             }
-            Some(Outcome::Failed(err)) => err,
-            Some(Outcome::Nothing) | None => match status {
+            Some(Report::Failed(err)) => err,
+            Some(Report::Nothing) | None => match status {
                 ExitStatus::Code(code) => Error::new(
                     ErrorKind::Exited,
                     format!("exit code {code} before returning a result"),
@@ -406,7 +358,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     format!("signal {sig} ({})", signal_name(sig)),
                 ),
             },
-            Some(Outcome::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
+            Some(Report::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
         };
         Err(err
             .with_exitcode(status.exitcode())
@@ -414,9 +366,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     /// Reads the result frame, or end of stream. `Ok(None)`: deadline passed.
-    fn read_outcome(&mut self, deadline: Option<Instant>) -> Result<Option<Outcome>, Error> {
+    fn read_report(&mut self, deadline: Option<Instant>) -> Result<Option<Report>, Error> {
         let Some(sock) = &self.sock else {
-            return Ok(Some(Outcome::Nothing));
+            return Ok(Some(Report::Nothing));
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // Watch the child too: a descendant it forked without exec could
@@ -427,18 +379,18 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     PollFd::new(sock, PollFlags::IN),
                     PollFd::new(&pidfd, PollFlags::IN),
                 ];
-                let ready = crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                let ready = crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
                     Error::io("waiting for the result", e).in_process(self.describe())
                 })?;
                 if ready > 0 && fds[0].revents().is_empty() {
                     // Exited, and nothing was written before it did.
-                    return Ok(Some(Outcome::Nothing));
+                    return Ok(Some(Report::Nothing));
                 }
                 ready
             }
             None => {
                 let mut fds = [PollFd::new(sock, PollFlags::IN)];
-                crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
                     Error::io("waiting for the result", e).in_process(self.describe())
                 })?
             }
@@ -449,43 +401,43 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         let mut buf = Vec::new();
         let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(Some(Outcome::Nothing)),
+            Ok(None) => return Ok(Some(Report::Nothing)),
             // A child killed mid-write leaves a truncated frame; report how it died.
-            Err(wire::RecvError::Truncated { .. }) => return Ok(Some(Outcome::Nothing)),
+            Err(wire::RecvError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
             Err(wire::RecvError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                return Ok(Some(Outcome::Nothing));
+                return Ok(Some(Report::Nothing));
             }
             Err(e) => {
-                return Ok(Some(Outcome::Failed(
+                return Ok(Some(Report::Failed(
                     Error::new(ErrorKind::Decode, "bad result frame from the child")
                         .with_source(e.into_error()),
                 )));
             }
         };
         Ok(Some(match frame.kind {
-            Kind::Value => Outcome::Value(buf, frame.fds),
+            Kind::Value => Report::Value(buf, frame.fds),
             Kind::SpilledValue => {
                 let mut fds = frame.fds;
                 match (<[u8; 8]>::try_from(buf.as_slice()), fds.is_empty()) {
                     (Ok(len), false) => {
                         let memfd = fds.remove(0);
                         match wire::read_spill(&memfd, u64::from_le_bytes(len)) {
-                            Ok(bytes) => Outcome::Value(bytes, fds),
-                            Err(e) => Outcome::Failed(Error::io("reading the result", e)),
+                            Ok(bytes) => Report::Value(bytes, fds),
+                            Err(e) => Report::Failed(Error::io("reading the result", e)),
                         }
                     }
-                    _ => Outcome::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
+                    _ => Report::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
                 }
             }
             Kind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
-                Ok(report) => Outcome::Panicked(report),
-                Err(e) => Outcome::Failed(e),
+                Ok(report) => Report::Panicked(report),
+                Err(e) => Report::Failed(e),
             },
             Kind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
-                Ok(failure) => Outcome::Failed(Error::new(failure.kind.into(), failure.message)),
-                Err(e) => Outcome::Failed(e),
+                Ok(failure) => Report::Failed(Error::new(failure.kind.into(), failure.message)),
+                Err(e) => Report::Failed(e),
             },
-            other => Outcome::Failed(Error::new(
+            other => Report::Failed(Error::new(
                 ErrorKind::Decode,
                 format!("the child sent a {other:?} frame instead of a result"),
             )),
@@ -499,7 +451,7 @@ impl<R> Drop for JoinHandle<R> {
             let _ = self.child.signal(Signal::KILL);
         }
         if matches!(self.child.try_reap(), Ok(None)) {
-            crate::children::orphan(self.child.clone());
+            super::reaper::orphan(self.child.clone());
         }
     }
 }
@@ -572,7 +524,7 @@ mod tests {
 
     #[test]
     fn unknown_entry_is_rejected_in_the_parent() {
-        let err = crate::entry::lookup("multiproc::nope").unwrap_err();
+        let err = super::registry::lookup("multiproc::nope").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::UnknownEntry);
     }
 }

@@ -89,7 +89,7 @@ impl ChildInfo {
 /// The children of this process that are still running, joined or not
 /// (as Python's `active_children()`, it reaps those that have ended).
 pub fn active_children() -> Vec<ChildInfo> {
-    crate::children::live()
+    super::reaper::live()
         .into_iter()
         .map(|c| ChildInfo {
             pid: c.pid,
