@@ -189,7 +189,6 @@ compile_error!(
 extern crate self as multiproc;
 
 mod channel_error;
-mod codec;
 mod error;
 mod fd;
 mod pipe;

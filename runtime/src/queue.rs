@@ -53,14 +53,14 @@ use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
 use crate::error::{Error, ErrorKind};
-use crate::sync::Kind;
+use crate::sync::RegionKind;
 use crate::sys::futex;
 use crate::sys::lock_word::Deadline;
 use crate::sys::lock_word::Spin;
 use crate::sys::ring::{self, GetSide, Pos, Ring};
 use crate::wire::{self, OutFrame};
 
-const KIND: Kind = Kind::new(b"mpQU", "multiproc::Queue");
+const KIND: RegionKind = RegionKind::new(b"mpQU", "multiproc::Queue");
 
 // Words of the region, in 128-byte slots (see `sys::ring`). The first holds
 // the standard magic (the standard lock at 8 is unused: the ring has two

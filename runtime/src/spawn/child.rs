@@ -13,7 +13,7 @@ use super::protocol::{
 };
 use super::registry::RunFn;
 use crate::error::{Error, ErrorKind, PanicReport};
-use crate::wire::{self, Kind, OutFrame};
+use crate::wire::{self, FrameKind, OutFrame};
 
 /// `None` in a process that is not a bootstrapping child. Read once, and the
 /// variable removed, so this child's own children start clean.
@@ -123,7 +123,7 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
 
     let mut buf = Vec::new();
     let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
-        Ok(Some(frame)) if frame.kind == Kind::Call => frame,
+        Ok(Some(frame)) if frame.kind == FrameKind::Call => frame,
         // The parent went away before sending the call: nobody to answer.
         Ok(None) => return EXIT_BOOTSTRAP_FAILED,
         Ok(Some(frame)) => {
@@ -164,9 +164,9 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
             // A result larger than the socket can buffer goes in a memfd,
             // so this child can exit even if its parent never joins it.
             let kind = if frame.payload().len() > RESULT_INLINE_MAX && frame.spill().is_ok() {
-                Kind::SpilledValue
+                FrameKind::SpilledValue
             } else {
-                Kind::Value
+                FrameKind::Value
             };
             let _ = frame.send(sock.as_fd(), kind);
             0
@@ -179,7 +179,7 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
             });
             let mut frame = OutFrame::new();
             if frame.encode(&report).is_ok() {
-                let _ = frame.send(sock.as_fd(), Kind::Panic);
+                let _ = frame.send(sock.as_fd(), FrameKind::Panic);
             }
             EXIT_PANICKED
         }
@@ -214,7 +214,7 @@ fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
-        let _ = frame.send(sock, Kind::Failure);
+        let _ = frame.send(sock, FrameKind::Failure);
     }
 }
 

@@ -18,7 +18,7 @@ use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, Marker};
 use super::reaper::{Child, ExitStatus};
 use super::registry::Entry;
 use crate::error::{Error, ErrorKind, PanicReport};
-use crate::wire::{self, Kind, OutFrame};
+use crate::wire::{self, FrameKind, OutFrame};
 
 /// A child process to be started: Python's `multiprocessing.Process`.
 ///
@@ -160,7 +160,7 @@ pub(crate) fn start_child<R>(
 
     // If the child died before reading its call, `join` reports how it died.
     let _ = match outgoing {
-        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), Kind::Call),
+        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), FrameKind::Call),
         Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
             rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
         }),
@@ -403,8 +403,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             Ok(Some(frame)) => frame,
             Ok(None) => return Ok(Some(Report::Nothing)),
             // A child killed mid-write leaves a truncated frame; report how it died.
-            Err(wire::RecvError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
-            Err(wire::RecvError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+            Err(wire::FrameError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
+            Err(wire::FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
                 return Ok(Some(Report::Nothing));
             }
             Err(e) => {
@@ -415,8 +415,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             }
         };
         Ok(Some(match frame.kind {
-            Kind::Value => Report::Value(buf, frame.fds),
-            Kind::SpilledValue => {
+            FrameKind::Value => Report::Value(buf, frame.fds),
+            FrameKind::SpilledValue => {
                 let mut fds = frame.fds;
                 match (<[u8; 8]>::try_from(buf.as_slice()), fds.is_empty()) {
                     (Ok(len), false) => {
@@ -429,11 +429,11 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     _ => Report::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
                 }
             }
-            Kind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
+            FrameKind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
                 Ok(report) => Report::Panicked(report),
                 Err(e) => Report::Failed(e),
             },
-            Kind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
+            FrameKind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
                 Ok(failure) => Report::Failed(Error::new(failure.kind.into(), failure.message)),
                 Err(e) => Report::Failed(e),
             },
@@ -524,7 +524,7 @@ mod tests {
 
     #[test]
     fn unknown_entry_is_rejected_in_the_parent() {
-        let err = super::registry::lookup("multiproc::nope").unwrap_err();
+        let err = crate::spawn::registry::lookup("multiproc::nope").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::UnknownEntry);
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Kind;
+use super::RegionKind;
 use super::pod::PodRegion;
 use crate::error::Error;
 use crate::sys::lock_word::DataGuard;
 use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpAR", "multiproc::Array");
+const KIND: RegionKind = RegionKind::new(b"mpAR", "multiproc::Array");
 const WHAT: &str = "array's lock";
 
 /// A fixed-length array of plain-old-data elements in shared memory, with a

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{HEADER_LEN, Kind};
+use super::{RegionKind, WORDS_ONLY_LEN};
 use crate::error::{Error, ErrorKind};
 use crate::sys::futex;
 use crate::sys::futex::CHECK_PERIOD;
@@ -19,7 +19,7 @@ use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpBR", "multiproc::Barrier");
+const KIND: RegionKind = RegionKind::new(b"mpBR", "multiproc::Barrier");
 /// The number of parties (fixed at creation).
 const PARTIES: usize = 4;
 /// Bumped by every state change; sleepers wait on it.
@@ -28,7 +28,7 @@ const STATE: usize = 28;
 /// Parties inside `wait` (arrived, or released but not yet gone).
 const COUNT: usize = 32;
 /// One owner tag per party inside `wait`, indexed by arrival (0: empty).
-const SLOTS: usize = HEADER_LEN;
+const SLOTS: usize = WORDS_ONLY_LEN;
 const MAX_PARTIES: usize = 1 << 16;
 
 const FILLING: u32 = 0;

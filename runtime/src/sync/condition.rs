@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::Duration;
 
-use super::{HEADER_LEN, Kind, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
 use crate::sys::lock_word::Deadline;
@@ -15,7 +15,7 @@ use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpCV", "multiproc::Condition");
+const KIND: RegionKind = RegionKind::new(b"mpCV", "multiproc::Condition");
 /// Bumped by every notify; waiters sleep on it.
 const SEQ: usize = 24;
 /// Waiters not yet notified.
@@ -72,12 +72,12 @@ pub struct Condition {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(Condition, KIND, Some(HEADER_LEN));
+region_handle!(Condition, KIND, Some(WORDS_ONLY_LEN));
 
 impl Condition {
     /// A new condition, with its lock free.
     pub fn new() -> Result<Condition, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(Condition { region })
     }
 

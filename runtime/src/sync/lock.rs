@@ -4,13 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{HEADER_LEN, Kind, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
 use crate::sys::lock_word::Deadline;
 use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpLK", "multiproc::Lock");
+const KIND: RegionKind = RegionKind::new(b"mpLK", "multiproc::Lock");
 
 /// A mutual-exclusion lock shared by processes (Python's
 /// `multiprocessing.Lock`), held through a guard.
@@ -79,12 +79,12 @@ pub struct Lock {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(Lock, KIND, Some(HEADER_LEN));
+region_handle!(Lock, KIND, Some(WORDS_ONLY_LEN));
 
 impl Lock {
     /// A new, unlocked lock.
     pub fn new() -> Result<Lock, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(Lock { region })
     }
 

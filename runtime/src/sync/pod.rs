@@ -11,7 +11,7 @@ use bytemuck::Pod;
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
-use super::{Kind, WORDS_LEN};
+use super::{RegionKind, WORDS_LEN};
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::{DataGuard, Deadline, RawLock};
 use crate::sys::shm::{self, SharedRegion};
@@ -49,7 +49,7 @@ impl<T> Clone for PodRegion<T> {
 
 impl<T: Pod> PodRegion<T> {
     /// A region of `len` zeroed elements.
-    pub(crate) fn zeroed(kind: Kind, len: usize) -> Result<PodRegion<T>, Error> {
+    pub(crate) fn zeroed(kind: RegionKind, len: usize) -> Result<PodRegion<T>, Error> {
         if size_of::<T>() == 0 || align_of::<T>() > MAX_ALIGN {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -84,7 +84,11 @@ impl<T: Pod> PodRegion<T> {
     }
 
     /// A region holding a copy of `items`.
-    pub(crate) fn from_slice(kind: Kind, items: &[T], what: &str) -> Result<PodRegion<T>, Error> {
+    pub(crate) fn from_slice(
+        kind: RegionKind,
+        items: &[T],
+        what: &str,
+    ) -> Result<PodRegion<T>, Error> {
         let pod = PodRegion::zeroed(kind, items.len())?;
         // Nobody else has it yet, so the lock is free.
         let mut guard = pod.lock(Deadline::Now, what)?.ok_or_else(|| {
@@ -128,14 +132,18 @@ impl<T: Pod> PodRegion<T> {
         RawLock::of(&self.region).holder()
     }
 
-    pub(crate) fn serialize<S: Serializer>(&self, kind: Kind, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        &self,
+        kind: RegionKind,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         super::serialize_region(&self.region, kind, s)
     }
 
     /// Receives a region and checks it holds `T`s, `len` of them when given.
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-        kind: Kind,
+        kind: RegionKind,
         expected_len: Option<usize>,
     ) -> Result<PodRegion<T>, D::Error> {
         let region = super::deserialize_region(d, kind, Some(data_start::<T>()))?;

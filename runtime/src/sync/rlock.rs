@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::{HEADER_LEN, Kind, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
 use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpRL", "multiproc::RLock");
+const KIND: RegionKind = RegionKind::new(b"mpRL", "multiproc::RLock");
 /// The kernel thread id of the owning thread (written by the owner only).
 const OWNER_TID: usize = 24;
 /// How many times the owner holds it (touched by the owner only).
@@ -62,12 +62,12 @@ pub struct RLock {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(RLock, KIND, Some(HEADER_LEN));
+region_handle!(RLock, KIND, Some(WORDS_ONLY_LEN));
 
 impl RLock {
     /// A new, unlocked re-entrant lock.
     pub fn new() -> Result<RLock, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(RLock { region })
     }
 

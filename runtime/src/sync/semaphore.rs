@@ -7,14 +7,14 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
 use std::time::Duration;
 
-use super::{HEADER_LEN, Kind, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, region_handle};
 use crate::error::{Error, ErrorKind};
 use crate::sys::futex;
 use crate::sys::lock_word::Deadline;
 use crate::sys::shm::SharedRegion;
 
-const SEMAPHORE: Kind = Kind::new(b"mpSM", "multiproc::Semaphore");
-const BOUNDED: Kind = Kind::new(b"mpBS", "multiproc::BoundedSemaphore");
+const SEMAPHORE: RegionKind = RegionKind::new(b"mpSM", "multiproc::Semaphore");
+const BOUNDED: RegionKind = RegionKind::new(b"mpBS", "multiproc::BoundedSemaphore");
 /// The permits (the futex word).
 const COUNT: usize = 24;
 /// How many processes may be asleep on `COUNT` (so `release` can skip the wake).
@@ -39,8 +39,8 @@ impl<'a> Sem<'a> {
         }
     }
 
-    fn create(kind: Kind, value: u32, max: u32) -> Result<Arc<SharedRegion>, Error> {
-        super::create(kind, HEADER_LEN, 0, |region| {
+    fn create(kind: RegionKind, value: u32, max: u32) -> Result<Arc<SharedRegion>, Error> {
+        super::create(kind, WORDS_ONLY_LEN, 0, |region| {
             let sem = Sem::of(region);
             sem.count.store(value, Relaxed);
             sem.max.store(max, Relaxed);
@@ -104,7 +104,7 @@ impl<'a> Sem<'a> {
     }
 }
 
-fn too_many_releases(kind: Kind, max: u32) -> Error {
+fn too_many_releases(kind: RegionKind, max: u32) -> Error {
     Error::new(
         ErrorKind::TooManyReleases,
         format!("{} released too many times (its limit is {max})", kind.name),
@@ -182,7 +182,7 @@ macro_rules! permit_methods {
     };
 }
 
-region_handle!(Semaphore, SEMAPHORE, Some(HEADER_LEN));
+region_handle!(Semaphore, SEMAPHORE, Some(WORDS_ONLY_LEN));
 
 impl Semaphore {
     /// A semaphore with `value` permits.
@@ -239,7 +239,7 @@ pub struct BoundedSemaphore {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(BoundedSemaphore, BOUNDED, Some(HEADER_LEN));
+region_handle!(BoundedSemaphore, BOUNDED, Some(WORDS_ONLY_LEN));
 
 impl BoundedSemaphore {
     /// A semaphore with `value` permits, which is also its maximum.

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Kind;
+use super::RegionKind;
 use super::pod::PodRegion;
 use crate::error::Error;
 use crate::sys::lock_word::DataGuard;
 use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpSH", "multiproc::SharedMemory");
+const KIND: RegionKind = RegionKind::new(b"mpSH", "multiproc::SharedMemory");
 const WHAT: &str = "shared memory's lock";
 
 /// A block of bytes shared by processes, with a lock (Python's

@@ -8,13 +8,13 @@ use std::time::Duration;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Kind;
+use super::RegionKind;
 use super::pod::PodRegion;
 use crate::error::Error;
 use crate::sys::lock_word::DataGuard;
 use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpVL", "multiproc::Value");
+const KIND: RegionKind = RegionKind::new(b"mpVL", "multiproc::Value");
 const WHAT: &str = "value's lock";
 
 /// One plain-old-data value in shared memory, with a built-in lock

@@ -6,12 +6,12 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod futex;
-pub(crate) mod lane;
 pub(crate) mod lock_word;
 pub(crate) mod owner;
 pub(crate) mod poll;
 pub(crate) mod ring;
 pub(crate) mod shm;
+pub(crate) mod slots;
 
 use std::io;
 use std::os::fd::BorrowedFd;

@@ -17,12 +17,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
-use crate::sync::{Kind as HandleKind, region_handle};
-use crate::sys::lane::{Abandoned, Lane};
+use crate::sync::{RegionKind, region_handle};
 use crate::sys::lock_word::Deadline;
 use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
-use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
+use crate::sys::slots::SlotRing;
+use crate::wire::{self, FrameError, FrameKind, OutFrame};
+
+mod lane;
+
+use lane::LANE_MIN;
 
 /// Creates connected pairs of [`Connection`]s.
 ///
@@ -111,13 +115,13 @@ struct SendLocks {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(SendLocks, LOCKS_KIND, Some(crate::sync::HEADER_LEN));
+region_handle!(SendLocks, LOCKS_KIND, Some(crate::sync::WORDS_ONLY_LEN));
 
-const LOCKS_KIND: HandleKind = HandleKind::new(b"mpPL", "multiproc::Pipe");
+const LOCKS_KIND: RegionKind = RegionKind::new(b"mpPL", "multiproc::Pipe");
 
 impl SendLocks {
     fn new() -> Result<SendLocks, Error> {
-        let region = crate::sync::create(LOCKS_KIND, crate::sync::HEADER_LEN, 0, |_| {})?;
+        let region = crate::sync::create(LOCKS_KIND, crate::sync::WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(SendLocks { region })
     }
 
@@ -151,9 +155,9 @@ impl End {
 }
 
 /// Holds a side's send lock; releases it when dropped.
-struct Sending<'a>(RawLock<'a>);
+struct SendLockGuard<'a>(RawLock<'a>);
 
-impl Drop for Sending<'_> {
+impl Drop for SendLockGuard<'_> {
     fn drop(&mut self) {
         self.0.release();
     }
@@ -161,14 +165,6 @@ impl Drop for Sending<'_> {
 
 /// What each end asks for as its send buffer.
 const SEND_BUFFER: usize = 2 << 20;
-
-/// Messages of at least this many bytes go through the sending handle's
-/// lane (`sys::lane`), a shared-memory ring that the two processes copy
-/// through side by side, rather than through the socket. At 256 KiB a lane
-/// is about 3x faster than the socket, and a connection that carries such
-/// messages can afford the lane's 4 MiB. (It is faster from 64 KiB up, but
-/// every connection carrying such messages would then hold a lane.)
-const LANE_MIN: usize = 256 << 10;
 
 /// One end of a [`Pipe`]: sends and receives messages of type `T`.
 ///
@@ -224,7 +220,7 @@ pub struct Connection<T> {
 struct SendState {
     frame: OutFrame,
     /// Made at the first large message this process sends on the end.
-    lane: Option<Lane>,
+    lane: Option<SlotRing>,
 }
 
 #[derive(Debug, Default)]
@@ -232,7 +228,7 @@ struct RecvState {
     reader: wire::FrameReader,
     buf: Vec<u8>,
     /// The lane of the last large message, kept mapped for the next one.
-    lane: Option<Lane>,
+    lane: Option<SlotRing>,
     /// Set when the byte stream can no longer be split into frames.
     broken: Option<String>,
 }
@@ -344,60 +340,10 @@ impl<T> Connection<T> {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
         let mut send = lock(&self.send);
         if bytes.len() >= LANE_MIN {
-            return self.send_by_lane(&mut send.lane, Kind::Bytes, bytes, &[]);
+            return self.send_by_lane(&mut send.lane, FrameKind::Bytes, bytes, &[]);
         }
         let _guard = self.lock_sending()?;
-        wire::send_raw_frame(self.fd.as_fd(), Kind::Bytes, bytes).map_err(send_error)
-    }
-
-    /// Sends a large message through this handle's lane: a frame on the
-    /// socket that announces it (with the lane attached), then the bytes
-    /// through the lane as the receiver takes them.
-    fn send_by_lane(
-        &self,
-        lane: &mut Option<Lane>,
-        kind: Kind,
-        payload: &[u8],
-        fds: &[OwnedFd],
-    ) -> Result<(), Error> {
-        let current = match lane {
-            Some(current) => current,
-            None => lane.insert(Lane::create().map_err(|e| Error::io("making a pipe's lane", e))?),
-        };
-        let _guard = self.lock_sending()?;
-        let mut attached: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-        attached.push(current.as_fd());
-        let message = wire::LaneMessage {
-            kind,
-            len: payload.len(),
-            first: current.next_slot(),
-        };
-        wire::send_lane_frame(self.fd.as_fd(), message, &attached).map_err(send_error)?;
-        // The receiver holds the socket's reading side only; its hanging up
-        // shows as `HUP` (every copy of the other end closed).
-        match current.write(payload, || self.socket_says_gone(PollFlags::empty())) {
-            Ok(()) => Ok(()),
-            Err(why) => {
-                // The message's frame is in the stream but its bytes will
-                // never all come: close this direction for every process, so
-                // that a receiver taking over (another process may hold the
-                // receiving end) sees the stream end rather than waiting for
-                // them for ever.
-                let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
-                *lane = None;
-                Err(Error::new(
-                    ErrorKind::Disconnected,
-                    match why {
-                        Abandoned::PeerDied => {
-                            "the receiving process died in the middle of this message"
-                        }
-                        Abandoned::PeerGone | Abandoned::OutOfStep => {
-                            "the other end of the pipe is gone"
-                        }
-                    },
-                ))
-            }
-        }
+        wire::send_raw_frame(self.fd.as_fd(), FrameKind::Bytes, bytes).map_err(send_error)
     }
 
     /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
@@ -410,7 +356,7 @@ impl<T> Connection<T> {
 
     /// Takes this end's send lock. A sender that died holding it may have
     /// left half a message in the stream, which no later send can repair.
-    fn lock_sending(&self) -> Result<Sending<'_>, Error> {
+    fn lock_sending(&self) -> Result<SendLockGuard<'_>, Error> {
         if !self.end.writable {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -420,7 +366,7 @@ impl<T> Connection<T> {
         let lock = self.end.locks.of(self.end.side);
         loop {
             match lock.acquire(Deadline::Never) {
-                Acquisition::Acquired => return Ok(Sending(lock)),
+                Acquisition::Acquired => return Ok(SendLockGuard(lock)),
                 Acquisition::TimedOut => continue,
                 Acquisition::OwnerDied(pid) => {
                     // Its half-written message is in the stream for good:
@@ -446,7 +392,7 @@ impl<T> Connection<T> {
     }
 
     /// Receives one frame; its payload is where [`RecvState::payload`] says.
-    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::Located, RecvError> {
+    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::ReceivedFrame, RecvError> {
         if !self.end.readable {
             return Err(RecvError::Failed(Error::new(
                 ErrorKind::Io,
@@ -464,67 +410,17 @@ impl<T> Connection<T> {
             .reader
             .recv(self.fd.as_fd(), &mut state.buf, Some(&died))
         {
-            Ok(Some((frame, at))) if frame.kind == Kind::Lane => {
+            Ok(Some((frame, at))) if frame.kind == FrameKind::Lane => {
                 self.recv_by_lane(state, frame, at)
             }
             Ok(Some(frame)) => Ok(frame),
             Ok(None) => Err(RecvError::Disconnected),
-            Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+            Err(FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
                 Err(RecvError::Disconnected)
             }
-            Err(WireError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
+            Err(FrameError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
             Err(e) => {
                 // The peer died mid-message or sent garbage: no later frame can be trusted.
-                state.broken = Some(e.to_string());
-                Err(RecvError::Failed(e.into_error()))
-            }
-        }
-    }
-
-    /// Receives the message a [`Kind::Lane`] frame announces into
-    /// `state.buf`. Any failure breaks the connection: the lane and the
-    /// stream no longer agree on where a message starts.
-    fn recv_by_lane(
-        &self,
-        state: &mut RecvState,
-        mut frame: wire::InFrame,
-        at: Option<Range<usize>>,
-    ) -> Result<wire::Located, RecvError> {
-        let result = wire::parse_lane_frame(state.payload(at)).and_then(|message| {
-            let fd = frame
-                .fds
-                .pop()
-                .ok_or_else(|| WireError::BadLane("no lane attached".into()))?;
-            let lane = Lane::receive(&mut state.lane, fd).map_err(WireError::Io)?;
-            state.buf.clear();
-            // The sender holds the socket's writing side only: its hanging
-            // up (or shutting the direction) shows as `RDHUP` or `HUP`.
-            lane.read(message.first, message.len, &mut state.buf, || {
-                self.socket_says_gone(PollFlags::RDHUP)
-            })
-            .map_err(|why| match why {
-                Abandoned::PeerDied => {
-                    WireError::PeerLost("the sending process died in the middle of a message")
-                }
-                Abandoned::PeerGone => {
-                    WireError::PeerLost("the sender hung up in the middle of a message")
-                }
-                Abandoned::OutOfStep => {
-                    WireError::BadLane("the message starts where the lane cannot be".into())
-                }
-            })?;
-            Ok(message.kind)
-        });
-        match result {
-            Ok(kind) => Ok((
-                wire::InFrame {
-                    kind,
-                    fds: frame.fds,
-                },
-                None,
-            )),
-            Err(e) => {
-                state.buf.clear();
                 state.broken = Some(e.to_string());
                 Err(RecvError::Failed(e.into_error()))
             }
@@ -553,10 +449,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         frame.clear();
         let result = frame.encode(message).and_then(|()| {
             if frame.payload().len() >= LANE_MIN {
-                return self.send_by_lane(lane, Kind::Data, frame.payload(), frame.fds());
+                return self.send_by_lane(lane, FrameKind::Data, frame.payload(), frame.fds());
             }
             let _guard = self.lock_sending()?;
-            frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
+            frame
+                .send(self.fd.as_fd(), FrameKind::Data)
+                .map_err(send_error)
         });
         // Drop our copies of any handles in the message, sent or not: a kept
         // copy of a connection's end would hide its peer's disconnection.
@@ -572,7 +470,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     fn recv_locked(&self, state: &mut RecvState) -> Result<T, RecvError> {
         let (frame, at) = self.recv_frame(state)?;
-        if frame.kind == Kind::Bytes {
+        if frame.kind == FrameKind::Bytes {
             // Sent by `send_bytes` or as a `Vec<u8>`: hand the bytes over.
             let bytes = state.take_payload(at);
             let boxed: Box<dyn Any> = Box::new(bytes);
@@ -654,16 +552,16 @@ mod tests {
 
     fn announce(
         conn: &Connection<u32>,
-        kind: Kind,
+        kind: FrameKind,
         len: usize,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) {
-        let message = wire::LaneMessage {
+        let message = lane::LaneMessage {
             kind,
             len,
             first: 0,
         };
-        wire::send_lane_frame(conn.fd.as_fd(), message, fds).unwrap();
+        lane::send_lane_frame(conn.fd.as_fd(), message, fds).unwrap();
     }
 
     fn failure(conn: &Connection<u32>) -> Error {
@@ -676,7 +574,7 @@ mod tests {
     #[test]
     fn a_lane_frame_without_a_lane_breaks_the_connection() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        announce(&b, Kind::Data, 10, &[]);
+        announce(&b, FrameKind::Data, 10, &[]);
         let err = failure(&a);
         assert!(
             err.is_decode() && err.to_string().contains("no lane"),
@@ -690,7 +588,7 @@ mod tests {
     fn a_lane_frame_with_some_other_descriptor_is_refused() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let (r, _w) = rustix::pipe::pipe().unwrap();
-        announce(&b, Kind::Bytes, 10, &[r.as_fd()]);
+        announce(&b, FrameKind::Bytes, 10, &[r.as_fd()]);
         let err = failure(&a);
         assert!(
             err.to_string().contains("not a shared-memory object"),
@@ -699,7 +597,7 @@ mod tests {
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let region = crate::sys::shm::SharedRegion::create("not-a-lane", 4096, 4096).unwrap();
-        announce(&b, Kind::Bytes, 10, &[region.as_fd()]);
+        announce(&b, FrameKind::Bytes, 10, &[region.as_fd()]);
         let err = failure(&a);
         assert!(err.to_string().contains("not a multiproc lane"), "{err}");
     }
@@ -707,20 +605,21 @@ mod tests {
     #[test]
     fn a_lane_frame_for_a_bad_kind_or_length_is_refused() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let lane = Lane::create().unwrap();
-        announce(&b, Kind::Call, 10, &[lane.as_fd()]);
+        let lane = SlotRing::create().unwrap();
+        announce(&b, FrameKind::Call, 10, &[lane.as_fd()]);
         assert!(failure(&a).to_string().contains("message kind 1"));
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let mut payload = vec![Kind::Bytes as u8];
+        let mut payload = vec![FrameKind::Bytes as u8];
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
         payload.extend_from_slice(&0u32.to_le_bytes());
-        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, payload.len() as u64, &payload);
+        let frame =
+            wire::encode_frame_for_tests(FrameKind::Lane as u8, payload.len() as u64, &payload);
         rustix::io::write(&b.fd, &frame).unwrap();
         assert!(failure(&a).to_string().contains("1099511627776"));
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, 3, &[6, 0, 0]);
+        let frame = wire::encode_frame_for_tests(FrameKind::Lane as u8, 3, &[6, 0, 0]);
         rustix::io::write(&b.fd, &frame).unwrap();
         assert!(failure(&a).to_string().contains("3-byte payload"));
     }

@@ -2,7 +2,7 @@
 //! memfd that one sending process fills and one receiving process drains,
 //! both at once.
 //!
-//! A message of [`LANE_MIN`](crate::pipe) bytes or more does not go through
+//! A message of `LANE_MIN` (`pipe/lane.rs`) bytes or more does not go through
 //! the socket. Its sender writes a small frame on the socket instead (the
 //! message's length, with the lane's memfd attached) and then copies the
 //! message into the lane one slot at a time, while the receiver copies the
@@ -15,7 +15,7 @@
 //! only by the reader). Slot `i % SLOTS` is the writer's while
 //! `WRITTEN - READ < SLOTS` says it is free, and the reader's from the store
 //! of `WRITTEN` that publishes it until the store of `READ` that hands it
-//! back. [`Lane::write`] and [`Lane::read`] keep their own side's counter
+//! back. [`SlotRing::write`] and [`SlotRing::read`] keep their own side's counter
 //! in a local and only ever touch the slot it names, so whatever the other
 //! process writes into the words, every copy stays inside the mapping.
 //!
@@ -87,15 +87,15 @@ pub(crate) enum Abandoned {
 
 /// A lane, mapped.
 #[derive(Debug)]
-pub(crate) struct Lane {
+pub(crate) struct SlotRing {
     region: SharedRegion,
     slot_len: usize,
     slots: u32,
 }
 
-impl Lane {
+impl SlotRing {
     /// A new lane, written by this process.
-    pub(crate) fn create() -> io::Result<Lane> {
+    pub(crate) fn create() -> io::Result<SlotRing> {
         let data = DEFAULT_SLOT_LEN as usize * DEFAULT_SLOTS as usize;
         let region = SharedRegion::create("multiproc-lane", WORDS_LEN, data)?;
         region.atomic_u32(MAGIC).store(LANE_MAGIC, Relaxed);
@@ -104,7 +104,7 @@ impl Lane {
         region
             .atomic_u64(WRITER_TAG)
             .store(owner::me().tag, Relaxed);
-        Ok(Lane {
+        Ok(SlotRing {
             region,
             slot_len: DEFAULT_SLOT_LEN as usize,
             slots: DEFAULT_SLOTS,
@@ -115,7 +115,7 @@ impl Lane {
     /// kept in `cached` when it is the same object (the usual case: a writer
     /// sends its lane with every message), else a new one, checked and
     /// mapped, which replaces it.
-    pub(crate) fn receive(cached: &mut Option<Lane>, fd: OwnedFd) -> io::Result<&Lane> {
+    pub(crate) fn receive(cached: &mut Option<SlotRing>, fd: OwnedFd) -> io::Result<&SlotRing> {
         let id = super::shm::object_id(&fd)?;
         if cached.as_ref().is_some_and(|lane| lane.region.id() != id) {
             // Unmapped before the new one is mapped.
@@ -123,11 +123,11 @@ impl Lane {
         }
         Ok(match cached {
             Some(lane) => lane,
-            None => cached.insert(Lane::open(fd)?),
+            None => cached.insert(SlotRing::open(fd)?),
         })
     }
 
-    fn open(fd: OwnedFd) -> io::Result<Lane> {
+    fn open(fd: OwnedFd) -> io::Result<SlotRing> {
         let region = SharedRegion::open(fd, Some(WORDS_LEN))?;
         let magic = region.atomic_u32(MAGIC).load(Relaxed);
         let slot_len = region.atomic_u32(SLOT_LEN).load(Relaxed);
@@ -147,7 +147,7 @@ impl Lane {
                 "the descriptor sent with a large message is not a multiproc lane",
             ));
         }
-        Ok(Lane {
+        Ok(SlotRing {
             region,
             slot_len: slot_len as usize,
             slots,
@@ -338,13 +338,13 @@ mod tests {
 
     #[test]
     fn a_message_crosses_between_two_threads() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let fd = lane.as_fd().try_clone_to_owned().unwrap();
         let message: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut cached = None;
         std::thread::scope(|s| {
             s.spawn(|| lane.write(&message, || false).unwrap());
-            let reader = Lane::receive(&mut cached, fd).unwrap();
+            let reader = SlotRing::receive(&mut cached, fd).unwrap();
             let mut out = Vec::new();
             reader.read(0, message.len(), &mut out, || false).unwrap();
             assert!(out == message);
@@ -352,13 +352,13 @@ mod tests {
         // The same lane sent again is recognised and not mapped twice.
         let again = lane.as_fd().try_clone_to_owned().unwrap();
         let before = cached.as_ref().map(|l| l.region.data_ptr());
-        Lane::receive(&mut cached, again).unwrap();
+        SlotRing::receive(&mut cached, again).unwrap();
         assert_eq!(cached.as_ref().map(|l| l.region.data_ptr()), before);
     }
 
     #[test]
     fn a_reader_gives_up_when_told_the_writer_is_gone() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let mut out = Vec::new();
         let mut asked = 0;
         let result = lane.read(0, 10, &mut out, || {
@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_writer_gives_up_when_told_the_reader_is_gone() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let big = vec![1u8; 2 * lane.slot_len * lane.slots as usize];
         let result = lane.write(&big, || true);
         assert_eq!(result, Err(Abandoned::PeerGone));
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn a_reader_notices_that_the_writer_died() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         lane.region
             .atomic_u64(WRITER_TAG)
             .store(dead_tag(), Relaxed);
@@ -396,7 +396,7 @@ mod tests {
 
     #[test]
     fn a_writer_notices_that_the_reader_died_mid_message() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         lane.region
             .atomic_u64(READER_TAG)
             .store(dead_tag(), Relaxed);
@@ -407,7 +407,7 @@ mod tests {
 
     #[test]
     fn slots_left_by_a_dead_reader_are_skipped() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         // Two messages of three slots each; the first one's reader took one
         // slot and died.
         let slot = lane.slot_len;
@@ -429,17 +429,17 @@ mod tests {
     fn a_region_that_is_not_a_lane_is_refused() {
         let other = SharedRegion::create("not-a-lane", WORDS_LEN, 4096).unwrap();
         let fd = other.as_fd().try_clone_to_owned().unwrap();
-        let err = Lane::receive(&mut None, fd).unwrap_err();
+        let err = SlotRing::receive(&mut None, fd).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
     fn a_lane_whose_geometry_does_not_hold_is_refused() {
         for (word, value) in [(SLOTS, 24), (SLOTS, 0), (SLOT_LEN, 0), (SLOTS, 1 << 20)] {
-            let lane = Lane::create().unwrap();
+            let lane = SlotRing::create().unwrap();
             lane.word(word).store(value, Relaxed);
             let fd = lane.as_fd().try_clone_to_owned().unwrap();
-            let err = Lane::receive(&mut None, fd).unwrap_err();
+            let err = SlotRing::receive(&mut None, fd).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{word}: {value}");
         }
     }

@@ -1,0 +1,259 @@
+//! Receiving frames: one at a time ([`recv_frame`], for the control
+//! socket) or read ahead ([`FrameReader`], for connections), with the
+//! descriptors that ride beside them.
+
+use std::io::{self, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::ops::Range;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
+
+use super::frame::{FRAME_HEADER_LEN, FrameError, FrameKind, MAX_FDS, parse_header};
+use crate::sys::futex::CHECK_PERIOD;
+
+/// A received frame; the payload is in the buffer passed to [`recv_frame`].
+#[derive(Debug)]
+pub(crate) struct InFrame {
+    pub(crate) kind: FrameKind,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Receives one frame into `buf` (cleared first). `Ok(None)` is a clean end
+/// of stream before any byte of a frame.
+pub(crate) fn recv_frame(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+) -> Result<Option<InFrame>, FrameError> {
+    let mut head = [0u8; FRAME_HEADER_LEN];
+    let mut fds = Vec::new();
+    let mut got = 0;
+    while got < FRAME_HEADER_LEN {
+        let n = recv_with_fds(sock, &mut head[got..], &mut fds, RecvFlags::empty())?;
+        if n == 0 {
+            if got == 0 && fds.is_empty() {
+                return Ok(None);
+            }
+            return Err(FrameError::Truncated {
+                got,
+                want: FRAME_HEADER_LEN,
+            });
+        }
+        got += n;
+    }
+    let (kind, nfds, len) = parse_header(&head)?;
+    if fds.len() != nfds {
+        return Err(FrameError::FdMismatch {
+            want: nfds,
+            got: fds.len(),
+        });
+    }
+    buf.clear();
+    read_rest(sock, buf, len, None)?;
+    Ok(Some(InFrame { kind, fds }))
+}
+
+/// Asked, when the rest of a half-received frame is slow to come, whether
+/// its sender died. Another process may hold the sending end too, so the
+/// stream need not end when the sender does; `None` for streams with a
+/// single sending process, whose death ends the stream.
+pub(crate) type DeathCheck<'a> = Option<&'a dyn Fn() -> bool>;
+
+/// Appends bytes from `sock` to `buf` until it holds `len` bytes.
+///
+/// The buffer grows as bytes arrive (at most doubling), so a header that
+/// announces far more than is ever sent costs no more memory than was sent.
+fn read_rest(
+    sock: BorrowedFd<'_>,
+    buf: &mut Vec<u8>,
+    len: usize,
+    died: DeathCheck<'_>,
+) -> Result<(), FrameError> {
+    while buf.len() < len {
+        let filled = buf.len();
+        let chunk = (len - filled).min(filled.max(1 << 16));
+        let n = match died {
+            None => crate::sys::recv_append(sock, buf, chunk, RecvFlags::empty()),
+            Some(died) => loop {
+                match crate::sys::recv_append(sock, buf, chunk, RecvFlags::DONTWAIT) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => await_more(sock, died)?,
+                    other => break other,
+                }
+            },
+        }
+        .map_err(FrameError::Io)?;
+        if n == 0 {
+            return Err(FrameError::Truncated {
+                got: FRAME_HEADER_LEN + filled,
+                want: FRAME_HEADER_LEN + len,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Waits for more bytes of a half-received frame, asking `died` after each
+/// [`CHECK_PERIOD`] without any.
+#[cold]
+fn await_more(sock: BorrowedFd<'_>, died: &dyn Fn() -> bool) -> Result<(), FrameError> {
+    loop {
+        let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+        if crate::sys::poll::poll(&mut fds, Some(CHECK_PERIOD)).map_err(FrameError::Io)? > 0 {
+            return Ok(());
+        }
+        if died() {
+            return Err(FrameError::PeerLost(
+                "the sending process died in the middle of a message",
+            ));
+        }
+    }
+}
+
+/// A frame from a [`FrameReader`], and where its payload is: in the
+/// read-ahead buffer at the range given, or (`None`) in the caller's buffer.
+pub(crate) type ReceivedFrame = (InFrame, Option<Range<usize>>);
+
+/// How much a [`FrameReader`] reads ahead.
+const READ_AHEAD: usize = 64 << 10;
+
+/// Receives frames from a stream it reads ahead of, so that a small message
+/// costs one `recvmsg` rather than one for its header and one for its body.
+///
+/// Descriptors arrive with the first byte of the frame that carries them (a
+/// `recvmsg` never returns those of two different sends); they wait in
+/// order until their frame's header claims them.
+#[derive(Debug, Default)]
+pub(crate) struct FrameReader {
+    ahead: Vec<u8>,
+    start: usize,
+    end: usize,
+    fds: std::collections::VecDeque<OwnedFd>,
+}
+
+impl FrameReader {
+    /// Whether bytes or descriptors were read ahead and wait for a `recv`.
+    pub(crate) fn has_buffered(&self) -> bool {
+        self.end > self.start || !self.fds.is_empty()
+    }
+
+    /// Receives one frame. Its payload stays where it is when it was read
+    /// ahead whole, and the range returned locates it (for [`bytes`](Self::bytes),
+    /// until the next `recv`); otherwise it is in `out` (cleared first).
+    /// `Ok(None)` is a clean end of stream between frames.
+    pub(crate) fn recv(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        out: &mut Vec<u8>,
+        died: DeathCheck<'_>,
+    ) -> Result<Option<ReceivedFrame>, FrameError> {
+        if self.ahead.is_empty() {
+            self.ahead = vec![0; READ_AHEAD];
+        }
+        while self.end - self.start < FRAME_HEADER_LEN {
+            if self.end == self.ahead.len() {
+                self.ahead.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            // With half a header here, the rest should follow at once: if
+            // it does not, ask whether its sender died while waiting.
+            let stall = died.filter(|_| self.end > self.start);
+            let flags = match stall {
+                Some(_) => RecvFlags::DONTWAIT,
+                None => RecvFlags::empty(),
+            };
+            let n = loop {
+                let got = recv_with_fds(sock, &mut self.ahead[self.end..], &mut self.fds, flags);
+                match (got, stall) {
+                    (Err(FrameError::Io(e)), Some(died))
+                        if e.kind() == io::ErrorKind::WouldBlock =>
+                    {
+                        await_more(sock, died)?
+                    }
+                    (got, _) => break got?,
+                }
+            };
+            if n == 0 {
+                let got = self.end - self.start;
+                if got == 0 && self.fds.is_empty() {
+                    return Ok(None);
+                }
+                return Err(FrameError::Truncated {
+                    got,
+                    want: FRAME_HEADER_LEN,
+                });
+            }
+            self.end += n;
+        }
+        let mut head = [0u8; FRAME_HEADER_LEN];
+        head.copy_from_slice(&self.ahead[self.start..self.start + FRAME_HEADER_LEN]);
+        let (kind, nfds, len) = parse_header(&head)?;
+        if self.fds.len() < nfds {
+            return Err(FrameError::FdMismatch {
+                want: nfds,
+                got: self.fds.len(),
+            });
+        }
+        self.start += FRAME_HEADER_LEN;
+        let fds: Vec<OwnedFd> = if nfds == 0 {
+            Vec::new()
+        } else {
+            self.fds.drain(..nfds).collect()
+        };
+        let frame = InFrame { kind, fds };
+        if self.end - self.start >= len {
+            let at = self.start..self.start + len;
+            self.start += len;
+            if self.start == self.end {
+                // Bytes stay put until the next read; only the marks move.
+                self.start = 0;
+                self.end = 0;
+            }
+            return Ok(Some((frame, Some(at))));
+        }
+        let buffered = self.end - self.start;
+        out.clear();
+        out.extend_from_slice(&self.ahead[self.start..self.start + buffered]);
+        self.start += buffered;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        read_rest(sock, out, len, died)?;
+        Ok(Some((frame, None)))
+    }
+
+    /// Read-ahead bytes, as located by [`recv`](Self::recv).
+    pub(crate) fn bytes(&self, at: Range<usize>) -> &[u8] {
+        &self.ahead[at]
+    }
+}
+
+fn recv_with_fds(
+    sock: BorrowedFd<'_>,
+    into: &mut [u8],
+    fds: &mut impl Extend<OwnedFd>,
+    flags: RecvFlags,
+) -> Result<usize, FrameError> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let msg = loop {
+        match rustix::net::recvmsg(
+            sock,
+            &mut [IoSliceMut::new(into)],
+            &mut control,
+            flags | RecvFlags::CMSG_CLOEXEC,
+        ) {
+            Ok(msg) => break msg,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(FrameError::Io(e.into())),
+        }
+    };
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(msg.bytes)
+}

@@ -1,0 +1,163 @@
+//! Frames, descriptors and the side table, over real socketpairs.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use super::handles::{MODE, Mode, OUT_FDS};
+use super::*;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
+}
+
+fn feed(bytes: &[u8]) -> Result<Option<InFrame>, FrameError> {
+    let (a, b) = pair();
+    send_all(a.as_fd(), bytes, &[]).unwrap();
+    drop(a);
+    let mut buf = Vec::new();
+    recv_frame(b.as_fd(), &mut buf)
+}
+
+#[test]
+fn frame_round_trips_with_descriptors() {
+    let (a, b) = pair();
+    let (pr, pw) = rustix::pipe::pipe().unwrap();
+    let mut out = OutFrame::new();
+    out.encode(&(String::from("hi"), crate::Fd::from(pw)))
+        .unwrap();
+    out.send(a.as_fd(), FrameKind::Value).unwrap();
+    let mut buf = Vec::new();
+    let frame = recv_frame(b.as_fd(), &mut buf).unwrap().unwrap();
+    assert_eq!(frame.kind, FrameKind::Value);
+    assert_eq!(frame.fds.len(), 1);
+    let (text, fd): (String, crate::Fd) = decode(&buf, frame.fds).unwrap();
+    assert_eq!(text, "hi");
+    rustix::io::write(&fd, b"x").unwrap();
+    let mut byte = [0u8; 1];
+    assert_eq!(rustix::io::read(&pr, &mut byte).unwrap(), 1);
+}
+
+#[test]
+fn clean_end_of_stream_is_none() {
+    assert!(matches!(feed(&[]), Ok(None)));
+}
+
+#[test]
+fn garbage_is_bad_magic() {
+    assert!(matches!(
+        feed(b"GARBAGE!GARBAGE!"),
+        Err(FrameError::BadMagic(_))
+    ));
+}
+
+#[test]
+fn short_header_is_truncated() {
+    let bytes = encode_frame_for_tests(2, 10, &[]);
+    assert!(matches!(
+        feed(&bytes[..7]),
+        Err(FrameError::Truncated { got: 7, .. })
+    ));
+}
+
+#[test]
+fn short_payload_is_truncated() {
+    let bytes = encode_frame_for_tests(2, 10, &[1, 2, 3]);
+    assert!(matches!(feed(&bytes), Err(FrameError::Truncated { .. })));
+}
+
+#[test]
+fn oversized_frame_is_rejected_from_its_header() {
+    let bytes = encode_frame_for_tests(2, 1 << 40, &[]);
+    assert!(matches!(feed(&bytes), Err(FrameError::TooLarge(n)) if n == 1 << 40));
+}
+
+#[test]
+fn unknown_version_and_kind_are_rejected() {
+    let mut bytes = encode_frame_for_tests(2, 0, &[]);
+    bytes[4] = 99;
+    assert!(matches!(feed(&bytes), Err(FrameError::BadVersion(99))));
+    let bytes = encode_frame_for_tests(77, 0, &[]);
+    assert!(matches!(feed(&bytes), Err(FrameError::BadKind(77))));
+}
+
+#[test]
+fn announced_descriptors_must_arrive() {
+    let mut bytes = encode_frame_for_tests(2, 0, &[]);
+    bytes[6] = 3;
+    assert!(matches!(
+        feed(&bytes),
+        Err(FrameError::FdMismatch { want: 3, got: 0 })
+    ));
+}
+
+#[test]
+fn serializing_a_handle_outside_the_wire_is_an_error() {
+    let (_r, w) = rustix::pipe::pipe().unwrap();
+    let fd = crate::Fd::from(w);
+    let mut buf = Vec::new();
+    let err = super::codec::encode_into(&fd, &mut buf).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only be (de)serialized by multiproc"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_panicking_serializer_leaves_the_thread_outside_any_encode() {
+    struct Panics;
+    impl serde::Serialize for Panics {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            panic!("a user's Serialize panicked");
+        }
+    }
+    let (_r, w) = rustix::pipe::pipe().unwrap();
+    let fd = crate::Fd::from(w);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // A handle first, so the encode holds a descriptor when it panics.
+        OutFrame::new().encode(&(&fd, Panics))
+    }));
+    assert!(caught.is_err());
+    assert_eq!(MODE.get(), Mode::Idle);
+    assert!(OUT_FDS.with_borrow(Vec::is_empty));
+    // So a handle serialized outside the wire is refused again.
+    let err = super::codec::encode_into(&fd, &mut Vec::new()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only be (de)serialized by multiproc")
+    );
+}
+
+#[test]
+fn an_encode_nested_in_another_keeps_each_ones_descriptors() {
+    // A value whose serializer encodes a handle of its own on the side.
+    struct EncodesInside<'a>(&'a crate::Fd);
+    impl serde::Serialize for EncodesInside<'_> {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let mut inner = OutFrame::new();
+            inner.encode(self.0).unwrap();
+            assert_eq!(inner.fds().len(), 1);
+            s.serialize_u8(0)
+        }
+    }
+    let (_r, w) = rustix::pipe::pipe().unwrap();
+    let fd = crate::Fd::from(w);
+    let mut outer = OutFrame::new();
+    outer.encode(&(&fd, EncodesInside(&fd), &fd)).unwrap();
+    assert_eq!(outer.fds().len(), 2);
+    assert_eq!(MODE.get(), Mode::Idle);
+}
+
+#[test]
+fn handle_index_that_was_not_sent_is_a_decode_error() {
+    let mut buf = Vec::new();
+    super::codec::encode_into(&5u32, &mut buf).unwrap();
+    let err = decode::<crate::Fd>(&buf, Vec::new()).unwrap_err();
+    assert!(err.is_decode(), "{err}");
+}
