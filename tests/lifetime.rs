@@ -1,5 +1,7 @@
 //! Who outlives whom: daemons, unjoined children, dropped handles. Checked in /proc.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
@@ -177,7 +179,7 @@ const INNER: &str = "MULTIPROC_LIFETIME_INNER";
 #[test]
 #[ignore = "run by exit_waits_for_unjoined_children"]
 fn inner_main_returns_with_child_running() {
-    if std::env::var_os(INNER).is_none() {
+    if !common::run_by_outer_test(INNER, "exit_waits_for_unjoined_children") {
         return;
     }
     let stdin = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 3).unwrap();

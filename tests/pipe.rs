@@ -1,5 +1,7 @@
 //! Pipe and Connection across real processes: sizes, order, handles, peer death, bad frames.
 
+mod common;
+
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -549,9 +551,7 @@ fn read_to_the_marker(rx: Connection<Vec<u8>>) -> Result<(usize, bool), String> 
 
 /// The scheduler state of process `pid` (`R`, `S`, `T`, ...).
 fn state_of(pid: u32) -> u8 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = stat.rfind(')').unwrap();
-    stat.as_bytes()[after_name + 2]
+    common::state_of(pid).expect("the process is gone")
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {

@@ -1,7 +1,11 @@
 //! Queue and JoinableQueue across real processes: MPMC, order, bounds,
 //! close, large items, handles, and processes killed mid-operation.
 
+mod common;
+
 use std::collections::HashSet;
+
+use common::{eventually, state_of, until_asleep};
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -370,7 +374,10 @@ fn a_producer_and_a_consumer_share_the_ring_over_many_laps() {
     const N: u32 = 6000;
     let q = Queue::<(u32, String)>::new().unwrap();
     let child = spawn!(put_mixed, q.clone(), N).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Start late: once the putter sleeps, the ring is full (or it is done).
+    eventually("the putter fills the ring", || {
+        state_of(child.pid()) != Some(b'R') && !q.is_empty()
+    });
     for i in 0..N {
         check_mixed(i, &q.get_timeout(Duration::from_secs(60)).unwrap());
     }
@@ -474,8 +481,8 @@ fn close_wakes_a_putter_blocked_on_a_full_queue() {
     let started = Event::new().unwrap();
     let child = spawn!(put_into_full, q.clone(), started.clone()).unwrap();
     assert!(started.wait_timeout(Duration::from_secs(30)));
-    // Let it get past its spinning and fall asleep.
-    std::thread::sleep(Duration::from_millis(200));
+    // Past its spinning, asleep inside `put`.
+    until_asleep("the putter sleeps on the full queue", child.pid());
     let closed = Instant::now();
     q.close();
     assert!(

@@ -3,30 +3,22 @@
 //! Processes coordinate through Events, Semaphores and the primitives under
 //! test; timeouts here only bound a failure, they never order anything.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{BOUND, eventually, state_of};
 
 use multiproc::{
     Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, RLock, Semaphore,
     SharedMemory, Value, process_entry, spawn,
 };
 
-/// How long a test may wait for something that should happen promptly.
-const BOUND: Duration = Duration::from_secs(20);
 /// How far past its deadline a timed wait may return.
 const SLACK: Duration = Duration::from_millis(500);
 
 fn text(err: multiproc::Error) -> String {
     err.to_string()
-}
-
-/// Polls a condition that no primitive can signal (such as "a process is
-/// now blocked inside `Barrier::wait`"), failing after `BOUND`.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < BOUND, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn assert_within(elapsed: Duration, deadline: Duration) {
@@ -266,8 +258,7 @@ fn a_waiter_arriving_after_a_notify_does_not_take_its_wake_up() {
     let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     eventually("the child is stopped", || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.pid())).unwrap();
-        stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'T'
+        state_of(child.pid()) == Some(b'T')
     });
     // We arrive after the notify, and look at once: the wake-up is not ours.
     let (guard, timed_out) = cond.wait_timeout(guard, Duration::ZERO).unwrap();

@@ -292,7 +292,9 @@ pub mod __private {
     pub use crate::__entry_ctor as entry_ctor;
     pub use crate::__load_time_ctor as load_time_ctor;
     pub use crate::spawn::child::entry_loaded;
+    #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
     pub use crate::spawn::registry::{Entry, EntryRecord};
+    #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
 }

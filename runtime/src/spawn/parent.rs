@@ -114,6 +114,7 @@ pub(crate) enum Outgoing {
     /// A call frame.
     Frame(OutFrame),
     /// Arbitrary bytes: only for testing how a child handles bad input.
+    #[cfg(feature = "test-hooks")]
     Raw(Vec<u8>),
 }
 
@@ -161,6 +162,7 @@ pub(crate) fn start_child<R>(
     // If the child died before reading its call, `join` reports how it died.
     let _ = match outgoing {
         Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), FrameKind::Call),
+        #[cfg(feature = "test-hooks")]
         Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
             rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
         }),
@@ -481,6 +483,7 @@ fn signal_name(sig: i32) -> &'static str {
 /// without the parent's check that it exists. Not public API: for testing
 /// the child's handling of unknown entries.
 #[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     let header = CallHeader {
         entry: name.to_string(),
@@ -496,6 +499,7 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
 /// instead of a call frame. Not public API: for testing how a child handles
 /// bad input.
 #[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub fn spawn_with_raw_call<E: Entry>(
     entry: E,
     bytes: Vec<u8>,
@@ -505,8 +509,6 @@ pub fn spawn_with_raw_call<E: Entry>(
 }
 
 #[cfg(test)]
-// `#[process_entry]` gives each entry an `.init_array` slot (see `sys`).
-#[allow(unsafe_code)]
 mod tests {
     use crate::{process_entry, spawn};
 

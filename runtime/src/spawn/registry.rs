@@ -212,4 +212,15 @@ macro_rules! __entry_ctor {
             );
         };
     };
+    // An entry of multiproc itself (its own tests, the Pool's worker, the
+    // Manager's server), where `unsafe_code` is denied outside `sys/`.
+    (@crate $entry:ty, $file:expr, $line:expr) => {
+        const _: () = {
+            static RECORD: $crate::__private::EntryRecord =
+                $crate::__private::EntryRecord::new::<$entry>($file, $line);
+            $crate::__private::load_time_ctor!(
+                @crate __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+            );
+        };
+    };
 }

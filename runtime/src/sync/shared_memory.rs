@@ -101,7 +101,7 @@ impl SharedMemory {
     /// lives. Reading or writing through it is `unsafe`: the caller must
     /// rule out data races with every other thread and process, for
     /// instance by holding the lock or by a protocol of its own.
-    pub fn as_ptr(&self) -> *mut u8 {
+    pub fn as_mut_ptr(&self) -> *mut u8 {
         self.pod.as_ptr()
     }
 }

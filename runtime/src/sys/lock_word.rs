@@ -3,7 +3,7 @@
 //!
 //! One futex word holds the owner's pid (0 when free) and a `WAITERS` bit;
 //! a 64-bit tag next to it says which process that pid was when it took the
-//! lock (see [`owner`](super::owner)). Locking is a compare-and-swap of
+//! lock (see [`owner`]). Locking is a compare-and-swap of
 //! `0 → pid`, unlocking a swap to 0, with a futex wake only when someone
 //! sleeps.
 //!

@@ -30,13 +30,26 @@ use rustix::net::RecvFlags;
 #[macro_export]
 macro_rules! __load_time_ctor {
     // Inside this crate, which denies `unsafe_code` outside `sys/`: the
-    // attribute's argument is this macro's, and so is the allowance.
+    // attribute is this macro's, and so is the allowance. (Expanded in
+    // another crate, this macro's `unsafe` is not that crate's code, and an
+    // `allow` would clash with its `forbid(unsafe_code)`.)
     (@crate $vis:vis $name:ident => $body:expr) => {
         #[allow(unsafe_code)]
-        mod __multiproc_load_time_ctor {
-            $crate::__load_time_ctor!(pub(crate) CTOR => $body);
-        }
-        $vis use __multiproc_load_time_ctor::CTOR as $name;
+        #[used]
+        // SAFETY: as below.
+        #[unsafe(link_section = ".init_array")]
+        $vis static $name: extern "C" fn() = {
+            extern "C" fn __multiproc_load_time_ctor() {
+                if ::std::panic::catch_unwind(|| {
+                    $body;
+                })
+                .is_err()
+                {
+                    ::std::process::abort();
+                }
+            }
+            __multiproc_load_time_ctor
+        };
     };
     ($vis:vis $name:ident => $body:expr) => {
         #[used]

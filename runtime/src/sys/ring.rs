@@ -9,7 +9,7 @@
 //! offsets agree. The rest is *free*.
 //!
 //! Putters hold the put lock, getters the get lock (robust process-shared
-//! locks, see [`crate::sync::raw`]). Only a putter stores `TAIL` and only a
+//! locks, see [`crate::sys::lock_word`]). Only a putter stores `TAIL` and only a
 //! getter stores `HEAD`, each with one store that hands the bytes it wrote
 //! (or read) over to the other side. A putter writes free bytes only, a
 //! getter reads used bytes only: [`PutSide::write`] and [`GetSide::read`]

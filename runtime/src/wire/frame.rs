@@ -37,7 +37,7 @@ pub(crate) enum FrameKind {
     SpilledValue = 7,
     /// A large message on a channel, sent through the connection's lane
     /// (`sys::lane`, the frame's last descriptor): the payload is a
-    /// [`LaneMessage`], the message's own kind (`Data` or `Bytes`, one
+    /// `LaneMessage` (`pipe/lane.rs`), the message's own kind (`Data` or `Bytes`, one
     /// byte), its length (u64) and the lane slot where it starts (u32).
     Lane = 8,
 }
@@ -141,6 +141,7 @@ pub(crate) fn parse_header(
 /// Builds the bytes of a frame with an arbitrary header. Not public API: for
 /// tests that feed malformed frames to a child.
 #[doc(hidden)]
+#[cfg(any(test, feature = "test-hooks"))]
 pub fn encode_frame_for_tests(kind: u8, announced_len: u64, payload: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
     bytes.extend_from_slice(&MAGIC);

@@ -24,6 +24,7 @@ mod recv;
 mod send;
 mod spill;
 
+#[cfg(any(test, feature = "test-hooks"))]
 pub use frame::encode_frame_for_tests;
 pub(crate) use frame::{FRAME_HEADER_LEN, FrameError, FrameKind, MAX_FDS, MAX_FRAME_LEN, header};
 pub(crate) use handles::{decode, decode_prefix, handle_error, push_fd, take_fd};

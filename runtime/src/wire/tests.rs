@@ -2,7 +2,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use super::handles::{MODE, Mode, OUT_FDS};
+use super::handles::{MODE, Mode, OUT_FDS, codec_error};
 use super::*;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
@@ -101,7 +101,9 @@ fn serializing_a_handle_outside_the_wire_is_an_error() {
     let (_r, w) = rustix::pipe::pipe().unwrap();
     let fd = crate::Fd::from(w);
     let mut buf = Vec::new();
-    let err = super::codec::encode_into(&fd, &mut buf).unwrap_err();
+    let err = super::codec::encode_into(&fd, &mut buf)
+        .map_err(|e| codec_error(crate::ErrorKind::Encode, e))
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("only be (de)serialized by multiproc"),
@@ -127,7 +129,9 @@ fn a_panicking_serializer_leaves_the_thread_outside_any_encode() {
     assert_eq!(MODE.get(), Mode::Idle);
     assert!(OUT_FDS.with_borrow(Vec::is_empty));
     // So a handle serialized outside the wire is refused again.
-    let err = super::codec::encode_into(&fd, &mut Vec::new()).unwrap_err();
+    let err = super::codec::encode_into(&fd, &mut Vec::new())
+        .map_err(|e| codec_error(crate::ErrorKind::Encode, e))
+        .unwrap_err();
     assert!(
         err.to_string()
             .contains("only be (de)serialized by multiproc")
