@@ -119,7 +119,7 @@
 //! for _ in 0..10 {
 //!     sum += results.get()?;
 //! }
-//! tasks.close();              // workers' `get` now reports Disconnected
+//! tasks.shutdown();           // workers' `get` now reports Disconnected
 //! for w in workers {
 //!     w.join()?;
 //! }

@@ -41,7 +41,7 @@ use crate::sys::lock_word::Deadline;
 ///     q.put(n).unwrap();
 /// }
 /// q.join()?;          // every item was processed
-/// q.close();          // lets the worker's `get` report `Disconnected`
+/// q.shutdown();       // lets the worker's `get` report `Disconnected`
 /// assert_eq!(child.join()?, 55);
 /// # Ok(())
 /// # }
@@ -145,12 +145,22 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         self.queue.is_full()
     }
 
-    /// Closes the queue for every handle; see [`Queue::close`].
+    /// Shuts the queue down for every handle; see [`Queue::shutdown`].
+    pub fn shutdown(&self) {
+        self.queue.shutdown()
+    }
+
+    /// Whether the queue was shut down; see [`Queue::is_shutdown`].
+    pub fn is_shutdown(&self) -> bool {
+        self.queue.is_shutdown()
+    }
+
+    /// This handle puts no more; see [`Queue::close`].
     pub fn close(&self) {
         self.queue.close()
     }
 
-    /// Whether the queue was closed.
+    /// Whether this handle can no longer put; see [`Queue::is_closed`].
     pub fn is_closed(&self) -> bool {
         self.queue.is_closed()
     }

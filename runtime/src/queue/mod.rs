@@ -35,6 +35,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -112,9 +113,11 @@ use side::*;
 ///   a few hundred of them: past that, such puts wait for gets as if the
 ///   queue were full, even an unbounded one.
 /// - Waiters on a queue no one will put to again wait until their timeout
-///   or for ever, as in Python; `close` wakes them.
+///   or for ever, as in Python; `shutdown` wakes them.
 pub struct Queue<T> {
     inner: Arc<Inner>,
+    /// This handle puts no more ([`close`](Queue::close)).
+    closed: AtomicBool,
     _item: PhantomData<fn(T) -> T>,
 }
 
@@ -131,6 +134,7 @@ impl<T> Queue<T> {
                 side_tx,
                 side_rx,
             }),
+            closed: AtomicBool::new(false),
             _item: PhantomData,
         }
     }
@@ -140,6 +144,7 @@ impl<T> Clone for Queue<T> {
     fn clone(&self) -> Queue<T> {
         Queue {
             inner: Arc::clone(&self.inner),
+            closed: AtomicBool::new(false),
             _item: PhantomData,
         }
     }
@@ -150,7 +155,8 @@ impl<T> fmt::Debug for Queue<T> {
         f.debug_struct("Queue")
             .field("len", &self.inner.len())
             .field("capacity", &self.inner.capacity())
-            .field("closed", &self.inner.is_closed())
+            .field("shut_down", &self.inner.is_closed())
+            .field("closed", &self.closed.load(Relaxed))
             .finish()
     }
 }
@@ -208,7 +214,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Takes the oldest item, waiting until there is one. `Disconnected`
-    /// once the queue is closed and drained.
+    /// once the queue is shut down and drained.
     pub fn get(&self) -> Result<T, RecvError> {
         self.get_wait(Deadline::Never).map_err(|e| match e {
             RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout => RecvError::Disconnected,
@@ -231,6 +237,9 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn put_wait(&self, item: T, wait: Deadline) -> Result<(), SendTimeoutError<T>> {
+        if self.closed.load(Relaxed) {
+            return Err(SendTimeoutError::Disconnected(item));
+        }
         let result = with_encoded(&item, |frame| {
             self.inner.put_bytes(frame.payload(), frame.fds(), wait)
         });
@@ -271,16 +280,44 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         capacity > 0 && self.inner.len() >= capacity
     }
 
-    /// Closes the queue for every handle in every process: later puts fail
-    /// with `Disconnected(item)`, gets take what is left and then report
-    /// `Disconnected`. Waiters are woken.
-    pub fn close(&self) {
+    /// Shuts the queue down for every handle in every process (Python
+    /// 3.13's `Queue.shutdown`): later puts fail with `Disconnected(item)`,
+    /// gets take what is left and then report `Disconnected`. Waiters are
+    /// woken.
+    pub fn shutdown(&self) {
         self.inner.close();
     }
 
-    /// Whether [`close`](Self::close) was called.
-    pub fn is_closed(&self) -> bool {
+    /// Whether [`shutdown`](Self::shutdown) was called, by any handle.
+    pub fn is_shutdown(&self) -> bool {
         self.inner.is_closed()
+    }
+
+    /// Says that this handle will put no more (Python's `Queue.close`): its
+    /// later puts fail with `Disconnected(item)`. Other handles, clones of
+    /// this one included, and other processes are unaffected, and gets on
+    /// this handle go on; to end the queue for everyone, use
+    /// [`shutdown`](Self::shutdown).
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let q = multiproc::Queue::new()?;
+    /// let other = q.clone();
+    /// q.close();
+    /// assert!(q.put(1).is_err());
+    /// other.put(2).unwrap();
+    /// assert_eq!(q.get()?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+    }
+
+    /// Whether this handle can no longer put: it was closed, or the queue
+    /// was shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed) || self.inner.is_closed()
     }
 }
 
