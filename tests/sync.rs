@@ -410,6 +410,79 @@ fn barrier_breaks_when_a_waiting_process_is_killed() {
 }
 
 #[test]
+fn a_party_killed_while_waiting_is_not_counted_as_arrived() {
+    // The others arrive before anyone looked at the dead party: the last
+    // arrival must break the barrier, not trip it for three.
+    let barrier = Barrier::new(3).unwrap();
+    let doomed = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the first child waits", || barrier.n_waiting() == 1);
+    doomed.kill().unwrap();
+    assert!(doomed.join().unwrap_err().is_signaled());
+    let second = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the second child waits", || barrier.n_waiting() == 2);
+    // Stopped, the second cannot notice the death before we arrive.
+    let pid = rustix::process::Pid::from_raw(second.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    eventually("the second child is stopped", || {
+        state_of(second.pid()) == Some(b'T')
+    });
+    let mine = barrier.wait_timeout(BOUND);
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert_eq!(
+        mine.map_err(|e| e.kind()),
+        Err(ErrorKind::BrokenBarrier),
+        "tripped with a dead party"
+    );
+    assert_eq!(second.join().unwrap(), Err("BrokenBarrier".to_string()));
+}
+
+#[process_entry]
+fn march_until_broken(barrier: Barrier, work: Duration) -> String {
+    loop {
+        if let Err(e) = barrier.wait() {
+            return format!("{:?}", e.kind());
+        }
+        // Work between rounds (not synchronisation): it keeps the parties
+        // that do none asleep inside `wait` nearly all the time.
+        std::thread::sleep(work);
+    }
+}
+
+#[test]
+fn a_party_killed_at_a_random_moment_breaks_the_barrier_for_the_others() {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for round in 0..12u64 {
+        let barrier = Barrier::new(3).unwrap();
+        let work = |party: u64| Duration::from_millis(if party == 0 { 0 } else { 2 });
+        let mut parties: Vec<_> = (0..3)
+            .map(|party| spawn!(march_until_broken, barrier.clone(), work(party)).unwrap())
+            .collect();
+        // Somewhere within the first rounds, or at the start, and while the
+        // victim is inside `wait` (asleep: it does no work, so its only
+        // sleep is there). A process killed between two waits is one the
+        // barrier cannot know was coming.
+        let delay = random.hash_one(round) % 30;
+        std::thread::sleep(Duration::from_millis(delay));
+        let victim = parties.remove(0);
+        eventually("the victim sleeps in wait", || {
+            state_of(victim.pid()) == Some(b'S')
+        });
+        victim.kill().unwrap();
+        assert!(victim.join().unwrap_err().is_signaled());
+        // `wait` has no timeout: only the barrier breaking ends it.
+        for mut survivor in parties {
+            let ended = survivor.join_timeout(BOUND).unwrap();
+            assert_eq!(
+                ended.as_deref(),
+                Some("BrokenBarrier"),
+                "round {round} (killed after {delay} ms): a survivor hung"
+            );
+        }
+    }
+}
+
+#[test]
 fn barrier_abort_fails_current_and_later_waiters_until_reset() {
     let barrier = Barrier::new(2).unwrap();
     let waiter = spawn!(arrive, barrier.clone()).unwrap();

@@ -27,7 +27,10 @@ const SEQ: usize = 24;
 const STATE: usize = 28;
 /// Parties inside `wait` (arrived, or released but not yet gone).
 const COUNT: usize = 32;
-/// One owner tag per party inside `wait`, indexed by arrival (0: empty).
+/// One owner tag per party inside `wait`, indexed by arrival (0: empty);
+/// then as many for parties inside `wait` that wait for the previous round
+/// to finish before they can arrive ("entering"), so that a death there is
+/// seen too.
 const SLOTS: usize = WORDS_ONLY_LEN;
 const MAX_PARTIES: usize = 1 << 16;
 
@@ -66,9 +69,12 @@ const BROKEN: u32 = 3;
 ///   parties wait makes every waiter return an
 ///   [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier) error, and later
 ///   waits fail at once until `reset`.
-/// - A process killed while waiting breaks the barrier (where Python's
-///   would hang the others): waiters check the waiting processes about
-///   every 50 ms.
+/// - A process killed inside `wait` breaks the barrier (where Python's
+///   would hang the others): the waiters get `BrokenBarrier` within about
+///   50 ms (they check the processes inside `wait` that often), and a last
+///   arrival never counts a dead party as come. A process killed between
+///   two waits is one the barrier cannot know was coming: the others wait
+///   for it as for any late party (use `wait_timeout`).
 /// - There is no `action` callable (closures cannot travel between processes).
 pub struct Barrier {
     region: Arc<SharedRegion>,
@@ -84,7 +90,7 @@ impl Barrier {
                 format!("a barrier needs 1 to {MAX_PARTIES} parties, not {parties}"),
             ));
         }
-        let region = super::create(KIND, SLOTS + 8 * parties, 0, |region| {
+        let region = super::create(KIND, SLOTS + 16 * parties, 0, |region| {
             region.atomic_u32(PARTIES).store(parties as u32, Relaxed);
         })?;
         Ok(Barrier { region, parties })
@@ -101,6 +107,10 @@ impl Barrier {
 
     fn slot(&self, index: usize) -> &AtomicU64 {
         self.region.atomic_u64(SLOTS + 8 * index)
+    }
+
+    fn entering_slot(&self, index: usize) -> &AtomicU64 {
+        self.region.atomic_u64(SLOTS + 8 * (self.parties + index))
     }
 
     /// Takes the internal lock. If a process died inside it, the counts may
@@ -151,7 +161,9 @@ impl Barrier {
         let me = owner::me();
         let mut state = self.lock_state();
         let mut checked = Instant::now();
-        // Let the previous round finish leaving (or a reset complete).
+        // Let the previous round finish leaving (or a reset complete),
+        // counted among the entering meanwhile.
+        let entering = Entering::new(self, me.tag, state.state() != FILLING);
         loop {
             match state.state() {
                 FILLING => break,
@@ -165,12 +177,17 @@ impl Barrier {
                 _ => {
                     state = self.sleep(state, wait);
                     if checked.elapsed() >= CHECK_PERIOD {
-                        state.reap_dead();
+                        // A party that died before leaving the last round
+                        // will not come to this one.
+                        if state.reap_dead() {
+                            state.break_barrier();
+                        }
                         checked = Instant::now();
                     }
                 }
             }
         }
+        entering.done();
         let index = state.count() as usize;
         if index >= self.parties {
             // Only a corrupted count gets here.
@@ -180,6 +197,13 @@ impl Barrier {
         }
         self.slot(index).store(me.tag, Relaxed);
         state.set_count(index as u32 + 1);
+        // A party killed while waiting is not one that came: the barrier
+        // breaks rather than trips (the others may not have looked yet).
+        if index + 1 == self.parties && state.reap_dead() {
+            state.break_barrier();
+            state.leave(index);
+            return Err(broken());
+        }
         if index + 1 == self.parties {
             state.set_state(DRAINING);
             state.notify_all();
@@ -321,24 +345,68 @@ impl State<'_> {
         }
     }
 
-    /// Removes waiting processes that died; says whether there were any.
+    /// Removes waiting (and entering) processes that died; says whether
+    /// there were any.
     fn reap_dead(&self) -> bool {
         let me = owner::me().pid;
+        let dead = |tag: u64| {
+            let pid = owner::tag_pid(tag);
+            tag != 0 && pid != me && owner::is_dead(pid, tag)
+        };
         let mut found = false;
         for index in 0..self.barrier.parties {
             let slot = self.barrier.slot(index);
-            let tag = slot.load(Relaxed);
-            let pid = owner::tag_pid(tag);
-            if tag != 0 && pid != me && owner::is_dead(pid, tag) {
+            if dead(slot.load(Relaxed)) {
                 slot.store(0, Relaxed);
                 self.set_count(self.count().saturating_sub(1));
                 found = true;
             }
-        }
-        if found {
-            self.reopen_if_empty();
+            let entering = self.barrier.entering_slot(index);
+            if dead(entering.load(Relaxed)) {
+                entering.store(0, Relaxed);
+                found = true;
+            }
         }
         found
+    }
+}
+
+/// This party's entering slot, taken while it waits for the previous round
+/// to finish, given back when it arrives or leaves (the barrier's lock is
+/// held whenever it changes). With more waiters than parties, the extra
+/// ones go unrecorded.
+struct Entering<'a> {
+    barrier: &'a Barrier,
+    index: Option<usize>,
+}
+
+impl<'a> Entering<'a> {
+    fn new(barrier: &'a Barrier, tag: u64, needed: bool) -> Entering<'a> {
+        let index = needed
+            .then(|| {
+                (0..barrier.parties).find(|&i| {
+                    let slot = barrier.entering_slot(i);
+                    slot.compare_exchange(0, tag, Relaxed, Relaxed).is_ok()
+                })
+            })
+            .flatten();
+        Entering { barrier, index }
+    }
+
+    fn done(mut self) {
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        if let Some(index) = self.index.take() {
+            self.barrier.entering_slot(index).store(0, Relaxed);
+        }
+    }
+}
+
+impl Drop for Entering<'_> {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -367,7 +435,7 @@ impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Barrier, D::Error> {
         let region = super::deserialize_region(d, KIND, None)?;
         let parties = region.atomic_u32(PARTIES).load(Relaxed) as usize;
-        if parties == 0 || parties > MAX_PARTIES || region.len() != SLOTS + 8 * parties {
+        if parties == 0 || parties > MAX_PARTIES || region.len() != SLOTS + 16 * parties {
             return Err(D::Error::custom(crate::wire::handle_error(format!(
                 "received {} is invalid: {parties} parties in {} bytes",
                 KIND.name,
