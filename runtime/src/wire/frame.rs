@@ -98,6 +98,8 @@ pub(crate) enum FrameError {
     TooLarge(u64),
     #[error("frame announces {want} descriptors but {got} arrived")]
     FdMismatch { want: usize, got: usize },
+    #[error("{0} descriptors arrived that no frame announced (closed)")]
+    Unannounced(usize),
     #[error("malformed large-message frame ({0})")]
     BadLane(String),
     /// The other process went away in the middle of a message.

@@ -2,6 +2,7 @@
 //! socket) or read ahead ([`FrameReader`], for connections), with the
 //! descriptors that ride beside them.
 
+use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::ops::Range;
@@ -121,20 +122,33 @@ const READ_AHEAD: usize = 64 << 10;
 /// costs one `recvmsg` rather than one for its header and one for its body.
 ///
 /// Descriptors arrive with the first byte of the frame that carries them (a
-/// `recvmsg` never returns those of two different sends); they wait in
-/// order until their frame's header claims them.
+/// `recvmsg` never returns those of two different sends). Each batch waits,
+/// with the stream bytes that came with it, until a frame starting among
+/// those bytes claims it whole; a batch no frame claims, or one that does
+/// not match its frame's count, is closed at once and reported, so a peer
+/// cannot slip descriptors to a later message or pile them up here.
 #[derive(Debug, Default)]
 pub(crate) struct FrameReader {
     ahead: Vec<u8>,
     start: usize,
     end: usize,
-    fds: std::collections::VecDeque<OwnedFd>,
+    /// Stream bytes received so far (`ahead[end]` is at this offset).
+    received: u64,
+    batches: VecDeque<Batch>,
+}
+
+/// Descriptors that came with the stream bytes `from..to`.
+#[derive(Debug)]
+struct Batch {
+    from: u64,
+    to: u64,
+    fds: Vec<OwnedFd>,
 }
 
 impl FrameReader {
     /// Whether bytes or descriptors were read ahead and wait for a `recv`.
     pub(crate) fn has_buffered(&self) -> bool {
-        self.end > self.start || !self.fds.is_empty()
+        self.end > self.start || !self.batches.is_empty()
     }
 
     /// Receives one frame. Its payload stays where it is when it was read
@@ -163,8 +177,9 @@ impl FrameReader {
                 Some(_) => RecvFlags::DONTWAIT,
                 None => RecvFlags::empty(),
             };
+            let mut fds = Vec::new();
             let n = loop {
-                let got = recv_with_fds(sock, &mut self.ahead[self.end..], &mut self.fds, flags);
+                let got = recv_with_fds(sock, &mut self.ahead[self.end..], &mut fds, flags);
                 match (got, stall) {
                     (Err(FrameError::Io(e)), Some(died))
                         if e.kind() == io::ErrorKind::WouldBlock =>
@@ -174,10 +189,21 @@ impl FrameReader {
                     (got, _) => break got?,
                 }
             };
+            if !fds.is_empty() {
+                self.batches.push_back(Batch {
+                    from: self.received,
+                    to: self.received + n as u64,
+                    fds,
+                });
+            }
             if n == 0 {
                 let got = self.end - self.start;
-                if got == 0 && self.fds.is_empty() {
+                let unclaimed: usize = self.batches.drain(..).map(|b| b.fds.len()).sum();
+                if got == 0 && unclaimed == 0 {
                     return Ok(None);
+                }
+                if got == 0 {
+                    return Err(FrameError::Unannounced(unclaimed));
                 }
                 return Err(FrameError::Truncated {
                     got,
@@ -185,22 +211,17 @@ impl FrameReader {
                 });
             }
             self.end += n;
+            self.received += n as u64;
         }
         let mut head = [0u8; FRAME_HEADER_LEN];
         head.copy_from_slice(&self.ahead[self.start..self.start + FRAME_HEADER_LEN]);
         let (kind, nfds, len) = parse_header(&head)?;
-        if self.fds.len() < nfds {
-            return Err(FrameError::FdMismatch {
-                want: nfds,
-                got: self.fds.len(),
-            });
-        }
-        self.start += FRAME_HEADER_LEN;
-        let fds: Vec<OwnedFd> = if nfds == 0 {
+        let fds = if self.batches.is_empty() && nfds == 0 {
             Vec::new()
         } else {
-            self.fds.drain(..nfds).collect()
+            self.claim(nfds)?
         };
+        self.start += FRAME_HEADER_LEN;
         let frame = InFrame { kind, fds };
         if self.end - self.start >= len {
             let at = self.start..self.start + len;
@@ -220,8 +241,40 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
+        let rest = len - buffered;
         read_rest(sock, out, len, died)?;
+        self.received += rest as u64;
         Ok(Some((frame, None)))
+    }
+
+    /// The descriptors of the frame whose header is at `ahead[start]`,
+    /// which announces `nfds`. Batches that came wholly before the frame
+    /// were claimed by none: they are closed, and so is a batch that does
+    /// not match; either is an error (the frame itself stays unread).
+    #[cold]
+    fn claim(&mut self, nfds: usize) -> Result<Vec<OwnedFd>, FrameError> {
+        let at = self.received - (self.end - self.start) as u64;
+        let mut unclaimed = 0;
+        while let Some(batch) = self.batches.front() {
+            if batch.to > at {
+                break;
+            }
+            unclaimed += batch.fds.len();
+            self.batches.pop_front();
+        }
+        if unclaimed > 0 {
+            return Err(FrameError::Unannounced(unclaimed));
+        }
+        if nfds == 0 {
+            return Ok(Vec::new());
+        }
+        match self.batches.pop_front() {
+            Some(batch) if batch.from <= at && batch.fds.len() == nfds => Ok(batch.fds),
+            other => Err(FrameError::FdMismatch {
+                want: nfds,
+                got: other.map_or(0, |batch| batch.fds.len()),
+            }),
+        }
     }
 
     /// Read-ahead bytes, as located by [`recv`](Self::recv).

@@ -165,3 +165,76 @@ fn handle_index_that_was_not_sent_is_a_decode_error() {
     let err = decode::<crate::Fd>(&buf, Vec::new()).unwrap_err();
     assert!(err.is_decode(), "{err}");
 }
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn descriptors_no_frame_announced_are_closed_and_reported() {
+    let (a, b) = pair();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    let before = open_fds();
+    // Frames that announce no descriptors but carry 200 each: none may be
+    // handed to a later frame or pile up in the receiver.
+    let mut bytes = header(FrameKind::Bytes, 0, 2).to_vec();
+    bytes.extend_from_slice(b"hi");
+    let extra: Vec<_> = (0..200)
+        .map(|i| if i % 2 == 0 { r.as_fd() } else { w.as_fd() })
+        .collect();
+    let mut reader = FrameReader::default();
+    let mut out = Vec::new();
+    let mut errors = 0;
+    for _ in 0..50 {
+        send_all(a.as_fd(), &bytes, &extra).unwrap();
+        loop {
+            match reader.recv(b.as_fd(), &mut out, None) {
+                Ok(Some((frame, _))) => {
+                    assert!(frame.fds.is_empty());
+                    break;
+                }
+                Err(FrameError::Unannounced(200)) => errors += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // (Other tests of this binary may hold a few descriptors too.)
+        assert!(open_fds() <= before + 400, "descriptors pile up");
+    }
+    // Each frame after the first reports the batch before it.
+    assert_eq!(errors, 49);
+    drop(a);
+    assert!(matches!(
+        reader.recv(b.as_fd(), &mut out, None),
+        Err(FrameError::Unannounced(200))
+    ));
+    assert!(matches!(reader.recv(b.as_fd(), &mut out, None), Ok(None)));
+    // Every copy of the write end is closed: the read end sees end of file
+    // (soon rather than at once: another test's spawn may hold a forked
+    // copy of every descriptor until it execs).
+    drop(w);
+    rustix::io::ioctl_fionbio(&r, true).unwrap();
+    let start = std::time::Instant::now();
+    while rustix::io::read(&r, &mut [0u8; 1]) != Ok(0) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "a received copy of the pipe's write end is still open"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn a_frame_claims_exactly_the_descriptors_that_came_with_it() {
+    let (a, b) = pair();
+    let (r, w) = rustix::pipe::pipe().unwrap();
+    // Announces two, carries three: a mismatch, not two now and one later.
+    let mut bytes = header(FrameKind::Bytes, 2, 1).to_vec();
+    bytes.push(7);
+    send_all(a.as_fd(), &bytes, &[r.as_fd(), w.as_fd(), r.as_fd()]).unwrap();
+    let mut reader = FrameReader::default();
+    let mut out = Vec::new();
+    assert!(matches!(
+        reader.recv(b.as_fd(), &mut out, None),
+        Err(FrameError::FdMismatch { want: 2, got: 3 })
+    ));
+}
