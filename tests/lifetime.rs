@@ -223,3 +223,32 @@ fn exit_waits_for_unjoined_children() {
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
 }
+
+#[process_entry]
+fn try_to_have_a_child() -> Result<u32, String> {
+    assert!(multiproc::current_process().is_daemon());
+    match Process::new(entry!(blocker_free), ()).start() {
+        Ok(child) => Ok(child.pid()),
+        Err(e) => Err(format!("{:?}: {e}", e.kind())),
+    }
+}
+
+#[process_entry]
+fn blocker_free() {}
+
+#[test]
+fn a_daemon_may_not_start_children() {
+    // Its children would be left running when the daemon is killed with
+    // its parent, outliving the program (Python refuses them too).
+    let daemon = Process::new(entry!(try_to_have_a_child), ())
+        .daemon(true)
+        .start()
+        .unwrap();
+    let err = daemon.join().unwrap().unwrap_err();
+    assert!(err.starts_with("Spawn: "), "{err}");
+    assert!(
+        err.contains("daemonic processes are not allowed to have children"),
+        "{err}"
+    );
+    assert!(!multiproc::current_process().is_daemon());
+}

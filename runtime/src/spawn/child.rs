@@ -158,7 +158,7 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    super::current::set_child_name(header.process_name);
+    super::current::set_child(header.process_name, target.daemon);
     let code = match run(&buf[used..], fds) {
         super::registry::RunOutcome::Value(mut frame) => {
             // A result larger than the socket can buffer goes in a memfd,

@@ -74,6 +74,10 @@ impl<E: Entry> Process<E> {
 
     /// A daemon is killed when this process exits or dies, however it dies.
     /// Default `false`: non-daemon children are waited for at exit.
+    ///
+    /// As in Python, a daemon may not start children of its own (its
+    /// [`start`](Self::start) fails with kind `Spawn`): they would outlive
+    /// it, and so the program, when it is killed.
     pub fn daemon(mut self, daemon: bool) -> Process<E> {
         self.daemon = daemon;
         self
@@ -84,6 +88,19 @@ impl<E: Entry> Process<E> {
     /// The arguments are encoded before the child is started, so an argument
     /// that cannot be encoded is an error here and no process is created.
     pub fn start(self) -> Result<JoinHandle<E::Output>, Error> {
+        if super::current::is_daemon() {
+            // A daemon is killed with its parent; a child of its own would
+            // be left running by that death, outliving the program.
+            return Err(Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "daemonic processes are not allowed to have children \
+                     (process '{}' is a daemon; entry `{}` was not started)",
+                    super::current::current_process().name(),
+                    E::NAME
+                ),
+            ));
+        }
         super::registry::lookup(E::NAME)?;
         let name = self
             .name
