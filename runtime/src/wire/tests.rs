@@ -238,3 +238,55 @@ fn a_frame_claims_exactly_the_descriptors_that_came_with_it() {
         Err(FrameError::FdMismatch { want: 2, got: 3 })
     ));
 }
+
+/// This process's virtual size, in bytes (`VmSize`).
+fn vm_size() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmSize:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn a_frame_announcing_two_gibibytes_costs_only_the_bytes_that_came() {
+    // Both receive paths: the control socket's and a connection's.
+    for read_ahead in [false, true] {
+        let (a, b) = pair();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let receiver = std::thread::spawn(move || {
+            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+            let mut buf = Vec::new();
+            if read_ahead {
+                FrameReader::default()
+                    .recv(b.as_fd(), &mut buf, None)
+                    .map(|_| ())
+            } else {
+                recv_frame(b.as_fd(), &mut buf).map(|_| ())
+            }
+        });
+        let tid = tid_rx.recv().unwrap();
+        let before = vm_size();
+        let mut bytes = header(FrameKind::Bytes, 0, MAX_FRAME_LEN - 1).to_vec();
+        bytes.extend_from_slice(&[7; 100]);
+        send_all(a.as_fd(), &bytes, &[]).unwrap();
+        // Asleep waiting for the rest (the announced length passed the cap).
+        let start = std::time::Instant::now();
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            if stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'S' {
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(20));
+            std::thread::yield_now();
+        }
+        let grown = vm_size().saturating_sub(before);
+        drop(a);
+        assert!(matches!(
+            receiver.join().unwrap(),
+            Err(FrameError::Truncated { .. })
+        ));
+        // 2 GiB announced; a few pages for 100 bytes (other tests of this
+        // binary may map some memory meanwhile).
+        assert!(grown < 256 << 20, "grew by {grown} bytes (read ahead: {read_ahead})");
+    }
+}
