@@ -287,6 +287,9 @@ fn a_frame_announcing_two_gibibytes_costs_only_the_bytes_that_came() {
         ));
         // 2 GiB announced; a few pages for 100 bytes (other tests of this
         // binary may map some memory meanwhile).
-        assert!(grown < 256 << 20, "grew by {grown} bytes (read ahead: {read_ahead})");
+        assert!(
+            grown < 256 << 20,
+            "grew by {grown} bytes (read ahead: {read_ahead})"
+        );
     }
 }
