@@ -611,6 +611,72 @@ fn bounded_semaphore_refuses_release_above_its_initial_value() {
     assert_eq!(sem.value(), 1);
 }
 
+#[process_entry]
+fn hold_permits(sem: Semaphore, n: u32, held: Event) {
+    let guards: Vec<_> = (0..n).map(|_| sem.acquire()).collect();
+    held.set();
+    // Holds them until killed.
+    loop {
+        std::thread::park();
+        let _ = &guards;
+    }
+}
+
+#[test]
+fn permits_of_a_killed_holder_come_back() {
+    let sem = Semaphore::new(3).unwrap();
+    let held = Event::new().unwrap();
+    let holder = spawn!(hold_permits, sem.clone(), 2, held.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    let mine = sem.acquire();
+    assert_eq!(sem.value(), 0);
+    holder.kill().unwrap();
+    assert!(holder.join().unwrap_err().is_signaled());
+    // Waiters notice the death and take the dead holder's permits.
+    let start = Instant::now();
+    let first = sem
+        .acquire_timeout(BOUND)
+        .expect("a dead holder's permit came back");
+    let second = sem.acquire_timeout(BOUND).expect("both came back");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop((mine, first, second));
+    assert_eq!(sem.value(), 3, "no permit lost or made");
+}
+
+#[process_entry]
+fn hold_bounded(sem: BoundedSemaphore, held: Event) {
+    let _guard = sem.acquire();
+    held.set();
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_bounded_semaphore_keeps_its_bound_when_a_holder_dies() {
+    let sem = BoundedSemaphore::new(1).unwrap();
+    let held = Event::new().unwrap();
+    let holder = spawn!(hold_bounded, sem.clone(), held.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    holder.kill().unwrap();
+    assert!(holder.join().unwrap_err().is_signaled());
+    let permit = sem
+        .acquire_timeout(BOUND)
+        .expect("the dead holder's permit came back");
+    assert_eq!(sem.value(), 0);
+    drop(permit);
+    assert_eq!(sem.value(), 1);
+    // Back to its maximum, and no further.
+    assert_eq!(
+        sem.release().unwrap_err().kind(),
+        ErrorKind::TooManyReleases
+    );
+}
+
 #[test]
 fn semaphore_acquire_timeout_gives_up_within_bounds() {
     let sem = Semaphore::new(0).unwrap();
