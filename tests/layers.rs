@@ -17,6 +17,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("handles every primitive uses", &["fd", "channel_error"]),
     ("shared state", &["sync"]),
     ("channels", &["pipe", "queue"]),
+    ("across handles", &["wait"]),
 ];
 
 /// Inside `spawn/`, files a file must not use: the child side and the

@@ -648,3 +648,60 @@ fn a_sender_killed_mid_message_is_an_error_though_another_holds_the_end() {
     }
     drop(spare);
 }
+
+#[process_entry]
+fn reply_when_asked(conn: Connection<u32>) {
+    if let Ok(n) = conn.recv() {
+        conn.send(&(n + 1)).unwrap();
+    }
+}
+
+#[test]
+fn wait_sees_a_message_already_read_ahead() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    b.send(&1).unwrap();
+    b.send(&2).unwrap();
+    assert_eq!(a.recv().unwrap(), 1);
+    // The second message came in with the first: the socket itself has
+    // nothing more to say, yet `recv` would return at once.
+    let mut fds = [rustix::event::PollFd::new(&a, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 0);
+    assert_eq!(multiproc::wait(&[&a], Some(Duration::ZERO)).unwrap(), [0]);
+    assert_eq!(a.recv().unwrap(), 2);
+    assert!(
+        multiproc::wait(&[&a], Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn wait_returns_the_connections_and_processes_that_are_ready() {
+    let (quiet, _quiet_peer) = Pipe::<u32>::duplex().unwrap();
+    let (ours, theirs) = Pipe::<u32>::duplex().unwrap();
+    let child = spawn!(reply_when_asked, theirs).unwrap();
+    assert!(
+        multiproc::wait(&[&quiet, &ours, &child], Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_empty()
+    );
+    ours.send(&41).unwrap();
+    // The reply first (or with the child's end, if it has exited by then).
+    let ready = multiproc::wait(&[&quiet, &ours], Some(common::BOUND)).unwrap();
+    assert_eq!(ready, [1]);
+    assert_eq!(ours.recv().unwrap(), 42);
+    let ready = multiproc::wait(&[&quiet, &child], Some(common::BOUND)).unwrap();
+    assert_eq!(ready, [1], "the child has ended");
+    child.join().unwrap();
+    // A gone peer is ready too: `recv` reports it at once.
+    drop(_quiet_peer);
+    assert_eq!(
+        multiproc::wait(&[&quiet], Some(common::BOUND)).unwrap(),
+        [0]
+    );
+    assert!(matches!(quiet.recv(), Err(RecvError::Disconnected)));
+}

@@ -196,6 +196,7 @@ mod queue;
 mod spawn;
 mod sync;
 mod sys;
+mod wait;
 mod wire;
 
 pub use crate::channel_error::{
@@ -215,6 +216,7 @@ pub use crate::sync::{
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
     Value, ValueGuard,
 };
+pub use crate::wait::{Waitable, wait};
 pub use multiproc_macros::process_entry;
 
 /// Runs the child check now: a no-op in a parent, and in a child whose

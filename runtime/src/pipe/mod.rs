@@ -321,6 +321,17 @@ impl<T> Connection<T> {
         self.poll_socket(Some(timeout))
     }
 
+    /// For [`crate::wait()`]: ready now (a message read ahead, or a broken
+    /// stream that `recv` reports at once), or the socket to poll.
+    pub(crate) fn readiness(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        if let Ok(state) = self.recv.try_lock()
+            && (state.reader.has_buffered() || state.broken.is_some())
+        {
+            return None;
+        }
+        Some(self.fd.as_fd())
+    }
+
     fn poll_socket(&self, timeout: Option<Duration>) -> bool {
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
         matches!(crate::sys::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
@@ -516,7 +527,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 }
 
 impl<T> AsFd for Connection<T> {
-    /// The socket underneath (Python's `fileno()`), e.g. to wait on it with `poll`.
+    /// The socket underneath (Python's `fileno()`).
+    ///
+    /// Its readiness alone does not tell whether [`recv`](Connection::recv)
+    /// would return at once: a message may already have been read ahead
+    /// from it. To wait on several connections (and processes), use
+    /// [`multiproc::wait`](crate::wait()), which knows; for one,
+    /// [`poll`](Connection::poll).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }

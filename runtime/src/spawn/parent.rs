@@ -289,6 +289,12 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         matches!(self.child.try_reap(), Ok(None))
     }
 
+    /// For [`crate::wait()`]: the descriptor that becomes readable when the
+    /// child ends, if there is one (a pidfd).
+    pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.child.pidfd()
+    }
+
     /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
     pub fn exitcode(&self) -> Option<i32> {
         self.child
