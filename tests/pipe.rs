@@ -705,3 +705,66 @@ fn wait_returns_the_connections_and_processes_that_are_ready() {
     );
     assert!(matches!(quiet.recv(), Err(RecvError::Disconnected)));
 }
+
+#[test]
+fn recv_timeout_bounds_a_message_that_stops_half_way_and_loses_nothing() {
+    let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
+    // Raw bytes, 100 announced, 50 sent: the sender stalls half-way.
+    let frame = encode_frame_for_tests(6, 100, &[7; 100]);
+    write_raw(&b, &frame[..frame.len() - 50]);
+    let start = Instant::now();
+    assert!(matches!(
+        a.recv_timeout(Duration::from_millis(100)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(a.try_recv(), Err(TryRecvError::Empty)),
+        "try_recv waited"
+    );
+    // The rest comes: the message is whole, nothing lost or broken.
+    write_raw(&b, &frame[frame.len() - 50..]);
+    assert_eq!(a.recv_timeout(common::BOUND).unwrap(), vec![7; 100]);
+    b.send(&vec![1, 2, 3]).unwrap();
+    assert_eq!(a.recv().unwrap(), [1, 2, 3]);
+}
+
+#[process_entry]
+fn send_big(conn: Connection<Vec<u8>>, len: usize) {
+    let message: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    conn.send(&message).unwrap();
+}
+
+#[test]
+fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
+    use rustix::process::Signal;
+    const LEN: usize = 16 << 20;
+    let (ours, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let sender = spawn!(send_big, theirs, LEN).unwrap();
+    // The sender fills the lane (4 MiB) and sleeps until we read; stopped,
+    // it cannot go on when we do.
+    common::eventually("the sender fills the lane", || {
+        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
+    });
+    signal(sender.pid(), Signal::STOP);
+    common::eventually("the sender is stopped", || {
+        common::state_of(sender.pid()) == Some(b'T')
+    });
+    let start = Instant::now();
+    let first = ours.recv_timeout(Duration::from_millis(200));
+    signal(sender.pid(), Signal::CONT);
+    assert!(matches!(first, Err(RecvTimeoutError::Timeout)), "{first:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let got = ours.recv_timeout(common::BOUND).unwrap();
+    assert_eq!(got.len(), LEN);
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    sender.join().unwrap();
+}

@@ -6,12 +6,13 @@
 use std::io;
 use std::ops::Range;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
 
 use rustix::event::PollFlags;
 use rustix::net::Shutdown;
 
 use super::{Connection, RecvState, send_error};
-use crate::channel_error::RecvError;
+use crate::channel_error::RecvTimeoutError;
 use crate::error::{Error, ErrorKind};
 use crate::sys::slots::{Abandoned, SlotRing};
 use crate::wire::{self, FRAME_HEADER_LEN, FrameError, FrameKind, MAX_FRAME_LEN, header};
@@ -135,7 +136,8 @@ impl<T> Connection<T> {
                         Abandoned::PeerDied => {
                             "the receiving process died in the middle of this message"
                         }
-                        Abandoned::PeerGone | Abandoned::OutOfStep => {
+                        // (A writer has no deadline: `TimedOut` is the reader's.)
+                        Abandoned::PeerGone | Abandoned::OutOfStep | Abandoned::TimedOut => {
                             "the other end of the pipe is gone"
                         }
                     },
@@ -145,52 +147,105 @@ impl<T> Connection<T> {
     }
 
     /// Receives the message a [`FrameKind::Lane`] frame announces into
-    /// `state.buf`. Any failure breaks the connection: the lane and the
-    /// stream no longer agree on where a message starts.
+    /// `state.buf`. A deadline that passes leaves the rest for the next
+    /// receive ([`go_on_by_lane`](Self::go_on_by_lane)); any failure breaks
+    /// the connection: the lane and the stream no longer agree on where a
+    /// message starts.
     pub(super) fn recv_by_lane(
         &self,
         state: &mut RecvState,
         mut frame: wire::InFrame,
         at: Option<Range<usize>>,
-    ) -> Result<wire::ReceivedFrame, RecvError> {
-        let result = parse_lane_frame(state.payload(at)).and_then(|message| {
+        deadline: Option<Instant>,
+    ) -> Result<wire::ReceivedFrame, RecvTimeoutError> {
+        let started = parse_lane_frame(state.payload(at)).and_then(|message| {
             let fd = frame
                 .fds
                 .pop()
                 .ok_or_else(|| FrameError::BadLane("no lane attached".into()))?;
-            let lane = SlotRing::receive(&mut state.lane, fd).map_err(FrameError::Io)?;
-            state.buf.clear();
-            // The sender holds the socket's writing side only: its hanging
-            // up (or shutting the direction) shows as `RDHUP` or `HUP`.
-            lane.read(message.first, message.len, &mut state.buf, || {
-                self.socket_says_gone(PollFlags::RDHUP)
-            })
-            .map_err(|why| match why {
-                Abandoned::PeerDied => {
-                    FrameError::PeerLost("the sending process died in the middle of a message")
-                }
-                Abandoned::PeerGone => {
-                    FrameError::PeerLost("the sender hung up in the middle of a message")
-                }
-                Abandoned::OutOfStep => {
-                    FrameError::BadLane("the message starts where the lane cannot be".into())
-                }
-            })?;
-            Ok(message.kind)
+            SlotRing::receive(&mut state.lane, fd).map_err(FrameError::Io)?;
+            Ok(message)
         });
-        match result {
-            Ok(kind) => Ok((
-                wire::InFrame {
-                    kind,
-                    fds: frame.fds,
-                },
-                None,
-            )),
-            Err(e) => {
+        match started {
+            Ok(message) => {
                 state.buf.clear();
-                state.broken = Some(e.to_string());
-                Err(RecvError::Failed(e.into_error()))
+                state.lane_pending = Some(LanePending {
+                    kind: message.kind,
+                    fds: frame.fds,
+                    next: message.first,
+                    left: message.len,
+                });
+                self.go_on_by_lane(state, deadline)
             }
+            Err(e) => Err(break_connection(state, e)),
         }
     }
+
+    /// Reads (the rest of) the pending lane message into `state.buf`.
+    pub(super) fn go_on_by_lane(
+        &self,
+        state: &mut RecvState,
+        deadline: Option<Instant>,
+    ) -> Result<wire::ReceivedFrame, RecvTimeoutError> {
+        let (Some(mut pending), Some(lane)) = (state.lane_pending.take(), state.lane.as_ref())
+        else {
+            let e = FrameError::BadLane("a message pending on no lane".into());
+            return Err(break_connection(state, e));
+        };
+        let before = state.buf.len();
+        // The sender holds the socket's writing side only: its hanging up
+        // (or shutting the direction) shows as `RDHUP` or `HUP`.
+        let result = lane.read(
+            pending.next,
+            pending.left,
+            &mut state.buf,
+            || self.socket_says_gone(PollFlags::RDHUP),
+            deadline,
+        );
+        let why = match result {
+            Ok(()) => {
+                return Ok((
+                    wire::InFrame {
+                        kind: pending.kind,
+                        fds: pending.fds,
+                    },
+                    None,
+                ));
+            }
+            Err(Abandoned::TimedOut) => {
+                pending.left -= state.buf.len() - before;
+                pending.next = lane.next_read();
+                state.lane_pending = Some(pending);
+                return Err(RecvTimeoutError::Timeout);
+            }
+            Err(Abandoned::PeerDied) => {
+                FrameError::PeerLost("the sending process died in the middle of a message")
+            }
+            Err(Abandoned::PeerGone) => {
+                FrameError::PeerLost("the sender hung up in the middle of a message")
+            }
+            Err(Abandoned::OutOfStep) => {
+                FrameError::BadLane("the message starts where the lane cannot be".into())
+            }
+        };
+        Err(break_connection(state, why))
+    }
+}
+
+/// A large message whose reader's deadline passed half-way: its kind and
+/// descriptors, the slot to go on from and the bytes still to come.
+#[derive(Debug)]
+pub(super) struct LanePending {
+    kind: FrameKind,
+    fds: Vec<OwnedFd>,
+    next: u32,
+    left: usize,
+}
+
+/// Marks the connection broken by `e` and says so.
+fn break_connection(state: &mut RecvState, e: FrameError) -> RecvTimeoutError {
+    state.buf.clear();
+    state.lane_pending = None;
+    state.broken = Some(e.to_string());
+    RecvTimeoutError::Failed(e.into_error())
 }

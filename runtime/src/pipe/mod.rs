@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
@@ -163,6 +163,19 @@ impl Drop for SendLockGuard<'_> {
     }
 }
 
+/// A receive without a deadline never times out; should a timeout come
+/// anyway, it is reported as a failure rather than mistaken for a message.
+fn without_deadline(e: RecvTimeoutError) -> RecvError {
+    match e {
+        RecvTimeoutError::Disconnected => RecvError::Disconnected,
+        RecvTimeoutError::Failed(e) => RecvError::Failed(e),
+        RecvTimeoutError::Timeout => RecvError::Failed(Error::new(
+            ErrorKind::Timeout,
+            "a receive without a deadline timed out",
+        )),
+    }
+}
+
 /// What each end asks for as its send buffer.
 const SEND_BUFFER: usize = 2 << 20;
 
@@ -195,6 +208,10 @@ const SEND_BUFFER: usize = 2 << 20;
 ///   taking such a message's announcement and starting on its bytes goes
 ///   unseen while another process holds the receiving end: the sender then
 ///   waits until every copy of that end is closed.
+/// - A deadline (`recv_timeout`, `try_recv`) covers the whole message. A
+///   message still arriving when it passes is reported as `Timeout` and
+///   is not lost: what came of it is kept, and the next receive goes on
+///   with it. (`poll` and [`crate::wait()`] count such a message as ready.)
 /// - Messages of 256 KiB or more do not go through the socket but through a
 ///   *lane*: a 4 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which doubles or triples their throughput. Each
@@ -231,6 +248,9 @@ struct RecvState {
     lane: Option<SlotRing>,
     /// Set when the byte stream can no longer be split into frames.
     broken: Option<String>,
+    /// A large message whose deadline passed half-way through the lane: the
+    /// rest is read by the next receive, into `buf`.
+    lane_pending: Option<lane::LanePending>,
 }
 
 impl RecvState {
@@ -314,7 +334,7 @@ impl<T> Connection<T> {
         // Data read ahead is ready too. (If another thread is receiving, it
         // holds the state: then only the socket is looked at.)
         if let Ok(state) = self.recv.try_lock()
-            && state.reader.has_buffered()
+            && (state.reader.has_buffered() || state.lane_pending.is_some())
         {
             return true;
         }
@@ -325,7 +345,9 @@ impl<T> Connection<T> {
     /// stream that `recv` reports at once), or the socket to poll.
     pub(crate) fn readiness(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         if let Ok(state) = self.recv.try_lock()
-            && (state.reader.has_buffered() || state.broken.is_some())
+            && (state.reader.has_buffered()
+                || state.lane_pending.is_some()
+                || state.broken.is_some())
         {
             return None;
         }
@@ -361,7 +383,9 @@ impl<T> Connection<T> {
     /// sent, or the encoding of what `send` sent).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         let mut state = lock(&self.recv);
-        let (_, at) = self.recv_frame(&mut state)?;
+        let (_, at) = self
+            .recv_frame(&mut state, None)
+            .map_err(without_deadline)?;
         Ok(state.take_payload(at))
     }
 
@@ -403,37 +427,47 @@ impl<T> Connection<T> {
     }
 
     /// Receives one frame; its payload is where [`RecvState::payload`] says.
-    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::ReceivedFrame, RecvError> {
+    /// With a `deadline`, a message not whole by then is `Timeout`, and the
+    /// next receive goes on with it (nothing is lost or broken).
+    fn recv_frame(
+        &self,
+        state: &mut RecvState,
+        deadline: Option<Instant>,
+    ) -> Result<wire::ReceivedFrame, RecvTimeoutError> {
         if !self.end.readable {
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Io,
                 "this end of the pipe is send-only",
             )));
         }
         if let Some(why) = &state.broken {
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Decode,
                 format!("connection is broken: {why}"),
             )));
         }
+        if state.lane_pending.is_some() {
+            return self.go_on_by_lane(state, deadline);
+        }
         let died = || self.sender_died();
         match state
             .reader
-            .recv(self.fd.as_fd(), &mut state.buf, Some(&died))
+            .recv(self.fd.as_fd(), &mut state.buf, Some(&died), deadline)
         {
             Ok(Some((frame, at))) if frame.kind == FrameKind::Lane => {
-                self.recv_by_lane(state, frame, at)
+                self.recv_by_lane(state, frame, at, deadline)
             }
             Ok(Some(frame)) => Ok(frame),
-            Ok(None) => Err(RecvError::Disconnected),
+            Ok(None) => Err(RecvTimeoutError::Disconnected),
+            Err(FrameError::TimedOut) => Err(RecvTimeoutError::Timeout),
             Err(FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                Err(RecvError::Disconnected)
+                Err(RecvTimeoutError::Disconnected)
             }
-            Err(FrameError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
+            Err(FrameError::Io(e)) => Err(RecvTimeoutError::Failed(Error::io("receiving", e))),
             Err(e) => {
                 // The peer died mid-message or sent garbage: no later frame can be trusted.
                 state.broken = Some(e.to_string());
-                Err(RecvError::Failed(e.into_error()))
+                Err(RecvTimeoutError::Failed(e.into_error()))
             }
         }
     }
@@ -476,11 +510,15 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
     /// Receives a message, blocking until one arrives or the other side is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
         let mut state = lock(&self.recv);
-        self.recv_locked(&mut state)
+        self.recv_locked(&mut state, None).map_err(without_deadline)
     }
 
-    fn recv_locked(&self, state: &mut RecvState) -> Result<T, RecvError> {
-        let (frame, at) = self.recv_frame(state)?;
+    fn recv_locked(
+        &self,
+        state: &mut RecvState,
+        deadline: Option<Instant>,
+    ) -> Result<T, RecvTimeoutError> {
+        let (frame, at) = self.recv_frame(state, deadline)?;
         if frame.kind == FrameKind::Bytes {
             // Sent by `send_bytes` or as a `Vec<u8>`: hand the bytes over.
             let bytes = state.take_payload(at);
@@ -488,16 +526,17 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
             if let Ok(value) = boxed.downcast::<T>() {
                 return Ok(*value);
             }
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Decode,
                 "received raw bytes where a typed message was expected",
             )));
         }
-        wire::decode(state.payload(at), frame.fds).map_err(RecvError::Failed)
+        wire::decode(state.payload(at), frame.fds).map_err(RecvTimeoutError::Failed)
     }
 
-    /// Receives a message if one has started arriving (then waits for the
-    /// rest of it, as [`recv_timeout`](Self::recv_timeout) does).
+    /// Receives a message if one is here whole; never waits. (A message that
+    /// has only started arriving is `Empty` for now; a later receive gets
+    /// it.)
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.recv_waiting(Some(Duration::ZERO))
             .map_err(|e| match e {
@@ -507,22 +546,26 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
             })
     }
 
-    /// Receives a message, waiting at most `timeout` for one to start
-    /// arriving. The rest of a message that has started comes without a
-    /// deadline: it is on its way (or its sender is found dead within
-    /// about 50 ms, an error).
+    /// Receives a message, waiting at most `timeout` for all of it. A
+    /// message still arriving at the deadline is `Timeout`, and is not lost:
+    /// what came of it is kept, and the next receive (of any kind) goes on
+    /// with it.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.recv_waiting(Some(timeout))
     }
 
     fn recv_waiting(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // Holding the state while waiting, so no other thread can take the
         // message this one was woken for.
         let mut state = lock(&self.recv);
-        if !state.reader.has_buffered() && !self.poll_socket(timeout) {
+        if !state.reader.has_buffered()
+            && state.lane_pending.is_none()
+            && !self.poll_socket(timeout)
+        {
             return Err(RecvTimeoutError::Timeout);
         }
-        self.recv_locked(&mut state).map_err(Into::into)
+        self.recv_locked(&mut state, deadline)
     }
 }
 

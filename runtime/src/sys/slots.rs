@@ -36,6 +36,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
 
 use crate::sys::futex::CHECK_PERIOD;
 use crate::sys::futex::{self, Slept};
@@ -83,6 +84,9 @@ pub(crate) enum Abandoned {
     PeerGone,
     /// The message does not start where the lane's counters allow.
     OutOfStep,
+    /// The reader's deadline passed: the slots read so far are taken (and
+    /// their bytes in `out`); [`SlotRing::next_read`] says where to go on.
+    TimedOut,
 }
 
 /// A lane, mapped.
@@ -187,7 +191,7 @@ impl SlotRing {
         let mut written = self.next_slot();
         for chunk in bytes.chunks(self.slot_len) {
             let free = |read: u32| written.wrapping_sub(read) < self.slots;
-            self.wait_for(READ, WRITER_SLEEPS, READER_TAG, free, &mut peer_gone)?;
+            self.wait_for(READ, WRITER_SLEEPS, READER_TAG, free, &mut peer_gone, None)?;
             // SAFETY: the slot lies in the mapping (index below `slots`, and
             // `slot_len * slots` fits the data part: `create` made it so and
             // `open` checked it), and `chunk` is at most `slot_len` bytes of
@@ -218,14 +222,21 @@ impl SlotRing {
         len: usize,
         out: &mut Vec<u8>,
         peer_gone: impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         // Only one process reads at a time (one receiving process per end),
         // and the writer may check on it while it does.
         let tag = self.region.atomic_u64(READER_TAG);
         tag.store(owner::me().tag, Release);
-        let result = self.read_slots(first, len, out, peer_gone);
+        let result = self.read_slots(first, len, out, peer_gone, deadline);
         tag.store(0, Release);
         result
+    }
+
+    /// The slot count the reader goes on from (after a [`read`](Self::read)
+    /// that timed out, the rest of its message starts there).
+    pub(crate) fn next_read(&self) -> u32 {
+        self.word(READ).load(Relaxed)
     }
 
     fn read_slots(
@@ -234,6 +245,7 @@ impl SlotRing {
         len: usize,
         out: &mut Vec<u8>,
         mut peer_gone: impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         out.reserve(len.min(MAX_RESERVE));
         // Only this process stores `READ`.
@@ -250,7 +262,14 @@ impl SlotRing {
         let mut left = len;
         while left > 0 {
             let filled = |written: u32| written != read;
-            self.wait_for(WRITTEN, READER_SLEEPS, WRITER_TAG, filled, &mut peer_gone)?;
+            self.wait_for(
+                WRITTEN,
+                READER_SLEEPS,
+                WRITER_TAG,
+                filled,
+                &mut peer_gone,
+                deadline,
+            )?;
             let n = left.min(self.slot_len);
             out.reserve(n);
             let end = out.len();
@@ -280,7 +299,7 @@ impl SlotRing {
     /// `counter`): spins a little, then sleeps on the counter with this
     /// side's flag (at `sleeps`) raised. After each [`CHECK_PERIOD`] asleep
     /// it gives up if the process tagged at `peer_tag` has died, or
-    /// `peer_gone` says the other side is gone.
+    /// `peer_gone` says the other side is gone; and at `deadline`, if any.
     fn wait_for(
         &self,
         counter: usize,
@@ -288,6 +307,7 @@ impl SlotRing {
         peer_tag: usize,
         ready: impl Fn(u32) -> bool,
         peer_gone: &mut impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         let word = self.word(counter);
         let mut spin = Spin::new();
@@ -298,6 +318,11 @@ impl SlotRing {
             if spin.spin() {
                 continue;
             }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Abandoned::TimedOut);
+            }
+            let period = left.map_or(CHECK_PERIOD, |left| left.min(CHECK_PERIOD));
             // Raised before looking again: the other side's `publish`
             // either comes before that look or sees the flag (`SeqCst`).
             self.word(sleeps).store(1, SeqCst);
@@ -305,7 +330,7 @@ impl SlotRing {
             let waited = if ready(seen) {
                 Slept::Woken
             } else {
-                futex::wait(word, seen, Some(CHECK_PERIOD))
+                futex::wait(word, seen, Some(period))
             };
             self.word(sleeps).store(0, Relaxed);
             if waited == Slept::TimedOut {
@@ -346,7 +371,9 @@ mod tests {
             s.spawn(|| lane.write(&message, || false).unwrap());
             let reader = SlotRing::receive(&mut cached, fd).unwrap();
             let mut out = Vec::new();
-            reader.read(0, message.len(), &mut out, || false).unwrap();
+            reader
+                .read(0, message.len(), &mut out, || false, None)
+                .unwrap();
             assert!(out == message);
         });
         // The same lane sent again is recognised and not mapped twice.
@@ -361,10 +388,16 @@ mod tests {
         let lane = SlotRing::create().unwrap();
         let mut out = Vec::new();
         let mut asked = 0;
-        let result = lane.read(0, 10, &mut out, || {
-            asked += 1;
-            asked == 2
-        });
+        let result = lane.read(
+            0,
+            10,
+            &mut out,
+            || {
+                asked += 1;
+                asked == 2
+            },
+            None,
+        );
         assert_eq!(result, Err(Abandoned::PeerGone));
         assert_eq!(asked, 2);
     }
@@ -388,7 +421,7 @@ mod tests {
         lane.region
             .atomic_u64(WRITER_TAG)
             .store(dead_tag(), Relaxed);
-        let result = lane.read(0, 10, &mut Vec::new(), || false);
+        let result = lane.read(0, 10, &mut Vec::new(), || false, None);
         assert_eq!(result, Err(Abandoned::PeerDied));
         // It no longer claims to be reading.
         assert_eq!(lane.region.atomic_u64(READER_TAG).load(Relaxed), 0);
@@ -413,15 +446,16 @@ mod tests {
         let slot = lane.slot_len;
         lane.write(&vec![1u8; 3 * slot], || false).unwrap();
         let mut out = Vec::new();
-        lane.read(0, slot, &mut out, || false).unwrap();
+        lane.read(0, slot, &mut out, || false, None).unwrap();
         let first = lane.next_slot();
         lane.write(&vec![2u8; 3 * slot], || false).unwrap();
         out.clear();
-        lane.read(first, 3 * slot, &mut out, || false).unwrap();
+        lane.read(first, 3 * slot, &mut out, || false, None)
+            .unwrap();
         assert!(out.len() == 3 * slot && out.iter().all(|&b| b == 2));
         // A start further ahead than the lane can be is refused.
         let far = lane.next_slot().wrapping_add(lane.slots + 1);
-        let result = lane.read(far, 1, &mut out, || false);
+        let result = lane.read(far, 1, &mut out, || false, None);
         assert_eq!(result, Err(Abandoned::OutOfStep));
     }
 

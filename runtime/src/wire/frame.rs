@@ -100,6 +100,9 @@ pub(crate) enum FrameError {
     FdMismatch { want: usize, got: usize },
     #[error("{0} descriptors arrived that no frame announced (closed)")]
     Unannounced(usize),
+    /// A deadline passed before the whole frame came; what came is kept.
+    #[error("timed out in the middle of a message")]
+    TimedOut,
     #[error("malformed large-message frame ({0})")]
     BadLane(String),
     /// The other process went away in the middle of a message.

@@ -7,6 +7,7 @@ use std::io::{self, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags};
@@ -51,7 +52,7 @@ pub(crate) fn recv_frame(
         });
     }
     buf.clear();
-    read_rest(sock, buf, len, None)?;
+    read_rest(sock, buf, len, None, None)?;
     Ok(Some(InFrame { kind, fds }))
 }
 
@@ -61,7 +62,9 @@ pub(crate) fn recv_frame(
 /// single sending process, whose death ends the stream.
 pub(crate) type DeathCheck<'a> = Option<&'a dyn Fn() -> bool>;
 
-/// Appends bytes from `sock` to `buf` until it holds `len` bytes.
+/// Appends bytes from `sock` to `buf` until it holds `len` bytes, or until
+/// `deadline` passes ([`FrameError::TimedOut`], with what came so far kept
+/// in `buf`).
 ///
 /// The buffer grows as bytes arrive (at most doubling), so a header that
 /// announces far more than is ever sent costs no more memory than was sent.
@@ -70,18 +73,22 @@ fn read_rest(
     buf: &mut Vec<u8>,
     len: usize,
     died: DeathCheck<'_>,
+    deadline: Option<Instant>,
 ) -> Result<(), FrameError> {
     while buf.len() < len {
         let filled = buf.len();
         let chunk = (len - filled).min(filled.max(1 << 16));
-        let n = match died {
-            None => crate::sys::recv_append(sock, buf, chunk, RecvFlags::empty()),
-            Some(died) => loop {
+        let n = if died.is_none() && deadline.is_none() {
+            crate::sys::recv_append(sock, buf, chunk, RecvFlags::empty())
+        } else {
+            loop {
                 match crate::sys::recv_append(sock, buf, chunk, RecvFlags::DONTWAIT) {
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => await_more(sock, died)?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        await_more(sock, died, deadline)?
+                    }
                     other => break other,
                 }
-            },
+            }
         }
         .map_err(FrameError::Io)?;
         if n == 0 {
@@ -94,16 +101,25 @@ fn read_rest(
     Ok(())
 }
 
-/// Waits for more bytes of a half-received frame, asking `died` after each
-/// [`CHECK_PERIOD`] without any.
+/// Waits for more bytes of a half-received frame, asking `died` (if any)
+/// after each [`CHECK_PERIOD`] without any, until `deadline` (if any).
 #[cold]
-fn await_more(sock: BorrowedFd<'_>, died: &dyn Fn() -> bool) -> Result<(), FrameError> {
+fn await_more(
+    sock: BorrowedFd<'_>,
+    died: DeathCheck<'_>,
+    deadline: Option<Instant>,
+) -> Result<(), FrameError> {
     loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            return Err(FrameError::TimedOut);
+        }
+        let period = left.map_or(CHECK_PERIOD, |left| left.min(CHECK_PERIOD));
         let mut fds = [PollFd::new(&sock, PollFlags::IN)];
-        if crate::sys::poll::poll(&mut fds, Some(CHECK_PERIOD)).map_err(FrameError::Io)? > 0 {
+        if crate::sys::poll::poll(&mut fds, Some(period)).map_err(FrameError::Io)? > 0 {
             return Ok(());
         }
-        if died() {
+        if died.is_some_and(|died| died()) {
             return Err(FrameError::PeerLost(
                 "the sending process died in the middle of a message",
             ));
@@ -135,6 +151,17 @@ pub(crate) struct FrameReader {
     /// Stream bytes received so far (`ahead[end]` is at this offset).
     received: u64,
     batches: VecDeque<Batch>,
+    /// A frame whose header was taken and whose payload is partly in the
+    /// caller's buffer: a deadline passed before the rest came.
+    pending: Option<Pending>,
+}
+
+/// See [`FrameReader::pending`].
+#[derive(Debug)]
+struct Pending {
+    kind: FrameKind,
+    fds: Vec<OwnedFd>,
+    len: usize,
 }
 
 /// Descriptors that came with the stream bytes `from..to`.
@@ -148,19 +175,28 @@ struct Batch {
 impl FrameReader {
     /// Whether bytes or descriptors were read ahead and wait for a `recv`.
     pub(crate) fn has_buffered(&self) -> bool {
-        self.end > self.start || !self.batches.is_empty()
+        self.end > self.start || !self.batches.is_empty() || self.pending.is_some()
     }
 
     /// Receives one frame. Its payload stays where it is when it was read
     /// ahead whole, and the range returned locates it (for [`bytes`](Self::bytes),
     /// until the next `recv`); otherwise it is in `out` (cleared first).
     /// `Ok(None)` is a clean end of stream between frames.
+    ///
+    /// With a `deadline`, a frame not whole by then is
+    /// [`FrameError::TimedOut`]: what came of it is kept (half a header
+    /// here, half a payload in `out`, which the caller must leave alone),
+    /// and the next `recv` goes on with it.
     pub(crate) fn recv(
         &mut self,
         sock: BorrowedFd<'_>,
         out: &mut Vec<u8>,
         died: DeathCheck<'_>,
+        deadline: Option<Instant>,
     ) -> Result<Option<ReceivedFrame>, FrameError> {
+        if self.pending.is_some() {
+            return self.resume(sock, out, died, deadline);
+        }
         if self.ahead.is_empty() {
             self.ahead = vec![0; READ_AHEAD];
         }
@@ -171,22 +207,21 @@ impl FrameReader {
                 self.start = 0;
             }
             // With half a header here, the rest should follow at once: if
-            // it does not, ask whether its sender died while waiting.
+            // it does not, ask whether its sender died while waiting. With a
+            // deadline, wait no longer than that.
             let stall = died.filter(|_| self.end > self.start);
-            let flags = match stall {
-                Some(_) => RecvFlags::DONTWAIT,
-                None => RecvFlags::empty(),
+            let flags = match (stall, deadline) {
+                (None, None) => RecvFlags::empty(),
+                _ => RecvFlags::DONTWAIT,
             };
             let mut fds = Vec::new();
             let n = loop {
                 let got = recv_with_fds(sock, &mut self.ahead[self.end..], &mut fds, flags);
-                match (got, stall) {
-                    (Err(FrameError::Io(e)), Some(died))
-                        if e.kind() == io::ErrorKind::WouldBlock =>
-                    {
-                        await_more(sock, died)?
+                match got {
+                    Err(FrameError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        await_more(sock, stall, deadline)?
                     }
-                    (got, _) => break got?,
+                    got => break got?,
                 }
             };
             if !fds.is_empty() {
@@ -241,10 +276,53 @@ impl FrameReader {
             self.start = 0;
             self.end = 0;
         }
-        let rest = len - buffered;
-        read_rest(sock, out, len, died)?;
-        self.received += rest as u64;
-        Ok(Some((frame, None)))
+        let before = out.len();
+        let result = read_rest(sock, out, len, died, deadline);
+        self.received += (out.len() - before) as u64;
+        match result {
+            Ok(()) => Ok(Some((frame, None))),
+            Err(FrameError::TimedOut) => {
+                self.pending = Some(Pending {
+                    kind: frame.kind,
+                    fds: frame.fds,
+                    len,
+                });
+                Err(FrameError::TimedOut)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Goes on with the frame a deadline interrupted, its payload so far in
+    /// `out`.
+    #[cold]
+    fn resume(
+        &mut self,
+        sock: BorrowedFd<'_>,
+        out: &mut Vec<u8>,
+        died: DeathCheck<'_>,
+        deadline: Option<Instant>,
+    ) -> Result<Option<ReceivedFrame>, FrameError> {
+        let Some(pending) = self.pending.take() else {
+            return Err(FrameError::TimedOut);
+        };
+        let before = out.len();
+        let result = read_rest(sock, out, pending.len, died, deadline);
+        self.received += (out.len() - before) as u64;
+        match result {
+            Ok(()) => Ok(Some((
+                InFrame {
+                    kind: pending.kind,
+                    fds: pending.fds,
+                },
+                None,
+            ))),
+            Err(FrameError::TimedOut) => {
+                self.pending = Some(pending);
+                Err(FrameError::TimedOut)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The descriptors of the frame whose header is at `ahead[start]`,

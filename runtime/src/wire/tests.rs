@@ -188,7 +188,7 @@ fn descriptors_no_frame_announced_are_closed_and_reported() {
     for _ in 0..50 {
         send_all(a.as_fd(), &bytes, &extra).unwrap();
         loop {
-            match reader.recv(b.as_fd(), &mut out, None) {
+            match reader.recv(b.as_fd(), &mut out, None, None) {
                 Ok(Some((frame, _))) => {
                     assert!(frame.fds.is_empty());
                     break;
@@ -204,10 +204,13 @@ fn descriptors_no_frame_announced_are_closed_and_reported() {
     assert_eq!(errors, 49);
     drop(a);
     assert!(matches!(
-        reader.recv(b.as_fd(), &mut out, None),
+        reader.recv(b.as_fd(), &mut out, None, None),
         Err(FrameError::Unannounced(200))
     ));
-    assert!(matches!(reader.recv(b.as_fd(), &mut out, None), Ok(None)));
+    assert!(matches!(
+        reader.recv(b.as_fd(), &mut out, None, None),
+        Ok(None)
+    ));
     // Every copy of the write end is closed: the read end sees end of file
     // (soon rather than at once: another test's spawn may hold a forked
     // copy of every descriptor until it execs).
@@ -234,7 +237,7 @@ fn a_frame_claims_exactly_the_descriptors_that_came_with_it() {
     let mut reader = FrameReader::default();
     let mut out = Vec::new();
     assert!(matches!(
-        reader.recv(b.as_fd(), &mut out, None),
+        reader.recv(b.as_fd(), &mut out, None, None),
         Err(FrameError::FdMismatch { want: 2, got: 3 })
     ));
 }
@@ -258,7 +261,7 @@ fn a_frame_announcing_two_gibibytes_costs_only_the_bytes_that_came() {
             let mut buf = Vec::new();
             if read_ahead {
                 FrameReader::default()
-                    .recv(b.as_fd(), &mut buf, None)
+                    .recv(b.as_fd(), &mut buf, None, None)
                     .map(|_| ())
             } else {
                 recv_frame(b.as_fd(), &mut buf).map(|_| ())
