@@ -40,7 +40,7 @@ const WHAT: &str = "shared memory's lock";
 /// ```
 ///
 /// # Caveats
-/// - The lock is only advisory for code using [`as_ptr`](Self::as_ptr).
+/// - The lock is only advisory for code using [`as_mut_ptr`](Self::as_mut_ptr).
 /// - A holder that dies makes the next `lock` report
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) and leave the lock free.
 pub struct SharedMemory {
