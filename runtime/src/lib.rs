@@ -170,7 +170,7 @@
 //!   child, and load-time constructors of other crates that the linker
 //!   placed after multiproc's may not have run yet.
 //! - There is no `fork` start method (yet): every child is a fresh exec.
-//! - No `Manager` or `Pool` yet.
+//! - No `Pool` yet.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(
@@ -196,6 +196,7 @@ mod entry;
 mod error;
 mod fd;
 mod info;
+mod manager;
 mod pipe;
 mod poll;
 mod process;
@@ -212,6 +213,11 @@ pub use crate::error::{Error, ErrorKind, PanicReport, Result};
 pub use crate::fd::Fd;
 pub use crate::info::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
+};
+pub use crate::manager::{
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    NamespaceProxy, ProxyLockGuard, ProxySemaphoreGuard, QueueProxy, RLockProxy, SemaphoreProxy,
+    ValueProxy,
 };
 pub use crate::pipe::{Connection, Pipe};
 pub use crate::process::{JoinHandle, Process};
