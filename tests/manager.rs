@@ -371,3 +371,186 @@ fn a_local_server_has_no_name_anyone_could_connect_to() {
         }
     }
 }
+
+// ---- Remote: TCP with an authkey ----
+
+use std::net::{TcpListener, TcpStream};
+
+use multiproc::{Fd, JoinHandle};
+
+const KEY: &[u8] = b"correct horse battery staple";
+
+#[process_entry]
+fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
+    let listener = TcpListener::from(listener.into_owned_fd());
+    match Manager::serve_on(listener, &key) {
+        Ok(()) => "returned".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A remote server in a child process, its address, and a kill-on-drop guard.
+struct Remote {
+    addr: String,
+    server: Option<JoinHandle<String>>,
+}
+
+impl Remote {
+    fn start() -> Remote {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = spawn!(
+            serve_remote,
+            Fd::from(std::os::fd::OwnedFd::from(listener)),
+            KEY.to_vec()
+        )
+        .unwrap();
+        Remote {
+            addr,
+            server: Some(server),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.as_ref().unwrap().pid()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.join();
+        }
+    }
+}
+
+#[process_entry]
+fn remote_child(d: DictProxy<String, u32>, lock: LockProxy, n: u32) {
+    let _guard = lock.lock().unwrap();
+    d.insert(format!("child {n}"), n).unwrap();
+    d.update_with("total".into(), entry!(add_u32)).unwrap();
+}
+
+#[process_entry]
+fn add_u32(old: Option<u32>) -> u32 {
+    old.unwrap_or(0) + 1
+}
+
+#[test]
+fn a_remote_manager_serves_clients_and_its_proxies_pass_to_children() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let lock = manager.lock().unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|n| spawn!(remote_child, d.clone(), lock.clone(), n).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!(d.get(&"total".into()).unwrap(), Some(3));
+    assert_eq!(d.len().unwrap(), 4);
+}
+
+#[test]
+fn a_wrong_key_fails_at_connect_with_auth_and_the_server_keeps_serving() {
+    let remote = Remote::start();
+    let err = Manager::connect(&remote.addr, b"wrong key").unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    let err = Manager::connect(&remote.addr, b"").unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    assert_eq!(l.snapshot().unwrap(), vec![1]);
+}
+
+#[test]
+fn connecting_where_nothing_listens_is_disconnected() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = Manager::connect(&addr, KEY).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+}
+
+#[process_entry]
+fn fresh_client(addr: String, d: DictProxy<String, u32>) -> Option<u32> {
+    // A new process: a new connection (and handshake) to the server.
+    let manager = Manager::connect(&addr, KEY).unwrap();
+    let mine = manager.dict::<u8, u8>().unwrap();
+    mine.insert(1, 2).unwrap();
+    d.get(&"x".into()).unwrap()
+}
+
+#[test]
+fn abuse_costs_a_remote_server_nothing_lasting() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    d.insert("x".into(), 7).unwrap();
+    let pid = remote.pid();
+    let before = fd_count(pid);
+
+    // Random bytes instead of a handshake, long and short.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    for len in [1, 7, 40, 72, 73, 4096, 1 << 20] {
+        let mut s = TcpStream::connect(&remote.addr).unwrap();
+        let _ = s.write_all(&noise(len));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // At most the challenge and a refusal; never more.
+        assert!(rest.len() <= 41, "{}", rest.len());
+    }
+    // A truncated handshake answer, then the client leaves.
+    {
+        let mut s = TcpStream::connect(&remote.addr).unwrap();
+        let mut hello = [0u8; 40];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&hello[..20]).unwrap();
+    }
+    // Authenticated clients sending bad frames: over the cap, truncated,
+    // garbage fields.
+    for bytes in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        vec![100, 0, 0, 0, 10, 1],
+        vec![3, 0, 0, 0, 200, 1, 2],
+        noise(10_000),
+    ] {
+        let mut s = TcpStream::from(manager.__raw_connection().unwrap());
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.get(4) != Some(&0), "no success reply to garbage");
+    }
+    // Half a frame, and a half handshake, that then stall: others are served meanwhile.
+    let mut stalled_frame = TcpStream::from(manager.__raw_connection().unwrap());
+    stalled_frame.write_all(&[50, 0, 0, 0, 10, 1, 0]).unwrap();
+    let mut stalled_hello = TcpStream::connect(&remote.addr).unwrap();
+    stalled_hello.write_all(b"MPAUTH").unwrap();
+    // 1,000 connections opened and dropped.
+    for _ in 0..1000 {
+        drop(TcpStream::connect(&remote.addr).unwrap());
+    }
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    let child = spawn!(fresh_client, remote.addr.clone(), d.clone()).unwrap();
+    assert_eq!(child.join().unwrap(), Some(7));
+    drop((stalled_frame, stalled_hello));
+    eventually("the server's descriptors are back", || {
+        fd_count(pid) == before
+    });
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+}
