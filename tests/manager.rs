@@ -554,3 +554,213 @@ fn abuse_costs_a_remote_server_nothing_lasting() {
     });
     assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
 }
+
+// ---- The other proxies, across processes ----
+
+use multiproc::{ArrayProxy, BarrierProxy, ConditionProxy, QueueProxy, RLockProxy, ValueProxy};
+
+#[process_entry]
+fn produce(q: QueueProxy<u32>, from: u32) {
+    for i in from..from + 100 {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_bounded_queue_carries_every_item_once_between_processes() {
+    let manager = Manager::start().unwrap();
+    let q = manager.queue::<u32>(Some(4)).unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|k| spawn!(produce, q.clone(), k * 1000).unwrap())
+        .collect();
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got.push(q.get_timeout(BOUND).unwrap().expect("an item"));
+        assert!(q.len().unwrap() <= 4);
+    }
+    for k in kids {
+        k.join().unwrap();
+    }
+    got.sort();
+    let want: Vec<u32> = (0..3).flat_map(|k| k * 1000..k * 1000 + 100).collect();
+    assert_eq!(got, want);
+    assert!(q.is_empty().unwrap());
+    assert_eq!(q.try_get().unwrap(), None);
+    for i in 0..4 {
+        assert_eq!(q.try_put(i).unwrap(), None);
+    }
+    assert!(q.is_full().unwrap());
+    assert_eq!(
+        q.put_timeout(9, Duration::from_millis(20)).unwrap(),
+        Some(9)
+    );
+}
+
+#[process_entry]
+fn get_one(q: QueueProxy<u32>, ready: Connection<u8>) -> Option<u32> {
+    ready.send(&1).unwrap();
+    q.get().ok()
+}
+
+#[test]
+fn a_getter_killed_while_waiting_takes_no_item_with_it() {
+    let manager = Manager::start().unwrap();
+    let q = manager.queue::<u32>(None).unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(get_one, q.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    q.put(42).unwrap();
+    assert_eq!(q.get_timeout(BOUND).unwrap(), Some(42));
+}
+
+#[process_entry]
+fn try_rlock(lock: RLockProxy) -> bool {
+    lock.try_lock().unwrap().is_some()
+}
+
+#[test]
+fn an_rlock_is_reentrant_for_its_owner_only() {
+    let manager = Manager::start().unwrap();
+    let lock = manager.rlock().unwrap();
+    let a = lock.lock().unwrap();
+    let b = lock.lock().unwrap();
+    assert!(!spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+    let other = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.try_lock().unwrap().is_some())
+    };
+    assert!(!other.join().unwrap(), "another thread is not the owner");
+    drop(b);
+    assert!(!spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+    a.unlock().unwrap();
+    assert!(spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+}
+
+#[test]
+fn a_bounded_semaphore_refuses_an_extra_release() {
+    let manager = Manager::start().unwrap();
+    let sem = manager.bounded_semaphore(2).unwrap();
+    let p = sem.acquire().unwrap();
+    assert_eq!(sem.value().unwrap(), 1);
+    drop(p);
+    assert_eq!(
+        sem.release().unwrap_err().kind(),
+        ErrorKind::TooManyReleases
+    );
+    let plain = manager.semaphore(0).unwrap();
+    plain.release().unwrap();
+    plain.acquire().unwrap().forget();
+    assert_eq!(plain.value().unwrap(), 0);
+}
+
+#[process_entry]
+fn wait_on_condition(cond: ConditionProxy, state: ValueProxy<u32>, ready: EventProxy) -> u32 {
+    let guard = cond.lock().unwrap();
+    ready.set().unwrap();
+    let guard = cond
+        .wait_while(guard, || state.get().unwrap() == 0)
+        .unwrap();
+    let v = state.get().unwrap();
+    drop(guard);
+    v
+}
+
+#[test]
+fn a_condition_wakes_a_waiter_in_another_process() {
+    let manager = Manager::start().unwrap();
+    let cond = manager.condition().unwrap();
+    let state = manager.value(0u32).unwrap();
+    let ready = manager.event().unwrap();
+    let child = spawn!(
+        wait_on_condition,
+        cond.clone(),
+        state.clone(),
+        ready.clone()
+    )
+    .unwrap();
+    assert!(ready.wait_timeout(BOUND).unwrap());
+    // The child set `ready` holding the lock: taking it means it is waiting.
+    let guard = cond.lock().unwrap();
+    state.set(&7).unwrap();
+    cond.notify(1).unwrap();
+    drop(guard);
+    assert_eq!(child.join().unwrap(), 7);
+    // Notify without the lock is refused.
+    assert_eq!(cond.notify_all().unwrap_err().kind(), ErrorKind::NotOwner);
+}
+
+#[process_entry]
+fn meet(b: BarrierProxy, arrivals: ListProxy<u64>) {
+    let index = b.wait_timeout(BOUND).unwrap();
+    arrivals.push(index).unwrap();
+}
+
+#[test]
+fn a_barrier_lets_parties_through_together_and_breaks_on_timeout() {
+    let manager = Manager::start().unwrap();
+    let b = manager.barrier(3).unwrap();
+    let arrivals = manager.list::<u64>(vec![]).unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| spawn!(meet, b.clone(), arrivals.clone()).unwrap())
+        .collect();
+    let mine = b.wait_timeout(BOUND).unwrap();
+    for k in kids {
+        k.join().unwrap();
+    }
+    let mut all = arrivals.snapshot().unwrap();
+    all.push(mine);
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2]);
+    // Alone at a barrier of 3: the timeout breaks it, for later waiters too.
+    let err = b.wait_timeout(Duration::from_millis(20)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenBarrier);
+    assert!(b.is_broken().unwrap());
+    assert_eq!(b.wait().unwrap_err().kind(), ErrorKind::BrokenBarrier);
+    b.reset().unwrap();
+    assert!(!b.is_broken().unwrap());
+    assert_eq!(b.n_waiting().unwrap(), 0);
+}
+
+#[process_entry]
+fn bump_value(v: ValueProxy<u64>, a: ArrayProxy<u64>, slot: usize) {
+    for _ in 0..20 {
+        v.update_with(entry!(add_one)).unwrap();
+    }
+    a.set(slot, slot as u64 * 10).unwrap();
+}
+
+#[test]
+fn values_and_arrays_are_shared_and_update_with_is_atomic() {
+    let manager = Manager::start().unwrap();
+    let v = manager.value(0u64).unwrap();
+    let a = manager.array(vec![0u64; 4]).unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|slot| spawn!(bump_value, v.clone(), a.clone(), slot).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!(v.get().unwrap(), 80);
+    assert_eq!(a.snapshot().unwrap(), vec![0, 10, 20, 30]);
+    assert_eq!(a.len().unwrap(), 4);
+    assert_eq!(a.set(4, 1).unwrap_err().kind(), ErrorKind::OutOfRange);
+}
+
+#[process_entry]
+fn boom(_old: Option<u64>) -> u64 {
+    panic!("no update for you")
+}
+
+#[test]
+fn update_with_reports_a_panic_and_leaves_the_value() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u64>().unwrap();
+    d.insert(1, 5).unwrap();
+    let err = d.update_with(1, entry!(boom)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    assert_eq!(d.get(&1).unwrap(), Some(5));
+    // The server still serves.
+    assert_eq!(d.update_with(1, entry!(add_one)).unwrap(), 6);
+}
