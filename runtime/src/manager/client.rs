@@ -217,20 +217,10 @@ impl Client {
                 ));
             }
         };
-        let mut f = Fields::new(reply);
-        let result = match f.u8()? {
-            OK => {
-                let r = parse(&mut f)?;
-                f.end()?;
-                Ok(r)
-            }
-            ERR => {
-                let kind = code_kind(f.u8()?);
-                let msg = String::from_utf8_lossy(f.bytes()?).into_owned();
-                Err(error(kind, msg))
-            }
-            _ => return Err(super::proto::malformed()),
-        };
+        // The whole reply frame has been read, so the connection is in step
+        // whatever the frame held (a value that does not decode as `T`, an
+        // error): it goes back for reuse.
+        let result = parse_reply(reply, parse);
         self.give_back(conn);
         result
     }
@@ -247,6 +237,29 @@ impl Client {
             Stream::Unix(s) => Ok(s.into()),
             Stream::Tcp(s) => Ok(s.into()),
         }
+    }
+}
+
+const MALFORMED_REPLY: &str = "malformed reply from the manager";
+
+fn parse_reply<R>(
+    reply: &[u8],
+    parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let mut f = Fields::new(reply);
+    let bad = |_: Error| error(ErrorKind::Decode, MALFORMED_REPLY);
+    match f.u8().map_err(bad)? {
+        OK => {
+            let r = parse(&mut f)?;
+            f.end().map_err(bad)?;
+            Ok(r)
+        }
+        ERR => {
+            let kind = code_kind(f.u8().map_err(bad)?);
+            let msg = String::from_utf8_lossy(f.bytes().map_err(bad)?).into_owned();
+            Err(error(kind, msg))
+        }
+        _ => Err(error(ErrorKind::Decode, MALFORMED_REPLY)),
     }
 }
 
