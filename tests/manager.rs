@@ -229,14 +229,15 @@ fn a_dead_server_fails_every_call_promptly_with_disconnected() {
     let child = spawn!(call_after_server_death, d.clone(), lock.clone(), theirs).unwrap();
     assert_eq!(mine.recv().unwrap(), 1);
     // Blocked on the server in two threads: a lock and a queue.
-    let blocked_lock = {
-        let lock = lock.clone();
-        std::thread::spawn(move || lock.lock().map(drop).unwrap_err().kind())
-    };
-    let blocked_get = {
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (lock, tx) = (lock.clone(), tx.clone());
+        std::thread::spawn(move || tx.send(lock.lock().map(drop).unwrap_err().kind()));
+    }
+    {
         let q = q.clone();
-        std::thread::spawn(move || q.get().unwrap_err().kind())
-    };
+        std::thread::spawn(move || tx.send(q.get().unwrap_err().kind()));
+    }
     // Kill the server (not through the Manager).
     let pid = manager.pid().unwrap();
     rustix::process::kill_process(
@@ -245,8 +246,10 @@ fn a_dead_server_fails_every_call_promptly_with_disconnected() {
     )
     .unwrap();
     let start = Instant::now();
-    assert_eq!(blocked_lock.join().unwrap(), ErrorKind::Disconnected);
-    assert_eq!(blocked_get.join().unwrap(), ErrorKind::Disconnected);
+    for _ in 0..2 {
+        let kind = rx.recv_timeout(BOUND).expect("a blocked call returned");
+        assert_eq!(kind, ErrorKind::Disconnected);
+    }
     assert_eq!(d.get(&1).unwrap_err().kind(), ErrorKind::Disconnected);
     assert_eq!(d.insert(2, 2).unwrap_err().kind(), ErrorKind::Disconnected);
     assert_eq!(
@@ -609,8 +612,20 @@ fn a_getter_killed_while_waiting_takes_no_item_with_it() {
     let (mine, theirs) = Pipe::duplex().unwrap();
     let child = spawn!(get_one, q.clone(), theirs).unwrap();
     assert_eq!(mine.recv().unwrap(), 1);
+    // The child has sent its request and sleeps reading the reply.
+    eventually("the getter waits for its reply", || {
+        std::fs::read_to_string(format!("/proc/{}/wchan", child.pid()))
+            .is_ok_and(|w| w == "unix_stream_read_generic")
+    });
+    let server = manager.pid().unwrap();
+    let with_getter = fd_count(server);
     child.kill().unwrap();
     assert!(child.join().unwrap_err().is_signaled());
+    // The server's wait for the dead getter ends and closes its connection
+    // (it looks at the connection while waiting), before any item comes.
+    eventually("the dead getter's connection is closed", || {
+        fd_count(server) < with_getter
+    });
     q.put(42).unwrap();
     assert_eq!(q.get_timeout(BOUND).unwrap(), Some(42));
 }

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -1037,10 +1038,26 @@ pub(crate) fn serve_local(dial: OwnedFd) {
     server.wait_idle();
 }
 
+/// At most this many connections may be in the authentication handshake
+/// at once; more are closed at once. Each holds a thread for up to
+/// `HANDSHAKE_TIMEOUT`, so a flood of connections that never finish the
+/// handshake costs a bounded number of threads.
+const MAX_HANDSHAKES: usize = 128;
+
+/// Counts a connection in the handshake while it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Serves authenticated TCP clients from `listener` for ever.
 pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
     let server = Arc::new(Server::default());
     let key: Arc<[u8]> = Arc::from(authkey);
+    let handshaking = Arc::new(AtomicUsize::new(0));
     loop {
         let stream = match listener.accept() {
             Ok((stream, _)) => stream,
@@ -1060,6 +1077,12 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
                 _ => return Err(Error::io("accepting a manager connection", e)),
             },
         };
+        if handshaking.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            handshaking.fetch_sub(1, Ordering::AcqRel);
+            drop(stream);
+            continue;
+        }
+        let pending = Handshaking(Arc::clone(&handshaking));
         let server = Arc::clone(&server);
         let key = Arc::clone(&key);
         let _ = std::thread::Builder::new()
@@ -1069,7 +1092,9 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
                 let _ = stream.set_nodelay(true);
                 let _ = stream.set_read_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
-                if super::auth::accept(&mut stream, &key).is_err() {
+                let accepted = super::auth::accept(&mut stream, &key);
+                drop(pending);
+                if accepted.is_err() {
                     return;
                 }
                 let _ = stream.set_read_timeout(None);
