@@ -609,22 +609,26 @@ fn get_one(q: QueueProxy<u32>, ready: Connection<u8>) -> Option<u32> {
 fn a_getter_killed_while_waiting_takes_no_item_with_it() {
     let manager = Manager::start().unwrap();
     let q = manager.queue::<u32>(None).unwrap();
+    let server = manager.pid().unwrap();
+    let without_getter = fd_count(server);
     let (mine, theirs) = Pipe::duplex().unwrap();
     let child = spawn!(get_one, q.clone(), theirs).unwrap();
     assert_eq!(mine.recv().unwrap(), 1);
-    // The child has sent its request and sleeps reading the reply.
+    // The child has sent its request and sleeps reading the reply, and
+    // the server has its connection.
     eventually("the getter waits for its reply", || {
         std::fs::read_to_string(format!("/proc/{}/wchan", child.pid()))
             .is_ok_and(|w| w == "unix_stream_read_generic")
     });
-    let server = manager.pid().unwrap();
-    let with_getter = fd_count(server);
+    eventually("the server has the getter's connection", || {
+        fd_count(server) == without_getter + 1
+    });
     child.kill().unwrap();
     assert!(child.join().unwrap_err().is_signaled());
     // The server's wait for the dead getter ends and closes its connection
     // (it looks at the connection while waiting), before any item comes.
     eventually("the dead getter's connection is closed", || {
-        fd_count(server) < with_getter
+        fd_count(server) == without_getter
     });
     q.put(42).unwrap();
     assert_eq!(q.get_timeout(BOUND).unwrap(), Some(42));
