@@ -459,6 +459,10 @@ fn a_remote_manager_serves_clients_and_its_proxies_pass_to_children() {
     }
     assert_eq!(d.get(&"total".into()).unwrap(), Some(3));
     assert_eq!(d.len().unwrap(), 4);
+    // Connections probe a silent peer, so a vanished one is noticed.
+    let raw = manager.__raw_connection().unwrap();
+    assert!(rustix::net::sockopt::socket_keepalive(&raw).unwrap());
+    assert!(rustix::net::sockopt::tcp_nodelay(&raw).unwrap());
 }
 
 #[test]

@@ -272,6 +272,7 @@ fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
         match TcpStream::connect_timeout(&a, auth::HANDSHAKE_TIMEOUT) {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
+                internals::tcp_keepalive(stream.as_fd());
                 let _ = stream.set_read_timeout(Some(auth::HANDSHAKE_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(auth::HANDSHAKE_TIMEOUT));
                 auth::connect(&mut stream, key)?;

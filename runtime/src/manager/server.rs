@@ -1090,6 +1090,7 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
             .spawn(move || {
                 let mut stream = stream;
                 let _ = stream.set_nodelay(true);
+                internals::tcp_keepalive(stream.as_fd());
                 let _ = stream.set_read_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
                 let _ = stream.set_write_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
                 let accepted = super::auth::accept(&mut stream, &key);
