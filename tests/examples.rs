@@ -95,6 +95,41 @@ fn check_seed3(out: &str) {
     assert!(out.lines().any(|l| l == "[42, None, 'hello']"), "{out}");
 }
 
+/// Every child's writes are visible to the parent and none are lost: the
+/// dict has keys 0..4 plus the shared ones, the list is 0..5 then each child
+/// once, each child printed the list with its own item in it, and the
+/// server-side counter saw all five.
+fn check_seed4(out: &str) {
+    let dict = "{0: '1', 1: '1', 2: '1', 3: '1', 4: '1', '2': 2, 0.25: None}";
+    assert!(out.lines().any(|l| l == dict), "{out}");
+    let lists: Vec<Vec<i64>> = out
+        .lines()
+        .filter(|l| l.starts_with("[0, 1, 2, 3, 4"))
+        .map(|l| {
+            l.trim_matches(['[', ']'])
+                .split(", ")
+                .map(|n| n.parse().unwrap())
+                .collect()
+        })
+        .collect();
+    // Five children's prints, then the parent's.
+    assert_eq!(lists.len(), 6, "{out}");
+    let last = lists.last().unwrap();
+    assert_eq!(&last[..5], &[0, 1, 2, 3, 4], "{out}");
+    let mut tail = last[5..].to_vec();
+    tail.sort();
+    assert_eq!(tail, vec![0, 1, 2, 3, 4], "each child appended once: {out}");
+    for printed in &lists[..5] {
+        assert!(printed.len() > 5 && printed.len() <= 10, "{out}");
+        assert_eq!(
+            &printed[..],
+            &last[..printed.len()],
+            "a prefix of the final list: {out}"
+        );
+    }
+    assert!(out.lines().any(|l| l == "children counted: 5"), "{out}");
+}
+
 #[test]
 fn seed1_prints_three_hellos_then_done() {
     check_seed1(&run("seed 1"));
@@ -111,14 +146,20 @@ fn seed3_prints_the_message_from_the_child() {
 }
 
 #[test]
+fn seed4_shows_every_childs_writes() {
+    check_seed4(&run("seed 4"));
+}
+
+#[test]
 fn tour_runs_every_seed_and_summarises() {
     let out = run("tour");
     check_seed1(&out);
     check_seed2(&out);
     check_seed3(&out);
+    check_seed4(&out);
     let summary = out.split("=== summary").nth(1).expect("summary");
-    for seed in ["seed 1", "seed 2", "seed 3"] {
+    for seed in ["seed 1", "seed 2", "seed 3", "seed 4"] {
         assert!(summary.contains(&format!("ok    {seed}")), "{summary}");
     }
-    assert!(summary.contains("3 seeds ran, 0 failed"), "{summary}");
+    assert!(summary.contains("4 seeds ran, 0 failed"), "{summary}");
 }

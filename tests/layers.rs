@@ -18,6 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("shared state", &["sync"]),
     ("channels", &["pipe", "queue"]),
     ("across handles", &["wait"]),
+    ("services", &["manager"]),
 ];
 
 /// Inside `spawn/`, files a file must not use: the child side and the
@@ -59,6 +60,8 @@ fn root_names(lib: &str) -> BTreeMap<String, String> {
     let mut names = BTreeMap::new();
     names.insert("__load_time_ctor".to_string(), "sys".to_string());
     names.insert("__entry_ctor".to_string(), "spawn".to_string());
+    // The attribute's expansion registers the entry with spawn/.
+    names.insert("process_entry".to_string(), "spawn".to_string());
     let text = lib.replace('\n', " ");
     for stmt in text.split(';') {
         let Some(at) = stmt.find("pub use crate::") else {
@@ -136,7 +139,10 @@ fn layers_point_down_only() {
         };
         let text = fs::read_to_string(file).unwrap();
         for (line, name) in references(&text) {
-            let target = if name.chars().next().unwrap().is_uppercase() || name.starts_with("__") {
+            let target = if name.chars().next().unwrap().is_uppercase()
+                || name.starts_with("__")
+                || name == "process_entry"
+            {
                 match names.get(&name) {
                     Some(module) => module.clone(),
                     None => {

@@ -1,6 +1,7 @@
 //! The seed programs (../shared/seed-examples.md), shared by their own
 //! examples, by `tour` and by `tests/examples.rs`.
 
+pub mod manager;
 pub mod pipe;
 pub mod processes;
 pub mod queue;
@@ -20,6 +21,7 @@ pub const ALL: &[(&str, Seed)] = &[
     ("seed 1: three processes", processes::run),
     ("seed 2: a queue shared by three children", queue::run),
     ("seed 3: a pipe", pipe::run),
+    ("seed 4: a manager dict and list", manager::run),
 ];
 
 /// Runs every seed, prints a summary; returns the exit code.

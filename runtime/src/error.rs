@@ -40,6 +40,8 @@ pub enum ErrorKind {
     NotOwner,
     /// A semaphore was released above its limit.
     TooManyReleases,
+    /// An index was past the end of a sequence (a manager list or array).
+    OutOfRange,
     /// An operating-system call failed.
     Io,
 }
@@ -62,6 +64,7 @@ impl ErrorKind {
             ErrorKind::BrokenBarrier => "broken barrier",
             ErrorKind::NotOwner => "not the owner",
             ErrorKind::TooManyReleases => "released too many times",
+            ErrorKind::OutOfRange => "index out of range",
             ErrorKind::Io => "I/O error",
         }
     }

@@ -170,7 +170,7 @@
 //!   child, and load-time constructors of other crates that the linker
 //!   placed after multiproc's may not have run yet.
 //! - There is no `fork` start method (yet): every child is a fresh exec.
-//! - No `Manager` or `Pool` yet.
+//! - No `Pool` yet.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(
@@ -191,6 +191,7 @@ extern crate self as multiproc;
 mod channel_error;
 mod error;
 mod fd;
+mod manager;
 mod pipe;
 mod queue;
 mod spawn;
@@ -204,6 +205,11 @@ pub use crate::channel_error::{
 };
 pub use crate::error::{Error, ErrorKind, PanicReport, Result};
 pub use crate::fd::Fd;
+pub use crate::manager::{
+    ArrayProxy, BarrierProxy, ConditionProxy, DictProxy, EventProxy, ListProxy, LockProxy, Manager,
+    NamespaceProxy, ProxyLockGuard, ProxySemaphoreGuard, QueueProxy, RLockProxy, SemaphoreProxy,
+    ValueProxy,
+};
 pub use crate::pipe::{Connection, Pipe};
 pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::spawn::current::{

@@ -1,0 +1,365 @@
+//! The client side: how a proxy reaches its server, and the connections it
+//! keeps open there (a few per process, reused, never shared by two
+//! requests at once).
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::auth;
+use super::internals::{self, error};
+use super::proto::{ERR, Fields, Frame, FrameReader, OK, Op, ReadError, code_kind};
+use crate::Fd;
+use crate::error::{Error, ErrorKind};
+
+/// Where a server is.
+enum Endpoint {
+    /// A local server, reached by sending one end of a new socket pair
+    /// through this dial socket.
+    Local(Fd),
+    /// A remote server and the key both sides prove.
+    Remote { addr: String, key: Arc<[u8]> },
+}
+
+/// Identifies an endpoint within a process, so that proxies of one server
+/// that arrive separately share their connections.
+#[derive(PartialEq, Eq)]
+enum Key {
+    Local(u64),
+    Remote(String, Arc<[u8]>),
+}
+
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+        }
+    }
+}
+
+/// One open connection to the server.
+struct Conn {
+    stream: Stream,
+    reader: FrameReader,
+    out: Frame,
+}
+
+/// A server as seen from this process: its endpoint and idle connections.
+pub(crate) struct Client {
+    endpoint: Endpoint,
+    key: Key,
+    /// The process the idle connections were opened in, and the connections.
+    idle: Mutex<(u32, Vec<Conn>)>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.endpoint {
+            Endpoint::Local(fd) => write!(f, "local manager (dial {fd:?})"),
+            Endpoint::Remote { addr, .. } => write!(f, "remote manager at {addr}"),
+        }
+    }
+}
+
+fn registry() -> MutexGuard<'static, Vec<Weak<Client>>> {
+    static CLIENTS: OnceLock<Mutex<Vec<Weak<Client>>>> = OnceLock::new();
+    CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+fn gone(e: io::Error) -> Error {
+    error(ErrorKind::Disconnected, "the manager's server is gone").with_source(e)
+}
+
+impl Client {
+    /// The client of `endpoint`, shared with any other of this process.
+    fn shared(endpoint: Endpoint) -> Result<Arc<Client>, Error> {
+        let key = match &endpoint {
+            Endpoint::Local(fd) => Key::Local(
+                internals::inode(fd.as_fd())
+                    .map_err(|e| Error::io("looking at a dial socket", e))?,
+            ),
+            Endpoint::Remote { addr, key } => Key::Remote(addr.clone(), Arc::clone(key)),
+        };
+        let mut clients = registry();
+        clients.retain(|c| c.strong_count() > 0);
+        if let Some(found) = clients
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.key == key)
+        {
+            return Ok(found);
+        }
+        let client = Arc::new(Client {
+            endpoint,
+            key,
+            idle: Mutex::new((std::process::id(), Vec::new())),
+        });
+        clients.push(Arc::downgrade(&client));
+        Ok(client)
+    }
+
+    pub(crate) fn local(dial: Fd) -> Result<Arc<Client>, Error> {
+        Client::shared(Endpoint::Local(dial))
+    }
+
+    pub(crate) fn remote(addr: &str, key: &[u8]) -> Result<Arc<Client>, Error> {
+        Client::shared(Endpoint::Remote {
+            addr: addr.to_string(),
+            key: Arc::from(key),
+        })
+    }
+
+    fn open(&self) -> Result<Conn, Error> {
+        let stream = match &self.endpoint {
+            Endpoint::Local(dial) => {
+                let (mine, theirs) = UnixStream::pair()
+                    .map_err(|e| Error::io("making a socket pair for the manager", e))?;
+                internals::send_fd(dial.as_fd(), theirs.as_fd()).map_err(gone)?;
+                Stream::Unix(mine)
+            }
+            Endpoint::Remote { addr, key } => Stream::Tcp(connect_tcp(addr, key)?),
+        };
+        Ok(Conn {
+            stream,
+            reader: FrameReader::default(),
+            out: Frame::new(),
+        })
+    }
+
+    fn take(&self) -> Result<Conn, Error> {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let pid = std::process::id();
+            if idle.0 != pid {
+                // Forked: these connections are the parent's.
+                *idle = (pid, Vec::new());
+            }
+            if let Some(conn) = idle.1.pop() {
+                return Ok(conn);
+            }
+        }
+        self.open()
+    }
+
+    fn give_back(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.0 == std::process::id() {
+            idle.1.push(conn);
+        }
+    }
+
+    /// Sends one request (`op` on object `id`, then what `build` writes)
+    /// and reads its reply with `parse`.
+    pub(crate) fn call<R>(
+        &self,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let mut conn = self.take()?;
+        conn.out.clear();
+        conn.out.u8(op as u8).u64(id);
+        if let Err(e) = build(&mut conn.out) {
+            self.give_back(conn);
+            return Err(e);
+        }
+        conn.out.send(&mut conn.stream)?;
+        let reply = match conn.reader.read(&mut conn.stream) {
+            Ok(reply) => reply,
+            Err(ReadError::Closed) => {
+                return Err(error(
+                    ErrorKind::Disconnected,
+                    "the manager's server is gone (it closed the connection)",
+                ));
+            }
+            Err(ReadError::Io(e)) => return Err(gone(e)),
+            Err(ReadError::TooLarge(n)) => {
+                return Err(error(
+                    ErrorKind::Decode,
+                    format!("the manager announced a reply of {n} bytes, over the limit"),
+                ));
+            }
+        };
+        // The whole reply frame has been read, so the connection is in step
+        // whatever the frame held (a value that does not decode as `T`, an
+        // error): it goes back for reuse.
+        let result = parse_reply(reply, parse);
+        self.give_back(conn);
+        result
+    }
+
+    /// A request with no arguments and an empty reply.
+    pub(crate) fn ping(&self) -> Result<(), Error> {
+        self.call(Op::Ping, 0, |_| Ok(()), |_| Ok(()))
+    }
+
+    /// Opens a raw connection (not public API: for tests of bad input): a
+    /// Unix stream socket, or a TCP socket past the handshake.
+    pub(crate) fn raw_stream(&self) -> Result<OwnedFd, Error> {
+        match self.open()?.stream {
+            Stream::Unix(s) => Ok(s.into()),
+            Stream::Tcp(s) => Ok(s.into()),
+        }
+    }
+}
+
+const MALFORMED_REPLY: &str = "malformed reply from the manager";
+
+fn parse_reply<R>(
+    reply: &[u8],
+    parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+) -> Result<R, Error> {
+    let mut f = Fields::new(reply);
+    let bad = |_: Error| error(ErrorKind::Decode, MALFORMED_REPLY);
+    match f.u8().map_err(bad)? {
+        OK => {
+            let r = parse(&mut f)?;
+            f.end().map_err(bad)?;
+            Ok(r)
+        }
+        ERR => {
+            let kind = code_kind(f.u8().map_err(bad)?);
+            let msg = String::from_utf8_lossy(f.bytes().map_err(bad)?).into_owned();
+            Err(error(kind, msg))
+        }
+        _ => Err(error(ErrorKind::Decode, MALFORMED_REPLY)),
+    }
+}
+
+fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
+    let addrs = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::io(format!("resolving the manager's address {addr:?}"), e))?;
+    let mut last = None;
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, auth::HANDSHAKE_TIMEOUT) {
+            Ok(mut stream) => {
+                let _ = stream.set_nodelay(true);
+                internals::tcp_keepalive(stream.as_fd());
+                let _ = stream.set_read_timeout(Some(auth::HANDSHAKE_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(auth::HANDSHAKE_TIMEOUT));
+                auth::connect(&mut stream, key)?;
+                let _ = stream.set_read_timeout(None);
+                let _ = stream.set_write_timeout(None);
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(match last {
+        Some(e) => error(
+            ErrorKind::Disconnected,
+            format!("could not connect to the manager at {addr}"),
+        )
+        .with_source(e),
+        None => error(ErrorKind::Io, format!("{addr:?} resolves to no address")),
+    })
+}
+
+/// A proxy's reference to its server and object: travels to other
+/// processes as the endpoint (a dial descriptor, or address and key) and
+/// the object's id.
+#[derive(Clone)]
+pub(crate) struct Handle {
+    pub(crate) client: Arc<Client>,
+    pub(crate) id: u64,
+}
+
+impl fmt::Debug for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "object {} of {:?}", self.id, self.client)
+    }
+}
+
+#[derive(Serialize)]
+enum WireOut<'a> {
+    Local(&'a Fd, u64),
+    Remote(&'a str, &'a [u8], u64),
+}
+
+#[derive(Deserialize)]
+enum WireIn {
+    Local(Fd, u64),
+    Remote(String, Vec<u8>, u64),
+}
+
+impl Serialize for Handle {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.client.endpoint {
+            Endpoint::Local(fd) => WireOut::Local(fd, self.id),
+            Endpoint::Remote { addr, key } => WireOut::Remote(addr, key, self.id),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Handle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Handle, D::Error> {
+        use serde::de::Error as _;
+        let (client, id) = match WireIn::deserialize(d)? {
+            WireIn::Local(fd, id) => (Client::local(fd), id),
+            WireIn::Remote(addr, key, id) => (Client::remote(&addr, &key), id),
+        };
+        Ok(Handle {
+            client: client.map_err(D::Error::custom)?,
+            id,
+        })
+    }
+}
+
+/// This thread's identity as a lock owner: distinct for every thread of
+/// every process (of every machine, for a remote server).
+pub(crate) fn owner_token() -> u64 {
+    static BASE: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static THREAD: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    let base = *BASE.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    let mut x = base ^ (u64::from(std::process::id()) << 32) ^ THREAD.with(|t| *t);
+    // splitmix64's finaliser, so nearby inputs give unrelated tokens.
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

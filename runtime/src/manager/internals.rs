@@ -1,0 +1,86 @@
+//! Every place where the manager touches the rest of the crate's internals
+//! (beyond the public `Process`, `Fd` and `Error` API), in one file so they
+//! are easy to re-point when the crate's modules move.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ErrorKind};
+use crate::spawn::registry::{EntryRecord, RunOutcome};
+
+pub(crate) use crate::sys::dial::{inode, peer_gone, send_fd, seqpacket_pair, tcp_keepalive};
+
+/// Receives a dialled connection (see `sys::dial::recv_fds`).
+pub(crate) fn recv_dialed(dial: BorrowedFd<'_>) -> io::Result<Option<Vec<OwnedFd>>> {
+    crate::sys::dial::recv_fds(dial)
+}
+
+/// Appends the encoding of a user value to `buf` (the crate's codec).
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<(), Error> {
+    crate::wire::codec::encode_into(value, buf).map_err(|e| Error::new(ErrorKind::Encode, e))
+}
+
+/// Decodes a user value stored by the server.
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    crate::wire::codec::decode(bytes).map_err(|e| Error::new(ErrorKind::Decode, e))
+}
+
+/// Finds a registered entry by name (for `update_with`, run on the server).
+pub(crate) fn find_entry(name: &str) -> Result<&'static EntryRecord, Error> {
+    crate::spawn::registry::lookup(name)
+}
+
+/// Runs `record` — an entry `fn(Option<V>) -> V` — on the encoded old value
+/// (if any); returns the encoded new value.
+pub(crate) fn run_update(
+    record: &'static EntryRecord,
+    name: &str,
+    old: Option<&[u8]>,
+) -> Result<Vec<u8>, Error> {
+    // The argument tuple `(Option<V>,)` is the encoding of `Some(())` or
+    // `None` followed by the value's own bytes: the codec writes a unit as
+    // nothing, so this holds for whichever codec is built in.
+    let mut args = Vec::new();
+    match old {
+        Some(old) => {
+            encode_into(&Some(()), &mut args)?;
+            args.extend_from_slice(old);
+        }
+        None => encode_into(&None::<()>, &mut args)?,
+    }
+    match (record.run())(&args, Vec::new()) {
+        RunOutcome::Value(frame) => {
+            if !frame.fds().is_empty() {
+                return Err(Error::new(
+                    ErrorKind::Encode,
+                    format!(
+                        "entry `{name}` returned a value holding handles, which a manager cannot store"
+                    ),
+                ));
+            }
+            Ok(frame.payload().to_vec())
+        }
+        RunOutcome::Panicked => Err(Error::new(
+            ErrorKind::Panicked,
+            format!("entry `{name}` panicked in the manager's server"),
+        )),
+        RunOutcome::Failed(err) => Err(err),
+    }
+}
+
+/// Makes an error (the constructor is crate-private).
+pub(crate) fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
+    Error::new(kind, message)
+}
+
+/// The entry a local `Manager`'s server process runs.
+#[crate::process_entry]
+pub(crate) fn manager_server(dial: crate::Fd) {
+    super::run_local_server(dial);
+}

@@ -1,0 +1,341 @@
+//! [`Manager`]: a server process that holds dicts, lists, queues, locks and
+//! other objects, which any process uses through typed proxies (Python's
+//! `multiprocessing.Manager`).
+//!
+//! # How it works
+//! - The server stores every value as encoded bytes; proxies encode and
+//!   decode on the client side, so the server needs no knowledge of the
+//!   user's types. Each proxy method is one request and one reply, atomic
+//!   on the server.
+//! - A local server is reached by *capability*, not by name: it holds one
+//!   end of an unnamed `SOCK_SEQPACKET` socket pair, and every proxy carries
+//!   a duplicate of the other end. To connect, a process makes a fresh
+//!   socket pair and sends one end through it (`SCM_RIGHTS`). No socket
+//!   path or abstract name exists that anything else could connect to.
+//! - Each process keeps its connections to a server open and reuses them
+//!   (one per thread using it at a time; the server runs a thread per
+//!   connection), so a client blocked on a manager lock or queue stalls no
+//!   one else.
+//! - A remote server ([`Manager::serve`], [`Manager::connect`]) speaks the
+//!   same protocol over TCP, after both sides prove the same authkey
+//!   (HMAC-SHA256 challenge–response) and before anything is decoded.
+
+mod auth;
+mod client;
+mod internals;
+mod proto;
+mod proxy;
+mod server;
+mod sync;
+
+use std::fmt;
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub use self::proxy::{ArrayProxy, DictProxy, ListProxy, NamespaceProxy, ValueProxy};
+pub use self::sync::{
+    BarrierProxy, ConditionProxy, EventProxy, LockProxy, ProxyLockGuard, ProxySemaphoreGuard,
+    QueueProxy, RLockProxy, SemaphoreProxy,
+};
+
+use self::client::{Client, Handle};
+use self::proto::{Frame, ObjKind, Op};
+use crate::error::Error;
+use crate::{Fd, JoinHandle, Process, entry};
+use internals::manager_server;
+
+/// Runs a local manager's server (in the process `Manager::start` spawns).
+pub(crate) fn run_local_server(dial: Fd) {
+    server::serve_local(dial.into_owned_fd());
+}
+
+/// A manager: a server process holding shared objects, and the way to make
+/// them (Python's `multiprocessing.Manager()`).
+///
+/// Every proxy it makes is `Clone + Send + Serialize + Deserialize`: pass
+/// it to a child as an entry argument, or through a [`Queue`](crate::Queue)
+/// or [`Connection`](crate::Connection), and the other process uses the
+/// same object.
+///
+/// ```
+/// use multiproc::{process_entry, spawn, DictProxy, ListProxy, Manager};
+///
+/// #[process_entry]
+/// fn work(d: DictProxy<u32, String>, l: ListProxy<u32>, n: u32) {
+///     d.insert(n, format!("child {n}")).unwrap();
+///     l.push(n).unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let manager = Manager::start()?;
+/// let d = manager.dict()?;
+/// let l = manager.list(vec![])?;
+/// let children: Vec<_> = (0..3)
+///     .map(|n| spawn!(work, d.clone(), l.clone(), n))
+///     .collect::<Result<_, _>>()?;
+/// for c in children {
+///     c.join()?;
+/// }
+/// assert_eq!(d.len()?, 3);
+/// let mut seen = l.snapshot()?;
+/// seen.sort();
+/// assert_eq!(seen, vec![0, 1, 2]);
+/// manager.shutdown()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Caveats
+/// - Objects live until the server stops (there is no reference counting
+///   of proxies across processes, unlike Python).
+/// - A value stored in a manager object cannot hold multiproc handles
+///   (a `Queue`, a `Connection`, a proxy of a local manager…): encoding it
+///   is an [`ErrorKind::Encode`](crate::ErrorKind::Encode) error.
+/// - When the server is gone (shut down, killed), every proxy call fails
+///   with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected),
+///   including calls waiting on a lock or queue.
+pub struct Manager {
+    client: Arc<Client>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("client", &self.client)
+            .field("server_pid", &self.pid())
+            .finish()
+    }
+}
+
+impl Manager {
+    /// Starts a server process (a child of this one, killed when the
+    /// `Manager` is dropped or shut down, or when this process dies) and
+    /// waits until it answers.
+    pub fn start() -> Result<Manager, Error> {
+        let (theirs, mine) = internals::seqpacket_pair()
+            .map_err(|e| Error::io("making the manager's dial socket", e))?;
+        let server = Process::new(entry!(manager_server), (Fd::from(theirs),))
+            .name("SyncManager")
+            .daemon(true)
+            .start()?;
+        let manager = Manager {
+            client: Client::local(Fd::from(mine))?,
+            server: Some(server),
+        };
+        manager.client.ping()?;
+        Ok(manager)
+    }
+
+    /// Serves a manager on `addr` (for example `"0.0.0.0:50000"`) for
+    /// clients that prove `authkey`; blocks, serving, until an error.
+    ///
+    /// Clients [`connect`](Manager::connect) with the same key. A client
+    /// with a wrong key, or one that sends garbage, is disconnected; the
+    /// server keeps serving the others.
+    pub fn serve(addr: &str, authkey: &[u8]) -> Result<(), Error> {
+        let listener = TcpListener::bind(addr)
+            .map_err(|e| Error::io(format!("binding the manager to {addr}"), e))?;
+        Manager::serve_on(listener, authkey)
+    }
+
+    /// Like [`serve`](Manager::serve), on a listener already bound (for
+    /// example to port 0, to learn the port first).
+    pub fn serve_on(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
+        server::serve_tcp(listener, authkey)
+    }
+
+    /// Connects to a manager served at `addr`, proving `authkey`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Auth`](crate::ErrorKind::Auth) if either side fails
+    /// to prove the key; [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected)
+    /// if nothing answers there.
+    pub fn connect(addr: &str, authkey: &[u8]) -> Result<Manager, Error> {
+        let client = Client::remote(addr, authkey)?;
+        client.ping()?;
+        Ok(Manager {
+            client,
+            server: None,
+        })
+    }
+
+    /// The server's pid, for a manager this process [`start`](Manager::start)ed.
+    pub fn pid(&self) -> Option<u32> {
+        self.server.as_ref().map(JoinHandle::pid)
+    }
+
+    /// Stops the server (if this process started it) and reaps it. Proxies
+    /// then fail with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected).
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        if let Some(server) = self.server.take() {
+            server.kill()?;
+            // Killed on purpose: its "killed by a signal" is the expected end.
+            let _ = server.join();
+        }
+        Ok(())
+    }
+
+    fn create(
+        &self,
+        kind: ObjKind,
+        args: impl FnOnce(&mut Frame) -> Result<(), Error>,
+    ) -> Result<Handle, Error> {
+        let id = self.client.call(
+            Op::Create,
+            0,
+            |f| {
+                f.u8(kind as u8);
+                args(f)
+            },
+            |f| f.u64(),
+        )?;
+        Ok(Handle {
+            client: Arc::clone(&self.client),
+            id,
+        })
+    }
+
+    /// A new, empty dict.
+    pub fn dict<K, V>(&self) -> Result<DictProxy<K, V>, Error> {
+        Ok(DictProxy::from_handle(
+            self.create(ObjKind::Map, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new list holding `init`.
+    pub fn list<T: Serialize + DeserializeOwned>(
+        &self,
+        init: Vec<T>,
+    ) -> Result<ListProxy<T>, Error> {
+        Ok(ListProxy::from_handle(
+            self.create(ObjKind::Seq, |f| proxy::create_items(f, init))?,
+        ))
+    }
+
+    /// A new, empty namespace.
+    pub fn namespace(&self) -> Result<NamespaceProxy, Error> {
+        Ok(NamespaceProxy::from_handle(
+            self.create(ObjKind::Map, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new value holding `init`.
+    pub fn value<T: Serialize + DeserializeOwned>(&self, init: T) -> Result<ValueProxy<T>, Error> {
+        Ok(ValueProxy::from_handle(
+            self.create(ObjKind::Value, |f| proxy::create_value(f, &init))?,
+        ))
+    }
+
+    /// A new array holding `init` (its length is fixed).
+    pub fn array<T: Serialize + DeserializeOwned>(
+        &self,
+        init: Vec<T>,
+    ) -> Result<ArrayProxy<T>, Error> {
+        Ok(ArrayProxy::from_handle(
+            self.create(ObjKind::FixedSeq, |f| proxy::create_items(f, init))?,
+        ))
+    }
+
+    /// A new queue, holding at most `maxsize` items (`None`: unbounded).
+    pub fn queue<T: Serialize + DeserializeOwned>(
+        &self,
+        maxsize: Option<usize>,
+    ) -> Result<QueueProxy<T>, Error> {
+        let max = maxsize.map_or(0, |m| m.max(1)) as u64;
+        Ok(QueueProxy::from_handle(self.create(
+            ObjKind::Queue,
+            |f| {
+                f.u64(max);
+                Ok(())
+            },
+        )?))
+    }
+
+    /// A new lock.
+    pub fn lock(&self) -> Result<LockProxy, Error> {
+        Ok(LockProxy::from_handle(
+            self.create(ObjKind::Lock, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new reentrant lock.
+    pub fn rlock(&self) -> Result<RLockProxy, Error> {
+        Ok(RLockProxy::from_handle(
+            self.create(ObjKind::RLock, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new semaphore with `value` permits.
+    pub fn semaphore(&self, value: u64) -> Result<SemaphoreProxy, Error> {
+        Ok(SemaphoreProxy::from_handle(self.create(
+            ObjKind::Semaphore,
+            |f| {
+                f.u64(value);
+                Ok(())
+            },
+        )?))
+    }
+
+    /// A new semaphore with `value` permits that refuses a release above `value`.
+    pub fn bounded_semaphore(&self, value: u64) -> Result<SemaphoreProxy, Error> {
+        Ok(SemaphoreProxy::from_handle(self.create(
+            ObjKind::BoundedSemaphore,
+            |f| {
+                f.u64(value);
+                Ok(())
+            },
+        )?))
+    }
+
+    /// A new condition variable (with its own reentrant lock).
+    pub fn condition(&self) -> Result<ConditionProxy, Error> {
+        Ok(ConditionProxy::from_handle(
+            self.create(ObjKind::Condition, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new event, not set.
+    pub fn event(&self) -> Result<EventProxy, Error> {
+        Ok(EventProxy::from_handle(
+            self.create(ObjKind::Event, |_| Ok(()))?,
+        ))
+    }
+
+    /// A new barrier for `parties` parties (at least 1).
+    pub fn barrier(&self, parties: u64) -> Result<BarrierProxy, Error> {
+        if parties == 0 {
+            return Err(internals::error(
+                crate::ErrorKind::OutOfRange,
+                "a barrier needs at least one party",
+            ));
+        }
+        Ok(BarrierProxy::from_handle(self.create(
+            ObjKind::Barrier,
+            |f| {
+                f.u64(parties);
+                Ok(())
+            },
+        )?))
+    }
+
+    /// A raw connection to the server. Not public API: for tests that send
+    /// malformed bytes.
+    #[doc(hidden)]
+    pub fn __raw_connection(&self) -> Result<std::os::fd::OwnedFd, Error> {
+        self.client.raw_stream()
+    }
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}

@@ -1,0 +1,1106 @@
+//! The manager's server: objects held as encoded bytes, one thread per
+//! client connection, every operation atomic under one state lock.
+//!
+//! Blocking operations (a lock, a queue, a condition…) wait on one
+//! condition variable that every change wakes; while waiting they look
+//! every [`LIVENESS`] at whether their client is still connected, so a dead
+//! client's wait ends and takes nothing (a queue item, a permit) with it.
+//! When a connection ends, whatever it held (locks, permits) is released.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::internals;
+use super::proto::{ERR, FOREVER, Fields, Frame, FrameReader, OK, ObjKind, Op, kind_code};
+use crate::error::{Error, ErrorKind};
+
+/// How often a blocked operation checks that its client is still there.
+const LIVENESS: Duration = Duration::from_millis(100);
+
+type ConnId = u64;
+
+/// A reentrant owner: a client thread's token and the connection it came through.
+#[derive(Debug, Default)]
+struct Owned {
+    owner: Option<(u64, ConnId)>,
+    count: u64,
+}
+
+impl Owned {
+    fn try_take(&mut self, token: u64, conn: ConnId, reentrant: bool) -> Option<bool> {
+        match self.owner {
+            None => {
+                self.owner = Some((token, conn));
+                self.count = 1;
+                Some(true)
+            }
+            Some((t, _)) if reentrant && t == token => {
+                self.count += 1;
+                Some(true)
+            }
+            Some(_) => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Obj {
+    Map(HashMap<Vec<u8>, Vec<u8>>),
+    Seq {
+        items: Vec<Vec<u8>>,
+        fixed: bool,
+    },
+    Value(Vec<u8>),
+    Queue {
+        items: VecDeque<Vec<u8>>,
+        max: usize,
+    },
+    Lock {
+        holder: Option<ConnId>,
+    },
+    RLock(Owned),
+    Sem {
+        value: u64,
+        max: Option<u64>,
+        taken: HashMap<ConnId, u64>,
+    },
+    Cond {
+        lock: Owned,
+        next_ticket: u64,
+        waiting: VecDeque<u64>,
+        notified: HashSet<u64>,
+    },
+    Event(bool),
+    Barrier {
+        parties: u64,
+        count: u64,
+        generation: u64,
+        broken: bool,
+        /// Counts resets that found waiters (who then see the barrier broken).
+        resets: u64,
+    },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    objects: HashMap<u64, Obj>,
+    next_id: u64,
+    next_conn: ConnId,
+    connections: usize,
+}
+
+/// The shared state of one manager server.
+#[derive(Debug, Default)]
+pub(crate) struct Server {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+/// Why a request got no normal reply.
+enum Fault {
+    /// The request was malformed: the connection is closed.
+    Bad,
+    /// The client went away while the request waited.
+    Gone,
+    /// The operation failed: the reply says why.
+    Op(Error),
+}
+
+impl From<Error> for Fault {
+    fn from(e: Error) -> Fault {
+        if e.kind() == ErrorKind::Decode {
+            Fault::Bad
+        } else {
+            Fault::Op(e)
+        }
+    }
+}
+
+fn op_err(kind: ErrorKind, msg: impl Into<String>) -> Fault {
+    Fault::Op(Error::new(kind, msg))
+}
+
+/// What to put back if a reply cannot be delivered.
+enum Undo {
+    QueueItem(u64, Vec<u8>),
+}
+
+/// A connection being served: its id and its socket (for liveness checks).
+struct Client<'a> {
+    id: ConnId,
+    sock: BorrowedFd<'a>,
+}
+
+fn deadline_of(ms: u64) -> Option<Instant> {
+    if ms == FOREVER {
+        None
+    } else {
+        Instant::now().checked_add(Duration::from_millis(ms))
+    }
+}
+
+impl Server {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves one connection until it closes, misbehaves, or fails.
+    pub(crate) fn serve_connection<S: Read + Write + AsFd>(&self, mut stream: S) {
+        let id = {
+            let mut st = self.lock();
+            st.next_conn += 1;
+            st.connections += 1;
+            st.next_conn
+        };
+        let mut reader = FrameReader::default();
+        let mut out = Frame::new();
+        // A stream that ends, fails or announces too large a frame ends
+        // the connection.
+        while let Ok(request) = reader.read(&mut stream) {
+            out.clear();
+            let client = Client {
+                id,
+                sock: stream.as_fd(),
+            };
+            let undo = match self.handle(&client, request, &mut out) {
+                Ok(undo) => undo,
+                Err(Fault::Op(e)) => {
+                    out.clear();
+                    out.u8(ERR)
+                        .u8(kind_code(e.kind()))
+                        .bytes(e.to_string().as_bytes());
+                    None
+                }
+                Err(Fault::Bad | Fault::Gone) => break,
+            };
+            if out.send(&mut stream).is_err() {
+                if let Some(undo) = undo {
+                    self.undo(undo);
+                }
+                break;
+            }
+        }
+        self.disconnected(id);
+    }
+
+    fn undo(&self, undo: Undo) {
+        let mut st = self.lock();
+        match undo {
+            Undo::QueueItem(id, item) => {
+                if let Some(Obj::Queue { items, .. }) = st.objects.get_mut(&id) {
+                    items.push_front(item);
+                }
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Releases whatever connection `id` held.
+    fn disconnected(&self, id: ConnId) {
+        let mut st = self.lock();
+        st.connections -= 1;
+        for obj in st.objects.values_mut() {
+            match obj {
+                Obj::Lock { holder } if *holder == Some(id) => *holder = None,
+                Obj::RLock(owned) | Obj::Cond { lock: owned, .. }
+                    if owned.owner.is_some_and(|(_, c)| c == id) =>
+                {
+                    *owned = Owned::default();
+                }
+                Obj::Sem { value, taken, .. } => {
+                    if let Some(n) = taken.remove(&id) {
+                        *value += n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        drop(st);
+        self.changed.notify_all();
+    }
+
+    /// Waits until no connection is left.
+    pub(crate) fn wait_idle(&self) {
+        let mut st = self.lock();
+        while st.connections > 0 {
+            st = self.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Runs `attempt` until it gives a value, the deadline passes (`None`),
+    /// or the client goes away.
+    fn wait_for<T>(
+        &self,
+        client: &Client<'_>,
+        deadline: Option<Instant>,
+        mut attempt: impl FnMut(&mut State) -> Result<Option<T>, Fault>,
+        on_timeout: impl FnOnce(&mut State),
+    ) -> Result<Option<T>, Fault> {
+        let mut st = self.lock();
+        let mut first = true;
+        loop {
+            // A client that left while we waited must take nothing.
+            if !first && internals::peer_gone(client.sock) {
+                return Err(Fault::Gone);
+            }
+            first = false;
+            if let Some(v) = attempt(&mut st)? {
+                return Ok(Some(v));
+            }
+            let wait = match deadline {
+                None => LIVENESS,
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        on_timeout(&mut st);
+                        drop(st);
+                        self.changed.notify_all();
+                        return Ok(None);
+                    }
+                    left.min(LIVENESS)
+                }
+            };
+            st = self
+                .changed
+                .wait_timeout(st, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    fn handle(
+        &self,
+        client: &Client<'_>,
+        request: &[u8],
+        out: &mut Frame,
+    ) -> Result<Option<Undo>, Fault> {
+        let mut f = Fields::new(request);
+        let op = Op::from_u8(f.u8()?).ok_or(Fault::Bad)?;
+        let id = f.u64()?;
+        out.u8(OK);
+        let mut undo = None;
+        let mut notify = false;
+        {
+            match op {
+                Op::Ping => {
+                    f.end()?;
+                }
+                Op::Create => {
+                    let obj = create(&mut f)?;
+                    f.end()?;
+                    let mut st = self.lock();
+                    st.next_id += 1;
+                    let new = st.next_id;
+                    st.objects.insert(new, obj);
+                    out.u64(new);
+                }
+                Op::MapUpdateWith | Op::ValueUpdateWith => {
+                    let key = if op == Op::MapUpdateWith {
+                        Some(f.bytes()?)
+                    } else {
+                        None
+                    };
+                    let entry = std::str::from_utf8(f.bytes()?).map_err(|_| Fault::Bad)?;
+                    f.end()?;
+                    let record = internals::find_entry(entry).map_err(Fault::Op)?;
+                    let mut st = self.lock();
+                    let new = match (st.objects.get_mut(&id), key) {
+                        (Some(Obj::Map(map)), Some(key)) => {
+                            let old = map.get(key).map(Vec::as_slice);
+                            let new =
+                                internals::run_update(record, entry, old).map_err(Fault::Op)?;
+                            map.insert(key.to_vec(), new.clone());
+                            new
+                        }
+                        (Some(Obj::Value(v)), None) => {
+                            let new =
+                                internals::run_update(record, entry, Some(v)).map_err(Fault::Op)?;
+                            v.clone_from(&new);
+                            new
+                        }
+                        _ => return Err(Fault::Bad),
+                    };
+                    out.bytes(&new);
+                }
+                Op::MapGet
+                | Op::MapInsert
+                | Op::MapRemove
+                | Op::MapContains
+                | Op::MapLen
+                | Op::MapKeys
+                | Op::MapValues
+                | Op::MapItems
+                | Op::MapUpdate
+                | Op::MapClear => {
+                    let mut st = self.lock();
+                    let Some(Obj::Map(map)) = st.objects.get_mut(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    map_op(op, map, &mut f, out)?;
+                    f.end()?;
+                }
+                Op::SeqPush
+                | Op::SeqGet
+                | Op::SeqSet
+                | Op::SeqPop
+                | Op::SeqInsert
+                | Op::SeqRemove
+                | Op::SeqLen
+                | Op::SeqExtend
+                | Op::SeqSnapshot => {
+                    let mut st = self.lock();
+                    let Some(Obj::Seq { items, fixed }) = st.objects.get_mut(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    seq_op(op, items, *fixed, &mut f, out)?;
+                    f.end()?;
+                }
+                Op::ValueGet | Op::ValueSet => {
+                    let set = if op == Op::ValueSet {
+                        Some(f.bytes()?)
+                    } else {
+                        None
+                    };
+                    f.end()?;
+                    let mut st = self.lock();
+                    let Some(Obj::Value(v)) = st.objects.get_mut(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    match set {
+                        Some(new) => *v = new.to_vec(),
+                        None => {
+                            out.bytes(v);
+                        }
+                    }
+                }
+                Op::QueuePut => {
+                    let ms = f.u64()?;
+                    let item = f.bytes()?;
+                    f.end()?;
+                    let mut item = Some(item.to_vec());
+                    let done = self.wait_for(
+                        client,
+                        deadline_of(ms),
+                        |st| {
+                            let Some(Obj::Queue { items, max }) = st.objects.get_mut(&id) else {
+                                return Err(Fault::Bad);
+                            };
+                            if *max == 0 || items.len() < *max {
+                                items.extend(item.take());
+                                Ok(Some(()))
+                            } else {
+                                Ok(None)
+                            }
+                        },
+                        |_| {},
+                    )?;
+                    notify = done.is_some();
+                    out.u8(u8::from(done.is_some()));
+                }
+                Op::QueueGet => {
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let got = self.wait_for(
+                        client,
+                        deadline_of(ms),
+                        |st| {
+                            let Some(Obj::Queue { items, .. }) = st.objects.get_mut(&id) else {
+                                return Err(Fault::Bad);
+                            };
+                            Ok(items.pop_front())
+                        },
+                        |_| {},
+                    )?;
+                    notify = got.is_some();
+                    out.opt(got.as_deref());
+                    undo = got.map(|item| Undo::QueueItem(id, item));
+                }
+                Op::QueueLen => {
+                    f.end()?;
+                    let st = self.lock();
+                    let Some(Obj::Queue { items, max }) = st.objects.get(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    out.u64(items.len() as u64).u64(*max as u64);
+                }
+                Op::Acquire => {
+                    let token = f.u64()?;
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let conn = client.id;
+                    let got = self.wait_for(
+                        client,
+                        deadline_of(ms),
+                        |st| match st.objects.get_mut(&id) {
+                            Some(Obj::Lock { holder }) => Ok(if holder.is_none() {
+                                *holder = Some(conn);
+                                Some(())
+                            } else {
+                                None
+                            }),
+                            Some(Obj::RLock(owned)) | Some(Obj::Cond { lock: owned, .. }) => {
+                                Ok(owned.try_take(token, conn, true).map(drop))
+                            }
+                            _ => Err(Fault::Bad),
+                        },
+                        |_| {},
+                    )?;
+                    out.u8(u8::from(got.is_some()));
+                }
+                Op::Release => {
+                    let token = f.u64()?;
+                    f.end()?;
+                    let mut st = self.lock();
+                    match st.objects.get_mut(&id) {
+                        Some(Obj::Lock { holder }) => {
+                            if holder.take().is_none() {
+                                return Err(op_err(
+                                    ErrorKind::NotOwner,
+                                    "release of a lock that is not held",
+                                ));
+                            }
+                        }
+                        Some(Obj::RLock(owned)) | Some(Obj::Cond { lock: owned, .. }) => {
+                            release_owned(owned, token)?;
+                        }
+                        _ => return Err(Fault::Bad),
+                    }
+                    notify = true;
+                }
+                Op::SemAcquire => {
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let conn = client.id;
+                    let got = self.wait_for(
+                        client,
+                        deadline_of(ms),
+                        |st| {
+                            let Some(Obj::Sem { value, taken, .. }) = st.objects.get_mut(&id)
+                            else {
+                                return Err(Fault::Bad);
+                            };
+                            if *value > 0 {
+                                *value -= 1;
+                                *taken.entry(conn).or_default() += 1;
+                                Ok(Some(()))
+                            } else {
+                                Ok(None)
+                            }
+                        },
+                        |_| {},
+                    )?;
+                    out.u8(u8::from(got.is_some()));
+                }
+                Op::SemRelease => {
+                    f.end()?;
+                    let mut st = self.lock();
+                    let Some(Obj::Sem { value, max, taken }) = st.objects.get_mut(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    if max.is_some_and(|m| *value >= m) {
+                        return Err(op_err(
+                            ErrorKind::TooManyReleases,
+                            "a bounded semaphore was released more times than it was acquired",
+                        ));
+                    }
+                    *value += 1;
+                    // The permit given back is this connection's if it holds
+                    // one, else any holder's: a dead connection must not give
+                    // back a permit that was already returned for it.
+                    let holder = if taken.get(&client.id).is_some_and(|n| *n > 0) {
+                        Some(client.id)
+                    } else {
+                        taken.iter().find(|(_, n)| **n > 0).map(|(c, _)| *c)
+                    };
+                    if let Some(h) = holder
+                        && let Some(n) = taken.get_mut(&h)
+                    {
+                        *n -= 1;
+                        if *n == 0 {
+                            taken.remove(&h);
+                        }
+                    }
+                    notify = true;
+                }
+                Op::SemValue => {
+                    f.end()?;
+                    let st = self.lock();
+                    let Some(Obj::Sem { value, .. }) = st.objects.get(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    out.u64(*value);
+                }
+                Op::CondWait => {
+                    let token = f.u64()?;
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let notified = self.cond_wait(client, id, token, deadline_of(ms))?;
+                    out.u8(u8::from(notified));
+                }
+                Op::CondNotify => {
+                    let token = f.u64()?;
+                    let n = f.u64()?;
+                    f.end()?;
+                    let mut st = self.lock();
+                    let Some(Obj::Cond {
+                        lock,
+                        waiting,
+                        notified,
+                        ..
+                    }) = st.objects.get_mut(&id)
+                    else {
+                        return Err(Fault::Bad);
+                    };
+                    if lock.owner.map(|(t, _)| t) != Some(token) {
+                        return Err(op_err(
+                            ErrorKind::NotOwner,
+                            "notify on a condition whose lock this thread does not hold",
+                        ));
+                    }
+                    for _ in 0..n {
+                        match waiting.pop_front() {
+                            Some(t) => {
+                                notified.insert(t);
+                            }
+                            None => break,
+                        }
+                    }
+                    notify = true;
+                }
+                Op::EventSet | Op::EventClear | Op::EventIsSet => {
+                    f.end()?;
+                    let mut st = self.lock();
+                    let Some(Obj::Event(flag)) = st.objects.get_mut(&id) else {
+                        return Err(Fault::Bad);
+                    };
+                    match op {
+                        Op::EventSet => {
+                            *flag = true;
+                            notify = true;
+                        }
+                        Op::EventClear => *flag = false,
+                        _ => {
+                            out.u8(u8::from(*flag));
+                        }
+                    }
+                }
+                Op::EventWait => {
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let set = self.wait_for(
+                        client,
+                        deadline_of(ms),
+                        |st| match st.objects.get(&id) {
+                            Some(Obj::Event(flag)) => Ok(flag.then_some(())),
+                            _ => Err(Fault::Bad),
+                        },
+                        |_| {},
+                    )?;
+                    out.u8(u8::from(set.is_some()));
+                }
+                Op::BarrierWait => {
+                    let ms = f.u64()?;
+                    f.end()?;
+                    let index = self.barrier_wait(client, id, deadline_of(ms))?;
+                    out.u64(index);
+                }
+                Op::BarrierAbort | Op::BarrierReset | Op::BarrierWaiting | Op::BarrierBroken => {
+                    f.end()?;
+                    let mut st = self.lock();
+                    let Some(Obj::Barrier {
+                        count,
+                        broken,
+                        resets,
+                        ..
+                    }) = st.objects.get_mut(&id)
+                    else {
+                        return Err(Fault::Bad);
+                    };
+                    match op {
+                        Op::BarrierAbort => {
+                            *broken = true;
+                            notify = true;
+                        }
+                        Op::BarrierReset => {
+                            // Waiters now see a broken barrier; later ones a fresh one.
+                            if *count > 0 {
+                                *resets += 1;
+                            }
+                            *count = 0;
+                            *broken = false;
+                            notify = true;
+                        }
+                        Op::BarrierWaiting => {
+                            out.u64(*count);
+                        }
+                        _ => {
+                            out.u8(u8::from(*broken));
+                        }
+                    }
+                }
+            }
+        }
+        if notify {
+            self.changed.notify_all();
+        }
+        Ok(undo)
+    }
+
+    fn cond_wait(
+        &self,
+        client: &Client<'_>,
+        id: u64,
+        token: u64,
+        deadline: Option<Instant>,
+    ) -> Result<bool, Fault> {
+        // Release the lock (every level) and join the waiters.
+        let (ticket, levels) = {
+            let mut st = self.lock();
+            let Some(Obj::Cond {
+                lock,
+                next_ticket,
+                waiting,
+                ..
+            }) = st.objects.get_mut(&id)
+            else {
+                return Err(Fault::Bad);
+            };
+            if lock.owner.map(|(t, _)| t) != Some(token) {
+                return Err(op_err(
+                    ErrorKind::NotOwner,
+                    "wait on a condition whose lock this thread does not hold",
+                ));
+            }
+            let levels = lock.count;
+            *lock = Owned::default();
+            *next_ticket += 1;
+            waiting.push_back(*next_ticket);
+            (*next_ticket, levels)
+        };
+        self.changed.notify_all();
+        let forget = |st: &mut State| {
+            if let Some(Obj::Cond {
+                waiting, notified, ..
+            }) = st.objects.get_mut(&id)
+            {
+                waiting.retain(|t| *t != ticket);
+                notified.remove(&ticket);
+            }
+        };
+        let woken = self.wait_for(
+            client,
+            deadline,
+            |st| match st.objects.get_mut(&id) {
+                Some(Obj::Cond { notified, .. }) => Ok(notified.remove(&ticket).then_some(())),
+                _ => Err(Fault::Bad),
+            },
+            forget,
+        );
+        let woken = match woken {
+            Ok(w) => w.is_some(),
+            Err(e) => {
+                forget(&mut self.lock());
+                return Err(e);
+            }
+        };
+        // Take the lock back, at the level it was held.
+        let conn = client.id;
+        self.wait_for(
+            client,
+            None,
+            |st| match st.objects.get_mut(&id) {
+                Some(Obj::Cond { lock, .. }) => Ok(lock.try_take(token, conn, false).map(|_| {
+                    lock.count = levels;
+                })),
+                _ => Err(Fault::Bad),
+            },
+            |_| {},
+        )?;
+        Ok(woken)
+    }
+
+    fn barrier_wait(
+        &self,
+        client: &Client<'_>,
+        id: u64,
+        deadline: Option<Instant>,
+    ) -> Result<u64, Fault> {
+        let broken_err = || op_err(ErrorKind::BrokenBarrier, "the barrier is broken");
+        let (index, arrived_in, reset) = {
+            let mut st = self.lock();
+            let Some(Obj::Barrier {
+                parties,
+                count,
+                generation,
+                broken,
+                resets,
+            }) = st.objects.get_mut(&id)
+            else {
+                return Err(Fault::Bad);
+            };
+            if *broken {
+                return Err(broken_err());
+            }
+            let index = *count;
+            *count += 1;
+            if *count == *parties {
+                *count = 0;
+                *generation += 1;
+                drop(st);
+                self.changed.notify_all();
+                return Ok(index);
+            }
+            (index, *generation, *resets)
+        };
+        let break_it = |st: &mut State| {
+            if let Some(Obj::Barrier { broken, count, .. }) = st.objects.get_mut(&id) {
+                *broken = true;
+                *count = count.saturating_sub(1);
+            }
+        };
+        let passed = self.wait_for(
+            client,
+            deadline,
+            |st| match st.objects.get(&id) {
+                Some(Obj::Barrier {
+                    generation,
+                    broken,
+                    resets,
+                    ..
+                }) => {
+                    if *generation != arrived_in {
+                        Ok(Some(true))
+                    } else if *broken || *resets != reset {
+                        Ok(Some(false))
+                    } else {
+                        Ok(None)
+                    }
+                }
+                _ => Err(Fault::Bad),
+            },
+            break_it,
+        );
+        match passed {
+            Ok(Some(true)) => Ok(index),
+            Ok(Some(false)) | Ok(None) => Err(broken_err()),
+            Err(e) => {
+                // A waiter that died breaks the barrier for the others.
+                break_it(&mut self.lock());
+                self.changed.notify_all();
+                Err(e)
+            }
+        }
+    }
+}
+
+fn release_owned(owned: &mut Owned, token: u64) -> Result<(), Fault> {
+    match owned.owner {
+        Some((t, _)) if t == token => {
+            owned.count -= 1;
+            if owned.count == 0 {
+                owned.owner = None;
+            }
+            Ok(())
+        }
+        _ => Err(op_err(
+            ErrorKind::NotOwner,
+            "release of a lock this thread does not hold",
+        )),
+    }
+}
+
+fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
+    let kind = ObjKind::from_u8(f.u8()?).ok_or(Fault::Bad)?;
+    Ok(match kind {
+        ObjKind::Map => Obj::Map(HashMap::new()),
+        ObjKind::Seq | ObjKind::FixedSeq => {
+            let n = f.count(8)?;
+            let mut items = Vec::with_capacity(n);
+            for _ in 0..n {
+                items.push(f.bytes()?.to_vec());
+            }
+            Obj::Seq {
+                items,
+                fixed: kind == ObjKind::FixedSeq,
+            }
+        }
+        ObjKind::Value => Obj::Value(f.bytes()?.to_vec()),
+        ObjKind::Queue => Obj::Queue {
+            items: VecDeque::new(),
+            max: usize::try_from(f.u64()?).map_err(|_| Fault::Bad)?,
+        },
+        ObjKind::Lock => Obj::Lock { holder: None },
+        ObjKind::RLock => Obj::RLock(Owned::default()),
+        ObjKind::Semaphore | ObjKind::BoundedSemaphore => {
+            let n = f.u64()?;
+            Obj::Sem {
+                value: n,
+                max: (kind == ObjKind::BoundedSemaphore).then_some(n),
+                taken: HashMap::new(),
+            }
+        }
+        ObjKind::Condition => Obj::Cond {
+            lock: Owned::default(),
+            next_ticket: 0,
+            waiting: VecDeque::new(),
+            notified: HashSet::new(),
+        },
+        ObjKind::Event => Obj::Event(false),
+        ObjKind::Barrier => {
+            let parties = f.u64()?;
+            if parties == 0 {
+                return Err(Fault::Bad);
+            }
+            Obj::Barrier {
+                parties,
+                count: 0,
+                generation: 0,
+                broken: false,
+                resets: 0,
+            }
+        }
+    })
+}
+
+fn map_op(
+    op: Op,
+    map: &mut HashMap<Vec<u8>, Vec<u8>>,
+    f: &mut Fields<'_>,
+    out: &mut Frame,
+) -> Result<(), Fault> {
+    match op {
+        Op::MapGet => {
+            out.opt(map.get(f.bytes()?).map(Vec::as_slice));
+        }
+        Op::MapInsert => {
+            let k = f.bytes()?.to_vec();
+            let v = f.bytes()?.to_vec();
+            out.opt(map.insert(k, v).as_deref());
+        }
+        Op::MapRemove => {
+            out.opt(map.remove(f.bytes()?).as_deref());
+        }
+        Op::MapContains => {
+            out.u8(u8::from(map.contains_key(f.bytes()?)));
+        }
+        Op::MapLen => {
+            out.u64(map.len() as u64);
+        }
+        Op::MapKeys => {
+            out.u64(map.len() as u64);
+            for k in map.keys() {
+                out.bytes(k);
+            }
+        }
+        Op::MapValues => {
+            out.u64(map.len() as u64);
+            for v in map.values() {
+                out.bytes(v);
+            }
+        }
+        Op::MapItems => {
+            out.u64(map.len() as u64);
+            for (k, v) in map.iter() {
+                out.bytes(k).bytes(v);
+            }
+        }
+        Op::MapUpdate => {
+            let n = f.count(16)?;
+            for _ in 0..n {
+                let k = f.bytes()?.to_vec();
+                let v = f.bytes()?.to_vec();
+                map.insert(k, v);
+            }
+        }
+        Op::MapClear => map.clear(),
+        _ => return Err(Fault::Bad),
+    }
+    Ok(())
+}
+
+fn out_of_range(i: u64, len: usize) -> Fault {
+    op_err(
+        ErrorKind::OutOfRange,
+        format!("index {i} is out of range for a sequence of length {len}"),
+    )
+}
+
+fn seq_op(
+    op: Op,
+    items: &mut Vec<Vec<u8>>,
+    fixed: bool,
+    f: &mut Fields<'_>,
+    out: &mut Frame,
+) -> Result<(), Fault> {
+    let resizes = matches!(
+        op,
+        Op::SeqPush | Op::SeqPop | Op::SeqInsert | Op::SeqRemove | Op::SeqExtend
+    );
+    if fixed && resizes {
+        return Err(Fault::Bad);
+    }
+    match op {
+        Op::SeqPush => items.push(f.bytes()?.to_vec()),
+        Op::SeqGet => {
+            let i = f.u64()?;
+            out.opt(
+                usize::try_from(i)
+                    .ok()
+                    .and_then(|i| items.get(i))
+                    .map(Vec::as_slice),
+            );
+        }
+        Op::SeqSet => {
+            let i = f.u64()?;
+            let v = f.bytes()?;
+            let len = items.len();
+            match usize::try_from(i).ok().and_then(|i| items.get_mut(i)) {
+                Some(slot) => *slot = v.to_vec(),
+                None => return Err(out_of_range(i, len)),
+            }
+        }
+        Op::SeqPop => {
+            let at = if f.bool()? { Some(f.u64()?) } else { None };
+            let got = match at {
+                None => items.pop(),
+                Some(i) => match usize::try_from(i) {
+                    Ok(i) if i < items.len() => Some(items.remove(i)),
+                    _ => None,
+                },
+            };
+            out.opt(got.as_deref());
+        }
+        Op::SeqInsert => {
+            let i = f.u64()?;
+            let v = f.bytes()?.to_vec();
+            let at = usize::try_from(i).unwrap_or(usize::MAX).min(items.len());
+            items.insert(at, v);
+        }
+        Op::SeqRemove => {
+            let v = f.bytes()?;
+            let found = items.iter().position(|x| x == v);
+            if let Some(i) = found {
+                items.remove(i);
+            }
+            out.u8(u8::from(found.is_some()));
+        }
+        Op::SeqLen => {
+            out.u64(items.len() as u64);
+        }
+        Op::SeqExtend => {
+            let n = f.count(8)?;
+            items.reserve(n);
+            for _ in 0..n {
+                items.push(f.bytes()?.to_vec());
+            }
+        }
+        Op::SeqSnapshot => {
+            out.u64(items.len() as u64);
+            for v in items.iter() {
+                out.bytes(v);
+            }
+        }
+        _ => return Err(Fault::Bad),
+    }
+    Ok(())
+}
+
+/// Serves clients that dial through `dial` (a local manager's server):
+/// returns when nobody can dial any more and every connection has ended.
+pub(crate) fn serve_local(dial: OwnedFd) {
+    let server = Arc::new(Server::default());
+    loop {
+        match internals::recv_dialed(dial.as_fd()) {
+            Ok(Some(fds)) => {
+                // One connection per message; anything else is dropped.
+                let mut fds = fds.into_iter();
+                let (Some(fd), None) = (fds.next(), fds.next()) else {
+                    continue;
+                };
+                let stream = UnixStream::from(fd);
+                let server = Arc::clone(&server);
+                let _ = std::thread::Builder::new()
+                    .name("manager-conn".into())
+                    .spawn(move || server.serve_connection(stream));
+            }
+            Ok(None) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    server.wait_idle();
+}
+
+/// At most this many connections may be in the authentication handshake
+/// at once; more are closed at once. Each holds a thread for up to
+/// `HANDSHAKE_TIMEOUT`, so a flood of connections that never finish the
+/// handshake costs a bounded number of threads.
+const MAX_HANDSHAKES: usize = 128;
+
+/// Counts a connection in the handshake while it lives.
+struct Handshaking(Arc<AtomicUsize>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves authenticated TCP clients from `listener` for ever.
+pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
+    let server = Arc::new(Server::default());
+    let key: Arc<[u8]> = Arc::from(authkey);
+    let handshaking = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((stream, _)) => stream,
+            Err(e) => match e.kind() {
+                std::io::ErrorKind::Interrupted
+                | std::io::ErrorKind::ConnectionAborted
+                | std::io::ErrorKind::ConnectionReset => continue,
+                _ if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+                ) =>
+                {
+                    // Out of descriptors: let connections end, then go on.
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+                _ => return Err(Error::io("accepting a manager connection", e)),
+            },
+        };
+        if handshaking.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            handshaking.fetch_sub(1, Ordering::AcqRel);
+            drop(stream);
+            continue;
+        }
+        let pending = Handshaking(Arc::clone(&handshaking));
+        let server = Arc::clone(&server);
+        let key = Arc::clone(&key);
+        let _ = std::thread::Builder::new()
+            .name("manager-tcp".into())
+            .spawn(move || {
+                let mut stream = stream;
+                let _ = stream.set_nodelay(true);
+                internals::tcp_keepalive(stream.as_fd());
+                let _ = stream.set_read_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
+                let _ = stream.set_write_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
+                let accepted = super::auth::accept(&mut stream, &key);
+                drop(pending);
+                if accepted.is_err() {
+                    return;
+                }
+                let _ = stream.set_read_timeout(None);
+                let _ = stream.set_write_timeout(None);
+                server.serve_connection(stream);
+            });
+    }
+}

@@ -1,0 +1,794 @@
+//! The Manager across real processes: proxies in children, proxies sent
+//! through queues and pipes, faults (a client killed holding a lock, a
+//! server killed under its clients, bad bytes), and the capability model.
+
+use std::collections::HashSet;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use multiproc::{
+    Connection, DictProxy, ErrorKind, EventProxy, ListProxy, LockProxy, Manager, NamespaceProxy,
+    Pipe, Queue, SemaphoreProxy, entry, process_entry, spawn,
+};
+use serde::{Deserialize, Serialize};
+
+/// A bound on how long anything here may take; never a synchronisation.
+const BOUND: Duration = Duration::from_secs(20);
+
+#[process_entry]
+fn add_one(old: Option<u64>) -> u64 {
+    old.unwrap_or(0) + 1
+}
+
+#[process_entry]
+fn hammer(d: DictProxy<String, u64>, l: ListProxy<u32>, who: u32, times: u32) {
+    for i in 0..times {
+        d.update_with("count".into(), entry!(add_one)).unwrap();
+        d.insert(format!("{who}-{i}"), u64::from(i)).unwrap();
+        l.push(who).unwrap();
+    }
+}
+
+#[test]
+fn children_mutate_dict_and_list_and_nothing_is_lost() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<String, u64>().unwrap();
+    let l = manager.list::<u32>(vec![]).unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|who| spawn!(hammer, d.clone(), l.clone(), who, 50).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!(d.get(&"count".into()).unwrap(), Some(200));
+    assert_eq!(d.len().unwrap(), 201);
+    let snap = d.snapshot().unwrap();
+    for who in 0..4 {
+        for i in 0..50u32 {
+            assert_eq!(snap[&format!("{who}-{i}")], u64::from(i));
+        }
+    }
+    let items = l.snapshot().unwrap();
+    assert_eq!(items.len(), 200);
+    for who in 0..4 {
+        assert_eq!(items.iter().filter(|x| **x == who).count(), 50);
+    }
+}
+
+#[test]
+fn dict_and_list_methods() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, String>().unwrap();
+    assert_eq!(d.insert(1, "a".into()).unwrap(), None);
+    assert_eq!(d.insert(1, "b".into()).unwrap(), Some("a".into()));
+    d.update([(2, "c".to_string()), (3, "d".to_string())])
+        .unwrap();
+    assert!(d.contains_key(&2).unwrap());
+    assert_eq!(d.remove(&2).unwrap(), Some("c".into()));
+    assert!(!d.contains_key(&2).unwrap());
+    let mut keys = d.keys().unwrap();
+    keys.sort();
+    assert_eq!(keys, vec![1, 3]);
+    let mut values = d.values().unwrap();
+    values.sort();
+    assert_eq!(values, vec!["b".to_string(), "d".to_string()]);
+    d.clear().unwrap();
+    assert!(d.is_empty().unwrap());
+
+    let l = manager.list(vec![1i32, 2, 3]).unwrap();
+    l.insert(0, 0).unwrap();
+    l.extend([4, 5]).unwrap();
+    l.set(5, 50).unwrap();
+    assert_eq!(l.set(6, 1).unwrap_err().kind(), ErrorKind::OutOfRange);
+    assert_eq!(l.get(5).unwrap(), Some(50));
+    assert_eq!(l.get(6).unwrap(), None);
+    assert!(l.remove(&2).unwrap());
+    assert!(!l.remove(&2).unwrap());
+    assert_eq!(l.pop().unwrap(), Some(50));
+    assert_eq!(l.pop_at(0).unwrap(), Some(0));
+    assert_eq!(l.snapshot().unwrap(), vec![1, 3, 4]);
+    assert_eq!(l.len().unwrap(), 3);
+
+    let ns = manager.namespace().unwrap();
+    ns.set("x", &vec![1u8, 2]).unwrap();
+    assert_eq!(ns.get::<Vec<u8>>("x").unwrap(), Some(vec![1, 2]));
+    assert!(ns.get::<String>("x").is_err() || ns.get::<String>("x").unwrap().is_some());
+    assert!(ns.remove("x").unwrap());
+    assert_eq!(ns.get::<u8>("x").unwrap(), None);
+}
+
+/// A message that carries proxies inside it.
+#[derive(Serialize, Deserialize)]
+struct Job {
+    d: DictProxy<String, String>,
+    ns: NamespaceProxy,
+    tag: String,
+}
+
+#[process_entry]
+fn take_jobs(jobs: Queue<Job>, conn: Connection<ListProxy<String>>) {
+    let l = conn.recv().unwrap();
+    while let Ok(job) = jobs.get() {
+        job.d.insert(job.tag.clone(), "done".into()).unwrap();
+        job.ns.set(&job.tag, &true).unwrap();
+        l.push(job.tag).unwrap();
+    }
+}
+
+#[test]
+fn proxies_travel_through_queues_and_pipes_nested_in_messages() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<String, String>().unwrap();
+    let ns = manager.namespace().unwrap();
+    let l = manager.list::<String>(vec![]).unwrap();
+    let jobs = Queue::new().unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(take_jobs, jobs.clone(), theirs).unwrap();
+    mine.send(&l).unwrap();
+    for tag in ["a", "b", "c"] {
+        jobs.put(Job {
+            d: d.clone(),
+            ns: ns.clone(),
+            tag: tag.into(),
+        })
+        .unwrap();
+    }
+    jobs.close();
+    child.join().unwrap();
+    assert_eq!(d.len().unwrap(), 3);
+    assert_eq!(ns.get::<bool>("b").unwrap(), Some(true));
+    assert_eq!(l.snapshot().unwrap(), vec!["a", "b", "c"]);
+}
+
+#[process_entry]
+fn hold_lock_forever(lock: LockProxy, sem: SemaphoreProxy, ready: Connection<u8>) {
+    let guard = lock.lock().unwrap();
+    let permit = sem.acquire().unwrap();
+    ready.send(&1).unwrap();
+    // Wait to be killed.
+    let _ = ready.recv();
+    drop((guard, permit));
+}
+
+#[test]
+fn a_client_killed_holding_a_lock_and_a_permit_gives_them_back() {
+    let manager = Manager::start().unwrap();
+    let lock = manager.lock().unwrap();
+    let sem = manager.semaphore(1).unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(hold_lock_forever, lock.clone(), sem.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    assert!(lock.try_lock().unwrap().is_none(), "the child holds it");
+    assert!(sem.try_acquire().unwrap().is_none(), "the child holds it");
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    let guard = lock.lock_timeout(BOUND).unwrap();
+    assert!(guard.is_some(), "the lock of a killed client is released");
+    let permit = sem.acquire_timeout(BOUND).unwrap();
+    assert!(
+        permit.is_some(),
+        "the permit of a killed client is given back"
+    );
+}
+
+#[process_entry]
+fn wait_for_event(ev: EventProxy, lock: LockProxy, ready: Connection<u8>) -> String {
+    let _guard = lock.lock().unwrap();
+    ready.send(&1).unwrap();
+    match ev.wait() {
+        Ok(()) => "set".into(),
+        Err(e) => format!("{:?}: {e}", e.kind()),
+    }
+}
+
+#[test]
+fn a_blocked_client_stalls_no_one_else() {
+    let manager = Manager::start().unwrap();
+    let ev = manager.event().unwrap();
+    let lock = manager.lock().unwrap();
+    let d = manager.dict::<u32, u32>().unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(wait_for_event, ev.clone(), lock.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // The child waits on the event on the server; we go on.
+    for i in 0..100 {
+        d.insert(i, i).unwrap();
+    }
+    assert!(lock.try_lock().unwrap().is_none());
+    // And in another thread of ours, while this one waits on the lock.
+    let waiter = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.lock_timeout(BOUND).unwrap().is_some())
+    };
+    assert_eq!(d.len().unwrap(), 100);
+    ev.set().unwrap();
+    assert_eq!(child.join().unwrap(), "set");
+    assert!(waiter.join().unwrap());
+}
+
+#[process_entry]
+fn call_after_server_death(d: DictProxy<u8, u8>, lock: LockProxy, ready: Connection<u8>) -> String {
+    let _held = lock.lock().unwrap();
+    ready.send(&1).unwrap();
+    let _ = ready.recv();
+    match d.get(&1) {
+        Ok(v) => format!("unexpected {v:?}"),
+        Err(e) => format!("{:?}", e.kind()),
+    }
+}
+
+#[test]
+fn a_dead_server_fails_every_call_promptly_with_disconnected() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    let lock = manager.lock().unwrap();
+    let q = manager.queue::<u8>(None).unwrap();
+    d.insert(1, 1).unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(call_after_server_death, d.clone(), lock.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // Blocked on the server in two threads: a lock and a queue.
+    let (tx, rx) = std::sync::mpsc::channel();
+    {
+        let (lock, tx) = (lock.clone(), tx.clone());
+        std::thread::spawn(move || tx.send(lock.lock().map(drop).unwrap_err().kind()));
+    }
+    {
+        let q = q.clone();
+        std::thread::spawn(move || tx.send(q.get().unwrap_err().kind()));
+    }
+    // Kill the server (not through the Manager).
+    let pid = manager.pid().unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let start = Instant::now();
+    for _ in 0..2 {
+        let kind = rx.recv_timeout(BOUND).expect("a blocked call returned");
+        assert_eq!(kind, ErrorKind::Disconnected);
+    }
+    assert_eq!(d.get(&1).unwrap_err().kind(), ErrorKind::Disconnected);
+    assert_eq!(d.insert(2, 2).unwrap_err().kind(), ErrorKind::Disconnected);
+    assert_eq!(
+        manager.dict::<u8, u8>().unwrap_err().kind(),
+        ErrorKind::Disconnected
+    );
+    mine.send(&2).unwrap();
+    assert_eq!(child.join().unwrap(), "Disconnected");
+    assert!(start.elapsed() < BOUND);
+    // Shutting down a manager whose server is gone is fine.
+    manager.shutdown().unwrap();
+}
+
+#[test]
+fn shutdown_stops_the_server_and_proxies_report_it() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    let pid = manager.pid().unwrap();
+    manager.shutdown().unwrap();
+    assert_eq!(d.len().unwrap_err().kind(), ErrorKind::Disconnected);
+    // Reaped: no such process any more.
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// Waits (within [`BOUND`]) until `f` holds.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < BOUND, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn bad_bytes_cost_a_local_client_its_connection_only() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let pid = manager.pid().unwrap();
+    let before = fd_count(pid);
+    let cases: Vec<Vec<u8>> = vec![
+        b"\xff\xff\xff\xffgarbage".to_vec(), // over the length cap
+        vec![3, 0, 0, 0, 200, 1, 2],         // unknown op
+        vec![9, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0], // a map op, no key
+        vec![13, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255], // key longer than the frame
+        (0..=255u8).cycle().take(10_000).collect(),                        // noise
+    ];
+    for bytes in cases {
+        let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
+        raw.write_all(&bytes).unwrap();
+        // A frame that announces more than it brings ends with the stream.
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        // The server closes the connection: end of stream, no reply.
+        let _ = raw.read_to_end(&mut rest);
+        assert!(rest.is_empty(), "no reply to garbage: {rest:?}");
+    }
+    // Half a frame, then the client goes away.
+    let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
+    raw.write_all(&[100, 0, 0, 0, 10]).unwrap();
+    drop(raw);
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+    eventually("the server's descriptors are back", || {
+        fd_count(pid) == before
+    });
+}
+
+#[test]
+fn a_local_server_has_no_name_anyone_could_connect_to() {
+    fn listing(dir: &str) -> HashSet<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    let shm_before = listing("/dev/shm");
+    let tmp_before = listing("/tmp");
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let pid = manager.pid().unwrap();
+    // Every socket of the server, and none of them named.
+    let mut inodes = HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap() {
+        let fd = fd.unwrap();
+        // stdin, stdout and stderr are the parent's, wherever they point.
+        if ["0", "1", "2"].contains(&fd.file_name().to_string_lossy().as_ref()) {
+            continue;
+        }
+        let target = std::fs::read_link(fd.path()).unwrap();
+        let target = target.to_string_lossy();
+        assert!(
+            !target.starts_with("/tmp") && !target.starts_with("/dev/shm"),
+            "{target}"
+        );
+        if let Some(ino) = target.strip_prefix("socket:[") {
+            inodes.insert(ino.trim_end_matches(']').to_string());
+        }
+    }
+    assert!(inodes.len() >= 2, "the dial socket and a connection");
+    let unix = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let mut seen = 0;
+    for line in unix.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() >= 7 && inodes.contains(cols[6]) {
+            seen += 1;
+            assert_eq!(cols.len(), 7, "a socket of the server has a name: {line}");
+        }
+    }
+    assert!(seen >= 2, "the server's sockets are listed: {seen}");
+    // Nothing new under /dev/shm; no new socket file under /tmp.
+    assert!(listing("/dev/shm").is_subset(&shm_before));
+    for name in listing("/tmp").difference(&tmp_before) {
+        let meta = std::fs::symlink_metadata(format!("/tmp/{name}"));
+        if let Ok(meta) = meta {
+            use std::os::unix::fs::FileTypeExt;
+            assert!(!meta.file_type().is_socket(), "/tmp/{name}");
+        }
+    }
+}
+
+// ---- Remote: TCP with an authkey ----
+
+use std::net::{TcpListener, TcpStream};
+
+use multiproc::{Fd, JoinHandle};
+
+const KEY: &[u8] = b"correct horse battery staple";
+
+#[process_entry]
+fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
+    let listener = TcpListener::from(listener.into_owned_fd());
+    match Manager::serve_on(listener, &key) {
+        Ok(()) => "returned".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// A remote server in a child process, its address, and a kill-on-drop guard.
+struct Remote {
+    addr: String,
+    server: Option<JoinHandle<String>>,
+}
+
+impl Remote {
+    fn start() -> Remote {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = spawn!(
+            serve_remote,
+            Fd::from(std::os::fd::OwnedFd::from(listener)),
+            KEY.to_vec()
+        )
+        .unwrap();
+        Remote {
+            addr,
+            server: Some(server),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.server.as_ref().unwrap().pid()
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.join();
+        }
+    }
+}
+
+#[process_entry]
+fn remote_child(d: DictProxy<String, u32>, lock: LockProxy, n: u32) {
+    let _guard = lock.lock().unwrap();
+    d.insert(format!("child {n}"), n).unwrap();
+    d.update_with("total".into(), entry!(add_u32)).unwrap();
+}
+
+#[process_entry]
+fn add_u32(old: Option<u32>) -> u32 {
+    old.unwrap_or(0) + 1
+}
+
+#[test]
+fn a_remote_manager_serves_clients_and_its_proxies_pass_to_children() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let lock = manager.lock().unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|n| spawn!(remote_child, d.clone(), lock.clone(), n).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!(d.get(&"total".into()).unwrap(), Some(3));
+    assert_eq!(d.len().unwrap(), 4);
+    // Connections probe a silent peer, so a vanished one is noticed.
+    let raw = manager.__raw_connection().unwrap();
+    assert!(rustix::net::sockopt::socket_keepalive(&raw).unwrap());
+    assert!(rustix::net::sockopt::tcp_nodelay(&raw).unwrap());
+}
+
+#[test]
+fn a_wrong_key_fails_at_connect_with_auth_and_the_server_keeps_serving() {
+    let remote = Remote::start();
+    let err = Manager::connect(&remote.addr, b"wrong key").unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    assert_eq!(err.kind(), ErrorKind::Auth);
+    let err = Manager::connect(&remote.addr, b"").unwrap_err();
+    assert!(err.is_auth(), "{err}");
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    assert_eq!(l.snapshot().unwrap(), vec![1]);
+}
+
+#[test]
+fn connecting_where_nothing_listens_is_disconnected() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    drop(listener);
+    let err = Manager::connect(&addr, KEY).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+}
+
+#[process_entry]
+fn fresh_client(addr: String, d: DictProxy<String, u32>) -> Option<u32> {
+    // A new process: a new connection (and handshake) to the server.
+    let manager = Manager::connect(&addr, KEY).unwrap();
+    let mine = manager.dict::<u8, u8>().unwrap();
+    mine.insert(1, 2).unwrap();
+    d.get(&"x".into()).unwrap()
+}
+
+#[test]
+fn abuse_costs_a_remote_server_nothing_lasting() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    d.insert("x".into(), 7).unwrap();
+    let pid = remote.pid();
+    let before = fd_count(pid);
+
+    // Random bytes instead of a handshake, long and short.
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut noise = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect()
+    };
+    for len in [1, 7, 40, 72, 73, 4096, 1 << 20] {
+        let mut s = TcpStream::connect(&remote.addr).unwrap();
+        let _ = s.write_all(&noise(len));
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        // At most the challenge and a refusal; never more.
+        assert!(rest.len() <= 41, "{}", rest.len());
+    }
+    // A truncated handshake answer, then the client leaves.
+    {
+        let mut s = TcpStream::connect(&remote.addr).unwrap();
+        let mut hello = [0u8; 40];
+        s.read_exact(&mut hello).unwrap();
+        s.write_all(&hello[..20]).unwrap();
+    }
+    // Authenticated clients sending bad frames: over the cap, truncated,
+    // garbage fields.
+    for bytes in [
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        vec![100, 0, 0, 0, 10, 1],
+        vec![3, 0, 0, 0, 200, 1, 2],
+        noise(10_000),
+    ] {
+        let mut s = TcpStream::from(manager.__raw_connection().unwrap());
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.get(4) != Some(&0), "no success reply to garbage");
+    }
+    // Half a frame, and a half handshake, that then stall: others are served meanwhile.
+    let mut stalled_frame = TcpStream::from(manager.__raw_connection().unwrap());
+    stalled_frame.write_all(&[50, 0, 0, 0, 10, 1, 0]).unwrap();
+    let mut stalled_hello = TcpStream::connect(&remote.addr).unwrap();
+    stalled_hello.write_all(b"MPAUTH").unwrap();
+    // 1,000 connections opened and dropped.
+    for _ in 0..1000 {
+        drop(TcpStream::connect(&remote.addr).unwrap());
+    }
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    let child = spawn!(fresh_client, remote.addr.clone(), d.clone()).unwrap();
+    assert_eq!(child.join().unwrap(), Some(7));
+    drop((stalled_frame, stalled_hello));
+    eventually("the server's descriptors are back", || {
+        fd_count(pid) == before
+    });
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+}
+
+// ---- The other proxies, across processes ----
+
+use multiproc::{ArrayProxy, BarrierProxy, ConditionProxy, QueueProxy, RLockProxy, ValueProxy};
+
+#[process_entry]
+fn produce(q: QueueProxy<u32>, from: u32) {
+    for i in from..from + 100 {
+        q.put(i).unwrap();
+    }
+}
+
+#[test]
+fn a_bounded_queue_carries_every_item_once_between_processes() {
+    let manager = Manager::start().unwrap();
+    let q = manager.queue::<u32>(Some(4)).unwrap();
+    let kids: Vec<_> = (0..3)
+        .map(|k| spawn!(produce, q.clone(), k * 1000).unwrap())
+        .collect();
+    let mut got = Vec::new();
+    for _ in 0..300 {
+        got.push(q.get_timeout(BOUND).unwrap().expect("an item"));
+        assert!(q.len().unwrap() <= 4);
+    }
+    for k in kids {
+        k.join().unwrap();
+    }
+    got.sort();
+    let want: Vec<u32> = (0..3).flat_map(|k| k * 1000..k * 1000 + 100).collect();
+    assert_eq!(got, want);
+    assert!(q.is_empty().unwrap());
+    assert_eq!(q.try_get().unwrap(), None);
+    for i in 0..4 {
+        assert_eq!(q.try_put(i).unwrap(), None);
+    }
+    assert!(q.is_full().unwrap());
+    assert_eq!(
+        q.put_timeout(9, Duration::from_millis(20)).unwrap(),
+        Some(9)
+    );
+}
+
+#[process_entry]
+fn get_one(q: QueueProxy<u32>, ready: Connection<u8>) -> Option<u32> {
+    ready.send(&1).unwrap();
+    q.get().ok()
+}
+
+#[test]
+fn a_getter_killed_while_waiting_takes_no_item_with_it() {
+    let manager = Manager::start().unwrap();
+    let q = manager.queue::<u32>(None).unwrap();
+    let server = manager.pid().unwrap();
+    let without_getter = fd_count(server);
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(get_one, q.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // The child has sent its request and sleeps reading the reply, and
+    // the server has its connection.
+    eventually("the getter waits for its reply", || {
+        std::fs::read_to_string(format!("/proc/{}/wchan", child.pid()))
+            .is_ok_and(|w| w == "unix_stream_read_generic")
+    });
+    eventually("the server has the getter's connection", || {
+        fd_count(server) == without_getter + 1
+    });
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    // The server's wait for the dead getter ends and closes its connection
+    // (it looks at the connection while waiting), before any item comes.
+    eventually("the dead getter's connection is closed", || {
+        fd_count(server) == without_getter
+    });
+    q.put(42).unwrap();
+    assert_eq!(q.get_timeout(BOUND).unwrap(), Some(42));
+}
+
+#[process_entry]
+fn try_rlock(lock: RLockProxy) -> bool {
+    lock.try_lock().unwrap().is_some()
+}
+
+#[test]
+fn an_rlock_is_reentrant_for_its_owner_only() {
+    let manager = Manager::start().unwrap();
+    let lock = manager.rlock().unwrap();
+    let a = lock.lock().unwrap();
+    let b = lock.lock().unwrap();
+    assert!(!spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+    let other = {
+        let lock = lock.clone();
+        std::thread::spawn(move || lock.try_lock().unwrap().is_some())
+    };
+    assert!(!other.join().unwrap(), "another thread is not the owner");
+    drop(b);
+    assert!(!spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+    a.unlock().unwrap();
+    assert!(spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
+}
+
+#[test]
+fn a_bounded_semaphore_refuses_an_extra_release() {
+    let manager = Manager::start().unwrap();
+    let sem = manager.bounded_semaphore(2).unwrap();
+    let p = sem.acquire().unwrap();
+    assert_eq!(sem.value().unwrap(), 1);
+    drop(p);
+    assert_eq!(
+        sem.release().unwrap_err().kind(),
+        ErrorKind::TooManyReleases
+    );
+    let plain = manager.semaphore(0).unwrap();
+    plain.release().unwrap();
+    plain.acquire().unwrap().forget();
+    assert_eq!(plain.value().unwrap(), 0);
+}
+
+#[process_entry]
+fn wait_on_condition(cond: ConditionProxy, state: ValueProxy<u32>, ready: EventProxy) -> u32 {
+    let guard = cond.lock().unwrap();
+    ready.set().unwrap();
+    let guard = cond
+        .wait_while(guard, || state.get().unwrap() == 0)
+        .unwrap();
+    let v = state.get().unwrap();
+    drop(guard);
+    v
+}
+
+#[test]
+fn a_condition_wakes_a_waiter_in_another_process() {
+    let manager = Manager::start().unwrap();
+    let cond = manager.condition().unwrap();
+    let state = manager.value(0u32).unwrap();
+    let ready = manager.event().unwrap();
+    let child = spawn!(
+        wait_on_condition,
+        cond.clone(),
+        state.clone(),
+        ready.clone()
+    )
+    .unwrap();
+    assert!(ready.wait_timeout(BOUND).unwrap());
+    // The child set `ready` holding the lock: taking it means it is waiting.
+    let guard = cond.lock().unwrap();
+    state.set(&7).unwrap();
+    cond.notify(1).unwrap();
+    drop(guard);
+    assert_eq!(child.join().unwrap(), 7);
+    // Notify without the lock is refused.
+    assert_eq!(cond.notify_all().unwrap_err().kind(), ErrorKind::NotOwner);
+}
+
+#[process_entry]
+fn meet(b: BarrierProxy, arrivals: ListProxy<u64>) {
+    let index = b.wait_timeout(BOUND).unwrap();
+    arrivals.push(index).unwrap();
+}
+
+#[test]
+fn a_barrier_lets_parties_through_together_and_breaks_on_timeout() {
+    let manager = Manager::start().unwrap();
+    let b = manager.barrier(3).unwrap();
+    let arrivals = manager.list::<u64>(vec![]).unwrap();
+    let kids: Vec<_> = (0..2)
+        .map(|_| spawn!(meet, b.clone(), arrivals.clone()).unwrap())
+        .collect();
+    let mine = b.wait_timeout(BOUND).unwrap();
+    for k in kids {
+        k.join().unwrap();
+    }
+    let mut all = arrivals.snapshot().unwrap();
+    all.push(mine);
+    all.sort();
+    assert_eq!(all, vec![0, 1, 2]);
+    // Alone at a barrier of 3: the timeout breaks it, for later waiters too.
+    let err = b.wait_timeout(Duration::from_millis(20)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenBarrier);
+    assert!(b.is_broken().unwrap());
+    assert_eq!(b.wait().unwrap_err().kind(), ErrorKind::BrokenBarrier);
+    b.reset().unwrap();
+    assert!(!b.is_broken().unwrap());
+    assert_eq!(b.n_waiting().unwrap(), 0);
+}
+
+#[process_entry]
+fn bump_value(v: ValueProxy<u64>, a: ArrayProxy<u64>, slot: usize) {
+    for _ in 0..20 {
+        v.update_with(entry!(add_one)).unwrap();
+    }
+    a.set(slot, slot as u64 * 10).unwrap();
+}
+
+#[test]
+fn values_and_arrays_are_shared_and_update_with_is_atomic() {
+    let manager = Manager::start().unwrap();
+    let v = manager.value(0u64).unwrap();
+    let a = manager.array(vec![0u64; 4]).unwrap();
+    let kids: Vec<_> = (0..4)
+        .map(|slot| spawn!(bump_value, v.clone(), a.clone(), slot).unwrap())
+        .collect();
+    for k in kids {
+        k.join().unwrap();
+    }
+    assert_eq!(v.get().unwrap(), 80);
+    assert_eq!(a.snapshot().unwrap(), vec![0, 10, 20, 30]);
+    assert_eq!(a.len().unwrap(), 4);
+    assert_eq!(a.set(4, 1).unwrap_err().kind(), ErrorKind::OutOfRange);
+}
+
+#[process_entry]
+fn boom(_old: Option<u64>) -> u64 {
+    panic!("no update for you")
+}
+
+#[test]
+fn update_with_reports_a_panic_and_leaves_the_value() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u64>().unwrap();
+    d.insert(1, 5).unwrap();
+    let err = d.update_with(1, entry!(boom)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    assert_eq!(d.get(&1).unwrap(), Some(5));
+    // The server still serves.
+    assert_eq!(d.update_with(1, entry!(add_one)).unwrap(), 6);
+}
