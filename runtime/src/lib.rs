@@ -198,6 +198,7 @@ mod fd;
 mod info;
 mod pipe;
 mod poll;
+mod pool;
 mod process;
 mod queue;
 mod sync;
@@ -214,6 +215,7 @@ pub use crate::info::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
 pub use crate::pipe::{Connection, Pipe};
+pub use crate::pool::{AsyncResult, IMap, OneArg, Pool, PoolBuilder};
 pub use crate::process::{JoinHandle, Process};
 pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::sync::{

@@ -1,0 +1,199 @@
+//! Every point where the pool touches the crate's internals: the entry
+//! registry, the wire's encoding to bytes plus descriptors, and the error
+//! constructors. Kept in one file so that moving those internals means
+//! re-pointing only this.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, Once};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::proto::{Bytes, FailKind, Item, Outcome};
+use crate::entry::{RunFn, RunOutcome};
+use crate::error::{Error, ErrorKind, PanicReport};
+use crate::fd::Fd;
+use crate::wire::{OutFrame, decode};
+
+/// Checks, in the parent, that `name` is a registered entry.
+pub(super) fn check_entry(name: &str) -> Result<(), Error> {
+    crate::entry::lookup(name).map(drop)
+}
+
+/// Encodes one call's arguments (or any value) into bytes and the
+/// descriptors of the handles inside them.
+pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
+    let mut frame = OutFrame::new();
+    frame.encode(value)?;
+    let fds = frame
+        .fds()
+        .iter()
+        .map(|fd| fd.try_clone().map(Fd::from))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::io("duplicating a handle for a pool task", e))?;
+    Ok(Item {
+        bytes: Bytes(frame.payload().to_vec()),
+        fds,
+    })
+}
+
+/// Decodes a value [`encode`] made (in another process).
+pub(super) fn decode_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
+    decode(&item.bytes.0, into_owned(item.fds))
+}
+
+fn into_owned(fds: Vec<Fd>) -> Vec<OwnedFd> {
+    fds.into_iter().map(Fd::into_owned_fd).collect()
+}
+
+thread_local! {
+    static RUNNERS: RefCell<HashMap<String, RunFn>> = RefCell::new(HashMap::new());
+}
+
+/// Runs the entry `name` on encoded arguments, in a worker, through the
+/// same code path a child uses for its one entry.
+pub(super) fn run(name: &str, item: Item) -> Outcome {
+    let run = RUNNERS.with(|runners| {
+        if let Some(run) = runners.borrow().get(name) {
+            return Ok(*run);
+        }
+        let run = crate::entry::lookup(name)?.run();
+        runners.borrow_mut().insert(name.to_string(), run);
+        Ok::<_, Error>(run)
+    });
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => return failed(&e),
+    };
+    take_panic();
+    match run(&item.bytes.0, into_owned(item.fds)) {
+        RunOutcome::Value(frame) => {
+            let fds = frame.fds().iter().map(|fd| fd.try_clone().map(Fd::from));
+            match fds.collect::<Result<Vec<_>, _>>() {
+                Ok(fds) => Outcome::Value(Item {
+                    bytes: Bytes(frame.payload().to_vec()),
+                    fds,
+                }),
+                Err(e) => failed(&Error::io("duplicating a handle in a result", e)),
+            }
+        }
+        RunOutcome::Panicked => Outcome::Panicked(take_panic().unwrap_or_else(|| PanicReport {
+            message: "panic with no message".into(),
+            location: None,
+            backtrace: None,
+        })),
+        RunOutcome::Failed(e) => failed(&e),
+    }
+}
+
+fn failed(err: &Error) -> Outcome {
+    let kind = match err.kind() {
+        ErrorKind::Decode => FailKind::Decode,
+        ErrorKind::Encode => FailKind::Encode,
+        ErrorKind::UnknownEntry => FailKind::UnknownEntry,
+        _ => FailKind::Other,
+    };
+    Outcome::Failed {
+        kind,
+        message: err.to_string(),
+    }
+}
+
+static LAST_PANIC: Mutex<Option<PanicReport>> = Mutex::new(None);
+
+fn take_panic() -> Option<PanicReport> {
+    LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// In a worker: records each panic for the task's error, then hands it to
+/// the hook that was there (which prints it, as std does).
+pub(super) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload_as_str().unwrap_or("Box<dyn Any>").to_string();
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let backtrace = std::backtrace::Backtrace::capture();
+            let backtrace = match backtrace.status() {
+                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+                _ => None,
+            };
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(PanicReport {
+                message,
+                location,
+                backtrace,
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// An error of kind `kind` (the crate's constructor is internal).
+pub(super) fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
+    Error::new(kind, message)
+}
+
+/// The error of one item whose task failed in a worker.
+pub(super) fn item_error(outcome_kind: FailKind, message: String, context: String) -> Error {
+    let kind = match outcome_kind {
+        FailKind::Decode => ErrorKind::Decode,
+        FailKind::Encode => ErrorKind::Encode,
+        FailKind::UnknownEntry => ErrorKind::UnknownEntry,
+        FailKind::Other => ErrorKind::Io,
+    };
+    Error::new(kind, format!("{context}: {message}"))
+}
+
+/// The error of one item whose task panicked.
+pub(super) fn panic_error(report: PanicReport, context: String, process: String) -> Error {
+    Error::new(ErrorKind::Panicked, context)
+        .with_panic(report)
+        .in_process(process)
+}
+
+/// An error with all its parts given.
+pub(super) fn failure(
+    kind: ErrorKind,
+    message: String,
+    exitcode: Option<i32>,
+    process: Option<String>,
+) -> Error {
+    let mut err = Error::new(kind, message);
+    if let Some(code) = exitcode {
+        err = err.with_exitcode(code);
+    }
+    match process {
+        Some(process) => err.in_process(process),
+        None => err,
+    }
+}
+
+/// `signal 9 (SIGKILL)`.
+pub(super) fn signal_text(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    format!("signal {signal} ({name})")
+}
+
+/// Copies an error (errors are not `Clone`), prefixed with `context`.
+pub(super) fn copy_error(err: &Error, context: &str) -> Error {
+    let copy = Error::new(err.kind(), format!("{context}: {err}"));
+    match err.exitcode() {
+        Some(code) => copy.with_exitcode(code),
+        None => copy,
+    }
+}
