@@ -1,0 +1,139 @@
+//! Pool: per-task overhead of a trivial entry (chunk size 1, and Python's
+//! default chunk size), against the floor of one `Connection` message each
+//! way through one child; and a CPU-bound `map` (tasks of about 1 ms) over
+//! 2 workers, against rayon on 2 threads.
+//!
+//! `cargo bench --bench pool`; Python's `Pool` on the same workloads:
+//! `python3 benches/python/pool.py`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use multiproc::{Connection, Pipe, Pool, entry, process_entry, spawn};
+use rayon::prelude::*;
+
+#[process_entry]
+fn trivial(x: u64) -> u64 {
+    x + 1
+}
+
+/// About `iters` steps of a xorshift: CPU only, no memory traffic.
+#[process_entry]
+fn spin(iters: u64) -> u64 {
+    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64);
+    for _ in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    x
+}
+
+#[process_entry]
+fn echo(conn: Connection<u64>) {
+    while let Ok(x) = conn.recv() {
+        if conn.send(&(x + 1)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The iterations that make `spin` take about `target`.
+fn calibrate(target: Duration) -> u64 {
+    let mut iters = 10_000u64;
+    loop {
+        let start = Instant::now();
+        black_box(spin(iters));
+        let took = start.elapsed();
+        if took > Duration::from_millis(20) {
+            return (iters as f64 * target.as_secs_f64() / took.as_secs_f64()) as u64;
+        }
+        iters *= 2;
+    }
+}
+
+const TRIVIAL_TASKS: u64 = 20_000;
+const CPU_TASKS: usize = 100;
+
+fn overhead(c: &mut Criterion) {
+    let mut group = c.benchmark_group("pool per-task overhead");
+    group.throughput(Throughput::Elements(TRIVIAL_TASKS));
+    group.sample_size(20);
+
+    // Floor: one message each way per task, streamed through one child.
+    let (conn, theirs) = Pipe::<u64>::duplex().unwrap();
+    let child = spawn!(echo, theirs).unwrap();
+    let sender = conn.try_clone().unwrap();
+    group.bench_function("floor: Connection echo, 1 child", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for x in 0..TRIVIAL_TASKS {
+                        sender.send(&x).unwrap();
+                    }
+                });
+                let mut sum = 0;
+                for _ in 0..TRIVIAL_TASKS {
+                    sum += conn.recv().unwrap();
+                }
+                black_box(sum);
+            })
+        })
+    });
+    drop((sender, conn));
+    child.join().unwrap();
+
+    let pool = Pool::new(2).unwrap();
+    group.bench_function(BenchmarkId::new("multiproc Pool(2).map", "chunksize 1"), |b| {
+        b.iter(|| black_box(pool.map_chunked(entry!(trivial), 0..TRIVIAL_TASKS, 1).unwrap()))
+    });
+    group.bench_function(BenchmarkId::new("multiproc Pool(2).map", "default chunksize"), |b| {
+        b.iter(|| black_box(pool.map(entry!(trivial), 0..TRIVIAL_TASKS).unwrap()))
+    });
+    group.bench_function(BenchmarkId::new("multiproc Pool(2).imap", "chunksize 1"), |b| {
+        b.iter(|| {
+            let sum: u64 = pool
+                .imap(entry!(trivial), 0..TRIVIAL_TASKS)
+                .unwrap()
+                .map(Result::unwrap)
+                .sum();
+            black_box(sum)
+        })
+    });
+    group.finish();
+}
+
+fn cpu_bound(c: &mut Criterion) {
+    let iters = calibrate(Duration::from_millis(1));
+    let mut group = c.benchmark_group("CPU-bound map, 100 tasks of ~1 ms, 2 workers");
+    group.throughput(Throughput::Elements(CPU_TASKS as u64));
+    group.sample_size(10);
+
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    group.bench_function("baseline: rayon, 2 threads", |b| {
+        b.iter(|| {
+            let out: Vec<u64> = threads.install(|| {
+                (0..CPU_TASKS)
+                    .into_par_iter()
+                    .map(|_| spin(black_box(iters)))
+                    .collect()
+            });
+            black_box(out)
+        })
+    });
+    let pool = Pool::new(2).unwrap();
+    group.bench_function("multiproc Pool(2).map, default chunksize", |b| {
+        b.iter(|| black_box(pool.map(entry!(spin), vec![iters; CPU_TASKS]).unwrap()))
+    });
+    group.bench_function("multiproc Pool(2).map, chunksize 1", |b| {
+        b.iter(|| black_box(pool.map_chunked(entry!(spin), vec![iters; CPU_TASKS], 1).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(pool_benches, overhead, cpu_bound);
+criterion_main!(pool_benches);
