@@ -85,22 +85,34 @@ fn overhead(c: &mut Criterion) {
     child.join().unwrap();
 
     let pool = Pool::new(2).unwrap();
-    group.bench_function(BenchmarkId::new("multiproc Pool(2).map", "chunksize 1"), |b| {
-        b.iter(|| black_box(pool.map_chunked(entry!(trivial), 0..TRIVIAL_TASKS, 1).unwrap()))
-    });
-    group.bench_function(BenchmarkId::new("multiproc Pool(2).map", "default chunksize"), |b| {
-        b.iter(|| black_box(pool.map(entry!(trivial), 0..TRIVIAL_TASKS).unwrap()))
-    });
-    group.bench_function(BenchmarkId::new("multiproc Pool(2).imap", "chunksize 1"), |b| {
-        b.iter(|| {
-            let sum: u64 = pool
-                .imap(entry!(trivial), 0..TRIVIAL_TASKS)
-                .unwrap()
-                .map(Result::unwrap)
-                .sum();
-            black_box(sum)
-        })
-    });
+    group.bench_function(
+        BenchmarkId::new("multiproc Pool(2).map", "chunksize 1"),
+        |b| {
+            b.iter(|| {
+                black_box(
+                    pool.map_chunked(entry!(trivial), 0..TRIVIAL_TASKS, 1)
+                        .unwrap(),
+                )
+            })
+        },
+    );
+    group.bench_function(
+        BenchmarkId::new("multiproc Pool(2).map", "default chunksize"),
+        |b| b.iter(|| black_box(pool.map(entry!(trivial), 0..TRIVIAL_TASKS).unwrap())),
+    );
+    group.bench_function(
+        BenchmarkId::new("multiproc Pool(2).imap", "chunksize 1"),
+        |b| {
+            b.iter(|| {
+                let sum: u64 = pool
+                    .imap(entry!(trivial), 0..TRIVIAL_TASKS)
+                    .unwrap()
+                    .map(Result::unwrap)
+                    .sum();
+                black_box(sum)
+            })
+        },
+    );
     group.finish();
 }
 
@@ -130,7 +142,12 @@ fn cpu_bound(c: &mut Criterion) {
         b.iter(|| black_box(pool.map(entry!(spin), vec![iters; CPU_TASKS]).unwrap()))
     });
     group.bench_function("multiproc Pool(2).map, chunksize 1", |b| {
-        b.iter(|| black_box(pool.map_chunked(entry!(spin), vec![iters; CPU_TASKS], 1).unwrap()))
+        b.iter(|| {
+            black_box(
+                pool.map_chunked(entry!(spin), vec![iters; CPU_TASKS], 1)
+                    .unwrap(),
+            )
+        })
     });
     group.finish();
 }

@@ -64,9 +64,9 @@ const IMAP_CHUNKS_PER_WORKER: usize = 16;
 ///
 /// # Failures
 /// - A task that panics fails only itself: its error
-///   ([`Error::is_panicked`]) carries the panic message and says which item.
+///   ([`Error::is_panicked`](crate::Error::is_panicked)) carries the panic message and says which item.
 /// - A worker that dies (killed, `abort`, `exit`, …) fails the chunk it was
-///   running with how it died ([`Error::is_signaled`], [`Error::exitcode`]);
+///   running with how it died ([`Error::is_signaled`](crate::Error::is_signaled), [`Error::exitcode`](crate::Error::exitcode));
 ///   chunks it had received but not started run elsewhere. It is replaced
 ///   (its initializer runs again) and the pool keeps serving. No call waits
 ///   for a dead worker.
