@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use multiproc::{Connection, Pipe, Pool, entry, process_entry, spawn};
+use multiproc::{Connection, Pipe, Pool, Queue, entry, process_entry, spawn};
 use rayon::prelude::*;
 
 #[process_entry]
@@ -34,6 +34,15 @@ fn spin(iters: u64) -> u64 {
 fn echo(conn: Connection<u64>) {
     while let Ok(x) = conn.recv() {
         if conn.send(&(x + 1)).is_err() {
+            return;
+        }
+    }
+}
+
+#[process_entry]
+fn queue_echo(tasks: Queue<u64>, results: Queue<u64>) {
+    while let Ok(x) = tasks.get() {
+        if results.put(x + 1).is_err() {
             return;
         }
     }
@@ -83,6 +92,31 @@ fn overhead(c: &mut Criterion) {
     });
     drop((sender, conn));
     child.join().unwrap();
+
+    // The other transport the pool could use: a shared-memory Queue each
+    // way (no notice of a dead worker, though: see the pool's docs).
+    let (tasks, results) = (Queue::new().unwrap(), Queue::new().unwrap());
+    let child = spawn!(queue_echo, tasks.clone(), results.clone()).unwrap();
+    group.bench_function("floor: Queue echo, 1 child", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    for x in 0..TRIVIAL_TASKS {
+                        tasks.put(x).unwrap();
+                    }
+                });
+                let mut sum = 0;
+                for _ in 0..TRIVIAL_TASKS {
+                    sum += results.get().unwrap();
+                }
+                black_box(sum);
+            })
+        })
+    });
+    tasks.close();
+    drop(tasks);
+    child.kill().unwrap();
+    let _ = child.join();
 
     let pool = Pool::new(2).unwrap();
     group.bench_function(

@@ -12,7 +12,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proto::{Bytes, FailKind, Item, Outcome};
-use crate::entry::{RunFn, RunOutcome};
+pub(super) use crate::entry::RunFn;
+use crate::entry::RunOutcome;
 use crate::error::{Error, ErrorKind, PanicReport};
 use crate::fd::Fd;
 use crate::wire::{OutFrame, decode};
@@ -25,17 +26,36 @@ pub(super) fn check_entry(name: &str) -> Result<(), Error> {
 /// Encodes one call's arguments (or any value) into bytes and the
 /// descriptors of the handles inside them.
 pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
-    let mut frame = OutFrame::new();
-    frame.encode(value)?;
-    let fds = frame
-        .fds()
-        .iter()
-        .map(|fd| fd.try_clone().map(Fd::from))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::io("duplicating a handle for a pool task", e))?;
-    Ok(Item {
-        bytes: Bytes(frame.payload().to_vec()),
-        fds,
+    thread_local! {
+        static FRAME: RefCell<OutFrame> = RefCell::new(OutFrame::new());
+    }
+    FRAME.with(|frame| {
+        // A value's serde impl could encode another pool task: then use a
+        // frame of its own.
+        let mut own;
+        let mut shared = frame.try_borrow_mut();
+        let frame = match &mut shared {
+            Ok(frame) => &mut **frame,
+            Err(_) => {
+                own = OutFrame::new();
+                &mut own
+            }
+        };
+        frame.clear();
+        let encoded = frame.encode(value).and_then(|()| {
+            let fds = frame
+                .fds()
+                .iter()
+                .map(|fd| fd.try_clone().map(Fd::from))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::io("duplicating a handle for a pool task", e))?;
+            Ok(Item {
+                bytes: Bytes(frame.payload().to_vec()),
+                fds,
+            })
+        });
+        frame.clear();
+        encoded
     })
 }
 
@@ -52,21 +72,23 @@ thread_local! {
     static RUNNERS: RefCell<HashMap<String, RunFn>> = RefCell::new(HashMap::new());
 }
 
-/// Runs the entry `name` on encoded arguments, in a worker, through the
-/// same code path a child uses for its one entry.
-pub(super) fn run(name: &str, item: Item) -> Outcome {
-    let run = RUNNERS.with(|runners| {
-        if let Some(run) = runners.borrow().get(name) {
-            return Ok(*run);
-        }
-        let run = crate::entry::lookup(name)?.run();
-        runners.borrow_mut().insert(name.to_string(), run);
-        Ok::<_, Error>(run)
-    });
-    let run = match run {
-        Ok(run) => run,
-        Err(e) => return failed(&e),
-    };
+/// How a worker runs the entry `name` (looked up once per name).
+pub(super) fn runner(name: &str) -> Result<RunFn, Outcome> {
+    RUNNERS
+        .with(|runners| {
+            if let Some(run) = runners.borrow().get(name) {
+                return Ok(*run);
+            }
+            let run = crate::entry::lookup(name)?.run();
+            runners.borrow_mut().insert(name.to_string(), run);
+            Ok::<_, Error>(run)
+        })
+        .map_err(|e| failed(&e))
+}
+
+/// Runs an entry on encoded arguments, in a worker, through the same code
+/// path a child uses for its one entry.
+pub(super) fn run(run: RunFn, item: Item) -> Outcome {
     take_panic();
     match run(&item.bytes.0, into_owned(item.fds)) {
         RunOutcome::Value(frame) => {

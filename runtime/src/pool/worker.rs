@@ -8,7 +8,7 @@ use std::sync::mpsc;
 
 use serde::{Deserialize, Serialize};
 
-use super::proto::{Chunk, Item, Msg};
+use super::proto::{Chunk, FailKind, Item, Msg, Outcome};
 use super::task;
 use crate::pipe::Connection;
 use crate::process_entry;
@@ -29,9 +29,9 @@ pub(crate) struct Boot {
 pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
     task::install_panic_hook();
     if let Some((entry, args)) = boot.init {
-        match task::run(&entry, args) {
-            super::proto::Outcome::Value(_) => {}
-            failed => {
+        match task::runner(&entry).map(|run| task::run(run, args)) {
+            Ok(Outcome::Value(_)) => {}
+            Ok(failed) | Err(failed) => {
                 let _ = conn.send(&Msg::InitFailed(failed));
                 return;
             }
@@ -68,11 +68,25 @@ pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
             entry: shared.entry.clone(),
             items: Vec::new(),
         });
-        let outcomes = chunk
-            .items
-            .into_iter()
-            .map(|item| task::run(&chunk.entry, item))
-            .collect();
+        let outcomes = match task::runner(&chunk.entry) {
+            Ok(run) => chunk
+                .items
+                .into_iter()
+                .map(|item| task::run(run, item))
+                .collect(),
+            Err(failed) => {
+                let message = match failed {
+                    Outcome::Failed { message, .. } => message,
+                    _ => format!("cannot run `{}`", chunk.entry),
+                };
+                (0..chunk.items.len())
+                    .map(|_| Outcome::Failed {
+                        kind: FailKind::UnknownEntry,
+                        message: message.clone(),
+                    })
+                    .collect()
+            }
+        };
         if conn
             .send(&Msg::Done {
                 id: chunk.id,
