@@ -568,3 +568,27 @@ fn one_pool_serves_many_threads() {
         }
     });
 }
+
+#[test]
+fn a_worker_killed_from_outside_while_idle_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    for _ in 0..3 {
+        let worker = pool.apply(entry!(pid), ()).unwrap();
+        let pid = rustix::process::Pid::from_raw(worker as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        // Served by the replacement (the dead one may still be seen as
+        // alive for a moment: then its task fails with how it died).
+        let mut served = None;
+        for _ in 0..2 {
+            match pool.apply(entry!(pid), ()) {
+                Ok(p) => {
+                    served = Some(p);
+                    break;
+                }
+                Err(e) => assert!(e.is_signaled(), "{e}"),
+            }
+        }
+        let served = served.expect("the replacement serves");
+        assert_ne!(served, worker);
+    }
+}

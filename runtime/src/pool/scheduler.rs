@@ -23,6 +23,8 @@ const DEPTH_MAX: usize = 256;
 const QUEUED_WORK: Duration = Duration::from_millis(2);
 /// What a chunk is assumed to take before any has been timed.
 const FIRST_GUESS: Duration = Duration::from_millis(1);
+/// How often a worker is started before its slot is given up.
+const START_ATTEMPTS: usize = 3;
 /// Most handles in one message to a worker (the wire allows 253).
 const FDS_PER_MESSAGE: usize = 200;
 
@@ -633,10 +635,26 @@ impl Pool {
     /// Starts a new worker in slot `idx`; false if the pool ended meanwhile
     /// or no worker could be started.
     fn replace(&self, idx: usize) -> bool {
-        let started = launch(&self.config).and_then(|(conn, proc)| {
-            let proc = await_ready(&conn, proc)?;
-            Ok((conn, proc))
-        });
+        let start = || {
+            launch(&self.config).and_then(|(conn, proc)| {
+                let proc = await_ready(&conn, proc)?;
+                Ok((conn, proc))
+            })
+        };
+        // A start can fail by bad luck (a worker killed while it starts);
+        // a failure every time (an initializer that always fails, no more
+        // processes allowed) ends the slot.
+        let mut started = start();
+        for _ in 1..START_ATTEMPTS {
+            let ended = {
+                let state = lock(&self.state);
+                state.terminated || state.stopping
+            };
+            if started.is_ok() || ended {
+                break;
+            }
+            started = start();
+        }
         let mut state = lock(&self.state);
         let mut failed = Vec::new();
         let (conn, proc) = match started {
