@@ -222,7 +222,7 @@ pub use crate::info::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
 pub use crate::pipe::{Connection, Pipe};
-pub use crate::pool::{AsyncResult, IMap, OneArg, Pool, PoolBuilder};
+pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
 pub use crate::process::{JoinHandle, Process};
 pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::sync::{

@@ -186,16 +186,6 @@ impl PoolBuilder {
     }
 }
 
-/// One-argument entries, for [`Pool::map`]: the argument tuple `(A,)`.
-pub trait OneArg {
-    /// The single argument's type.
-    type Arg;
-}
-
-impl<A> OneArg for (A,) {
-    type Arg = A;
-}
-
 impl Pool {
     /// A pool of `processes` workers. `Pool::new(0)` is an error.
     pub fn new(processes: usize) -> Result<Pool> {
@@ -216,12 +206,11 @@ impl Pool {
     ///
     /// Chunk size as Python's: `ceil(len / (4 × processes))`. Fails with the
     /// first error in input order, which names the item.
-    pub fn map<E, I>(&self, entry: E, items: I) -> Result<Vec<E::Output>>
+    pub fn map<E, A, I>(&self, entry: E, items: I) -> Result<Vec<E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
     {
         let _ = entry;
         self.run_map(
@@ -232,12 +221,16 @@ impl Pool {
     }
 
     /// [`map`](Self::map) with chunks of `chunksize` items (at least 1).
-    pub fn map_chunked<E, I>(&self, entry: E, items: I, chunksize: usize) -> Result<Vec<E::Output>>
+    pub fn map_chunked<E, A, I>(
+        &self,
+        entry: E,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
     {
         let _ = entry;
         let items = items.into_iter().map(|a| task::encode(&(a,)));
@@ -273,29 +266,27 @@ impl Pool {
     /// Like [`map`](Self::map), but lazy: yields results in input order as
     /// they come, taking input only as far as it keeps a bounded number of
     /// items in the pool (so an endless input is fine). One task per item.
-    pub fn imap<'a, E, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
+    pub fn imap<'a, E, A, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
         self.imap_chunked(entry, items, 1)
     }
 
     /// [`imap`](Self::imap) with chunks of `chunksize` items.
-    pub fn imap_chunked<'a, E, I>(
+    pub fn imap_chunked<'a, E, A, I>(
         &self,
         entry: E,
         items: I,
         chunksize: usize,
     ) -> Result<IMap<'a, E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
         let _ = entry;
@@ -305,29 +296,27 @@ impl Pool {
 
     /// Like [`imap`](Self::imap), but yields each result as soon as it
     /// comes, in any order.
-    pub fn imap_unordered<'a, E, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
+    pub fn imap_unordered<'a, E, A, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
         self.imap_unordered_chunked(entry, items, 1)
     }
 
     /// [`imap_unordered`](Self::imap_unordered) with chunks of `chunksize` items.
-    pub fn imap_unordered_chunked<'a, E, I>(
+    pub fn imap_unordered_chunked<'a, E, A, I>(
         &self,
         entry: E,
         items: I,
         chunksize: usize,
     ) -> Result<IMap<'a, E::Output>>
     where
-        E: Entry,
-        E::Args: OneArg,
-        <E::Args as OneArg>::Arg: Serialize,
-        I: IntoIterator<Item = <E::Args as OneArg>::Arg>,
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
         I::IntoIter: 'a,
     {
         let _ = entry;
