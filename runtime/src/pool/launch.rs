@@ -9,9 +9,9 @@ use std::time::Duration;
 use super::proto::Msg;
 use super::task;
 use super::worker::Boot;
-use crate::error::{Error, ErrorKind};
-use crate::pipe::{Connection, Pipe};
-use crate::process::{JoinHandle, Process};
+use crate::{Connection, Pipe};
+use crate::{Error, ErrorKind};
+use crate::{JoinHandle, Process};
 
 /// Starts one worker and returns the pool's end of its connection.
 pub(crate) trait Launcher: Send + Sync + fmt::Debug {

@@ -18,8 +18,8 @@ use serde::de::DeserializeOwned;
 
 use self::proto::Item;
 use self::scheduler::{Config, Sink, Wake, lock};
-use crate::entry::Entry;
-use crate::error::{ErrorKind, Result};
+use crate::Entry;
+use crate::{ErrorKind, Result};
 
 /// Chunks an `imap` keeps in the pool per worker, ahead of its consumer.
 const IMAP_CHUNKS_PER_WORKER: usize = 16;

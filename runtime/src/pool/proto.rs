@@ -7,8 +7,8 @@ use std::sync::Arc;
 use serde::de::{Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
-use crate::error::PanicReport;
-use crate::fd::Fd;
+use crate::Fd;
+use crate::PanicReport;
 
 /// Encoded bytes that go on the wire as one byte string, not element by
 /// element.

@@ -11,9 +11,9 @@ use super::launch::{Launcher, WorkerProc};
 use super::proto::{Chunk, Item, Msg, Outcome, Shared as OnWire};
 use super::task;
 use super::worker::Boot;
-use crate::error::{Error, ErrorKind};
-use crate::pipe::Connection;
-use crate::{RecvError, error::Result};
+use crate::Connection;
+use crate::{Error, ErrorKind};
+use crate::{RecvError, Result};
 
 /// Most chunks one worker holds (sent, not answered) at a time.
 const DEPTH_MAX: usize = 256;
@@ -383,7 +383,7 @@ impl Pool {
                     for t in threads {
                         let _ = t.join();
                     }
-                    return Err(Error::io("starting a pool thread", e));
+                    return Err(task::io_error("starting a pool thread", e));
                 }
             }
         }

@@ -219,3 +219,8 @@ pub(super) fn copy_error(err: &Error, context: &str) -> Error {
         None => copy,
     }
 }
+
+/// An I/O error with what was being done.
+pub(super) fn io_error(context: &str, err: std::io::Error) -> Error {
+    Error::io(context, err)
+}

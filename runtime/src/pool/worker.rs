@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::proto::{Chunk, FailKind, Item, Msg, Outcome};
 use super::task;
-use crate::pipe::Connection;
+use crate::Connection;
 use crate::process_entry;
 
 /// What a worker is started with, besides its connection.
