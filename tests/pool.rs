@@ -592,3 +592,31 @@ fn a_worker_killed_from_outside_while_idle_is_replaced() {
         assert_ne!(served, worker);
     }
 }
+
+#[process_entry]
+fn report_then_wait(pids: Queue<u32>, event: Event) -> u32 {
+    pids.put(std::process::id()).unwrap();
+    event.wait();
+    1
+}
+
+/// Python's `Pool` waits for ever here (cpython#96062: a worker killed by
+/// the OOM killer in the middle of a task).
+#[test]
+fn a_worker_killed_from_outside_mid_task_fails_that_task() {
+    let pool = Pool::new(2).unwrap();
+    let (pids, event) = (Queue::new().unwrap(), Event::new().unwrap());
+    for _ in 0..3 {
+        let r = pool
+            .apply_async(entry!(report_then_wait), (pids.clone(), event.clone()))
+            .unwrap();
+        let worker = pids.get().unwrap();
+        let pid = rustix::process::Pid::from_raw(worker as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let err = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+        assert!(err.is_signaled(), "{err}");
+        assert_eq!(err.exitcode(), Some(-9));
+        assert!(err.to_string().contains(&format!("pid {worker}")), "{err}");
+        assert_eq!(pool.map(entry!(square), 0..4u64).unwrap(), [0, 1, 4, 9]);
+    }
+}
