@@ -15,7 +15,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use multiproc::{Barrier, Event, Fd, Lock, Value, process_entry, spawn};
+use multiproc::{Barrier, Event, Fd, Lock, Semaphore, Value, process_entry, spawn};
 
 #[process_entry]
 fn add_ones(total: Value<u64>, start: Barrier, times: u64) -> u64 {
@@ -60,6 +60,11 @@ fn uncontended_lock(c: &mut Criterion) {
     let mutex = std::sync::Mutex::new(());
     group.bench_function("std::sync::Mutex", |b| {
         b.iter(|| drop(black_box(&mutex).lock().expect("mutex")))
+    });
+    // A permit taken and given back, counted as this process's meanwhile.
+    let semaphore = Semaphore::new(1).expect("semaphore");
+    group.bench_function("multiproc::Semaphore", |b| {
+        b.iter(|| drop(black_box(&semaphore).acquire()))
     });
     group.finish();
 }

@@ -1,5 +1,7 @@
 //! A child's panic backtrace travels to the parent when `RUST_BACKTRACE` is set.
 
+mod common;
+
 use std::process::Command;
 
 use multiproc::{process_entry, spawn};
@@ -14,7 +16,7 @@ const INNER: &str = "MULTIPROC_BACKTRACE_INNER";
 #[test]
 #[ignore = "run by backtrace_travels_when_rust_backtrace_is_set"]
 fn inner_reports_backtrace() {
-    if std::env::var_os(INNER).is_none() {
+    if !common::run_by_outer_test(INNER, "backtrace_travels_when_rust_backtrace_is_set") {
         return;
     }
     let err = spawn!(deep_panic).unwrap().join().unwrap_err();
@@ -27,7 +29,7 @@ fn inner_reports_backtrace() {
 #[test]
 #[ignore = "run by backtrace_travels_when_rust_backtrace_is_set"]
 fn inner_reports_no_backtrace() {
-    if std::env::var_os(INNER).is_none() {
+    if !common::run_by_outer_test(INNER, "backtrace_travels_when_rust_backtrace_is_set") {
         return;
     }
     let err = spawn!(deep_panic).unwrap().join().unwrap_err();

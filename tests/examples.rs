@@ -2,6 +2,7 @@
 //! for. Each runs in a fresh copy of this test binary, so that the output of
 //! its child processes (which write to the inherited stdout) is captured.
 
+mod common;
 #[path = "../examples/seeds/mod.rs"]
 mod seeds;
 
@@ -14,6 +15,9 @@ const INNER: &str = "MULTIPROC_SEED_INNER";
 #[test]
 #[ignore = "run by the tests below in a fresh process"]
 fn inner_run_seed() {
+    if !common::run_by_outer_test(INNER, "the seed tests of this file") {
+        return;
+    }
     let Some(which) = std::env::var_os(INNER) else {
         return;
     };

@@ -1,5 +1,7 @@
 //! Who outlives whom: daemons, unjoined children, dropped handles. Checked in /proc.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Command, Stdio};
@@ -177,7 +179,7 @@ const INNER: &str = "MULTIPROC_LIFETIME_INNER";
 #[test]
 #[ignore = "run by exit_waits_for_unjoined_children"]
 fn inner_main_returns_with_child_running() {
-    if std::env::var_os(INNER).is_none() {
+    if !common::run_by_outer_test(INNER, "exit_waits_for_unjoined_children") {
         return;
     }
     let stdin = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 3).unwrap();
@@ -220,4 +222,33 @@ fn exit_waits_for_unjoined_children() {
     assert!(status.success(), "{status}");
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
+}
+
+#[process_entry]
+fn try_to_have_a_child() -> Result<u32, String> {
+    assert!(multiproc::current_process().is_daemon());
+    match Process::new(entry!(blocker_free), ()).start() {
+        Ok(child) => Ok(child.pid()),
+        Err(e) => Err(format!("{:?}: {e}", e.kind())),
+    }
+}
+
+#[process_entry]
+fn blocker_free() {}
+
+#[test]
+fn a_daemon_may_not_start_children() {
+    // Its children would be left running when the daemon is killed with
+    // its parent, outliving the program (Python refuses them too).
+    let daemon = Process::new(entry!(try_to_have_a_child), ())
+        .daemon(true)
+        .start()
+        .unwrap();
+    let err = daemon.join().unwrap().unwrap_err();
+    assert!(err.starts_with("Spawn: "), "{err}");
+    assert!(
+        err.contains("daemonic processes are not allowed to have children"),
+        "{err}"
+    );
+    assert!(!multiproc::current_process().is_daemon());
 }

@@ -1,5 +1,7 @@
 //! Pipe and Connection across real processes: sizes, order, handles, peer death, bad frames.
 
+mod common;
+
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -549,9 +551,7 @@ fn read_to_the_marker(rx: Connection<Vec<u8>>) -> Result<(usize, bool), String> 
 
 /// The scheduler state of process `pid` (`R`, `S`, `T`, ...).
 fn state_of(pid: u32) -> u8 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after_name = stat.rfind(')').unwrap();
-    stat.as_bytes()[after_name + 2]
+    common::state_of(pid).expect("the process is gone")
 }
 
 fn signal(pid: u32, signal: rustix::process::Signal) {
@@ -647,4 +647,124 @@ fn a_sender_killed_mid_message_is_an_error_though_another_holds_the_end() {
         other => panic!("{other:?}"),
     }
     drop(spare);
+}
+
+#[process_entry]
+fn reply_when_asked(conn: Connection<u32>) {
+    if let Ok(n) = conn.recv() {
+        conn.send(&(n + 1)).unwrap();
+    }
+}
+
+#[test]
+fn wait_sees_a_message_already_read_ahead() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    b.send(&1).unwrap();
+    b.send(&2).unwrap();
+    assert_eq!(a.recv().unwrap(), 1);
+    // The second message came in with the first: the socket itself has
+    // nothing more to say, yet `recv` would return at once.
+    let mut fds = [rustix::event::PollFd::new(&a, rustix::event::PollFlags::IN)];
+    let zero = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    assert_eq!(rustix::event::poll(&mut fds, Some(&zero)).unwrap(), 0);
+    assert_eq!(multiproc::wait(&[&a], Some(Duration::ZERO)).unwrap(), [0]);
+    assert_eq!(a.recv().unwrap(), 2);
+    assert!(
+        multiproc::wait(&[&a], Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn wait_returns_the_connections_and_processes_that_are_ready() {
+    let (quiet, _quiet_peer) = Pipe::<u32>::duplex().unwrap();
+    let (ours, theirs) = Pipe::<u32>::duplex().unwrap();
+    let child = spawn!(reply_when_asked, theirs).unwrap();
+    assert!(
+        multiproc::wait(&[&quiet, &ours, &child], Some(Duration::from_millis(20)))
+            .unwrap()
+            .is_empty()
+    );
+    ours.send(&41).unwrap();
+    // The reply first (or with the child's end, if it has exited by then).
+    let ready = multiproc::wait(&[&quiet, &ours], Some(common::BOUND)).unwrap();
+    assert_eq!(ready, [1]);
+    assert_eq!(ours.recv().unwrap(), 42);
+    let ready = multiproc::wait(&[&quiet, &child], Some(common::BOUND)).unwrap();
+    assert_eq!(ready, [1], "the child has ended");
+    child.join().unwrap();
+    // A gone peer is ready too: `recv` reports it at once.
+    drop(_quiet_peer);
+    assert_eq!(
+        multiproc::wait(&[&quiet], Some(common::BOUND)).unwrap(),
+        [0]
+    );
+    assert!(matches!(quiet.recv(), Err(RecvError::Disconnected)));
+}
+
+#[test]
+fn recv_timeout_bounds_a_message_that_stops_half_way_and_loses_nothing() {
+    let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();
+    // Raw bytes, 100 announced, 50 sent: the sender stalls half-way.
+    let frame = encode_frame_for_tests(6, 100, &[7; 100]);
+    write_raw(&b, &frame[..frame.len() - 50]);
+    let start = Instant::now();
+    assert!(matches!(
+        a.recv_timeout(Duration::from_millis(100)),
+        Err(RecvTimeoutError::Timeout)
+    ));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        matches!(a.try_recv(), Err(TryRecvError::Empty)),
+        "try_recv waited"
+    );
+    // The rest comes: the message is whole, nothing lost or broken.
+    write_raw(&b, &frame[frame.len() - 50..]);
+    assert_eq!(a.recv_timeout(common::BOUND).unwrap(), vec![7; 100]);
+    b.send(&vec![1, 2, 3]).unwrap();
+    assert_eq!(a.recv().unwrap(), [1, 2, 3]);
+}
+
+#[process_entry]
+fn send_big(conn: Connection<Vec<u8>>, len: usize) {
+    let message: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    conn.send(&message).unwrap();
+}
+
+#[test]
+fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
+    use rustix::process::Signal;
+    const LEN: usize = 16 << 20;
+    let (ours, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let sender = spawn!(send_big, theirs, LEN).unwrap();
+    // The sender fills the lane (4 MiB) and sleeps until we read; stopped,
+    // it cannot go on when we do.
+    common::eventually("the sender fills the lane", || {
+        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
+    });
+    signal(sender.pid(), Signal::STOP);
+    common::eventually("the sender is stopped", || {
+        common::state_of(sender.pid()) == Some(b'T')
+    });
+    let start = Instant::now();
+    let first = ours.recv_timeout(Duration::from_millis(200));
+    signal(sender.pid(), Signal::CONT);
+    assert!(matches!(first, Err(RecvTimeoutError::Timeout)), "{first:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let got = ours.recv_timeout(common::BOUND).unwrap();
+    assert_eq!(got.len(), LEN);
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+    sender.join().unwrap();
 }

@@ -1,7 +1,11 @@
 //! Queue and JoinableQueue across real processes: MPMC, order, bounds,
 //! close, large items, handles, and processes killed mid-operation.
 
+mod common;
+
 use std::collections::HashSet;
+
+use common::{eventually, state_of, until_asleep};
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -148,20 +152,20 @@ fn get_until_disconnected(q: Queue<u32>, started: Event) -> Vec<u32> {
 }
 
 #[test]
-fn close_drains_then_disconnects_every_handle() {
+fn shutdown_drains_then_disconnects_every_handle() {
     let q = Queue::<u32>::new().unwrap();
     let started = Event::new().unwrap();
     let child = spawn!(get_until_disconnected, q.clone(), started.clone()).unwrap();
     assert!(started.wait_timeout(Duration::from_secs(30)));
     q.put(1).unwrap();
     q.put(2).unwrap();
-    q.close();
-    assert!(q.is_closed());
+    q.shutdown();
+    assert!(q.is_shutdown() && q.is_closed());
     match q.put(3) {
         Err(e) => assert_eq!(e.into_inner(), 3),
-        Ok(()) => panic!("put after close succeeded"),
+        Ok(()) => panic!("put after shutdown succeeded"),
     }
-    // The child takes what is left, then sees the queue closed.
+    // The child takes what is left, then sees the queue shut down.
     let got = child.join().unwrap();
     assert!(got.len() <= 2);
     let mut rest = Vec::new();
@@ -194,7 +198,7 @@ fn large_items_round_trip() {
         q_in.put(v.clone()).unwrap();
         assert_eq!(q_out.get_timeout(Duration::from_secs(60)).unwrap(), v);
     }
-    q_in.close();
+    q_in.shutdown();
     child.join().unwrap();
 }
 
@@ -292,7 +296,7 @@ fn joinable_queue_join_waits_for_every_task() {
     let child = spawn!(work_through, q.clone()).unwrap();
     q.join().unwrap();
     assert!(q.is_empty());
-    q.close();
+    q.shutdown();
     assert_eq!(child.join().unwrap(), 5050);
 }
 
@@ -370,7 +374,10 @@ fn a_producer_and_a_consumer_share_the_ring_over_many_laps() {
     const N: u32 = 6000;
     let q = Queue::<(u32, String)>::new().unwrap();
     let child = spawn!(put_mixed, q.clone(), N).unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    // Start late: once the putter sleeps, the ring is full (or it is done).
+    eventually("the putter fills the ring", || {
+        state_of(child.pid()) != Some(b'R') && !q.is_empty()
+    });
     for i in 0..N {
         check_mixed(i, &q.get_timeout(Duration::from_secs(60)).unwrap());
     }
@@ -468,19 +475,19 @@ fn put_into_full(q: Queue<u32>, started: Event) -> bool {
 }
 
 #[test]
-fn close_wakes_a_putter_blocked_on_a_full_queue() {
+fn shutdown_wakes_a_putter_blocked_on_a_full_queue() {
     let q = Queue::bounded(1).unwrap();
     q.put(1).unwrap();
     let started = Event::new().unwrap();
     let child = spawn!(put_into_full, q.clone(), started.clone()).unwrap();
     assert!(started.wait_timeout(Duration::from_secs(30)));
-    // Let it get past its spinning and fall asleep.
-    std::thread::sleep(Duration::from_millis(200));
+    // Past its spinning, asleep inside `put`.
+    until_asleep("the putter sleeps on the full queue", child.pid());
     let closed = Instant::now();
-    q.close();
+    q.shutdown();
     assert!(
         child.join().unwrap(),
-        "the blocked put succeeded after close"
+        "the blocked put succeeded after shutdown"
     );
     assert!(
         closed.elapsed() < Duration::from_secs(5),
@@ -564,4 +571,37 @@ fn a_put_keeps_no_copy_of_the_items_handles() {
         Err(RecvTimeoutError::Disconnected) => {}
         other => panic!("expected Disconnected, got {other:?}"),
     }
+}
+
+#[process_entry]
+fn put_then_close(q: Queue<u32>, first: u32, n: u32) -> bool {
+    for i in first..first + n {
+        q.put(i).unwrap();
+    }
+    q.close();
+    // This handle puts no more; the queue itself stays open.
+    q.put(u32::MAX).is_err() && !q.is_shutdown()
+}
+
+#[test]
+fn close_ends_only_this_handles_puts() {
+    // Python's pattern: each producer closes its handle when done. Every
+    // item of every producer arrives, and the queue stays usable.
+    let q = Queue::<u32>::new().unwrap();
+    let producers: Vec<_> = (0..2)
+        .map(|p| spawn!(put_then_close, q.clone(), p * 100, 10).unwrap())
+        .collect();
+    for producer in producers {
+        assert!(producer.join().unwrap(), "a closed handle still put");
+    }
+    let mut got: Vec<u32> = (0..20).map(|_| q.try_get().unwrap()).collect();
+    got.sort_unstable();
+    let want: Vec<u32> = (0..10).chain(100..110).collect();
+    assert_eq!(got, want);
+    assert!(
+        matches!(q.try_get(), Err(TryRecvError::Empty)),
+        "not shut down"
+    );
+    q.put(7).unwrap();
+    assert_eq!(q.get().unwrap(), 7);
 }

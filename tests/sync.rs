@@ -3,30 +3,22 @@
 //! Processes coordinate through Events, Semaphores and the primitives under
 //! test; timeouts here only bound a failure, they never order anything.
 
+mod common;
+
 use std::time::{Duration, Instant};
+
+use common::{BOUND, eventually, state_of};
 
 use multiproc::{
     Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, RLock, Semaphore,
     SharedMemory, Value, process_entry, spawn,
 };
 
-/// How long a test may wait for something that should happen promptly.
-const BOUND: Duration = Duration::from_secs(20);
 /// How far past its deadline a timed wait may return.
 const SLACK: Duration = Duration::from_millis(500);
 
 fn text(err: multiproc::Error) -> String {
     err.to_string()
-}
-
-/// Polls a condition that no primitive can signal (such as "a process is
-/// now blocked inside `Barrier::wait`"), failing after `BOUND`.
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !condition() {
-        assert!(start.elapsed() < BOUND, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 fn assert_within(elapsed: Duration, deadline: Duration) {
@@ -266,8 +258,7 @@ fn a_waiter_arriving_after_a_notify_does_not_take_its_wake_up() {
     let pid = rustix::process::Pid::from_raw(child.pid() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     eventually("the child is stopped", || {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.pid())).unwrap();
-        stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'T'
+        state_of(child.pid()) == Some(b'T')
     });
     // We arrive after the notify, and look at once: the wake-up is not ours.
     let (guard, timed_out) = cond.wait_timeout(guard, Duration::ZERO).unwrap();
@@ -419,6 +410,79 @@ fn barrier_breaks_when_a_waiting_process_is_killed() {
 }
 
 #[test]
+fn a_party_killed_while_waiting_is_not_counted_as_arrived() {
+    // The others arrive before anyone looked at the dead party: the last
+    // arrival must break the barrier, not trip it for three.
+    let barrier = Barrier::new(3).unwrap();
+    let doomed = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the first child waits", || barrier.n_waiting() == 1);
+    doomed.kill().unwrap();
+    assert!(doomed.join().unwrap_err().is_signaled());
+    let second = spawn!(arrive, barrier.clone()).unwrap();
+    eventually("the second child waits", || barrier.n_waiting() == 2);
+    // Stopped, the second cannot notice the death before we arrive.
+    let pid = rustix::process::Pid::from_raw(second.pid() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    eventually("the second child is stopped", || {
+        state_of(second.pid()) == Some(b'T')
+    });
+    let mine = barrier.wait_timeout(BOUND);
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    assert_eq!(
+        mine.map_err(|e| e.kind()),
+        Err(ErrorKind::BrokenBarrier),
+        "tripped with a dead party"
+    );
+    assert_eq!(second.join().unwrap(), Err("BrokenBarrier".to_string()));
+}
+
+#[process_entry]
+fn march_until_broken(barrier: Barrier, work: Duration) -> String {
+    loop {
+        if let Err(e) = barrier.wait() {
+            return format!("{:?}", e.kind());
+        }
+        // Work between rounds (not synchronisation): it keeps the parties
+        // that do none asleep inside `wait` nearly all the time.
+        std::thread::sleep(work);
+    }
+}
+
+#[test]
+fn a_party_killed_at_a_random_moment_breaks_the_barrier_for_the_others() {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new();
+    for round in 0..12u64 {
+        let barrier = Barrier::new(3).unwrap();
+        let work = |party: u64| Duration::from_millis(if party == 0 { 0 } else { 2 });
+        let mut parties: Vec<_> = (0..3)
+            .map(|party| spawn!(march_until_broken, barrier.clone(), work(party)).unwrap())
+            .collect();
+        // Somewhere within the first rounds, or at the start, and while the
+        // victim is inside `wait` (asleep: it does no work, so its only
+        // sleep is there). A process killed between two waits is one the
+        // barrier cannot know was coming.
+        let delay = random.hash_one(round) % 30;
+        std::thread::sleep(Duration::from_millis(delay));
+        let victim = parties.remove(0);
+        eventually("the victim sleeps in wait", || {
+            state_of(victim.pid()) == Some(b'S')
+        });
+        victim.kill().unwrap();
+        assert!(victim.join().unwrap_err().is_signaled());
+        // `wait` has no timeout: only the barrier breaking ends it.
+        for mut survivor in parties {
+            let ended = survivor.join_timeout(BOUND).unwrap();
+            assert_eq!(
+                ended.as_deref(),
+                Some("BrokenBarrier"),
+                "round {round} (killed after {delay} ms): a survivor hung"
+            );
+        }
+    }
+}
+
+#[test]
 fn barrier_abort_fails_current_and_later_waiters_until_reset() {
     let barrier = Barrier::new(2).unwrap();
     let waiter = spawn!(arrive, barrier.clone()).unwrap();
@@ -545,6 +609,72 @@ fn bounded_semaphore_refuses_release_above_its_initial_value() {
         None
     );
     assert_eq!(sem.value(), 1);
+}
+
+#[process_entry]
+fn hold_permits(sem: Semaphore, n: u32, held: Event) {
+    let guards: Vec<_> = (0..n).map(|_| sem.acquire()).collect();
+    held.set();
+    // Holds them until killed.
+    loop {
+        std::thread::park();
+        let _ = &guards;
+    }
+}
+
+#[test]
+fn permits_of_a_killed_holder_come_back() {
+    let sem = Semaphore::new(3).unwrap();
+    let held = Event::new().unwrap();
+    let holder = spawn!(hold_permits, sem.clone(), 2, held.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    let mine = sem.acquire();
+    assert_eq!(sem.value(), 0);
+    holder.kill().unwrap();
+    assert!(holder.join().unwrap_err().is_signaled());
+    // Waiters notice the death and take the dead holder's permits.
+    let start = Instant::now();
+    let first = sem
+        .acquire_timeout(BOUND)
+        .expect("a dead holder's permit came back");
+    let second = sem.acquire_timeout(BOUND).expect("both came back");
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop((mine, first, second));
+    assert_eq!(sem.value(), 3, "no permit lost or made");
+}
+
+#[process_entry]
+fn hold_bounded(sem: BoundedSemaphore, held: Event) {
+    let _guard = sem.acquire();
+    held.set();
+    loop {
+        std::thread::park();
+    }
+}
+
+#[test]
+fn a_bounded_semaphore_keeps_its_bound_when_a_holder_dies() {
+    let sem = BoundedSemaphore::new(1).unwrap();
+    let held = Event::new().unwrap();
+    let holder = spawn!(hold_bounded, sem.clone(), held.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    holder.kill().unwrap();
+    assert!(holder.join().unwrap_err().is_signaled());
+    let permit = sem
+        .acquire_timeout(BOUND)
+        .expect("the dead holder's permit came back");
+    assert_eq!(sem.value(), 0);
+    drop(permit);
+    assert_eq!(sem.value(), 1);
+    // Back to its maximum, and no further.
+    assert_eq!(
+        sem.release().unwrap_err().kind(),
+        ErrorKind::TooManyReleases
+    );
 }
 
 #[test]

@@ -50,6 +50,13 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         }
     };
 
+    // multiproc's own entries (its tests, the Pool's worker, the Manager's
+    // server) are compiled where `unsafe_code` is denied outside `sys/`.
+    let in_multiproc = if std::env::var("CARGO_CRATE_NAME").as_deref() == Ok("multiproc") {
+        quote! { @crate }
+    } else {
+        quote! {}
+    };
     quote! {
         #func
 
@@ -81,7 +88,7 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
                 }
             }
 
-            #private::entry_ctor!(#ident, ::core::file!(), ::core::line!());
+            #private::entry_ctor!(#in_multiproc #ident, ::core::file!(), ::core::line!());
         };
     }
 }

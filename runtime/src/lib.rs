@@ -119,7 +119,7 @@
 //! for _ in 0..10 {
 //!     sum += results.get()?;
 //! }
-//! tasks.close();              // workers' `get` now reports Disconnected
+//! tasks.shutdown();           // workers' `get` now reports Disconnected
 //! for w in workers {
 //!     w.join()?;
 //! }
@@ -195,41 +195,37 @@ compile_error!(
 // Lets generated code name `::multiproc` inside this crate's own tests.
 extern crate self as multiproc;
 
-mod bootstrap;
 mod channel_error;
-mod children;
-mod codec;
-mod entry;
 mod error;
 mod fd;
-mod info;
 mod pipe;
-mod poll;
 mod pool;
-mod process;
 mod queue;
+mod spawn;
 mod sync;
 mod sys;
+mod wait;
 mod wire;
 
 pub use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
 };
-pub use crate::entry::{Entry, entries};
 pub use crate::error::{Error, ErrorKind, PanicReport, Result};
 pub use crate::fd::Fd;
-pub use crate::info::{
-    ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
-};
 pub use crate::pipe::{Connection, Pipe};
 pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
-pub use crate::process::{JoinHandle, Process};
 pub use crate::queue::{JoinableQueue, Queue};
+pub use crate::spawn::current::{
+    ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
+};
+pub use crate::spawn::parent::{JoinHandle, Process};
+pub use crate::spawn::registry::{Entry, entries};
 pub use crate::sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
     Value, ValueGuard,
 };
+pub use crate::wait::{Waitable, wait};
 pub use multiproc_macros::process_entry;
 
 /// Runs the child check now: a no-op in a parent, and in a child whose
@@ -241,7 +237,7 @@ pub use multiproc_macros::process_entry;
 /// parent counted, so it waits for this call to run its entry (or report it
 /// unknown) instead of running `main`.
 pub fn init() {
-    bootstrap::force();
+    spawn::child::force();
 }
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
@@ -305,7 +301,11 @@ struct ReadmeDoctests;
 #[doc(hidden)]
 pub mod __private {
     pub use crate::__entry_ctor as entry_ctor;
-    pub use crate::entry::{Entry, EntryRecord, entry_loaded};
-    pub use crate::process::{spawn_unchecked_named, spawn_with_raw_call};
+    pub use crate::__load_time_ctor as load_time_ctor;
+    pub use crate::spawn::child::entry_loaded;
+    #[cfg(feature = "test-hooks")]
+    pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
+    pub use crate::spawn::registry::{Entry, EntryRecord};
+    #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
 }

@@ -40,7 +40,7 @@ impl Launcher for SpawnLauncher {
     fn launch(&self, boot: Boot) -> Result<(Connection<Msg>, Box<dyn WorkerProc>), Error> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
         let name = format!("PoolWorker-{}", WORKERS.fetch_add(1, Ordering::Relaxed));
-        let handle = Process::new(crate::entry!(super::worker::pool_worker), (theirs, boot))
+        let handle = Process::new(super::worker::pool_worker {}, (theirs, boot))
             .name(name)
             .daemon(true)
             .start()?;

@@ -159,7 +159,7 @@ impl PoolBuilder {
     /// Starts the workers and waits until each is ready (its initializer
     /// ran).
     pub fn build(self) -> Result<Pool> {
-        let processes = self.processes.unwrap_or_else(crate::cpu_count);
+        let processes = self.processes.unwrap_or_else(task::cpu_count);
         if processes == 0 {
             return Err(task::error(
                 ErrorKind::Spawn,

@@ -12,15 +12,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::proto::{Bytes, FailKind, Item, Outcome};
-pub(super) use crate::entry::RunFn;
-use crate::entry::RunOutcome;
 use crate::error::{Error, ErrorKind, PanicReport};
 use crate::fd::Fd;
+pub(super) use crate::spawn::registry::RunFn;
+use crate::spawn::registry::RunOutcome;
 use crate::wire::{OutFrame, decode};
 
 /// Checks, in the parent, that `name` is a registered entry.
 pub(super) fn check_entry(name: &str) -> Result<(), Error> {
-    crate::entry::lookup(name).map(drop)
+    crate::spawn::registry::lookup(name).map(drop)
 }
 
 /// Encodes one call's arguments (or any value) into bytes and the
@@ -79,7 +79,7 @@ pub(super) fn runner(name: &str) -> Result<RunFn, Outcome> {
             if let Some(run) = runners.borrow().get(name) {
                 return Ok(*run);
             }
-            let run = crate::entry::lookup(name)?.run();
+            let run = crate::spawn::registry::lookup(name)?.run();
             runners.borrow_mut().insert(name.to_string(), run);
             Ok::<_, Error>(run)
         })
@@ -223,4 +223,9 @@ pub(super) fn copy_error(err: &Error, context: &str) -> Error {
 /// An I/O error with what was being done.
 pub(super) fn io_error(context: &str, err: std::io::Error) -> Error {
     Error::io(context, err)
+}
+
+/// How many CPUs this process may use.
+pub(super) fn cpu_count() -> usize {
+    crate::spawn::current::cpu_count()
 }

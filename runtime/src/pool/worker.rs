@@ -1,8 +1,5 @@
 //! The worker's side: the loop a pool worker process runs.
 
-// `#[process_entry]` gives its entry an `.init_array` slot (see `sys`).
-#![allow(unsafe_code)]
-
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -11,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::proto::{Chunk, FailKind, Item, Msg, Outcome};
 use super::task;
 use crate::Connection;
-use crate::process_entry;
+use multiproc_macros::process_entry;
 
 /// What a worker is started with, besides its connection.
 #[derive(Debug, Serialize, Deserialize)]

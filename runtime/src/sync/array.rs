@@ -8,12 +8,13 @@ use std::time::Duration;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::RegionKind;
 use super::pod::PodRegion;
-use super::raw::DataGuard;
-use super::{Kind, Wait};
 use crate::error::Error;
+use crate::sys::lock_word::DataGuard;
+use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpAR", "multiproc::Array");
+const KIND: RegionKind = RegionKind::new(b"mpAR", "multiproc::Array");
 const WHAT: &str = "array's lock";
 
 /// A fixed-length array of plain-old-data elements in shared memory, with a
@@ -73,7 +74,7 @@ impl<T: Pod> Array<T> {
         self.pod.len() == 0
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<ArrayGuard<'_, T>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<ArrayGuard<'_, T>>, Error> {
         Ok(self.pod.lock(wait, WHAT)?.map(|guard| ArrayGuard {
             guard,
             _elements: PhantomData,
@@ -87,7 +88,7 @@ impl<T: Pod> Array<T> {
     /// the lock is then free.
     pub fn lock(&self) -> Result<ArrayGuard<'_, T>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -95,12 +96,12 @@ impl<T: Pod> Array<T> {
 
     /// Locks the array if no live process holds it: `Ok(None)` otherwise.
     pub fn try_lock(&self) -> Result<Option<ArrayGuard<'_, T>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Locks the array, giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ArrayGuard<'_, T>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// A copy of the elements, taken under the lock.

@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::raw::{CHECK_PERIOD, Outcome, RawLock};
-use super::{HEADER_LEN, Kind, Wait, owner};
+use super::{RegionKind, WORDS_ONLY_LEN};
 use crate::error::{Error, ErrorKind};
 use crate::sys::futex;
+use crate::sys::futex::CHECK_PERIOD;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpBR", "multiproc::Barrier");
+const KIND: RegionKind = RegionKind::new(b"mpBR", "multiproc::Barrier");
 /// The number of parties (fixed at creation).
 const PARTIES: usize = 4;
 /// Bumped by every state change; sleepers wait on it.
@@ -24,8 +27,11 @@ const SEQ: usize = 24;
 const STATE: usize = 28;
 /// Parties inside `wait` (arrived, or released but not yet gone).
 const COUNT: usize = 32;
-/// One owner tag per party inside `wait`, indexed by arrival (0: empty).
-const SLOTS: usize = HEADER_LEN;
+/// One owner tag per party inside `wait`, indexed by arrival (0: empty);
+/// then as many for parties inside `wait` that wait for the previous round
+/// to finish before they can arrive ("entering"), so that a death there is
+/// seen too.
+const SLOTS: usize = WORDS_ONLY_LEN;
 const MAX_PARTIES: usize = 1 << 16;
 
 const FILLING: u32 = 0;
@@ -63,9 +69,12 @@ const BROKEN: u32 = 3;
 ///   parties wait makes every waiter return an
 ///   [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier) error, and later
 ///   waits fail at once until `reset`.
-/// - A process killed while waiting breaks the barrier (where Python's
-///   would hang the others): waiters check the waiting processes about
-///   every 50 ms.
+/// - A process killed inside `wait` breaks the barrier (where Python's
+///   would hang the others): the waiters get `BrokenBarrier` within about
+///   50 ms (they check the processes inside `wait` that often), and a last
+///   arrival never counts a dead party as come. A process killed between
+///   two waits is one the barrier cannot know was coming: the others wait
+///   for it as for any late party (use `wait_timeout`).
 /// - There is no `action` callable (closures cannot travel between processes).
 pub struct Barrier {
     region: Arc<SharedRegion>,
@@ -81,7 +90,7 @@ impl Barrier {
                 format!("a barrier needs 1 to {MAX_PARTIES} parties, not {parties}"),
             ));
         }
-        let region = super::create(KIND, SLOTS + 8 * parties, 0, |region| {
+        let region = super::create(KIND, SLOTS + 16 * parties, 0, |region| {
             region.atomic_u32(PARTIES).store(parties as u32, Relaxed);
         })?;
         Ok(Barrier { region, parties })
@@ -100,16 +109,20 @@ impl Barrier {
         self.region.atomic_u64(SLOTS + 8 * index)
     }
 
+    fn entering_slot(&self, index: usize) -> &AtomicU64 {
+        self.region.atomic_u64(SLOTS + 8 * (self.parties + index))
+    }
+
     /// Takes the internal lock. If a process died inside it, the counts may
     /// be half-updated: the barrier is broken and recounted from the slots.
     fn lock_state(&self) -> State<'_> {
         let raw = RawLock::of(&self.region);
         let mut owner_died = false;
         loop {
-            match raw.acquire(Wait::Forever) {
-                Outcome::Acquired => break,
-                Outcome::OwnerDied(_) => owner_died = true,
-                Outcome::TimedOut => {}
+            match raw.acquire(Deadline::Never) {
+                Acquisition::Acquired => break,
+                Acquisition::OwnerDied(_) => owner_died = true,
+                Acquisition::TimedOut => {}
             }
         }
         let state = State { barrier: self, raw };
@@ -133,7 +146,7 @@ impl Barrier {
     /// broken, or becomes broken (abort, reset, another party's timeout, a
     /// waiting process's death) while waiting.
     pub fn wait(&self) -> Result<usize, Error> {
-        self.wait_until(Wait::Forever)
+        self.wait_until(Deadline::Never)
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`. A timeout breaks
@@ -141,14 +154,16 @@ impl Barrier {
     /// [`Timeout`](crate::ErrorKind::Timeout) error; the other waiters get
     /// [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier).
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
-        self.wait_until(Wait::timeout(timeout))
+        self.wait_until(Deadline::after(timeout))
     }
 
-    fn wait_until(&self, wait: Wait) -> Result<usize, Error> {
+    fn wait_until(&self, wait: Deadline) -> Result<usize, Error> {
         let me = owner::me();
         let mut state = self.lock_state();
         let mut checked = Instant::now();
-        // Let the previous round finish leaving (or a reset complete).
+        // Let the previous round finish leaving (or a reset complete),
+        // counted among the entering meanwhile.
+        let entering = Entering::new(self, me.tag, state.state() != FILLING);
         loop {
             match state.state() {
                 FILLING => break,
@@ -162,12 +177,17 @@ impl Barrier {
                 _ => {
                     state = self.sleep(state, wait);
                     if checked.elapsed() >= CHECK_PERIOD {
-                        state.reap_dead();
+                        // A party that died before leaving the last round
+                        // will not come to this one.
+                        if state.reap_dead() {
+                            state.break_barrier();
+                        }
                         checked = Instant::now();
                     }
                 }
             }
         }
+        entering.done();
         let index = state.count() as usize;
         if index >= self.parties {
             // Only a corrupted count gets here.
@@ -177,6 +197,13 @@ impl Barrier {
         }
         self.slot(index).store(me.tag, Relaxed);
         state.set_count(index as u32 + 1);
+        // A party killed while waiting is not one that came: the barrier
+        // breaks rather than trips (the others may not have looked yet).
+        if index + 1 == self.parties && state.reap_dead() {
+            state.break_barrier();
+            state.leave(index);
+            return Err(broken());
+        }
         if index + 1 == self.parties {
             state.set_state(DRAINING);
             state.notify_all();
@@ -209,7 +236,7 @@ impl Barrier {
 
     /// Releases the lock, sleeps until a state change or for a check
     /// period, takes the lock again.
-    fn sleep<'a>(&'a self, state: State<'a>, wait: Wait) -> State<'a> {
+    fn sleep<'a>(&'a self, state: State<'a>, wait: Deadline) -> State<'a> {
         let seq = self.word(SEQ);
         let seen = seq.load(Relaxed);
         drop(state);
@@ -318,24 +345,68 @@ impl State<'_> {
         }
     }
 
-    /// Removes waiting processes that died; says whether there were any.
+    /// Removes waiting (and entering) processes that died; says whether
+    /// there were any.
     fn reap_dead(&self) -> bool {
         let me = owner::me().pid;
+        let dead = |tag: u64| {
+            let pid = owner::tag_pid(tag);
+            tag != 0 && pid != me && owner::is_dead(pid, tag)
+        };
         let mut found = false;
         for index in 0..self.barrier.parties {
             let slot = self.barrier.slot(index);
-            let tag = slot.load(Relaxed);
-            let pid = owner::tag_pid(tag);
-            if tag != 0 && pid != me && owner::is_dead(pid, tag) {
+            if dead(slot.load(Relaxed)) {
                 slot.store(0, Relaxed);
                 self.set_count(self.count().saturating_sub(1));
                 found = true;
             }
-        }
-        if found {
-            self.reopen_if_empty();
+            let entering = self.barrier.entering_slot(index);
+            if dead(entering.load(Relaxed)) {
+                entering.store(0, Relaxed);
+                found = true;
+            }
         }
         found
+    }
+}
+
+/// This party's entering slot, taken while it waits for the previous round
+/// to finish, given back when it arrives or leaves (the barrier's lock is
+/// held whenever it changes). With more waiters than parties, the extra
+/// ones go unrecorded.
+struct Entering<'a> {
+    barrier: &'a Barrier,
+    index: Option<usize>,
+}
+
+impl<'a> Entering<'a> {
+    fn new(barrier: &'a Barrier, tag: u64, needed: bool) -> Entering<'a> {
+        let index = needed
+            .then(|| {
+                (0..barrier.parties).find(|&i| {
+                    let slot = barrier.entering_slot(i);
+                    slot.compare_exchange(0, tag, Relaxed, Relaxed).is_ok()
+                })
+            })
+            .flatten();
+        Entering { barrier, index }
+    }
+
+    fn done(mut self) {
+        self.clear();
+    }
+
+    fn clear(&mut self) {
+        if let Some(index) = self.index.take() {
+            self.barrier.entering_slot(index).store(0, Relaxed);
+        }
+    }
+}
+
+impl Drop for Entering<'_> {
+    fn drop(&mut self) {
+        self.clear();
     }
 }
 
@@ -364,7 +435,7 @@ impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Barrier, D::Error> {
         let region = super::deserialize_region(d, KIND, None)?;
         let parties = region.atomic_u32(PARTIES).load(Relaxed) as usize;
-        if parties == 0 || parties > MAX_PARTIES || region.len() != SLOTS + 8 * parties {
+        if parties == 0 || parties > MAX_PARTIES || region.len() != SLOTS + 16 * parties {
             return Err(D::Error::custom(crate::wire::handle_error(format!(
                 "received {} is invalid: {parties} parties in {} bytes",
                 KIND.name,

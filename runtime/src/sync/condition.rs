@@ -7,13 +7,15 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::Duration;
 
-use super::raw::{Outcome, RawLock};
-use super::{HEADER_LEN, Kind, Wait, owner, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpCV", "multiproc::Condition");
+const KIND: RegionKind = RegionKind::new(b"mpCV", "multiproc::Condition");
 /// Bumped by every notify; waiters sleep on it.
 const SEQ: usize = 24;
 /// Waiters not yet notified.
@@ -70,12 +72,12 @@ pub struct Condition {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(Condition, KIND, Some(HEADER_LEN));
+region_handle!(Condition, KIND, Some(WORDS_ONLY_LEN));
 
 impl Condition {
     /// A new condition, with its lock free.
     pub fn new() -> Result<Condition, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(Condition { region })
     }
 
@@ -87,12 +89,12 @@ impl Condition {
         self.region.atomic_u32(offset)
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<ConditionGuard<'_>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<ConditionGuard<'_>>, Error> {
         let raw = self.raw();
         match raw.acquire(wait) {
-            Outcome::Acquired => Ok(Some(ConditionGuard { cond: self, raw })),
-            Outcome::TimedOut => Ok(None),
-            Outcome::OwnerDied(pid) => Err(owner_died("condition's lock", pid)),
+            Acquisition::Acquired => Ok(Some(ConditionGuard { cond: self, raw })),
+            Acquisition::TimedOut => Ok(None),
+            Acquisition::OwnerDied(pid) => Err(owner_died("condition's lock", pid)),
         }
     }
 
@@ -103,7 +105,7 @@ impl Condition {
     /// lock is then free.
     pub fn lock(&self) -> Result<ConditionGuard<'_>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -111,12 +113,12 @@ impl Condition {
 
     /// Takes the lock if it is free: `Ok(None)` if a live process holds it.
     pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Takes the lock, giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ConditionGuard<'_>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// Releases the lock, sleeps until notified, takes the lock again.
@@ -128,7 +130,7 @@ impl Condition {
     /// # Panics
     /// If `guard` belongs to another condition.
     pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> Result<ConditionGuard<'a>, Error> {
-        self.wait_until(guard, Wait::Forever)
+        self.wait_until(guard, Deadline::Never)
             .map(|(guard, _)| guard)
     }
 
@@ -139,7 +141,7 @@ impl Condition {
         guard: ConditionGuard<'a>,
         timeout: Duration,
     ) -> Result<(ConditionGuard<'a>, bool), Error> {
-        self.wait_until(guard, Wait::timeout(timeout))
+        self.wait_until(guard, Deadline::after(timeout))
     }
 
     /// Waits as long as `condition` returns `true` (checked with the lock
@@ -163,7 +165,7 @@ impl Condition {
         timeout: Duration,
         mut condition: impl FnMut() -> bool,
     ) -> Result<(ConditionGuard<'a>, bool), Error> {
-        let wait = Wait::timeout(timeout);
+        let wait = Deadline::after(timeout);
         loop {
             if !condition() {
                 return Ok((guard, false));
@@ -178,7 +180,7 @@ impl Condition {
     fn wait_until<'a>(
         &'a self,
         guard: ConditionGuard<'a>,
-        wait: Wait,
+        wait: Deadline,
     ) -> Result<(ConditionGuard<'a>, bool), Error> {
         assert!(
             guard.cond.region.same_object(&self.region),
@@ -207,11 +209,11 @@ impl Condition {
             }
             let mut died = None;
             loop {
-                match raw.acquire(Wait::Forever) {
-                    Outcome::Acquired => break,
+                match raw.acquire(Deadline::Never) {
+                    Acquisition::Acquired => break,
                     // Left free by the detection: take it to fix the counts.
-                    Outcome::OwnerDied(pid) => died = Some(pid),
-                    Outcome::TimedOut => {}
+                    Acquisition::OwnerDied(pid) => died = Some(pid),
+                    Acquisition::TimedOut => {}
                 }
             }
             let notified = seq.load(Relaxed) != arrived && take_one(tokens);

@@ -6,13 +6,14 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::time::Duration;
 
-use super::raw::Spin;
-use super::{HEADER_LEN, Kind, Wait, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::Spin;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpEV", "multiproc::Event");
+const KIND: RegionKind = RegionKind::new(b"mpEV", "multiproc::Event");
 /// The futex word: `generation << 2 | SLEEPERS | SET`. The generation
 /// counts `set` calls, so a waiter also wakes for a set that a `clear`
 /// undid before it got to look.
@@ -51,12 +52,12 @@ pub struct Event {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(Event, KIND, Some(HEADER_LEN));
+region_handle!(Event, KIND, Some(WORDS_ONLY_LEN));
 
 impl Event {
     /// A new event, not set.
     pub fn new() -> Result<Event, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(Event { region })
     }
 
@@ -95,16 +96,16 @@ impl Event {
 
     /// Blocks until the flag is set (returns at once if it is).
     pub fn wait(&self) {
-        while !self.wait_until(Wait::Forever) {}
+        while !self.wait_until(Deadline::Never) {}
     }
 
     /// Waits at most `timeout` for the flag: `true` if it is set, or was set
     /// while waiting (even if cleared since), `false` on timeout.
     pub fn wait_timeout(&self, timeout: Duration) -> bool {
-        self.wait_until(Wait::timeout(timeout))
+        self.wait_until(Deadline::after(timeout))
     }
 
-    fn wait_until(&self, wait: Wait) -> bool {
+    fn wait_until(&self, wait: Deadline) -> bool {
         let state = self.state();
         let start = state.load(Acquire);
         if start & SET != 0 {

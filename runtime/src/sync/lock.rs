@@ -4,12 +4,13 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::raw::{Outcome, RawLock};
-use super::{HEADER_LEN, Kind, Wait, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpLK", "multiproc::Lock");
+const KIND: RegionKind = RegionKind::new(b"mpLK", "multiproc::Lock");
 
 /// A mutual-exclusion lock shared by processes (Python's
 /// `multiprocessing.Lock`), held through a guard.
@@ -78,12 +79,12 @@ pub struct Lock {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(Lock, KIND, Some(HEADER_LEN));
+region_handle!(Lock, KIND, Some(WORDS_ONLY_LEN));
 
 impl Lock {
     /// A new, unlocked lock.
     pub fn new() -> Result<Lock, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(Lock { region })
     }
 
@@ -91,12 +92,12 @@ impl Lock {
         RawLock::of(&self.region)
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<LockGuard<'_>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<LockGuard<'_>>, Error> {
         let raw = self.raw();
         match raw.acquire(wait) {
-            Outcome::Acquired => Ok(Some(LockGuard { raw })),
-            Outcome::TimedOut => Ok(None),
-            Outcome::OwnerDied(pid) => Err(owner_died("lock", pid)),
+            Acquisition::Acquired => Ok(Some(LockGuard { raw })),
+            Acquisition::TimedOut => Ok(None),
+            Acquisition::OwnerDied(pid) => Err(owner_died("lock", pid)),
         }
     }
 
@@ -108,7 +109,7 @@ impl Lock {
     /// lock is then free (see the caveats above).
     pub fn lock(&self) -> Result<LockGuard<'_>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -119,12 +120,12 @@ impl Lock {
     /// # Errors
     /// [`OwnerDied`](crate::ErrorKind::OwnerDied), as for [`lock`](Self::lock).
     pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Like [`lock`](Self::lock), giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// Whether some process holds the lock (a snapshot).

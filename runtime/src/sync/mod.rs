@@ -14,7 +14,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 
 use serde::de::{Error as _, Visitor};
 use serde::ser::Error as _;
@@ -28,9 +27,7 @@ mod barrier;
 mod condition;
 mod event;
 mod lock;
-pub(crate) mod owner;
 mod pod;
-pub(crate) mod raw;
 mod rlock;
 mod semaphore;
 mod shared_memory;
@@ -51,51 +48,21 @@ pub use value::{Value, ValueGuard};
 /// right after (aligned), so a small value shares the lock's cache line.
 pub(crate) const WORDS_LEN: usize = 40;
 /// Size of regions that have nothing past the standard words.
-pub(crate) const HEADER_LEN: usize = 64;
+pub(crate) const WORDS_ONLY_LEN: usize = 64;
 const MAGIC: usize = 0;
-
-/// How long an operation may block.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Wait {
-    /// Not at all.
-    Try,
-    /// Until this instant.
-    Until(Instant),
-    /// As long as it takes.
-    Forever,
-}
-
-impl Wait {
-    /// At most `timeout` from now.
-    pub(crate) fn timeout(timeout: Duration) -> Wait {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => Wait::Until(deadline),
-            None => Wait::Forever,
-        }
-    }
-
-    /// What is left: `None` for ever, zero once passed.
-    pub(crate) fn left(self) -> Option<Duration> {
-        match self {
-            Wait::Try => Some(Duration::ZERO),
-            Wait::Until(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
-            Wait::Forever => None,
-        }
-    }
-}
 
 /// The kind of a region, checked when a handle arrives.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Kind {
+pub(crate) struct RegionKind {
     /// Stored at offset 0.
     magic: u32,
     /// The type's name, for messages, memfd names and serde.
     name: &'static str,
 }
 
-impl Kind {
-    pub(crate) const fn new(tag: &[u8; 4], name: &'static str) -> Kind {
-        Kind {
+impl RegionKind {
+    pub(crate) const fn new(tag: &[u8; 4], name: &'static str) -> RegionKind {
+        RegionKind {
             magic: u32::from_le_bytes(*tag),
             name,
         }
@@ -105,7 +72,7 @@ impl Kind {
 /// Makes a zeroed region of `kind` and lets `init` fill in its words
 /// before any other process can see it.
 pub(crate) fn create(
-    kind: Kind,
+    kind: RegionKind,
     atomics_len: usize,
     data_len: usize,
     init: impl FnOnce(&SharedRegion),
@@ -122,7 +89,7 @@ pub(crate) fn create(
 /// Serializes a handle: its memfd goes in the message's descriptor table.
 pub(crate) fn serialize_region<S: Serializer>(
     region: &SharedRegion,
-    kind: Kind,
+    kind: RegionKind,
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
     let index = crate::wire::push_fd(region.as_fd()).map_err(S::Error::custom)?;
@@ -133,7 +100,7 @@ pub(crate) fn serialize_region<S: Serializer>(
 /// the magic word. `atomics_len: None` means the whole region is atomics.
 pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
     deserializer: D,
-    kind: Kind,
+    kind: RegionKind,
     atomics_len: Option<usize>,
 ) -> Result<SharedRegion, D::Error> {
     struct Index;
@@ -155,7 +122,7 @@ pub(crate) fn deserialize_region<'de, D: Deserializer<'de>>(
 /// checking its size and magic word.
 pub(crate) fn open_region(
     fd: std::os::fd::OwnedFd,
-    kind: Kind,
+    kind: RegionKind,
     atomics_len: Option<usize>,
 ) -> Result<SharedRegion, String> {
     let bad = |why: String| format!("received {} is invalid: {why}", kind.name);

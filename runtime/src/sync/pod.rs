@@ -11,9 +11,9 @@ use bytemuck::Pod;
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
-use super::raw::DataGuard;
-use super::{Kind, WORDS_LEN, Wait};
+use super::{RegionKind, WORDS_LEN};
 use crate::error::{Error, ErrorKind};
+use crate::sys::lock_word::{DataGuard, Deadline, RawLock};
 use crate::sys::shm::{self, SharedRegion};
 
 /// `size_of::<T>()`, as the creator saw it.
@@ -49,7 +49,7 @@ impl<T> Clone for PodRegion<T> {
 
 impl<T: Pod> PodRegion<T> {
     /// A region of `len` zeroed elements.
-    pub(crate) fn zeroed(kind: Kind, len: usize) -> Result<PodRegion<T>, Error> {
+    pub(crate) fn zeroed(kind: RegionKind, len: usize) -> Result<PodRegion<T>, Error> {
         if size_of::<T>() == 0 || align_of::<T>() > MAX_ALIGN {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -84,10 +84,14 @@ impl<T: Pod> PodRegion<T> {
     }
 
     /// A region holding a copy of `items`.
-    pub(crate) fn from_slice(kind: Kind, items: &[T], what: &str) -> Result<PodRegion<T>, Error> {
+    pub(crate) fn from_slice(
+        kind: RegionKind,
+        items: &[T],
+        what: &str,
+    ) -> Result<PodRegion<T>, Error> {
         let pod = PodRegion::zeroed(kind, items.len())?;
         // Nobody else has it yet, so the lock is free.
-        let mut guard = pod.lock(Wait::Try, what)?.ok_or_else(|| {
+        let mut guard = pod.lock(Deadline::Now, what)?.ok_or_else(|| {
             Error::new(
                 ErrorKind::Io,
                 format!("a new {} was locked by another process", kind.name),
@@ -104,8 +108,8 @@ impl<T: Pod> PodRegion<T> {
     }
 
     /// Locks the elements. `Ok(None)`: timed out.
-    pub(crate) fn lock(&self, wait: Wait, what: &str) -> Result<Option<DataGuard<'_>>, Error> {
-        DataGuard::lock(&self.region, wait, what)
+    pub(crate) fn lock(&self, wait: Deadline, what: &str) -> Result<Option<DataGuard<'_>>, Error> {
+        DataGuard::lock(&self.region, wait).map_err(|pid| super::owner_died(what, pid))
     }
 
     /// The elements, from a guard of this region.
@@ -125,17 +129,21 @@ impl<T: Pod> PodRegion<T> {
 
     /// Debug helper: who holds the lock.
     pub(crate) fn holder(&self) -> Option<u32> {
-        super::raw::RawLock::of(&self.region).holder()
+        RawLock::of(&self.region).holder()
     }
 
-    pub(crate) fn serialize<S: Serializer>(&self, kind: Kind, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(
+        &self,
+        kind: RegionKind,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         super::serialize_region(&self.region, kind, s)
     }
 
     /// Receives a region and checks it holds `T`s, `len` of them when given.
     pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
-        kind: Kind,
+        kind: RegionKind,
         expected_len: Option<usize>,
     ) -> Result<PodRegion<T>, D::Error> {
         let region = super::deserialize_region(d, kind, Some(data_start::<T>()))?;

@@ -7,12 +7,14 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::raw::{Outcome, RawLock};
-use super::{HEADER_LEN, Kind, Wait, owner, owner_died, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::{Error, ErrorKind};
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const KIND: Kind = Kind::new(b"mpRL", "multiproc::RLock");
+const KIND: RegionKind = RegionKind::new(b"mpRL", "multiproc::RLock");
 /// The kernel thread id of the owning thread (written by the owner only).
 const OWNER_TID: usize = 24;
 /// How many times the owner holds it (touched by the owner only).
@@ -60,12 +62,12 @@ pub struct RLock {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(RLock, KIND, Some(HEADER_LEN));
+region_handle!(RLock, KIND, Some(WORDS_ONLY_LEN));
 
 impl RLock {
     /// A new, unlocked re-entrant lock.
     pub fn new() -> Result<RLock, Error> {
-        let region = super::create(KIND, HEADER_LEN, 0, |_| {})?;
+        let region = super::create(KIND, WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(RLock { region })
     }
 
@@ -89,7 +91,7 @@ impl RLock {
             && self.raw().holder() == Some(owner::me().pid)
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<RLockGuard<'_>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<RLockGuard<'_>>, Error> {
         if self.is_owned() {
             let count = self.count().load(Relaxed);
             let count = count
@@ -99,13 +101,13 @@ impl RLock {
             return Ok(Some(self.guard()));
         }
         match self.raw().acquire(wait) {
-            Outcome::Acquired => {
+            Acquisition::Acquired => {
                 self.count().store(1, Relaxed);
                 self.owner_tid().store(owner::tid(), Relaxed);
                 Ok(Some(self.guard()))
             }
-            Outcome::TimedOut => Ok(None),
-            Outcome::OwnerDied(pid) => Err(owner_died("re-entrant lock", pid)),
+            Acquisition::TimedOut => Ok(None),
+            Acquisition::OwnerDied(pid) => Err(owner_died("re-entrant lock", pid)),
         }
     }
 
@@ -124,7 +126,7 @@ impl RLock {
     /// died; the lock is then free.
     pub fn lock(&self) -> Result<RLockGuard<'_>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -133,12 +135,12 @@ impl RLock {
     /// Takes the lock if it is free or already this thread's: `Ok(None)`
     /// if another live owner holds it.
     pub fn try_lock(&self) -> Result<Option<RLockGuard<'_>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Like [`lock`](Self::lock), giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<RLockGuard<'_>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// Releases one level of a hold taken with a guard that was

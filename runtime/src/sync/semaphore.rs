@@ -3,27 +3,39 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU32;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, SeqCst};
-use std::time::Duration;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::time::{Duration, Instant};
 
-use super::{HEADER_LEN, Kind, Wait, region_handle};
+use super::{RegionKind, WORDS_ONLY_LEN, region_handle};
 use crate::error::{Error, ErrorKind};
-use crate::sys::futex;
+use crate::sys::futex::{self, CHECK_PERIOD};
+use crate::sys::lock_word::Deadline;
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
-const SEMAPHORE: Kind = Kind::new(b"mpSM", "multiproc::Semaphore");
-const BOUNDED: Kind = Kind::new(b"mpBS", "multiproc::BoundedSemaphore");
+const SEMAPHORE: RegionKind = RegionKind::new(b"mpSM", "multiproc::Semaphore");
+const BOUNDED: RegionKind = RegionKind::new(b"mpBS", "multiproc::BoundedSemaphore");
 /// The permits (the futex word).
 const COUNT: usize = 24;
 /// How many processes may be asleep on `COUNT` (so `release` can skip the wake).
 const SLEEPERS: usize = 28;
 /// The most permits there may be (`u32::MAX` for a plain semaphore).
 const MAX: usize = 32;
+/// The holder table: one slot per process holding permits, its owner tag
+/// (0: free) and then how many permits it holds, so that the permits of a
+/// process that dies come back.
+const HOLDERS: usize = WORDS_ONLY_LEN;
+const HOLDER_LEN: usize = 16;
+const HOLDER_SLOTS: usize = 64;
+const ATOMICS_LEN: usize = HOLDERS + HOLDER_LEN * HOLDER_SLOTS;
+/// A slot's tag while a waiter gives a dead holder's permits back.
+const RECLAIMING: u64 = u64::MAX;
 
 /// The shared words of a semaphore.
 #[derive(Clone, Copy)]
 struct Sem<'a> {
+    region: &'a SharedRegion,
     count: &'a AtomicU32,
     sleepers: &'a AtomicU32,
     max: &'a AtomicU32,
@@ -32,14 +44,15 @@ struct Sem<'a> {
 impl<'a> Sem<'a> {
     fn of(region: &'a SharedRegion) -> Sem<'a> {
         Sem {
+            region,
             count: region.atomic_u32(COUNT),
             sleepers: region.atomic_u32(SLEEPERS),
             max: region.atomic_u32(MAX),
         }
     }
 
-    fn create(kind: Kind, value: u32, max: u32) -> Result<Arc<SharedRegion>, Error> {
-        super::create(kind, HEADER_LEN, 0, |region| {
+    fn create(kind: RegionKind, value: u32, max: u32) -> Result<Arc<SharedRegion>, Error> {
+        super::create(kind, ATOMICS_LEN, 0, |region| {
             let sem = Sem::of(region);
             sem.count.store(value, Relaxed);
             sem.max.store(max, Relaxed);
@@ -60,10 +73,12 @@ impl<'a> Sem<'a> {
         false
     }
 
-    fn acquire(self, wait: Wait) -> Option<SemaphoreGuard<'a>> {
+    fn acquire(self, wait: Deadline) -> Option<SemaphoreGuard<'a>> {
+        let mut checked = Instant::now();
         loop {
             if self.try_take() {
-                return Some(SemaphoreGuard { sem: self });
+                let holder = self.hold();
+                return Some(SemaphoreGuard { sem: self, holder });
             }
             let left = wait.left();
             if left == Some(Duration::ZERO) {
@@ -77,6 +92,73 @@ impl<'a> Sem<'a> {
                 futex::wait(self.count, 0, left);
             }
             self.sleepers.fetch_sub(1, SeqCst);
+            if checked.elapsed() >= CHECK_PERIOD {
+                self.reclaim_from_the_dead();
+                checked = Instant::now();
+            }
+        }
+    }
+
+    fn holder_tag(self, slot: usize) -> &'a AtomicU64 {
+        self.region.atomic_u64(HOLDERS + HOLDER_LEN * slot)
+    }
+
+    fn holder_count(self, slot: usize) -> &'a AtomicU32 {
+        self.region.atomic_u32(HOLDERS + HOLDER_LEN * slot + 8)
+    }
+
+    /// Counts a permit just taken as this process's; returns its slot, or
+    /// `None` when the table is full (the permit then goes untracked, as
+    /// all are in Python). A process killed between taking the permit and
+    /// counting it loses that one permit.
+    fn hold(self) -> Option<usize> {
+        let me = owner::me().tag;
+        let slot = (0..HOLDER_SLOTS)
+            .find(|&slot| self.holder_tag(slot).load(Relaxed) == me)
+            .or_else(|| {
+                (0..HOLDER_SLOTS).find(|&slot| {
+                    self.holder_tag(slot)
+                        .compare_exchange(0, me, Relaxed, Relaxed)
+                        .is_ok()
+                })
+            })?;
+        self.holder_count(slot).fetch_add(1, Relaxed);
+        Some(slot)
+    }
+
+    /// The permit counted in `slot` leaves this process (given back, or
+    /// kept by `forget` for someone to `release`).
+    fn unhold(self, slot: Option<usize>) {
+        if let Some(slot) = slot {
+            self.holder_count(slot).fetch_sub(1, Relaxed);
+        }
+    }
+
+    /// Gives back the permits of holders that died (and frees the slots of
+    /// those that died holding none). Only a dead holder's slot is touched,
+    /// and only by the waiter that claimed it, so no count is taken twice.
+    #[cold]
+    fn reclaim_from_the_dead(self) {
+        for slot in 0..HOLDER_SLOTS {
+            let tag = self.holder_tag(slot).load(Relaxed);
+            if tag == 0 || tag == RECLAIMING || !owner::is_dead(owner::tag_pid(tag), tag) {
+                continue;
+            }
+            if self
+                .holder_tag(slot)
+                .compare_exchange(tag, RECLAIMING, Acquire, Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let held = self.holder_count(slot).swap(0, SeqCst);
+            for _ in 0..held {
+                // A bounded semaphore never passes its maximum.
+                if self.release().is_err() {
+                    break;
+                }
+            }
+            self.holder_tag(slot).store(0, Release);
         }
     }
 
@@ -103,7 +185,7 @@ impl<'a> Sem<'a> {
     }
 }
 
-fn too_many_releases(kind: Kind, max: u32) -> Error {
+fn too_many_releases(kind: RegionKind, max: u32) -> Error {
     Error::new(
         ErrorKind::TooManyReleases,
         format!("{} released too many times (its limit is {max})", kind.name),
@@ -141,9 +223,14 @@ fn too_many_releases(kind: Kind, max: u32) -> Error {
 /// ```
 ///
 /// # Caveats
-/// A permit has no owner: a process that dies holding one does not give it
-/// back (as in Python). Use a [`Lock`](crate::Lock) where owner death must be
-/// noticed.
+/// - A process killed while holding permits (guards not yet dropped) gives
+///   them back: a waiter notices within about 50 ms (beyond Python, which
+///   loses them). The holders of one semaphore are counted in 64 slots, one
+///   per process; the permits of processes past that are not tracked.
+/// - A permit kept with [`SemaphoreGuard::forget`] belongs to no process
+///   until someone calls `release`: it is lost if nobody does.
+/// - A process killed in the instant between taking a permit and counting
+///   it as its own (or between uncounting it and giving it back) loses it.
 pub struct Semaphore {
     region: Arc<SharedRegion>,
 }
@@ -158,7 +245,7 @@ macro_rules! permit_methods {
         /// Takes a permit, blocking until there is one.
         pub fn acquire(&self) -> SemaphoreGuard<'_> {
             loop {
-                if let Some(guard) = self.sem().acquire(Wait::Forever) {
+                if let Some(guard) = self.sem().acquire(Deadline::Never) {
                     return guard;
                 }
             }
@@ -166,12 +253,12 @@ macro_rules! permit_methods {
 
         /// Takes a permit if there is one now.
         pub fn try_acquire(&self) -> Option<SemaphoreGuard<'_>> {
-            self.sem().acquire(Wait::Try)
+            self.sem().acquire(Deadline::Now)
         }
 
         /// Takes a permit, waiting at most `timeout` for one.
         pub fn acquire_timeout(&self, timeout: Duration) -> Option<SemaphoreGuard<'_>> {
-            self.sem().acquire(Wait::timeout(timeout))
+            self.sem().acquire(Deadline::after(timeout))
         }
 
         /// The number of free permits (a snapshot; Python's `get_value`).
@@ -181,7 +268,7 @@ macro_rules! permit_methods {
     };
 }
 
-region_handle!(Semaphore, SEMAPHORE, Some(HEADER_LEN));
+region_handle!(Semaphore, SEMAPHORE, Some(ATOMICS_LEN));
 
 impl Semaphore {
     /// A semaphore with `value` permits.
@@ -232,13 +319,13 @@ impl fmt::Debug for Semaphore {
 /// ```
 ///
 /// # Caveats
-/// As for [`Semaphore`]: a process that dies holding a permit does not give
-/// it back.
+/// As for [`Semaphore`]: a process killed holding permits gives them back,
+/// never past the maximum.
 pub struct BoundedSemaphore {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(BoundedSemaphore, BOUNDED, Some(HEADER_LEN));
+region_handle!(BoundedSemaphore, BOUNDED, Some(ATOMICS_LEN));
 
 impl BoundedSemaphore {
     /// A semaphore with `value` permits, which is also its maximum.
@@ -281,17 +368,25 @@ impl fmt::Debug for BoundedSemaphore {
 #[must_use = "the permit is given back as soon as the guard is dropped"]
 pub struct SemaphoreGuard<'a> {
     sem: Sem<'a>,
+    /// The holder slot that counts this permit as this process's.
+    holder: Option<usize>,
 }
 
 impl SemaphoreGuard<'_> {
-    /// Keeps the permit taken; add one back later with `release`.
+    /// Keeps the permit taken; add one back later with `release`, from this
+    /// process or another. A forgotten permit is no longer this process's:
+    /// it does not come back if this process dies.
     pub fn forget(self) {
+        self.sem.unhold(self.holder);
         std::mem::forget(self);
     }
 }
 
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
+        // Not this process's any more before it is back: a death between
+        // the two loses it rather than returning it twice.
+        self.sem.unhold(self.holder);
         // A bounded semaphore already released up to its maximum by hand
         // has no room for this permit: it is simply not given back.
         let _ = self.sem.release();

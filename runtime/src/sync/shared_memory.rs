@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::RegionKind;
 use super::pod::PodRegion;
-use super::raw::DataGuard;
-use super::{Kind, Wait};
 use crate::error::Error;
+use crate::sys::lock_word::DataGuard;
+use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpSH", "multiproc::SharedMemory");
+const KIND: RegionKind = RegionKind::new(b"mpSH", "multiproc::SharedMemory");
 const WHAT: &str = "shared memory's lock";
 
 /// A block of bytes shared by processes, with a lock (Python's
@@ -39,7 +40,7 @@ const WHAT: &str = "shared memory's lock";
 /// ```
 ///
 /// # Caveats
-/// - The lock is only advisory for code using [`as_ptr`](Self::as_ptr).
+/// - The lock is only advisory for code using [`as_mut_ptr`](Self::as_mut_ptr).
 /// - A holder that dies makes the next `lock` report
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) and leave the lock free.
 pub struct SharedMemory {
@@ -64,7 +65,7 @@ impl SharedMemory {
         self.pod.len() == 0
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
         Ok(self
             .pod
             .lock(wait, WHAT)?
@@ -78,7 +79,7 @@ impl SharedMemory {
     /// the lock is then free.
     pub fn lock(&self) -> Result<SharedMemoryGuard<'_>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -86,12 +87,12 @@ impl SharedMemory {
 
     /// Locks the bytes if no live process holds them: `Ok(None)` otherwise.
     pub fn try_lock(&self) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Locks the bytes, giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// The first byte, for raw access outside the lock.
@@ -100,7 +101,7 @@ impl SharedMemory {
     /// lives. Reading or writing through it is `unsafe`: the caller must
     /// rule out data races with every other thread and process, for
     /// instance by holding the lock or by a protocol of its own.
-    pub fn as_ptr(&self) -> *mut u8 {
+    pub fn as_mut_ptr(&self) -> *mut u8 {
         self.pod.as_ptr()
     }
 }

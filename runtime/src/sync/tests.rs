@@ -7,7 +7,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::wire::{self, Kind, OutFrame};
+use crate::wire::{self, FrameKind, OutFrame};
 use crate::{Array, Barrier, ErrorKind, Event, Fd, Lock, Result, Value};
 
 /// Sends `value` through a socket as a frame and decodes it as `T`, as a
@@ -22,7 +22,7 @@ fn travel<T: DeserializeOwned>(value: &impl Serialize) -> Result<T> {
     .map_err(std::io::Error::from)?;
     let mut frame = OutFrame::new();
     frame.encode(value)?;
-    frame.send(a.as_fd(), Kind::Call)?;
+    frame.send(a.as_fd(), FrameKind::Call)?;
     let mut buf = Vec::new();
     let frame = wire::recv_frame(b.as_fd(), &mut buf)
         .map_err(|e| e.into_error())?

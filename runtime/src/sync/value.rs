@@ -8,12 +8,13 @@ use std::time::Duration;
 use bytemuck::Pod;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::RegionKind;
 use super::pod::PodRegion;
-use super::raw::DataGuard;
-use super::{Kind, Wait};
 use crate::error::Error;
+use crate::sys::lock_word::DataGuard;
+use crate::sys::lock_word::Deadline;
 
-const KIND: Kind = Kind::new(b"mpVL", "multiproc::Value");
+const KIND: RegionKind = RegionKind::new(b"mpVL", "multiproc::Value");
 const WHAT: &str = "value's lock";
 
 /// One plain-old-data value in shared memory, with a built-in lock
@@ -64,7 +65,7 @@ impl<T: Pod> Value<T> {
         })
     }
 
-    fn acquire(&self, wait: Wait) -> Result<Option<ValueGuard<'_, T>>, Error> {
+    fn acquire(&self, wait: Deadline) -> Result<Option<ValueGuard<'_, T>>, Error> {
         Ok(self.pod.lock(wait, WHAT)?.map(|guard| ValueGuard {
             guard,
             _value: PhantomData,
@@ -78,7 +79,7 @@ impl<T: Pod> Value<T> {
     /// the lock is then free.
     pub fn lock(&self) -> Result<ValueGuard<'_, T>, Error> {
         loop {
-            if let Some(guard) = self.acquire(Wait::Forever)? {
+            if let Some(guard) = self.acquire(Deadline::Never)? {
                 return Ok(guard);
             }
         }
@@ -86,12 +87,12 @@ impl<T: Pod> Value<T> {
 
     /// Locks the value if no live process holds it: `Ok(None)` otherwise.
     pub fn try_lock(&self) -> Result<Option<ValueGuard<'_, T>>, Error> {
-        self.acquire(Wait::Try)
+        self.acquire(Deadline::Now)
     }
 
     /// Locks the value, giving up after `timeout`: `Ok(None)`.
     pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ValueGuard<'_, T>>, Error> {
-        self.acquire(Wait::timeout(timeout))
+        self.acquire(Deadline::after(timeout))
     }
 
     /// Reads the value under its lock.

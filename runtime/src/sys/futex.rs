@@ -12,28 +12,30 @@ use rustix::thread::futex::{self, Flags, Timespec};
 
 /// How a [`wait`] ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Wait {
+pub(crate) enum Slept {
     /// Woken, interrupted, or the word no longer held `expected`: look again.
     Woken,
     /// The timeout passed.
     TimedOut,
 }
 
-/// The longest single sleep. Every waker in this crate changes a word and
+/// The longest single sleep, and so how often every waiter of the crate
+/// looks again (and checks that a lock's owner still lives). Every waker in this crate changes a word and
 /// then makes the wake-up call; a waker killed between the two (or one
 /// that took a sleeper count and died before waking) would leave sleepers
 /// asleep for ever while the word says they may go. So no sleep lasts
-/// longer than this: a sleeper cut short reports [`Wait::Woken`] and its
+/// longer than this: a sleeper cut short reports [`Slept::Woken`] and its
 /// caller's loop looks at the word again, which bounds what such a death
 /// costs to one period of lateness. Idle waiters wake this often; a look
 /// costs a few microseconds.
-const LONGEST_SLEEP: Duration = crate::sync::raw::CHECK_PERIOD;
+pub(crate) const CHECK_PERIOD: Duration = Duration::from_millis(50);
+const LONGEST_SLEEP: Duration = CHECK_PERIOD;
 
 /// `futex(word, FUTEX_WAIT, expected, timeout)`: sleeps while `word` holds
 /// `expected`, at most `timeout` (relative, `CLOCK_MONOTONIC`) when given,
-/// and never longer than [`LONGEST_SLEEP`]. [`Wait::TimedOut`] only when
+/// and never longer than [`LONGEST_SLEEP`]. [`Slept::TimedOut`] only when
 /// the caller's own timeout passed; callers look again after `Woken`.
-pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Wait {
+pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Slept {
     let (sleep, cut) = match timeout {
         Some(t) if t <= LONGEST_SLEEP => (t, false),
         _ => (LONGEST_SLEEP, true),
@@ -43,10 +45,10 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -
         tv_nsec: sleep.subsec_nanos().into(),
     };
     match futex::wait(word, Flags::empty(), expected, Some(&timespec)) {
-        Err(Errno::TIMEDOUT) if !cut => Wait::TimedOut,
+        Err(Errno::TIMEDOUT) if !cut => Slept::TimedOut,
         // EAGAIN (value changed), EINTR, a wake-up, or a sleep cut short:
         // the caller re-checks.
-        _ => Wait::Woken,
+        _ => Slept::Woken,
     }
 }
 
@@ -79,15 +81,15 @@ mod tests {
         // store and its wake-up call), yet each sleep ends, as `Woken`, so
         // that the caller looks at its word again.
         let long = within_20s(|| wait(&AtomicU32::new(0), 0, Some(Duration::from_secs(3600))));
-        assert_eq!(long, Wait::Woken);
+        assert_eq!(long, Slept::Woken);
         let endless = within_20s(|| wait(&AtomicU32::new(0), 0, None));
-        assert_eq!(endless, Wait::Woken);
+        assert_eq!(endless, Slept::Woken);
         // A timeout within the period is the caller's own.
         let short = wait(&AtomicU32::new(0), 0, Some(Duration::from_millis(1)));
-        assert_eq!(short, Wait::TimedOut);
+        assert_eq!(short, Slept::TimedOut);
         assert_eq!(
             wait(&AtomicU32::new(1), 0, None),
-            Wait::Woken,
+            Slept::Woken,
             "not `expected`"
         );
     }

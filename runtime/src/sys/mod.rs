@@ -6,74 +6,72 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod futex;
-pub(crate) mod lane;
+pub(crate) mod lock_word;
+pub(crate) mod owner;
+pub(crate) mod poll;
 pub(crate) mod ring;
 pub(crate) mod shm;
+pub(crate) mod slots;
 
 use std::io;
 use std::os::fd::BorrowedFd;
 
 use rustix::net::RecvFlags;
 
-/// The loader calls this before `main` (and before a test harness, doctest
-/// or any other code of the program runs): in a child it runs the entry and
-/// exits; in any other process it returns at once.
-extern "C" fn bootstrap_ctor() {
-    // Unwinding out of a function the loader called is undefined behaviour.
-    if std::panic::catch_unwind(|| crate::bootstrap::on_load(crate::entry::loaded_count())).is_err()
-    {
-        std::process::abort();
-    }
-}
-
-/// Registers an entry from its own load-time constructor. Not public API:
-/// used by `#[process_entry]`.
+/// Defines `static $name: extern "C" fn()` in `.init_array`: the loader
+/// calls it once at start-up, before `main` (and before a test harness,
+/// doctest or any other code of the program runs), and it runs `$body`.
 ///
-/// With one constructor per entry that registers it and then checks whether
-/// this is a child whose entries are now all known, a child finds its entry
-/// however the linker ordered the constructors (which it does not promise).
+/// Used for the bootstrap constructor (`spawn/child.rs`) and, through
+/// `__private`, by the constructor `#[process_entry]` emits for each entry.
+/// The function catches any panic of `$body` and aborts, since unwinding
+/// out of a function the loader called is undefined behaviour.
 #[doc(hidden)]
 #[macro_export]
-macro_rules! __entry_ctor {
-    ($entry:ty, $file:expr, $line:expr) => {
-        const _: () = {
-            static RECORD: $crate::__private::EntryRecord =
-                $crate::__private::EntryRecord::new::<$entry>($file, $line);
-            extern "C" fn __multiproc_entry_ctor() {
-                // Unwinding out of a function the loader called is undefined behaviour.
-                if ::std::panic::catch_unwind(|| $crate::__private::entry_loaded(&RECORD)).is_err()
+macro_rules! __load_time_ctor {
+    // Inside this crate, which denies `unsafe_code` outside `sys/`: the
+    // attribute is this macro's, and so is the allowance. (Expanded in
+    // another crate, this macro's `unsafe` is not that crate's code, and an
+    // `allow` would clash with its `forbid(unsafe_code)`.)
+    (@crate $vis:vis $name:ident => $body:expr) => {
+        #[allow(unsafe_code)]
+        #[used]
+        // SAFETY: as below.
+        #[unsafe(link_section = ".init_array")]
+        $vis static $name: extern "C" fn() = {
+            extern "C" fn __multiproc_load_time_ctor() {
+                if ::std::panic::catch_unwind(|| {
+                    $body;
+                })
+                .is_err()
                 {
                     ::std::process::abort();
                 }
             }
-            #[used]
-            // SAFETY: `.init_array` holds pointers to `extern "C" fn()` that
-            // the loader calls once at start-up; the static has exactly that
-            // type, and the function does not unwind.
-            #[unsafe(link_section = ".init_array")]
-            static __MULTIPROC_ENTRY_CTOR: extern "C" fn() = __multiproc_entry_ctor;
+            __multiproc_load_time_ctor
+        };
+    };
+    ($vis:vis $name:ident => $body:expr) => {
+        #[used]
+        // SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the
+        // loader calls once at start-up; the static has exactly that type,
+        // and the function never unwinds (a panic aborts) nor relies on
+        // `main` having run.
+        #[unsafe(link_section = ".init_array")]
+        $vis static $name: extern "C" fn() = {
+            extern "C" fn __multiproc_load_time_ctor() {
+                if ::std::panic::catch_unwind(|| {
+                    $body;
+                })
+                .is_err()
+                {
+                    ::std::process::abort();
+                }
+            }
+            __multiproc_load_time_ctor
         };
     };
 }
-
-/// The constructor's slot in `.init_array`.
-///
-/// Everything that registers an entry refers to this static (through
-/// [`Anchor`]), so a linker that drops unreferenced archive members keeps
-/// the object holding it in every binary that has entries.
-#[used]
-// SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the loader
-// calls once at start-up; the static has exactly that type, and the function
-// neither unwinds (see above) nor relies on `main` having run.
-#[unsafe(link_section = ".init_array")]
-pub(crate) static BOOTSTRAP_CTOR: extern "C" fn() = bootstrap_ctor;
-
-/// A reference to the bootstrap constructor, stored in every entry record.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Anchor(#[allow(dead_code)] &'static extern "C" fn());
-
-/// The one [`Anchor`].
-pub(crate) const ANCHOR: Anchor = Anchor(&BOOTSTRAP_CTOR);
 
 /// Removes an environment variable while the process is single-threaded.
 ///

@@ -9,7 +9,7 @@
 //! offsets agree. The rest is *free*.
 //!
 //! Putters hold the put lock, getters the get lock (robust process-shared
-//! locks, see [`crate::sync::raw`]). Only a putter stores `TAIL` and only a
+//! locks, see [`crate::sys::lock_word`]). Only a putter stores `TAIL` and only a
 //! getter stores `HEAD`, each with one store that hands the bytes it wrote
 //! (or read) over to the other side. A putter writes free bytes only, a
 //! getter reads used bytes only: [`PutSide::write`] and [`GetSide::read`]
@@ -34,8 +34,8 @@ use std::ptr;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
-use crate::sync::Wait;
-use crate::sync::raw::{Outcome, RawLock};
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
 
 // The ring's words, 128 bytes apart: one line per writer, and none in the
@@ -145,13 +145,13 @@ impl Ring {
     }
 
     /// Takes the put lock, waiting as `wait` allows; `None`: timed out.
-    pub(crate) fn lock_put(&self, wait: Wait) -> Option<PutSide<'_>> {
+    pub(crate) fn lock_put(&self, wait: Deadline) -> Option<PutSide<'_>> {
         let lock = RawLock::at(&self.region, PUT_LOCK, PUT_TAG);
         acquire(lock, wait).then_some(PutSide { ring: self, lock })
     }
 
     /// Takes the get lock, waiting as `wait` allows; `None`: timed out.
-    pub(crate) fn lock_get(&self, wait: Wait) -> Option<GetSide<'_>> {
+    pub(crate) fn lock_get(&self, wait: Deadline) -> Option<GetSide<'_>> {
         let lock = RawLock::at(&self.region, GET_LOCK, GET_TAG);
         acquire(lock, wait).then_some(GetSide { ring: self, lock })
     }
@@ -202,12 +202,12 @@ impl Ring {
 /// Acquires `lock`. A process killed holding it left the ring whole (each
 /// word changes by one store), so its death is no error: the lock is free
 /// again and taken over.
-fn acquire(lock: RawLock<'_>, wait: Wait) -> bool {
+fn acquire(lock: RawLock<'_>, wait: Deadline) -> bool {
     loop {
         match lock.acquire(wait) {
-            Outcome::Acquired => return true,
-            Outcome::TimedOut => return false,
-            Outcome::OwnerDied(_) => continue,
+            Acquisition::Acquired => return true,
+            Acquisition::TimedOut => return false,
+            Acquisition::OwnerDied(_) => continue,
         }
     }
 }
@@ -403,12 +403,12 @@ mod tests {
     #[test]
     fn each_side_reaches_only_its_own_part() {
         let ring = ring(64);
-        let mut put = ring.lock_put(Wait::Try).unwrap();
+        let mut put = ring.lock_put(Deadline::Now).unwrap();
         put.write(0, &[1; 16]).unwrap();
         put.write(56, &[2; 8]).unwrap();
         assert_eq!(put.write(60, &[0; 8]), Err(Misplaced), "past the end");
         put.publish(pos(1, 16)).unwrap();
-        let mut get = ring.lock_get(Wait::Try).unwrap();
+        let mut get = ring.lock_get(Deadline::Now).unwrap();
         let mut out = [0u8; 8];
         // The seen tail is stale (empty) until refreshed.
         assert_eq!(get.read(0, &mut out), Err(Misplaced));
@@ -417,7 +417,7 @@ mod tests {
         assert_eq!(out, [1; 8]);
         assert_eq!(get.read(16, &mut out), Err(Misplaced), "not yet put");
         // The putter may not touch what the getter still owns.
-        let mut put = ring.lock_put(Wait::Try).unwrap();
+        let mut put = ring.lock_put(Deadline::Now).unwrap();
         assert_eq!(put.write(8, &[3; 8]), Err(Misplaced));
         put.write(16, &[3; 48]).unwrap();
         assert_eq!(put.write(0, &[3; 8]), Err(Misplaced), "stale head");
@@ -427,12 +427,12 @@ mod tests {
             "beyond the free part"
         );
         get.advance(pos(1, 16)).unwrap();
-        let mut put = ring.lock_put(Wait::Try).unwrap();
+        let mut put = ring.lock_put(Deadline::Now).unwrap();
         assert_eq!(put.refresh_head(), pos(1, 16));
         // Free now: 16..64 and 0..16, the whole ring.
         put.write(0, &[4; 16]).unwrap();
         put.publish(pos(2, 16)).unwrap();
-        let mut get = ring.lock_get(Wait::Try).unwrap();
+        let mut get = ring.lock_get(Deadline::Now).unwrap();
         get.refresh_tail();
         let mut all = [0u8; 64];
         get.read(0, &mut all).unwrap();
@@ -446,14 +446,14 @@ mod tests {
     #[test]
     fn a_lock_is_held_until_its_side_is_dropped() {
         let ring = ring(64);
-        let put = ring.lock_put(Wait::Try).unwrap();
-        assert!(ring.lock_put(Wait::Try).is_none());
-        let get = ring.lock_get(Wait::Try).unwrap();
-        assert!(ring.lock_get(Wait::Try).is_none());
+        let put = ring.lock_put(Deadline::Now).unwrap();
+        assert!(ring.lock_put(Deadline::Now).is_none());
+        let get = ring.lock_get(Deadline::Now).unwrap();
+        assert!(ring.lock_get(Deadline::Now).is_none());
         drop(put);
         drop(get);
-        assert!(ring.lock_put(Wait::Try).is_some());
-        assert!(ring.lock_get(Wait::Try).is_some());
+        assert!(ring.lock_put(Deadline::Now).is_some());
+        assert!(ring.lock_get(Deadline::Now).is_some());
     }
 
     #[test]
@@ -461,12 +461,12 @@ mod tests {
         let ring = ring(64);
         // Counts equal but offsets apart: no ring looks like that.
         ring.word(TAIL).store(pos(0, 8).0, Relaxed);
-        let mut put = ring.lock_put(Wait::Try).unwrap();
+        let mut put = ring.lock_put(Deadline::Now).unwrap();
         assert_eq!(put.write(8, &[0; 8]), Err(Misplaced));
         drop(put);
         // More records than bytes.
         ring.word(TAIL).store(pos(65, 0).0, Relaxed);
-        let mut get = ring.lock_get(Wait::Try).unwrap();
+        let mut get = ring.lock_get(Deadline::Now).unwrap();
         get.refresh_tail();
         assert_eq!(get.read(0, &mut [0; 8]), Err(Misplaced));
     }

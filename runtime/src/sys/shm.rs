@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64};
 use rustix::fs::{FileType, MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
 
-use crate::sync::raw::DataGuard;
+use super::lock_word::DataGuard;
 
 /// The seals every region carries: its size is fixed for good, so a mapped
 /// byte can never lose its backing (which would be a `SIGBUS`).
@@ -206,7 +206,7 @@ pub(crate) fn data<'g>(guard: &'g DataGuard<'_>) -> &'g [u8] {
     let region = guard.region();
     // SAFETY: `data_start..len` is inside the mapping, which outlives the
     // guard's borrow of the region. A `DataGuard` exists only while its
-    // holder owns the region's lock (sync/raw.rs makes one only after
+    // holder owns the region's lock (lock_word.rs makes one only after
     // acquiring it and releases it in `Drop`), and every process reaches
     // these bytes only through a guard, so nothing writes them while this
     // shared borrow of the guard lives.

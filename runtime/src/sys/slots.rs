@@ -2,7 +2,7 @@
 //! memfd that one sending process fills and one receiving process drains,
 //! both at once.
 //!
-//! A message of [`LANE_MIN`](crate::pipe) bytes or more does not go through
+//! A message of `LANE_MIN` (`pipe/lane.rs`) bytes or more does not go through
 //! the socket. Its sender writes a small frame on the socket instead (the
 //! message's length, with the lane's memfd attached) and then copies the
 //! message into the lane one slot at a time, while the receiver copies the
@@ -15,7 +15,7 @@
 //! only by the reader). Slot `i % SLOTS` is the writer's while
 //! `WRITTEN - READ < SLOTS` says it is free, and the reader's from the store
 //! of `WRITTEN` that publishes it until the store of `READ` that hands it
-//! back. [`Lane::write`] and [`Lane::read`] keep their own side's counter
+//! back. [`SlotRing::write`] and [`SlotRing::read`] keep their own side's counter
 //! in a local and only ever touch the slot it names, so whatever the other
 //! process writes into the words, every copy stays inside the mapping.
 //!
@@ -27,7 +27,7 @@
 //! side's counter (a futex), after raising its `*_SLEEPS` flag so the other
 //! side knows to wake it. Sleeps are cut into periods of
 //! [`CHECK_PERIOD`]; after each, the sleeper asks whether the other process
-//! is still there (its tag, see [`crate::sync::owner`], and the caller's own
+//! is still there (its tag, see [`crate::sys::owner`], and the caller's own
 //! check of the socket), so a peer that dies mid-message is an error, never
 //! a hang.
 
@@ -36,10 +36,12 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::ptr;
 use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use std::time::{Duration, Instant};
 
-use crate::sync::owner;
-use crate::sync::raw::{CHECK_PERIOD, Spin};
-use crate::sys::futex::{self, Wait};
+use crate::sys::futex::CHECK_PERIOD;
+use crate::sys::futex::{self, Slept};
+use crate::sys::lock_word::Spin;
+use crate::sys::owner;
 use crate::sys::shm::SharedRegion;
 
 const MAGIC: usize = 0;
@@ -82,19 +84,22 @@ pub(crate) enum Abandoned {
     PeerGone,
     /// The message does not start where the lane's counters allow.
     OutOfStep,
+    /// The reader's deadline passed: the slots read so far are taken (and
+    /// their bytes in `out`); [`SlotRing::next_read`] says where to go on.
+    TimedOut,
 }
 
 /// A lane, mapped.
 #[derive(Debug)]
-pub(crate) struct Lane {
+pub(crate) struct SlotRing {
     region: SharedRegion,
     slot_len: usize,
     slots: u32,
 }
 
-impl Lane {
+impl SlotRing {
     /// A new lane, written by this process.
-    pub(crate) fn create() -> io::Result<Lane> {
+    pub(crate) fn create() -> io::Result<SlotRing> {
         let data = DEFAULT_SLOT_LEN as usize * DEFAULT_SLOTS as usize;
         let region = SharedRegion::create("multiproc-lane", WORDS_LEN, data)?;
         region.atomic_u32(MAGIC).store(LANE_MAGIC, Relaxed);
@@ -103,7 +108,7 @@ impl Lane {
         region
             .atomic_u64(WRITER_TAG)
             .store(owner::me().tag, Relaxed);
-        Ok(Lane {
+        Ok(SlotRing {
             region,
             slot_len: DEFAULT_SLOT_LEN as usize,
             slots: DEFAULT_SLOTS,
@@ -114,7 +119,7 @@ impl Lane {
     /// kept in `cached` when it is the same object (the usual case: a writer
     /// sends its lane with every message), else a new one, checked and
     /// mapped, which replaces it.
-    pub(crate) fn receive(cached: &mut Option<Lane>, fd: OwnedFd) -> io::Result<&Lane> {
+    pub(crate) fn receive(cached: &mut Option<SlotRing>, fd: OwnedFd) -> io::Result<&SlotRing> {
         let id = super::shm::object_id(&fd)?;
         if cached.as_ref().is_some_and(|lane| lane.region.id() != id) {
             // Unmapped before the new one is mapped.
@@ -122,11 +127,11 @@ impl Lane {
         }
         Ok(match cached {
             Some(lane) => lane,
-            None => cached.insert(Lane::open(fd)?),
+            None => cached.insert(SlotRing::open(fd)?),
         })
     }
 
-    fn open(fd: OwnedFd) -> io::Result<Lane> {
+    fn open(fd: OwnedFd) -> io::Result<SlotRing> {
         let region = SharedRegion::open(fd, Some(WORDS_LEN))?;
         let magic = region.atomic_u32(MAGIC).load(Relaxed);
         let slot_len = region.atomic_u32(SLOT_LEN).load(Relaxed);
@@ -146,7 +151,7 @@ impl Lane {
                 "the descriptor sent with a large message is not a multiproc lane",
             ));
         }
-        Ok(Lane {
+        Ok(SlotRing {
             region,
             slot_len: slot_len as usize,
             slots,
@@ -186,7 +191,7 @@ impl Lane {
         let mut written = self.next_slot();
         for chunk in bytes.chunks(self.slot_len) {
             let free = |read: u32| written.wrapping_sub(read) < self.slots;
-            self.wait_for(READ, WRITER_SLEEPS, READER_TAG, free, &mut peer_gone)?;
+            self.wait_for(READ, WRITER_SLEEPS, READER_TAG, free, &mut peer_gone, None)?;
             // SAFETY: the slot lies in the mapping (index below `slots`, and
             // `slot_len * slots` fits the data part: `create` made it so and
             // `open` checked it), and `chunk` is at most `slot_len` bytes of
@@ -217,14 +222,21 @@ impl Lane {
         len: usize,
         out: &mut Vec<u8>,
         peer_gone: impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         // Only one process reads at a time (one receiving process per end),
         // and the writer may check on it while it does.
         let tag = self.region.atomic_u64(READER_TAG);
         tag.store(owner::me().tag, Release);
-        let result = self.read_slots(first, len, out, peer_gone);
+        let result = self.read_slots(first, len, out, peer_gone, deadline);
         tag.store(0, Release);
         result
+    }
+
+    /// The slot count the reader goes on from (after a [`read`](Self::read)
+    /// that timed out, the rest of its message starts there).
+    pub(crate) fn next_read(&self) -> u32 {
+        self.word(READ).load(Relaxed)
     }
 
     fn read_slots(
@@ -233,6 +245,7 @@ impl Lane {
         len: usize,
         out: &mut Vec<u8>,
         mut peer_gone: impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         out.reserve(len.min(MAX_RESERVE));
         // Only this process stores `READ`.
@@ -249,7 +262,14 @@ impl Lane {
         let mut left = len;
         while left > 0 {
             let filled = |written: u32| written != read;
-            self.wait_for(WRITTEN, READER_SLEEPS, WRITER_TAG, filled, &mut peer_gone)?;
+            self.wait_for(
+                WRITTEN,
+                READER_SLEEPS,
+                WRITER_TAG,
+                filled,
+                &mut peer_gone,
+                deadline,
+            )?;
             let n = left.min(self.slot_len);
             out.reserve(n);
             let end = out.len();
@@ -279,7 +299,7 @@ impl Lane {
     /// `counter`): spins a little, then sleeps on the counter with this
     /// side's flag (at `sleeps`) raised. After each [`CHECK_PERIOD`] asleep
     /// it gives up if the process tagged at `peer_tag` has died, or
-    /// `peer_gone` says the other side is gone.
+    /// `peer_gone` says the other side is gone; and at `deadline`, if any.
     fn wait_for(
         &self,
         counter: usize,
@@ -287,6 +307,7 @@ impl Lane {
         peer_tag: usize,
         ready: impl Fn(u32) -> bool,
         peer_gone: &mut impl FnMut() -> bool,
+        deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         let word = self.word(counter);
         let mut spin = Spin::new();
@@ -297,17 +318,22 @@ impl Lane {
             if spin.spin() {
                 continue;
             }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                return Err(Abandoned::TimedOut);
+            }
+            let period = left.map_or(CHECK_PERIOD, |left| left.min(CHECK_PERIOD));
             // Raised before looking again: the other side's `publish`
             // either comes before that look or sees the flag (`SeqCst`).
             self.word(sleeps).store(1, SeqCst);
             let seen = word.load(SeqCst);
             let waited = if ready(seen) {
-                Wait::Woken
+                Slept::Woken
             } else {
-                futex::wait(word, seen, Some(CHECK_PERIOD))
+                futex::wait(word, seen, Some(period))
             };
             self.word(sleeps).store(0, Relaxed);
-            if waited == Wait::TimedOut {
+            if waited == Slept::TimedOut {
                 let peer = self.region.atomic_u64(peer_tag).load(Acquire);
                 if peer != 0 && owner::is_dead(owner::tag_pid(peer), peer) {
                     return Err(Abandoned::PeerDied);
@@ -337,40 +363,48 @@ mod tests {
 
     #[test]
     fn a_message_crosses_between_two_threads() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let fd = lane.as_fd().try_clone_to_owned().unwrap();
         let message: Vec<u8> = (0..5_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
         let mut cached = None;
         std::thread::scope(|s| {
             s.spawn(|| lane.write(&message, || false).unwrap());
-            let reader = Lane::receive(&mut cached, fd).unwrap();
+            let reader = SlotRing::receive(&mut cached, fd).unwrap();
             let mut out = Vec::new();
-            reader.read(0, message.len(), &mut out, || false).unwrap();
+            reader
+                .read(0, message.len(), &mut out, || false, None)
+                .unwrap();
             assert!(out == message);
         });
         // The same lane sent again is recognised and not mapped twice.
         let again = lane.as_fd().try_clone_to_owned().unwrap();
         let before = cached.as_ref().map(|l| l.region.data_ptr());
-        Lane::receive(&mut cached, again).unwrap();
+        SlotRing::receive(&mut cached, again).unwrap();
         assert_eq!(cached.as_ref().map(|l| l.region.data_ptr()), before);
     }
 
     #[test]
     fn a_reader_gives_up_when_told_the_writer_is_gone() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let mut out = Vec::new();
         let mut asked = 0;
-        let result = lane.read(0, 10, &mut out, || {
-            asked += 1;
-            asked == 2
-        });
+        let result = lane.read(
+            0,
+            10,
+            &mut out,
+            || {
+                asked += 1;
+                asked == 2
+            },
+            None,
+        );
         assert_eq!(result, Err(Abandoned::PeerGone));
         assert_eq!(asked, 2);
     }
 
     #[test]
     fn a_writer_gives_up_when_told_the_reader_is_gone() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         let big = vec![1u8; 2 * lane.slot_len * lane.slots as usize];
         let result = lane.write(&big, || true);
         assert_eq!(result, Err(Abandoned::PeerGone));
@@ -383,11 +417,11 @@ mod tests {
 
     #[test]
     fn a_reader_notices_that_the_writer_died() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         lane.region
             .atomic_u64(WRITER_TAG)
             .store(dead_tag(), Relaxed);
-        let result = lane.read(0, 10, &mut Vec::new(), || false);
+        let result = lane.read(0, 10, &mut Vec::new(), || false, None);
         assert_eq!(result, Err(Abandoned::PeerDied));
         // It no longer claims to be reading.
         assert_eq!(lane.region.atomic_u64(READER_TAG).load(Relaxed), 0);
@@ -395,7 +429,7 @@ mod tests {
 
     #[test]
     fn a_writer_notices_that_the_reader_died_mid_message() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         lane.region
             .atomic_u64(READER_TAG)
             .store(dead_tag(), Relaxed);
@@ -406,21 +440,22 @@ mod tests {
 
     #[test]
     fn slots_left_by_a_dead_reader_are_skipped() {
-        let lane = Lane::create().unwrap();
+        let lane = SlotRing::create().unwrap();
         // Two messages of three slots each; the first one's reader took one
         // slot and died.
         let slot = lane.slot_len;
         lane.write(&vec![1u8; 3 * slot], || false).unwrap();
         let mut out = Vec::new();
-        lane.read(0, slot, &mut out, || false).unwrap();
+        lane.read(0, slot, &mut out, || false, None).unwrap();
         let first = lane.next_slot();
         lane.write(&vec![2u8; 3 * slot], || false).unwrap();
         out.clear();
-        lane.read(first, 3 * slot, &mut out, || false).unwrap();
+        lane.read(first, 3 * slot, &mut out, || false, None)
+            .unwrap();
         assert!(out.len() == 3 * slot && out.iter().all(|&b| b == 2));
         // A start further ahead than the lane can be is refused.
         let far = lane.next_slot().wrapping_add(lane.slots + 1);
-        let result = lane.read(far, 1, &mut out, || false);
+        let result = lane.read(far, 1, &mut out, || false, None);
         assert_eq!(result, Err(Abandoned::OutOfStep));
     }
 
@@ -428,17 +463,17 @@ mod tests {
     fn a_region_that_is_not_a_lane_is_refused() {
         let other = SharedRegion::create("not-a-lane", WORDS_LEN, 4096).unwrap();
         let fd = other.as_fd().try_clone_to_owned().unwrap();
-        let err = Lane::receive(&mut None, fd).unwrap_err();
+        let err = SlotRing::receive(&mut None, fd).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
     }
 
     #[test]
     fn a_lane_whose_geometry_does_not_hold_is_refused() {
         for (word, value) in [(SLOTS, 24), (SLOTS, 0), (SLOT_LEN, 0), (SLOTS, 1 << 20)] {
-            let lane = Lane::create().unwrap();
+            let lane = SlotRing::create().unwrap();
             lane.word(word).store(value, Relaxed);
             let fd = lane.as_fd().try_clone_to_owned().unwrap();
-            let err = Lane::receive(&mut None, fd).unwrap_err();
+            let err = SlotRing::receive(&mut None, fd).unwrap_err();
             assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{word}: {value}");
         }
     }

@@ -8,6 +8,7 @@ pub struct ProcessInfo {
     name: String,
     pid: u32,
     is_child: bool,
+    daemon: bool,
 }
 
 impl ProcessInfo {
@@ -26,12 +27,24 @@ impl ProcessInfo {
     pub fn is_child(&self) -> bool {
         self.is_child
     }
+
+    /// Whether this process is a daemon child (Python's
+    /// `current_process().daemon`). A daemon may not start children.
+    pub fn is_daemon(&self) -> bool {
+        self.daemon
+    }
 }
 
-static CHILD_NAME: OnceLock<String> = OnceLock::new();
+/// This child's name and daemon flag, as its parent gave them.
+static CHILD: OnceLock<(String, bool)> = OnceLock::new();
 
-pub(crate) fn set_child_name(name: String) {
-    let _ = CHILD_NAME.set(name);
+pub(crate) fn set_child(name: String, daemon: bool) {
+    let _ = CHILD.set((name, daemon));
+}
+
+/// Whether this process is a daemon child.
+pub(crate) fn is_daemon() -> bool {
+    CHILD.get().is_some_and(|(_, daemon)| *daemon)
 }
 
 /// Describes the current process (Python's `multiprocessing.current_process()`).
@@ -43,16 +56,18 @@ pub(crate) fn set_child_name(name: String) {
 /// assert!(!me.is_child());
 /// ```
 pub fn current_process() -> ProcessInfo {
-    match CHILD_NAME.get() {
-        Some(name) => ProcessInfo {
+    match CHILD.get() {
+        Some((name, daemon)) => ProcessInfo {
             name: name.clone(),
             pid: std::process::id(),
             is_child: true,
+            daemon: *daemon,
         },
         None => ProcessInfo {
             name: "MainProcess".to_string(),
             pid: std::process::id(),
             is_child: false,
+            daemon: false,
         },
     }
 }
@@ -89,7 +104,7 @@ impl ChildInfo {
 /// The children of this process that are still running, joined or not
 /// (as Python's `active_children()`, it reaps those that have ended).
 pub fn active_children() -> Vec<ChildInfo> {
-    crate::children::live()
+    super::reaper::live()
         .into_iter()
         .map(|c| ChildInfo {
             pid: c.pid,

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
@@ -17,11 +17,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::channel_error::{RecvError, RecvTimeoutError, TryRecvError};
 use crate::error::{Error, ErrorKind};
-use crate::sync::raw::{Outcome, RawLock};
-use crate::sync::{Kind as HandleKind, Wait, region_handle};
-use crate::sys::lane::{Abandoned, Lane};
+use crate::sync::{RegionKind, region_handle};
+use crate::sys::lock_word::Deadline;
+use crate::sys::lock_word::{Acquisition, RawLock};
 use crate::sys::shm::SharedRegion;
-use crate::wire::{self, Kind, OutFrame, RecvError as WireError};
+use crate::sys::slots::SlotRing;
+use crate::wire::{self, FrameError, FrameKind, OutFrame};
+
+mod lane;
+
+use lane::LANE_MIN;
 
 /// Creates connected pairs of [`Connection`]s.
 ///
@@ -110,13 +115,13 @@ struct SendLocks {
     region: Arc<SharedRegion>,
 }
 
-region_handle!(SendLocks, LOCKS_KIND, Some(crate::sync::HEADER_LEN));
+region_handle!(SendLocks, LOCKS_KIND, Some(crate::sync::WORDS_ONLY_LEN));
 
-const LOCKS_KIND: HandleKind = HandleKind::new(b"mpPL", "multiproc::Pipe");
+const LOCKS_KIND: RegionKind = RegionKind::new(b"mpPL", "multiproc::Pipe");
 
 impl SendLocks {
     fn new() -> Result<SendLocks, Error> {
-        let region = crate::sync::create(LOCKS_KIND, crate::sync::HEADER_LEN, 0, |_| {})?;
+        let region = crate::sync::create(LOCKS_KIND, crate::sync::WORDS_ONLY_LEN, 0, |_| {})?;
         Ok(SendLocks { region })
     }
 
@@ -150,24 +155,29 @@ impl End {
 }
 
 /// Holds a side's send lock; releases it when dropped.
-struct Sending<'a>(RawLock<'a>);
+struct SendLockGuard<'a>(RawLock<'a>);
 
-impl Drop for Sending<'_> {
+impl Drop for SendLockGuard<'_> {
     fn drop(&mut self) {
         self.0.release();
     }
 }
 
+/// A receive without a deadline never times out; should a timeout come
+/// anyway, it is reported as a failure rather than mistaken for a message.
+fn without_deadline(e: RecvTimeoutError) -> RecvError {
+    match e {
+        RecvTimeoutError::Disconnected => RecvError::Disconnected,
+        RecvTimeoutError::Failed(e) => RecvError::Failed(e),
+        RecvTimeoutError::Timeout => RecvError::Failed(Error::new(
+            ErrorKind::Timeout,
+            "a receive without a deadline timed out",
+        )),
+    }
+}
+
 /// What each end asks for as its send buffer.
 const SEND_BUFFER: usize = 2 << 20;
-
-/// Messages of at least this many bytes go through the sending handle's
-/// lane (`sys::lane`), a shared-memory ring that the two processes copy
-/// through side by side, rather than through the socket. At 256 KiB a lane
-/// is about 3x faster than the socket, and a connection that carries such
-/// messages can afford the lane's 4 MiB. (It is faster from 64 KiB up, but
-/// every connection carrying such messages would then hold a lane.)
-const LANE_MIN: usize = 256 << 10;
 
 /// One end of a [`Pipe`]: sends and receives messages of type `T`.
 ///
@@ -198,6 +208,10 @@ const LANE_MIN: usize = 256 << 10;
 ///   taking such a message's announcement and starting on its bytes goes
 ///   unseen while another process holds the receiving end: the sender then
 ///   waits until every copy of that end is closed.
+/// - A deadline (`recv_timeout`, `try_recv`) covers the whole message. A
+///   message still arriving when it passes is reported as `Timeout` and
+///   is not lost: what came of it is kept, and the next receive goes on
+///   with it. (`poll` and [`crate::wait()`] count such a message as ready.)
 /// - Messages of 256 KiB or more do not go through the socket but through a
 ///   *lane*: a 4 MiB ring in shared memory that the sender fills while the
 ///   receiver drains it, which doubles or triples their throughput. Each
@@ -223,7 +237,7 @@ pub struct Connection<T> {
 struct SendState {
     frame: OutFrame,
     /// Made at the first large message this process sends on the end.
-    lane: Option<Lane>,
+    lane: Option<SlotRing>,
 }
 
 #[derive(Debug, Default)]
@@ -231,9 +245,12 @@ struct RecvState {
     reader: wire::FrameReader,
     buf: Vec<u8>,
     /// The lane of the last large message, kept mapped for the next one.
-    lane: Option<Lane>,
+    lane: Option<SlotRing>,
     /// Set when the byte stream can no longer be split into frames.
     broken: Option<String>,
+    /// A large message whose deadline passed half-way through the lane: the
+    /// rest is read by the next receive, into `buf`.
+    lane_pending: Option<lane::LanePending>,
 }
 
 impl RecvState {
@@ -317,23 +334,36 @@ impl<T> Connection<T> {
         // Data read ahead is ready too. (If another thread is receiving, it
         // holds the state: then only the socket is looked at.)
         if let Ok(state) = self.recv.try_lock()
-            && state.reader.has_buffered()
+            && (state.reader.has_buffered() || state.lane_pending.is_some())
         {
             return true;
         }
         self.poll_socket(Some(timeout))
     }
 
+    /// For [`crate::wait()`]: ready now (a message read ahead, or a broken
+    /// stream that `recv` reports at once), or the socket to poll.
+    pub(crate) fn readiness(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        if let Ok(state) = self.recv.try_lock()
+            && (state.reader.has_buffered()
+                || state.lane_pending.is_some()
+                || state.broken.is_some())
+        {
+            return None;
+        }
+        Some(self.fd.as_fd())
+    }
+
     fn poll_socket(&self, timeout: Option<Duration>) -> bool {
         let mut fds = [PollFd::new(&self.fd, PollFlags::IN)];
-        matches!(crate::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
+        matches!(crate::sys::poll::poll(&mut fds, timeout), Ok(n) if n > 0)
     }
 
     /// Whether the socket says, right now, that the other side is gone:
     /// `HUP` or `ERR`, or any of the events in `also`.
     fn socket_says_gone(&self, also: PollFlags) -> bool {
         let mut fds = [PollFd::new(&self.fd, also)];
-        matches!(crate::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+        matches!(crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
             && fds[0]
                 .revents()
                 .intersects(also | PollFlags::HUP | PollFlags::ERR)
@@ -343,73 +373,25 @@ impl<T> Connection<T> {
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
         let mut send = lock(&self.send);
         if bytes.len() >= LANE_MIN {
-            return self.send_by_lane(&mut send.lane, Kind::Bytes, bytes, &[]);
+            return self.send_by_lane(&mut send.lane, FrameKind::Bytes, bytes, &[]);
         }
         let _guard = self.lock_sending()?;
-        wire::send_raw_frame(self.fd.as_fd(), Kind::Bytes, bytes).map_err(send_error)
-    }
-
-    /// Sends a large message through this handle's lane: a frame on the
-    /// socket that announces it (with the lane attached), then the bytes
-    /// through the lane as the receiver takes them.
-    fn send_by_lane(
-        &self,
-        lane: &mut Option<Lane>,
-        kind: Kind,
-        payload: &[u8],
-        fds: &[OwnedFd],
-    ) -> Result<(), Error> {
-        let current = match lane {
-            Some(current) => current,
-            None => lane.insert(Lane::create().map_err(|e| Error::io("making a pipe's lane", e))?),
-        };
-        let _guard = self.lock_sending()?;
-        let mut attached: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-        attached.push(current.as_fd());
-        let message = wire::LaneMessage {
-            kind,
-            len: payload.len(),
-            first: current.next_slot(),
-        };
-        wire::send_lane_frame(self.fd.as_fd(), message, &attached).map_err(send_error)?;
-        // The receiver holds the socket's reading side only; its hanging up
-        // shows as `HUP` (every copy of the other end closed).
-        match current.write(payload, || self.socket_says_gone(PollFlags::empty())) {
-            Ok(()) => Ok(()),
-            Err(why) => {
-                // The message's frame is in the stream but its bytes will
-                // never all come: close this direction for every process, so
-                // that a receiver taking over (another process may hold the
-                // receiving end) sees the stream end rather than waiting for
-                // them for ever.
-                let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
-                *lane = None;
-                Err(Error::new(
-                    ErrorKind::Disconnected,
-                    match why {
-                        Abandoned::PeerDied => {
-                            "the receiving process died in the middle of this message"
-                        }
-                        Abandoned::PeerGone | Abandoned::OutOfStep => {
-                            "the other end of the pipe is gone"
-                        }
-                    },
-                ))
-            }
-        }
+        wire::send_raw_frame(self.fd.as_fd(), FrameKind::Bytes, bytes).map_err(send_error)
     }
 
     /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
     /// sent, or the encoding of what `send` sent).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
         let mut state = lock(&self.recv);
-        let (_, at) = self.recv_frame(&mut state)?;
+        let (_, at) = self
+            .recv_frame(&mut state, None)
+            .map_err(without_deadline)?;
         Ok(state.take_payload(at))
     }
 
     /// Takes this end's send lock. A sender that died holding it may have
     /// left half a message in the stream, which no later send can repair.
-    fn lock_sending(&self) -> Result<Sending<'_>, Error> {
+    fn lock_sending(&self) -> Result<SendLockGuard<'_>, Error> {
         if !self.end.writable {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -418,10 +400,10 @@ impl<T> Connection<T> {
         }
         let lock = self.end.locks.of(self.end.side);
         loop {
-            match lock.acquire(Wait::Forever) {
-                Outcome::Acquired => return Ok(Sending(lock)),
-                Outcome::TimedOut => continue,
-                Outcome::OwnerDied(pid) => {
+            match lock.acquire(Deadline::Never) {
+                Acquisition::Acquired => return Ok(SendLockGuard(lock)),
+                Acquisition::TimedOut => continue,
+                Acquisition::OwnerDied(pid) => {
                     // Its half-written message is in the stream for good:
                     // close this direction for every process, so the
                     // receiver sees the stream end after the garbage instead
@@ -445,87 +427,47 @@ impl<T> Connection<T> {
     }
 
     /// Receives one frame; its payload is where [`RecvState::payload`] says.
-    fn recv_frame(&self, state: &mut RecvState) -> Result<wire::Located, RecvError> {
+    /// With a `deadline`, a message not whole by then is `Timeout`, and the
+    /// next receive goes on with it (nothing is lost or broken).
+    fn recv_frame(
+        &self,
+        state: &mut RecvState,
+        deadline: Option<Instant>,
+    ) -> Result<wire::ReceivedFrame, RecvTimeoutError> {
         if !self.end.readable {
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Io,
                 "this end of the pipe is send-only",
             )));
         }
         if let Some(why) = &state.broken {
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Decode,
                 format!("connection is broken: {why}"),
             )));
         }
+        if state.lane_pending.is_some() {
+            return self.go_on_by_lane(state, deadline);
+        }
         let died = || self.sender_died();
         match state
             .reader
-            .recv(self.fd.as_fd(), &mut state.buf, Some(&died))
+            .recv(self.fd.as_fd(), &mut state.buf, Some(&died), deadline)
         {
-            Ok(Some((frame, at))) if frame.kind == Kind::Lane => {
-                self.recv_by_lane(state, frame, at)
+            Ok(Some((frame, at))) if frame.kind == FrameKind::Lane => {
+                self.recv_by_lane(state, frame, at, deadline)
             }
             Ok(Some(frame)) => Ok(frame),
-            Ok(None) => Err(RecvError::Disconnected),
-            Err(WireError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                Err(RecvError::Disconnected)
+            Ok(None) => Err(RecvTimeoutError::Disconnected),
+            Err(FrameError::TimedOut) => Err(RecvTimeoutError::Timeout),
+            Err(FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                Err(RecvTimeoutError::Disconnected)
             }
-            Err(WireError::Io(e)) => Err(RecvError::Failed(Error::io("receiving", e))),
+            Err(FrameError::Io(e)) => Err(RecvTimeoutError::Failed(Error::io("receiving", e))),
             Err(e) => {
                 // The peer died mid-message or sent garbage: no later frame can be trusted.
                 state.broken = Some(e.to_string());
-                Err(RecvError::Failed(e.into_error()))
-            }
-        }
-    }
-
-    /// Receives the message a [`Kind::Lane`] frame announces into
-    /// `state.buf`. Any failure breaks the connection: the lane and the
-    /// stream no longer agree on where a message starts.
-    fn recv_by_lane(
-        &self,
-        state: &mut RecvState,
-        mut frame: wire::InFrame,
-        at: Option<Range<usize>>,
-    ) -> Result<wire::Located, RecvError> {
-        let result = wire::parse_lane_frame(state.payload(at)).and_then(|message| {
-            let fd = frame
-                .fds
-                .pop()
-                .ok_or_else(|| WireError::BadLane("no lane attached".into()))?;
-            let lane = Lane::receive(&mut state.lane, fd).map_err(WireError::Io)?;
-            state.buf.clear();
-            // The sender holds the socket's writing side only: its hanging
-            // up (or shutting the direction) shows as `RDHUP` or `HUP`.
-            lane.read(message.first, message.len, &mut state.buf, || {
-                self.socket_says_gone(PollFlags::RDHUP)
-            })
-            .map_err(|why| match why {
-                Abandoned::PeerDied => {
-                    WireError::PeerLost("the sending process died in the middle of a message")
-                }
-                Abandoned::PeerGone => {
-                    WireError::PeerLost("the sender hung up in the middle of a message")
-                }
-                Abandoned::OutOfStep => {
-                    WireError::BadLane("the message starts where the lane cannot be".into())
-                }
-            })?;
-            Ok(message.kind)
-        });
-        match result {
-            Ok(kind) => Ok((
-                wire::InFrame {
-                    kind,
-                    fds: frame.fds,
-                },
-                None,
-            )),
-            Err(e) => {
-                state.buf.clear();
-                state.broken = Some(e.to_string());
-                Err(RecvError::Failed(e.into_error()))
+                Err(RecvTimeoutError::Failed(e.into_error()))
             }
         }
     }
@@ -552,10 +494,12 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         frame.clear();
         let result = frame.encode(message).and_then(|()| {
             if frame.payload().len() >= LANE_MIN {
-                return self.send_by_lane(lane, Kind::Data, frame.payload(), frame.fds());
+                return self.send_by_lane(lane, FrameKind::Data, frame.payload(), frame.fds());
             }
             let _guard = self.lock_sending()?;
-            frame.send(self.fd.as_fd(), Kind::Data).map_err(send_error)
+            frame
+                .send(self.fd.as_fd(), FrameKind::Data)
+                .map_err(send_error)
         });
         // Drop our copies of any handles in the message, sent or not: a kept
         // copy of a connection's end would hide its peer's disconnection.
@@ -566,28 +510,33 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
     /// Receives a message, blocking until one arrives or the other side is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
         let mut state = lock(&self.recv);
-        self.recv_locked(&mut state)
+        self.recv_locked(&mut state, None).map_err(without_deadline)
     }
 
-    fn recv_locked(&self, state: &mut RecvState) -> Result<T, RecvError> {
-        let (frame, at) = self.recv_frame(state)?;
-        if frame.kind == Kind::Bytes {
+    fn recv_locked(
+        &self,
+        state: &mut RecvState,
+        deadline: Option<Instant>,
+    ) -> Result<T, RecvTimeoutError> {
+        let (frame, at) = self.recv_frame(state, deadline)?;
+        if frame.kind == FrameKind::Bytes {
             // Sent by `send_bytes` or as a `Vec<u8>`: hand the bytes over.
             let bytes = state.take_payload(at);
             let boxed: Box<dyn Any> = Box::new(bytes);
             if let Ok(value) = boxed.downcast::<T>() {
                 return Ok(*value);
             }
-            return Err(RecvError::Failed(Error::new(
+            return Err(RecvTimeoutError::Failed(Error::new(
                 ErrorKind::Decode,
                 "received raw bytes where a typed message was expected",
             )));
         }
-        wire::decode(state.payload(at), frame.fds).map_err(RecvError::Failed)
+        wire::decode(state.payload(at), frame.fds).map_err(RecvTimeoutError::Failed)
     }
 
-    /// Receives a message if one has started arriving (then waits for the
-    /// rest of it, as [`recv_timeout`](Self::recv_timeout) does).
+    /// Receives a message if one is here whole; never waits. (A message that
+    /// has only started arriving is `Empty` for now; a later receive gets
+    /// it.)
     pub fn try_recv(&self) -> Result<T, TryRecvError> {
         self.recv_waiting(Some(Duration::ZERO))
             .map_err(|e| match e {
@@ -597,27 +546,37 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
             })
     }
 
-    /// Receives a message, waiting at most `timeout` for one to start
-    /// arriving. The rest of a message that has started comes without a
-    /// deadline: it is on its way (or its sender is found dead within
-    /// about 50 ms, an error).
+    /// Receives a message, waiting at most `timeout` for all of it. A
+    /// message still arriving at the deadline is `Timeout`, and is not lost:
+    /// what came of it is kept, and the next receive (of any kind) goes on
+    /// with it.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.recv_waiting(Some(timeout))
     }
 
     fn recv_waiting(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // Holding the state while waiting, so no other thread can take the
         // message this one was woken for.
         let mut state = lock(&self.recv);
-        if !state.reader.has_buffered() && !self.poll_socket(timeout) {
+        if !state.reader.has_buffered()
+            && state.lane_pending.is_none()
+            && !self.poll_socket(timeout)
+        {
             return Err(RecvTimeoutError::Timeout);
         }
-        self.recv_locked(&mut state).map_err(Into::into)
+        self.recv_locked(&mut state, deadline)
     }
 }
 
 impl<T> AsFd for Connection<T> {
-    /// The socket underneath (Python's `fileno()`), e.g. to wait on it with `poll`.
+    /// The socket underneath (Python's `fileno()`).
+    ///
+    /// Its readiness alone does not tell whether [`recv`](Connection::recv)
+    /// would return at once: a message may already have been read ahead
+    /// from it. To wait on several connections (and processes), use
+    /// [`multiproc::wait`](crate::wait()), which knows; for one,
+    /// [`poll`](Connection::poll).
     fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
@@ -653,16 +612,16 @@ mod tests {
 
     fn announce(
         conn: &Connection<u32>,
-        kind: Kind,
+        kind: FrameKind,
         len: usize,
         fds: &[std::os::fd::BorrowedFd<'_>],
     ) {
-        let message = wire::LaneMessage {
+        let message = lane::LaneMessage {
             kind,
             len,
             first: 0,
         };
-        wire::send_lane_frame(conn.fd.as_fd(), message, fds).unwrap();
+        lane::send_lane_frame(conn.fd.as_fd(), message, fds).unwrap();
     }
 
     fn failure(conn: &Connection<u32>) -> Error {
@@ -675,7 +634,7 @@ mod tests {
     #[test]
     fn a_lane_frame_without_a_lane_breaks_the_connection() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        announce(&b, Kind::Data, 10, &[]);
+        announce(&b, FrameKind::Data, 10, &[]);
         let err = failure(&a);
         assert!(
             err.is_decode() && err.to_string().contains("no lane"),
@@ -689,7 +648,7 @@ mod tests {
     fn a_lane_frame_with_some_other_descriptor_is_refused() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let (r, _w) = rustix::pipe::pipe().unwrap();
-        announce(&b, Kind::Bytes, 10, &[r.as_fd()]);
+        announce(&b, FrameKind::Bytes, 10, &[r.as_fd()]);
         let err = failure(&a);
         assert!(
             err.to_string().contains("not a shared-memory object"),
@@ -698,7 +657,7 @@ mod tests {
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let region = crate::sys::shm::SharedRegion::create("not-a-lane", 4096, 4096).unwrap();
-        announce(&b, Kind::Bytes, 10, &[region.as_fd()]);
+        announce(&b, FrameKind::Bytes, 10, &[region.as_fd()]);
         let err = failure(&a);
         assert!(err.to_string().contains("not a multiproc lane"), "{err}");
     }
@@ -706,20 +665,21 @@ mod tests {
     #[test]
     fn a_lane_frame_for_a_bad_kind_or_length_is_refused() {
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let lane = Lane::create().unwrap();
-        announce(&b, Kind::Call, 10, &[lane.as_fd()]);
+        let lane = SlotRing::create().unwrap();
+        announce(&b, FrameKind::Call, 10, &[lane.as_fd()]);
         assert!(failure(&a).to_string().contains("message kind 1"));
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let mut payload = vec![Kind::Bytes as u8];
+        let mut payload = vec![FrameKind::Bytes as u8];
         payload.extend_from_slice(&(1u64 << 40).to_le_bytes());
         payload.extend_from_slice(&0u32.to_le_bytes());
-        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, payload.len() as u64, &payload);
+        let frame =
+            wire::encode_frame_for_tests(FrameKind::Lane as u8, payload.len() as u64, &payload);
         rustix::io::write(&b.fd, &frame).unwrap();
         assert!(failure(&a).to_string().contains("1099511627776"));
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
-        let frame = wire::encode_frame_for_tests(Kind::Lane as u8, 3, &[6, 0, 0]);
+        let frame = wire::encode_frame_for_tests(FrameKind::Lane as u8, 3, &[6, 0, 0]);
         rustix::io::write(&b.fd, &frame).unwrap();
         assert!(failure(&a).to_string().contains("3-byte payload"));
     }

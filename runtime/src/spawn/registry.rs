@@ -8,7 +8,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ErrorKind};
-use crate::sys::Anchor;
 
 /// A function that can run in a child process.
 ///
@@ -44,7 +43,7 @@ pub struct EntryRecord {
     file: &'static str,
     line: u32,
     run: RunFn,
-    _anchor: Anchor,
+    _anchor: super::child::Anchor,
 }
 
 impl EntryRecord {
@@ -55,7 +54,7 @@ impl EntryRecord {
             file,
             line,
             run: run_entry::<E>,
-            _anchor: crate::sys::ANCHOR,
+            _anchor: super::child::ANCHOR,
         }
     }
 
@@ -67,7 +66,7 @@ impl EntryRecord {
 /// Every entry whose load-time constructor has run, in the order they ran.
 ///
 /// Entries register themselves from their own constructors (see
-/// `sys::__entry_ctor`) rather than through `inventory`: a child must know
+/// `__entry_ctor` below) rather than through `inventory`: a child must know
 /// the moment the last entry has registered, and only its own constructors
 /// can tell it.
 static LOADED: Mutex<Vec<&'static EntryRecord>> = Mutex::new(Vec::new());
@@ -76,15 +75,12 @@ fn loaded() -> std::sync::MutexGuard<'static, Vec<&'static EntryRecord>> {
     LOADED.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Called by each entry's load-time constructor. Not public API.
-#[doc(hidden)]
-pub fn entry_loaded(record: &'static EntryRecord) {
-    let count = {
-        let mut loaded = loaded();
-        loaded.push(record);
-        loaded.len()
-    };
-    crate::bootstrap::on_load(count);
+/// Adds `record` to the entries registered so far; returns how many there
+/// now are.
+pub(crate) fn register(record: &'static EntryRecord) -> usize {
+    let mut loaded = loaded();
+    loaded.push(record);
+    loaded.len()
 }
 
 /// The entries registered so far (all of them, once `main` runs).
@@ -196,4 +192,35 @@ pub fn entries() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = registry().by_name.keys().copied().collect();
     names.sort_unstable();
     names
+}
+
+/// Registers an entry from its own load-time constructor. Not public API:
+/// used by `#[process_entry]`.
+///
+/// With one constructor per entry that registers it and then checks whether
+/// this is a child whose entries are now all known, a child finds its entry
+/// however the linker ordered the constructors (which it does not promise).
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __entry_ctor {
+    ($entry:ty, $file:expr, $line:expr) => {
+        const _: () = {
+            static RECORD: $crate::__private::EntryRecord =
+                $crate::__private::EntryRecord::new::<$entry>($file, $line);
+            $crate::__private::load_time_ctor!(
+                __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+            );
+        };
+    };
+    // An entry of multiproc itself (its own tests, the Pool's worker, the
+    // Manager's server), where `unsafe_code` is denied outside `sys/`.
+    (@crate $entry:ty, $file:expr, $line:expr) => {
+        const _: () = {
+            static RECORD: $crate::__private::EntryRecord =
+                $crate::__private::EntryRecord::new::<$entry>($file, $line);
+            $crate::__private::load_time_ctor!(
+                @crate __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+            );
+        };
+    };
 }

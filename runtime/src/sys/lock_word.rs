@@ -3,7 +3,7 @@
 //!
 //! One futex word holds the owner's pid (0 when free) and a `WAITERS` bit;
 //! a 64-bit tag next to it says which process that pid was when it took the
-//! lock (see [`owner`](super::owner)). Locking is a compare-and-swap of
+//! lock (see [`owner`]). Locking is a compare-and-swap of
 //! `0 → pid`, unlocking a swap to 0, with a futex wake only when someone
 //! sleeps.
 //!
@@ -12,33 +12,60 @@
 //! and at the end of each (and before giving up at a deadline) the waiter
 //! checks that the owner still lives. If it died, the waiter clears the word
 //! (compare-and-swap from the dead owner's value, so only one waiter does),
-//! wakes everyone and reports [`Outcome::OwnerDied`]: the lock is free again.
+//! wakes everyone and reports [`Acquisition::OwnerDied`]: the lock is free again.
 
 use std::hint::spin_loop;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use std::sync::atomic::{AtomicU32, AtomicU64};
 use std::time::{Duration, Instant};
 
-use super::Wait;
+use super::futex::{self, CHECK_PERIOD};
 use super::owner;
-use crate::sys::futex;
-use crate::sys::shm::SharedRegion;
+use super::shm::SharedRegion;
 
 /// Set in the lock word when a process may be sleeping on it.
 const WAITERS: u32 = 1 << 31;
 const OWNER_MASK: u32 = !WAITERS;
 /// Rounds of busy-waiting before sleeping (see [`Spin`]).
 const SPIN_ROUNDS: u32 = 16;
-/// How often a sleeping waiter checks that the owner is alive.
-pub(crate) const CHECK_PERIOD: Duration = Duration::from_millis(50);
 
 /// Where every region keeps its lock (word, then the 64-bit owner tag).
 pub(crate) const LOCK_WORD: usize = 8;
 const LOCK_TAG: usize = 16;
 
+/// How long an operation may block.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Deadline {
+    /// Not at all: one try.
+    Now,
+    /// Until this instant.
+    At(Instant),
+    /// As long as it takes.
+    Never,
+}
+
+impl Deadline {
+    /// At most `timeout` from now.
+    pub(crate) fn after(timeout: Duration) -> Deadline {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => Deadline::At(deadline),
+            None => Deadline::Never,
+        }
+    }
+
+    /// What is left: `None` for ever, zero once passed.
+    pub(crate) fn left(self) -> Option<Duration> {
+        match self {
+            Deadline::Now => Some(Duration::ZERO),
+            Deadline::At(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
+            Deadline::Never => None,
+        }
+    }
+}
+
 /// How an acquisition ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
+pub(crate) enum Acquisition {
     Acquired,
     /// Still held by a live owner at the deadline (or at once, for `Try`).
     TimedOut,
@@ -78,17 +105,17 @@ impl<'a> RawLock<'a> {
 
     /// Takes the lock, waiting as `wait` allows.
     #[inline]
-    pub(crate) fn acquire(&self, wait: Wait) -> Outcome {
+    pub(crate) fn acquire(&self, wait: Deadline) -> Acquisition {
         let me = owner::me();
         if self.take_free(me) {
-            return Outcome::Acquired;
+            return Acquisition::Acquired;
         }
         self.acquire_contended(me, wait)
     }
 
     /// Takes the lock if it is free (`0 → pid`, then the owner tag).
     #[inline]
-    fn take_free(&self, me: &owner::Me) -> bool {
+    fn take_free(&self, me: &owner::ThisProcess) -> bool {
         let taken = self
             .word
             .compare_exchange(0, me.pid, Acquire, Relaxed)
@@ -100,11 +127,11 @@ impl<'a> RawLock<'a> {
     }
 
     #[cold]
-    fn acquire_contended(&self, me: &owner::Me, wait: Wait) -> Outcome {
+    fn acquire_contended(&self, me: &owner::ThisProcess, wait: Deadline) -> Acquisition {
         let deadline = match wait {
-            Wait::Try => return self.try_contended(me),
-            Wait::Until(deadline) => Some(deadline),
-            Wait::Forever => None,
+            Deadline::Now => return self.try_contended(me),
+            Deadline::At(deadline) => Some(deadline),
+            Deadline::Never => None,
         };
         let mut spin = Spin::new();
         // Once we have slept, others may be asleep too: keep WAITERS set.
@@ -118,7 +145,7 @@ impl<'a> RawLock<'a> {
                     .is_ok()
                 {
                     self.tag.store(me.tag, Relaxed);
-                    return Outcome::Acquired;
+                    return Acquisition::Acquired;
                 }
                 continue;
             }
@@ -146,11 +173,12 @@ impl<'a> RawLock<'a> {
                 }
             };
             let timed_out = period.is_zero()
-                || futex::wait(self.word, current | WAITERS, Some(period)) == futex::Wait::TimedOut;
+                || futex::wait(self.word, current | WAITERS, Some(period))
+                    == futex::Slept::TimedOut;
             if timed_out && last {
                 // A last look, which also checks the owner.
                 let outcome = self.try_contended(me);
-                if outcome == Outcome::Acquired {
+                if outcome == Acquisition::Acquired {
                     // Others may sleep: keep them in the know.
                     self.word.fetch_or(WAITERS, Relaxed);
                 }
@@ -163,18 +191,18 @@ impl<'a> RawLock<'a> {
     }
 
     /// One attempt without waiting; a held lock gets its owner checked.
-    fn try_contended(&self, me: &owner::Me) -> Outcome {
+    fn try_contended(&self, me: &owner::ThisProcess) -> Acquisition {
         loop {
             let current = self.word.load(Relaxed);
             if current == 0 {
                 if self.take_free(me) {
-                    return Outcome::Acquired;
+                    return Acquisition::Acquired;
                 }
                 continue;
             }
             match self.check_owner(current) {
                 Some(outcome) => return outcome,
-                None if self.word.load(Relaxed) == current => return Outcome::TimedOut,
+                None if self.word.load(Relaxed) == current => return Acquisition::TimedOut,
                 None => continue,
             }
         }
@@ -182,7 +210,7 @@ impl<'a> RawLock<'a> {
 
     /// If the owner recorded in `seen` is dead, frees the lock (unless
     /// someone else did first) and says so.
-    fn check_owner(&self, seen: u32) -> Option<Outcome> {
+    fn check_owner(&self, seen: u32) -> Option<Acquisition> {
         let pid = seen & OWNER_MASK;
         if pid == 0 || !owner::is_dead(pid, self.tag.load(Relaxed)) {
             return None;
@@ -195,7 +223,7 @@ impl<'a> RawLock<'a> {
             .compare_exchange(current, 0, Acquire, Relaxed)
             .ok()?;
         futex::wake_all(self.word);
-        Some(Outcome::OwnerDied(pid))
+        Some(Acquisition::OwnerDied(pid))
     }
 
     /// Releases the lock.
@@ -260,18 +288,17 @@ pub(crate) struct DataGuard<'a> {
 }
 
 impl<'a> DataGuard<'a> {
-    /// Locks `region`'s data. `Ok(None)`: timed out. A dead owner is
-    /// reported as an `OwnerDied` error, and the lock is left free.
+    /// Locks `region`'s data. `Ok(None)`: timed out. `Err(pid)`: the owner,
+    /// process `pid`, died holding it, and the lock is left free.
     pub(crate) fn lock(
         region: &'a SharedRegion,
-        wait: Wait,
-        what: &str,
-    ) -> Result<Option<DataGuard<'a>>, crate::Error> {
+        wait: Deadline,
+    ) -> Result<Option<DataGuard<'a>>, u32> {
         let lock = RawLock::of(region);
         match lock.acquire(wait) {
-            Outcome::Acquired => Ok(Some(DataGuard { region, lock })),
-            Outcome::TimedOut => Ok(None),
-            Outcome::OwnerDied(pid) => Err(super::owner_died(what, pid)),
+            Acquisition::Acquired => Ok(Some(DataGuard { region, lock })),
+            Acquisition::TimedOut => Ok(None),
+            Acquisition::OwnerDied(pid) => Err(pid),
         }
     }
 

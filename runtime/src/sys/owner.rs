@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 /// This process, as lock words and tags record it.
 #[derive(Debug)]
-pub(crate) struct Me {
+pub(crate) struct ThisProcess {
     pub(crate) pid: u32,
     pub(crate) tag: u64,
 }
@@ -31,15 +31,15 @@ pub(crate) fn tag_pid(tag: u64) -> u32 {
 /// The current process. Cached: a process that `fork`s without `exec` must
 /// not use handles from before the fork in the child (multiproc itself never
 /// does that).
-pub(crate) fn me() -> &'static Me {
-    static ME: OnceLock<Me> = OnceLock::new();
+pub(crate) fn me() -> &'static ThisProcess {
+    static ME: OnceLock<ThisProcess> = OnceLock::new();
     ME.get_or_init(|| {
         let pid = std::process::id();
         let start = match read_stat(pid) {
             Ok(Some(stat)) => stat.start,
             _ => 0,
         };
-        Me {
+        ThisProcess {
             pid,
             tag: tag(pid, start),
         }

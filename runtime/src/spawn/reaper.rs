@@ -143,7 +143,7 @@ impl Child {
             match &self.pidfd {
                 Some(fd) => {
                     let mut fds = [PollFd::new(fd, PollFlags::IN)];
-                    crate::poll::poll(&mut fds, remaining)?;
+                    crate::sys::poll::poll(&mut fds, remaining)?;
                 }
                 None => {
                     // No pidfd on this kernel: poll the pid with a growing sleep.
@@ -245,7 +245,7 @@ fn reaper_loop(wake: OwnedFd) {
                 .map(|fd| PollFd::new(fd, PollFlags::IN)),
         );
         let timeout = without_pidfd.then_some(Duration::from_millis(50));
-        if crate::poll::poll(&mut fds, timeout).is_err() {
+        if crate::sys::poll::poll(&mut fds, timeout).is_err() {
             std::thread::sleep(Duration::from_millis(10));
         }
         if fds[0].revents().contains(PollFlags::IN) {

@@ -13,63 +13,12 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 
-use crate::children::{Child, ExitStatus};
-use crate::entry::Entry;
+use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, Marker};
+use super::reaper::{Child, ExitStatus};
+use super::registry::Entry;
 use crate::error::{Error, ErrorKind, PanicReport};
-use crate::wire::{self, Kind, OutFrame};
-
-/// The environment variable that marks a child and carries
-/// `<parent pid>:<daemon 0|1>:<number of entries>:<entry name>`.
-pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
-
-/// What the parent tells the child before the arguments.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct CallHeader {
-    pub(crate) entry: String,
-    pub(crate) process_name: String,
-}
-
-/// Why a child could not run its entry, as sent to the parent.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct ChildFailure {
-    pub(crate) kind: FailureKind,
-    pub(crate) message: String,
-}
-
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(crate) enum FailureKind {
-    UnknownEntry,
-    DuplicateEntry,
-    Decode,
-    Encode,
-    Other,
-}
-
-impl From<ErrorKind> for FailureKind {
-    fn from(kind: ErrorKind) -> FailureKind {
-        match kind {
-            ErrorKind::UnknownEntry => FailureKind::UnknownEntry,
-            ErrorKind::DuplicateEntry => FailureKind::DuplicateEntry,
-            ErrorKind::Decode => FailureKind::Decode,
-            ErrorKind::Encode => FailureKind::Encode,
-            _ => FailureKind::Other,
-        }
-    }
-}
-
-impl From<FailureKind> for ErrorKind {
-    fn from(kind: FailureKind) -> ErrorKind {
-        match kind {
-            FailureKind::UnknownEntry => ErrorKind::UnknownEntry,
-            FailureKind::DuplicateEntry => ErrorKind::DuplicateEntry,
-            FailureKind::Decode => ErrorKind::Decode,
-            FailureKind::Encode => ErrorKind::Encode,
-            FailureKind::Other => ErrorKind::Spawn,
-        }
-    }
-}
+use crate::wire::{self, FrameKind, OutFrame};
 
 /// A child process to be started: Python's `multiprocessing.Process`.
 ///
@@ -125,6 +74,10 @@ impl<E: Entry> Process<E> {
 
     /// A daemon is killed when this process exits or dies, however it dies.
     /// Default `false`: non-daemon children are waited for at exit.
+    ///
+    /// As in Python, a daemon may not start children of its own (its
+    /// [`start`](Self::start) fails with kind `Spawn`): they would outlive
+    /// it, and so the program, when it is killed.
     pub fn daemon(mut self, daemon: bool) -> Process<E> {
         self.daemon = daemon;
         self
@@ -135,7 +88,20 @@ impl<E: Entry> Process<E> {
     /// The arguments are encoded before the child is started, so an argument
     /// that cannot be encoded is an error here and no process is created.
     pub fn start(self) -> Result<JoinHandle<E::Output>, Error> {
-        crate::entry::lookup(E::NAME)?;
+        if super::current::is_daemon() {
+            // A daemon is killed with its parent; a child of its own would
+            // be left running by that death, outliving the program.
+            return Err(Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "daemonic processes are not allowed to have children \
+                     (process '{}' is a daemon; entry `{}` was not started)",
+                    super::current::current_process().name(),
+                    E::NAME
+                ),
+            ));
+        }
+        super::registry::lookup(E::NAME)?;
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -165,6 +131,7 @@ pub(crate) enum Outgoing {
     /// A call frame.
     Frame(OutFrame),
     /// Arbitrary bytes: only for testing how a child handles bad input.
+    #[cfg(feature = "test-hooks")]
     Raw(Vec<u8>),
 }
 
@@ -192,8 +159,11 @@ pub(crate) fn start_child<R>(
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
     }
-    cmd.env(BOOT_ENV, crate::bootstrap::marker(daemon, entry))
-        .stdin(Stdio::from(theirs));
+    cmd.env(
+        BOOT_ENV,
+        Marker::for_child(daemon, super::registry::loaded_count(), entry),
+    )
+    .stdin(Stdio::from(theirs));
     let pid = if daemon {
         spawn_on_daemon_thread(cmd)
     } else {
@@ -208,7 +178,8 @@ pub(crate) fn start_child<R>(
 
     // If the child died before reading its call, `join` reports how it died.
     let _ = match outgoing {
-        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), Kind::Call),
+        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), FrameKind::Call),
+        #[cfg(feature = "test-hooks")]
         Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
             rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
         }),
@@ -217,7 +188,7 @@ pub(crate) fn start_child<R>(
         child,
         entry,
         sock: Some(ours),
-        outcome: None,
+        report: None,
         _result: PhantomData,
     })
 }
@@ -256,7 +227,7 @@ fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
 
 /// What came back on the control socket.
 #[derive(Debug)]
-enum Outcome {
+enum Report {
     Value(Vec<u8>, Vec<OwnedFd>),
     Panicked(PanicReport),
     Failed(Error),
@@ -282,7 +253,7 @@ pub struct JoinHandle<R> {
     child: Arc<Child>,
     entry: &'static str,
     sock: Option<OwnedFd>,
-    outcome: Option<Outcome>,
+    report: Option<Report>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -316,6 +287,12 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// True until the child has exited.
     pub fn is_alive(&self) -> bool {
         matches!(self.child.try_reap(), Ok(None))
+    }
+
+    /// For [`crate::wait()`]: the descriptor that becomes readable when the
+    /// child ends, if there is one (a pidfd).
+    pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.child.pidfd()
     }
 
     /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
@@ -366,10 +343,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     fn finish(&mut self, deadline: Option<Instant>) -> Result<Option<R>, Error> {
-        if self.outcome.is_none() {
-            match self.read_outcome(deadline)? {
-                Some(outcome) => {
-                    self.outcome = Some(outcome);
+        if self.report.is_none() {
+            match self.read_report(deadline)? {
+                Some(report) => {
+                    self.report = Some(report);
                     self.sock = None;
                 }
                 None => return Ok(None),
@@ -383,20 +360,20 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             Some(status) => status,
             None => return Ok(None),
         };
-        let outcome = self.outcome.replace(Outcome::Taken);
-        let err = match outcome {
-            Some(Outcome::Value(bytes, fds)) => {
+        let report = self.report.replace(Report::Taken);
+        let err = match report {
+            Some(Report::Value(bytes, fds)) => {
                 return wire::decode(&bytes, fds).map(Some).map_err(|e| {
                     Error::new(ErrorKind::Decode, "could not decode the result")
                         .with_source(e)
                         .in_process(self.describe())
                 });
             }
-            Some(Outcome::Panicked(report)) => {
+            Some(Report::Panicked(report)) => {
                 Error::new(ErrorKind::Panicked, "").with_panic(report)
             }
-            Some(Outcome::Failed(err)) => err,
-            Some(Outcome::Nothing) | None => match status {
+            Some(Report::Failed(err)) => err,
+            Some(Report::Nothing) | None => match status {
                 ExitStatus::Code(code) => Error::new(
                     ErrorKind::Exited,
                     format!("exit code {code} before returning a result"),
@@ -406,7 +383,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     format!("signal {sig} ({})", signal_name(sig)),
                 ),
             },
-            Some(Outcome::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
+            Some(Report::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
         };
         Err(err
             .with_exitcode(status.exitcode())
@@ -414,9 +391,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     /// Reads the result frame, or end of stream. `Ok(None)`: deadline passed.
-    fn read_outcome(&mut self, deadline: Option<Instant>) -> Result<Option<Outcome>, Error> {
+    fn read_report(&mut self, deadline: Option<Instant>) -> Result<Option<Report>, Error> {
         let Some(sock) = &self.sock else {
-            return Ok(Some(Outcome::Nothing));
+            return Ok(Some(Report::Nothing));
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // Watch the child too: a descendant it forked without exec could
@@ -427,18 +404,18 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     PollFd::new(sock, PollFlags::IN),
                     PollFd::new(&pidfd, PollFlags::IN),
                 ];
-                let ready = crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                let ready = crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
                     Error::io("waiting for the result", e).in_process(self.describe())
                 })?;
                 if ready > 0 && fds[0].revents().is_empty() {
                     // Exited, and nothing was written before it did.
-                    return Ok(Some(Outcome::Nothing));
+                    return Ok(Some(Report::Nothing));
                 }
                 ready
             }
             None => {
                 let mut fds = [PollFd::new(sock, PollFlags::IN)];
-                crate::poll::poll(&mut fds, remaining).map_err(|e| {
+                crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
                     Error::io("waiting for the result", e).in_process(self.describe())
                 })?
             }
@@ -449,43 +426,43 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         let mut buf = Vec::new();
         let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
             Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(Some(Outcome::Nothing)),
+            Ok(None) => return Ok(Some(Report::Nothing)),
             // A child killed mid-write leaves a truncated frame; report how it died.
-            Err(wire::RecvError::Truncated { .. }) => return Ok(Some(Outcome::Nothing)),
-            Err(wire::RecvError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                return Ok(Some(Outcome::Nothing));
+            Err(wire::FrameError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
+            Err(wire::FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                return Ok(Some(Report::Nothing));
             }
             Err(e) => {
-                return Ok(Some(Outcome::Failed(
+                return Ok(Some(Report::Failed(
                     Error::new(ErrorKind::Decode, "bad result frame from the child")
                         .with_source(e.into_error()),
                 )));
             }
         };
         Ok(Some(match frame.kind {
-            Kind::Value => Outcome::Value(buf, frame.fds),
-            Kind::SpilledValue => {
+            FrameKind::Value => Report::Value(buf, frame.fds),
+            FrameKind::SpilledValue => {
                 let mut fds = frame.fds;
                 match (<[u8; 8]>::try_from(buf.as_slice()), fds.is_empty()) {
                     (Ok(len), false) => {
                         let memfd = fds.remove(0);
                         match wire::read_spill(&memfd, u64::from_le_bytes(len)) {
-                            Ok(bytes) => Outcome::Value(bytes, fds),
-                            Err(e) => Outcome::Failed(Error::io("reading the result", e)),
+                            Ok(bytes) => Report::Value(bytes, fds),
+                            Err(e) => Report::Failed(Error::io("reading the result", e)),
                         }
                     }
-                    _ => Outcome::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
+                    _ => Report::Failed(Error::new(ErrorKind::Decode, "malformed spilled result")),
                 }
             }
-            Kind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
-                Ok(report) => Outcome::Panicked(report),
-                Err(e) => Outcome::Failed(e),
+            FrameKind::Panic => match wire::decode::<PanicReport>(&buf, frame.fds) {
+                Ok(report) => Report::Panicked(report),
+                Err(e) => Report::Failed(e),
             },
-            Kind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
-                Ok(failure) => Outcome::Failed(Error::new(failure.kind.into(), failure.message)),
-                Err(e) => Outcome::Failed(e),
+            FrameKind::Failure => match wire::decode::<ChildFailure>(&buf, frame.fds) {
+                Ok(failure) => Report::Failed(Error::new(failure.kind.into(), failure.message)),
+                Err(e) => Report::Failed(e),
             },
-            other => Outcome::Failed(Error::new(
+            other => Report::Failed(Error::new(
                 ErrorKind::Decode,
                 format!("the child sent a {other:?} frame instead of a result"),
             )),
@@ -499,7 +476,7 @@ impl<R> Drop for JoinHandle<R> {
             let _ = self.child.signal(Signal::KILL);
         }
         if matches!(self.child.try_reap(), Ok(None)) {
-            crate::children::orphan(self.child.clone());
+            super::reaper::orphan(self.child.clone());
         }
     }
 }
@@ -529,6 +506,7 @@ fn signal_name(sig: i32) -> &'static str {
 /// without the parent's check that it exists. Not public API: for testing
 /// the child's handling of unknown entries.
 #[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     let header = CallHeader {
         entry: name.to_string(),
@@ -544,6 +522,7 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
 /// instead of a call frame. Not public API: for testing how a child handles
 /// bad input.
 #[doc(hidden)]
+#[cfg(feature = "test-hooks")]
 pub fn spawn_with_raw_call<E: Entry>(
     entry: E,
     bytes: Vec<u8>,
@@ -553,8 +532,6 @@ pub fn spawn_with_raw_call<E: Entry>(
 }
 
 #[cfg(test)]
-// `#[process_entry]` gives each entry an `.init_array` slot (see `sys`).
-#[allow(unsafe_code)]
 mod tests {
     use crate::{process_entry, spawn};
 
@@ -572,7 +549,7 @@ mod tests {
 
     #[test]
     fn unknown_entry_is_rejected_in_the_parent() {
-        let err = crate::entry::lookup("multiproc::nope").unwrap_err();
+        let err = crate::spawn::registry::lookup("multiproc::nope").unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::UnknownEntry);
     }
 }

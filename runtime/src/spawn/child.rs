@@ -7,38 +7,24 @@ use std::sync::{Mutex, OnceLock};
 
 use rustix::process::Signal;
 
-use crate::entry::RunFn;
+use super::protocol::{
+    BOOT_ENV, CallHeader, ChildFailure, EXIT_BOOTSTRAP_FAILED, EXIT_PANICKED, Marker,
+    RESULT_INLINE_MAX,
+};
+use super::registry::RunFn;
 use crate::error::{Error, ErrorKind, PanicReport};
-use crate::process::{BOOT_ENV, CallHeader, ChildFailure};
-use crate::wire::{self, Kind, OutFrame};
-
-/// Results larger than this travel in a memfd (the socket buffers ~200 KiB).
-const RESULT_INLINE_MAX: usize = 64 << 10;
-/// Exit code of a child whose entry panicked (Python: an uncaught exception).
-const EXIT_PANICKED: i32 = 1;
-/// Exit code of a child that could not run its entry at all.
-const EXIT_BOOTSTRAP_FAILED: i32 = 2;
-
-/// What the marker variable asks of this child.
-#[derive(Debug)]
-struct Target {
-    parent: u32,
-    daemon: bool,
-    /// How many entries the parent's registry holds (it is the same binary).
-    expected: usize,
-    entry: String,
-}
+use crate::wire::{self, FrameKind, OutFrame};
 
 /// `None` in a process that is not a bootstrapping child. Read once, and the
 /// variable removed, so this child's own children start clean.
-fn target() -> Option<&'static Target> {
-    static TARGET: OnceLock<Option<Target>> = OnceLock::new();
+fn target() -> Option<&'static Marker> {
+    static TARGET: OnceLock<Option<Marker>> = OnceLock::new();
     TARGET
         .get_or_init(|| {
             let marker = std::env::var_os(BOOT_ENV)?;
             // Before anything can start a thread.
             crate::sys::remove_env_before_main(BOOT_ENV);
-            Some(parse_marker(&marker.to_string_lossy()).unwrap_or(Target {
+            Some(Marker::parse(&marker.to_string_lossy()).unwrap_or(Marker {
                 parent: 0,
                 daemon: false,
                 expected: 0,
@@ -46,6 +32,25 @@ fn target() -> Option<&'static Target> {
             }))
         })
         .as_ref()
+}
+
+crate::__load_time_ctor!(@crate pub(crate) BOOTSTRAP_CTOR => crate::spawn::child::on_load(crate::spawn::registry::loaded_count()));
+
+/// A reference to the bootstrap constructor, stored in every entry record.
+///
+/// Everything that registers an entry refers to [`BOOTSTRAP_CTOR`] through
+/// this, so a linker that drops unreferenced archive members keeps the
+/// object holding it in every binary that has entries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Anchor(#[allow(dead_code)] &'static extern "C" fn());
+
+/// The one [`Anchor`].
+pub(crate) const ANCHOR: Anchor = Anchor(&BOOTSTRAP_CTOR);
+
+/// Called by each entry's load-time constructor. Not public API.
+#[doc(hidden)]
+pub fn entry_loaded(record: &'static super::registry::EntryRecord) {
+    on_load(super::registry::register(record));
 }
 
 /// Called at load time, before `main`: by the runtime's constructor and by
@@ -64,7 +69,7 @@ pub(crate) fn on_load(loaded: usize) {
 /// entry is in a library loaded after start-up, so fewer entries registered
 /// at load time than the parent counted), run it now, or report it unknown.
 pub(crate) fn force() {
-    dispatch(crate::entry::loaded_count(), true);
+    dispatch(super::registry::loaded_count(), true);
 }
 
 fn dispatch(loaded: usize, force: bool) {
@@ -75,14 +80,14 @@ fn dispatch(loaded: usize, force: bool) {
     if (loaded < target.expected && !force) || DISPATCHED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let run = crate::entry::find_loaded(&target.entry).map(|record| record.run());
+    let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
     let code = run_child(target, run);
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code);
 }
 
-fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
+fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
     crate::sys::ignore_sigpipe();
     let sock = match take_control_socket() {
         Ok(sock) => sock,
@@ -118,7 +123,7 @@ fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
 
     let mut buf = Vec::new();
     let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
-        Ok(Some(frame)) if frame.kind == Kind::Call => frame,
+        Ok(Some(frame)) if frame.kind == FrameKind::Call => frame,
         // The parent went away before sending the call: nobody to answer.
         Ok(None) => return EXIT_BOOTSTRAP_FAILED,
         Ok(Some(frame)) => {
@@ -153,20 +158,20 @@ fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
             return EXIT_BOOTSTRAP_FAILED;
         }
     };
-    crate::info::set_child_name(header.process_name);
+    super::current::set_child(header.process_name, target.daemon);
     let code = match run(&buf[used..], fds) {
-        crate::entry::RunOutcome::Value(mut frame) => {
+        super::registry::RunOutcome::Value(mut frame) => {
             // A result larger than the socket can buffer goes in a memfd,
             // so this child can exit even if its parent never joins it.
             let kind = if frame.payload().len() > RESULT_INLINE_MAX && frame.spill().is_ok() {
-                Kind::SpilledValue
+                FrameKind::SpilledValue
             } else {
-                Kind::Value
+                FrameKind::Value
             };
             let _ = frame.send(sock.as_fd(), kind);
             0
         }
-        crate::entry::RunOutcome::Panicked => {
+        super::registry::RunOutcome::Panicked => {
             let report = take_panic().unwrap_or_else(|| PanicReport {
                 message: "panic with no message".into(),
                 location: None,
@@ -174,47 +179,19 @@ fn run_child(target: &Target, run: Option<RunFn>) -> i32 {
             });
             let mut frame = OutFrame::new();
             if frame.encode(&report).is_ok() {
-                let _ = frame.send(sock.as_fd(), Kind::Panic);
+                let _ = frame.send(sock.as_fd(), FrameKind::Panic);
             }
             EXIT_PANICKED
         }
-        crate::entry::RunOutcome::Failed(e) => {
+        super::registry::RunOutcome::Failed(e) => {
             send_failure(sock.as_fd(), &e);
             EXIT_BOOTSTRAP_FAILED
         }
     };
     drop(sock);
     // Like the main process, wait for this child's own unjoined children.
-    crate::children::finish_children();
+    super::reaper::finish_children();
     code
-}
-
-/// Builds the marker for a child that is to run `entry`.
-pub(crate) fn marker(daemon: bool, entry: &str) -> String {
-    format!(
-        "{}:{}:{}:{entry}",
-        std::process::id(),
-        if daemon { 1 } else { 0 },
-        crate::entry::loaded_count()
-    )
-}
-
-fn parse_marker(marker: &str) -> Option<Target> {
-    let mut parts = marker.splitn(4, ':');
-    let parent = parts.next()?.parse().ok()?;
-    let daemon = match parts.next()? {
-        "0" => false,
-        "1" => true,
-        _ => return None,
-    };
-    let expected = parts.next()?.parse().ok()?;
-    let entry = parts.next()?.to_string();
-    Some(Target {
-        parent,
-        daemon,
-        expected,
-        entry,
-    })
 }
 
 /// Moves the control socket off fd 0 and puts `/dev/null` there, as Python
@@ -237,7 +214,7 @@ fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
-        let _ = frame.send(sock, Kind::Failure);
+        let _ = frame.send(sock, FrameKind::Failure);
     }
 }
 

@@ -1,0 +1,496 @@
+//! [`Queue`] and [`JoinableQueue`]: multi-producer, multi-consumer queues
+//! shared by any number of processes (Python's `multiprocessing.Queue`).
+//!
+//! Items are encoded by the putting process and copied into a ring buffer in
+//! shared memory (a memfd, see [`crate::sys::shm`]); sleeping getters and
+//! putters wait on futex words beside it. An item that carries handles
+//! (descriptors), or that is too large for the ring, also sends a message on
+//! a datagram socket pair owned by the queue: the descriptors (and, for a
+//! large item, a memfd holding its bytes) travel there, tagged with the
+//! item's sequence number and a message number kept in its record.
+//!
+//! The ring has two robust process-shared locks, as a Michael–Scott
+//! two-lock queue: putters serialise on the put lock, getters on the get
+//! lock, and a putter and a getter work at the same time on different bytes
+//! (see [`crate::sys::ring`], which checks that each side only touches its
+//! own part). The ring's state is two words, `tail` (where the next item
+//! goes, and how many were ever put; stored only by putters) and `head`
+//! (where the next item is read, and how many were ever taken; stored only
+//! by getters), each changed by a single store at the very end of a put or
+//! a get. A process killed at any point of a put or get therefore leaves
+//! the ring consistent, and the lock it held is taken over by the next
+//! process (see `sync::raw`). Each side keeps the other's word as last seen
+//! and reloads it only when the ring looks full (or empty), so with one
+//! putter and one getter the words' cache lines rarely move between CPUs.
+//!
+//! Sleepers use the usual protocol against lost wake-ups: a getter counts
+//! itself in `EMPTY_WAITERS`, reads the `NOT_EMPTY` sequence word, looks at
+//! `tail` once more and only then sleeps on `NOT_EMPTY`; a putter stores
+//! `tail` and then reads `EMPTY_WAITERS`, and if anyone is counted takes the
+//! count (swapping in 0), bumps `NOT_EMPTY` and wakes that many (all
+//! sequentially consistent, so one of the two sees the other). Putters
+//! waiting for room do the same with `head`, `FULL_WAITERS` and `NOT_FULL`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+use serde::de::{DeserializeOwned, Error as _};
+use serde::ser::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::channel_error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
+use crate::error::{Error, ErrorKind};
+use crate::sys::lock_word::Deadline;
+use crate::sys::ring::Ring;
+
+mod joinable;
+mod layout;
+mod records;
+mod side;
+
+use crate::wire::{self, OutFrame};
+pub use joinable::JoinableQueue;
+use layout::*;
+use records::*;
+use side::*;
+
+/// A queue of `T` shared by processes: any number may put, any number may get.
+///
+/// `Queue` is a handle: `clone` it, pass it as an entry argument or send it
+/// in a message, and every copy is the same queue.
+///
+/// ```
+/// use multiproc::{process_entry, spawn, Queue};
+///
+/// #[process_entry]
+/// fn produce(q: Queue<(u32, String)>, n: u32) {
+///     q.put((n, "hello".to_string())).unwrap();
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let q = Queue::new()?;
+/// let children: Vec<_> = (0..3).map(|n| spawn!(produce, q.clone(), n)).collect::<Result<_, _>>()?;
+/// let mut got: Vec<_> = (0..3).map(|_| q.get()).collect::<Result<_, _>>()?;
+/// got.sort();
+/// assert_eq!(got[2], (2, "hello".to_string()));
+/// for child in children {
+///     child.join()?;
+/// }
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Caveats
+/// - Order is FIFO per producer; items of different producers interleave.
+/// - `len` is a snapshot, as Python's `qsize`.
+/// - A process killed while putting or getting never wedges the queue for
+///   the others (a lock it held is taken over within about 50 ms, and a
+///   sleeper whose wake-up it was about to send looks again within 50 ms
+///   anyway). What can
+///   be lost is only that process's own item: the one it was putting is
+///   either in the queue whole or not at all, and the one it was taking is
+///   either gone with it or still in the queue whole, except that an item
+///   carrying handles or too large for the ring whose side message the dead
+///   process had already received is then dropped by the next `get`, which
+///   reports an error for it. Nothing is ever delivered twice, and no other
+///   item loses its handles or gets another's.
+/// - A `JoinableQueue` item that no one will mark done stays unfinished:
+///   one a getter took and died with (or whose `get` failed, above), or one
+///   whose putter was killed in the instant between counting it and
+///   publishing it. `join` then waits for ever and `join_timeout` until its
+///   timeout, as in Python; call `task_done` for such items yourself.
+/// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
+/// - Items that carry handles, or are too large for the ring (over 1 MiB
+///   encoded), also queue a message on the queue's socket, whose buffer holds
+///   a few hundred of them: past that, such puts wait for gets as if the
+///   queue were full, even an unbounded one.
+/// - Waiters on a queue no one will put to again wait until their timeout
+///   or for ever, as in Python; `shutdown` wakes them.
+pub struct Queue<T> {
+    inner: Arc<Inner>,
+    /// This handle puts no more ([`close`](Queue::close)).
+    closed: AtomicBool,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> Queue<T> {
+    /// A handle over a queue's region and side socket pair.
+    fn from_parts(
+        region: crate::sys::shm::SharedRegion,
+        side_tx: OwnedFd,
+        side_rx: OwnedFd,
+    ) -> Queue<T> {
+        Queue {
+            inner: Arc::new(Inner {
+                ring: Ring::new(region),
+                side_tx,
+                side_rx,
+            }),
+            closed: AtomicBool::new(false),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Queue<T> {
+        Queue {
+            inner: Arc::clone(&self.inner),
+            closed: AtomicBool::new(false),
+            _item: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("len", &self.inner.len())
+            .field("capacity", &self.inner.capacity())
+            .field("shut_down", &self.inner.is_closed())
+            .field("closed", &self.closed.load(Relaxed))
+            .finish()
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Queue<T> {
+    /// A queue with no limit on the number of items (only on their total
+    /// encoded size in flight, 16 MiB, past which `put` waits).
+    pub fn new() -> Result<Queue<T>, Error> {
+        Queue::create(0, false)
+    }
+
+    /// A queue that holds at most `capacity` items: `put` waits while it is full.
+    pub fn bounded(capacity: usize) -> Result<Queue<T>, Error> {
+        Queue::create(checked_capacity(capacity)?, false)
+    }
+
+    fn create(capacity: u32, joinable: bool) -> Result<Queue<T>, Error> {
+        let region = crate::sync::create(KIND, ATOMICS_LEN, DEFAULT_RING, |r| {
+            r.atomic_u32(CAPACITY).store(capacity, Relaxed);
+            r.atomic_u32(JOINABLE).store(u32::from(joinable), Relaxed);
+            Ring::init(r, DEFAULT_RING);
+        })?;
+        let region = Arc::try_unwrap(region)
+            .map_err(|_| Error::new(ErrorKind::Io, "queue region is shared too early"))?;
+        let (side_tx, side_rx) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .map_err(|e| Error::io("creating a queue's socket pair", e.into()))?;
+        Ok(Queue::from_parts(region, side_tx, side_rx))
+    }
+
+    /// Puts an item, waiting while the queue is full.
+    pub fn put(&self, item: T) -> Result<(), SendError<T>> {
+        self.put_wait(item, Deadline::Never).map_err(|e| match e {
+            SendTimeoutError::Timeout(item) | SendTimeoutError::Disconnected(item) => {
+                SendError(item)
+            }
+        })
+    }
+
+    /// Puts an item, waiting at most `timeout` for room.
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        self.put_wait(item, Deadline::after(timeout))
+    }
+
+    /// Puts an item if there is room now.
+    pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
+        self.put_wait(item, Deadline::Now).map_err(|e| match e {
+            SendTimeoutError::Timeout(item) => TrySendError::Full(item),
+            SendTimeoutError::Disconnected(item) => TrySendError::Disconnected(item),
+        })
+    }
+
+    /// Takes the oldest item, waiting until there is one. `Disconnected`
+    /// once the queue is shut down and drained.
+    pub fn get(&self) -> Result<T, RecvError> {
+        self.get_wait(Deadline::Never).map_err(|e| match e {
+            RecvTimeoutError::Disconnected | RecvTimeoutError::Timeout => RecvError::Disconnected,
+            RecvTimeoutError::Failed(e) => RecvError::Failed(e),
+        })
+    }
+
+    /// Takes the oldest item, waiting at most `timeout`.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.get_wait(Deadline::after(timeout))
+    }
+
+    /// Takes the oldest item if there is one now.
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        self.get_wait(Deadline::Now).map_err(|e| match e {
+            RecvTimeoutError::Timeout => TryRecvError::Empty,
+            RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+            RecvTimeoutError::Failed(e) => TryRecvError::Failed(e),
+        })
+    }
+
+    fn put_wait(&self, item: T, wait: Deadline) -> Result<(), SendTimeoutError<T>> {
+        if self.closed.load(Relaxed) {
+            return Err(SendTimeoutError::Disconnected(item));
+        }
+        let result = with_encoded(&item, |frame| {
+            self.inner.put_bytes(frame.payload(), frame.fds(), wait)
+        });
+        match result {
+            Ok(()) => Ok(()),
+            Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
+            Err(PutFail::Closed) => Err(SendTimeoutError::Disconnected(item)),
+            // An item that cannot be encoded or stored cannot be put.
+            Err(PutFail::Failed) => Err(SendTimeoutError::Disconnected(item)),
+        }
+    }
+
+    fn get_wait(&self, wait: Deadline) -> Result<T, RecvTimeoutError> {
+        let mut bytes = DECODER.take();
+        let result = self
+            .inner
+            .get_bytes(wait, &mut bytes)
+            .and_then(|fds| wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed));
+        if bytes.capacity() <= SPILL_OVER {
+            DECODER.set(bytes);
+        }
+        result
+    }
+
+    /// How many items are in the queue now (a snapshot, like Python's `qsize`).
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the queue is empty now.
+    pub fn is_empty(&self) -> bool {
+        self.inner.len() == 0
+    }
+
+    /// Whether a bounded queue is at its capacity now (never for an unbounded one).
+    pub fn is_full(&self) -> bool {
+        let capacity = self.inner.capacity();
+        capacity > 0 && self.inner.len() >= capacity
+    }
+
+    /// Shuts the queue down for every handle in every process (Python
+    /// 3.13's `Queue.shutdown`): later puts fail with `Disconnected(item)`,
+    /// gets take what is left and then report `Disconnected`. Waiters are
+    /// woken.
+    pub fn shutdown(&self) {
+        self.inner.close();
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called, by any handle.
+    pub fn is_shutdown(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Says that this handle will put no more (Python's `Queue.close`): its
+    /// later puts fail with `Disconnected(item)`. Other handles, clones of
+    /// this one included, and other processes are unaffected, and gets on
+    /// this handle go on; to end the queue for everyone, use
+    /// [`shutdown`](Self::shutdown).
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let q = multiproc::Queue::new()?;
+    /// let other = q.clone();
+    /// q.close();
+    /// assert!(q.put(1).is_err());
+    /// other.put(2).unwrap();
+    /// assert_eq!(q.get()?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn close(&self) {
+        self.closed.store(true, Relaxed);
+    }
+
+    /// Whether this handle can no longer put: it was closed, or the queue
+    /// was shut down.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Relaxed) || self.inner.is_closed()
+    }
+}
+
+thread_local! {
+    /// Each thread encodes into its own reused buffer.
+    static ENCODER: std::cell::Cell<Option<OutFrame>> = const { std::cell::Cell::new(None) };
+    /// Each thread copies items out of the ring into its own reused buffer
+    /// (given up after a large item).
+    static DECODER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Encodes `item` into this thread's reused frame, and puts the frame.
+fn with_encoded<T: Serialize>(
+    item: &T,
+    put: impl FnOnce(&OutFrame) -> Result<(), PutFail>,
+) -> Result<(), PutFail> {
+    let mut frame = ENCODER.take().unwrap_or_default();
+    frame.clear();
+    let result = match frame.encode(item) {
+        Ok(()) => put(&frame),
+        Err(_) => Err(PutFail::Failed),
+    };
+    // Our copies of the item's handles must not outlive the put: a kept copy
+    // of a connection's end would hide its peer's disconnection.
+    frame.clear();
+    ENCODER.set(Some(frame));
+    result
+}
+
+fn checked_capacity(capacity: usize) -> Result<u32, Error> {
+    u32::try_from(capacity)
+        .ok()
+        .filter(|&c| c > 0)
+        .ok_or_else(|| Error::new(ErrorKind::Io, "capacity must be between 1 and 2^32-1"))
+}
+
+enum PutFail {
+    Full,
+    Closed,
+    /// The item could not be encoded, or stored (an OS error); it is handed
+    /// back as `Disconnected(item)`, as crossbeam's errors carry no reason.
+    Failed,
+}
+
+fn corrupt(what: &str) -> Error {
+    Error::new(ErrorKind::Decode, format!("queue is corrupt: {what}"))
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let region = wire::push_fd(self.inner.ring.region().as_fd()).map_err(S::Error::custom)?;
+        let tx = wire::push_fd(self.inner.side_tx.as_fd()).map_err(S::Error::custom)?;
+        let rx = wire::push_fd(self.inner.side_rx.as_fd()).map_err(S::Error::custom)?;
+        serializer.serialize_newtype_struct("multiproc::Queue", &(region, tx, rx))
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Queue<T>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "multiproc::Queue")]
+        struct Wire((u32, u32, u32));
+        let Wire((region, tx, rx)) = Wire::deserialize(deserializer)?;
+        let take = |i| wire::take_fd(i).map_err(D::Error::custom);
+        let (region, side_tx, side_rx) = (take(region)?, take(tx)?, take(rx)?);
+        let region = crate::sync::open_region(region, KIND, Some(ATOMICS_LEN))
+            .map_err(|e| D::Error::custom(wire::handle_error(e)))?;
+        Ok(Queue::from_parts(region, side_tx, side_rx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::SeqCst;
+
+    use super::*;
+    use crate::sys::ring::Pos;
+
+    #[test]
+    fn records_go_after_the_tail_or_back_at_the_start() {
+        let at = |(puts, t): (u32, usize), (gets, h): (u32, usize), need, cap| {
+            place(Pos::new(puts, t), Pos::new(gets, h), need, 1 << 20, cap)
+        };
+        assert_eq!(at((0, 0), (0, 0), 16, 0), Some(0));
+        assert_eq!(at((3, 48), (1, 16), 16, 0), Some(48), "after the tail");
+        assert_eq!(at((3, 48), (1, 16), 16, 2), None, "at capacity");
+        assert_eq!(at((3, (1 << 20) - 8), (1, 16), 16, 0), Some(0), "wraps");
+        assert_eq!(
+            at((3, (1 << 20) - 8), (1, 16), 24, 0),
+            None,
+            "no room before the head"
+        );
+        assert_eq!(
+            at((3, 16), (1, 64), 48, 0),
+            Some(16),
+            "wrapped, before the head"
+        );
+        assert_eq!(at((3, 16), (1, 64), 56, 0), None);
+        assert_eq!(at((3, 64), (1, 64), 8, 0), None, "full");
+        // Empty: back at the start only once far along (or when it must).
+        assert_eq!(at((5, 4096), (5, 4096), 16, 0), Some(4096));
+        assert_eq!(at((5, WRAP_EARLY), (5, WRAP_EARLY), 16, 0), Some(0));
+        assert_eq!(
+            at((5, WRAP_EARLY), (5, WRAP_EARLY), WRAP_EARLY + 8, 0),
+            Some(WRAP_EARLY)
+        );
+    }
+
+    #[test]
+    fn a_getter_whose_wake_up_was_lost_still_gets_the_item() {
+        // A putter killed after publishing its item and taking the sleepers'
+        // count, but before its wake-up call, leaves a getter asleep on a
+        // queue that holds an item. Here: take the count, then put (which
+        // then sees no one to wake).
+        let q = Queue::<u32>::new().unwrap();
+        let getter = q.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get());
+            tx.send(getter.get())
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Counted as a sleeper, and asleep (its only sleep is on the futex).
+        let asleep = || {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+            stat.as_bytes()[stat.rfind(')').unwrap() + 2] == b'S'
+        };
+        let waiters = q.inner.word(EMPTY_WAITERS);
+        while waiters.load(SeqCst) == 0 || !asleep() {
+            std::thread::yield_now();
+        }
+        waiters.swap(0, SeqCst);
+        q.put(7).unwrap();
+        let got = rx.recv_timeout(Duration::from_secs(20));
+        assert_eq!(got.expect("the getter slept on").unwrap(), 7);
+    }
+
+    fn memfd_of(len: usize) -> OwnedFd {
+        wire::spill(&vec![0; len]).unwrap()
+    }
+
+    fn sizes(fds: &[OwnedFd]) -> Vec<i64> {
+        fds.iter()
+            .map(|fd| rustix::fs::fstat(fd).unwrap().st_size)
+            .collect()
+    }
+
+    #[test]
+    fn side_messages_of_dead_putters_are_dropped_and_later_ones_kept() {
+        let (tx, rx) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .unwrap();
+        // Item 5's putter died after sending; the next put of item 5 sent again.
+        assert!(send_side(tx.as_fd(), 5, 1, None, &[memfd_of(1)]).unwrap());
+        assert!(send_side(tx.as_fd(), 5, 2, None, &[memfd_of(2)]).unwrap());
+        // Item 6's message was taken by a getter that died; item 7's is there.
+        assert!(send_side(tx.as_fd(), 7, 3, None, &[memfd_of(3)]).unwrap());
+        let tail = || 8;
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 5, 2, tail).unwrap()), [2]);
+        assert!(recv_side(rx.as_fd(), 6, 9, tail).is_err());
+        assert_eq!(sizes(&recv_side(rx.as_fd(), 7, 3, tail).unwrap()), [3]);
+        assert!(recv_side(rx.as_fd(), 8, 4, tail).is_err());
+        // Left by a putter that died 3 billion items ago (the counts wrapped
+        // around since): still before, so dropped rather than waited for.
+        let now = 5u32.wrapping_add(3_000_000_000);
+        assert!(send_side(tx.as_fd(), 5, 5, None, &[memfd_of(5)]).unwrap());
+        assert!(send_side(tx.as_fd(), now, 6, None, &[memfd_of(6)]).unwrap());
+        let tail = || now.wrapping_add(1);
+        assert_eq!(sizes(&recv_side(rx.as_fd(), now, 6, tail).unwrap()), [6]);
+    }
+}

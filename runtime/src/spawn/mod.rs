@@ -1,0 +1,18 @@
+//! The life of a call: the parent starts a child of this same binary, the
+//! child runs one entry before `main` would have run, and the parent joins
+//! it for the result.
+//!
+//! - `protocol.rs`: what both sides agree on (marker, call header, failure
+//!   report, exit codes, result limits). Neither side imports the other.
+//! - `registry.rs`: the entries of this binary, found by name.
+//! - `child.rs`: the child's side, from load-time constructors.
+//! - `parent.rs`: `Process` and `JoinHandle`.
+//! - `reaper.rs`: who waits for which child, and when.
+//! - `current.rs`: what a process knows of itself (`current_process`, …).
+
+pub(crate) mod child;
+pub(crate) mod current;
+pub(crate) mod parent;
+pub(crate) mod protocol;
+pub(crate) mod reaper;
+pub(crate) mod registry;
