@@ -21,8 +21,10 @@ const DEPTH_MAX: usize = 256;
 /// behind the chunk it runs: enough to hide the round trip to the worker,
 /// little enough that a slow chunk holds few others up.
 const QUEUED_WORK: Duration = Duration::from_millis(2);
-/// What a chunk is assumed to take before any has been timed.
-const FIRST_GUESS: Duration = Duration::from_millis(1);
+/// What a chunk is assumed to take before any has been timed: as much as
+/// may wait, so a new worker holds one chunk until it has answered one (a
+/// long first chunk then keeps nothing waiting behind it).
+const FIRST_GUESS: Duration = QUEUED_WORK;
 /// How often a worker is started before its slot is given up.
 const START_ATTEMPTS: usize = 3;
 /// Most handles in one message to a worker (the wire allows 253).
