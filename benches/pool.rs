@@ -186,5 +186,59 @@ fn cpu_bound(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(pool_benches, overhead, cpu_bound);
+/// The same CPU-bound comparison, paired: rayon and the pool run in turn,
+/// round after round, and the median of the per-round ratios is printed.
+/// On a machine shared with other work, load that comes and goes moves
+/// criterion's separate groups apart; within a round it hits both alike.
+fn cpu_bound_paired(_: &mut Criterion) {
+    const ROUNDS: usize = 21;
+    let iters = calibrate(Duration::from_millis(1));
+    let threads = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let pool = Pool::new(2).unwrap();
+    let time = |f: &dyn Fn()| {
+        let start = Instant::now();
+        f();
+        start.elapsed().as_secs_f64()
+    };
+    let rayon_run = || {
+        let out: Vec<u64> = threads.install(|| {
+            (0..CPU_TASKS)
+                .into_par_iter()
+                .map(|_| spin(black_box(iters)))
+                .collect()
+        });
+        black_box(out);
+    };
+    let mut default_ratios = Vec::new();
+    let mut single_ratios = Vec::new();
+    for _ in 0..ROUNDS {
+        let rayon = time(&rayon_run);
+        let default = time(&|| {
+            black_box(pool.map(entry!(spin), vec![iters; CPU_TASKS]).unwrap());
+        });
+        let single = time(&|| {
+            black_box(
+                pool.map_chunked(entry!(spin), vec![iters; CPU_TASKS], 1)
+                    .unwrap(),
+            );
+        });
+        default_ratios.push(rayon / default);
+        single_ratios.push(rayon / single);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "CPU-bound map, paired over {ROUNDS} rounds: Pool(2) throughput / rayon's, median: \
+         default chunksize {:.2}x, chunksize 1 {:.2}x",
+        median(&mut default_ratios),
+        median(&mut single_ratios)
+    );
+}
+
+criterion_group!(pool_benches, overhead, cpu_bound, cpu_bound_paired);
 criterion_main!(pool_benches);
