@@ -78,6 +78,8 @@ const IMAP_CHUNKS_PER_WORKER: usize = 16;
 ///   pool) kills it.
 /// - A worker holds a few chunks at a time (more when they are many), so a
 ///   chunk may wait behind a slow one of the same worker.
+/// - Workers are daemons (they die with this process, however it dies), so,
+///   as in Python, a task cannot start processes of its own.
 /// - Dropping the pool terminates it: running tasks are killed, queued ones
 ///   fail. Call [`close`](Pool::close) and [`join`](Pool::join) to let them
 ///   finish.
