@@ -192,6 +192,9 @@ fn cpu_bound(c: &mut Criterion) {
 /// criterion's separate groups apart; within a round it hits both alike.
 fn cpu_bound_paired(_: &mut Criterion) {
     const ROUNDS: usize = 21;
+    if !paired_wanted() {
+        return;
+    }
     let iters = calibrate(Duration::from_millis(1));
     let threads = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -238,6 +241,48 @@ fn cpu_bound_paired(_: &mut Criterion) {
         median(&mut default_ratios),
         median(&mut single_ratios)
     );
+}
+
+/// Criterion's filters do not reach a measurement of one's own: run it
+/// under `cargo bench` with no filter, or one that names `CPU` or `paired`
+/// (not under `cargo test --benches`, nor `--profile-time`).
+fn paired_wanted() -> bool {
+    const WITH_VALUE: &[&str] = &[
+        "--warm-up-time",
+        "--measurement-time",
+        "--sample-size",
+        "--save-baseline",
+        "--baseline",
+        "--load-baseline",
+        "--color",
+        "--output-format",
+        "--format",
+        "--plotting-backend",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--nresamples",
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if !args.iter().any(|a| a == "--bench") || args.iter().any(|a| a == "--profile-time") {
+        return false;
+    }
+    let mut filters = Vec::new();
+    let mut value_next = false;
+    for arg in &args {
+        if std::mem::take(&mut value_next) {
+            continue;
+        }
+        if arg.starts_with('-') {
+            value_next = WITH_VALUE.contains(&arg.as_str());
+        } else {
+            filters.push(arg.as_str());
+        }
+    }
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| f.contains("CPU") || f.contains("paired"))
 }
 
 criterion_group!(pool_benches, overhead, cpu_bound, cpu_bound_paired);
