@@ -3,6 +3,7 @@
 
 mod launch;
 mod proto;
+mod results;
 mod scheduler;
 mod task;
 mod worker;
@@ -336,7 +337,7 @@ impl Pool {
         let _ = entry;
         task::check_entry(E::NAME)?;
         let item = task::encode(&args)?;
-        let sink = Sink::new(E::NAME, true);
+        let sink = Sink::new(E::NAME, true, true);
         self.inner.submit(&sink, vec![(0, vec![item])])?;
         Ok(AsyncResult {
             sink,
@@ -379,7 +380,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Vec<R>> {
         task::check_entry(entry)?;
-        let sink = Sink::new(entry, false);
+        let sink = Sink::new(entry, false, true);
         let items: Vec<Item> = items
             .enumerate()
             .map(|(i, item)| item.map_err(|e| task::copy_error(&e, &context(entry, i as u64))))
@@ -409,9 +410,15 @@ impl Pool {
             sink: &sink,
         };
         let results = match sink.wait(Wake::AllDone, None) {
-            Some(mut state) => std::mem::take(&mut state.results),
+            Some(mut state) => state.results.take_all(),
             None => return Err(task::error(ErrorKind::Timeout, "map stopped waiting")),
         };
+        if results.len() != len {
+            return Err(task::error(
+                ErrorKind::Io,
+                format!("`{entry}`: {} of {len} results came", results.len()),
+            ));
+        }
         results
             .into_iter()
             .map(|(index, result)| decode_result(entry, index, result))
@@ -429,7 +436,7 @@ impl Pool {
         let chunksize = chunksize.max(1);
         Ok(IMap {
             pool: Arc::clone(&self.inner),
-            sink: Sink::new(entry, false),
+            sink: Sink::new(entry, false, ordered),
             input,
             chunksize,
             window: (chunksize * IMAP_CHUNKS_PER_WORKER * self.processes()) as u64,
@@ -561,7 +568,7 @@ impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
         let (index, result) = {
             let mut state = self.sink.wait(wake, None)?;
             if self.ordered {
-                let result = state.results.remove(&self.yielded)?;
+                let result = state.results.remove(self.yielded)?;
                 (self.yielded, result)
             } else {
                 state.results.pop_first()?
@@ -639,7 +646,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 ),
             ));
         };
-        let result = state.results.remove(&0);
+        let result = state.results.remove(0);
         drop(state);
         match result {
             Some(result) => decode_result(self.sink.entry, 0, result),

@@ -2,13 +2,14 @@
 //! one thread per worker slot that collects answers, notices the worker's
 //! death, fails exactly what it held and starts its replacement.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::launch::{Launcher, WorkerProc};
 use super::proto::{Chunk, Item, Msg, Outcome, Shared as OnWire};
+use super::results::Results;
 use super::task;
 use super::worker::Boot;
 use crate::Connection;
@@ -57,7 +58,7 @@ pub(crate) enum Wake {
 
 #[derive(Debug)]
 pub(crate) struct SinkState {
-    pub(crate) results: BTreeMap<u64, Result<Item>>,
+    pub(crate) results: Results<Result<Item>>,
     /// Items submitted and not answered yet.
     pub(crate) pending: u64,
     pub(crate) wake: Wake,
@@ -70,19 +71,24 @@ impl SinkState {
         match self.wake {
             Wake::Never => false,
             Wake::AllDone => self.pending == 0,
-            Wake::Index(i) => self.results.contains_key(&i),
+            Wake::Index(i) => self.results.contains_key(i),
             Wake::Any => !self.results.is_empty(),
         }
     }
 }
 
 impl Sink {
-    pub(crate) fn new(entry: &'static str, single: bool) -> Arc<Sink> {
+    /// `ordered`: results are taken by index (else as they come).
+    pub(crate) fn new(entry: &'static str, single: bool, ordered: bool) -> Arc<Sink> {
         Arc::new(Sink {
             entry,
             single,
             state: Mutex::new(SinkState {
-                results: BTreeMap::new(),
+                results: if ordered {
+                    Results::ordered()
+                } else {
+                    Results::by_arrival()
+                },
                 pending: 0,
                 wake: Wake::Never,
                 discard: false,
