@@ -22,6 +22,10 @@ use self::scheduler::{Config, Sink, Wake, lock};
 use crate::Entry;
 use crate::{ErrorKind, Result};
 
+/// Items a `map` encodes before it hands them to the pool (the workers
+/// start on them while it encodes the rest).
+const SUBMIT_ITEMS: usize = 1024;
+
 /// Chunks an `imap` keeps in the pool per worker, ahead of its consumer.
 const IMAP_CHUNKS_PER_WORKER: usize = 16;
 
@@ -216,11 +220,8 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = entry;
-        self.run_map(
-            E::NAME,
-            items.into_iter().map(|a| task::encode(&(a,))),
-            None,
-        )
+        let items: Vec<A> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), None)
     }
 
     /// [`map`](Self::map) with chunks of `chunksize` items (at least 1).
@@ -236,8 +237,8 @@ impl Pool {
         I: IntoIterator<Item = A>,
     {
         let _ = entry;
-        let items = items.into_iter().map(|a| task::encode(&(a,)));
-        self.run_map(E::NAME, items, Some(chunksize))
+        let items: Vec<A> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), Some(chunksize))
     }
 
     /// Calls an entry on each argument tuple; results in input order.
@@ -247,7 +248,8 @@ impl Pool {
         I: IntoIterator<Item = E::Args>,
     {
         let _ = entry;
-        self.run_map(E::NAME, items.into_iter().map(|a| task::encode(&a)), None)
+        let items: Vec<E::Args> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, task::encode, None)
     }
 
     /// [`starmap`](Self::starmap) with chunks of `chunksize` items.
@@ -262,8 +264,8 @@ impl Pool {
         I: IntoIterator<Item = E::Args>,
     {
         let _ = entry;
-        let items = items.into_iter().map(|a| task::encode(&a));
-        self.run_map(E::NAME, items, Some(chunksize))
+        let items: Vec<E::Args> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, task::encode, Some(chunksize))
     }
 
     /// Like [`map`](Self::map), but lazy: yields results in input order as
@@ -373,18 +375,18 @@ impl Pool {
         }
     }
 
-    fn run_map<R: DeserializeOwned>(
+    /// Encodes and submits the items chunk by chunk (so the workers start
+    /// on the first while the rest is encoded), and takes the results in
+    /// order as they come (so a failure returns without waiting for the
+    /// items after it).
+    fn run_map<T, R: DeserializeOwned>(
         &self,
         entry: &'static str,
-        items: impl Iterator<Item = Result<Item>>,
+        items: &[T],
+        encode: impl Fn(&T) -> Result<Item>,
         chunksize: Option<usize>,
     ) -> Result<Vec<R>> {
         task::check_entry(entry)?;
-        let sink = Sink::new(entry, false, true);
-        let items: Vec<Item> = items
-            .enumerate()
-            .map(|(i, item)| item.map_err(|e| task::copy_error(&e, &context(entry, i as u64))))
-            .collect::<Result<_>>()?;
         let len = items.len();
         if len == 0 {
             return Ok(Vec::new());
@@ -392,37 +394,50 @@ impl Pool {
         let chunksize = chunksize
             .unwrap_or_else(|| len.div_ceil(4 * self.processes()))
             .max(1);
-        let mut chunks = Vec::with_capacity(len.div_ceil(chunksize));
-        let mut items = items.into_iter();
-        let mut first = 0;
-        loop {
-            let chunk: Vec<Item> = items.by_ref().take(chunksize).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let n = chunk.len() as u64;
-            chunks.push((first, chunk));
-            first += n;
-        }
-        self.inner.submit(&sink, chunks)?;
+        let sink = Sink::new(entry, false, true);
         let _cancel = Cancel {
             pool: &self.inner,
             sink: &sink,
         };
-        let results = match sink.wait(Wake::AllDone, None) {
-            Some(mut state) => state.results.take_all(),
-            None => return Err(task::error(ErrorKind::Timeout, "map stopped waiting")),
-        };
-        if results.len() != len {
-            return Err(task::error(
-                ErrorKind::Io,
-                format!("`{entry}`: {} of {len} results came", results.len()),
-            ));
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        for (c, chunk) in items.chunks(chunksize).enumerate() {
+            let first = c * chunksize;
+            let encoded = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    encode(item)
+                        .map_err(|e| task::copy_error(&e, &context(entry, (first + i) as u64)))
+                })
+                .collect::<Result<Vec<Item>>>()?;
+            batched += encoded.len();
+            batch.push((first as u64, encoded));
+            if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
+                self.inner.submit(&sink, std::mem::take(&mut batch))?;
+                batched = 0;
+            }
         }
-        results
-            .into_iter()
-            .map(|(index, result)| decode_result(entry, index, result))
-            .collect()
+        let mut out = Vec::with_capacity(len);
+        let mut ready = Vec::new();
+        while out.len() < len {
+            let next = out.len() as u64;
+            {
+                let Some(mut state) = sink.wait(Wake::Index(next), None) else {
+                    return Err(task::error(ErrorKind::Timeout, "map stopped waiting"));
+                };
+                let mut index = next;
+                while let Some(result) = state.results.remove(index) {
+                    ready.push(result);
+                    index += 1;
+                }
+            }
+            for result in ready.drain(..) {
+                let index = out.len() as u64;
+                out.push(decode_result(entry, index, result)?);
+            }
+        }
+        Ok(out)
     }
 
     fn run_imap<'a, R: DeserializeOwned>(
