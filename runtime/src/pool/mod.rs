@@ -27,7 +27,7 @@ use crate::{ErrorKind, Result};
 const SUBMIT_ITEMS: usize = 1024;
 
 /// Chunks an `imap` keeps in the pool per worker, ahead of its consumer.
-const IMAP_CHUNKS_PER_WORKER: usize = 16;
+const IMAP_CHUNKS_PER_WORKER: usize = 64;
 
 /// A pool of worker processes that run entries: Python's
 /// `multiprocessing.Pool`.
@@ -498,7 +498,7 @@ impl Drop for Cancel<'_> {
 /// The results of [`Pool::imap`] or [`Pool::imap_unordered`]: one
 /// `Result<R, Error>` per input item.
 ///
-/// Takes input only while fewer than `16 × processes` chunks are in the
+/// Takes input only while fewer than `64 × processes` chunks are in the
 /// pool or waiting to be yielded. Dropping it cancels the chunks not yet
 /// sent to a worker.
 pub struct IMap<'a, R> {
@@ -530,6 +530,12 @@ impl<R> fmt::Debug for IMap<'_, R> {
 impl<R> IMap<'_, R> {
     /// Takes input until the window is full, and submits it.
     fn top_up(&mut self) {
+        // Refill when half the window is free, in one submission.
+        if self.exhausted || self.taken - self.yielded > self.window / 2 {
+            return;
+        }
+        let mut chunks = Vec::new();
+        let mut submitted = self.taken;
         while !self.exhausted && self.taken - self.yielded < self.window {
             let first = self.taken;
             let mut chunk = Vec::with_capacity(self.chunksize);
@@ -548,21 +554,35 @@ impl<R> IMap<'_, R> {
                 }
             }
             let n = chunk.len() as u64;
-            if n > 0
-                && let Err(e) = self.pool.submit(&self.sink, vec![(first, chunk)])
-            {
-                let errors = (first..first + n)
-                    .map(|i| Err(task::copy_error(&e, &context(self.sink.entry, i))))
-                    .collect();
-                self.sink.deliver(first, errors);
+            if n > 0 {
+                chunks.push((first, chunk));
             }
             self.taken += n;
             if let Some(e) = failed {
+                // Submitted before the failed item's error is delivered, so
+                // a submission error of theirs cannot land on its index.
+                self.submit(std::mem::take(&mut chunks), submitted);
                 let index = self.taken;
                 let err = task::copy_error(&e, &context(self.sink.entry, index));
                 self.sink.deliver(index, vec![Err(err)]);
                 self.taken += 1;
+                submitted = self.taken;
             }
+        }
+        self.submit(chunks, submitted);
+    }
+
+    /// Submits chunks (items `first..self.taken`); if the pool refuses
+    /// them, that is each item's result.
+    fn submit(&self, chunks: Vec<(u64, Vec<Item>)>, first: u64) {
+        if chunks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.pool.submit(&self.sink, chunks) {
+            let errors = (first..self.taken)
+                .map(|i| Err(task::copy_error(&e, &context(self.sink.entry, i))))
+                .collect();
+            self.sink.deliver(first, errors);
         }
     }
 }
