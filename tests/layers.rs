@@ -18,7 +18,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("shared state", &["sync"]),
     ("channels", &["pipe", "queue"]),
     ("across handles", &["wait"]),
-    ("services", &["manager"]),
+    ("services", &["manager", "pool"]),
 ];
 
 /// Inside `spawn/`, files a file must not use: the child side and the

@@ -134,7 +134,7 @@ fn proxies_travel_through_queues_and_pipes_nested_in_messages() {
         })
         .unwrap();
     }
-    jobs.close();
+    jobs.shutdown();
     child.join().unwrap();
     assert_eq!(d.len().unwrap(), 3);
     assert_eq!(ns.get::<bool>("b").unwrap(), Some(true));

@@ -160,6 +160,13 @@
 //! # }
 //! ```
 //!
+//! # Pools
+//!
+//! [`Pool`] is Python's `Pool`: `map`, `starmap`, `imap`, `imap_unordered`
+//! and `apply_async` over worker processes. A task that panics fails only
+//! itself; a worker that dies fails only the chunk it was running (with how
+//! it died), is replaced, and no call waits for it.
+//!
 //! # What multiproc does not do
 //!
 //! - Only Linux is supported; other platforms fail to compile.
@@ -170,7 +177,6 @@
 //!   child, and load-time constructors of other crates that the linker
 //!   placed after multiproc's may not have run yet.
 //! - There is no `fork` start method (yet): every child is a fresh exec.
-//! - No `Pool` yet.
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(
@@ -193,6 +199,7 @@ mod error;
 mod fd;
 mod manager;
 mod pipe;
+mod pool;
 mod queue;
 mod spawn;
 mod sync;
@@ -211,6 +218,7 @@ pub use crate::manager::{
     ValueProxy,
 };
 pub use crate::pipe::{Connection, Pipe};
+pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
 pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::spawn::current::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,

@@ -1,0 +1,702 @@
+//! [`Pool`]: Python's `multiprocessing.Pool`, over worker processes that
+//! never leave a call hanging when one of them dies.
+
+mod launch;
+mod proto;
+mod results;
+mod scheduler;
+mod task;
+mod worker;
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle as ThreadHandle;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use self::proto::Item;
+use self::scheduler::{Config, Sink, Wake, lock};
+use crate::Entry;
+use crate::{ErrorKind, Result};
+
+/// Items a `map` encodes before it hands them to the pool (the workers
+/// start on them while it encodes the rest).
+const SUBMIT_ITEMS: usize = 1024;
+
+/// Chunks an `imap` keeps in the pool per worker, ahead of its consumer.
+const IMAP_CHUNKS_PER_WORKER: usize = 64;
+
+/// A pool of worker processes that run entries: Python's
+/// `multiprocessing.Pool`.
+///
+/// Each worker is a child process (this binary, re-executed) that runs
+/// tasks one after another. `map`, `starmap` and `imap` split their input
+/// into chunks; a worker runs a chunk and sends its results back.
+///
+/// ```
+/// use multiproc::{entry, process_entry, Pool};
+///
+/// #[process_entry]
+/// fn square(x: u64) -> u64 { x * x }
+///
+/// #[process_entry]
+/// fn add(a: u64, b: u64) -> u64 { a + b }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::new(2)?;
+/// let squares: Vec<u64> = pool.map(entry!(square), 0..10u64)?;
+/// assert_eq!(squares, [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]);
+///
+/// let sums = pool.starmap(entry!(add), vec![(1, 2), (3, 4)])?;
+/// assert_eq!(sums, [3, 7]);
+///
+/// let pending = pool.apply_async(entry!(add), (20, 22))?;
+/// assert_eq!(pending.get()?, 42);
+///
+/// let first: Vec<u64> = pool.imap(entry!(square), 0..)?   // lazy: an endless input is fine
+///     .take(3)
+///     .collect::<Result<_, _>>()?;
+/// assert_eq!(first, [0, 1, 4]);
+///
+/// pool.close();
+/// pool.join()?;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Failures
+/// - A task that panics fails only itself: its error
+///   ([`Error::is_panicked`](crate::Error::is_panicked)) carries the panic message and says which item.
+/// - A worker that dies (killed, `abort`, `exit`, …) fails the chunk it was
+///   running with how it died ([`Error::is_signaled`](crate::Error::is_signaled), [`Error::exitcode`](crate::Error::exitcode));
+///   chunks it had received but not started run elsewhere. It is replaced
+///   (its initializer runs again) and the pool keeps serving. No call waits
+///   for a dead worker.
+/// - `map` and `starmap` return the first error in input order.
+///
+/// # Caveats
+/// - A task that never ends keeps its worker. [`AsyncResult::get_timeout`]
+///   stops waiting for it; [`terminate`](Pool::terminate) (or dropping the
+///   pool) kills it.
+/// - A worker holds a few chunks at a time (more when they are many), so a
+///   chunk may wait behind a slow one of the same worker.
+/// - Workers are daemons (they die with this process, however it dies), so,
+///   as in Python, a task cannot start processes of its own.
+/// - Dropping the pool terminates it: running tasks are killed, queued ones
+///   fail. Call [`close`](Pool::close) and [`join`](Pool::join) to let them
+///   finish.
+pub struct Pool {
+    inner: Arc<scheduler::Pool>,
+    threads: Mutex<Vec<ThreadHandle<()>>>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("processes", &self.processes())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`Pool`]: [`Pool::builder`].
+///
+/// ```
+/// use multiproc::{entry, process_entry, Pool};
+///
+/// #[process_entry]
+/// fn setup(greeting: String) {
+///     assert_eq!(greeting, "hello");
+/// }
+///
+/// #[process_entry]
+/// fn pid() -> u32 { std::process::id() }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let pool = Pool::builder()
+///     .processes(2)
+///     .initializer(entry!(setup), ("hello".to_string(),))
+///     .max_tasks_per_child(1)            // a fresh worker for every task
+///     .build()?;
+/// let a = pool.apply(entry!(pid), ())?;
+/// let b = pool.apply(entry!(pid), ())?;
+/// assert_ne!(a, b);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct PoolBuilder {
+    processes: Option<usize>,
+    init: Option<Result<(String, Item)>>,
+    max_tasks: Option<u64>,
+}
+
+impl PoolBuilder {
+    /// How many worker processes (default: [`cpu_count`](crate::cpu_count)).
+    pub fn processes(mut self, processes: usize) -> PoolBuilder {
+        self.processes = Some(processes);
+        self
+    }
+
+    /// An entry each worker runs once when it starts (replacements too),
+    /// before any task. If it fails, [`build`](Self::build) fails with its
+    /// error.
+    pub fn initializer<E: Entry>(mut self, entry: E, args: E::Args) -> PoolBuilder {
+        let _ = entry;
+        self.init = Some(
+            task::check_entry(E::NAME)
+                .and_then(|()| task::encode(&args))
+                .map(|item| (E::NAME.to_string(), item)),
+        );
+        self
+    }
+
+    /// Replaces each worker after it has run this many tasks (a chunk is
+    /// one task, as in Python). Default: never.
+    pub fn max_tasks_per_child(mut self, tasks: u64) -> PoolBuilder {
+        self.max_tasks = Some(tasks);
+        self
+    }
+
+    // The start method (fork server) and the launcher (Slurm) go here:
+    // each is a `launch::Launcher`.
+
+    /// Starts the workers and waits until each is ready (its initializer
+    /// ran).
+    pub fn build(self) -> Result<Pool> {
+        let processes = self.processes.unwrap_or_else(task::cpu_count);
+        if processes == 0 {
+            return Err(task::error(
+                ErrorKind::Spawn,
+                "a pool needs at least one worker process",
+            ));
+        }
+        if self.max_tasks == Some(0) {
+            return Err(task::error(
+                ErrorKind::Spawn,
+                "max_tasks_per_child must be at least 1",
+            ));
+        }
+        let init = self.init.transpose()?;
+        let (inner, threads) = scheduler::Pool::start(Config {
+            processes,
+            max_tasks: self.max_tasks.unwrap_or(0),
+            init,
+            launcher: Box::new(launch::SpawnLauncher),
+        })?;
+        Ok(Pool {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+}
+
+impl Pool {
+    /// A pool of `processes` workers. `Pool::new(0)` is an error.
+    pub fn new(processes: usize) -> Result<Pool> {
+        Pool::builder().processes(processes).build()
+    }
+
+    /// A [`PoolBuilder`] with the defaults.
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// How many workers the pool keeps.
+    pub fn processes(&self) -> usize {
+        self.inner.config.processes
+    }
+
+    /// Calls a one-argument entry on each item; results in input order.
+    ///
+    /// Chunk size as Python's: `ceil(len / (4 × processes))`. Fails with the
+    /// first error in input order, which names the item.
+    pub fn map<E, A, I>(&self, entry: E, items: I) -> Result<Vec<E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = entry;
+        let items: Vec<A> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), None)
+    }
+
+    /// [`map`](Self::map) with chunks of `chunksize` items (at least 1).
+    pub fn map_chunked<E, A, I>(
+        &self,
+        entry: E,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = entry;
+        let items: Vec<A> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), Some(chunksize))
+    }
+
+    /// Calls an entry on each argument tuple; results in input order.
+    pub fn starmap<E, I>(&self, entry: E, items: I) -> Result<Vec<E::Output>>
+    where
+        E: Entry,
+        I: IntoIterator<Item = E::Args>,
+    {
+        let _ = entry;
+        let items: Vec<E::Args> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, task::encode, None)
+    }
+
+    /// [`starmap`](Self::starmap) with chunks of `chunksize` items.
+    pub fn starmap_chunked<E, I>(
+        &self,
+        entry: E,
+        items: I,
+        chunksize: usize,
+    ) -> Result<Vec<E::Output>>
+    where
+        E: Entry,
+        I: IntoIterator<Item = E::Args>,
+    {
+        let _ = entry;
+        let items: Vec<E::Args> = items.into_iter().collect();
+        self.run_map(E::NAME, &items, task::encode, Some(chunksize))
+    }
+
+    /// Like [`map`](Self::map), but lazy: yields results in input order as
+    /// they come, taking input only as far as it keeps a bounded number of
+    /// items in the pool (so an endless input is fine). One task per item.
+    pub fn imap<'a, E, A, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        self.imap_chunked(entry, items, 1)
+    }
+
+    /// [`imap`](Self::imap) with chunks of `chunksize` items.
+    pub fn imap_chunked<'a, E, A, I>(
+        &self,
+        entry: E,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMap<'a, E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        let _ = entry;
+        let items = items.into_iter().map(|a| task::encode(&(a,)));
+        self.run_imap(E::NAME, Box::new(items), chunksize, true)
+    }
+
+    /// Like [`imap`](Self::imap), but yields each result as soon as it
+    /// comes, in any order.
+    pub fn imap_unordered<'a, E, A, I>(&self, entry: E, items: I) -> Result<IMap<'a, E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        self.imap_unordered_chunked(entry, items, 1)
+    }
+
+    /// [`imap_unordered`](Self::imap_unordered) with chunks of `chunksize` items.
+    pub fn imap_unordered_chunked<'a, E, A, I>(
+        &self,
+        entry: E,
+        items: I,
+        chunksize: usize,
+    ) -> Result<IMap<'a, E::Output>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: 'a,
+    {
+        let _ = entry;
+        let items = items.into_iter().map(|a| task::encode(&(a,)));
+        self.run_imap(E::NAME, Box::new(items), chunksize, false)
+    }
+
+    /// Runs one call in a worker and waits for its result.
+    pub fn apply<E: Entry>(&self, entry: E, args: E::Args) -> Result<E::Output> {
+        self.apply_async(entry, args)?.get()
+    }
+
+    /// Starts one call in a worker; the [`AsyncResult`] gives its result.
+    pub fn apply_async<E: Entry>(&self, entry: E, args: E::Args) -> Result<AsyncResult<E::Output>> {
+        let _ = entry;
+        task::check_entry(E::NAME)?;
+        let item = task::encode(&args)?;
+        let sink = Sink::new(E::NAME, true, true);
+        self.inner.submit(&sink, vec![(0, vec![item])])?;
+        Ok(AsyncResult {
+            sink,
+            _result: PhantomData,
+        })
+    }
+
+    /// Takes no more tasks; those submitted still run. Then [`join`](Self::join).
+    pub fn close(&self) {
+        self.inner.close();
+    }
+
+    /// After [`close`](Self::close): waits for every submitted task to be
+    /// answered, then for the workers to exit. An error if the pool was not
+    /// closed (or terminated) first, as in Python.
+    pub fn join(&self) -> Result<()> {
+        self.inner.finish()?;
+        self.join_threads();
+        Ok(())
+    }
+
+    /// Kills the workers at once; tasks not answered yet fail. Waits until
+    /// every worker is reaped.
+    pub fn terminate(&self) {
+        self.inner.terminate();
+        self.join_threads();
+    }
+
+    fn join_threads(&self) {
+        let threads = std::mem::take(&mut *lock(&self.threads));
+        for thread in threads {
+            let _ = thread.join();
+        }
+    }
+
+    /// Encodes and submits the items chunk by chunk (so the workers start
+    /// on the first while the rest is encoded), and takes the results in
+    /// order as they come (so a failure returns without waiting for the
+    /// items after it).
+    fn run_map<T, R: DeserializeOwned>(
+        &self,
+        entry: &'static str,
+        items: &[T],
+        encode: impl Fn(&T) -> Result<Item>,
+        chunksize: Option<usize>,
+    ) -> Result<Vec<R>> {
+        task::check_entry(entry)?;
+        let len = items.len();
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let chunksize = chunksize
+            .unwrap_or_else(|| len.div_ceil(4 * self.processes()))
+            .max(1);
+        let sink = Sink::new(entry, false, true);
+        let _cancel = Cancel {
+            pool: &self.inner,
+            sink: &sink,
+        };
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        for (c, chunk) in items.chunks(chunksize).enumerate() {
+            let first = c * chunksize;
+            let encoded = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    encode(item)
+                        .map_err(|e| task::copy_error(&e, &context(entry, (first + i) as u64)))
+                })
+                .collect::<Result<Vec<Item>>>()?;
+            batched += encoded.len();
+            batch.push((first as u64, encoded));
+            if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
+                self.inner.submit(&sink, std::mem::take(&mut batch))?;
+                batched = 0;
+            }
+        }
+        let mut out = Vec::with_capacity(len);
+        let mut ready = Vec::new();
+        while out.len() < len {
+            let next = out.len() as u64;
+            {
+                let Some(mut state) = sink.wait(Wake::Index(next), None) else {
+                    return Err(task::error(ErrorKind::Timeout, "map stopped waiting"));
+                };
+                let mut index = next;
+                while let Some(result) = state.results.remove(index) {
+                    ready.push(result);
+                    index += 1;
+                }
+            }
+            for result in ready.drain(..) {
+                let index = out.len() as u64;
+                out.push(decode_result(entry, index, result)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_imap<'a, R: DeserializeOwned>(
+        &self,
+        entry: &'static str,
+        input: Box<dyn Iterator<Item = Result<Item>> + 'a>,
+        chunksize: usize,
+        ordered: bool,
+    ) -> Result<IMap<'a, R>> {
+        task::check_entry(entry)?;
+        let chunksize = chunksize.max(1);
+        Ok(IMap {
+            pool: Arc::clone(&self.inner),
+            sink: Sink::new(entry, false, ordered),
+            input,
+            chunksize,
+            window: (chunksize * IMAP_CHUNKS_PER_WORKER * self.processes()) as u64,
+            ordered,
+            taken: 0,
+            yielded: 0,
+            exhausted: false,
+            _result: PhantomData,
+        })
+    }
+}
+
+impl Drop for Pool {
+    /// Terminates the pool: kills and reaps every worker.
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn context(entry: &str, index: u64) -> String {
+    format!("item {index} of `{entry}`")
+}
+
+fn decode_result<R: DeserializeOwned>(entry: &str, index: u64, result: Result<Item>) -> Result<R> {
+    result.and_then(|item| {
+        task::decode_item(item)
+            .map_err(|e| task::copy_error(&e, &format!("{}: the result", context(entry, index))))
+    })
+}
+
+/// Cancels what is left of a job when its caller stops waiting.
+struct Cancel<'a> {
+    pool: &'a Arc<scheduler::Pool>,
+    sink: &'a Arc<Sink>,
+}
+
+impl Drop for Cancel<'_> {
+    fn drop(&mut self) {
+        lock(&self.sink.state).discard = true;
+        self.pool.cancel(self.sink);
+    }
+}
+
+/// The results of [`Pool::imap`] or [`Pool::imap_unordered`]: one
+/// `Result<R, Error>` per input item.
+///
+/// Takes input only while fewer than `64 × processes` chunks are in the
+/// pool or waiting to be yielded. Dropping it cancels the chunks not yet
+/// sent to a worker.
+pub struct IMap<'a, R> {
+    pool: Arc<scheduler::Pool>,
+    sink: Arc<Sink>,
+    input: Box<dyn Iterator<Item = Result<Item>> + 'a>,
+    chunksize: usize,
+    /// Most items taken from the input and not yet yielded.
+    window: u64,
+    ordered: bool,
+    /// Items taken from the input (their results are indexed so).
+    taken: u64,
+    yielded: u64,
+    exhausted: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for IMap<'_, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IMap")
+            .field("entry", &self.sink.entry)
+            .field("ordered", &self.ordered)
+            .field("taken", &self.taken)
+            .field("yielded", &self.yielded)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R> IMap<'_, R> {
+    /// Takes input until the window is full, and submits it.
+    fn top_up(&mut self) {
+        // Refill when half the window is free, in one submission.
+        if self.exhausted || self.taken - self.yielded > self.window / 2 {
+            return;
+        }
+        let mut chunks = Vec::new();
+        let mut submitted = self.taken;
+        while !self.exhausted && self.taken - self.yielded < self.window {
+            let first = self.taken;
+            let mut chunk = Vec::with_capacity(self.chunksize);
+            let mut failed = None;
+            while chunk.len() < self.chunksize {
+                match self.input.next() {
+                    Some(Ok(item)) => chunk.push(item),
+                    Some(Err(e)) => {
+                        failed = Some(e);
+                        break;
+                    }
+                    None => {
+                        self.exhausted = true;
+                        break;
+                    }
+                }
+            }
+            let n = chunk.len() as u64;
+            if n > 0 {
+                chunks.push((first, chunk));
+            }
+            self.taken += n;
+            if let Some(e) = failed {
+                // Submitted before the failed item's error is delivered, so
+                // a submission error of theirs cannot land on its index.
+                self.submit(std::mem::take(&mut chunks), submitted);
+                let index = self.taken;
+                let err = task::copy_error(&e, &context(self.sink.entry, index));
+                self.sink.deliver(index, vec![Err(err)]);
+                self.taken += 1;
+                submitted = self.taken;
+            }
+        }
+        self.submit(chunks, submitted);
+    }
+
+    /// Submits chunks (items `first..self.taken`); if the pool refuses
+    /// them, that is each item's result.
+    fn submit(&self, chunks: Vec<(u64, Vec<Item>)>, first: u64) {
+        if chunks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.pool.submit(&self.sink, chunks) {
+            let errors = (first..self.taken)
+                .map(|i| Err(task::copy_error(&e, &context(self.sink.entry, i))))
+                .collect();
+            self.sink.deliver(first, errors);
+        }
+    }
+}
+
+impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        self.top_up();
+        if self.yielded == self.taken {
+            return None;
+        }
+        let wake = if self.ordered {
+            Wake::Index(self.yielded)
+        } else {
+            Wake::Any
+        };
+        let (index, result) = {
+            let mut state = self.sink.wait(wake, None)?;
+            if self.ordered {
+                let result = state.results.remove(self.yielded)?;
+                (self.yielded, result)
+            } else {
+                state.results.pop_first()?
+            }
+        };
+        self.yielded += 1;
+        Some(decode_result(self.sink.entry, index, result))
+    }
+}
+
+impl<R> Drop for IMap<'_, R> {
+    fn drop(&mut self) {
+        lock(&self.sink.state).discard = true;
+        self.pool.cancel(&self.sink);
+    }
+}
+
+/// The result of [`Pool::apply_async`], to collect later.
+///
+/// Dropping it does not stop the task (as in Python); its result is then
+/// thrown away.
+pub struct AsyncResult<R> {
+    sink: Arc<Sink>,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> fmt::Debug for AsyncResult<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncResult")
+            .field("entry", &self.sink.entry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: DeserializeOwned> AsyncResult<R> {
+    /// Waits for the result. Never waits for a dead worker: its death is
+    /// this task's error.
+    pub fn get(self) -> Result<R> {
+        self.take(None)
+    }
+
+    /// Waits at most `timeout`: an error of kind [`ErrorKind::Timeout`] if
+    /// the task has not finished by then. The task keeps running, and the
+    /// result can be asked for again.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
+        self.take(Some(timeout))
+    }
+
+    /// Whether the result has come (the task finished or failed).
+    pub fn ready(&self) -> bool {
+        lock(&self.sink.state).pending == 0
+    }
+
+    /// Waits until the result has come.
+    pub fn wait(&self) {
+        drop(self.sink.wait(Wake::AllDone, None));
+    }
+
+    /// Waits at most `timeout` for the result; whether it has come.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        self.sink
+            .wait(Wake::AllDone, Instant::now().checked_add(timeout))
+            .is_some()
+    }
+
+    fn take(&self, timeout: Option<Duration>) -> Result<R> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let Some(mut state) = self.sink.wait(Wake::AllDone, deadline) else {
+            return Err(task::error(
+                ErrorKind::Timeout,
+                format!(
+                    "`{}` did not finish within {:?} (it keeps running)",
+                    self.sink.entry,
+                    timeout.unwrap_or_default()
+                ),
+            ));
+        };
+        let result = state.results.remove(0);
+        drop(state);
+        match result {
+            Some(result) => decode_result(self.sink.entry, 0, result),
+            None => Err(task::error(
+                ErrorKind::Io,
+                format!("the result of `{}` was already taken", self.sink.entry),
+            )),
+        }
+    }
+}
+
+impl<R> Drop for AsyncResult<R> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.sink.state);
+        state.discard = true;
+        state.results.clear();
+    }
+}

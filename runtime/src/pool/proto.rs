@@ -1,0 +1,133 @@
+//! What the pool and its workers say to each other over a worker's
+//! [`Connection`](crate::Connection).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::{Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::Fd;
+use crate::PanicReport;
+
+/// Encoded bytes that go on the wire as one byte string, not element by
+/// element.
+#[derive(Debug, Default)]
+pub(crate) struct Bytes(pub(crate) Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        struct BytesVisitor;
+        impl<'de> Visitor<'de> for BytesVisitor {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+                Ok(Bytes(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Bytes, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 16));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Bytes(out))
+            }
+        }
+        deserializer.deserialize_byte_buf(BytesVisitor)
+    }
+}
+
+/// One encoded value (a call's arguments, or a result) and the descriptors
+/// of the handles inside it.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Item {
+    pub(crate) bytes: Bytes,
+    pub(crate) fds: Vec<Fd>,
+}
+
+/// A chunk of calls of one entry: the unit a worker runs and answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Chunk {
+    /// Unique in the pool; the answer repeats it.
+    pub(crate) id: u64,
+    pub(crate) entry: String,
+    pub(crate) items: Vec<Item>,
+}
+
+/// Shares a value between the pool's bookkeeping and the message that
+/// carries it (serialized as the value itself).
+#[derive(Debug)]
+pub(crate) struct Shared<T>(pub(crate) Arc<T>);
+
+impl<T: Serialize> Serialize for Shared<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Shared<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Shared<T>, D::Error> {
+        T::deserialize(deserializer).map(|v| Shared(Arc::new(v)))
+    }
+}
+
+/// Why a task could not run (its entry's own failure is a panic).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum FailKind {
+    Decode,
+    Encode,
+    UnknownEntry,
+    Other,
+}
+
+/// What one call produced.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Outcome {
+    Value(Item),
+    Panicked(PanicReport),
+    Failed { kind: FailKind, message: String },
+}
+
+/// A message on a worker's connection, either way.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Msg {
+    /// Pool → worker: run these chunks, in order.
+    Run(Vec<Shared<Chunk>>),
+    /// Pool → worker: finish what you hold, then exit.
+    Stop,
+    /// Worker → pool: the initializer ran; tasks are welcome.
+    Ready,
+    /// Worker → pool: the initializer failed; the worker exits.
+    InitFailed(Outcome),
+    /// Worker → pool: the outcomes of one chunk, in item order.
+    Done { id: u64, outcomes: Vec<Outcome> },
+}
+
+impl Item {
+    /// A copy with its own descriptors (each `dup`ed).
+    pub(crate) fn try_clone(&self) -> Result<Item, crate::Error> {
+        let fds = self
+            .fds
+            .iter()
+            .map(Fd::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(crate::Error::from)?;
+        Ok(Item {
+            bytes: Bytes(self.bytes.0.clone()),
+            fds,
+        })
+    }
+}

@@ -1,0 +1,231 @@
+//! Every point where the pool touches the crate's internals: the entry
+//! registry, the wire's encoding to bytes plus descriptors, and the error
+//! constructors. Kept in one file so that moving those internals means
+//! re-pointing only this.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Mutex, Once};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::proto::{Bytes, FailKind, Item, Outcome};
+use crate::error::{Error, ErrorKind, PanicReport};
+use crate::fd::Fd;
+pub(super) use crate::spawn::registry::RunFn;
+use crate::spawn::registry::RunOutcome;
+use crate::wire::{OutFrame, decode};
+
+/// Checks, in the parent, that `name` is a registered entry.
+pub(super) fn check_entry(name: &str) -> Result<(), Error> {
+    crate::spawn::registry::lookup(name).map(drop)
+}
+
+/// Encodes one call's arguments (or any value) into bytes and the
+/// descriptors of the handles inside them.
+pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
+    thread_local! {
+        static FRAME: RefCell<OutFrame> = RefCell::new(OutFrame::new());
+    }
+    FRAME.with(|frame| {
+        // A value's serde impl could encode another pool task: then use a
+        // frame of its own.
+        let mut own;
+        let mut shared = frame.try_borrow_mut();
+        let frame = match &mut shared {
+            Ok(frame) => &mut **frame,
+            Err(_) => {
+                own = OutFrame::new();
+                &mut own
+            }
+        };
+        frame.clear();
+        let encoded = frame.encode(value).and_then(|()| {
+            let fds = frame
+                .fds()
+                .iter()
+                .map(|fd| fd.try_clone().map(Fd::from))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::io("duplicating a handle for a pool task", e))?;
+            Ok(Item {
+                bytes: Bytes(frame.payload().to_vec()),
+                fds,
+            })
+        });
+        frame.clear();
+        encoded
+    })
+}
+
+/// Decodes a value [`encode`] made (in another process).
+pub(super) fn decode_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
+    decode(&item.bytes.0, into_owned(item.fds))
+}
+
+fn into_owned(fds: Vec<Fd>) -> Vec<OwnedFd> {
+    fds.into_iter().map(Fd::into_owned_fd).collect()
+}
+
+thread_local! {
+    static RUNNERS: RefCell<HashMap<String, RunFn>> = RefCell::new(HashMap::new());
+}
+
+/// How a worker runs the entry `name` (looked up once per name).
+pub(super) fn runner(name: &str) -> Result<RunFn, Outcome> {
+    RUNNERS
+        .with(|runners| {
+            if let Some(run) = runners.borrow().get(name) {
+                return Ok(*run);
+            }
+            let run = crate::spawn::registry::lookup(name)?.run();
+            runners.borrow_mut().insert(name.to_string(), run);
+            Ok::<_, Error>(run)
+        })
+        .map_err(|e| failed(&e))
+}
+
+/// Runs an entry on encoded arguments, in a worker, through the same code
+/// path a child uses for its one entry.
+pub(super) fn run(run: RunFn, item: Item) -> Outcome {
+    take_panic();
+    match run(&item.bytes.0, into_owned(item.fds)) {
+        RunOutcome::Value(frame) => {
+            let fds = frame.fds().iter().map(|fd| fd.try_clone().map(Fd::from));
+            match fds.collect::<Result<Vec<_>, _>>() {
+                Ok(fds) => Outcome::Value(Item {
+                    bytes: Bytes(frame.payload().to_vec()),
+                    fds,
+                }),
+                Err(e) => failed(&Error::io("duplicating a handle in a result", e)),
+            }
+        }
+        RunOutcome::Panicked => Outcome::Panicked(take_panic().unwrap_or_else(|| PanicReport {
+            message: "panic with no message".into(),
+            location: None,
+            backtrace: None,
+        })),
+        RunOutcome::Failed(e) => failed(&e),
+    }
+}
+
+fn failed(err: &Error) -> Outcome {
+    let kind = match err.kind() {
+        ErrorKind::Decode => FailKind::Decode,
+        ErrorKind::Encode => FailKind::Encode,
+        ErrorKind::UnknownEntry => FailKind::UnknownEntry,
+        _ => FailKind::Other,
+    };
+    Outcome::Failed {
+        kind,
+        message: err.to_string(),
+    }
+}
+
+static LAST_PANIC: Mutex<Option<PanicReport>> = Mutex::new(None);
+
+fn take_panic() -> Option<PanicReport> {
+    LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// In a worker: records each panic for the task's error, then hands it to
+/// the hook that was there (which prints it, as std does).
+pub(super) fn install_panic_hook() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let message = info.payload_as_str().unwrap_or("Box<dyn Any>").to_string();
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+            let backtrace = std::backtrace::Backtrace::capture();
+            let backtrace = match backtrace.status() {
+                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+                _ => None,
+            };
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(PanicReport {
+                message,
+                location,
+                backtrace,
+            });
+            previous(info);
+        }));
+    });
+}
+
+/// An error of kind `kind` (the crate's constructor is internal).
+pub(super) fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
+    Error::new(kind, message)
+}
+
+/// The error of one item whose task failed in a worker.
+pub(super) fn item_error(outcome_kind: FailKind, message: String, context: String) -> Error {
+    let kind = match outcome_kind {
+        FailKind::Decode => ErrorKind::Decode,
+        FailKind::Encode => ErrorKind::Encode,
+        FailKind::UnknownEntry => ErrorKind::UnknownEntry,
+        FailKind::Other => ErrorKind::Io,
+    };
+    Error::new(kind, format!("{context}: {message}"))
+}
+
+/// The error of one item whose task panicked.
+pub(super) fn panic_error(report: PanicReport, context: String, process: String) -> Error {
+    Error::new(ErrorKind::Panicked, context)
+        .with_panic(report)
+        .in_process(process)
+}
+
+/// An error with all its parts given.
+pub(super) fn failure(
+    kind: ErrorKind,
+    message: String,
+    exitcode: Option<i32>,
+    process: Option<String>,
+) -> Error {
+    let mut err = Error::new(kind, message);
+    if let Some(code) = exitcode {
+        err = err.with_exitcode(code);
+    }
+    match process {
+        Some(process) => err.in_process(process),
+        None => err,
+    }
+}
+
+/// `signal 9 (SIGKILL)`.
+pub(super) fn signal_text(signal: i32) -> String {
+    let name = match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        _ => return format!("signal {signal}"),
+    };
+    format!("signal {signal} ({name})")
+}
+
+/// Copies an error (errors are not `Clone`), prefixed with `context`.
+pub(super) fn copy_error(err: &Error, context: &str) -> Error {
+    let copy = Error::new(err.kind(), format!("{context}: {err}"));
+    match err.exitcode() {
+        Some(code) => copy.with_exitcode(code),
+        None => copy,
+    }
+}
+
+/// An I/O error with what was being done.
+pub(super) fn io_error(context: &str, err: std::io::Error) -> Error {
+    Error::io(context, err)
+}
+
+/// How many CPUs this process may use.
+pub(super) fn cpu_count() -> usize {
+    crate::spawn::current::cpu_count()
+}

@@ -1,0 +1,623 @@
+//! Pool: map / starmap / imap / imap_unordered / apply_async over real
+//! worker processes, with tasks that panic and workers that die.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use multiproc::{Event, Fd, Pool, Queue, Value, entry, process_entry};
+
+#[process_entry]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[process_entry]
+fn add(a: u64, b: u64) -> u64 {
+    a + b
+}
+
+#[process_entry]
+fn pid() -> u32 {
+    std::process::id()
+}
+
+#[process_entry]
+fn pid_of(_x: u64) -> u32 {
+    std::process::id()
+}
+
+#[process_entry]
+fn panics_at(x: u64, bad: u64) -> u64 {
+    if x == bad {
+        panic!("item {x} is bad");
+    }
+    x
+}
+
+/// How a task ends its own worker.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+enum Death {
+    Kill,
+    Abort,
+    Exit3,
+}
+
+#[process_entry]
+fn dies_at(x: u64, bad: u64, how: Death) -> u64 {
+    if x == bad {
+        match how {
+            Death::Kill => {
+                let me = rustix::process::getpid();
+                rustix::process::kill_process(me, rustix::process::Signal::KILL).unwrap();
+                unreachable!("SIGKILL is not caught")
+            }
+            Death::Abort => std::process::abort(),
+            Death::Exit3 => std::process::exit(3),
+        }
+    }
+    x * 10
+}
+
+#[process_entry]
+fn wait_for(event: Event) -> u32 {
+    event.wait();
+    7
+}
+
+#[process_entry]
+fn put_into(q: Queue<u64>, x: u64) {
+    q.put(x * 2).unwrap();
+}
+
+#[process_entry]
+fn write_to(fd: Fd, text: String) {
+    let mut stream = UnixStream::from(fd.into_owned_fd());
+    stream.write_all(text.as_bytes()).unwrap();
+}
+
+static INIT_SEEN: AtomicU64 = AtomicU64::new(0);
+
+#[process_entry]
+fn init_counting(counter: Value<u64>, mark: u64) {
+    *counter.lock().unwrap() += 1;
+    INIT_SEEN.store(mark, Ordering::SeqCst);
+}
+
+#[process_entry]
+fn init_mark(_x: u64) -> u64 {
+    INIT_SEEN.load(Ordering::SeqCst)
+}
+
+#[process_entry]
+fn init_panics() {
+    panic!("no setup today");
+}
+
+fn expect_death(err: &multiproc::Error, how: Death) {
+    match how {
+        Death::Kill => {
+            assert!(err.is_signaled(), "{err}");
+            assert_eq!(err.exitcode(), Some(-9), "{err}");
+        }
+        Death::Abort => {
+            assert!(err.is_signaled(), "{err}");
+            assert_eq!(err.exitcode(), Some(-6), "{err}");
+        }
+        Death::Exit3 => {
+            assert!(err.is_exited(), "{err}");
+            assert_eq!(err.exitcode(), Some(3), "{err}");
+        }
+    }
+}
+
+const DEATHS: [Death; 3] = [Death::Kill, Death::Abort, Death::Exit3];
+
+#[test]
+fn map_starmap_apply_in_order() {
+    let pool = Pool::new(2).unwrap();
+    assert_eq!(pool.processes(), 2);
+    let squares = pool.map(entry!(square), 0..100u64).unwrap();
+    assert_eq!(squares, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    for chunksize in [1, 3, 1000] {
+        let got = pool
+            .map_chunked(entry!(square), 0..50u64, chunksize)
+            .unwrap();
+        assert_eq!(got, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    }
+    assert!(pool.map(entry!(square), Vec::new()).unwrap().is_empty());
+    let sums = pool
+        .starmap(entry!(add), vec![(1, 2), (3, 4), (5, 6)])
+        .unwrap();
+    assert_eq!(sums, [3, 7, 11]);
+    let sums = pool
+        .starmap_chunked(entry!(add), (0..20).map(|i| (i, 1)), 7)
+        .unwrap();
+    assert_eq!(sums, (1..21).collect::<Vec<u64>>());
+    assert_eq!(pool.apply(entry!(add), (40, 2)).unwrap(), 42);
+    let r = pool.apply_async(entry!(add), (1, 1)).unwrap();
+    r.wait();
+    assert!(r.ready());
+    assert_eq!(r.get().unwrap(), 2);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn work_is_spread_over_the_workers() {
+    let pool = Pool::new(2).unwrap();
+    let parent = std::process::id();
+    let pids: BTreeSet<u32> = pool
+        .map_chunked(entry!(pid_of), 0..200u64, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert!(!pids.contains(&parent));
+    assert!(!pids.is_empty() && pids.len() <= 2, "{pids:?}");
+}
+
+#[test]
+fn zero_processes_is_an_error() {
+    assert!(Pool::new(0).is_err());
+    assert!(
+        Pool::builder()
+            .processes(1)
+            .max_tasks_per_child(0)
+            .build()
+            .is_err()
+    );
+}
+
+#[test]
+fn a_panicking_task_fails_only_itself() {
+    let pool = Pool::new(2).unwrap();
+    let err = pool
+        .starmap(entry!(panics_at), (0..20).map(|x| (x, 13)))
+        .unwrap_err();
+    assert!(err.is_panicked(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("item 13 is bad"), "{text}");
+    assert!(text.contains("item 13 of `pool::panics_at`"), "{text}");
+
+    let results: Vec<_> = pool
+        .imap(entry!(square), 0..5u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(results, [0, 1, 4, 9, 16]);
+    let r = pool.apply_async(entry!(panics_at), (4, 4)).unwrap();
+    let err = r.get().unwrap_err();
+    assert!(
+        err.is_panicked() && err.to_string().contains("item 4 is bad"),
+        "{err}"
+    );
+    // The same worker processes carry on.
+    assert_eq!(pool.map(entry!(square), [3u64]).unwrap(), [9]);
+}
+
+#[test]
+fn a_dying_worker_fails_its_task_with_the_reason_and_is_replaced() {
+    let pool = Pool::new(2).unwrap();
+    for round in 0..2 {
+        for how in DEATHS {
+            let bad = 5 + round;
+            // imap: one error, at the item, results in order.
+            let results: Vec<_> = pool.starmap_imap_helper(bad, how).into_iter().collect();
+            assert_eq!(results.len(), 20);
+            for (i, result) in results.iter().enumerate() {
+                match result {
+                    Ok(v) => {
+                        assert_ne!(i as u64, bad);
+                        assert_eq!(*v, i as u64 * 10);
+                    }
+                    Err(e) => {
+                        assert_eq!(i as u64, bad, "{e}");
+                        expect_death(e, how);
+                        assert!(e.to_string().contains("`pool::dies_at`"), "{e}");
+                    }
+                }
+            }
+            assert!(results[bad as usize].is_err());
+
+            // map: the first error is the dead item's.
+            let err = pool
+                .starmap_chunked(entry!(dies_at), (0..20).map(|x| (x, bad, how)), 1)
+                .unwrap_err();
+            expect_death(&err, how);
+            assert!(err.to_string().contains(&format!("item {bad} of")), "{err}");
+
+            // apply_async: only the one.
+            let pending: Vec<_> = (0..6)
+                .map(|x| {
+                    pool.apply_async(entry!(dies_at), (x, bad % 6, how))
+                        .unwrap()
+                })
+                .collect();
+            for (x, r) in pending.into_iter().enumerate() {
+                match r.get() {
+                    Ok(v) => assert_eq!(v, x as u64 * 10),
+                    Err(e) => {
+                        assert_eq!(x as u64, bad % 6, "{e}");
+                        expect_death(&e, how);
+                    }
+                }
+            }
+            // And the pool keeps serving.
+            let squares = pool.map(entry!(square), 0..10u64).unwrap();
+            assert_eq!(squares, (0..10u64).map(|x| x * x).collect::<Vec<_>>());
+        }
+    }
+    pool.close();
+    pool.join().unwrap();
+}
+
+trait Helper {
+    fn starmap_imap_helper(&self, bad: u64, how: Death) -> Vec<multiproc::Result<u64>>;
+}
+
+impl Helper for Pool {
+    /// imap over `dies_at` needs one-argument entries; go through apply_async
+    /// for the tuple instead, collecting in order as imap would.
+    fn starmap_imap_helper(&self, bad: u64, how: Death) -> Vec<multiproc::Result<u64>> {
+        let pending: Vec<_> = (0..20)
+            .map(|x| self.apply_async(entry!(dies_at), (x, bad, how)).unwrap())
+            .collect();
+        pending.into_iter().map(|r| r.get()).collect()
+    }
+}
+
+#[process_entry]
+fn kill_on_seven(x: u64) -> u64 {
+    if x == 7 {
+        let me = rustix::process::getpid();
+        rustix::process::kill_process(me, rustix::process::Signal::KILL).unwrap();
+    }
+    x + 1
+}
+
+#[test]
+fn imap_survives_a_killed_worker_in_order() {
+    let pool = Pool::new(2).unwrap();
+    for _ in 0..3 {
+        let results: Vec<_> = pool
+            .imap(entry!(kill_on_seven), 0..30u64)
+            .unwrap()
+            .collect();
+        assert_eq!(results.len(), 30);
+        for (i, r) in results.into_iter().enumerate() {
+            if i == 7 {
+                let e = r.unwrap_err();
+                assert!(e.is_signaled() && e.exitcode() == Some(-9), "{e}");
+            } else {
+                assert_eq!(r.unwrap(), i as u64 + 1);
+            }
+        }
+        let mut unordered: Vec<_> = pool
+            .imap_unordered(entry!(kill_on_seven), 0..30u64)
+            .unwrap()
+            .filter_map(Result::ok)
+            .collect();
+        unordered.sort_unstable();
+        let expected: Vec<u64> = (0..30).filter(|&i| i != 7).map(|i| i + 1).collect();
+        assert_eq!(unordered, expected);
+    }
+}
+
+#[test]
+fn a_dead_worker_fails_its_whole_chunk_only() {
+    let pool = Pool::new(2).unwrap();
+    let results: Vec<_> = pool
+        .imap_chunked(entry!(kill_on_seven), 0..20u64, 4)
+        .unwrap()
+        .collect();
+    for (i, r) in results.into_iter().enumerate() {
+        if (4..8).contains(&i) {
+            let e = r.unwrap_err();
+            assert!(e.is_signaled(), "{e}");
+            assert!(e.to_string().contains(&format!("item {i} of")), "{e}");
+        } else {
+            assert_eq!(r.unwrap(), i as u64 + 1);
+        }
+    }
+}
+
+#[test]
+fn imap_takes_input_lazily() {
+    let pool = Pool::new(2).unwrap();
+    let pulled = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&pulled);
+    // Long enough that taking it all shows, short enough to end if it did.
+    let input = (0..1_000_000u64).inspect(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    });
+    let first: Vec<u64> = pool
+        .imap(entry!(square), input)
+        .unwrap()
+        .take(100)
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(first, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+    // At most a window (64 chunks per worker) beyond what was yielded.
+    let pulled = pulled.load(Ordering::Relaxed);
+    assert!(
+        pulled <= 100 + 64 * 2,
+        "took {pulled} items for 100 results"
+    );
+    // The endless one from the API contract.
+    let n = pool.imap(entry!(square), 0..).unwrap().take(10).count();
+    assert_eq!(n, 10);
+}
+
+#[test]
+fn imap_unordered_yields_everything() {
+    let pool = Pool::new(2).unwrap();
+    let mut got: Vec<u64> = pool
+        .imap_unordered(entry!(square), 0..100u64)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..100u64).map(|x| x * x).collect::<Vec<_>>());
+}
+
+#[test]
+fn max_tasks_per_child_recycles_workers() {
+    let pool = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(2)
+        .build()
+        .unwrap();
+    let pids = pool.map_chunked(entry!(pid_of), 0..6u64, 1).unwrap();
+    let mut counts: HashMap<u32, usize> = HashMap::new();
+    for p in &pids {
+        *counts.entry(*p).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{pids:?}");
+    assert!(counts.values().all(|&n| n == 2), "{pids:?}");
+}
+
+#[test]
+fn the_initializer_runs_in_every_worker_and_every_replacement() {
+    let counter = Value::new(0u64).unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(entry!(init_counting), (counter.clone(), 77))
+        .build()
+        .unwrap();
+    assert_eq!(counter.load().unwrap(), 2);
+    let marks = pool.map_chunked(entry!(init_mark), 0..20u64, 1).unwrap();
+    assert!(marks.iter().all(|&m| m == 77), "{marks:?}");
+    drop(pool);
+
+    // One worker: what follows a kill runs on the replacement.
+    let counter = Value::new(0u64).unwrap();
+    let pool = Pool::builder()
+        .processes(1)
+        .initializer(entry!(init_counting), (counter.clone(), 78))
+        .build()
+        .unwrap();
+    for round in 1..=2 {
+        let _ = pool.map_chunked(entry!(kill_on_seven), 0..10u64, 1);
+        let marks = pool.map_chunked(entry!(init_mark), 0..20u64, 1).unwrap();
+        assert!(marks.iter().all(|&m| m == 78), "{marks:?}");
+        assert_eq!(counter.load().unwrap(), 1 + round);
+    }
+}
+
+#[test]
+fn a_failing_initializer_fails_build() {
+    let err = Pool::builder()
+        .processes(2)
+        .initializer(entry!(init_panics), ())
+        .build()
+        .unwrap_err();
+    assert!(err.is_panicked(), "{err}");
+    assert!(err.to_string().contains("no setup today"), "{err}");
+}
+
+#[test]
+fn handles_travel_as_task_arguments() {
+    let pool = Pool::new(2).unwrap();
+    let q = Queue::new().unwrap();
+    pool.starmap(entry!(put_into), (0..10).map(|x| (q.clone(), x)))
+        .unwrap();
+    let mut got: Vec<u64> = (0..10).map(|_| q.get().unwrap()).collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..10).map(|x| x * 2).collect::<Vec<_>>());
+
+    let (mut mine, theirs) = UnixStream::pair().unwrap();
+    pool.apply(
+        entry!(write_to),
+        (Fd::from(std::os::fd::OwnedFd::from(theirs)), "hi".into()),
+    )
+    .unwrap();
+    let mut text = [0u8; 2];
+    mine.read_exact(&mut text).unwrap();
+    assert_eq!(&text, b"hi");
+}
+
+#[test]
+fn get_timeout_gives_up_without_wedging_the_pool() {
+    let pool = Pool::new(2).unwrap();
+    let event = Event::new().unwrap();
+    let slow = pool
+        .apply_async(entry!(wait_for), (event.clone(),))
+        .unwrap();
+    let err = slow.get_timeout(Duration::from_millis(50)).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(!slow.ready());
+    // The other worker serves meanwhile (each answer within a bound, so a
+    // task stuck behind the slow one fails rather than hangs).
+    for x in 0..20u64 {
+        let quick = pool.apply_async(entry!(square), (x,)).unwrap();
+        assert_eq!(quick.get_timeout(Duration::from_secs(20)).unwrap(), x * x);
+    }
+    event.set();
+    assert_eq!(slow.get_timeout(Duration::from_secs(60)).unwrap(), 7);
+}
+
+#[test]
+fn terminate_fails_what_is_pending_and_reaps_the_workers() {
+    let pool = Pool::new(2).unwrap();
+    let pids: BTreeSet<u32> = pool
+        .map_chunked(entry!(pid_of), 0..50u64, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let event = Event::new().unwrap();
+    let stuck: Vec<_> = (0..3)
+        .map(|_| {
+            pool.apply_async(entry!(wait_for), (event.clone(),))
+                .unwrap()
+        })
+        .collect();
+    pool.terminate();
+    for r in stuck {
+        assert!(r.get().is_err());
+    }
+    assert!(pool.apply_async(entry!(square), (1,)).is_err());
+    drop(pool);
+    for p in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "{p} lives"
+        );
+    }
+}
+
+#[test]
+fn drop_reaps_every_worker() {
+    let pool = Pool::new(2).unwrap();
+    let pids: BTreeSet<u32> = pool
+        .map_chunked(entry!(pid_of), 0..50u64, 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let event = Event::new().unwrap();
+    let _stuck = pool
+        .apply_async(entry!(wait_for), (event.clone(),))
+        .unwrap();
+    drop(pool);
+    for p in pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{p}")).exists(),
+            "{p} lives"
+        );
+    }
+}
+
+#[test]
+fn close_then_join_lets_tasks_finish() {
+    let pool = Pool::new(2).unwrap();
+    assert!(pool.join().is_err(), "join before close");
+    let pending: Vec<_> = (0..10)
+        .map(|x| pool.apply_async(entry!(square), (x,)).unwrap())
+        .collect();
+    pool.close();
+    assert!(pool.apply_async(entry!(square), (1,)).is_err());
+    pool.join().unwrap();
+    for (x, r) in pending.into_iter().enumerate() {
+        assert!(r.ready());
+        assert_eq!(r.get().unwrap(), (x * x) as u64);
+    }
+}
+
+#[process_entry]
+fn reverse(bytes: Vec<u8>) -> Vec<u8> {
+    bytes.into_iter().rev().collect()
+}
+
+#[test]
+fn large_arguments_and_results_go_through() {
+    let pool = Pool::new(2).unwrap();
+    let inputs: Vec<Vec<u8>> = (0..6u8)
+        .map(|i| {
+            (0..(512 << 10))
+                .map(|j: u32| (j as u8).wrapping_add(i))
+                .collect()
+        })
+        .collect();
+    let outputs = pool
+        .map_chunked(entry!(reverse), inputs.clone(), 1)
+        .unwrap();
+    for (input, output) in inputs.iter().zip(&outputs) {
+        assert!(input.iter().rev().eq(output.iter()));
+    }
+}
+
+#[test]
+fn one_pool_serves_many_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Pool>();
+    assert_send_sync::<multiproc::AsyncResult<u64>>();
+    let pool = Pool::new(2).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let pool = &pool;
+            s.spawn(move || {
+                for round in 0..5 {
+                    let base = t * 1000 + round * 100;
+                    let got = pool
+                        .map_chunked(entry!(square), base..base + 50, 3)
+                        .unwrap();
+                    assert_eq!(got, (base..base + 50).map(|x| x * x).collect::<Vec<_>>());
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn a_worker_killed_from_outside_while_idle_is_replaced() {
+    let pool = Pool::new(1).unwrap();
+    for _ in 0..3 {
+        let worker = pool.apply(entry!(pid), ()).unwrap();
+        let pid = rustix::process::Pid::from_raw(worker as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        // Served by the replacement (the dead one may still be seen as
+        // alive for a moment: then its task fails with how it died).
+        let mut served = None;
+        for _ in 0..2 {
+            match pool.apply(entry!(pid), ()) {
+                Ok(p) => {
+                    served = Some(p);
+                    break;
+                }
+                Err(e) => assert!(e.is_signaled(), "{e}"),
+            }
+        }
+        let served = served.expect("the replacement serves");
+        assert_ne!(served, worker);
+    }
+}
+
+#[process_entry]
+fn report_then_wait(pids: Queue<u32>, event: Event) -> u32 {
+    pids.put(std::process::id()).unwrap();
+    event.wait();
+    1
+}
+
+/// Python's `Pool` waits for ever here (cpython#96062: a worker killed by
+/// the OOM killer in the middle of a task).
+#[test]
+fn a_worker_killed_from_outside_mid_task_fails_that_task() {
+    let pool = Pool::new(2).unwrap();
+    let (pids, event) = (Queue::new().unwrap(), Event::new().unwrap());
+    for _ in 0..3 {
+        let r = pool
+            .apply_async(entry!(report_then_wait), (pids.clone(), event.clone()))
+            .unwrap();
+        let worker = pids.get().unwrap();
+        let pid = rustix::process::Pid::from_raw(worker as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+        let err = r.get_timeout(Duration::from_secs(30)).unwrap_err();
+        assert!(err.is_signaled(), "{err}");
+        assert_eq!(err.exitcode(), Some(-9));
+        assert!(err.to_string().contains(&format!("pid {worker}")), "{err}");
+        assert_eq!(pool.map(entry!(square), 0..4u64).unwrap(), [0, 1, 4, 9]);
+    }
+}
