@@ -332,6 +332,10 @@ fn inner_dead_server() {
         .unwrap();
     kill(server, Signal::KILL);
     assert!(exits_within(server, common::BOUND));
+    // The server was our child: it is reaped, not left a zombie.
+    common::eventually("the killed server is reaped", || {
+        common::state_of(server).is_none()
+    });
     assert!(orphan.is_alive());
     drop(gate_w);
     let reparented = orphan.join_timeout(common::BOUND).unwrap().unwrap();
@@ -372,7 +376,7 @@ fn inner_dead_server() {
 }
 
 /// Starts a daemon (with `method`) that blocks on `gate`, reports its pid
-/// on `report`, then blocks too.
+/// and its kernel parent's on `report`, then blocks too.
 #[process_entry]
 fn middle_with_daemon(method: u8, gate: Fd, report: Fd) {
     let method = BOTH[usize::from(method)];
@@ -381,8 +385,15 @@ fn middle_with_daemon(method: u8, gate: Fd, report: Fd) {
         .start_method(method)
         .start()
         .unwrap();
+    let (_, kernel_parent, _) = Process::new(entry!(whoami), ())
+        .start_method(method)
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
     let mut report = std::fs::File::from(report.into_owned_fd());
     report.write_all(&daemon.pid().to_le_bytes()).unwrap();
+    report.write_all(&kernel_parent.to_le_bytes()).unwrap();
     drop(report);
     block_on(gate);
 }
@@ -400,17 +411,23 @@ fn a_daemon_dies_when_its_parent_is_killed_under_both_methods() {
         )
         .start()
         .unwrap();
-        let mut bytes = [0u8; 4];
+        let mut bytes = [0u8; 8];
         std::fs::File::from(report_r)
             .read_exact(&mut bytes)
             .unwrap();
-        let daemon = u32::from_le_bytes(bytes);
+        let daemon = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        // Under ForkServer, the middle's fork server; under Spawn, the middle.
+        let kernel_parent = u32::from_le_bytes(bytes[4..].try_into().unwrap());
         assert!(common::state_of(daemon).is_some());
         middle.kill().unwrap();
         assert_eq!(middle.join().unwrap_err().exitcode(), Some(-9));
         assert!(
             exits_within(daemon, common::BOUND),
             "{method:?}: daemon {daemon} outlived its SIGKILLed parent"
+        );
+        assert!(
+            exits_within(kernel_parent, common::BOUND),
+            "{method:?}: {kernel_parent}, the daemon's parent, outlived the SIGKILLed middle"
         );
     }
 }
