@@ -254,6 +254,23 @@ fn terminate_kill_and_is_alive_under_both_methods() {
 }
 
 #[test]
+fn an_exited_child_is_not_alive_at_once_under_both_methods() {
+    for method in BOTH {
+        for _ in 0..20 {
+            let child = Process::new(entry!(exits_with), (0,))
+                .start_method(method)
+                .start()
+                .unwrap();
+            assert!(exits_within(child.pid(), common::BOUND));
+            // Exited (a zombie of its parent, perhaps not yet reaped): no
+            // longer alive, and its exit code is known.
+            assert!(!child.is_alive(), "{method:?}");
+            assert_eq!(child.exitcode(), Some(0), "{method:?}");
+        }
+    }
+}
+
+#[test]
 fn a_dropped_running_child_is_reaped_under_both_methods() {
     for method in BOTH {
         let (gate_r, gate_w) = pipe();

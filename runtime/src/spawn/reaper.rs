@@ -170,7 +170,8 @@ impl Child {
         status: &OwnedFd,
         server_gone: &AtomicBool,
     ) -> io::Result<Option<ExitStatus>> {
-        if !server_gone.load(Ordering::Acquire) {
+        let mut waited = false;
+        while !server_gone.load(Ordering::Acquire) {
             let mut bytes = [0u8; STATUS_LEN];
             match rustix::io::read(status, &mut bytes) {
                 Ok(STATUS_LEN) => {
@@ -182,17 +183,35 @@ impl Child {
                 }
                 Ok(0) => server_gone.store(true, Ordering::Release),
                 Ok(_) => return Err(io::Error::other("short status from the fork server")),
-                Err(rustix::io::Errno::AGAIN) | Err(rustix::io::Errno::INTR) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    // Ended but not reported yet: the server reaps and
+                    // reports within moments, so wait that long (bounded,
+                    // should the server be stopped) rather than call an
+                    // ended child alive, as `waitid` never would.
+                    if waited || !self.has_ended()? {
+                        return Ok(None);
+                    }
+                    waited = true;
+                    let mut fds = [PollFd::new(status, PollFlags::IN)];
+                    crate::sys::poll::poll(&mut fds, Some(crate::sys::futex::CHECK_PERIOD))?;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
         // The server is gone: the child's own pidfd says whether it ended.
+        Ok(self.has_ended()?.then_some(ExitStatus::Unknown))
+    }
+
+    /// Whether the child has exited, from its pidfd (without reaping it).
+    /// Without a pidfd nothing can be learnt: say it has, so that no wait
+    /// lasts for ever.
+    fn has_ended(&self) -> io::Result<bool> {
         let Some(pidfd) = &self.pidfd else {
-            return Ok(Some(ExitStatus::Unknown));
+            return Ok(true);
         };
         let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
-        let ready = crate::sys::poll::poll(&mut fds, Some(Duration::ZERO))?;
-        Ok((ready > 0).then_some(ExitStatus::Unknown))
+        Ok(crate::sys::poll::poll(&mut fds, Some(Duration::ZERO))? > 0)
     }
 
     /// The exit status if the child has ended (reaping it), `None` while it runs.
