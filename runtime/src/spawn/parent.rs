@@ -182,6 +182,15 @@ pub(crate) fn start_child<R>(
         None,
     )
     .map_err(|e| spawn_err(e.into()))?;
+    // A small call is written before a forked child exists (the socket
+    // holds it), so the child finds it at once instead of waiting for us to
+    // hear back from the server.
+    let mut outgoing = Some(outgoing);
+    if method == StartMethod::ForkServer
+        && matches!(&outgoing, Some(Outgoing::Frame(frame)) if frame.payload().len() <= EARLY_CALL_MAX)
+    {
+        send_call(outgoing.take(), &ours);
+    }
     let child = match method {
         StartMethod::Spawn => spawn_child(theirs, &name, entry, daemon).map_err(spawn_err)?,
         StartMethod::ForkServer => {
@@ -200,15 +209,7 @@ pub(crate) fn start_child<R>(
             Child::track_forked(forked.pid, name.clone(), daemon, forked.pidfd, status_r)
         }
     };
-
-    // If the child died before reading its call, `join` reports how it died.
-    let _ = match outgoing {
-        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), FrameKind::Call),
-        #[cfg(feature = "test-hooks")]
-        Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
-            rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
-        }),
-    };
+    send_call(outgoing, &ours);
     Ok(JoinHandle {
         child,
         entry,
@@ -216,6 +217,24 @@ pub(crate) fn start_child<R>(
         report: None,
         _result: PhantomData,
     })
+}
+
+/// Calls at most this large (payload bytes) are written before the fork
+/// server forks the child: well under what a Unix socket buffers (about
+/// 200 KiB), so the write cannot block on a reader that does not exist yet.
+const EARLY_CALL_MAX: usize = 32 << 10;
+
+/// Writes the call (if not written yet) to the child's control socket.
+fn send_call(outgoing: Option<Outgoing>, ours: &OwnedFd) {
+    // If the child died before reading its call, `join` reports how it died.
+    let _ = match outgoing {
+        None => return,
+        Some(Outgoing::Frame(mut frame)) => frame.send(ours.as_fd(), FrameKind::Call),
+        #[cfg(feature = "test-hooks")]
+        Some(Outgoing::Raw(bytes)) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
+            rustix::net::shutdown(ours, rustix::net::Shutdown::Write).map_err(Into::into)
+        }),
+    };
 }
 
 /// Re-executes this binary as a child that will run `entry`, with `theirs`
