@@ -8,7 +8,10 @@
 //! grow with the parent either. Before the timings, the private memory a
 //! child adds (`Private_Dirty` and `Private_Clean` of its
 //! `/proc/self/smaps_rollup`, read by the child inside its entry) is printed
-//! for a re-executed and a forked child.
+//! for a re-executed and a forked child, and so are the min, median and mean
+//! of the three timed in interleaved rounds: on a shared, noisy machine a
+//! busy spell then hits all three alike, where criterion's back-to-back
+//! blocks can catch one and spare another.
 //!
 //! `cargo bench --bench spawn`; procspawn is measured in the same run by
 //! `benches/peers` (`cd benches/peers && cargo bench`), Python by
@@ -83,10 +86,46 @@ fn print_memory() {
     }
 }
 
+/// Times `ROUNDS` interleaved rounds of the three; prints each one's min,
+/// median and mean, and the median ratios.
+fn print_interleaved() {
+    const ROUNDS: usize = 300;
+    let runs: [(&str, fn()); 3] = [
+        ("floor: bare exec", bare_exec),
+        ("Spawn start+join", spawn_join),
+        ("ForkServer start+join", forkserver_join),
+    ];
+    let mut times = [const { Vec::new() }; 3];
+    for _ in 0..ROUNDS {
+        for (i, (_, run)) in runs.iter().enumerate() {
+            let start = std::time::Instant::now();
+            run();
+            times[i].push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    let mut medians = [0.0; 3];
+    for (i, (name, _)) in runs.iter().enumerate() {
+        let t = &mut times[i];
+        t.sort_by(f64::total_cmp);
+        medians[i] = t[ROUNDS / 2];
+        let mean = t.iter().sum::<f64>() / ROUNDS as f64;
+        eprintln!(
+            "interleaved {name:22} min {:7.1} us  median {:7.1} us  mean {mean:7.1} us",
+            t[0], medians[i]
+        );
+    }
+    eprintln!(
+        "interleaved medians: ForkServer is {:.1}x faster than the exec floor, {:.1}x than Spawn",
+        medians[0] / medians[2],
+        medians[1] / medians[2]
+    );
+}
+
 fn benches(c: &mut Criterion) {
     // Starts the server before the timings, as a program's first start would.
     forkserver_join();
     print_memory();
+    print_interleaved();
 
     let mut group = c.benchmark_group("spawn");
     group.bench_function("floor: bare exec of this binary", |b| b.iter(bare_exec));

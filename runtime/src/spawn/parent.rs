@@ -369,6 +369,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
+    ///
+    /// Also `None` for a child of the fork server whose server was killed
+    /// before it could report how the child ended (then
+    /// [`is_alive`](Self::is_alive) is false).
     pub fn exitcode(&self) -> Option<i32> {
         self.child
             .try_reap()
