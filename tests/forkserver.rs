@@ -223,6 +223,28 @@ fn results_panics_and_exit_codes_under_both_methods() {
     }
 }
 
+#[process_entry]
+fn checksum(bytes: Vec<u8>) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn small_and_large_calls_arrive_under_both_methods() {
+    // A small call is written before the server forks; a large one (over
+    // what the socket buffers) after.
+    for method in BOTH {
+        for len in [10usize, 4 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let want: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+            let child = Process::new(entry!(checksum), (bytes,))
+                .start_method(method)
+                .start()
+                .unwrap();
+            assert_eq!(child.join().unwrap(), want, "{method:?}, {len} bytes");
+        }
+    }
+}
+
 #[test]
 fn terminate_kill_and_is_alive_under_both_methods() {
     for (method, sig) in BOTH
