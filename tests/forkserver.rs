@@ -224,6 +224,49 @@ fn results_panics_and_exit_codes_under_both_methods() {
 }
 
 #[process_entry]
+fn nofile_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[test]
+fn a_child_has_its_parents_descriptor_limit_under_both_methods() {
+    // In its own process, which lowers its limit first.
+    run_inner("inner_descriptor_limit", &[]);
+}
+
+#[test]
+#[ignore = "run by a_child_has_its_parents_descriptor_limit_under_both_methods"]
+fn inner_descriptor_limit() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_child_has_its_parents_descriptor_limit_under_both_methods",
+    ) {
+        return;
+    }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // A soft limit under the hard one, before the server starts. The server
+    // raises its own (it holds descriptors for every running child); a
+    // forked child gets the parent's back.
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let soft = Some(hard.map_or(512, |h| h.min(512)));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: soft,
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    for method in BOTH {
+        let child = Process::new(entry!(nofile_limit), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), soft, "{method:?}");
+    }
+}
+
+#[process_entry]
 fn checksum(bytes: Vec<u8>) -> u64 {
     bytes.iter().map(|&b| u64::from(b)).sum()
 }

@@ -27,7 +27,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
 use rustix::event::epoll;
-use rustix::process::{PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::protocol::{EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit};
 use crate::sys::fork::{Forked, SingleThreaded};
@@ -78,6 +78,10 @@ struct Server {
     sock: OwnedFd,
     epoll: OwnedFd,
     running: HashMap<u32, Running>,
+    /// The descriptor limit the server was started with, which its
+    /// children get back (the server raises its own: it holds two
+    /// descriptors per running child).
+    nofile: Rlimit,
     single: SingleThreaded,
     pid: u32,
     buf: Vec<u8>,
@@ -97,6 +101,16 @@ impl Server {
     fn new() -> io::Result<Server> {
         let sock = super::child::take_control_socket()?;
         let single = SingleThreaded::check()?;
+        let nofile = rustix::process::getrlimit(Resource::Nofile);
+        if nofile.maximum != nofile.current {
+            let _ = rustix::process::setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: nofile.maximum,
+                    maximum: nofile.maximum,
+                },
+            );
+        }
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -108,6 +122,7 @@ impl Server {
             sock,
             epoll,
             running: HashMap::new(),
+            nofile,
             single,
             pid: std::process::id(),
             buf: Vec::new(),
@@ -166,6 +181,9 @@ impl Server {
             Err(e) => self.refuse(format!("fork failed: {e}")),
             Ok(Forked::Child) => {
                 drop(status);
+                if self.nofile.current != self.nofile.maximum {
+                    let _ = rustix::process::setrlimit(Resource::Nofile, self.nofile);
+                }
                 Some(Served::Forked {
                     target: Marker {
                         parent: self.pid,
