@@ -17,11 +17,13 @@ use crate::error::{Error, ErrorKind};
 ///   time of the start.
 /// - `ForkServer` starts one server on first use: this binary, held before
 ///   `main` with a single thread. Each child is forked from it (a fraction
-///   of a millisecond). The child starts from the *server's* environment
-///   and working directory, which are the parent's when the server started;
-///   later changes in the parent are not seen (as with Python's
-///   `forkserver`). The server dies with this process; its daemon children
-///   die with it.
+///   of a millisecond). The child starts from the *server's* environment,
+///   working directory, stdout/stderr and other process attributes (umask,
+///   resource limits, ignored signals), which are the parent's as they were
+///   when the server started; later changes in the parent are not seen (as
+///   with Python's `forkserver`). Its kernel parent is the server;
+///   [`parent_pid`](crate::parent_pid) still names this process. The server
+///   dies with this process, and its daemon children die with it.
 ///
 /// ```
 /// use multiproc::{entry, process_entry, Process, StartMethod};
