@@ -21,9 +21,19 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("services", &["manager", "pool"]),
 ];
 
-/// Inside `spawn/`, files a file must not use: the child side and the
-/// parent side share only `protocol.rs` (and what is below them).
-const SPAWN_APART: &[(&str, &str)] = &[("child", "parent"), ("parent", "child")];
+/// Inside `spawn/`, files a file must not use: the child side (`child`,
+/// `fork_server`) and the parent side (`parent`, `fork_client`) share only
+/// `protocol.rs` (and what is below them).
+const SPAWN_APART: &[(&str, &str)] = &[
+    ("child", "parent"),
+    ("parent", "child"),
+    ("child", "fork_client"),
+    ("parent", "fork_server"),
+    ("fork_server", "parent"),
+    ("fork_server", "fork_client"),
+    ("fork_client", "child"),
+    ("fork_client", "fork_server"),
+];
 
 fn rank(module: &str) -> Option<usize> {
     LAYERS

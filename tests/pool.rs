@@ -621,3 +621,36 @@ fn a_worker_killed_from_outside_mid_task_fails_that_task() {
         assert_eq!(pool.map(entry!(square), 0..4u64).unwrap(), [0, 1, 4, 9]);
     }
 }
+
+#[test]
+fn forked_workers_serve_and_are_replaced_when_they_die() {
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(multiproc::StartMethod::ForkServer)
+        .build()
+        .unwrap();
+    let squares: Vec<u64> = pool.map(entry!(square), 0..50u64).unwrap();
+    assert_eq!(squares, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    // Forked by the server, not started by this process.
+    let worker = pool.apply(entry!(pid), ()).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).unwrap();
+    let ppid: u32 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(ppid, std::process::id(), "not a fork-server child");
+    for how in DEATHS {
+        let err = pool
+            .starmap_chunked(entry!(dies_at), (0..20).map(|x| (x, 7, how)), 1)
+            .unwrap_err();
+        expect_death(&err, how);
+    }
+    // Replacements came up and serve.
+    let again: Vec<u64> = pool.map(entry!(square), 0..10u64).unwrap();
+    assert_eq!(again[9], 81);
+}

@@ -32,7 +32,10 @@ pub(crate) trait WorkerProc: Send + fmt::Debug {
 
 /// Re-executes this binary for each worker (`StartMethod::Spawn`).
 #[derive(Debug, Default)]
-pub(crate) struct SpawnLauncher;
+pub(crate) struct SpawnLauncher {
+    /// `None`: the process-wide default.
+    pub(crate) method: Option<crate::StartMethod>,
+}
 
 static WORKERS: AtomicU64 = AtomicU64::new(1);
 
@@ -40,10 +43,13 @@ impl Launcher for SpawnLauncher {
     fn launch(&self, boot: Boot) -> Result<(Connection<Msg>, Box<dyn WorkerProc>), Error> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
         let name = format!("PoolWorker-{}", WORKERS.fetch_add(1, Ordering::Relaxed));
-        let handle = Process::new(super::worker::pool_worker {}, (theirs, boot))
+        let mut process = Process::new(super::worker::pool_worker {}, (theirs, boot))
             .name(name)
-            .daemon(true)
-            .start()?;
+            .daemon(true);
+        if let Some(method) = self.method {
+            process = process.start_method(method);
+        }
+        let handle = process.start()?;
         Ok((ours, Box::new(SpawnedWorker(handle))))
     }
 }

@@ -131,6 +131,7 @@ pub struct PoolBuilder {
     processes: Option<usize>,
     init: Option<Result<(String, Item)>>,
     max_tasks: Option<u64>,
+    method: Option<crate::StartMethod>,
 }
 
 impl PoolBuilder {
@@ -160,8 +161,16 @@ impl PoolBuilder {
         self
     }
 
-    // The start method (fork server) and the launcher (Slurm) go here:
-    // each is a `launch::Launcher`.
+    /// How the workers (replacements too) are started; default: the
+    /// process-wide default ([`get_start_method`](crate::get_start_method)).
+    /// With [`StartMethod::ForkServer`](crate::StartMethod::ForkServer) a
+    /// replacement for a dead worker takes a fraction of a millisecond.
+    pub fn start_method(mut self, method: crate::StartMethod) -> PoolBuilder {
+        self.method = Some(method);
+        self
+    }
+
+    // A launcher for other machines (Slurm) goes here: a `launch::Launcher`.
 
     /// Starts the workers and waits until each is ready (its initializer
     /// ran).
@@ -184,7 +193,9 @@ impl PoolBuilder {
             processes,
             max_tasks: self.max_tasks.unwrap_or(0),
             init,
-            launcher: Box::new(launch::SpawnLauncher),
+            launcher: Box::new(launch::SpawnLauncher {
+                method: self.method,
+            }),
         })?;
         Ok(Pool {
             inner,

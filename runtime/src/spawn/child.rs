@@ -27,6 +27,7 @@ fn target() -> Option<&'static Marker> {
             Some(Marker::parse(&marker.to_string_lossy()).unwrap_or(Marker {
                 parent: 0,
                 daemon: false,
+                server: false,
                 expected: 0,
                 entry: String::new(),
             }))
@@ -80,11 +81,38 @@ fn dispatch(loaded: usize, force: bool) {
     if (loaded < target.expected && !force) || DISPATCHED.swap(true, Ordering::AcqRel) {
         return;
     }
-    let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
-    let code = run_child(target, run);
+    let code = if target.server {
+        // Returns here only in the server; a child it forks goes on in
+        // `run_forked` and exits there.
+        super::fork_server::serve(target)
+    } else {
+        let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
+        run_child(target, run)
+    };
+    exit(code)
+}
+
+fn exit(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code);
+}
+
+/// A child just forked by the fork server: from here on it is a child like
+/// a re-executed one. `target` names the server as the parent (the process
+/// its parent-death signal follows); `started_by` is the process that asked
+/// for it, which [`parent_pid`](crate::parent_pid) reports. `control` is its
+/// end of the control socket: it goes on fd 0, where a re-executed child
+/// finds it.
+pub(super) fn run_forked(target: &Marker, started_by: u32, control: OwnedFd) -> ! {
+    if let Err(e) = rustix::stdio::dup2_stdin(&control) {
+        eprintln!("multiproc: forked child could not set up its control socket: {e}");
+        exit(EXIT_BOOTSTRAP_FAILED);
+    }
+    drop(control);
+    super::current::set_started_by(started_by);
+    let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
+    exit(run_child(target, run))
 }
 
 fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
@@ -196,7 +224,7 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
 
 /// Moves the control socket off fd 0 and puts `/dev/null` there, as Python
 /// gives its children.
-fn take_control_socket() -> std::io::Result<OwnedFd> {
+pub(super) fn take_control_socket() -> std::io::Result<OwnedFd> {
     let sock = rustix::io::fcntl_dupfd_cloexec(rustix::stdio::stdin(), 3)?;
     let null = rustix::fs::open(
         "/dev/null",

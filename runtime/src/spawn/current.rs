@@ -72,9 +72,24 @@ pub fn current_process() -> ProcessInfo {
     }
 }
 
-/// The parent's process id (`getppid`).
+/// In a child forked by the fork server: the process that asked for it.
+static STARTED_BY: OnceLock<u32> = OnceLock::new();
+
+pub(crate) fn set_started_by(pid: u32) {
+    let _ = STARTED_BY.set(pid);
+}
+
+/// The parent's process id: the process that started this one.
+///
+/// That is `getppid`, except in a child started with
+/// [`StartMethod::ForkServer`](crate::StartMethod::ForkServer), whose
+/// kernel parent is the fork server: there it is the process that asked
+/// the server for it (as Python's `parent_process()`), fixed at start.
 pub fn parent_pid() -> u32 {
-    std::os::unix::process::parent_id()
+    match STARTED_BY.get() {
+        Some(&pid) => pid,
+        None => std::os::unix::process::parent_id(),
+    }
 }
 
 /// The number of CPUs this process may run on (at least 1).

@@ -9,9 +9,15 @@
 //! - `parent.rs`: `Process` and `JoinHandle`.
 //! - `reaper.rs`: who waits for which child, and when.
 //! - `current.rs`: what a process knows of itself (`current_process`, …).
+//! - `method.rs`: `StartMethod` and the process-wide default.
+//! - `fork_client.rs` (parent side) and `fork_server.rs` (child side): the
+//!   fork server, which forks children instead of re-executing the binary.
 
 pub(crate) mod child;
 pub(crate) mod current;
+pub(crate) mod fork_client;
+pub(crate) mod fork_server;
+pub(crate) mod method;
 pub(crate) mod parent;
 pub(crate) mod protocol;
 pub(crate) mod reaper;

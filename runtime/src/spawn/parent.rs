@@ -14,6 +14,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 use serde::de::DeserializeOwned;
 
+use super::method::StartMethod;
 use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, Marker};
 use super::reaper::{Child, ExitStatus};
 use super::registry::Entry;
@@ -39,6 +40,7 @@ pub struct Process<E: Entry> {
     args: E::Args,
     name: Option<String>,
     daemon: bool,
+    method: Option<StartMethod>,
     _entry: PhantomData<E>,
 }
 
@@ -48,6 +50,7 @@ impl<E: Entry> fmt::Debug for Process<E> {
             .field("entry", &E::NAME)
             .field("name", &self.name)
             .field("daemon", &self.daemon)
+            .field("method", &self.method)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +65,7 @@ impl<E: Entry> Process<E> {
             args,
             name: None,
             daemon: false,
+            method: None,
             _entry: PhantomData,
         }
     }
@@ -80,6 +84,28 @@ impl<E: Entry> Process<E> {
     /// it, and so the program, when it is killed.
     pub fn daemon(mut self, daemon: bool) -> Process<E> {
         self.daemon = daemon;
+        self
+    }
+
+    /// How to start this child; default: [`get_start_method`](crate::get_start_method).
+    ///
+    /// ```
+    /// use multiproc::{entry, process_entry, Process, StartMethod};
+    ///
+    /// #[process_entry]
+    /// fn pid() -> u32 { std::process::id() }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let child = Process::new(entry!(pid), ())
+    ///     .start_method(StartMethod::ForkServer)
+    ///     .start()?;
+    /// let pid = child.pid();
+    /// assert_eq!(child.join()?, pid);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn start_method(mut self, method: StartMethod) -> Process<E> {
+        self.method = Some(method);
         self
     }
 
@@ -102,6 +128,7 @@ impl<E: Entry> Process<E> {
             ));
         }
         super::registry::lookup(E::NAME)?;
+        let method = super::method::resolve(self.method)?;
         let name = self
             .name
             .unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
@@ -114,7 +141,7 @@ impl<E: Entry> Process<E> {
             .encode(&(&header, &self.args))
             .map_err(|e| e.in_process(describe(&name, None, E::NAME)))?;
         drop(self.args);
-        start_child(Outgoing::Frame(frame), name, E::NAME, self.daemon)
+        start_child(Outgoing::Frame(frame), name, E::NAME, self.daemon, method)
     }
 }
 
@@ -141,6 +168,7 @@ pub(crate) fn start_child<R>(
     name: String,
     entry: &'static str,
     daemon: bool,
+    method: StartMethod,
 ) -> Result<JoinHandle<R>, Error> {
     let spawn_err = |e: std::io::Error| {
         Error::new(ErrorKind::Spawn, "")
@@ -154,7 +182,69 @@ pub(crate) fn start_child<R>(
         None,
     )
     .map_err(|e| spawn_err(e.into()))?;
+    // A small call is written before a forked child exists (the socket
+    // holds it), so the child finds it at once instead of waiting for us to
+    // hear back from the server.
+    let mut outgoing = Some(outgoing);
+    if method == StartMethod::ForkServer
+        && matches!(&outgoing, Some(Outgoing::Frame(frame)) if frame.payload().len() <= EARLY_CALL_MAX)
+    {
+        send_call(outgoing.take(), &ours);
+    }
+    let child = match method {
+        StartMethod::Spawn => spawn_child(theirs, &name, entry, daemon).map_err(spawn_err)?,
+        StartMethod::ForkServer => {
+            super::method::check_supported(method)?;
+            // The server writes the child's exit status here once it has
+            // reaped it (see `reaper.rs`).
+            let (status_r, status_w) = rustix::pipe::pipe_with(
+                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+            )
+            .map_err(|e| spawn_err(e.into()))?;
+            let forked = super::fork_client::fork_child(entry, daemon, &theirs, &status_w)
+                .map_err(|e| e.in_process(describe(&name, None, entry)))?;
+            // Only the child holds its end now, so its death ends our stream.
+            drop(theirs);
+            drop(status_w);
+            Child::track_forked(forked.pid, name.clone(), daemon, forked.pidfd, status_r)
+        }
+    };
+    send_call(outgoing, &ours);
+    Ok(JoinHandle {
+        child,
+        entry,
+        sock: Some(ours),
+        report: None,
+        _result: PhantomData,
+    })
+}
 
+/// Calls at most this large (payload bytes) are written before the fork
+/// server forks the child: well under what a Unix socket buffers (about
+/// 200 KiB), so the write cannot block on a reader that does not exist yet.
+const EARLY_CALL_MAX: usize = 32 << 10;
+
+/// Writes the call (if not written yet) to the child's control socket.
+fn send_call(outgoing: Option<Outgoing>, ours: &OwnedFd) {
+    // If the child died before reading its call, `join` reports how it died.
+    let _ = match outgoing {
+        None => return,
+        Some(Outgoing::Frame(mut frame)) => frame.send(ours.as_fd(), FrameKind::Call),
+        #[cfg(feature = "test-hooks")]
+        Some(Outgoing::Raw(bytes)) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
+            rustix::net::shutdown(ours, rustix::net::Shutdown::Write).map_err(Into::into)
+        }),
+    };
+}
+
+/// Re-executes this binary as a child that will run `entry`, with `theirs`
+/// (its end of the control socket) on fd 0.
+fn spawn_child(
+    theirs: OwnedFd,
+    name: &str,
+    entry: &'static str,
+    daemon: bool,
+) -> std::io::Result<Arc<Child>> {
     let mut cmd = Command::new("/proc/self/exe");
     if let Some(arg0) = std::env::args_os().next() {
         cmd.arg0(arg0);
@@ -172,31 +262,14 @@ pub(crate) fn start_child<R>(
         let spawned = cmd.spawn().map(|child| child.id());
         drop(cmd);
         spawned
-    }
-    .map_err(spawn_err)?;
-    let child = Child::track(pid, name.clone(), daemon);
-
-    // If the child died before reading its call, `join` reports how it died.
-    let _ = match outgoing {
-        Outgoing::Frame(mut frame) => frame.send(ours.as_fd(), FrameKind::Call),
-        #[cfg(feature = "test-hooks")]
-        Outgoing::Raw(bytes) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
-            rustix::net::shutdown(&ours, rustix::net::Shutdown::Write).map_err(Into::into)
-        }),
-    };
-    Ok(JoinHandle {
-        child,
-        entry,
-        sock: Some(ours),
-        report: None,
-        _result: PhantomData,
-    })
+    }?;
+    Ok(Child::track(pid, name.to_string(), daemon))
 }
 
 /// The parent-death signal fires when the *thread* that spawned the child
 /// ends, so daemons are spawned from one thread that lives as long as the
 /// process.
-fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
+pub(super) fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
     type Job = (Command, mpsc::SyncSender<std::io::Result<u32>>);
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
@@ -296,12 +369,16 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
+    ///
+    /// Also `None` for a child of the fork server whose server was killed
+    /// before it could report how the child ended (then
+    /// [`is_alive`](Self::is_alive) is false).
     pub fn exitcode(&self) -> Option<i32> {
         self.child
             .try_reap()
             .ok()
             .flatten()
-            .map(ExitStatus::exitcode)
+            .and_then(ExitStatus::exitcode)
     }
 
     /// Sends `SIGTERM`. A no-op once the child has exited.
@@ -382,12 +459,18 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     ErrorKind::Signaled,
                     format!("signal {sig} ({})", signal_name(sig)),
                 ),
+                ExitStatus::Unknown => Error::new(
+                    ErrorKind::Exited,
+                    "ended without a result; how is unknown: its fork server died before it could report the exit status",
+                ),
             },
             Some(Report::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
         };
-        Err(err
-            .with_exitcode(status.exitcode())
-            .in_process(self.describe()))
+        let err = match status.exitcode() {
+            Some(code) => err.with_exitcode(code),
+            None => err,
+        };
+        Err(err.in_process(self.describe()))
     }
 
     /// Reads the result frame, or end of stream. `Ok(None)`: deadline passed.
@@ -515,7 +598,14 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     let mut frame = OutFrame::new();
     frame.encode(&(&header, &()))?;
     let entry: &'static str = Box::leak(name.to_string().into_boxed_str());
-    start_child(Outgoing::Frame(frame), "unchecked".into(), entry, false)
+    let method = super::method::resolve(None)?;
+    start_child(
+        Outgoing::Frame(frame),
+        "unchecked".into(),
+        entry,
+        false,
+        method,
+    )
 }
 
 /// Starts a child for `entry` and writes `bytes` to its control socket
@@ -528,7 +618,8 @@ pub fn spawn_with_raw_call<E: Entry>(
     bytes: Vec<u8>,
 ) -> Result<JoinHandle<E::Output>, Error> {
     let _ = entry;
-    start_child(Outgoing::Raw(bytes), "raw".into(), E::NAME, false)
+    let method = super::method::resolve(None)?;
+    start_child(Outgoing::Raw(bytes), "raw".into(), E::NAME, false, method)
 }
 
 #[cfg(test)]

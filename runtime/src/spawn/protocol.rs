@@ -4,12 +4,16 @@
 //! The parent (`parent.rs`) writes these and the child (`child.rs`) reads
 //! them; neither side imports the other.
 
+use std::os::fd::BorrowedFd;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
+use crate::wire::FrameKind;
 
 /// The environment variable that marks a child and carries
-/// `<parent pid>:<daemon 0|1>:<number of entries>:<entry name>`.
+/// `<parent pid>:<daemon 0|1>:<number of entries>:<entry name>`, or, for a
+/// fork server, `<parent pid>:s:<number of entries>:`.
 pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
 
 /// What the parent tells the child before the arguments.
@@ -71,6 +75,8 @@ pub(crate) const EXIT_BOOTSTRAP_FAILED: i32 = 2;
 pub(crate) struct Marker {
     pub(crate) parent: u32,
     pub(crate) daemon: bool,
+    /// A fork server rather than a child that runs an entry.
+    pub(crate) server: bool,
     /// How many entries the parent's registry holds (it is the same binary).
     pub(crate) expected: usize,
     pub(crate) entry: String,
@@ -87,13 +93,20 @@ impl Marker {
         )
     }
 
+    /// The marker for this process's fork server, in a binary with
+    /// `entries` registered entries.
+    pub(crate) fn for_server(entries: usize) -> String {
+        format!("{}:s:{entries}:", std::process::id())
+    }
+
     /// Reads a marker; `None` if it is not one.
     pub(crate) fn parse(marker: &str) -> Option<Marker> {
         let mut parts = marker.splitn(4, ':');
         let parent = parts.next()?.parse().ok()?;
-        let daemon = match parts.next()? {
-            "0" => false,
-            "1" => true,
+        let (daemon, server) = match parts.next()? {
+            "0" => (false, false),
+            "1" => (true, false),
+            "s" => (false, true),
             _ => return None,
         };
         let expected = parts.next()?.parse().ok()?;
@@ -101,8 +114,77 @@ impl Marker {
         Some(Marker {
             parent,
             daemon,
+            server,
             expected,
             entry,
         })
     }
+}
+
+/// Parent to fork server, in a `ForkRequest` frame whose two descriptors
+/// are the child's end of its control socket and the write end of its
+/// status pipe: fork a child to run `entry`.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct ForkRequest {
+    pub(crate) entry: String,
+    pub(crate) daemon: bool,
+}
+
+/// Fork server to parent, in a `Forked` frame: the child's pid, with a
+/// pidfd for it as the frame's one descriptor; or why there is no child.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ForkReply {
+    Started { pid: u32 },
+    Failed { message: String },
+}
+
+/// What the fork server writes to a child's status pipe once it has reaped
+/// it, in one write (atomic: under `PIPE_BUF`), before closing the pipe.
+pub(crate) const STATUS_LEN: usize = 8;
+
+/// How a child ended, as its status pipe carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReportedExit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl ReportedExit {
+    pub(crate) fn encode(self) -> [u8; STATUS_LEN] {
+        let (kind, value) = match self {
+            ReportedExit::Code(code) => (0i32, code),
+            ReportedExit::Signal(sig) => (1, sig),
+        };
+        let mut bytes = [0u8; STATUS_LEN];
+        bytes[..4].copy_from_slice(&kind.to_le_bytes());
+        bytes[4..].copy_from_slice(&value.to_le_bytes());
+        bytes
+    }
+
+    pub(crate) fn decode(bytes: [u8; STATUS_LEN]) -> Option<ReportedExit> {
+        let [k0, k1, k2, k3, v0, v1, v2, v3] = bytes;
+        let value = i32::from_le_bytes([v0, v1, v2, v3]);
+        match i32::from_le_bytes([k0, k1, k2, k3]) {
+            0 => Some(ReportedExit::Code(value)),
+            1 => Some(ReportedExit::Signal(value)),
+            _ => None,
+        }
+    }
+}
+
+/// Sends `value` as one frame of `kind`, with `fds` beside it: the fork
+/// server's requests and replies, which are small and carry raw descriptors
+/// (not handles).
+pub(crate) fn send_message<T: Serialize>(
+    sock: BorrowedFd<'_>,
+    kind: FrameKind,
+    value: &T,
+    fds: &[BorrowedFd<'_>],
+) -> std::io::Result<()> {
+    let mut payload = Vec::new();
+    crate::wire::codec::encode_into(value, &mut payload).map_err(std::io::Error::other)?;
+    let nfds = u16::try_from(fds.len()).map_err(std::io::Error::other)?;
+    let mut bytes = crate::wire::header(kind, nfds, payload.len() as u64).to_vec();
+    bytes.extend_from_slice(&payload);
+    crate::wire::send_all(sock, &bytes, fds)
 }

@@ -6,6 +6,13 @@
 //! handle was dropped), [`active_children`](crate::active_children), or the
 //! exit hook. Waiting for the exit happens on the pidfd *outside* that lock,
 //! so no lock is ever held across a blocking wait.
+//!
+//! A child forked by the fork server is the server's child, not ours: the
+//! server reaps it and writes its exit status to the child's status pipe,
+//! whose read end is here. Reaping it here is reading that pipe; waiting is
+//! polling it. If the server dies first (the pipe ends without a status),
+//! the pidfd the server opened for the child says when it has ended, and
+//! its status is [`ExitStatus::Unknown`].
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,21 +23,40 @@ use std::time::{Duration, Instant};
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 
+use super::protocol::{ReportedExit, STATUS_LEN};
+
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ExitStatus {
     Code(i32),
     Signal(i32),
+    /// Ended, but its fork server died before it could say how.
+    Unknown,
 }
 
 impl ExitStatus {
-    /// As Python's `exitcode`: the code, or `-N` for signal `N`.
-    pub(crate) fn exitcode(self) -> i32 {
+    /// As Python's `exitcode`: the code, or `-N` for signal `N`; `None` if
+    /// the status was lost.
+    pub(crate) fn exitcode(self) -> Option<i32> {
         match self {
-            ExitStatus::Code(code) => code,
-            ExitStatus::Signal(sig) => -sig,
+            ExitStatus::Code(code) => Some(code),
+            ExitStatus::Signal(sig) => Some(-sig),
+            ExitStatus::Unknown => None,
         }
     }
+}
+
+/// Who reaps a child.
+#[derive(Debug)]
+enum Reaping {
+    /// We do: it is our child.
+    Us,
+    /// Its fork server does, and reports the status on this pipe.
+    Server {
+        status: OwnedFd,
+        /// The pipe ended without a status: the server died.
+        server_gone: AtomicBool,
+    },
 }
 
 /// One child process of this process.
@@ -40,6 +66,7 @@ pub(crate) struct Child {
     pub(crate) name: String,
     pub(crate) daemon: bool,
     pidfd: Option<OwnedFd>,
+    reaping: Reaping,
     status: Mutex<Option<ExitStatus>>,
 }
 
@@ -49,7 +76,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// Whether this kernel has pidfds (Linux 5.3+); checked once.
-fn pidfd_supported() -> bool {
+pub(crate) fn pidfd_supported() -> bool {
     static SUPPORTED: OnceLock<bool> = OnceLock::new();
     *SUPPORTED.get_or_init(|| {
         if std::env::var_os("MULTIPROC_NO_PIDFD").is_some() {
@@ -73,11 +100,118 @@ impl Child {
             name,
             daemon,
             pidfd,
+            reaping: Reaping::Us,
             status: Mutex::new(None),
         });
         lock(&TABLE).push(child.clone());
         register_exit_hook();
         child
+    }
+
+    /// A child of ours that is not in the table of children: not listed by
+    /// `active_children`, not waited for at exit (the fork server).
+    pub(crate) fn untracked(pid: u32, name: String) -> Arc<Child> {
+        let pidfd = Pid::from_raw(pid as i32)
+            .filter(|_| pidfd_supported())
+            .and_then(|pid| {
+                rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+            });
+        Arc::new(Child {
+            pid,
+            name,
+            daemon: true,
+            pidfd,
+            reaping: Reaping::Us,
+            status: Mutex::new(None),
+        })
+    }
+
+    /// Starts tracking a child the fork server just forked: `pidfd` is the
+    /// server's pidfd for it, `status` the read end (non-blocking) of its
+    /// status pipe.
+    pub(crate) fn track_forked(
+        pid: u32,
+        name: String,
+        daemon: bool,
+        pidfd: OwnedFd,
+        status: OwnedFd,
+    ) -> Arc<Child> {
+        let child = Arc::new(Child {
+            pid,
+            name,
+            daemon,
+            pidfd: Some(pidfd),
+            reaping: Reaping::Server {
+                status,
+                server_gone: AtomicBool::new(false),
+            },
+            status: Mutex::new(None),
+        });
+        lock(&TABLE).push(child.clone());
+        register_exit_hook();
+        child
+    }
+
+    /// What to poll for this child's end: its pidfd, or, for a child of the
+    /// fork server, its status pipe while the server lives.
+    pub(crate) fn wait_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match &self.reaping {
+            Reaping::Server {
+                status,
+                server_gone,
+            } if !server_gone.load(Ordering::Acquire) => Some(status.as_fd()),
+            _ => self.pidfd(),
+        }
+    }
+
+    /// A fork-server child's status, from its pipe; `None` while it runs.
+    fn reported(
+        &self,
+        status: &OwnedFd,
+        server_gone: &AtomicBool,
+    ) -> io::Result<Option<ExitStatus>> {
+        let mut waited = false;
+        while !server_gone.load(Ordering::Acquire) {
+            let mut bytes = [0u8; STATUS_LEN];
+            match rustix::io::read(status, &mut bytes) {
+                Ok(STATUS_LEN) => {
+                    return Ok(Some(match ReportedExit::decode(bytes) {
+                        Some(ReportedExit::Code(code)) => ExitStatus::Code(code),
+                        Some(ReportedExit::Signal(sig)) => ExitStatus::Signal(sig),
+                        None => ExitStatus::Unknown,
+                    }));
+                }
+                Ok(0) => server_gone.store(true, Ordering::Release),
+                Ok(_) => return Err(io::Error::other("short status from the fork server")),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    // Ended but not reported yet: the server reaps and
+                    // reports within moments, so wait that long (bounded,
+                    // should the server be stopped) rather than call an
+                    // ended child alive, as `waitid` never would.
+                    if waited || !self.has_ended()? {
+                        return Ok(None);
+                    }
+                    waited = true;
+                    let mut fds = [PollFd::new(status, PollFlags::IN)];
+                    crate::sys::poll::poll(&mut fds, Some(crate::sys::futex::CHECK_PERIOD))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // The server is gone: the child's own pidfd says whether it ended.
+        Ok(self.has_ended()?.then_some(ExitStatus::Unknown))
+    }
+
+    /// Whether the child has exited, from its pidfd (without reaping it).
+    /// Without a pidfd nothing can be learnt: say it has, so that no wait
+    /// lasts for ever.
+    fn has_ended(&self) -> io::Result<bool> {
+        let Some(pidfd) = &self.pidfd else {
+            return Ok(true);
+        };
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        Ok(crate::sys::poll::poll(&mut fds, Some(Duration::ZERO))? > 0)
     }
 
     /// The exit status if the child has ended (reaping it), `None` while it runs.
@@ -86,8 +220,15 @@ impl Child {
         if let Some(status) = *status {
             return Ok(Some(status));
         }
-        let reaped = match &self.pidfd {
-            Some(fd) => rustix::process::waitid(
+        let reaped = match (&self.reaping, &self.pidfd) {
+            (
+                Reaping::Server {
+                    status,
+                    server_gone,
+                },
+                _,
+            ) => self.reported(status, server_gone)?,
+            (Reaping::Us, Some(fd)) => rustix::process::waitid(
                 WaitId::PidFd(fd.as_fd()),
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
             )?
@@ -98,7 +239,7 @@ impl Child {
                     st.terminating_signal().map(ExitStatus::Signal)
                 }
             }),
-            None => {
+            (Reaping::Us, None) => {
                 let pid =
                     Pid::from_raw(self.pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
                 rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)?.and_then(|(_, st)| {
@@ -140,9 +281,9 @@ impl Child {
                 }
                 None => None,
             };
-            match &self.pidfd {
+            match self.wait_fd() {
                 Some(fd) => {
-                    let mut fds = [PollFd::new(fd, PollFlags::IN)];
+                    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
                     crate::sys::poll::poll(&mut fds, remaining)?;
                 }
                 None => {
@@ -236,13 +377,13 @@ fn reaper_loop(wake: OwnedFd) {
             orphans.append(&mut lock(&reaper.queue));
         }
         orphans.retain(|c| matches!(c.try_reap(), Ok(None)));
-        let without_pidfd = orphans.iter().any(|c| c.pidfd.is_none());
+        let without_pidfd = orphans.iter().any(|c| c.wait_fd().is_none());
         let mut fds = vec![PollFd::new(&wake, PollFlags::IN)];
         fds.extend(
             orphans
                 .iter()
-                .filter_map(|c| c.pidfd.as_ref())
-                .map(|fd| PollFd::new(fd, PollFlags::IN)),
+                .filter_map(|c| c.wait_fd())
+                .map(|fd| PollFd::from_borrowed_fd(fd, PollFlags::IN)),
         );
         let timeout = without_pidfd.then_some(Duration::from_millis(50));
         if crate::sys::poll::poll(&mut fds, timeout).is_err() {

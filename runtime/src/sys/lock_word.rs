@@ -107,10 +107,10 @@ impl<'a> RawLock<'a> {
     #[inline]
     pub(crate) fn acquire(&self, wait: Deadline) -> Acquisition {
         let me = owner::me();
-        if self.take_free(me) {
+        if self.take_free(&me) {
             return Acquisition::Acquired;
         }
-        self.acquire_contended(me, wait)
+        self.acquire_contended(&me, wait)
     }
 
     /// Takes the lock if it is free (`0 → pid`, then the owner tag).

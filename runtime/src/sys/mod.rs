@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 pub(crate) mod dial;
+pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod lock_word;
 pub(crate) mod owner;

@@ -6,10 +6,10 @@
 //! reused its pid.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// This process, as lock words and tags record it.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ThisProcess {
     pub(crate) pid: u32,
     pub(crate) tag: u64,
@@ -28,35 +28,53 @@ pub(crate) fn tag_pid(tag: u64) -> u32 {
     (tag >> START_BITS) as u32
 }
 
-/// The current process. Cached: a process that `fork`s without `exec` must
-/// not use handles from before the fork in the child (multiproc itself never
-/// does that).
-pub(crate) fn me() -> &'static ThisProcess {
-    static ME: OnceLock<ThisProcess> = OnceLock::new();
-    ME.get_or_init(|| {
-        let pid = std::process::id();
-        let start = match read_stat(pid) {
-            Ok(Some(stat)) => stat.start,
-            _ => 0,
+/// This process's tag, once worked out; 0 before (a tag names a pid, which
+/// is never 0). Forgotten by [`forget_after_fork`].
+static ME: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// The calling thread's id, once asked; 0 before.
+    static TID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The current process. Cached, and the cache is forgotten in a child the
+/// fork server forks (`sys::fork`), which would otherwise carry the server's
+/// pid. (A process that `fork`s by other means must not use handles from
+/// before the fork in the child; multiproc itself never does that.)
+pub(crate) fn me() -> ThisProcess {
+    let cached = ME.load(Ordering::Relaxed);
+    if cached != 0 {
+        return ThisProcess {
+            pid: tag_pid(cached),
+            tag: cached,
         };
-        ThisProcess {
-            pid,
-            tag: tag(pid, start),
-        }
-    })
+    }
+    let pid = std::process::id();
+    let start = match read_stat(pid) {
+        Ok(Some(stat)) => stat.start,
+        _ => 0,
+    };
+    let tag = tag(pid, start);
+    ME.store(tag, Ordering::Relaxed);
+    ThisProcess { pid, tag }
 }
 
 /// The calling thread's kernel thread id (`gettid`), cached per thread.
 pub(crate) fn tid() -> u32 {
-    thread_local! {
-        static TID: Cell<u32> = const { Cell::new(0) };
-    }
     TID.with(|tid| {
         if tid.get() == 0 {
             tid.set(rustix::thread::gettid().as_raw_pid() as u32);
         }
         tid.get()
     })
+}
+
+/// Forgets the cached pid, tag and thread id: called in a freshly forked
+/// child (on its only thread, the one that forked), where they are the
+/// forking process's.
+pub(crate) fn forget_after_fork() {
+    ME.store(0, Ordering::Relaxed);
+    TID.with(|tid| tid.set(0));
 }
 
 struct Stat {

@@ -40,6 +40,10 @@ pub(crate) enum FrameKind {
     /// `LaneMessage` (`pipe/lane.rs`), the message's own kind (`Data` or `Bytes`, one
     /// byte), its length (u64) and the lane slot where it starts (u32).
     Lane = 8,
+    /// Parent to its fork server: a `ForkRequest` (`spawn/protocol.rs`).
+    ForkRequest = 9,
+    /// Fork server to parent: a `ForkReply` (`spawn/protocol.rs`).
+    Forked = 10,
 }
 
 impl FrameKind {
@@ -54,6 +58,8 @@ impl FrameKind {
             6 => FrameKind::Bytes,
             7 => FrameKind::SpilledValue,
             8 => FrameKind::Lane,
+            9 => FrameKind::ForkRequest,
+            10 => FrameKind::Forked,
             _ => return None,
         })
     }

@@ -1,0 +1,62 @@
+//! `fork` without `exec`, for the fork server (`spawn/fork_server.rs`).
+//!
+//! Forking is sound only in a process with one thread: the child is a copy
+//! of the forking thread alone, and any lock another thread held (the
+//! allocator's, stdout's, …) would stay locked in it for ever. The server is
+//! this binary held in a load-time constructor, before `main`, and never
+//! starts a thread; [`SingleThreaded::check`] makes sure of it once, and
+//! [`fork`] takes that proof.
+
+use std::io;
+
+use rustix::process::Pid;
+
+/// Proof that this process had one thread when it was checked. Only the
+/// fork server makes one, and it never starts a thread afterwards.
+#[derive(Debug)]
+pub(crate) struct SingleThreaded(());
+
+impl SingleThreaded {
+    /// Counts this process's threads (`/proc/self/task`); `Err` unless
+    /// there is exactly one.
+    pub(crate) fn check() -> io::Result<SingleThreaded> {
+        let threads = std::fs::read_dir("/proc/self/task")?.count();
+        if threads == 1 {
+            Ok(SingleThreaded(()))
+        } else {
+            Err(io::Error::other(format!(
+                "{threads} threads are running, so forking is not safe"
+            )))
+        }
+    }
+}
+
+/// Which side of a [`fork`] this is.
+#[derive(Debug)]
+pub(crate) enum Forked {
+    /// The new process.
+    Child,
+    /// The forking process; the new child's pid.
+    Parent(Pid),
+}
+
+/// Forks this (single-threaded) process. In the child, the per-process
+/// caches of `sys` (pid, start-time tag, thread id) are forgotten first.
+pub(crate) fn fork(_single: &SingleThreaded) -> io::Result<Forked> {
+    // SAFETY: `_single` proves the process has one thread (the server checks
+    // it once and never starts another), so the child's copy of memory holds
+    // no lock taken by a thread that does not exist in it; the child then
+    // runs ordinary code in that complete copy. No Rust invariant depends
+    // on the pid.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            super::owner::forget_after_fork();
+            Ok(Forked::Child)
+        }
+        pid => Pid::from_raw(pid)
+            .map(Forked::Parent)
+            .ok_or_else(|| io::Error::other("fork returned a negative pid")),
+    }
+}

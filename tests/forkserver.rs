@@ -1,0 +1,622 @@
+//! The fork server start method: the same `JoinHandle` semantics as a
+//! re-exec, each checked under both methods, and what is the fork server's
+//! own (its death, its children's parent, the descriptors they hold).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use multiproc::{ErrorKind, Fd, Process, StartMethod, entry, process_entry};
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+const BOTH: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
+
+fn pipe() -> (OwnedFd, OwnedFd) {
+    let (r, w) = std::io::pipe().expect("pipe");
+    (r.into(), w.into())
+}
+
+fn block_on(gate: Fd) {
+    let mut byte = [0u8; 1];
+    let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
+}
+
+/// True once `pid` has exited, within `bound`; watched through a pidfd.
+fn exits_within(pid: u32, bound: Duration) -> bool {
+    let Ok(pidfd) =
+        rustix::process::pidfd_open(Pid::from_raw(pid as i32).expect("pid"), PidfdFlags::empty())
+    else {
+        return true; // already gone
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    let ts = rustix::event::Timespec {
+        tv_sec: bound.as_secs() as i64,
+        tv_nsec: bound.subsec_nanos() as _,
+    };
+    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") == 1
+}
+
+fn kill(pid: u32, sig: Signal) {
+    let _ = rustix::process::kill_process(Pid::from_raw(pid as i32).expect("pid"), sig);
+}
+
+/// (its pid, its kernel parent, `parent_pid()`)
+#[process_entry]
+fn whoami() -> (u32, u32, u32) {
+    (
+        std::process::id(),
+        std::os::unix::process::parent_id(),
+        multiproc::parent_pid(),
+    )
+}
+
+#[process_entry]
+fn add(a: i32, b: i32) -> i32 {
+    a + b
+}
+
+#[process_entry]
+fn panics(message: String) -> u32 {
+    panic!("{message}")
+}
+
+#[process_entry]
+fn exits_with(code: i32) {
+    std::process::exit(code)
+}
+
+#[process_entry]
+fn blocker(gate: Fd) -> u32 {
+    block_on(gate);
+    7
+}
+
+/// The child's descriptors: (number, what it points to), without the one
+/// that reads the directory.
+#[process_entry]
+fn list_fds() -> Vec<(u32, String)> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let entry = entry.unwrap();
+        let fd: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue; // the directory's own descriptor, closed by now
+        };
+        let target = target.to_string_lossy().into_owned();
+        if !target.starts_with("/proc/") {
+            fds.push((fd, target));
+        }
+    }
+    fds.sort();
+    fds
+}
+
+#[test]
+fn a_forked_child_has_the_server_as_kernel_parent_and_us_as_parent_pid() {
+    let me = std::process::id();
+    for method in BOTH {
+        let child = Process::new(entry!(whoami), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        let pid = child.pid();
+        let (child_pid, kernel_parent, parent_pid) = child.join().unwrap();
+        assert_eq!(child_pid, pid, "{method:?}: the handle has the real pid");
+        assert_eq!(parent_pid, me, "{method:?}");
+        match method {
+            StartMethod::Spawn => assert_eq!(kernel_parent, me),
+            StartMethod::ForkServer => {
+                assert_ne!(kernel_parent, me, "not forked by a server");
+                let exe = std::fs::read_link(format!("/proc/{kernel_parent}/exe")).unwrap();
+                assert_eq!(
+                    exe,
+                    std::env::current_exe().unwrap(),
+                    "server is this binary"
+                );
+            }
+        }
+        // Joined means reaped: by us, or by the server before it reported.
+        assert_eq!(common::state_of(pid), None, "{method:?}: {pid} left behind");
+    }
+}
+
+/// This process's descriptors above 2 that a child inherits (those without
+/// `O_CLOEXEC`, such as a jobserver pipe from cargo), from /proc/self/fdinfo.
+fn inheritable_fds() -> Vec<u32> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fdinfo").unwrap() {
+        let entry = entry.unwrap();
+        let fd: u32 = entry.file_name().to_str().unwrap().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u32::from_str_radix(f.trim(), 8).ok())
+            .unwrap();
+        if fd > 2 && flags & libc::O_CLOEXEC as u32 == 0 {
+            fds.push(fd);
+        }
+    }
+    fds
+}
+
+#[test]
+fn a_child_holds_only_its_stdio_and_control_socket() {
+    let inherited = inheritable_fds();
+    for method in BOTH {
+        // Another child running meanwhile: the server then holds its
+        // status pipe and pidfd too, which a forked child must not keep.
+        let (gate_r, gate_w) = pipe();
+        let other = Process::new(entry!(blocker), (Fd::from(gate_r),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let fds = Process::new(entry!(list_fds), ())
+            .start_method(method)
+            .start()
+            .unwrap()
+            .join()
+            .unwrap();
+        drop(gate_w);
+        assert_eq!(other.join().unwrap(), 7);
+        // What this process lets every child inherit is not the child's doing.
+        let fds: Vec<(u32, String)> = fds
+            .into_iter()
+            .filter(|(fd, _)| !inherited.contains(fd))
+            .collect();
+        let numbers: Vec<u32> = fds.iter().map(|(fd, _)| *fd).collect();
+        assert_eq!(numbers.len(), 4, "{method:?}: {fds:?}");
+        assert_eq!(&numbers[..3], &[0, 1, 2], "{method:?}: {fds:?}");
+        assert_eq!(fds[0].1, "/dev/null", "{method:?}: {fds:?}");
+        assert!(fds[3].1.starts_with("socket:"), "{method:?}: {fds:?}");
+    }
+}
+
+#[test]
+fn results_panics_and_exit_codes_under_both_methods() {
+    for method in BOTH {
+        let start = |code| {
+            Process::new(entry!(exits_with), (code,))
+                .start_method(method)
+                .start()
+                .unwrap()
+        };
+        let value = Process::new(entry!(add), (40, 2))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(value.join().unwrap(), 42, "{method:?}");
+
+        let panicked = Process::new(entry!(panics), ("boom".to_string(),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let err = panicked.join().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Panicked, "{method:?}");
+        let report = err.panic().unwrap();
+        assert_eq!(report.message, "boom");
+        assert!(
+            report
+                .location
+                .as_deref()
+                .unwrap()
+                .contains("forkserver.rs"),
+            "{method:?}: {report:?}"
+        );
+        assert_eq!(err.exitcode(), Some(1));
+
+        let mut exited = start(3);
+        assert_eq!(
+            exited.join_timeout(common::BOUND).unwrap_err().kind(),
+            ErrorKind::Exited
+        );
+        assert_eq!(exited.exitcode(), Some(3), "{method:?}");
+        assert!(!exited.is_alive());
+    }
+}
+
+#[process_entry]
+fn nofile_limit() -> Option<u64> {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile).current
+}
+
+#[test]
+fn a_child_has_its_parents_descriptor_limit_under_both_methods() {
+    // In its own process, which lowers its limit first.
+    run_inner("inner_descriptor_limit", &[]);
+}
+
+#[test]
+#[ignore = "run by a_child_has_its_parents_descriptor_limit_under_both_methods"]
+fn inner_descriptor_limit() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_child_has_its_parents_descriptor_limit_under_both_methods",
+    ) {
+        return;
+    }
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    // A soft limit under the hard one, before the server starts. The server
+    // raises its own (it holds descriptors for every running child); a
+    // forked child gets the parent's back.
+    let hard = getrlimit(Resource::Nofile).maximum;
+    let soft = Some(hard.map_or(512, |h| h.min(512)));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: soft,
+            maximum: hard,
+        },
+    )
+    .unwrap();
+    for method in BOTH {
+        let child = Process::new(entry!(nofile_limit), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), soft, "{method:?}");
+    }
+}
+
+#[process_entry]
+fn checksum(bytes: Vec<u8>) -> u64 {
+    bytes.iter().map(|&b| u64::from(b)).sum()
+}
+
+#[test]
+fn small_and_large_calls_arrive_under_both_methods() {
+    // A small call is written before the server forks; a large one (over
+    // what the socket buffers) after.
+    for method in BOTH {
+        for len in [10usize, 4 << 20] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let want: u64 = bytes.iter().map(|&b| u64::from(b)).sum();
+            let child = Process::new(entry!(checksum), (bytes,))
+                .start_method(method)
+                .start()
+                .unwrap();
+            assert_eq!(child.join().unwrap(), want, "{method:?}, {len} bytes");
+        }
+    }
+}
+
+#[test]
+fn terminate_kill_and_is_alive_under_both_methods() {
+    for (method, sig) in BOTH
+        .into_iter()
+        .flat_map(|m| [(m, libc::SIGTERM), (m, libc::SIGKILL)])
+    {
+        let (gate_r, _gate_w) = pipe();
+        let mut child = Process::new(entry!(blocker), (Fd::from(gate_r),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert!(child.is_alive(), "{method:?}");
+        assert_eq!(child.exitcode(), None);
+        assert_eq!(child.join_timeout(Duration::from_millis(1)).unwrap(), None);
+        if sig == libc::SIGTERM {
+            child.terminate().unwrap();
+        } else {
+            child.kill().unwrap();
+        }
+        let err = child.join_timeout(common::BOUND).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Signaled, "{method:?}");
+        assert_eq!(err.exitcode(), Some(-sig), "{method:?}");
+        assert_eq!(child.exitcode(), Some(-sig), "{method:?}");
+        assert!(!child.is_alive());
+        // After exit both are no-ops.
+        child.terminate().unwrap();
+        child.kill().unwrap();
+    }
+}
+
+#[test]
+fn an_exited_child_is_not_alive_at_once_under_both_methods() {
+    for method in BOTH {
+        for _ in 0..20 {
+            let child = Process::new(entry!(exits_with), (0,))
+                .start_method(method)
+                .start()
+                .unwrap();
+            assert!(exits_within(child.pid(), common::BOUND));
+            // Exited (a zombie of its parent, perhaps not yet reaped): no
+            // longer alive, and its exit code is known.
+            assert!(!child.is_alive(), "{method:?}");
+            assert_eq!(child.exitcode(), Some(0), "{method:?}");
+        }
+    }
+}
+
+#[test]
+fn a_dropped_running_child_is_reaped_under_both_methods() {
+    for method in BOTH {
+        let (gate_r, gate_w) = pipe();
+        let child = Process::new(entry!(blocker), (Fd::from(gate_r),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let pid = child.pid();
+        drop(child);
+        assert!(common::state_of(pid).is_some());
+        drop(gate_w);
+        common::eventually("the dropped child is reaped", || {
+            common::state_of(pid).is_none()
+        });
+    }
+}
+
+#[process_entry]
+fn kernel_parent_after_gate(gate: Fd) -> u32 {
+    block_on(gate);
+    std::os::unix::process::parent_id()
+}
+
+/// The server of this test process: the kernel parent of a child it forks.
+fn server_pid() -> u32 {
+    let (_, kernel_parent, _) = Process::new(entry!(whoami), ())
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    kernel_parent
+}
+
+/// Runs the ignored test `name` alone in a fresh copy of this test binary
+/// (with `INNER` and `env` set), and checks that it passed.
+fn run_inner(name: &str, env: &[(&str, &str)]) {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--nocapture"])
+        .env(INNER, "1")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+#[test]
+fn a_dead_server_fails_pending_starts_and_is_replaced() {
+    // Alone in its own process: it kills that process's server, which
+    // would disturb any other test using it.
+    run_inner("inner_dead_server", &[]);
+}
+
+#[test]
+#[ignore = "run by a_dead_server_fails_pending_starts_and_is_replaced"]
+fn inner_dead_server() {
+    if !common::run_by_outer_test(INNER, "a_dead_server_fails_pending_starts_and_is_replaced") {
+        return;
+    }
+    let server = server_pid();
+
+    // Its children run on without it, and join neither hangs nor loses
+    // their result.
+    let (gate_r, gate_w) = pipe();
+    let mut orphan = Process::new(entry!(kernel_parent_after_gate), (Fd::from(gate_r),))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    let (gate2_r, _gate2_w) = pipe();
+    let mut lost = Process::new(entry!(blocker), (Fd::from(gate2_r),))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    kill(server, Signal::KILL);
+    assert!(exits_within(server, common::BOUND));
+    // The server was our child: it is reaped, not left a zombie.
+    common::eventually("the killed server is reaped", || {
+        common::state_of(server).is_none()
+    });
+    assert!(orphan.is_alive());
+    drop(gate_w);
+    let reparented = orphan.join_timeout(common::BOUND).unwrap().unwrap();
+    assert_ne!(reparented, server);
+    // A child that ends without a result after its server died: how it
+    // ended is unknown, and join says so instead of hanging.
+    lost.kill().unwrap();
+    let err = lost.join_timeout(common::BOUND).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Exited, "{err}");
+    assert_eq!(err.exitcode(), None, "{err}");
+    assert!(err.to_string().contains("fork server died"), "{err}");
+    assert!(!lost.is_alive());
+
+    // The next start brings up a new server.
+    let second = server_pid();
+    assert_ne!(second, server);
+
+    // A start waiting for a server that dies fails, naming it.
+    kill(second, Signal::STOP);
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let pending = std::thread::spawn(move || {
+        tid_tx
+            .send(rustix::thread::gettid().as_raw_pid() as u32)
+            .unwrap();
+        Process::new(entry!(add), (1, 1))
+            .start_method(StartMethod::ForkServer)
+            .start()
+            .map(|h| h.pid())
+    });
+    let tid = tid_rx.recv().unwrap();
+    common::until_asleep("the start waits for the stopped server", tid);
+    kill(second, Signal::KILL);
+    let err = pending.join().unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn, "{err}");
+    assert!(err.to_string().contains("fork server"), "{err}");
+    let third = server_pid();
+    assert!(third != second && third != server);
+}
+
+/// Starts a daemon (with `method`) that blocks on `gate`, reports its pid
+/// and its kernel parent's on `report`, then blocks too.
+#[process_entry]
+fn middle_with_daemon(method: u8, gate: Fd, report: Fd) {
+    let method = BOTH[usize::from(method)];
+    let daemon = Process::new(entry!(blocker), (gate.try_clone().unwrap(),))
+        .daemon(true)
+        .start_method(method)
+        .start()
+        .unwrap();
+    let (_, kernel_parent, _) = Process::new(entry!(whoami), ())
+        .start_method(method)
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    let mut report = std::fs::File::from(report.into_owned_fd());
+    report.write_all(&daemon.pid().to_le_bytes()).unwrap();
+    report.write_all(&kernel_parent.to_le_bytes()).unwrap();
+    drop(report);
+    block_on(gate);
+}
+
+#[test]
+fn a_daemon_dies_when_its_parent_is_killed_under_both_methods() {
+    for (index, method) in BOTH.into_iter().enumerate() {
+        // The gate's write end stays here: only the parent-death signal
+        // (through the server, under ForkServer) can end the daemon.
+        let (gate_r, _gate_w) = pipe();
+        let (report_r, report_w) = pipe();
+        let middle = Process::new(
+            entry!(middle_with_daemon),
+            (index as u8, Fd::from(gate_r), Fd::from(report_w)),
+        )
+        .start()
+        .unwrap();
+        let mut bytes = [0u8; 8];
+        std::fs::File::from(report_r)
+            .read_exact(&mut bytes)
+            .unwrap();
+        let daemon = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+        // Under ForkServer, the middle's fork server; under Spawn, the middle.
+        let kernel_parent = u32::from_le_bytes(bytes[4..].try_into().unwrap());
+        assert!(common::state_of(daemon).is_some());
+        middle.kill().unwrap();
+        assert_eq!(middle.join().unwrap_err().exitcode(), Some(-9));
+        assert!(
+            exits_within(daemon, common::BOUND),
+            "{method:?}: daemon {daemon} outlived its SIGKILLed parent"
+        );
+        assert!(
+            exits_within(kernel_parent, common::BOUND),
+            "{method:?}: {kernel_parent}, the daemon's parent, outlived the SIGKILLed middle"
+        );
+    }
+}
+
+#[process_entry]
+fn print_after_gate(gate: Fd) {
+    block_on(gate);
+    println!("child done");
+}
+
+const INNER: &str = "MULTIPROC_FORKSERVER_INNER";
+
+/// Run by `exit_waits_for_unjoined_forked_children` in a fresh copy of this
+/// test binary, with `MULTIPROC_START_METHOD=forkserver`: leaves a child
+/// running and returns.
+#[test]
+#[ignore = "run by exit_waits_for_unjoined_forked_children"]
+fn inner_main_returns_with_forked_child_running() {
+    if !common::run_by_outer_test(INNER, "exit_waits_for_unjoined_forked_children") {
+        return;
+    }
+    assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    let stdin = rustix::io::fcntl_dupfd_cloexec(std::io::stdin().as_fd(), 3).unwrap();
+    let child = Process::new(entry!(print_after_gate), (Fd::from(stdin),))
+        .start()
+        .unwrap();
+    let (_, kernel_parent, _) = Process::new(entry!(whoami), ())
+        .start()
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_ne!(
+        kernel_parent,
+        std::process::id(),
+        "the default is not forkserver"
+    );
+    std::mem::forget(child);
+    println!("main returning");
+}
+
+#[test]
+fn exit_waits_for_unjoined_forked_children() {
+    let mut inner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_main_returns_with_forked_child_running",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(INNER, "1")
+        .env("MULTIPROC_START_METHOD", "forkserver")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gate = inner.stdin.take().unwrap();
+    let mut lines = BufReader::new(inner.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("main returning")),
+        "inner test did not run"
+    );
+    // Its main has returned, yet it must not exit while its child runs.
+    assert!(!exits_within(inner.id(), Duration::from_millis(300)));
+    gate.write_all(b"go").unwrap();
+    drop(gate);
+    let status = inner.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
+}
+
+#[test]
+fn a_bad_start_method_variable_fails_starts_with_a_clear_error() {
+    run_inner("inner_bad_variable", &[("MULTIPROC_START_METHOD", "fork")]);
+}
+
+#[test]
+#[ignore = "run by a_bad_start_method_variable_fails_starts_with_a_clear_error"]
+fn inner_bad_variable() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_bad_start_method_variable_fails_starts_with_a_clear_error",
+    ) {
+        return;
+    }
+    assert_eq!(multiproc::get_start_method(), StartMethod::Spawn);
+    let err = Process::new(entry!(add), (1, 2)).start().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn);
+    assert!(err.to_string().contains("MULTIPROC_START_METHOD"), "{err}");
+    // Chosen explicitly, a method needs no variable.
+    let ok = Process::new(entry!(add), (1, 2))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(ok.join().unwrap(), 3);
+    multiproc::set_start_method(StartMethod::ForkServer).unwrap();
+    assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);
+    assert_eq!(
+        Process::new(entry!(add), (2, 2))
+            .start()
+            .unwrap()
+            .join()
+            .unwrap(),
+        4
+    );
+}
