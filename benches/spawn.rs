@@ -46,15 +46,31 @@ fn own_memory() -> (u64, u64, u64) {
     )
 }
 
-/// Execs this binary so that it exits at once: the bootstrap marker is
-/// malformed, so the child's load-time check exits before `main`.
+/// Execs this binary so that it stops before `main` as a child does, but
+/// with nothing to run: a genuine marker (this process as the parent, the
+/// `trivial` entry) and a control socket whose other end is already
+/// closed, so the child's load-time bootstrap finds no call and exits.
+/// That is the exec, the loading and the bootstrap's checks: the floor
+/// under any spawn.
 fn bare_exec() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    drop(ours);
+    let marker = format!(
+        "{}:0:{}:{}",
+        std::process::id(),
+        multiproc::entries().len(),
+        entry_name(multiproc::entry!(trivial))
+    );
     let status = Command::new("/proc/self/exe")
-        .env("__MULTIPROC_BOOTSTRAP_V1", "floor")
-        .stdin(Stdio::null())
+        .env("__MULTIPROC_BOOTSTRAP_V1", marker)
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
         .status()
         .expect("exec");
     black_box(status);
+}
+
+fn entry_name<E: multiproc::Entry>(_: E) -> &'static str {
+    E::NAME
 }
 
 fn spawn_join() {

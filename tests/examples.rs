@@ -158,8 +158,9 @@ fn tour_runs_every_seed_and_summarises() {
     check_seed3(&out);
     check_seed4(&out);
     let summary = out.split("=== summary").nth(1).expect("summary");
-    for seed in ["seed 1", "seed 2", "seed 3", "seed 4"] {
+    for seed in ["seed 1", "seed 2", "seed 3", "seed 4", "pool"] {
         assert!(summary.contains(&format!("ok    {seed}")), "{summary}");
     }
-    assert!(summary.contains("4 seeds ran, 0 failed"), "{summary}");
+    assert!(summary.contains("5 programs ran, 0 failed"), "{summary}");
+    assert!(summary.contains("148933 primes below 2000000"), "{summary}");
 }

@@ -1,8 +1,9 @@
-//! The seed programs (../shared/seed-examples.md), shared by their own
-//! examples, by `tour` and by `tests/examples.rs`.
+//! The seed programs (../shared/seed-examples.md) and the Pool example,
+//! shared by their own examples, by `tour` and by `tests/examples.rs`.
 
 pub mod manager;
 pub mod pipe;
+pub mod pool;
 pub mod processes;
 pub mod queue;
 
@@ -22,6 +23,7 @@ pub const ALL: &[(&str, Seed)] = &[
     ("seed 2: a queue shared by three children", queue::run),
     ("seed 3: a pipe", pipe::run),
     ("seed 4: a manager dict and list", manager::run),
+    ("pool: primes counted over a Pool", pool::run),
 ];
 
 /// Runs every seed, prints a summary; returns the exit code.
@@ -47,7 +49,7 @@ pub fn tour() -> i32 {
         }
     }
     println!(
-        "{} seeds ran, {} failed (multiproc {}, {} CPUs)",
+        "{} programs ran, {} failed (multiproc {}, {} CPUs)",
         results.len(),
         failed,
         env!("CARGO_PKG_VERSION"),

@@ -24,15 +24,34 @@ fn target() -> Option<&'static Marker> {
             let marker = std::env::var_os(BOOT_ENV)?;
             // Before anything can start a thread.
             crate::sys::remove_env_before_main(BOOT_ENV);
-            Some(Marker::parse(&marker.to_string_lossy()).unwrap_or(Marker {
-                parent: 0,
-                daemon: false,
-                server: false,
-                expected: 0,
-                entry: String::new(),
-            }))
+            match check_marker(&marker.to_string_lossy()) {
+                Ok(marker) => Some(marker),
+                Err(why) => {
+                    eprintln!(
+                        "multiproc: ignoring the variable {BOOT_ENV} ({why}); \
+                         running the program as usual"
+                    );
+                    None
+                }
+            }
         })
         .as_ref()
+}
+
+/// The marker is input like any other: acted on only when it is well
+/// formed, comes with the control socket a multiproc parent puts on
+/// standard input, and this process is not running with more privileges
+/// than whoever set its environment (a set-user-ID copy of the program
+/// must not run an entry a user chose, bypassing `main`).
+fn check_marker(raw: &str) -> Result<Marker, &'static str> {
+    if crate::sys::secure_execution() {
+        return Err("a set-user-ID, set-group-ID or privileged program never runs as a child");
+    }
+    let marker = Marker::parse(raw).ok_or("it is not a multiproc marker")?;
+    if !crate::sys::stdin_is_socket() {
+        return Err("standard input is not a multiproc control socket");
+    }
+    Ok(marker)
 }
 
 crate::__load_time_ctor!(@crate pub(crate) BOOTSTRAP_CTOR => crate::spawn::child::on_load(crate::spawn::registry::loaded_count()));
@@ -132,9 +151,16 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
     if target.daemon {
         // Die with the parent; if it already died, the signal will never come.
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-        if std::os::unix::process::parent_id() != target.parent {
-            return EXIT_BOOTSTRAP_FAILED;
-        }
+    }
+    if std::os::unix::process::parent_id() != target.parent {
+        // The parent the marker names is not ours: it died before this
+        // child started (or the marker was not our parent's). Neither the
+        // entry nor `main` is for this process to run.
+        eprintln!(
+            "multiproc: the parent process {} of this child is gone; exiting",
+            target.parent
+        );
+        return EXIT_BOOTSTRAP_FAILED;
     }
     let Some(run) = run else {
         let failure = Error::new(

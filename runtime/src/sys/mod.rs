@@ -85,6 +85,22 @@ pub(crate) fn remove_env_before_main(key: &str) {
     unsafe { std::env::remove_var(key) }
 }
 
+/// Whether this process runs in secure-execution mode (`getauxval(AT_SECURE)`):
+/// set-user-ID or set-group-ID, or with file capabilities, so its
+/// environment was set by a less privileged user.
+pub(crate) fn secure_execution() -> bool {
+    // SAFETY: `getauxval` reads the auxiliary vector the kernel gave this
+    // process; it has no preconditions and returns 0 for absent keys.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
+/// Whether standard input is a socket (`fstat(0)`).
+pub(crate) fn stdin_is_socket() -> bool {
+    rustix::fs::fstat(rustix::stdio::stdin()).is_ok_and(|st| {
+        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket
+    })
+}
+
 /// Sets `SIGPIPE` to ignored, as std's runtime does before `main` (which a
 /// child never reaches), so a write to a closed pipe is an `EPIPE` error.
 pub(crate) fn ignore_sigpipe() {
