@@ -331,8 +331,9 @@ fn check_mixed(i: u32, item: &(u32, String)) {
 #[test]
 fn a_full_ring_wraps_whole_items_of_mixed_sizes_over_many_laps() {
     // One process: fill the ring until it refuses, take some, fill again,
-    // so that the ring stays full and wraps lap after lap.
-    let q = Queue::<(u32, String)>::new().unwrap();
+    // so that the ring stays full and wraps lap after lap. (Bounded far
+    // beyond what the ring holds: an unbounded queue never refuses.)
+    let q = Queue::<(u32, String)>::bounded(1 << 30).unwrap();
     let (mut put, mut got) = (0u32, 0u32);
     let mut bytes = 0usize;
     for _ in 0..30 {
@@ -604,4 +605,53 @@ fn close_ends_only_this_handles_puts() {
     );
     q.put(7).unwrap();
     assert_eq!(q.get().unwrap(), 7);
+}
+
+#[test]
+fn an_unbounded_queue_never_makes_a_put_wait() {
+    // More small items than the ring holds, with no consumer yet: every put
+    // returns at once (the rest waits in this process), then all arrive in
+    // order.
+    const N: u32 = 3_000_000;
+    let q = Queue::<u32>::new().unwrap();
+    for i in 0..N {
+        q.try_put(i).unwrap();
+    }
+    for i in 0..N {
+        assert_eq!(q.get_timeout(Duration::from_secs(60)).unwrap(), i);
+    }
+    assert!(q.is_empty());
+}
+
+#[process_entry]
+fn put_large_then_exit(q: Queue<(u32, String)>, n: u32, len: usize, all_put: Event) -> u32 {
+    for i in 0..n {
+        q.try_put((i, "x".repeat(len))).unwrap();
+    }
+    // Every put has returned, though nobody has taken anything: the items
+    // wait in this process, which hands them over before it exits.
+    all_put.set();
+    n
+}
+
+#[test]
+fn large_items_on_an_unbounded_queue_never_wait_and_outlive_their_putters_puts() {
+    // Over 1 MiB, each goes through a memfd and the side socket, which holds
+    // a few hundred: a putter with no consumer must still never wait.
+    const N: u32 = 1_000;
+    const LEN: usize = 1_536 << 10;
+    let q = Queue::<(u32, String)>::new().unwrap();
+    let all_put = Event::new().unwrap();
+    let putter = spawn!(put_large_then_exit, q.clone(), N, LEN, all_put.clone()).unwrap();
+    assert!(
+        all_put.wait_timeout(Duration::from_secs(120)),
+        "a put waited for a consumer"
+    );
+    for i in 0..N {
+        let (n, text) = q.get_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(n, i);
+        assert_eq!(text.len(), LEN);
+    }
+    assert_eq!(putter.join().unwrap(), N);
+    assert!(q.is_empty());
 }

@@ -51,6 +51,7 @@ use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
 use crate::sys::ring::Ring;
 
+mod backlog;
 mod joinable;
 mod layout;
 mod records;
@@ -108,10 +109,15 @@ use side::*;
 ///   publishing it. `join` then waits for ever and `join_timeout` until its
 ///   timeout, as in Python; call `task_done` for such items yourself.
 /// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
-/// - Items that carry handles, or are too large for the ring (over 1 MiB
-///   encoded), also queue a message on the queue's socket, whose buffer holds
-///   a few hundred of them: past that, such puts wait for gets as if the
-///   queue were full, even an unbounded one.
+/// - A put on an unbounded queue never waits, as in Python: an item that
+///   finds the shared ring (16 MiB) or the side socket (a few hundred items
+///   with handles or over 1 MiB) full waits in the putting process's memory,
+///   and a feeder thread moves it in as gets make room, keeping that
+///   process's order. Such items are not counted by `len`; a process killed
+///   before handing them over loses them (Python's do too); a process that
+///   exits first hands them over, waiting while gets make room (giving up,
+///   with a word on stderr, after 30 s in which nothing was taken). On a
+///   bounded queue, a full ring or socket makes `put` wait, as it should.
 /// - Waiters on a queue no one will put to again wait until their timeout
 ///   or for ever, as in Python; `shutdown` wakes them.
 pub struct Queue<T> {
@@ -133,6 +139,7 @@ impl<T> Queue<T> {
                 ring: Ring::new(region),
                 side_tx,
                 side_rx,
+                backlog: backlog::Backlog::default(),
             }),
             closed: AtomicBool::new(false),
             _item: PhantomData,
@@ -162,8 +169,8 @@ impl<T> fmt::Debug for Queue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Queue<T> {
-    /// A queue with no limit on the number of items (only on their total
-    /// encoded size in flight, 16 MiB, past which `put` waits).
+    /// A queue with no limit on the number of items: `put` never waits
+    /// (memory is the limit, as in Python; see the caveats).
     pub fn new() -> Result<Queue<T>, Error> {
         Queue::create(0, false)
     }
@@ -241,7 +248,13 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             return Err(SendTimeoutError::Disconnected(item));
         }
         let result = with_encoded(&item, |frame| {
-            self.inner.put_bytes(frame.payload(), frame.fds(), wait)
+            if self.inner.capacity() == 0 {
+                // Unbounded: never waits (memory is the limit, as in Python).
+                backlog::put(&self.inner, frame)
+            } else {
+                self.inner
+                    .put_bytes(frame.payload(), frame.fds(), wait, false)
+            }
         });
         match result {
             Ok(()) => Ok(()),

@@ -30,6 +30,8 @@ pub(super) struct Inner {
     /// Putters send side messages here; getters receive them on `side_rx`.
     pub(super) side_tx: OwnedFd,
     pub(super) side_rx: OwnedFd,
+    /// Items of an unbounded queue waiting in this process for room.
+    pub(super) backlog: super::backlog::Backlog,
 }
 
 pub(super) const fn align8(n: usize) -> usize {
@@ -85,13 +87,16 @@ impl Inner {
         }
     }
 
+    /// Puts one encoded item. `counted`: a `JoinableQueue` item already
+    /// counted as unfinished (one that waited in the backlog).
     pub(super) fn put_bytes(
         &self,
         payload: &[u8],
         fds: &[OwnedFd],
         wait: Deadline,
+        counted: bool,
     ) -> Result<(), PutFail> {
-        let joinable = self.word(JOINABLE).load(Relaxed) != 0;
+        let joinable = self.word(JOINABLE).load(Relaxed) != 0 && !counted;
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
         let spill = if spilled {

@@ -408,8 +408,29 @@ extern "C" fn exit_hook() {
     let _ = std::panic::catch_unwind(finish_children);
 }
 
+/// Work that must be done before this process exits, before its children
+/// are finished (a queue's items still waiting in this process).
+static BEFORE_EXIT: Mutex<Vec<fn()>> = Mutex::new(Vec::new());
+
+/// Runs `flush` when this process exits (from `main` returning, `exit`, or
+/// a child's entry returning), before its children are killed or waited
+/// for. Registering the same function twice runs it once.
+pub(crate) fn before_exit(flush: fn()) {
+    {
+        let mut hooks = lock(&BEFORE_EXIT);
+        if !hooks.contains(&flush) {
+            hooks.push(flush);
+        }
+    }
+    register_exit_hook();
+}
+
 /// What Python does at exit: kill daemonic children, then wait for the rest.
 pub(crate) fn finish_children() {
+    let hooks: Vec<fn()> = lock(&BEFORE_EXIT).clone();
+    for hook in hooks {
+        hook();
+    }
     let all: Vec<Arc<Child>> = lock(&TABLE).clone();
     for child in all.iter().filter(|c| c.daemon) {
         let _ = child.signal(Signal::KILL);

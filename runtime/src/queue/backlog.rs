@@ -1,0 +1,183 @@
+//! The backlog of an unbounded queue: a put never waits. An item that finds
+//! the ring (or the side socket) full waits here, in this process's memory,
+//! and a feeder thread moves it in as gets make room, in order, as Python's
+//! feeder thread does. Later puts of this process queue behind it, so each
+//! process's items still arrive in the order it put them.
+//!
+//! The process flushes its backlogs before it exits (before its children
+//! are finished), while gets keep making room; one that stalls for
+//! [`EXIT_STALL`] gives up, with a word on stderr.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::AtomicBool;
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use super::PutFail;
+use super::layout::{JOINABLE, UNFINISHED};
+use super::records::Inner;
+use crate::sys::lock_word::Deadline;
+use crate::wire::OutFrame;
+
+/// How long the exit flush waits for a get that makes no room.
+const EXIT_STALL: Duration = Duration::from_secs(30);
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(super) struct Backlog {
+    /// Set while items wait (read without the lock, on every put).
+    waiting: AtomicBool,
+    state: Mutex<State>,
+    /// Signalled when the backlog empties.
+    drained: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Item>,
+    feeding: bool,
+}
+
+#[derive(Debug)]
+struct Item {
+    payload: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    /// Counted as unfinished (a `JoinableQueue`) when it was put.
+    counted: bool,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The queues of this process with items in their backlog, for the exit flush.
+static QUEUES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+/// Puts an encoded item on the unbounded queue `inner` without waiting.
+pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
+    let backlog = &inner.backlog;
+    if !backlog.waiting.load(Acquire) {
+        match inner.put_bytes(frame.payload(), frame.fds(), Deadline::Now, false) {
+            Err(PutFail::Full) => {}
+            done => return done,
+        }
+    }
+    if inner.is_closed() {
+        return Err(PutFail::Closed);
+    }
+    // Our own copies: the frame's go when the put returns.
+    let fds = frame
+        .fds()
+        .iter()
+        .map(OwnedFd::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| PutFail::Failed)?;
+    let counted = inner.word(JOINABLE).load(Relaxed) != 0;
+    if counted {
+        inner.word(UNFINISHED).fetch_add(1, Relaxed);
+    }
+    let mut state = lock(&backlog.state);
+    state.items.push_back(Item {
+        payload: frame.payload().to_vec(),
+        fds,
+        counted,
+    });
+    backlog.waiting.store(true, Release);
+    if !state.feeding {
+        state.feeding = true;
+        let feeder = Arc::clone(inner);
+        let started = std::thread::Builder::new()
+            .name("multiproc-queue-feeder".into())
+            .spawn(move || feed(&feeder));
+        if started.is_err() {
+            state.feeding = false;
+            if let Some(item) = state.items.pop_back() {
+                uncount(inner, &item);
+            }
+            return Err(PutFail::Failed);
+        }
+        let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
+        queues.retain(|q| q.strong_count() > 0);
+        queues.push(Arc::downgrade(inner));
+        drop(queues);
+        crate::spawn::reaper::before_exit(flush_all);
+    }
+    Ok(())
+}
+
+/// The feeder thread: moves the backlog into the ring, waiting for room.
+fn feed(inner: &Inner) {
+    let backlog = &inner.backlog;
+    loop {
+        let item = {
+            let mut state = lock(&backlog.state);
+            match state.items.pop_front() {
+                Some(item) => item,
+                None => {
+                    state.feeding = false;
+                    backlog.waiting.store(false, Release);
+                    backlog.drained.notify_all();
+                    return;
+                }
+            }
+        };
+        match inner.put_bytes(&item.payload, &item.fds, Deadline::Never, item.counted) {
+            Ok(()) => {}
+            // Shut down: nothing more goes in; what waits is dropped.
+            Err(PutFail::Closed) => {
+                uncount(inner, &item);
+                let mut state = lock(&backlog.state);
+                for item in state.items.drain(..) {
+                    uncount(inner, &item);
+                }
+            }
+            // An item that cannot be stored (an OS error) is dropped, as a
+            // failed put would have been.
+            Err(PutFail::Failed | PutFail::Full) => uncount(inner, &item),
+        }
+    }
+}
+
+fn uncount(inner: &Inner, item: &Item) {
+    if item.counted {
+        inner.word(UNFINISHED).fetch_sub(1, Relaxed);
+    }
+}
+
+/// Waits until every backlog of this process is in its queue, while gets
+/// make room; called before the process exits.
+fn flush_all() {
+    let queues: Vec<Arc<Inner>> = QUEUES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter_map(Weak::upgrade)
+        .collect();
+    for inner in queues {
+        let backlog = &inner.backlog;
+        let mut state = lock(&backlog.state);
+        let mut head = inner.ring.head();
+        let mut moved = Instant::now();
+        while state.feeding {
+            let (next, _) = backlog
+                .drained
+                .wait_timeout(state, Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if inner.ring.head() != head {
+                head = inner.ring.head();
+                moved = Instant::now();
+            } else if moved.elapsed() >= EXIT_STALL {
+                eprintln!(
+                    "multiproc: {} items put on a queue by this process were never \
+                     taken (nothing got from the queue for {} s); exiting without them",
+                    state.items.len(),
+                    EXIT_STALL.as_secs()
+                );
+                break;
+            }
+        }
+    }
+}
