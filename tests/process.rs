@@ -228,6 +228,9 @@ fn join_timeout_returns_none_while_running_then_the_value() {
     );
     assert!(start.elapsed() < Duration::from_secs(10));
     assert_eq!(child.exitcode(), Some(0));
+    // The value was handed out: a later join says so, with a kind of its own.
+    let again = child.join().unwrap_err();
+    assert_eq!(again.kind(), ErrorKind::AlreadyTaken, "{again}");
 }
 
 #[test]
@@ -541,4 +544,29 @@ fn a_handle_dropped_by_a_panic_kills_its_child() {
         Err(multiproc::RecvTimeoutError::Disconnected) => {}
         other => panic!("the child lives on: {other:?}"),
     }
+}
+
+#[process_entry]
+fn name_two_children() -> (String, String) {
+    let named = Process::new(entry!(noop_child), ())
+        .name("named")
+        .start()
+        .unwrap();
+    let unnamed = Process::new(entry!(noop_child), ()).start().unwrap();
+    let names = (named.name().to_string(), unnamed.name().to_string());
+    named.join().unwrap();
+    unnamed.join().unwrap();
+    names
+}
+
+#[process_entry]
+fn noop_child() {}
+
+#[test]
+fn default_names_count_every_started_process_as_python_does() {
+    // In a fresh process: the named child takes number 1, so the next
+    // default name is Process-2 (Python's counter counts them all).
+    let (named, unnamed) = spawn!(name_two_children).unwrap().join().unwrap();
+    assert_eq!(named, "named");
+    assert_eq!(unnamed, "Process-2");
 }

@@ -306,7 +306,14 @@ fn too_many_task_done_is_an_error() {
     q.put(1).unwrap();
     q.get().unwrap();
     q.task_done().unwrap();
-    assert!(q.task_done().is_err());
+    assert_eq!(
+        q.task_done().unwrap_err().kind(),
+        multiproc::ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        Queue::<u8>::bounded(0).unwrap_err().kind(),
+        multiproc::ErrorKind::InvalidInput
+    );
     assert!(q.join_timeout(Duration::ZERO).unwrap());
 }
 

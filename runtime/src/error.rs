@@ -42,6 +42,13 @@ pub enum ErrorKind {
     TooManyReleases,
     /// An index was past the end of a sequence (a manager list or array).
     OutOfRange,
+    /// The caller asked for something that cannot be done (a queue of
+    /// capacity 0, `task_done` called more often than items were put,
+    /// receiving on a send-only end, a barrier for no parties, …).
+    InvalidInput,
+    /// The value was already taken: `join` after `join_timeout` returned
+    /// it, or a pool result asked for after `get` returned it.
+    AlreadyTaken,
     /// An operating-system call failed.
     Io,
 }
@@ -65,6 +72,8 @@ impl ErrorKind {
             ErrorKind::NotOwner => "not the owner",
             ErrorKind::TooManyReleases => "released too many times",
             ErrorKind::OutOfRange => "index out of range",
+            ErrorKind::InvalidInput => "invalid request",
+            ErrorKind::AlreadyTaken => "already taken",
             ErrorKind::Io => "I/O error",
         }
     }

@@ -49,7 +49,7 @@ impl<T> private::Sealed for Connection<T> {
 }
 impl<T> Waitable for Connection<T> {}
 
-impl<R: serde::de::DeserializeOwned> private::Sealed for JoinHandle<R> {
+impl<R> private::Sealed for JoinHandle<R> {
     fn readiness(&self) -> Readiness<'_> {
         if !self.is_alive() {
             return Readiness::Now;
@@ -60,7 +60,7 @@ impl<R: serde::de::DeserializeOwned> private::Sealed for JoinHandle<R> {
         }
     }
 }
-impl<R: serde::de::DeserializeOwned> Waitable for JoinHandle<R> {}
+impl<R> Waitable for JoinHandle<R> {}
 
 /// Waits until at least one of `objects` is ready, or `timeout` passes
 /// (`None`: no limit); returns the indices of those that are ready, in

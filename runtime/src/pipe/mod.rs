@@ -394,7 +394,7 @@ impl<T> Connection<T> {
     fn lock_sending(&self) -> Result<SendLockGuard<'_>, Error> {
         if !self.end.writable {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 "this end of the pipe is receive-only",
             ));
         }
@@ -436,7 +436,7 @@ impl<T> Connection<T> {
     ) -> Result<wire::ReceivedFrame, RecvTimeoutError> {
         if !self.end.readable {
             return Err(RecvTimeoutError::Failed(Error::new(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 "this end of the pipe is send-only",
             )));
         }

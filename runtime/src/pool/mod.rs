@@ -697,7 +697,7 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         match result {
             Some(result) => decode_result(self.sink.entry, 0, result),
             None => Err(task::error(
-                ErrorKind::Io,
+                ErrorKind::AlreadyTaken,
                 format!("the result of `{}` was already taken", self.sink.entry),
             )),
         }

@@ -173,7 +173,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         loop {
             if current == 0 {
                 return Err(Error::new(
-                    ErrorKind::Io,
+                    ErrorKind::InvalidInput,
                     "task_done() called more times than there were items",
                 ));
             }

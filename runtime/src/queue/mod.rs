@@ -364,7 +364,12 @@ fn checked_capacity(capacity: usize) -> Result<u32, Error> {
     u32::try_from(capacity)
         .ok()
         .filter(|&c| c > 0)
-        .ok_or_else(|| Error::new(ErrorKind::Io, "capacity must be between 1 and 2^32-1"))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidInput,
+                "capacity must be between 1 and 2^32-1",
+            )
+        })
 }
 
 enum PutFail {

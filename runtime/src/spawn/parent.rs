@@ -129,9 +129,10 @@ impl<E: Entry> Process<E> {
         }
         super::registry::lookup(E::NAME)?;
         let method = super::method::resolve(self.method)?;
-        let name = self
-            .name
-            .unwrap_or_else(|| format!("Process-{}", COUNTER.fetch_add(1, Ordering::Relaxed)));
+        // As Python counts: every process started takes a number, named or
+        // not, so the default name says how many came before it.
+        let number = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = self.name.unwrap_or_else(|| format!("Process-{number}"));
         let header = CallHeader {
             entry: E::NAME.to_string(),
             process_name: name.clone(),
@@ -341,7 +342,7 @@ impl<R> fmt::Debug for JoinHandle<R> {
     }
 }
 
-impl<R: DeserializeOwned> JoinHandle<R> {
+impl<R> JoinHandle<R> {
     /// The child's process id.
     pub fn pid(&self) -> u32 {
         self.child.pid
@@ -395,6 +396,12 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             .map_err(|e| Error::io("sending SIGKILL", e).in_process(self.describe()))
     }
 
+    fn describe(&self) -> String {
+        describe(&self.child.name, Some(self.child.pid), self.entry)
+    }
+}
+
+impl<R: DeserializeOwned> JoinHandle<R> {
     /// Waits for the child and returns the entry's value, or why there is none.
     ///
     /// Never hangs on a child that died: a crash, a signal or an `exit`
@@ -413,10 +420,6 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// means the child is still running, and the handle stays usable.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, Error> {
         self.finish(Instant::now().checked_add(timeout))
-    }
-
-    fn describe(&self) -> String {
-        describe(&self.child.name, Some(self.child.pid), self.entry)
     }
 
     fn finish(&mut self, deadline: Option<Instant>) -> Result<Option<R>, Error> {
@@ -464,7 +467,10 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     "ended without a result; how is unknown: its fork server died before it could report the exit status",
                 ),
             },
-            Some(Report::Taken) => Error::new(ErrorKind::Io, "the result was already taken"),
+            Some(Report::Taken) => Error::new(
+                ErrorKind::AlreadyTaken,
+                "the result was already taken (join_timeout returned it)",
+            ),
         };
         let err = match status.exitcode() {
             Some(code) => err.with_exitcode(code),

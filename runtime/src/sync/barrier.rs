@@ -86,7 +86,7 @@ impl Barrier {
     pub fn new(parties: usize) -> Result<Barrier, Error> {
         if parties == 0 || parties > MAX_PARTIES {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 format!("a barrier needs 1 to {MAX_PARTIES} parties, not {parties}"),
             ));
         }

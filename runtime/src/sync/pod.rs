@@ -52,7 +52,7 @@ impl<T: Pod> PodRegion<T> {
     pub(crate) fn zeroed(kind: RegionKind, len: usize) -> Result<PodRegion<T>, Error> {
         if size_of::<T>() == 0 || align_of::<T>() > MAX_ALIGN {
             return Err(Error::new(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 format!(
                     "{} cannot hold a type of size {} and alignment {}",
                     kind.name,
@@ -63,7 +63,7 @@ impl<T: Pod> PodRegion<T> {
         }
         let bytes = len.checked_mul(size_of::<T>()).ok_or_else(|| {
             Error::new(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 format!("{} of {len} elements is too large", kind.name),
             )
         })?;
