@@ -570,3 +570,21 @@ fn default_names_count_every_started_process_as_python_does() {
     assert_eq!(named, "named");
     assert_eq!(unnamed, "Process-2");
 }
+
+#[process_entry]
+fn exit_three() -> u8 {
+    std::process::exit(3)
+}
+
+#[test]
+fn an_error_reads_the_same_in_debug_as_in_display() {
+    // `fn main() -> multiproc::Result<()>` prints the Debug form.
+    let err = spawn!(exit_three).unwrap().join().unwrap_err();
+    assert_eq!(format!("{err:?}"), err.to_string());
+    assert!(
+        err.to_string()
+            .ends_with("exited without a result: exit code 3"),
+        "{err}"
+    );
+    assert!(format!("{err:#?}").contains("kind: Exited"), "{err:#?}");
+}

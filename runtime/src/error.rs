@@ -228,8 +228,13 @@ impl fmt::Display for Error {
     }
 }
 
+/// Reads like `Display` (it is what `fn main() -> multiproc::Result<()>`
+/// prints, as anyhow's does); `{:#?}` shows the fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !f.alternate() {
+            return fmt::Display::fmt(self, f);
+        }
         let mut s = f.debug_struct("Error");
         s.field("kind", &self.inner.kind);
         s.field("message", &self.inner.message);

@@ -454,10 +454,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             }
             Some(Report::Failed(err)) => err,
             Some(Report::Nothing) | None => match status {
-                ExitStatus::Code(code) => Error::new(
-                    ErrorKind::Exited,
-                    format!("exit code {code} before returning a result"),
-                ),
+                ExitStatus::Code(code) => {
+                    Error::new(ErrorKind::Exited, format!("exit code {code}"))
+                }
                 ExitStatus::Signal(sig) => Error::new(
                     ErrorKind::Signaled,
                     format!("signal {sig} ({})", signal_name(sig)),
