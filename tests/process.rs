@@ -588,3 +588,33 @@ fn an_error_reads_the_same_in_debug_as_in_display() {
     );
     assert!(format!("{err:#?}").contains("kind: Exited"), "{err:#?}");
 }
+
+#[process_entry]
+fn exit_zero_owing_nothing() {
+    std::process::exit(0)
+}
+
+#[process_entry]
+fn exit_zero_owing_a_value() -> u32 {
+    std::process::exit(0)
+}
+
+#[test]
+fn exit_zero_from_an_entry_that_owes_nothing_is_a_normal_end() {
+    // Python: sys.exit(0) in a target is a normal end.
+    spawn!(exit_zero_owing_nothing).unwrap().join().unwrap();
+    // An entry that owes a value still fails without it.
+    let err = spawn!(exit_zero_owing_a_value).unwrap().join().unwrap_err();
+    assert!(err.is_exited() && err.exitcode() == Some(0), "{err}");
+}
+
+#[process_entry]
+fn my_args() -> Vec<String> {
+    std::env::args().collect()
+}
+
+#[test]
+fn a_child_sees_the_programs_arguments() {
+    let theirs = spawn!(my_args).unwrap().join().unwrap();
+    assert_eq!(theirs, std::env::args().collect::<Vec<_>>());
+}

@@ -166,9 +166,12 @@ fn start_server() -> Result<Server, Error> {
     )
     .map_err(|e| spawn_err(e.into()))?;
     let mut cmd = Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
+    // Its children see this program's arguments, as re-executed ones do.
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
         cmd.arg0(arg0);
     }
+    cmd.args(args);
     cmd.env(
         BOOT_ENV,
         Marker::for_server(super::registry::loaded_count()),

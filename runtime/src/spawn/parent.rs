@@ -247,9 +247,13 @@ fn spawn_child(
     daemon: bool,
 ) -> std::io::Result<Arc<Child>> {
     let mut cmd = Command::new("/proc/self/exe");
-    if let Some(arg0) = std::env::args_os().next() {
+    // The child sees this program's arguments, as Python's spawn copies
+    // `sys.argv` (it never parses them: `main` does not run there).
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
         cmd.arg0(arg0);
     }
+    cmd.args(args);
     cmd.env(
         BOOT_ENV,
         Marker::for_child(daemon, super::registry::loaded_count(), entry),
@@ -454,6 +458,12 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             }
             Some(Report::Failed(err)) => err,
             Some(Report::Nothing) | None => match status {
+                // `std::process::exit(0)` from an entry that owes nothing (it
+                // returns `()`, whose encoding is no bytes) is a normal end,
+                // as `sys.exit(0)` is in Python.
+                ExitStatus::Code(0) if wire::decode::<R>(&[], Vec::new()).is_ok() => {
+                    return wire::decode(&[], Vec::new()).map(Some);
+                }
                 ExitStatus::Code(code) => {
                     Error::new(ErrorKind::Exited, format!("exit code {code}"))
                 }
