@@ -769,3 +769,45 @@ fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
     sender.join().unwrap();
 }
+
+fn handles(n: usize) -> Vec<Fd> {
+    let (r, _w) = rustix::pipe::pipe().unwrap();
+    (0..n).map(|_| Fd::from(r.try_clone().unwrap())).collect()
+}
+
+#[test]
+fn the_handle_limit_leaves_room_for_the_transports_own_descriptor() {
+    // 252 handles and a message large enough for the lane (one more
+    // descriptor) go through; 253 are refused with a clear error.
+    let (a, b) = Pipe::<(Vec<Fd>, Vec<u8>)>::duplex().unwrap();
+    a.send(&(handles(252), vec![7; 512 << 10])).unwrap();
+    let (fds, bytes) = b.recv().unwrap();
+    assert_eq!((fds.len(), bytes.len()), (252, 512 << 10));
+    drop(fds);
+    let err = a.send(&(handles(253), Vec::new())).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("too many handles in one message (max 252)"),
+        "{err}"
+    );
+}
+
+#[process_entry]
+fn return_handles_and_bytes(n: usize) -> (Vec<Fd>, Vec<u8>) {
+    // Over 64 KiB: the result is spilled to a memfd, one descriptor more.
+    (handles(n), vec![1; 100 << 10])
+}
+
+#[test]
+fn a_result_with_the_most_handles_and_a_spill_comes_back() {
+    let (fds, bytes) = spawn!(return_handles_and_bytes, 252)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!((fds.len(), bytes.len()), (252, 100 << 10));
+    let err = spawn!(return_handles_and_bytes, 253)
+        .unwrap()
+        .join()
+        .unwrap_err();
+    assert!(err.to_string().contains("too many handles"), "{err}");
+}

@@ -11,6 +11,9 @@ pub(crate) const MAX_FRAME_LEN: u64 = 1 << 31;
 const _: () = assert!(MAX_FRAME_LEN == super::codec::MAX_VALUE_LEN as u64);
 /// Most descriptors one frame may carry (the kernel's `SCM_MAX_FD`).
 pub(crate) const MAX_FDS: usize = 253;
+/// Most handles one message may hold: one descriptor is kept for the
+/// transport's own (a spilled payload's memfd, or a pipe's lane).
+pub(crate) const MAX_HANDLES: usize = MAX_FDS - 1;
 pub(crate) const FRAME_HEADER_LEN: usize = 16;
 const MAGIC: [u8; 4] = *b"MPRC";
 const VERSION: u8 = 1;

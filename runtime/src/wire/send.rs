@@ -10,7 +10,7 @@ use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
 use serde::Serialize;
 
 use super::codec;
-use super::frame::{FRAME_HEADER_LEN, FrameKind, MAX_FDS, check_len, header};
+use super::frame::{FRAME_HEADER_LEN, FrameKind, MAX_HANDLES, check_len, header};
 use super::handles::{codec_error, encoding};
 use super::spill::spill;
 use crate::error::{Error, ErrorKind};
@@ -64,11 +64,11 @@ impl OutFrame {
         let (result, fds) = encoding(|| codec::encode_into(value, &mut self.buf));
         result.map_err(|e| codec_error(ErrorKind::Encode, e))?;
         self.fds.extend(fds);
-        if self.fds.len() > MAX_FDS {
+        if self.fds.len() > MAX_HANDLES {
             return Err(Error::new(
                 ErrorKind::Encode,
                 format!(
-                    "a message may carry at most {MAX_FDS} handles, this one has {}",
+                    "too many handles in one message (max {MAX_HANDLES}): this one has {}",
                     self.fds.len()
                 ),
             ));
