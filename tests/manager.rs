@@ -2,6 +2,8 @@
 //! through queues and pipes, faults (a client killed holding a lock, a
 //! server killed under its clients, bad bytes), and the capability model.
 
+mod common;
+
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -14,7 +16,7 @@ use multiproc::{
 use serde::{Deserialize, Serialize};
 
 /// A bound on how long anything here may take; never a synchronisation.
-const BOUND: Duration = Duration::from_secs(20);
+const BOUND: Duration = common::BOUND;
 
 #[process_entry]
 fn add_one(old: Option<u64>) -> u64 {

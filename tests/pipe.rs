@@ -571,14 +571,14 @@ fn a_large_message_that_lost_its_receiver_closes_the_stream_for_the_next() {
     let sender = spawn!(send_huge_then_a_marker, tx, release.clone()).unwrap();
     // The message's frame is waiting (and its lane full): stop the sender
     // there, so that a receiver runs out of bytes in the middle of it.
-    assert!(rx.poll(Duration::from_secs(20)));
+    assert!(rx.poll(common::BOUND));
     signal(sender.pid(), Signal::STOP);
     let first = spawn!(start_reading, rx.try_clone().unwrap()).unwrap();
     // Once the frame is taken and the receiver sleeps, it is waiting inside
     // the message (nothing else puts it to sleep after taking the frame).
     let start = Instant::now();
     while rx.poll(Duration::ZERO) || state_of(first.pid()) != b'S' {
-        assert!(start.elapsed() < Duration::from_secs(20), "never waits");
+        assert!(start.elapsed() < common::BOUND, "never waits");
         std::thread::yield_now();
     }
     first.kill().unwrap();
@@ -586,7 +586,7 @@ fn a_large_message_that_lost_its_receiver_closes_the_stream_for_the_next() {
     signal(sender.pid(), Signal::CONT);
     let mut next = spawn!(read_to_the_marker, rx).unwrap();
     let left = next
-        .join_timeout(Duration::from_secs(20))
+        .join_timeout(common::BOUND)
         .unwrap()
         .expect("the next receiver was left waiting")
         .unwrap();
@@ -613,11 +613,11 @@ fn a_sender_killed_mid_message_is_an_error_though_another_holds_the_end() {
     let spare = tx.try_clone().unwrap();
     let started = multiproc::Event::new().unwrap();
     let sender = spawn!(send_until_blocked, tx, started.clone()).unwrap();
-    assert!(started.wait_timeout(Duration::from_secs(20)));
+    assert!(started.wait_timeout(common::BOUND));
     // The sender sleeps only in a send that waits for room.
     let start = Instant::now();
     while state_of(sender.pid()) != b'S' {
-        assert!(start.elapsed() < Duration::from_secs(20), "never blocks");
+        assert!(start.elapsed() < common::BOUND, "never blocks");
         std::thread::yield_now();
     }
     signal(sender.pid(), Signal::KILL);
@@ -637,7 +637,7 @@ fn a_sender_killed_mid_message_is_an_error_though_another_holds_the_end() {
         let _ = tx_result.send((whole, end));
     });
     let (whole, end) = results
-        .recv_timeout(Duration::from_secs(20))
+        .recv_timeout(common::BOUND)
         .expect("the receiver waits for the rest of the message for ever");
     assert!(whole >= 5, "only {whole} messages before the torn one");
     match end {

@@ -1,5 +1,7 @@
 //! Process, JoinHandle and spawn!: results, failures and introspection, across real processes.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
@@ -540,7 +542,7 @@ fn a_handle_dropped_by_a_panic_kills_its_child() {
     });
     assert!(panicker.join().is_err());
     // The child held the only sending end: it is gone once the child is.
-    match rx.recv_timeout(Duration::from_secs(20)) {
+    match rx.recv_timeout(common::BOUND) {
         Err(multiproc::RecvTimeoutError::Disconnected) => {}
         other => panic!("the child lives on: {other:?}"),
     }
