@@ -90,6 +90,24 @@ pub struct PanicReport {
     pub backtrace: Option<String>,
 }
 
+impl PanicReport {
+    /// What a panic hook sees, as a report: the message, where, and the
+    /// backtrace when `RUST_BACKTRACE` asks for one.
+    pub(crate) fn from_hook(info: &std::panic::PanicHookInfo<'_>) -> PanicReport {
+        let backtrace = std::backtrace::Backtrace::capture();
+        PanicReport {
+            message: info.payload_as_str().unwrap_or("Box<dyn Any>").to_string(),
+            location: info
+                .location()
+                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
+            backtrace: match backtrace.status() {
+                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+                _ => None,
+            },
+        }
+    }
+}
+
 /// The error returned by multiproc operations.
 ///
 /// Opaque on purpose: inspect it with [`Error::kind`] and the `is_*` helpers.

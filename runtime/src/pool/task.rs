@@ -136,20 +136,8 @@ pub(super) fn install_panic_hook() {
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let message = info.payload_as_str().unwrap_or("Box<dyn Any>").to_string();
-            let location = info
-                .location()
-                .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-            let backtrace = std::backtrace::Backtrace::capture();
-            let backtrace = match backtrace.status() {
-                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
-                _ => None,
-            };
-            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(PanicReport {
-                message,
-                location,
-                backtrace,
-            });
+            *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(PanicReport::from_hook(info));
             previous(info);
         }));
     });
