@@ -6,7 +6,7 @@
 use multiproc::__private::fuzz;
 
 /// Mutated inputs per seed.
-const MUTATIONS: usize = 600;
+const MUTATIONS: usize = 10_000;
 
 /// A tiny deterministic generator (xorshift64).
 struct Rng(u64);
