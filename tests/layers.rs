@@ -19,6 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("channels", &["pipe", "queue"]),
     ("across handles", &["wait"]),
     ("services", &["manager", "pool"]),
+    ("fuzz entry points (test-hooks only)", &["fuzz_hooks"]),
 ];
 
 /// Inside `spawn/`, files a file must not use: the child side (`child`,

@@ -197,6 +197,8 @@ extern crate self as multiproc;
 mod channel_error;
 mod error;
 mod fd;
+#[cfg(feature = "test-hooks")]
+mod fuzz_hooks;
 mod manager;
 mod pipe;
 mod pool;
@@ -314,4 +316,11 @@ pub mod __private {
     pub use crate::spawn::registry::{Entry, EntryRecord};
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
+    /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
+    #[cfg(feature = "test-hooks")]
+    pub mod fuzz {
+        pub use crate::fuzz_hooks::{
+            MAX_INPUT, call_frame, frame_reader, lane_header, queue_records,
+        };
+    }
 }

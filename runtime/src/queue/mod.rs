@@ -52,12 +52,16 @@ use crate::sys::lock_word::Deadline;
 use crate::sys::ring::Ring;
 
 mod backlog;
+#[cfg(feature = "test-hooks")]
+mod fuzz;
 mod joinable;
 mod layout;
 mod records;
 mod side;
 
 use crate::wire::{self, OutFrame};
+#[cfg(feature = "test-hooks")]
+pub(crate) use fuzz::fuzz_records;
 pub use joinable::JoinableQueue;
 use layout::*;
 use records::*;

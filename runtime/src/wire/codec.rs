@@ -32,10 +32,45 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     result
 }
 
+/// bincode claims at most this many bytes per byte it reads: a varint
+/// `u128` claims 16 (its size) for as little as one byte read; a string or
+/// byte buffer claims its length, all of which it reads.
+#[cfg(not(feature = "postcard"))]
+const CLAIM_PER_BYTE: usize = 16;
+
+/// Decodes with a limit on what the decoder may claim (and so allocate:
+/// bincode allocates a string's or a byte buffer's whole announced length
+/// before reading it) in proportion to the input: the smallest of a ladder
+/// of limits (each 4 times the last, up to [`MAX_VALUE_LEN`]) that is at
+/// least [`CLAIM_PER_BYTE`] times its length. Without it, a few bytes that
+/// announce a 2 GiB string make the receiver allocate 2 GiB.
+#[cfg(not(feature = "postcard"))]
+fn bincode_decode<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    fn with<T: DeserializeOwned, const LIMIT: usize>(
+        bytes: &[u8],
+    ) -> Result<(T, usize), bincode::error::DecodeError> {
+        let config = bincode::config::standard().with_limit::<LIMIT>();
+        bincode::serde::decode_from_slice(bytes, config)
+    }
+    match bytes.len().saturating_mul(CLAIM_PER_BYTE) {
+        n if n <= 0x1_0000 => with::<T, 0x1_0000>(bytes),
+        n if n <= 0x4_0000 => with::<T, 0x4_0000>(bytes),
+        n if n <= 0x10_0000 => with::<T, 0x10_0000>(bytes),
+        n if n <= 0x40_0000 => with::<T, 0x40_0000>(bytes),
+        n if n <= 0x100_0000 => with::<T, 0x100_0000>(bytes),
+        n if n <= 0x400_0000 => with::<T, 0x400_0000>(bytes),
+        n if n <= 0x1000_0000 => with::<T, 0x1000_0000>(bytes),
+        n if n <= 0x4000_0000 => with::<T, 0x4000_0000>(bytes),
+        _ => bincode::serde::decode_from_slice(bytes, config()),
+    }
+}
+
 /// Decodes one value from the start of `bytes`; returns it and the bytes it used.
 pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
     #[cfg(not(feature = "postcard"))]
-    let result = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string());
+    let result = bincode_decode(bytes).map_err(|e| e.to_string());
     #[cfg(feature = "postcard")]
     let result = postcard::take_from_bytes(bytes)
         .map(|(value, rest)| (value, bytes.len() - rest.len()))

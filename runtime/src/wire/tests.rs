@@ -296,3 +296,25 @@ fn a_frame_announcing_two_gibibytes_costs_only_the_bytes_that_came() {
         );
     }
 }
+
+/// Found by the `call_frame` fuzz target: a few bytes announcing a 1 GiB
+/// string made bincode allocate 1 GiB before finding the bytes missing.
+#[test]
+fn a_length_prefix_allocates_only_in_proportion_to_the_input() {
+    // bincode's varint: 0xfc then a u32; postcard's LEB128.
+    let mut huge = vec![0xfc];
+    huge.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    #[cfg(feature = "postcard")]
+    let huge = vec![0x80, 0x80, 0x80, 0x80, 0x04];
+    let err = super::codec::decode::<String>(&huge).unwrap_err();
+    #[cfg(not(feature = "postcard"))]
+    assert!(err.contains("LimitExceeded"), "{err}");
+    let _ = err;
+    // Values whose decoding claims the most per byte still decode.
+    let zeros = vec![0u128; 100_000];
+    let text = "x".repeat(300_000);
+    let mut buf = Vec::new();
+    super::codec::encode_into(&(&zeros, &text), &mut buf).unwrap();
+    let (z, t): (Vec<u128>, String) = super::codec::decode(&buf).unwrap();
+    assert_eq!((z, t), (zeros, text));
+}
