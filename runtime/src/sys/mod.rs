@@ -36,24 +36,10 @@ macro_rules! __load_time_ctor {
     // another crate, this macro's `unsafe` is not that crate's code, and an
     // `allow` would clash with its `forbid(unsafe_code)`.)
     (@crate $vis:vis $name:ident => $body:expr) => {
-        #[allow(unsafe_code)]
-        #[used]
-        // SAFETY: as below.
-        #[unsafe(link_section = ".init_array")]
-        $vis static $name: extern "C" fn() = {
-            extern "C" fn __multiproc_load_time_ctor() {
-                if ::std::panic::catch_unwind(|| {
-                    $body;
-                })
-                .is_err()
-                {
-                    ::std::process::abort();
-                }
-            }
-            __multiproc_load_time_ctor
-        };
+        $crate::__load_time_ctor!(#[allow(unsafe_code)] $vis $name => $body);
     };
-    ($vis:vis $name:ident => $body:expr) => {
+    ($(#[$attr:meta])* $vis:vis $name:ident => $body:expr) => {
+        $(#[$attr])*
         #[used]
         // SAFETY: `.init_array` holds pointers to `extern "C" fn()` that the
         // loader calls once at start-up; the static has exactly that type,
