@@ -9,8 +9,6 @@
 //! [`ErrorKind::Spawn`], never hangs.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
@@ -165,18 +163,12 @@ fn start_server() -> Result<Server, Error> {
         None,
     )
     .map_err(|e| spawn_err(e.into()))?;
-    let mut cmd = Command::new("/proc/self/exe");
     // Its children see this program's arguments, as re-executed ones do.
-    let mut args = std::env::args_os();
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
-    cmd.args(args);
+    let mut cmd = super::parent::this_program(theirs);
     cmd.env(
         BOOT_ENV,
         Marker::for_server(super::registry::loaded_count()),
-    )
-    .stdin(Stdio::from(theirs));
+    );
     let pid = super::parent::spawn_on_daemon_thread(cmd).map_err(spawn_err)?;
     let process = Child::untracked(pid, "fork server".to_string());
     if process.pidfd().is_none() {

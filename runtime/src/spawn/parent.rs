@@ -238,6 +238,19 @@ fn send_call(outgoing: Option<Outgoing>, ours: &OwnedFd) {
     };
 }
 
+/// A command that runs this binary again with this program's arguments,
+/// as Python's spawn copies `sys.argv` (a child never parses them: `main`
+/// does not run there), and `control` on its standard input.
+pub(super) fn this_program(control: OwnedFd) -> Command {
+    let mut cmd = Command::new("/proc/self/exe");
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
+        cmd.arg0(arg0);
+    }
+    cmd.args(args).stdin(Stdio::from(control));
+    cmd
+}
+
 /// Re-executes this binary as a child that will run `entry`, with `theirs`
 /// (its end of the control socket) on fd 0.
 fn spawn_child(
@@ -246,19 +259,11 @@ fn spawn_child(
     entry: &'static str,
     daemon: bool,
 ) -> std::io::Result<Arc<Child>> {
-    let mut cmd = Command::new("/proc/self/exe");
-    // The child sees this program's arguments, as Python's spawn copies
-    // `sys.argv` (it never parses them: `main` does not run there).
-    let mut args = std::env::args_os();
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
-    cmd.args(args);
+    let mut cmd = this_program(theirs);
     cmd.env(
         BOOT_ENV,
         Marker::for_child(daemon, super::registry::loaded_count(), entry),
-    )
-    .stdin(Stdio::from(theirs));
+    );
     let pid = if daemon {
         spawn_on_daemon_thread(cmd)
     } else {
