@@ -100,6 +100,18 @@ fn dispatch(loaded: usize, force: bool) {
     if (loaded < target.expected && !force) || DISPATCHED.swap(true, Ordering::AcqRel) {
         return;
     }
+    if std::os::unix::process::parent_id() != target.parent {
+        // A re-executed child (or server) whose parent is not the one the
+        // marker names: that parent died before this process started, or
+        // the marker was not its. Neither an entry nor `main` is for this
+        // process to run. (A child the fork server forks is not checked
+        // here: its server may die while it runs, and it runs on.)
+        eprintln!(
+            "multiproc: the parent process {} of this child is gone; exiting",
+            target.parent
+        );
+        exit(EXIT_BOOTSTRAP_FAILED);
+    }
     let code = if target.server {
         // Returns here only in the server; a child it forks goes on in
         // `run_forked` and exits there.
@@ -151,16 +163,9 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
     if target.daemon {
         // Die with the parent; if it already died, the signal will never come.
         let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-    }
-    if std::os::unix::process::parent_id() != target.parent {
-        // The parent the marker names is not ours: it died before this
-        // child started (or the marker was not our parent's). Neither the
-        // entry nor `main` is for this process to run.
-        eprintln!(
-            "multiproc: the parent process {} of this child is gone; exiting",
-            target.parent
-        );
-        return EXIT_BOOTSTRAP_FAILED;
+        if std::os::unix::process::parent_id() != target.parent {
+            return EXIT_BOOTSTRAP_FAILED;
+        }
     }
     let Some(run) = run else {
         let failure = Error::new(
