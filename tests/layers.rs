@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     ("system calls and every unsafe", &["sys"]),
     ("the crate's error", &["error"]),
-    ("transport", &["wire"]),
+    ("transport", &["wire", "net"]),
     ("process machinery", &["spawn"]),
     ("handles every primitive uses", &["fd", "channel_error"]),
     ("shared state", &["sync"]),
     ("channels", &["pipe", "queue"]),
     ("across handles", &["wait"]),
     ("services", &["manager", "pool"]),
+    ("scale-out", &["cluster"]),
     ("fuzz entry points (test-hooks only)", &["fuzz_hooks"]),
 ];
 

@@ -195,11 +195,13 @@ compile_error!(
 extern crate self as multiproc;
 
 mod channel_error;
+pub mod cluster;
 mod error;
 mod fd;
 #[cfg(feature = "test-hooks")]
 mod fuzz_hooks;
 mod manager;
+mod net;
 mod pipe;
 mod pool;
 mod queue;
@@ -220,7 +222,7 @@ pub use crate::manager::{
     ValueProxy,
 };
 pub use crate::pipe::{Connection, Pipe};
-pub use crate::pool::{AsyncResult, IMap, Pool, PoolBuilder};
+pub use crate::pool::{AsyncResult, IMap, Launcher, Pool, PoolBuilder};
 pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::spawn::current::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,

@@ -4,7 +4,7 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::auth;
 use super::internals::{self, error};
 use super::proto::{ERR, Fields, Frame, FrameReader, OK, Op, ReadError, code_kind};
 use crate::Fd;
@@ -264,33 +263,7 @@ fn parse_reply<R>(
 }
 
 fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
-    let addrs = addr
-        .to_socket_addrs()
-        .map_err(|e| Error::io(format!("resolving the manager's address {addr:?}"), e))?;
-    let mut last = None;
-    for a in addrs {
-        match TcpStream::connect_timeout(&a, auth::HANDSHAKE_TIMEOUT) {
-            Ok(mut stream) => {
-                let _ = stream.set_nodelay(true);
-                internals::tcp_keepalive(stream.as_fd());
-                let _ = stream.set_read_timeout(Some(auth::HANDSHAKE_TIMEOUT));
-                let _ = stream.set_write_timeout(Some(auth::HANDSHAKE_TIMEOUT));
-                auth::connect(&mut stream, key)?;
-                let _ = stream.set_read_timeout(None);
-                let _ = stream.set_write_timeout(None);
-                return Ok(stream);
-            }
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(match last {
-        Some(e) => error(
-            ErrorKind::Disconnected,
-            format!("could not connect to the manager at {addr}"),
-        )
-        .with_source(e),
-        None => error(ErrorKind::Io, format!("{addr:?} resolves to no address")),
-    })
+    crate::net::dial(addr, key, "the manager", None)
 }
 
 /// A proxy's reference to its server and object: travels to other

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use crate::error::{Error, ErrorKind};
 use crate::spawn::registry::{EntryRecord, RunOutcome};
 
-pub(crate) use crate::sys::dial::{inode, peer_gone, send_fd, seqpacket_pair, tcp_keepalive};
+pub(crate) use crate::sys::dial::{inode, peer_gone, send_fd, seqpacket_pair};
 
 /// Receives a dialled connection (see `sys::dial::recv_fds`).
 pub(crate) fn recv_dialed(dial: BorrowedFd<'_>) -> io::Result<Option<Vec<OwnedFd>>> {

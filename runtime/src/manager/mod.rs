@@ -20,7 +20,6 @@
 //!   same protocol over TCP, after both sides prove the same authkey
 //!   (HMAC-SHA256 challenge–response) and before anything is decoded.
 
-mod auth;
 mod client;
 mod internals;
 mod proto;

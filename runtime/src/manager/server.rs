@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -1038,68 +1037,30 @@ pub(crate) fn serve_local(dial: OwnedFd) {
     server.wait_idle();
 }
 
-/// At most this many connections may be in the authentication handshake
-/// at once; more are closed at once. Each holds a thread for up to
-/// `HANDSHAKE_TIMEOUT`, so a flood of connections that never finish the
-/// handshake costs a bounded number of threads.
-const MAX_HANDSHAKES: usize = 128;
-
-/// Counts a connection in the handshake while it lives.
-struct Handshaking(Arc<AtomicUsize>);
-
-impl Drop for Handshaking {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Serves authenticated TCP clients from `listener` for ever.
 pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
     let server = Arc::new(Server::default());
     let key: Arc<[u8]> = Arc::from(authkey);
-    let handshaking = Arc::new(AtomicUsize::new(0));
+    let handshakes = crate::net::Handshakes::default();
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
-            Err(e) => match e.kind() {
-                std::io::ErrorKind::Interrupted
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::ConnectionReset => continue,
-                _ if matches!(
-                    e.raw_os_error(),
-                    Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-                ) =>
-                {
-                    // Out of descriptors: let connections end, then go on.
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-                _ => return Err(Error::io("accepting a manager connection", e)),
-            },
+        let Some(stream) = crate::net::accept(&listener)? else {
+            continue;
         };
-        if handshaking.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-            handshaking.fetch_sub(1, Ordering::AcqRel);
+        let Some(pending) = handshakes.begin() else {
             drop(stream);
             continue;
-        }
-        let pending = Handshaking(Arc::clone(&handshaking));
+        };
         let server = Arc::clone(&server);
         let key = Arc::clone(&key);
         let _ = std::thread::Builder::new()
             .name("manager-tcp".into())
             .spawn(move || {
                 let mut stream = stream;
-                let _ = stream.set_nodelay(true);
-                internals::tcp_keepalive(stream.as_fd());
-                let _ = stream.set_read_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
-                let _ = stream.set_write_timeout(Some(super::auth::HANDSHAKE_TIMEOUT));
-                let accepted = super::auth::accept(&mut stream, &key);
+                let accepted = crate::net::handshake_as_server(&mut stream, &key, None);
                 drop(pending);
                 if accepted.is_err() {
                     return;
                 }
-                let _ = stream.set_read_timeout(None);
-                let _ = stream.set_write_timeout(None);
                 server.serve_connection(stream);
             });
     }

@@ -1,21 +1,55 @@
-//! How workers are started and reached. One way today (re-executing this
-//! binary, `StartMethod::Spawn`); the fork server and cluster launchers are
-//! to be further implementations of [`Launcher`].
+//! How workers are started and reached: [`Launch`], implemented here for
+//! local workers (a child process per worker, by either start method) and
+//! in `cluster/` for workers on other machines.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::proto::Msg;
+use std::sync::Arc;
+
+use super::link::Link;
+use super::proto::{Boot, Msg};
 use super::task;
-use super::worker::Boot;
-use crate::{Connection, Pipe};
+use crate::Pipe;
 use crate::{Error, ErrorKind};
 use crate::{JoinHandle, Process};
 
-/// Starts one worker and returns the pool's end of its connection.
-pub(crate) trait Launcher: Send + Sync + fmt::Debug {
-    fn launch(&self, boot: Boot) -> Result<(Connection<Msg>, Box<dyn WorkerProc>), Error>;
+/// A started worker: the pool's end of its connection, and its process.
+pub(crate) type Started = (Arc<dyn Link>, Box<dyn WorkerProc>);
+
+/// Starts workers.
+pub(crate) trait Launch: Send + Sync + fmt::Debug {
+    /// Called once, by [`PoolBuilder::build`](super::PoolBuilder::build),
+    /// before anything else: starts what the workers need (a cluster's
+    /// job step).
+    fn prepare(&mut self) -> Result<(), Error> {
+        Ok(())
+    }
+    /// Starts one worker and returns the pool's end of its connection.
+    fn launch(&self, boot: Boot) -> Result<Started, Error>;
+    /// How many workers the pool has, when the launcher decides it (a
+    /// cluster's allocation) rather than [`PoolBuilder::processes`](super::PoolBuilder::processes).
+    fn processes(&self) -> Option<usize> {
+        None
+    }
+    /// Whether the workers are on other machines: then no argument may
+    /// hold a handle (they cannot cross), and lost workers are not
+    /// replaced.
+    fn remote(&self) -> bool {
+        false
+    }
+}
+
+/// Where a [`Pool`](crate::Pool)'s workers run: given to
+/// [`PoolBuilder::launcher`](crate::PoolBuilder::launcher). Made from a
+/// cluster launcher such as [`cluster::Slurm`](crate::cluster::Slurm).
+pub struct Launcher(pub(crate) Box<dyn Launch>);
+
+impl fmt::Debug for Launcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// A started worker, as the pool sees its process.
@@ -39,8 +73,8 @@ pub(crate) struct SpawnLauncher {
 
 static WORKERS: AtomicU64 = AtomicU64::new(1);
 
-impl Launcher for SpawnLauncher {
-    fn launch(&self, boot: Boot) -> Result<(Connection<Msg>, Box<dyn WorkerProc>), Error> {
+impl Launch for SpawnLauncher {
+    fn launch(&self, boot: Boot) -> Result<Started, Error> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
         let name = format!("PoolWorker-{}", WORKERS.fetch_add(1, Ordering::Relaxed));
         let mut process = Process::new(super::worker::pool_worker {}, (theirs, boot))
@@ -50,7 +84,7 @@ impl Launcher for SpawnLauncher {
             process = process.start_method(method);
         }
         let handle = process.start()?;
-        Ok((ours, Box::new(SpawnedWorker(handle))))
+        Ok((Arc::new(ours), Box::new(SpawnedWorker(handle))))
     }
 }
 

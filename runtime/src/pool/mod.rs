@@ -2,11 +2,21 @@
 //! never leave a call hanging when one of them dies.
 
 mod launch;
+mod link;
 mod proto;
 mod results;
 mod scheduler;
 mod task;
 mod worker;
+
+/// What launchers of workers on other machines (`cluster/`) use of the
+/// pool's internals.
+pub(crate) mod internals {
+    pub(crate) use super::launch::{Launch, Started, WorkerProc};
+    pub(crate) use super::link::{Link, TcpLink};
+    pub(crate) use super::proto::{Boot, Hello, Msg};
+    pub(crate) use super::worker::{EXIT_ABANDONED, serve};
+}
 
 use std::fmt;
 use std::marker::PhantomData;
@@ -17,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use self::launch::Launcher;
 use self::proto::Item;
 use self::scheduler::{Config, Sink, Wake, lock};
 use crate::Entry;
@@ -132,6 +143,7 @@ pub struct PoolBuilder {
     init: Option<Result<(String, Item)>>,
     max_tasks: Option<u64>,
     method: Option<crate::StartMethod>,
+    launcher: Option<Launcher>,
 }
 
 impl PoolBuilder {
@@ -170,12 +182,45 @@ impl PoolBuilder {
         self
     }
 
-    // A launcher for other machines (Slurm) goes here: a `launch::Launcher`.
+    /// Runs the workers elsewhere: on a cluster's nodes, with
+    /// [`cluster::Slurm`](crate::cluster::Slurm). The launcher then decides
+    /// how many workers there are, and [`build`](Self::build) fails if
+    /// [`processes`](Self::processes), [`max_tasks_per_child`](Self::max_tasks_per_child)
+    /// or [`start_method`](Self::start_method) was also set (a cluster's
+    /// workers are started by its own launcher, all at once, and lost ones
+    /// are not replaced).
+    pub fn launcher(mut self, launcher: impl Into<Launcher>) -> PoolBuilder {
+        self.launcher = Some(launcher.into());
+        self
+    }
 
     /// Starts the workers and waits until each is ready (its initializer
     /// ran).
     pub fn build(self) -> Result<Pool> {
-        let processes = self.processes.unwrap_or_else(task::cpu_count);
+        if let Some(launcher) = &self.launcher {
+            let clash = [
+                (self.processes.is_some(), "processes"),
+                (self.max_tasks.is_some(), "max_tasks_per_child"),
+                (self.method.is_some(), "start_method"),
+            ];
+            if let Some((_, what)) = clash.iter().find(|(set, _)| *set) {
+                return Err(task::error(
+                    ErrorKind::InvalidInput,
+                    format!(
+                        "a pool with a launcher ({launcher:?}) takes no {what}: the launcher decides"
+                    ),
+                ));
+            }
+        }
+        let mut launcher = self.launcher;
+        if let Some(launcher) = &mut launcher {
+            launcher.0.prepare()?;
+        }
+        let processes = launcher
+            .as_ref()
+            .and_then(|l| l.0.processes())
+            .or(self.processes)
+            .unwrap_or_else(task::cpu_count);
         if processes == 0 {
             return Err(task::error(
                 ErrorKind::Spawn,
@@ -189,13 +234,29 @@ impl PoolBuilder {
             ));
         }
         let init = self.init.transpose()?;
+        let launcher = match launcher {
+            Some(launcher) => {
+                if init.as_ref().is_some_and(|(_, item)| !item.fds.is_empty()) {
+                    return Err(task::error(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "the initializer's arguments cannot go to workers on other \
+                             machines: the value {}",
+                            link::REMOTE_HANDLE
+                        ),
+                    ));
+                }
+                launcher.0
+            }
+            None => Box::new(launch::SpawnLauncher {
+                method: self.method,
+            }),
+        };
         let (inner, threads) = scheduler::Pool::start(Config {
             processes,
             max_tasks: self.max_tasks.unwrap_or(0),
             init,
-            launcher: Box::new(launch::SpawnLauncher {
-                method: self.method,
-            }),
+            launcher,
         })?;
         Ok(Pool {
             inner,

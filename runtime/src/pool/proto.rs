@@ -101,6 +101,28 @@ pub(crate) enum Outcome {
     Failed { kind: FailKind, message: String },
 }
 
+/// What a worker is started with, besides its connection.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Boot {
+    /// The initializer: entry name and encoded arguments.
+    pub(crate) init: Option<(String, Item)>,
+    /// Chunks to run before exiting; 0 for no limit.
+    pub(crate) max_tasks: u64,
+}
+
+/// Who a worker on another machine is (its first message).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    /// The node's host name.
+    pub(crate) host: String,
+    pub(crate) pid: u32,
+    /// The cluster's name for the task (`SLURM_PROCID`), if any.
+    pub(crate) rank: Option<u64>,
+    /// The job and step it runs in (`SLURM_JOB_ID`, `SLURM_STEP_ID`).
+    pub(crate) job: Option<String>,
+    pub(crate) step: Option<String>,
+}
+
 /// A message on a worker's connection, either way.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Msg {
@@ -114,6 +136,11 @@ pub(crate) enum Msg {
     InitFailed(Outcome),
     /// Worker → pool: the outcomes of one chunk, in item order.
     Done { id: u64, outcomes: Vec<Outcome> },
+    /// Remote worker → pool, first: who it is.
+    Hello(Hello),
+    /// Pool → remote worker, once launched: what a local worker gets as
+    /// its entry's argument.
+    Boot(Boot),
 }
 
 impl Item {

@@ -7,12 +7,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::launch::{Launcher, WorkerProc};
+use super::launch::{Launch, Started, WorkerProc};
+use super::link::Link;
 use super::proto::{Chunk, Item, Msg, Outcome, Shared as OnWire};
 use super::results::Results;
 use super::task;
-use super::worker::Boot;
-use crate::Connection;
 use crate::{Error, ErrorKind};
 use crate::{RecvError, Result};
 
@@ -226,7 +225,7 @@ fn deliver_all(deliveries: Vec<Delivery>) {
 
 #[derive(Debug)]
 struct Live {
-    conn: Arc<Connection<Msg>>,
+    conn: Arc<dyn Link>,
     proc: Box<dyn WorkerProc>,
     /// Chunks sent to this worker, ever (for `max_tasks_per_child`).
     sent: u64,
@@ -242,9 +241,9 @@ struct Live {
 }
 
 impl Live {
-    fn new(conn: Connection<Msg>, proc: Box<dyn WorkerProc>) -> Live {
+    fn new(conn: Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Live {
         Live {
-            conn: Arc::new(conn),
+            conn,
             proc,
             sent: 0,
             outstanding: VecDeque::new(),
@@ -312,7 +311,7 @@ pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) max_tasks: u64,
     pub(crate) init: Option<(String, Item)>,
-    pub(crate) launcher: Box<dyn Launcher>,
+    pub(crate) launcher: Box<dyn Launch>,
 }
 
 /// The state every pool thread and handle shares.
@@ -412,6 +411,21 @@ impl Pool {
                 ErrorKind::Spawn,
                 format!("the pool has no workers left: {why}"),
             ));
+        }
+        if self.config.launcher.remote() {
+            for (first, items) in &chunks {
+                if let Some(i) = items.iter().position(|item| !item.fds.is_empty()) {
+                    return Err(task::error(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "{}: the arguments cannot go to a worker on another machine: \
+                             the value {}",
+                            sink.context(first + i as u64),
+                            super::link::REMOTE_HANDLE
+                        ),
+                    ));
+                }
+            }
         }
         let items: usize = chunks.iter().map(|(_, items)| items.len()).sum();
         lock(&sink.state).pending += items as u64;
@@ -539,7 +553,7 @@ impl Pool {
     }
 
     /// Takes the worker's answers until its connection ends.
-    fn collect(&self, idx: usize, conn: &Connection<Msg>) {
+    fn collect(&self, idx: usize, conn: &Arc<dyn Link>) {
         loop {
             let (id, outcomes) = match conn.recv() {
                 Ok(Msg::Done { id, outcomes }) => (id, outcomes),
@@ -751,19 +765,19 @@ fn ended() -> Failure {
     )
 }
 
-fn launch(config: &Config) -> Result<(Connection<Msg>, Box<dyn WorkerProc>)> {
+fn launch(config: &Config) -> Result<Started> {
     let init = match &config.init {
         Some((entry, item)) => Some((entry.clone(), item.try_clone()?)),
         None => None,
     };
-    config.launcher.launch(Boot {
+    config.launcher.launch(super::proto::Boot {
         init,
         max_tasks: config.max_tasks,
     })
 }
 
 /// Waits for a new worker to say its initializer ran.
-fn await_ready(conn: &Connection<Msg>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
+fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
     let describe = proc.describe();
     match conn.recv() {
         Ok(Msg::Ready) => Ok(proc),

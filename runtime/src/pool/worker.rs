@@ -3,55 +3,67 @@
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use serde::{Deserialize, Serialize};
-
-use super::proto::{Chunk, FailKind, Item, Msg, Outcome};
+use super::link::{Link, REMOTE_HANDLE};
+use super::proto::{Boot, Chunk, FailKind, Msg, Outcome};
 use super::task;
 use crate::Connection;
 use multiproc_macros::process_entry;
 
-/// What a worker is started with, besides its connection.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct Boot {
-    /// The initializer: entry name and encoded arguments.
-    pub(crate) init: Option<(String, Item)>,
-    /// Chunks to run before exiting; 0 for no limit.
-    pub(crate) max_tasks: u64,
+/// The exit code of a remote worker that could not reach its pool, or got
+/// from it what a pool does not send.
+pub(crate) const EXIT_ABANDONED: i32 = 75;
+
+/// A local pool worker: [`serve`] on the connection its pool gave it.
+#[process_entry]
+pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
+    serve(Arc::new(conn), boot, false);
 }
 
 /// The worker loop: runs the initializer, says it is ready, then runs
 /// chunks in the order they come and answers each, until told to stop, its
 /// pool is gone, or it has run `max_tasks` chunks.
-#[process_entry]
-pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
+///
+/// `remote`: the pool is on another machine. Then a result holding a
+/// handle fails (it cannot cross), and a connection that breaks or is shut
+/// (the pool gave up on this worker, or is gone) ends the process at once,
+/// even in the middle of a task: nobody would take its result, and nothing
+/// else on that machine would end it.
+pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
     task::install_panic_hook();
     if let Some((entry, args)) = boot.init {
         match task::runner(&entry).map(|run| task::run(run, args)) {
             Ok(Outcome::Value(_)) => {}
             Ok(failed) | Err(failed) => {
-                let _ = conn.send(&Msg::InitFailed(failed));
+                let _ = link.send(&Msg::InitFailed(failed));
                 return;
             }
         }
     }
-    if conn.send(&Msg::Ready).is_err() {
+    if link.send(&Msg::Ready).is_err() {
         return;
     }
     // A thread of its own takes the pool's messages as they come, so the
     // pool's sends never wait on a task that runs here (and no large task
     // and large result can each wait for the other).
     let (tx, rx) = mpsc::channel::<Arc<Chunk>>();
-    let Ok(reader) = conn.try_clone() else {
-        return;
-    };
+    let reader = Arc::clone(&link);
     let spawned = std::thread::Builder::new()
         .name("pool-worker-reader".into())
         .spawn(move || {
-            while let Ok(Msg::Run(chunks)) = reader.recv() {
-                for chunk in chunks {
-                    if tx.send(chunk.0).is_err() {
-                        return;
+            loop {
+                match reader.recv() {
+                    Ok(Msg::Run(chunks)) => {
+                        for chunk in chunks {
+                            if tx.send(chunk.0).is_err() {
+                                return;
+                            }
+                        }
                     }
+                    Ok(Msg::Stop) => return,
+                    // The pool shut the connection (it is ending) or it broke.
+                    Err(crate::RecvError::Disconnected) if remote => std::process::exit(0),
+                    _ if remote => std::process::exit(EXIT_ABANDONED),
+                    _ => return,
                 }
             }
         });
@@ -69,7 +81,13 @@ pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
             Ok(run) => chunk
                 .items
                 .into_iter()
-                .map(|item| task::run(run, item))
+                .map(|item| match task::run(run, item) {
+                    Outcome::Value(item) if remote && !item.fds.is_empty() => Outcome::Failed {
+                        kind: FailKind::Encode,
+                        message: format!("could not send its result: the value {REMOTE_HANDLE}"),
+                    },
+                    outcome => outcome,
+                })
                 .collect(),
             Err(failed) => {
                 let message = match failed {
@@ -84,7 +102,7 @@ pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
                     .collect()
             }
         };
-        if conn
+        if link
             .send(&Msg::Done {
                 id: chunk.id,
                 outcomes,

@@ -8,8 +8,8 @@ use std::sync::{Mutex, OnceLock};
 use rustix::process::Signal;
 
 use super::protocol::{
-    BOOT_ENV, CallHeader, ChildFailure, EXIT_BOOTSTRAP_FAILED, EXIT_PANICKED, Marker,
-    RESULT_INLINE_MAX,
+    BOOT_ENV, CallHeader, ChildFailure, EXIT_BOOTSTRAP_FAILED, EXIT_PANICKED, Marker, REMOTE_ENV,
+    RESULT_INLINE_MAX, parse_remote_marker,
 };
 use super::registry::RunFn;
 use crate::error::{Error, ErrorKind, PanicReport};
@@ -95,6 +95,12 @@ pub(crate) fn force() {
 fn dispatch(loaded: usize, force: bool) {
     static DISPATCHED: AtomicBool = AtomicBool::new(false);
     let Some(target) = target() else {
+        if let Some(remote) = remote_target()
+            && (loaded >= remote.0 || force)
+            && !DISPATCHED.swap(true, Ordering::AcqRel)
+        {
+            exit(run_remote(&remote.1));
+        }
         return;
     };
     if (loaded < target.expected && !force) || DISPATCHED.swap(true, Ordering::AcqRel) {
@@ -290,4 +296,56 @@ fn install_panic_hook() {
         *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(PanicReport::from_hook(info));
         default(info);
     }));
+}
+
+/// The entry this process is to run for a launcher on another machine
+/// (`REMOTE_ENV`), with the number of entries the binary has; `None` in any
+/// other process. Read once, and the variable removed.
+fn remote_target() -> Option<&'static (usize, String)> {
+    static TARGET: OnceLock<Option<(usize, String)>> = OnceLock::new();
+    TARGET
+        .get_or_init(|| {
+            let raw = std::env::var_os(REMOTE_ENV)?;
+            crate::sys::remove_env_before_main(REMOTE_ENV);
+            if crate::sys::secure_execution() {
+                eprintln!(
+                    "multiproc: ignoring the variable {REMOTE_ENV}: a set-user-ID, \
+                     set-group-ID or privileged program never runs as a child"
+                );
+                return None;
+            }
+            let parsed = parse_remote_marker(&raw.to_string_lossy());
+            if parsed.is_none() {
+                eprintln!(
+                    "multiproc: ignoring the variable {REMOTE_ENV} (it is not a multiproc \
+                     marker); running the program as usual"
+                );
+            }
+            parsed
+        })
+        .as_ref()
+}
+
+/// Runs the argument-less `entry` for a launcher on another machine; the
+/// exit code: 0 when it returned, [`EXIT_PANICKED`] when it panicked (the
+/// default hook printed the panic), [`EXIT_BOOTSTRAP_FAILED`] when it
+/// could not run.
+fn run_remote(entry: &str) -> i32 {
+    crate::sys::ignore_sigpipe();
+    let Some(record) = super::registry::find_loaded(entry) else {
+        eprintln!(
+            "multiproc: no #[process_entry] named `{entry}` in this binary \
+             (is the same build of the program on every node?)"
+        );
+        return EXIT_BOOTSTRAP_FAILED;
+    };
+    // `()`, the arguments of an argument-less entry, encodes as nothing.
+    match (record.run())(&[], Vec::new()) {
+        super::registry::RunOutcome::Value(_) => 0,
+        super::registry::RunOutcome::Panicked => EXIT_PANICKED,
+        super::registry::RunOutcome::Failed(e) => {
+            eprintln!("multiproc: could not run `{entry}`: {e}");
+            EXIT_BOOTSTRAP_FAILED
+        }
+    }
 }

@@ -642,6 +642,16 @@ pub fn spawn_with_raw_call<E: Entry>(
     start_child(Outgoing::Raw(bytes), "raw".into(), E::NAME, false, method)
 }
 
+/// The environment variable, and its value, that makes a copy of this
+/// binary started on another machine run `entry` (an argument-less entry)
+/// before `main` and exit (see `child::run_remote`).
+pub(crate) fn remote_boot_env(entry: &str) -> (&'static str, String) {
+    (
+        super::protocol::REMOTE_ENV,
+        super::protocol::remote_marker(super::registry::loaded_count(), entry),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{process_entry, spawn};

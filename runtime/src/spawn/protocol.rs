@@ -16,6 +16,28 @@ use crate::wire::FrameKind;
 /// fork server, `<parent pid>:s:<number of entries>:`.
 pub(crate) const BOOT_ENV: &str = "__MULTIPROC_BOOTSTRAP_V1";
 
+/// The environment variable that marks a process started on another
+/// machine (by a cluster's launcher, not by us) to run an argument-less
+/// entry and exit: `<number of entries>:<entry name>`. It comes with no
+/// control socket; the entry finds its way back (over TCP) by itself.
+pub(crate) const REMOTE_ENV: &str = "__MULTIPROC_REMOTE_V1";
+
+/// The value of [`REMOTE_ENV`] for `entry` in a binary with `entries`
+/// registered entries.
+pub(crate) fn remote_marker(entries: usize, entry: &str) -> String {
+    format!("{entries}:{entry}")
+}
+
+/// Reads a [`REMOTE_ENV`] value: the number of entries and the entry.
+pub(crate) fn parse_remote_marker(raw: &str) -> Option<(usize, String)> {
+    let (expected, entry) = raw.split_once(':')?;
+    let expected = expected.parse().ok()?;
+    if entry.is_empty() {
+        return None;
+    }
+    Some((expected, entry.to_string()))
+}
+
 /// What the parent tells the child before the arguments.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CallHeader {

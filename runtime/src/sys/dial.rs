@@ -102,15 +102,18 @@ pub(crate) fn inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(rustix::fs::fstat(fd)?.st_ino)
 }
 
-/// Makes a TCP connection notice a peer that vanished without closing it
-/// (its machine died, the network went away) within about half a minute:
-/// keep-alive probes after 10 s of silence, every 5 s, 3 unanswered ends
-/// it. Failures are ignored (the connection then just lacks the probes).
-pub(crate) fn tcp_keepalive(sock: BorrowedFd<'_>) {
+/// Keepalive probes and a user timeout on a TCP socket, so that a peer
+/// that vanished is noticed within about `within`: probes start after a
+/// third of it of silence, three go unanswered, and data left
+/// unacknowledged for `within` breaks the connection. Best effort.
+pub(crate) fn tcp_liveness(sock: BorrowedFd<'_>, within: std::time::Duration) {
     use rustix::net::sockopt;
     use std::time::Duration;
+    let secs = within.as_secs().max(3);
     let _ = sockopt::set_socket_keepalive(sock, true);
-    let _ = sockopt::set_tcp_keepidle(sock, Duration::from_secs(10));
-    let _ = sockopt::set_tcp_keepintvl(sock, Duration::from_secs(5));
+    let _ = sockopt::set_tcp_keepidle(sock, Duration::from_secs(secs / 3));
+    let _ = sockopt::set_tcp_keepintvl(sock, Duration::from_secs((secs / 9).max(1)));
     let _ = sockopt::set_tcp_keepcnt(sock, 3);
+    let millis = within.as_millis().min(u128::from(u32::MAX)) as u32;
+    let _ = sockopt::set_tcp_user_timeout(sock, millis);
 }

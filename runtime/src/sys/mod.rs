@@ -13,6 +13,7 @@ pub(crate) mod owner;
 pub(crate) mod poll;
 pub(crate) mod ring;
 pub(crate) mod shm;
+pub(crate) mod signal;
 pub(crate) mod slots;
 
 use std::io;

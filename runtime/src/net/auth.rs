@@ -46,6 +46,12 @@ fn nonce() -> Result<[u8; NONCE], Error> {
     Ok(n)
 }
 
+/// A fresh random key, for connections between processes that share a
+/// secret by other means (a cluster pool hands it to its workers).
+pub(crate) fn fresh_key() -> Result<[u8; 32], Error> {
+    nonce()
+}
+
 fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     // HMAC accepts keys of any length.
     let mut mac = <HmacSha256 as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());

@@ -1,0 +1,158 @@
+//! A worker's connection, as the pool and the worker loop use it: a
+//! [`Connection`] to a local worker, or a TCP stream to one on another
+//! machine.
+
+use std::fmt;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::{Arc, Mutex};
+
+use super::proto::Msg;
+use super::scheduler::lock;
+use super::task;
+use crate::{Connection, Error, ErrorKind, RecvError};
+
+/// Carries [`Msg`]s both ways. `send` and `recv` may run at once on two
+/// threads.
+pub(crate) trait Link: Send + Sync + fmt::Debug {
+    /// Sends one message. An [`ErrorKind::Encode`] error leaves the link
+    /// usable; any other means the peer is gone.
+    fn send(&self, msg: &Msg) -> Result<(), Error>;
+    /// Receives one message.
+    fn recv(&self) -> Result<Msg, RecvError>;
+}
+
+impl Link for Connection<Msg> {
+    fn send(&self, msg: &Msg) -> Result<(), Error> {
+        Connection::send(self, msg)
+    }
+
+    fn recv(&self) -> Result<Msg, RecvError> {
+        Connection::recv(self)
+    }
+}
+
+/// The largest message either side of a TCP link accepts: a larger
+/// announcement is a protocol error, not an allocation.
+pub(crate) const MAX_TCP_MESSAGE: u64 = 1 << 30;
+
+/// Why a value holding a handle cannot go to a worker on another machine.
+pub(crate) const REMOTE_HANDLE: &str = "holds a handle to shared memory or a local \
+     socket (a Queue, Lock, Value, Array, Pipe, Fd, or a local Manager's proxy), which \
+     cannot cross to another machine; use a Manager served over TCP \
+     (Manager::serve / Manager::connect) to share state with workers on other nodes";
+
+/// Each message: its length (8 bytes, little-endian), then its encoding.
+const LEN_BYTES: usize = 8;
+
+/// A link over TCP (after the handshake): messages are encoded as on a
+/// [`Connection`], but carry no descriptors — a handle that needs one
+/// cannot cross to another machine.
+#[derive(Debug)]
+pub(crate) struct TcpLink {
+    reader: Mutex<(TcpStream, Vec<u8>)>,
+    writer: Mutex<TcpStream>,
+    /// Why the link broke, once it did (for the worker's obituary).
+    broken: Mutex<Option<String>>,
+}
+
+impl TcpLink {
+    pub(crate) fn new(stream: TcpStream) -> Result<Arc<TcpLink>, Error> {
+        let writer = stream
+            .try_clone()
+            .map_err(|e| task::io_error("duplicating a TCP socket", e))?;
+        Ok(Arc::new(TcpLink {
+            reader: Mutex::new((stream, Vec::new())),
+            writer: Mutex::new(writer),
+            broken: Mutex::new(None),
+        }))
+    }
+
+    /// Ends the connection both ways: the peer reads its end, and a
+    /// `recv` here returns [`RecvError::Disconnected`].
+    pub(crate) fn shut(&self) {
+        let _ = lock(&self.writer).shutdown(Shutdown::Both);
+    }
+
+    /// Bounds each read (`None`: no bound); a read that runs out of time
+    /// breaks the link.
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
+        let _ = lock(&self.writer).set_read_timeout(timeout);
+    }
+
+    /// Why the link broke, if it broke rather than being closed in order.
+    pub(crate) fn broken(&self) -> Option<String> {
+        lock(&self.broken).clone()
+    }
+
+    fn record(&self, why: impl Into<String>) {
+        lock(&self.broken).get_or_insert_with(|| why.into());
+    }
+}
+
+impl Link for TcpLink {
+    fn send(&self, msg: &Msg) -> Result<(), Error> {
+        let mut frame = crate::wire::OutFrame::new();
+        frame.encode(msg)?;
+        if !frame.fds().is_empty() {
+            return Err(task::error(ErrorKind::Encode, REMOTE_HANDLE));
+        }
+        let payload = frame.payload();
+        let mut bytes = Vec::with_capacity(LEN_BYTES + payload.len());
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(payload);
+        let mut writer = lock(&self.writer);
+        writer.write_all(&bytes).map_err(|e| {
+            self.record(format!("sending failed: {e}"));
+            task::error(ErrorKind::Disconnected, "the connection was lost").with_source(e)
+        })
+    }
+
+    fn recv(&self) -> Result<Msg, RecvError> {
+        let mut guard = lock(&self.reader);
+        let (stream, buf) = &mut *guard;
+        let mut len = [0u8; LEN_BYTES];
+        let mut got = 0;
+        while got < LEN_BYTES {
+            match stream.read(&mut len[got..]) {
+                Ok(0) if got == 0 => return Err(RecvError::Disconnected),
+                Ok(0) => {
+                    self.record("the connection ended in the middle of a message");
+                    return Err(RecvError::Disconnected);
+                }
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.record(e.to_string());
+                    return Err(RecvError::Disconnected);
+                }
+            }
+        }
+        let len = u64::from_le_bytes(len);
+        if len > MAX_TCP_MESSAGE {
+            let why = format!(
+                "the peer announced a message of {len} bytes, over the limit of {MAX_TCP_MESSAGE}"
+            );
+            self.record(why.clone());
+            return Err(RecvError::Failed(task::error(ErrorKind::Decode, why)));
+        }
+        buf.clear();
+        // Grows with what arrives, not with what was announced.
+        match (&mut *stream).take(len).read_to_end(buf) {
+            Ok(n) if n as u64 == len => {}
+            Ok(_) => {
+                self.record("the connection ended in the middle of a message");
+                return Err(RecvError::Disconnected);
+            }
+            Err(e) => {
+                self.record(e.to_string());
+                return Err(RecvError::Disconnected);
+            }
+        }
+        let msg = crate::wire::decode::<Msg>(buf, Vec::new()).map_err(RecvError::Failed);
+        if buf.capacity() > 1 << 20 {
+            *buf = Vec::new();
+        }
+        msg
+    }
+}
