@@ -156,3 +156,65 @@ impl Link for TcpLink {
         msg
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A link and the raw peer socket at its other end.
+    fn pair() -> (Arc<TcpLink>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (ours, _) = listener.accept().unwrap();
+        (TcpLink::new(ours).unwrap(), peer)
+    }
+
+    #[test]
+    fn a_message_goes_both_ways() {
+        let (a, b) = pair();
+        let b = TcpLink::new(b).unwrap();
+        a.send(&Msg::Ready).unwrap();
+        assert!(matches!(b.recv(), Ok(Msg::Ready)));
+        b.send(&Msg::Stop).unwrap();
+        assert!(matches!(a.recv(), Ok(Msg::Stop)));
+        a.shut();
+        assert!(matches!(b.recv(), Err(RecvError::Disconnected)));
+        assert!(b.broken().is_none(), "an orderly end is not a break");
+    }
+
+    #[test]
+    fn an_oversized_announcement_is_refused_before_any_allocation() {
+        let (link, mut peer) = pair();
+        peer.write_all(&(MAX_TCP_MESSAGE + 1).to_le_bytes())
+            .unwrap();
+        match link.recv() {
+            Err(RecvError::Failed(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Decode);
+                assert!(e.to_string().contains("over the limit"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_peer_that_dies_mid_message_is_a_disconnection_with_the_reason() {
+        let (link, mut peer) = pair();
+        peer.write_all(&100u64.to_le_bytes()).unwrap();
+        peer.write_all(&[1, 2, 3]).unwrap();
+        drop(peer);
+        assert!(matches!(link.recv(), Err(RecvError::Disconnected)));
+        assert!(link.broken().unwrap().contains("middle of a message"));
+    }
+
+    #[test]
+    fn malformed_bytes_are_a_decode_error() {
+        let (link, mut peer) = pair();
+        peer.write_all(&4u64.to_le_bytes()).unwrap();
+        peer.write_all(&[0xff, 0xff, 0xff, 0xff]).unwrap();
+        match link.recv() {
+            Err(RecvError::Failed(e)) => assert_eq!(e.kind(), ErrorKind::Decode, "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
