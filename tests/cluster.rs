@@ -380,3 +380,128 @@ fn broadcast_runs_a_copy_of_the_binary_on_the_nodes() {
 fn add_one(x: u64) -> u64 {
     x + 1
 }
+
+/// Item 7 stalls after writing its worker's pid to `marker` (the
+/// filesystem is shared); the others answer at once.
+#[process_entry]
+fn stall_on_seven(arg: (u64, String)) -> u64 {
+    let (x, marker) = arg;
+    if x == 7 {
+        let _ = std::fs::write(&marker, std::process::id().to_string());
+        loop {
+            std::thread::park();
+        }
+    }
+    x
+}
+
+#[test]
+fn a_worker_killed_from_outside_fails_only_the_task_it_held() {
+    let Some(_cluster) = cluster() else { return };
+    let marker = format!("/tmp/multiproc-killed-worker-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    let pool = Pool::builder().launcher(four_nodes()).build().unwrap();
+    let pending: Vec<_> = (0..20u64)
+        .map(|x| {
+            pool.apply_async(entry!(stall_on_seven), ((x, marker.clone()),))
+                .unwrap()
+        })
+        .collect();
+    let mut pid = String::new();
+    eventually("item 7 stalls on a worker", || {
+        pid = std::fs::read_to_string(&marker).unwrap_or_default();
+        !pid.is_empty()
+    });
+    let _ = std::fs::remove_file(&marker);
+    let pid: u32 = pid.parse().unwrap();
+    assert!(worker_pids().contains(&pid), "{pid} is a worker on a node");
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for (x, p) in pending.into_iter().enumerate() {
+        match p.get() {
+            Ok(v) => assert_eq!(v, x as u64),
+            Err(e) => {
+                assert_eq!(x, 7, "only item 7 fails: {e}");
+                assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+            }
+        }
+    }
+    // Three workers are left, and they serve.
+    assert_eq!(
+        pool.map(entry!(add_one), 0..6u64).unwrap(),
+        [1, 2, 3, 4, 5, 6]
+    );
+}
+
+const IN_ALLOCATION: &str = "MULTIPROC_TEST_IN_ALLOCATION";
+
+/// Run by the test below inside `salloc -N2`: the pool's step uses that
+/// allocation (its job id, its two nodes).
+#[test]
+#[ignore = "run by inside_an_allocation_the_pool_runs_as_a_step_of_it"]
+fn inner_pool_in_allocation() {
+    if !common::run_by_outer_test(
+        IN_ALLOCATION,
+        "inside_an_allocation_the_pool_runs_as_a_step_of_it",
+    ) {
+        return;
+    }
+    let job = std::env::var("SLURM_JOB_ID").expect("run inside an allocation");
+    let pool = Pool::builder()
+        .launcher(
+            Slurm::new()
+                .tasks_per_node(1)
+                .start_timeout(Duration::from_secs(60)),
+        )
+        .build()
+        .unwrap();
+    assert_eq!(pool.processes(), 2);
+    let seen: BTreeSet<(String, String)> = pool
+        .starmap_chunked(entry!(host_and_job), vec![(); 40], 1)
+        .unwrap()
+        .into_iter()
+        .collect();
+    let jobs: BTreeSet<&str> = seen.iter().map(|(_, j)| j.as_str()).collect();
+    assert_eq!(jobs, BTreeSet::from([job.as_str()]));
+    if separate_hosts() {
+        assert_eq!(seen.len(), 2, "{seen:?}");
+    }
+    println!("inner pool ran in job {job} on {seen:?}");
+}
+
+#[process_entry]
+fn host_and_job() -> (String, String) {
+    (
+        hostname(),
+        std::env::var("SLURM_JOB_ID").unwrap_or_default(),
+    )
+}
+
+#[test]
+fn inside_an_allocation_the_pool_runs_as_a_step_of_it() {
+    let Some(_cluster) = cluster() else { return };
+    let out = std::process::Command::new("salloc")
+        .args(["-N2", "--immediate=10", "--quiet"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_pool_in_allocation",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(IN_ALLOCATION, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("inner pool ran in job"), "{stdout}");
+}
