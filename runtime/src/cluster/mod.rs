@@ -13,6 +13,7 @@
 //!     .launcher(Slurm::new().nodes(4).tasks_per_node(2))   // 8 workers, by srun
 //!     .build()?;
 //! let out: Vec<u64> = pool.map(entry!(work), 0..10_000u64)?;
+//! assert_eq!(out[3], 9);
 //! # Ok(())
 //! # }
 //! ```

@@ -51,7 +51,8 @@ use crate::{Error, ErrorKind, Launcher};
 ///             .arg("--exclusive"),
 ///     )
 ///     .build()?;
-/// let where_: Vec<String> = pool.starmap(entry!(host), vec![(); 8])?;
+/// let hosts: Vec<String> = pool.starmap(entry!(host), vec![(); 8])?;
+/// println!("tasks ran on {hosts:?}");
 /// # Ok(())
 /// # }
 /// ```
