@@ -25,6 +25,6 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     match validate::validate(&parsed) {
         Ok(()) => expand::expand(&parsed).into(),
-        Err(err) => expand::failed(err, item).into(),
+        Err(err) => expand::failed(err, validate::without_variadic(&parsed.func)).into(),
     }
 }

@@ -17,7 +17,8 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     if let Some(token) = &sig.constness {
         return Err(syn::Error::new_spanned(
             token,
-            "#[process_entry] cannot be a `const fn`",
+            "#[process_entry] cannot be a `const fn`: the entry runs in a child process at run time; \
+             remove `const`, or call the `const fn` from a regular entry fn",
         ));
     }
     if let Safety::Unsafe(token) = &sig.safety {
@@ -27,15 +28,20 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
         ));
     }
     if let Some(abi) = &sig.abi {
+        let abi_text = abi.to_token_stream().to_string();
         return Err(syn::Error::new_spanned(
             abi,
-            "#[process_entry] cannot have an explicit ABI",
+            format!(
+                "#[process_entry] cannot have an explicit ABI: remove `{abi_text}`; the child calls \
+                 the entry as a Rust fn (for a C callback, call it from a regular entry fn)"
+            ),
         ));
     }
     if let Some(variadic) = &sig.variadic {
         return Err(syn::Error::new_spanned(
             variadic,
-            "#[process_entry] cannot be variadic",
+            "#[process_entry] cannot be variadic: its arguments travel to the child as a fixed \
+             tuple; take a `Vec<T>` instead",
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -48,7 +54,8 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     if let Some(clause) = &sig.generics.where_clause {
         return Err(syn::Error::new_spanned(
             clause,
-            "#[process_entry] cannot have a where clause",
+            "#[process_entry] cannot have a where clause: the child looks the entry up by name, \
+             so its types must be concrete; remove the where clause",
         ));
     }
     for input in &sig.inputs {
@@ -66,6 +73,20 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
         check_owned(ty, "return type")?;
     }
     Ok(())
+}
+
+/// The item as written, minus a C-variadic `...`: re-emitted beside an error
+/// so that callers of the fn still resolve, without rustc adding its own
+/// errors about the `...` (a nightly-only feature on a non-`extern` fn).
+pub(crate) fn without_variadic(func: &syn::ItemFn) -> proc_macro2::TokenStream {
+    if func.sig.variadic.is_none() {
+        return func.to_token_stream();
+    }
+    let mut func = func.clone();
+    func.sig.variadic = None;
+    // `fn f(a: u32, ...)`: drop the comma left before the `...`.
+    func.sig.inputs = std::mem::take(&mut func.sig.inputs).into_iter().collect();
+    func.to_token_stream()
 }
 
 /// Arguments and results cross a process boundary, so they must be owned.
