@@ -38,6 +38,16 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
     };
     let private = quote! { ::multiproc::__private };
+    // One check per type, spanned at that type: a type that cannot travel is
+    // reported there, with the runtime's hint (`__private::Travel`), rather
+    // than by serde at the first argument.
+    let return_ty = match &func.sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(&**ty),
+    };
+    let travel_checks = tys.iter().copied().chain(return_ty).map(|ty| {
+        quote_spanned! {ty.span()=> #private::travels::<#ty>(); }
+    });
     // Spanned at the fn's name, so a wrong `spawn!` call points there.
     let args_method = quote_spanned! {ident.span()=>
         impl #ident {
@@ -75,7 +85,13 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
 
             #args_method
 
-            impl #private::Entry for #ident {
+            // The bounds here only repeat what `travel_checks` reports; they
+            // keep rustc from reporting it again, through serde, at the impl.
+            impl #private::Entry for #ident
+            where
+                for<'__multiproc> #args_ty: #private::Travel,
+                for<'__multiproc> #output_ty: #private::Travel,
+            {
                 type Args = #args_ty;
                 type Output = #output_ty;
                 const NAME: &'static str =
@@ -88,7 +104,13 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
                 }
             }
 
-            #private::entry_ctor!(#in_multiproc #ident, ::core::file!(), ::core::line!());
+            #private::entry_ctor!(
+                #in_multiproc #ident, ::core::file!(), ::core::line!(), ::core::column!()
+            );
+
+            const _: () = {
+                #(#travel_checks)*
+            };
         };
     }
 }

@@ -5,6 +5,10 @@ use quote::ToTokens;
 use syn::visit::Visit;
 use syn::{FnArg, ReturnType, Safety, Type};
 
+/// The most arguments an entry takes: serde implements its traits for tuples
+/// of up to 16 elements.
+const MAX_ARGS: usize = 16;
+
 pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     let sig = &parsed.func.sig;
     if let Some(token) = &sig.asyncness {
@@ -56,6 +60,16 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
             clause,
             "#[process_entry] cannot have a where clause: the child looks the entry up by name, \
              so its types must be concrete; remove the where clause",
+        ));
+    }
+    // The arguments travel as one tuple, and serde's tuples stop at 16.
+    if let Some(extra) = sig.inputs.iter().nth(MAX_ARGS) {
+        return Err(syn::Error::new_spanned(
+            extra,
+            format!(
+                "#[process_entry] takes at most {MAX_ARGS} arguments: group the rest in a struct \
+                 or a tuple"
+            ),
         ));
     }
     for input in &sig.inputs {

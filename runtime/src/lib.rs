@@ -313,7 +313,9 @@ pub mod __private {
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
-    pub use crate::spawn::registry::{Entry, EntryRecord};
+    pub use crate::spawn::registry::{
+        Entry, EntryRecord, Probe, RegisterEntry, RegisterNothing, Travel, travels,
+    };
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.

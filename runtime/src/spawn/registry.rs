@@ -25,6 +25,29 @@ pub trait Entry: Copy + Send + Sync + 'static {
     fn call(args: Self::Args) -> Self::Output;
 }
 
+/// What an entry's argument and result types need: checked by
+/// `#[process_entry]` one type at a time, so that rustc's error names the
+/// type at fault, at that type, with a hint for the usual case. Not public
+/// API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel between processes: an entry's arguments and result \
+               need Serialize + Deserialize",
+    label = "not Serialize + Deserialize",
+    note = "for an open file, socket or pipe, pass a `multiproc::Fd`; for a `Queue`, \
+            `Connection`, lock or shared value, pass the multiproc handle itself",
+    note = "for your own type, add `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait Travel: Serialize + DeserializeOwned + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned + 'static> Travel for T {}
+
+/// Compiles only if `T` can be an entry's argument or result. Not public
+/// API: called by the code `#[process_entry]` generates.
+#[doc(hidden)]
+pub const fn travels<T: Travel>() {}
+
 /// What running an entry in the child produced, ready to send.
 pub(crate) enum RunOutcome {
     /// The encoded return value.
@@ -42,17 +65,19 @@ pub struct EntryRecord {
     name: &'static str,
     file: &'static str,
     line: u32,
+    column: u32,
     run: RunFn,
     _anchor: super::child::Anchor,
 }
 
 impl EntryRecord {
-    /// Describes entry `E`, defined at `file:line`.
-    pub const fn new<E: Entry>(file: &'static str, line: u32) -> EntryRecord {
+    /// Describes entry `E`, defined at `file:line:column`.
+    pub const fn new<E: Entry>(file: &'static str, line: u32, column: u32) -> EntryRecord {
         EntryRecord {
             name: E::NAME,
             file,
             line,
+            column,
             run: run_entry::<E>,
             _anchor: super::child::ANCHOR,
         }
@@ -154,7 +179,7 @@ fn registry() -> &'static Registry {
 fn duplicate_message(name: &str, records: &[&EntryRecord]) -> String {
     let places: Vec<String> = records
         .iter()
-        .map(|r| format!("{}:{}", r.file, r.line))
+        .map(|r| format!("{}:{}:{}", r.file, r.line, r.column))
         .collect();
     format!(
         "{} entries are registered under the name `{name}` (at {}); rename all but one",
@@ -194,6 +219,67 @@ pub fn entries() -> Vec<&'static str> {
     names
 }
 
+/// What an entry's load-time constructor registers it with: its type and
+/// where it is defined. Not public API: used by `#[process_entry]`.
+///
+/// The constructor calls `(&&probe).__multiproc_register()`. When the marker
+/// implements [`Entry`], that is [`RegisterEntry`]'s method, which registers
+/// it. When it does not, because an argument or result type cannot travel
+/// (the bounds of its `Entry` impl fail, and `#[process_entry]` reported it
+/// at that type), method lookup falls back to [`RegisterNothing`], so the
+/// constructor adds no second error of its own.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Probe<E> {
+    file: &'static str,
+    line: u32,
+    column: u32,
+    _entry: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E> Probe<E> {
+    /// The probe for marker `E`, defined at `file:line:column`.
+    pub const fn new(file: &'static str, line: u32, column: u32) -> Probe<E> {
+        Probe {
+            file,
+            line,
+            column,
+            _entry: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Registers an entry (see [`Probe`]). Not public API.
+#[doc(hidden)]
+pub trait RegisterEntry {
+    /// Adds the entry to this process's registry.
+    fn __multiproc_register(&self);
+}
+
+impl<E: Entry> RegisterEntry for &Probe<E> {
+    fn __multiproc_register(&self) {
+        // Built once per process, at load time; lives as long as the program.
+        let record: &'static EntryRecord = Box::leak(Box::new(EntryRecord::new::<E>(
+            self.file,
+            self.line,
+            self.column,
+        )));
+        super::child::entry_loaded(record);
+    }
+}
+
+/// The fallback of [`RegisterEntry`] for a marker that is not an [`Entry`]
+/// (a program that does not compile). Not public API.
+#[doc(hidden)]
+pub trait RegisterNothing {
+    /// Does nothing.
+    fn __multiproc_register(&self);
+}
+
+impl<E> RegisterNothing for Probe<E> {
+    fn __multiproc_register(&self) {}
+}
+
 /// Registers an entry from its own load-time constructor. Not public API:
 /// used by `#[process_entry]`.
 ///
@@ -203,24 +289,25 @@ pub fn entries() -> Vec<&'static str> {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __entry_ctor {
-    ($entry:ty, $file:expr, $line:expr) => {
+    ($entry:ty, $file:expr, $line:expr, $column:expr) => {
         const _: () = {
-            static RECORD: $crate::__private::EntryRecord =
-                $crate::__private::EntryRecord::new::<$entry>($file, $line);
             $crate::__private::load_time_ctor!(
-                __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+                __MULTIPROC_ENTRY_CTOR => $crate::__entry_ctor!(@register $entry, $file, $line, $column)
             );
         };
     };
     // An entry of multiproc itself (its own tests, the Pool's worker, the
     // Manager's server), where `unsafe_code` is denied outside `sys/`.
-    (@crate $entry:ty, $file:expr, $line:expr) => {
+    (@crate $entry:ty, $file:expr, $line:expr, $column:expr) => {
         const _: () = {
-            static RECORD: $crate::__private::EntryRecord =
-                $crate::__private::EntryRecord::new::<$entry>($file, $line);
             $crate::__private::load_time_ctor!(
-                @crate __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+                @crate __MULTIPROC_ENTRY_CTOR => $crate::__entry_ctor!(@register $entry, $file, $line, $column)
             );
         };
     };
+    (@register $entry:ty, $file:expr, $line:expr, $column:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::{RegisterEntry as _, RegisterNothing as _};
+        (&&$crate::__private::Probe::<$entry>::new($file, $line, $column)).__multiproc_register()
+    }};
 }
