@@ -37,7 +37,8 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         ReturnType::Default => quote! { () },
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
     };
-    let private = quote! { ::multiproc::__private };
+    let krate = &parsed.krate;
+    let private = quote! { #krate::__private };
     // One check per type, spanned at that type: a type that cannot travel is
     // reported there, with the runtime's hint (`__private::Travel`), rather
     // than by serde at the first argument.
