@@ -77,7 +77,8 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
             FnArg::Receiver(receiver) => {
                 return Err(syn::Error::new_spanned(
                     receiver,
-                    "#[process_entry] must be a free fn, not a method taking `self`",
+                    "#[process_entry] must be a free fn, not a method taking `self`: move it \
+                     out of the impl and pass the value as an argument",
                 ));
             }
             FnArg::Typed(arg) => check_owned(&arg.ty, "argument")?,
@@ -86,7 +87,52 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     if let ReturnType::Type(_, ty) = &sig.output {
         check_owned(ty, "return type")?;
     }
+    check_not_in_impl(&parsed.func)?;
     Ok(())
+}
+
+/// An associated fn is not a free fn, and nothing but the fn reaches the
+/// attribute: a `self` receiver says so (above), and so does `Self`, which
+/// only an `impl` or a `trait` defines. (An associated fn with neither looks
+/// exactly like a free fn; rustc then reports the marker struct the
+/// expansion cannot put in an `impl`.)
+fn check_not_in_impl(func: &syn::ItemFn) -> syn::Result<()> {
+    let mut finder = SelfTypeFinder { found: None };
+    finder.visit_signature(&func.sig);
+    if finder.found.is_none() {
+        finder.visit_block(&func.block);
+    }
+    match finder.found {
+        None => Ok(()),
+        Some(token) => Err(syn::Error::new_spanned(
+            token,
+            "#[process_entry] must be a free fn, not an associated fn: it uses `Self`, so it \
+             is inside an `impl` or a `trait`; move it out of the impl (it can call \
+             `Type::method`)",
+        )),
+    }
+}
+
+/// Finds a path that starts with `Self`, outside nested items (whose `Self`
+/// is their own).
+struct SelfTypeFinder {
+    found: Option<syn::Ident>,
+}
+
+impl<'ast> Visit<'ast> for SelfTypeFinder {
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if self.found.is_some() {
+            return;
+        }
+        match path.segments.first() {
+            Some(first) if path.leading_colon.is_none() && first.ident == "Self" => {
+                self.found = Some(first.ident.clone());
+            }
+            _ => syn::visit::visit_path(self, path),
+        }
+    }
+
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
 }
 
 /// The item as written, minus a C-variadic `...`: re-emitted beside an error
