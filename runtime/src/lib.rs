@@ -278,6 +278,10 @@ macro_rules! entry {
 /// Checked at compile time against `f`'s signature. Returns
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
+/// `f` must be marked `#[process_entry]`. If it is not, rustc says
+/// "expected struct, variant or union type, found function `f`" (the
+/// attribute defines a type named like the fn, which this macro names).
+///
 /// ```
 /// use multiproc::{process_entry, spawn};
 ///
