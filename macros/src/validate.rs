@@ -62,6 +62,15 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
              so its types must be concrete; remove the where clause",
         ));
     }
+    // Not a free fn: a method, or an associated fn that names `Self`.
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        return Err(syn::Error::new_spanned(
+            receiver,
+            "#[process_entry] must be a free fn, not a method taking `self`: move it \
+             out of the impl and pass the value as an argument",
+        ));
+    }
+    check_not_in_impl(&parsed.func)?;
     // The arguments travel as one tuple, and serde's tuples stop at 16.
     if let Some(extra) = sig.inputs.iter().nth(MAX_ARGS) {
         return Err(syn::Error::new_spanned(
@@ -73,26 +82,18 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
         ));
     }
     for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(receiver) => {
-                return Err(syn::Error::new_spanned(
-                    receiver,
-                    "#[process_entry] must be a free fn, not a method taking `self`: move it \
-                     out of the impl and pass the value as an argument",
-                ));
-            }
-            FnArg::Typed(arg) => check_owned(&arg.ty, "argument")?,
+        if let FnArg::Typed(arg) = input {
+            check_owned(&arg.ty, "argument")?;
         }
     }
     if let ReturnType::Type(_, ty) = &sig.output {
         check_owned(ty, "return type")?;
     }
-    check_not_in_impl(&parsed.func)?;
     Ok(())
 }
 
 /// An associated fn is not a free fn, and nothing but the fn reaches the
-/// attribute: a `self` receiver says so (above), and so does `Self`, which
+/// attribute: a `self` receiver says so, and so does `Self`, which
 /// only an `impl` or a `trait` defines. (An associated fn with neither looks
 /// exactly like a free fn; rustc then reports the marker struct the
 /// expansion cannot put in an `impl`.)
