@@ -35,8 +35,9 @@ pub trait Entry: Copy + Send + Sync + 'static {
     message = "`{Self}` cannot travel between processes: an entry's arguments and result \
                need Serialize + Deserialize",
     label = "not Serialize + Deserialize",
-    note = "for an open file, socket or pipe, pass a `multiproc::Fd`; for a `Queue`, \
-            `Connection`, lock or shared value, pass the multiproc handle itself",
+    note = "for an open file, socket or pipe, pass a `multiproc::Fd`; for a channel, a lock \
+            or shared memory, use multiproc's `Queue`, `Pipe`, `Lock`, `Value` or `Array`, \
+            whose handles travel",
     note = "for your own type, add `#[derive(serde::Serialize, serde::Deserialize)]`"
 )]
 pub trait Travel: Serialize + DeserializeOwned + 'static {}
