@@ -375,3 +375,27 @@ macro_rules! __entry_ctor {
         (&&$crate::__private::Probe::<$entry>::new($file, $line, $column)).__multiproc_register()
     }};
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Entry, EntryRecord};
+
+    #[crate::process_entry]
+    fn keyed() {}
+
+    #[test]
+    fn a_key_names_an_entry_by_its_name_or_its_name_and_place() {
+        let record = EntryRecord::new::<keyed>("here.rs", 12, 5);
+        let name = <keyed as Entry>::NAME;
+        assert!(name.ends_with("::keyed"));
+        assert!(record.answers_to(name));
+        assert!(record.answers_to(&format!("{name}@12:5")));
+        assert_eq!(record.site_key(), format!("{name}@12:5"));
+        for other in [
+            "@12:6", "@13:5", "@12", "@12:5:1", "@x:5", "@", "d", "@12:5 ",
+        ] {
+            assert!(!record.answers_to(&format!("{name}{other}")), "{other}");
+        }
+        assert!(!record.answers_to(&name[..name.len() - 1]));
+    }
+}
