@@ -1,27 +1,89 @@
-//! Two entries registered under one name are reported, with both places.
+//! Local entries that share a name in one module each run their own fn.
+//!
+//! Local items share their module's path, so two `fn inner` defined inside two
+//! functions both register as `duplicates::inner`. `spawn!` and `Process`
+//! start each by its type and place; a lookup by the name alone (a Pool)
+//! reports both places.
 
-use multiproc::ErrorKind;
+use multiproc::{ErrorKind, Process, StartMethod, entry, spawn};
+
+fn first() -> (u32, u32) {
+    #[multiproc::process_entry]
+    fn inner(x: u32) -> (u32, u32) {
+        (x + 1, std::process::id())
+    }
+    spawn!(inner, 10).unwrap().join().unwrap()
+}
+
+fn second() -> (u32, u32) {
+    #[multiproc::process_entry]
+    fn inner(x: u32) -> (u32, u32) {
+        (x * 100, std::process::id())
+    }
+    spawn!(inner, 10).unwrap().join().unwrap()
+}
 
 #[test]
-fn two_entries_with_one_name_are_reported_with_both_places() {
-    // Local items share the module's path, so these two register one name.
+fn two_local_entries_with_one_name_each_run_their_own_fn_in_a_child() {
+    let me = std::process::id();
+    let (a, a_pid) = first();
+    let (b, b_pid) = second();
+    assert_eq!((a, b), (11, 1000));
+    assert_ne!(a_pid, me);
+    assert_ne!(b_pid, me);
+    assert_ne!(a_pid, b_pid);
+    // One name in the list, however many entries answer to it.
+    let names = multiproc::entries();
+    assert_eq!(
+        names.iter().filter(|n| **n == "duplicates::inner").count(),
+        1
+    );
+}
+
+#[test]
+fn a_local_entry_shadowing_another_of_its_name_runs_under_both_start_methods() {
     #[multiproc::process_entry]
     fn work() -> u8 {
         1
     }
-    fn second() {
+    fn nested(method: StartMethod) -> u8 {
         #[multiproc::process_entry]
         fn work() -> u8 {
             2
         }
-        let err = multiproc::spawn!(work).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::DuplicateEntry);
-        let text = err.to_string();
-        assert!(text.contains("duplicates::work"), "{text}");
-        assert_eq!(text.matches("tests/duplicates.rs:").count(), 2, "{text}");
+        Process::new(entry!(work), ())
+            .start_method(method)
+            .start()
+            .unwrap()
+            .join()
+            .unwrap()
     }
-    second();
-    let err = multiproc::spawn!(work).unwrap_err();
+    for method in [StartMethod::Spawn, StartMethod::ForkServer] {
+        assert_eq!(nested(method), 2);
+        let outer = Process::new(entry!(work), ()).start_method(method);
+        assert_eq!(outer.start().unwrap().join().unwrap(), 1);
+    }
+}
+
+#[test]
+fn a_lookup_by_the_shared_name_alone_reports_both_places() {
+    #[multiproc::process_entry]
+    fn by_name() -> u8 {
+        1
+    }
+    fn other() -> multiproc::Error {
+        #[multiproc::process_entry]
+        fn by_name() -> u8 {
+            2
+        }
+        let pool = multiproc::Pool::new(1).unwrap();
+        pool.apply(entry!(by_name), ()).unwrap_err()
+    }
+    let err = other();
     assert_eq!(err.kind(), ErrorKind::DuplicateEntry);
-    assert!(multiproc::entries().contains(&"duplicates::work"));
+    let text = err.to_string();
+    assert!(text.contains("duplicates::by_name"), "{text}");
+    assert_eq!(text.matches("tests/duplicates.rs:").count(), 2, "{text}");
+    // Started by type, each still runs.
+    assert_eq!(spawn!(by_name).unwrap().join().unwrap(), 1);
 }

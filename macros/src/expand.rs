@@ -37,7 +37,18 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         ReturnType::Default => quote! { () },
         ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
     };
-    let private = quote! { ::multiproc::__private };
+    let krate = &parsed.krate;
+    let private = quote! { #krate::__private };
+    // One check per type, spanned at that type: a type that cannot travel is
+    // reported there, with the runtime's hint (`__private::Travel`), rather
+    // than by serde at the first argument.
+    let return_ty = match &func.sig.output {
+        ReturnType::Default => None,
+        ReturnType::Type(_, ty) => Some(&**ty),
+    };
+    let travel_checks = tys.iter().copied().chain(return_ty).map(|ty| {
+        quote_spanned! {ty.span()=> #private::travels::<#ty>(); }
+    });
     // Spanned at the fn's name, so a wrong `spawn!` call points there.
     let args_method = quote_spanned! {ident.span()=>
         impl #ident {
@@ -57,38 +68,58 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
     } else {
         quote! {}
     };
+    // Everything but the fn is one item, the marker struct, with the rest
+    // inside a constant of its where clause. Placed on a fn inside an `impl`
+    // (which the attribute cannot see), that is one error, "struct is not
+    // supported in `trait`s or `impl`s", at the attribute, rather than one
+    // for each item and then each unresolved name.
     quote! {
         #func
 
         #[doc(hidden)]
-        #[allow(non_camel_case_types)]
-        #vis struct #ident {}
-
-        const _: () = {
-            impl ::core::clone::Clone for #ident {
-                #[inline]
-                fn clone(&self) -> Self {
-                    *self
+        #[allow(non_camel_case_types, non_local_definitions)]
+        #vis struct #ident
+        where
+            [(); {
+                impl ::core::clone::Clone for #ident {
+                    #[inline]
+                    fn clone(&self) -> Self {
+                        *self
+                    }
                 }
-            }
-            impl ::core::marker::Copy for #ident {}
+                impl ::core::marker::Copy for #ident {}
 
-            #args_method
+                #args_method
 
-            impl #private::Entry for #ident {
-                type Args = #args_ty;
-                type Output = #output_ty;
-                const NAME: &'static str =
-                    ::core::concat!(::core::module_path!(), "::", #name);
+                // The bounds here only repeat what `travel_checks` reports;
+                // they keep rustc from reporting it again, through serde.
+                impl #private::Entry for #ident
+                where
+                    for<'__multiproc> #args_ty: #private::Travel,
+                    for<'__multiproc> #output_ty: #private::Travel,
+                {
+                    type Args = #args_ty;
+                    type Output = #output_ty;
+                    const NAME: &'static str =
+                        ::core::concat!(::core::module_path!(), "::", #name);
 
-                #[allow(clippy::unused_unit)]
-                fn call(args: Self::Args) -> Self::Output {
-                    let (#(#vars,)*) = args;
-                    #ident(#(#vars),*)
+                    #[allow(clippy::unused_unit)]
+                    fn call(args: Self::Args) -> Self::Output {
+                        let (#(#vars,)*) = args;
+                        #ident(#(#vars),*)
+                    }
                 }
-            }
 
-            #private::entry_ctor!(#in_multiproc #ident, ::core::file!(), ::core::line!());
-        };
+                #private::entry_ctor!(
+                    #in_multiproc #ident, ::core::file!(), ::core::line!(), ::core::column!()
+                );
+
+                const _: () = {
+                    #(#travel_checks)*
+                };
+
+                0
+            }]: ::core::marker::Sized,
+        {}
     }
 }

@@ -1,7 +1,8 @@
 //! Procedural macros for [`multiproc`](https://docs.rs/multiproc).
 //!
 //! Depend on `multiproc`, not on this crate: the code generated here names
-//! `::multiproc::__private`, which only the `multiproc` crate provides.
+//! `::multiproc::__private` (or `<path>::__private` with `crate = path`),
+//! which only the `multiproc` crate provides.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -15,6 +16,11 @@ use proc_macro::TokenStream;
 ///
 /// The function stays callable as a normal function. See the `multiproc` crate
 /// documentation for the rules an entry must follow and for `spawn!`.
+///
+/// The generated code names `::multiproc`. In a crate that renames the
+/// dependency (`mp = { package = "multiproc", … }` in Cargo.toml), say what it
+/// is called instead, as with serde's `#[serde(crate = "…")]`:
+/// `#[mp::process_entry(crate = mp)]` (a string, `crate = "mp"`, works too).
 #[proc_macro_attribute]
 pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
     let attr = proc_macro2::TokenStream::from(attr);
@@ -25,6 +31,6 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
     };
     match validate::validate(&parsed) {
         Ok(()) => expand::expand(&parsed).into(),
-        Err(err) => expand::failed(err, item).into(),
+        Err(err) => expand::failed(err, validate::without_variadic(&parsed.func)).into(),
     }
 }

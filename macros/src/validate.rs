@@ -5,6 +5,10 @@ use quote::ToTokens;
 use syn::visit::Visit;
 use syn::{FnArg, ReturnType, Safety, Type};
 
+/// The most arguments an entry takes: serde implements its traits for tuples
+/// of up to 16 elements.
+const MAX_ARGS: usize = 16;
+
 pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     let sig = &parsed.func.sig;
     if let Some(token) = &sig.asyncness {
@@ -17,7 +21,8 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     if let Some(token) = &sig.constness {
         return Err(syn::Error::new_spanned(
             token,
-            "#[process_entry] cannot be a `const fn`",
+            "#[process_entry] cannot be a `const fn`: the entry runs in a child process at run time; \
+             remove `const`, or call the `const fn` from a regular entry fn",
         ));
     }
     if let Safety::Unsafe(token) = &sig.safety {
@@ -27,15 +32,20 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
         ));
     }
     if let Some(abi) = &sig.abi {
+        let abi_text = abi.to_token_stream().to_string();
         return Err(syn::Error::new_spanned(
             abi,
-            "#[process_entry] cannot have an explicit ABI",
+            format!(
+                "#[process_entry] cannot have an explicit ABI: remove `{abi_text}`; the child calls \
+                 the entry as a Rust fn (for a C callback, call it from a regular entry fn)"
+            ),
         ));
     }
     if let Some(variadic) = &sig.variadic {
         return Err(syn::Error::new_spanned(
             variadic,
-            "#[process_entry] cannot be variadic",
+            "#[process_entry] cannot be variadic: its arguments travel to the child as a fixed \
+             tuple; take a `Vec<T>` instead",
         ));
     }
     if !sig.generics.params.is_empty() {
@@ -48,24 +58,96 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
     if let Some(clause) = &sig.generics.where_clause {
         return Err(syn::Error::new_spanned(
             clause,
-            "#[process_entry] cannot have a where clause",
+            "#[process_entry] cannot have a where clause: the child looks the entry up by name, \
+             so its types must be concrete; remove the where clause",
+        ));
+    }
+    // Not a free fn: a method, or an associated fn that names `Self`.
+    if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {
+        return Err(syn::Error::new_spanned(
+            receiver,
+            "#[process_entry] must be a free fn, not a method taking `self`: move it \
+             out of the impl and pass the value as an argument",
+        ));
+    }
+    check_not_in_impl(&parsed.func)?;
+    // The arguments travel as one tuple, and serde's tuples stop at 16.
+    if let Some(extra) = sig.inputs.iter().nth(MAX_ARGS) {
+        return Err(syn::Error::new_spanned(
+            extra,
+            format!(
+                "#[process_entry] takes at most {MAX_ARGS} arguments: group the rest in a struct \
+                 or a tuple"
+            ),
         ));
     }
     for input in &sig.inputs {
-        match input {
-            FnArg::Receiver(receiver) => {
-                return Err(syn::Error::new_spanned(
-                    receiver,
-                    "#[process_entry] must be a free fn, not a method taking `self`",
-                ));
-            }
-            FnArg::Typed(arg) => check_owned(&arg.ty, "argument")?,
+        if let FnArg::Typed(arg) = input {
+            check_owned(&arg.ty, "argument")?;
         }
     }
     if let ReturnType::Type(_, ty) = &sig.output {
         check_owned(ty, "return type")?;
     }
     Ok(())
+}
+
+/// An associated fn is not a free fn, and nothing but the fn reaches the
+/// attribute: a `self` receiver says so, and so does `Self`, which
+/// only an `impl` or a `trait` defines. (An associated fn with neither looks
+/// exactly like a free fn; rustc then reports the marker struct the
+/// expansion cannot put in an `impl`.)
+fn check_not_in_impl(func: &syn::ItemFn) -> syn::Result<()> {
+    let mut finder = SelfTypeFinder { found: None };
+    finder.visit_signature(&func.sig);
+    if finder.found.is_none() {
+        finder.visit_block(&func.block);
+    }
+    match finder.found {
+        None => Ok(()),
+        Some(token) => Err(syn::Error::new_spanned(
+            token,
+            "#[process_entry] must be a free fn, not an associated fn: it uses `Self`, so it \
+             is inside an `impl` or a `trait`; move it out of the impl (it can call \
+             `Type::method`)",
+        )),
+    }
+}
+
+/// Finds a path that starts with `Self`, outside nested items (whose `Self`
+/// is their own).
+struct SelfTypeFinder {
+    found: Option<syn::Ident>,
+}
+
+impl<'ast> Visit<'ast> for SelfTypeFinder {
+    fn visit_path(&mut self, path: &'ast syn::Path) {
+        if self.found.is_some() {
+            return;
+        }
+        match path.segments.first() {
+            Some(first) if path.leading_colon.is_none() && first.ident == "Self" => {
+                self.found = Some(first.ident.clone());
+            }
+            _ => syn::visit::visit_path(self, path),
+        }
+    }
+
+    fn visit_item(&mut self, _: &'ast syn::Item) {}
+}
+
+/// The item as written, minus a C-variadic `...`: re-emitted beside an error
+/// so that callers of the fn still resolve, without rustc adding its own
+/// errors about the `...` (a nightly-only feature on a non-`extern` fn).
+pub(crate) fn without_variadic(func: &syn::ItemFn) -> proc_macro2::TokenStream {
+    if func.sig.variadic.is_none() {
+        return func.to_token_stream();
+    }
+    let mut func = func.clone();
+    func.sig.variadic = None;
+    // `fn f(a: u32, ...)`: drop the comma left before the `...`.
+    func.sig.inputs = std::mem::take(&mut func.sig.inputs).into_iter().collect();
+    func.to_token_stream()
 }
 
 /// Arguments and results cross a process boundary, so they must be owned.

@@ -280,6 +280,10 @@ macro_rules! entry {
 /// Checked at compile time against `f`'s signature. Returns
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
+/// `f` must be marked `#[process_entry]`. If it is not, rustc says
+/// "expected struct, variant or union type, found function `f`" (the
+/// attribute defines a type named like the fn, which this macro names).
+///
 /// ```
 /// use multiproc::{process_entry, spawn};
 ///
@@ -315,7 +319,9 @@ pub mod __private {
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
-    pub use crate::spawn::registry::{Entry, EntryRecord};
+    pub use crate::spawn::registry::{
+        Entry, EntryRecord, Probe, RegisterEntry, RegisterNothing, Travel, travels,
+    };
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.

@@ -127,22 +127,24 @@ impl<E: Entry> Process<E> {
                 ),
             ));
         }
-        super::registry::lookup(E::NAME)?;
+        // The name, or for one of several local entries of one name, the
+        // name and place (`name@line:column`), as the child resolves it.
+        let entry = super::registry::key_of::<E>()?;
         let method = super::method::resolve(self.method)?;
         // As Python counts: every process started takes a number, named or
         // not, so the default name says how many came before it.
         let number = COUNTER.fetch_add(1, Ordering::Relaxed);
         let name = self.name.unwrap_or_else(|| format!("Process-{number}"));
         let header = CallHeader {
-            entry: E::NAME.to_string(),
+            entry: entry.to_string(),
             process_name: name.clone(),
         };
         let mut frame = OutFrame::new();
         frame
             .encode(&(&header, &self.args))
-            .map_err(|e| e.in_process(describe(&name, None, E::NAME)))?;
+            .map_err(|e| e.in_process(describe(&name, None, entry)))?;
         drop(self.args);
-        start_child(Outgoing::Frame(frame), name, E::NAME, self.daemon, method)
+        start_child(Outgoing::Frame(frame), name, entry, self.daemon, method)
     }
 }
 

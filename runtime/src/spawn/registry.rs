@@ -1,5 +1,6 @@
 //! Entries: functions a child process can run, found by name.
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +26,30 @@ pub trait Entry: Copy + Send + Sync + 'static {
     fn call(args: Self::Args) -> Self::Output;
 }
 
+/// What an entry's argument and result types need: checked by
+/// `#[process_entry]` one type at a time, so that rustc's error names the
+/// type at fault, at that type, with a hint for the usual case. Not public
+/// API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot travel between processes: an entry's arguments and result \
+               need Serialize + Deserialize",
+    label = "not Serialize + Deserialize",
+    note = "for an open file, socket or pipe, pass a `multiproc::Fd`; for a channel, a lock \
+            or shared memory, use multiproc's `Queue`, `Pipe`, `Lock`, `Value` or `Array`, \
+            whose handles travel",
+    note = "for your own type, add `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait Travel: Serialize + DeserializeOwned + 'static {}
+
+#[diagnostic::do_not_recommend]
+impl<T: Serialize + DeserializeOwned + 'static> Travel for T {}
+
+/// Compiles only if `T` can be an entry's argument or result. Not public
+/// API: called by the code `#[process_entry]` generates.
+#[doc(hidden)]
+pub const fn travels<T: Travel>() {}
+
 /// What running an entry in the child produced, ready to send.
 pub(crate) enum RunOutcome {
     /// The encoded return value.
@@ -42,17 +67,22 @@ pub struct EntryRecord {
     name: &'static str,
     file: &'static str,
     line: u32,
+    column: u32,
+    /// Tells entries that share a name apart in the parent (see [`key_of`]).
+    type_id: fn() -> TypeId,
     run: RunFn,
     _anchor: super::child::Anchor,
 }
 
 impl EntryRecord {
-    /// Describes entry `E`, defined at `file:line`.
-    pub const fn new<E: Entry>(file: &'static str, line: u32) -> EntryRecord {
+    /// Describes entry `E`, defined at `file:line:column`.
+    pub const fn new<E: Entry>(file: &'static str, line: u32, column: u32) -> EntryRecord {
         EntryRecord {
             name: E::NAME,
             file,
             line,
+            column,
+            type_id: TypeId::of::<E>,
             run: run_entry::<E>,
             _anchor: super::child::ANCHOR,
         }
@@ -88,10 +118,11 @@ pub(crate) fn loaded_count() -> usize {
     loaded().len()
 }
 
-/// Finds `name` among the entries registered so far, without the registry
-/// (which must not be built before every entry has registered).
-pub(crate) fn find_loaded(name: &str) -> Option<&'static EntryRecord> {
-    loaded().iter().copied().find(|r| r.name == name)
+/// Finds the entry that `key` names (see [`lookup`]) among the entries
+/// registered so far, without the registry (which must not be built before
+/// every entry has registered).
+pub(crate) fn find_loaded(key: &str) -> Option<&'static EntryRecord> {
+    loaded().iter().copied().find(|r| r.answers_to(key))
 }
 
 /// Runs an entry from its encoded arguments (in the child).
@@ -123,61 +154,118 @@ fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(RunOutcome::Panicked)
 }
 
+/// The entries, by the key a parent sends its child.
+///
+/// An entry's key is its name, except where several entries share a name:
+/// local fns with one name in one module (`fn inner` inside two functions),
+/// whose `module_path!()` is the same. Each of those is keyed by its name
+/// and its place, `name@line:column`, which the child, being the same
+/// binary, resolves the same way ([`find_loaded`]). A parent that starts an
+/// entry by its type ([`key_of`]) finds the right one; a lookup by the name
+/// alone (the Pool's and the Manager's) cannot, and says so.
 struct Registry {
-    by_name: HashMap<&'static str, &'static EntryRecord>,
+    by_key: HashMap<&'static str, &'static EntryRecord>,
+    /// Names shared by several entries, with those entries.
     duplicates: HashMap<&'static str, Vec<&'static EntryRecord>>,
 }
 
 fn registry() -> &'static Registry {
     static REGISTRY: OnceLock<Registry> = OnceLock::new();
     REGISTRY.get_or_init(|| {
-        let mut by_name = HashMap::new();
-        let mut duplicates: HashMap<&'static str, Vec<&'static EntryRecord>> = HashMap::new();
-        for record in loaded().iter().copied() {
-            if let Some(first) = by_name.insert(record.name, record) {
-                duplicates
-                    .entry(record.name)
-                    .or_insert_with(|| vec![first])
-                    .push(record);
+        let loaded = loaded();
+        let mut by_name: HashMap<&'static str, Vec<&'static EntryRecord>> = HashMap::new();
+        for record in loaded.iter().copied() {
+            by_name.entry(record.name).or_default().push(record);
+        }
+        let mut by_key = HashMap::new();
+        let mut duplicates = HashMap::new();
+        for (name, records) in by_name {
+            if let [record] = records[..] {
+                by_key.insert(name, record);
+                continue;
             }
+            // Two expansions of one macro can share a place too: such
+            // entries get no key, and starting them says why.
+            for record in &records {
+                let key = record.site_key();
+                if records.iter().filter(|r| r.site_key() == key).count() == 1 {
+                    // Built once per process; lives as long as the registry.
+                    by_key.insert(&*Box::leak(key.into_boxed_str()), *record);
+                }
+            }
+            duplicates.insert(name, records);
         }
-        for (name, records) in &duplicates {
-            eprintln!("multiproc: {}", duplicate_message(name, records));
-        }
-        Registry {
-            by_name,
-            duplicates,
-        }
+        Registry { by_key, duplicates }
     })
+}
+
+impl EntryRecord {
+    /// `name@line:column`: the key of an entry whose name is shared.
+    fn site_key(&self) -> String {
+        format!("{}@{}:{}", self.name, self.line, self.column)
+    }
+
+    /// Whether `key` names this entry: its name, or its name and place.
+    fn answers_to(&self, key: &str) -> bool {
+        match key.strip_prefix(self.name) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_prefix('@')
+                .and_then(|site| site.split_once(':'))
+                .is_some_and(|(line, column)| {
+                    line.parse() == Ok(self.line) && column.parse() == Ok(self.column)
+                }),
+            None => false,
+        }
+    }
 }
 
 fn duplicate_message(name: &str, records: &[&EntryRecord]) -> String {
     let places: Vec<String> = records
         .iter()
-        .map(|r| format!("{}:{}", r.file, r.line))
+        .map(|r| format!("{}:{}:{}", r.file, r.line, r.column))
         .collect();
     format!(
-        "{} entries are registered under the name `{name}` (at {}); rename all but one",
+        "{} entries are registered under the name `{name}` (at {}): `spawn!` and \
+         `Process::new(entry!(..))` start each of them, but a lookup by name alone (a Pool, \
+         a Manager) cannot tell them apart; rename all but one",
         records.len(),
         places.join(" and ")
     )
 }
 
-/// Finds the entry registered as `name`.
-pub(crate) fn lookup(name: &str) -> Result<&'static EntryRecord, Error> {
+/// Finds the entry registered under `key`: a name, or for one of several
+/// entries that share a name, `name@line:column`.
+pub(crate) fn lookup(key: &str) -> Result<&'static EntryRecord, Error> {
     let registry = registry();
-    if let Some(records) = registry.duplicates.get(name) {
+    if let Some(records) = registry.duplicates.get(key) {
         return Err(Error::new(
             ErrorKind::DuplicateEntry,
-            duplicate_message(name, records),
+            duplicate_message(key, records),
         ));
     }
-    registry.by_name.get(name).copied().ok_or_else(|| {
+    registry.by_key.get(key).copied().ok_or_else(|| {
         Error::new(
             ErrorKind::UnknownEntry,
-            format!("no #[process_entry] named `{name}` in this binary"),
+            format!("no #[process_entry] named `{key}` in this binary"),
         )
     })
+}
+
+/// The key that names entry `E` to a child: its name, or if other entries
+/// share that name, its name and place (see [`Registry`]).
+pub(crate) fn key_of<E: Entry>() -> Result<&'static str, Error> {
+    let registry = registry();
+    let ours = TypeId::of::<E>();
+    let is_ours = |record: &&EntryRecord| (record.type_id)() == ours;
+    if registry.by_key.get(E::NAME).is_some_and(is_ours) {
+        return Ok(E::NAME);
+    }
+    if let Some((key, _)) = registry.by_key.iter().find(|(_, record)| is_ours(record)) {
+        return Ok(key);
+    }
+    // Not registered, or sharing its name and place with another entry.
+    lookup(E::NAME).map(|record| record.name)
 }
 
 /// The names of all entries registered in this binary, sorted.
@@ -189,9 +277,71 @@ pub(crate) fn lookup(name: &str) -> Result<&'static EntryRecord, Error> {
 /// assert!(multiproc::entries().iter().any(|name| name.ends_with("::double")));
 /// ```
 pub fn entries() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = registry().by_name.keys().copied().collect();
+    let mut names: Vec<&'static str> = registry().by_key.values().map(|r| r.name).collect();
     names.sort_unstable();
+    names.dedup();
     names
+}
+
+/// What an entry's load-time constructor registers it with: its type and
+/// where it is defined. Not public API: used by `#[process_entry]`.
+///
+/// The constructor calls `(&&probe).__multiproc_register()`. When the marker
+/// implements [`Entry`], that is [`RegisterEntry`]'s method, which registers
+/// it. When it does not, because an argument or result type cannot travel
+/// (the bounds of its `Entry` impl fail, and `#[process_entry]` reported it
+/// at that type), method lookup falls back to [`RegisterNothing`], so the
+/// constructor adds no second error of its own.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Probe<E> {
+    file: &'static str,
+    line: u32,
+    column: u32,
+    _entry: std::marker::PhantomData<fn() -> E>,
+}
+
+impl<E> Probe<E> {
+    /// The probe for marker `E`, defined at `file:line:column`.
+    pub const fn new(file: &'static str, line: u32, column: u32) -> Probe<E> {
+        Probe {
+            file,
+            line,
+            column,
+            _entry: std::marker::PhantomData,
+        }
+    }
+}
+
+/// Registers an entry (see [`Probe`]). Not public API.
+#[doc(hidden)]
+pub trait RegisterEntry {
+    /// Adds the entry to this process's registry.
+    fn __multiproc_register(&self);
+}
+
+impl<E: Entry> RegisterEntry for &Probe<E> {
+    fn __multiproc_register(&self) {
+        // Built once per process, at load time; lives as long as the program.
+        let record: &'static EntryRecord = Box::leak(Box::new(EntryRecord::new::<E>(
+            self.file,
+            self.line,
+            self.column,
+        )));
+        super::child::entry_loaded(record);
+    }
+}
+
+/// The fallback of [`RegisterEntry`] for a marker that is not an [`Entry`]
+/// (a program that does not compile). Not public API.
+#[doc(hidden)]
+pub trait RegisterNothing {
+    /// Does nothing.
+    fn __multiproc_register(&self);
+}
+
+impl<E> RegisterNothing for Probe<E> {
+    fn __multiproc_register(&self) {}
 }
 
 /// Registers an entry from its own load-time constructor. Not public API:
@@ -203,24 +353,49 @@ pub fn entries() -> Vec<&'static str> {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __entry_ctor {
-    ($entry:ty, $file:expr, $line:expr) => {
+    ($entry:ty, $file:expr, $line:expr, $column:expr) => {
         const _: () = {
-            static RECORD: $crate::__private::EntryRecord =
-                $crate::__private::EntryRecord::new::<$entry>($file, $line);
             $crate::__private::load_time_ctor!(
-                __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+                __MULTIPROC_ENTRY_CTOR => $crate::__entry_ctor!(@register $entry, $file, $line, $column)
             );
         };
     };
     // An entry of multiproc itself (its own tests, the Pool's worker, the
     // Manager's server), where `unsafe_code` is denied outside `sys/`.
-    (@crate $entry:ty, $file:expr, $line:expr) => {
+    (@crate $entry:ty, $file:expr, $line:expr, $column:expr) => {
         const _: () = {
-            static RECORD: $crate::__private::EntryRecord =
-                $crate::__private::EntryRecord::new::<$entry>($file, $line);
             $crate::__private::load_time_ctor!(
-                @crate __MULTIPROC_ENTRY_CTOR => $crate::__private::entry_loaded(&RECORD)
+                @crate __MULTIPROC_ENTRY_CTOR => $crate::__entry_ctor!(@register $entry, $file, $line, $column)
             );
         };
     };
+    (@register $entry:ty, $file:expr, $line:expr, $column:expr) => {{
+        #[allow(unused_imports)]
+        use $crate::__private::{RegisterEntry as _, RegisterNothing as _};
+        (&&$crate::__private::Probe::<$entry>::new($file, $line, $column)).__multiproc_register()
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Entry, EntryRecord};
+
+    #[crate::process_entry]
+    fn keyed() {}
+
+    #[test]
+    fn a_key_names_an_entry_by_its_name_or_its_name_and_place() {
+        let record = EntryRecord::new::<keyed>("here.rs", 12, 5);
+        let name = <keyed as Entry>::NAME;
+        assert!(name.ends_with("::keyed"));
+        assert!(record.answers_to(name));
+        assert!(record.answers_to(&format!("{name}@12:5")));
+        assert_eq!(record.site_key(), format!("{name}@12:5"));
+        for other in [
+            "@12:6", "@13:5", "@12", "@12:5:1", "@x:5", "@", "d", "@12:5 ",
+        ] {
+            assert!(!record.answers_to(&format!("{name}{other}")), "{other}");
+        }
+        assert!(!record.answers_to(&name[..name.len() - 1]));
+    }
 }

@@ -1,0 +1,6 @@
+use multiproc::process_entry;
+
+#[process_entry(crate)]
+fn work() {}
+
+fn main() {}
