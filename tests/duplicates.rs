@@ -2,10 +2,9 @@
 //!
 //! Local items share their module's path, so two `fn inner` defined inside two
 //! functions both register as `duplicates::inner`. `spawn!` and `Process`
-//! start each by its type and place; a lookup by the name alone (a Pool)
-//! reports both places.
+//! start each by its type and place, and so does a Pool.
 
-use multiproc::{ErrorKind, Process, StartMethod, entry, spawn};
+use multiproc::{Process, StartMethod, entry, spawn};
 
 fn first() -> (u32, u32) {
     #[multiproc::process_entry]
@@ -66,24 +65,27 @@ fn a_local_entry_shadowing_another_of_its_name_runs_under_both_start_methods() {
 }
 
 #[test]
-fn a_lookup_by_the_shared_name_alone_reports_both_places() {
+fn a_pool_runs_each_of_two_entries_that_share_a_name() {
     #[multiproc::process_entry]
     fn by_name() -> u8 {
         1
     }
-    fn other() -> multiproc::Error {
+    fn other(pool: &multiproc::Pool) -> u8 {
         #[multiproc::process_entry]
         fn by_name() -> u8 {
             2
         }
-        let pool = multiproc::Pool::new(1).unwrap();
-        pool.apply(entry!(by_name), ()).unwrap_err()
+        pool.apply(entry!(by_name), ()).unwrap()
     }
-    let err = other();
-    assert_eq!(err.kind(), ErrorKind::DuplicateEntry);
-    let text = err.to_string();
-    assert!(text.contains("duplicates::by_name"), "{text}");
-    assert_eq!(text.matches("tests/duplicates.rs:").count(), 2, "{text}");
+    let pool = multiproc::Pool::new(1).unwrap();
+    assert_eq!(pool.apply(entry!(by_name), ()).unwrap(), 1);
+    assert_eq!(other(&pool), 2);
+    assert_eq!(pool.map(entry!(by_name_twice), [3u8]).unwrap(), [6]);
     // Started by type, each still runs.
     assert_eq!(spawn!(by_name).unwrap().join().unwrap(), 1);
+}
+
+#[multiproc::process_entry]
+fn by_name_twice(x: u8) -> u8 {
+    x * 2
 }

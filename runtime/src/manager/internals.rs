@@ -31,6 +31,11 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     crate::wire::codec::decode(bytes).map_err(|e| Error::new(ErrorKind::Decode, e))
 }
 
+/// The key entry `E` is registered under (see `registry::key_of`).
+pub(crate) fn entry_key<E: crate::Entry>() -> Result<&'static str, Error> {
+    crate::spawn::registry::key_of::<E>()
+}
+
 /// Finds a registered entry by name (for `update_with`, run on the server).
 pub(crate) fn find_entry(name: &str) -> Result<&'static EntryRecord, Error> {
     crate::spawn::registry::lookup(name)

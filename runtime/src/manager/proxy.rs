@@ -240,7 +240,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
             self.h.id,
             |fr| {
                 put(fr, &key)?;
-                fr.bytes(E::NAME.as_bytes());
+                fr.bytes(super::internals::entry_key::<E>()?.as_bytes());
                 Ok(())
             },
             |f| decode(f.bytes()?),
@@ -542,7 +542,7 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
             Op::ValueUpdateWith,
             self.h.id,
             |fr| {
-                fr.bytes(E::NAME.as_bytes());
+                fr.bytes(super::internals::entry_key::<E>()?.as_bytes());
                 Ok(())
             },
             |f| decode(f.bytes()?),

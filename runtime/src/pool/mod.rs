@@ -159,9 +159,8 @@ impl PoolBuilder {
     pub fn initializer<E: Entry>(mut self, entry: E, args: E::Args) -> PoolBuilder {
         let _ = entry;
         self.init = Some(
-            task::check_entry(E::NAME)
-                .and_then(|()| task::encode(&args))
-                .map(|item| (E::NAME.to_string(), item)),
+            task::key::<E>()
+                .and_then(|key| task::encode(&args).map(|item| (key.to_string(), item))),
         );
         self
     }
@@ -293,7 +292,7 @@ impl Pool {
     {
         let _ = entry;
         let items: Vec<A> = items.into_iter().collect();
-        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), None)
+        self.run_map(task::key::<E>()?, &items, |a| task::encode(&(a,)), None)
     }
 
     /// [`map`](Self::map) with chunks of `chunksize` items (at least 1).
@@ -310,7 +309,12 @@ impl Pool {
     {
         let _ = entry;
         let items: Vec<A> = items.into_iter().collect();
-        self.run_map(E::NAME, &items, |a| task::encode(&(a,)), Some(chunksize))
+        self.run_map(
+            task::key::<E>()?,
+            &items,
+            |a| task::encode(&(a,)),
+            Some(chunksize),
+        )
     }
 
     /// Calls an entry on each argument tuple; results in input order.
@@ -321,7 +325,7 @@ impl Pool {
     {
         let _ = entry;
         let items: Vec<E::Args> = items.into_iter().collect();
-        self.run_map(E::NAME, &items, task::encode, None)
+        self.run_map(task::key::<E>()?, &items, task::encode, None)
     }
 
     /// [`starmap`](Self::starmap) with chunks of `chunksize` items.
@@ -337,7 +341,7 @@ impl Pool {
     {
         let _ = entry;
         let items: Vec<E::Args> = items.into_iter().collect();
-        self.run_map(E::NAME, &items, task::encode, Some(chunksize))
+        self.run_map(task::key::<E>()?, &items, task::encode, Some(chunksize))
     }
 
     /// Like [`map`](Self::map), but lazy: yields results in input order as
@@ -368,7 +372,7 @@ impl Pool {
     {
         let _ = entry;
         let items = items.into_iter().map(|a| task::encode(&(a,)));
-        self.run_imap(E::NAME, Box::new(items), chunksize, true)
+        self.run_imap(task::key::<E>()?, Box::new(items), chunksize, true)
     }
 
     /// Like [`imap`](Self::imap), but yields each result as soon as it
@@ -398,7 +402,7 @@ impl Pool {
     {
         let _ = entry;
         let items = items.into_iter().map(|a| task::encode(&(a,)));
-        self.run_imap(E::NAME, Box::new(items), chunksize, false)
+        self.run_imap(task::key::<E>()?, Box::new(items), chunksize, false)
     }
 
     /// Runs one call in a worker and waits for its result.
@@ -409,9 +413,9 @@ impl Pool {
     /// Starts one call in a worker; the [`AsyncResult`] gives its result.
     pub fn apply_async<E: Entry>(&self, entry: E, args: E::Args) -> Result<AsyncResult<E::Output>> {
         let _ = entry;
-        task::check_entry(E::NAME)?;
+        let key = task::key::<E>()?;
         let item = task::encode(&args)?;
-        let sink = Sink::new(E::NAME, true, true);
+        let sink = Sink::new(key, true, true);
         self.inner.submit(&sink, vec![(0, vec![item])])?;
         Ok(AsyncResult {
             sink,

@@ -18,6 +18,12 @@ pub(super) use crate::spawn::registry::RunFn;
 use crate::spawn::registry::RunOutcome;
 use crate::wire::{OutFrame, decode};
 
+/// The key entry `E` is registered under (its name, or its name and place
+/// when another entry shares the name); an error if it is not registered.
+pub(super) fn key<E: crate::Entry>() -> Result<&'static str, Error> {
+    crate::spawn::registry::key_of::<E>()
+}
+
 /// Checks, in the parent, that `name` is a registered entry.
 pub(super) fn check_entry(name: &str) -> Result<(), Error> {
     crate::spawn::registry::lookup(name).map(drop)
