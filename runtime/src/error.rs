@@ -220,6 +220,11 @@ impl Error {
     }
 }
 
+/// `{}` says what happened, in which process and entry; the underlying
+/// cause (an OS error, a codec's message) is [`source`](std::error::Error::source),
+/// so that error-chain printers show it once. `{:#}` appends the whole chain
+/// on one line (`…: cause: its cause`), as anyhow's does, and `{:?}` (what
+/// `fn main() -> multiproc::Result<()>` prints) lists it under "Caused by".
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
@@ -239,19 +244,42 @@ impl fmt::Display for Error {
                 write!(f, "\nchild backtrace:\n{backtrace}")?;
             }
         }
-        if let Some(source) = &inner.source {
-            write!(f, ": {source}")?;
+        if f.alternate() {
+            for cause in self.causes() {
+                write!(f, ": {cause}")?;
+            }
         }
         Ok(())
     }
 }
 
-/// Reads like `Display` (it is what `fn main() -> multiproc::Result<()>`
-/// prints, as anyhow's does); `{:#?}` shows the fields.
+impl Error {
+    /// The chain of sources, nearest first.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        std::iter::successors(std::error::Error::source(self), |e| e.source())
+    }
+}
+
+/// Reads like `Display` followed by the chain of causes (it is what
+/// `fn main() -> multiproc::Result<()>` prints, as anyhow's does); `{:#?}`
+/// shows the fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !f.alternate() {
-            return fmt::Display::fmt(self, f);
+            fmt::Display::fmt(self, f)?;
+            let causes: Vec<_> = self.causes().collect();
+            if causes.is_empty() {
+                return Ok(());
+            }
+            f.write_str("\n\nCaused by:")?;
+            for (i, cause) in causes.iter().enumerate() {
+                if causes.len() == 1 {
+                    write!(f, "\n    {cause}")?;
+                } else {
+                    write!(f, "\n    {i}: {cause}")?;
+                }
+            }
+            return Ok(());
         }
         let mut s = f.debug_struct("Error");
         s.field("kind", &self.inner.kind);
@@ -284,5 +312,40 @@ impl std::error::Error for Error {
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Error {
         Error::new(ErrorKind::Io, "").with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an error-chain printer (anyhow's `{:#}`, eyre's reports, …)
+    /// does: each error's `Display`, then its source's.
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = err.to_string();
+        let mut next = err.source();
+        while let Some(e) = next {
+            out += &format!(": {e}");
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn the_cause_is_shown_once_by_chain_printers_and_by_debug() {
+        let cause = io::Error::new(io::ErrorKind::ConnectionReset, "the peer hung up");
+        let err = Error::io("receiving", cause).in_process("Process-3 (entry `m::f`)");
+        assert_eq!(
+            chain(&err),
+            "Process-3 (entry `m::f`): I/O error: receiving: the peer hung up"
+        );
+        assert_eq!(format!("{err:#}"), chain(&err));
+        assert_eq!(
+            format!("{err:?}"),
+            "Process-3 (entry `m::f`): I/O error: receiving\n\nCaused by:\n    the peer hung up"
+        );
+        let plain = Error::new(ErrorKind::Timeout, "nothing arrived");
+        assert_eq!(format!("{plain:?}"), "timed out: nothing arrived");
+        assert!(std::error::Error::source(&plain).is_none());
     }
 }

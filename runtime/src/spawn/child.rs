@@ -269,7 +269,7 @@ pub(super) fn take_control_socket() -> std::io::Result<OwnedFd> {
 fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
     let failure = ChildFailure {
         kind: err.kind().into(),
-        message: err.to_string(),
+        message: format!("{err:#}"),
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
