@@ -650,16 +650,20 @@ mod tests {
         let (r, _w) = rustix::pipe::pipe().unwrap();
         announce(&b, FrameKind::Bytes, 10, &[r.as_fd()]);
         let err = failure(&a);
+        // The reason is the error's source: `{:#}` shows the chain.
         assert!(
-            err.to_string().contains("not a shared-memory object"),
-            "{err}"
+            format!("{err:#}").contains("not a shared-memory object"),
+            "{err:?}"
         );
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let region = crate::sys::shm::SharedRegion::create("not-a-lane", 4096, 4096).unwrap();
         announce(&b, FrameKind::Bytes, 10, &[region.as_fd()]);
         let err = failure(&a);
-        assert!(err.to_string().contains("not a multiproc lane"), "{err}");
+        assert!(
+            format!("{err:#}").contains("not a multiproc lane"),
+            "{err:?}"
+        );
     }
 
     #[test]
