@@ -86,7 +86,9 @@ pub struct PanicReport {
     pub message: String,
     /// `file:line:column` of the panic, when known.
     pub location: Option<String>,
-    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child.
+    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child,
+    /// trimmed as std trims a panic's (the same text the child printed on
+    /// its stderr; the error's `Display` does not repeat it).
     pub backtrace: Option<String>,
 }
 
@@ -101,11 +103,93 @@ impl PanicReport {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             backtrace: match backtrace.status() {
-                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+                std::backtrace::BacktraceStatus::Captured => Some(trim_backtrace(
+                    &backtrace.to_string(),
+                    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v == "full"),
+                )),
                 _ => None,
             },
         }
     }
+}
+
+/// A backtrace as std prints a panic's: without the frames of the panic
+/// machinery and the hook that captured it (everything up to
+/// `__rust_end_short_backtrace`, or else to the last `rust_begin_unwind` /
+/// `core::panicking` / `std::panicking` frame near the top), and without
+/// what ran the entry or thread (from `__rust_begin_short_backtrace`, or
+/// the `catch_unwind` that multiproc runs an entry under). `full` (as
+/// `RUST_BACKTRACE=full`) keeps every frame.
+pub(crate) fn trim_backtrace(backtrace: &str, full: bool) -> String {
+    if full {
+        return backtrace.to_string();
+    }
+    // A frame is its numbered line and the `at …` lines after it.
+    let mut frames: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in backtrace.lines() {
+        let trimmed = line.trim_start();
+        match trimmed.split_once(": ") {
+            Some((n, name)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                frames.push((name.to_string(), Vec::new()));
+            }
+            _ => match frames.last_mut() {
+                Some((_, at)) => at.push(line),
+                None => return backtrace.to_string(),
+            },
+        }
+    }
+    let machinery = |name: &str| {
+        name.contains("rust_begin_unwind")
+            || name.starts_with("core::panicking::")
+            || name.starts_with("std::panicking::")
+            || name.starts_with("std::backtrace")
+            || name.starts_with("std::rt::begin_panic")
+            || name.contains("PanicReport::from_hook")
+            || name.contains("panic_hook")
+    };
+    let start = match frames
+        .iter()
+        .position(|(name, _)| name.contains("__rust_end_short_backtrace"))
+    {
+        Some(end) => end + 1,
+        None => frames
+            .iter()
+            .take(24)
+            .rposition(|(name, _)| machinery(name))
+            .map_or(0, |i| i + 1),
+    };
+    // The end: where std's runtime or multiproc's registry called the code
+    // that panicked; else the outermost `catch_unwind` (the one an entry
+    // runs under), with its own frames.
+    let rest = &frames[start..];
+    let caller = |name: &str| {
+        name.contains("__rust_begin_short_backtrace")
+            || name.starts_with("multiproc::spawn::registry::")
+    };
+    let unwind = |name: &str| {
+        name.contains("catch_unwind") || name.contains("__rust_try") || name.contains("do_call")
+    };
+    let end = match rest.iter().position(|(name, _)| caller(name)) {
+        Some(i) => i,
+        None => match rest.iter().rposition(|(name, _)| unwind(name)) {
+            Some(mut i) => {
+                while i > 0 && unwind(&rest[i - 1].0) {
+                    i -= 1;
+                }
+                i
+            }
+            None => rest.len(),
+        },
+    };
+    let mut out = String::new();
+    for (i, (name, at)) in rest[..end].iter().enumerate() {
+        out += &format!("{i:>4}: {name}\n");
+        for line in at {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The error returned by multiproc operations.
@@ -239,9 +323,6 @@ impl fmt::Display for Error {
             write!(f, ": '{}'", panic.message)?;
             if let Some(location) = &panic.location {
                 write!(f, " at {location}")?;
-            }
-            if let Some(backtrace) = &panic.backtrace {
-                write!(f, "\nchild backtrace:\n{backtrace}")?;
             }
         }
         if f.alternate() {
