@@ -213,6 +213,10 @@
 //! whose owner is killed does not deadlock the others: the next `lock()`
 //! reports [`ErrorKind::OwnerDied`] and the lock can be taken again.
 //!
+//! A [`Value`] or [`Array`] holds plain-old-data: numbers, arrays of them,
+//! or `#[repr(C)]` structs deriving the re-exported [`Pod`] and
+//! [`Zeroable`] (see [`Value`]).
+//!
 //! ```
 //! use multiproc::{process_entry, spawn, Value};
 //!
@@ -312,6 +316,13 @@ pub use crate::sync::{
     Value, ValueGuard,
 };
 pub use crate::wait::{Waitable, wait};
+/// bytemuck, as multiproc uses it, for `#[bytemuck(crate =
+/// "multiproc::bytemuck")]` on the derives of [`Pod`] and [`Zeroable`].
+#[doc(no_inline)]
+pub use bytemuck;
+/// bytemuck's plain-old-data traits and their derives, for the `T` of a
+/// [`Value`] or [`Array`] (see [`Value`]'s second example).
+pub use bytemuck::{Pod, Zeroable};
 /// Marks a free function as an entry that can run in a child process; the
 /// function stays callable as a normal function. The rules it must follow
 /// are in the [crate docs](crate#rules-for-an-entry).
