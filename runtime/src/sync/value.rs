@@ -20,9 +20,9 @@ const WHAT: &str = "value's lock";
 /// One plain-old-data value in shared memory, with a built-in lock
 /// (Python's `multiprocessing.Value`).
 ///
-/// `T` is any [`Pod`](crate::Pod) type: integers, floats, arrays of them,
-/// and `#[repr(C)]` structs of them without padding that derive
-/// [`Pod`](crate::Pod) and [`Zeroable`](crate::Zeroable) (bytemuck's,
+/// `T` is any [`Pod`] type: integers, floats, arrays of them, and
+/// `#[repr(C)]` structs of them without padding that derive [`Pod`] and
+/// [`Zeroable`](crate::Zeroable) (bytemuck's,
 /// re-exported, so no dependency of your own is needed; see the second
 /// example). [`lock`](Self::lock) gives a guard that derefs to `T`;
 /// [`load`](Self::load) and [`store`](Self::store) take the lock for a
