@@ -16,6 +16,15 @@ fn deep_panic() -> u8 {
 /// The line of the `panic!` just above.
 const PANIC_LINE: u32 = line!() - 3;
 
+#[process_entry]
+fn thread_panics() -> bool {
+    let helper = std::thread::Builder::new().name("helper".into());
+    let thread = helper.spawn(|| panic!("in a helper thread")).unwrap();
+    thread.join().is_err()
+}
+/// The line of the `panic!` above.
+const THREAD_PANIC_LINE: u32 = line!() - 4;
+
 const INNER: &str = "MULTIPROC_BACKTRACE_INNER";
 
 #[test]
@@ -54,6 +63,21 @@ fn inner_reports_backtrace() {
     assert!(!err.to_string().contains('\n'), "{err}");
 }
 
+#[test]
+#[ignore = "run by a_thread_of_an_entry_names_itself_and_its_process"]
+fn inner_thread_panic() {
+    if !common::run_by_outer_test(INNER, "a_thread_of_an_entry_names_itself_and_its_process") {
+        return;
+    }
+    let child = spawn!(thread_panics).unwrap();
+    println!(
+        "EXPECT:thread 'helper' of process '{}' (pid {}) entry `backtrace::thread_panics` panicked at tests/backtrace.rs:{THREAD_PANIC_LINE}:",
+        child.name(),
+        child.pid()
+    );
+    assert!(child.join().unwrap(), "the helper thread did not panic");
+}
+
 /// Prints what the child's panic line must say, for the outer test to find
 /// on the child's stderr.
 fn expect_panic_line(child: &multiproc::JoinHandle<u8>) {
@@ -79,7 +103,7 @@ fn inner_reports_no_backtrace() {
 /// Runs `test` in a fresh copy of this binary with `RUST_BACKTRACE` set
 /// to `backtrace`, and returns what its child printed on stderr after the
 /// line the test expects.
-fn run_inner(test: &str, backtrace: &str) -> String {
+fn run_inner(test: &str, backtrace: &str, message: &str) -> String {
     let out = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -108,13 +132,16 @@ fn run_inner(test: &str, backtrace: &str) -> String {
     let (_, after) = stderr
         .split_once(expect)
         .unwrap_or_else(|| panic!("no `{expect}` in:\n{stderr}"));
-    assert!(after.starts_with("\nwith a backtrace\n"), "{stderr}");
+    // The rest of the line (a column the expectation may leave out), then
+    // the message.
+    let after = after.split_once('\n').map_or("", |(_, rest)| rest);
+    assert!(after.starts_with(&format!("{message}\n")), "{stderr}");
     after.to_string()
 }
 
 #[test]
 fn backtrace_travels_when_rust_backtrace_is_set() {
-    let printed = run_inner("inner_reports_backtrace", "1");
+    let printed = run_inner("inner_reports_backtrace", "1", "with a backtrace");
     // One trimmed copy, in the child's own report.
     assert_eq!(printed.matches("stack backtrace:").count(), 1, "{printed}");
     assert!(printed.contains("deep_panic"), "{printed}");
@@ -130,7 +157,13 @@ fn backtrace_travels_when_rust_backtrace_is_set() {
 
 #[test]
 fn no_backtrace_without_rust_backtrace() {
-    let printed = run_inner("inner_reports_no_backtrace", "0");
+    let printed = run_inner("inner_reports_no_backtrace", "0", "with a backtrace");
     assert!(!printed.contains("stack backtrace"), "{printed}");
     assert!(printed.contains("RUST_BACKTRACE=1"), "{printed}");
+}
+
+#[test]
+fn a_thread_of_an_entry_names_itself_and_its_process() {
+    let printed = run_inner("inner_thread_panic", "0", "in a helper thread");
+    assert!(!printed.contains("stack backtrace"), "{printed}");
 }
