@@ -5,7 +5,7 @@
 //! a Unix socket) and a CPU-bound map.
 //!
 //! ```sh
-//! SLURM_NETNS=1 bash ci/slurm/with-slurm.sh 4 -- cargo bench --bench cluster
+//! SLURM_NETNS=1 bash ci/slurm/with-slurm.sh 4 -- cargo bench -p multiproc-benches --bench cluster
 //! ```
 //!
 //! Without a cluster (no `SLURM_CONF`) it says so and measures nothing.

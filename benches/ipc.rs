@@ -10,7 +10,7 @@
 //! - `Queue` throughput of small items, one producer to one consumer and
 //!   two to two.
 //!
-//! `cargo bench --bench ipc`; Python's numbers: `python3 benches/python/ipc.py`.
+//! `cargo bench -p multiproc-benches --bench ipc`; Python's numbers: `python3 benches/python/ipc.py`.
 
 use std::hint::black_box;
 use std::io::{Read, Write};

@@ -9,7 +9,7 @@
 //!   fresh connection (what caching a connection per process saves);
 //! - throughput of set+get pairs with 4 client processes vs 1.
 //!
-//! `cargo bench --bench manager`; Python's numbers:
+//! `cargo bench -p multiproc-benches --bench manager`; Python's numbers:
 //! `python3 benches/python/manager.py`.
 
 use std::hint::black_box;

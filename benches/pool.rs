@@ -3,7 +3,7 @@
 //! way through one child; and a CPU-bound `map` (tasks of about 1 ms) over
 //! 2 workers, against rayon on 2 threads.
 //!
-//! `cargo bench --bench pool`; Python's `Pool` on the same workloads:
+//! `cargo bench -p multiproc-benches --bench pool`; Python's `Pool` on the same workloads:
 //! `python3 benches/python/pool.py`.
 
 use std::hint::black_box;

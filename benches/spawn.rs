@@ -13,7 +13,7 @@
 //! busy spell then hits all three alike, where criterion's back-to-back
 //! blocks can catch one and spare another.
 //!
-//! `cargo bench --bench spawn`; procspawn is measured in the same run by
+//! `cargo bench -p multiproc-benches --bench spawn`; procspawn is measured in the same run by
 //! `benches/peers` (`cd benches/peers && cargo bench`), Python by
 //! `benches/python/spawn.py`.
 

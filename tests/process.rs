@@ -620,3 +620,95 @@ fn a_child_sees_the_programs_arguments() {
     let theirs = spawn!(my_args).unwrap().join().unwrap();
     assert_eq!(theirs, std::env::args().collect::<Vec<_>>());
 }
+
+/// The child's whole environment, sorted.
+#[process_entry]
+fn environment() -> Vec<(String, String)> {
+    let mut vars: Vec<_> = std::env::vars().collect();
+    vars.sort();
+    vars
+}
+
+#[process_entry]
+fn env_var(key: String) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Both start methods; the fork server only where it can run (it needs
+/// pidfds, which CI's `MULTIPROC_NO_PIDFD=1` run turns off).
+fn methods() -> Vec<multiproc::StartMethod> {
+    let mut methods = vec![multiproc::StartMethod::Spawn];
+    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
+        methods.push(multiproc::StartMethod::ForkServer);
+    }
+    methods
+}
+
+#[test]
+fn env_sets_and_overrides_variables_under_both_start_methods() {
+    let path = std::env::var("PATH").expect("the tests run with a PATH");
+    for method in methods() {
+        let child = Process::new(entry!(env_var), ("MULTIPROC_TEST_SET".to_string(),))
+            .env("MULTIPROC_TEST_SET", "first")
+            .env("MULTIPROC_TEST_SET", "second")
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(
+            child.join().unwrap().as_deref(),
+            Some("second"),
+            "{method:?}"
+        );
+        let child = Process::new(entry!(env_var), ("PATH".to_string(),))
+            .env("PATH", "/nowhere")
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(
+            child.join().unwrap().as_deref(),
+            Some("/nowhere"),
+            "{method:?}"
+        );
+        // The parent's own is untouched, and the next child has it again.
+        assert_eq!(std::env::var("PATH").unwrap(), path);
+        let child = Process::new(entry!(env_var), ("PATH".to_string(),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), Some(path.clone()), "{method:?}");
+    }
+}
+
+#[test]
+fn env_remove_hides_a_parent_variable_under_both_start_methods() {
+    assert!(std::env::var_os("PATH").is_some());
+    for method in methods() {
+        let child = Process::new(entry!(env_var), ("PATH".to_string(),))
+            .env("PATH", "/set/then/removed")
+            .env_remove("PATH")
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), None, "{method:?}");
+    }
+}
+
+#[test]
+fn env_clear_leaves_only_what_was_set_after_it_under_both_start_methods() {
+    for method in methods() {
+        let child = Process::new(entry!(environment), ())
+            .env("MULTIPROC_TEST_BEFORE", "cleared")
+            .env_clear()
+            .env("MULTIPROC_TEST_AFTER", "kept")
+            .start_method(method)
+            .start()
+            .unwrap();
+        // The child booted (multiproc's own marker still reached it) and
+        // its entry sees nothing else.
+        assert_eq!(
+            child.join().unwrap(),
+            [("MULTIPROC_TEST_AFTER".to_string(), "kept".to_string())],
+            "{method:?}"
+        );
+    }
+}

@@ -9,8 +9,8 @@ use common::{eventually, state_of, until_asleep};
 use std::time::{Duration, Instant};
 
 use multiproc::{
-    Connection, Event, Fd, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError,
-    SendTimeoutError, TryRecvError, TrySendError, process_entry, spawn,
+    Connection, ErrorKind, Event, Fd, JoinableQueue, Pipe, Queue, RecvError, RecvTimeoutError,
+    SendError, SendTimeoutError, TryRecvError, TrySendError, process_entry, spawn,
 };
 
 #[process_entry]
@@ -661,4 +661,100 @@ fn large_items_on_an_unbounded_queue_never_wait_and_outlive_their_putters_puts()
     }
     assert_eq!(putter.join().unwrap(), N);
     assert!(q.is_empty());
+}
+
+/// An item whose `Serialize` fails when `refuse` is set.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+struct Picky {
+    n: u32,
+    refuse: bool,
+}
+
+impl serde::Serialize for Picky {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.refuse {
+            return Err(serde::ser::Error::custom(format!(
+                "Picky {} refuses",
+                self.n
+            )));
+        }
+        (self.n, self.refuse).serialize(s)
+    }
+}
+
+#[process_entry]
+fn put_refused_then_good(q: Queue<Picky>, bounded: Queue<Picky>) -> Vec<String> {
+    let mut said = Vec::new();
+    let refused = || Picky { n: 1, refuse: true };
+    match q.put(refused()) {
+        Err(SendError::Failed(item, e)) if item == refused() && e.kind() == ErrorKind::Encode => {
+            said.push(format!("{}", SendError::Failed(item, e)))
+        }
+        other => said.push(format!("put: expected Failed, got {other:?}")),
+    }
+    match bounded.try_put(refused()) {
+        Err(TrySendError::Failed(item, e)) if item == refused() => {
+            said.push(format!("{}", TrySendError::Failed(item, e)))
+        }
+        other => said.push(format!("try_put: expected Failed, got {other:?}")),
+    }
+    match bounded.put_timeout(refused(), Duration::from_secs(5)) {
+        Err(e @ SendTimeoutError::Failed(..)) => said.push(e.to_string()),
+        other => said.push(format!("put_timeout: expected Failed, got {other:?}")),
+    }
+    // Neither queue is hurt.
+    q.put(Picky {
+        n: 2,
+        refuse: false,
+    })
+    .unwrap();
+    bounded
+        .put(Picky {
+            n: 3,
+            refuse: false,
+        })
+        .unwrap();
+    said
+}
+
+#[test]
+fn an_item_whose_serialize_fails_is_handed_back_with_the_reason() {
+    let q = Queue::<Picky>::new().unwrap();
+    let bounded = Queue::<Picky>::bounded(4).unwrap();
+    let child = spawn!(put_refused_then_good, q.clone(), bounded.clone()).unwrap();
+    let timeout = Duration::from_secs(20);
+    assert_eq!(
+        q.get_timeout(timeout).unwrap(),
+        Picky {
+            n: 2,
+            refuse: false
+        }
+    );
+    assert_eq!(
+        bounded.get_timeout(timeout).unwrap(),
+        Picky {
+            n: 3,
+            refuse: false
+        }
+    );
+    let said = child.join().unwrap();
+    assert_eq!(said.len(), 3);
+    // postcard's error does not keep serde's custom message.
+    let reason = if cfg!(feature = "postcard") {
+        "Serde Serialization Error"
+    } else {
+        "Picky 1 refuses"
+    };
+    for line in &said {
+        assert!(
+            line.starts_with("send failed: could not encode") && line.contains(reason),
+            "{line}"
+        );
+    }
+    // The same error, through `?`, as a connection's send gives.
+    let err: multiproc::Error = q.put(Picky { n: 4, refuse: true }).unwrap_err().into();
+    let (a, _b) = Pipe::<Picky>::duplex().unwrap();
+    let sent = a.send(&Picky { n: 4, refuse: true }).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode);
+    assert_eq!(err.to_string(), sent.to_string());
 }

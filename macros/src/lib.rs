@@ -14,8 +14,9 @@ use proc_macro::TokenStream;
 
 /// Registers a free function as an entry that can run in a child process.
 ///
-/// The function stays callable as a normal function. See the `multiproc` crate
-/// documentation for the rules an entry must follow and for `spawn!`.
+/// The function stays callable as a normal function. The rules an entry must
+/// follow are in the `multiproc` crate's documentation, section "Rules for an
+/// entry" (`multiproc::process_entry` links to it); so is `spawn!`.
 ///
 /// The generated code names `::multiproc`. In a crate that renames the
 /// dependency (`mp = { package = "multiproc", … }` in Cargo.toml), say what it

@@ -3,7 +3,8 @@
 //! "Disconnected" means the other side is gone: every handle to it was
 //! dropped or closed, or the processes holding them died (or, for a queue,
 //! it was closed). Anything else — a message that does not decode, a broken
-//! stream — is `Failed` with the crate's [`Error`].
+//! stream, a value whose `Serialize` fails — is `Failed` with the crate's
+//! [`Error`]. The send errors hand the message back in every case.
 
 use std::fmt;
 
@@ -41,31 +42,58 @@ pub enum RecvTimeoutError {
 }
 
 /// Error of a blocking send; gives the message back.
-#[derive(PartialEq, Eq, Clone, Copy)]
-pub struct SendError<T>(pub T);
+///
+/// Unlike crossbeam's (a plain struct), it says why: the channel is closed,
+/// or this message could not be sent.
+pub enum SendError<T> {
+    /// The channel is closed or the other side is gone.
+    Disconnected(T),
+    /// This message could not be sent (its `Serialize` failed, or an OS
+    /// error); the channel is unaffected.
+    Failed(T, Error),
+}
 
 /// Error of a send that does not block; gives the message back.
-#[derive(PartialEq, Eq, Clone, Copy)]
 pub enum TrySendError<T> {
     /// No room right now.
     Full(T),
     /// The channel is closed or the other side is gone.
     Disconnected(T),
+    /// This message could not be sent (its `Serialize` failed, or an OS
+    /// error); the channel is unaffected.
+    Failed(T, Error),
 }
 
 /// Error of a send with a deadline; gives the message back.
-#[derive(PartialEq, Eq, Clone, Copy)]
 pub enum SendTimeoutError<T> {
     /// Still no room at the deadline.
     Timeout(T),
     /// The channel is closed or the other side is gone.
     Disconnected(T),
+    /// This message could not be sent (its `Serialize` failed, or an OS
+    /// error); the channel is unaffected.
+    Failed(T, Error),
 }
 
 impl<T> SendError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
-        self.0
+        match self {
+            SendError::Disconnected(t) | SendError::Failed(t, _) => t,
+        }
+    }
+
+    /// Whether the send failed because the channel is closed.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, SendError::Disconnected(_))
+    }
+
+    /// Why this message could not be sent, when it was not for a closed channel.
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            SendError::Failed(_, e) => Some(e),
+            SendError::Disconnected(_) => None,
+        }
     }
 }
 
@@ -73,7 +101,7 @@ impl<T> TrySendError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            TrySendError::Full(t) | TrySendError::Disconnected(t) => t,
+            TrySendError::Full(t) | TrySendError::Disconnected(t) | TrySendError::Failed(t, _) => t,
         }
     }
 
@@ -86,13 +114,24 @@ impl<T> TrySendError<T> {
     pub fn is_disconnected(&self) -> bool {
         matches!(self, TrySendError::Disconnected(_))
     }
+
+    /// Why this message could not be sent, when it was not for lack of room
+    /// or a closed channel.
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            TrySendError::Failed(_, e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl<T> SendTimeoutError<T> {
     /// The message that was not sent.
     pub fn into_inner(self) -> T {
         match self {
-            SendTimeoutError::Timeout(t) | SendTimeoutError::Disconnected(t) => t,
+            SendTimeoutError::Timeout(t)
+            | SendTimeoutError::Disconnected(t)
+            | SendTimeoutError::Failed(t, _) => t,
         }
     }
 
@@ -104,6 +143,15 @@ impl<T> SendTimeoutError<T> {
     /// Whether the send failed because the channel is closed.
     pub fn is_disconnected(&self) -> bool {
         matches!(self, SendTimeoutError::Disconnected(_))
+    }
+
+    /// Why this message could not be sent, when it was not for lack of room
+    /// or a closed channel.
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            SendTimeoutError::Failed(_, e) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -193,8 +241,11 @@ impl From<RecvTimeoutError> for Error {
 }
 
 impl<T> From<SendError<T>> for Error {
-    fn from(_: SendError<T>) -> Error {
-        disconnected()
+    fn from(err: SendError<T>) -> Error {
+        match err {
+            SendError::Disconnected(_) => disconnected(),
+            SendError::Failed(_, e) => e,
+        }
     }
 }
 
@@ -203,6 +254,7 @@ impl<T> From<TrySendError<T>> for Error {
         match err {
             TrySendError::Full(_) => Error::new(ErrorKind::Timeout, "the channel is full"),
             TrySendError::Disconnected(_) => disconnected(),
+            TrySendError::Failed(_, e) => e,
         }
     }
 }
@@ -214,6 +266,7 @@ impl<T> From<SendTimeoutError<T>> for Error {
                 Error::new(ErrorKind::Timeout, "the channel stayed full")
             }
             SendTimeoutError::Disconnected(_) => disconnected(),
+            SendTimeoutError::Failed(_, e) => e,
         }
     }
 }
@@ -222,7 +275,7 @@ impl fmt::Display for RecvError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RecvError::Disconnected => f.write_str("receiving on a disconnected channel"),
-            RecvError::Failed(e) => write!(f, "receive failed: {e}"),
+            RecvError::Failed(e) => write!(f, "receive failed: {e:#}"),
         }
     }
 }
@@ -232,7 +285,7 @@ impl fmt::Display for TryRecvError {
         match self {
             TryRecvError::Empty => f.write_str("receiving on an empty channel"),
             TryRecvError::Disconnected => f.write_str("receiving on a disconnected channel"),
-            TryRecvError::Failed(e) => write!(f, "receive failed: {e}"),
+            TryRecvError::Failed(e) => write!(f, "receive failed: {e:#}"),
         }
     }
 }
@@ -242,20 +295,26 @@ impl fmt::Display for RecvTimeoutError {
         match self {
             RecvTimeoutError::Timeout => f.write_str("timed out waiting on a channel"),
             RecvTimeoutError::Disconnected => f.write_str("receiving on a disconnected channel"),
-            RecvTimeoutError::Failed(e) => write!(f, "receive failed: {e}"),
+            RecvTimeoutError::Failed(e) => write!(f, "receive failed: {e:#}"),
         }
     }
 }
 
 impl<T> fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SendError(..)")
+        match self {
+            SendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            SendError::Failed(_, e) => write!(f, "Failed(.., {e:?})"),
+        }
     }
 }
 
 impl<T> fmt::Display for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("sending on a disconnected channel")
+        match self {
+            SendError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+            SendError::Failed(_, e) => write!(f, "send failed: {e:#}"),
+        }
     }
 }
 
@@ -264,6 +323,7 @@ impl<T> fmt::Debug for TrySendError<T> {
         match self {
             TrySendError::Full(_) => f.write_str("Full(..)"),
             TrySendError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            TrySendError::Failed(_, e) => write!(f, "Failed(.., {e:?})"),
         }
     }
 }
@@ -273,6 +333,7 @@ impl<T> fmt::Display for TrySendError<T> {
         match self {
             TrySendError::Full(_) => f.write_str("sending on a full channel"),
             TrySendError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+            TrySendError::Failed(_, e) => write!(f, "send failed: {e:#}"),
         }
     }
 }
@@ -282,6 +343,7 @@ impl<T> fmt::Debug for SendTimeoutError<T> {
         match self {
             SendTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
             SendTimeoutError::Disconnected(_) => f.write_str("Disconnected(..)"),
+            SendTimeoutError::Failed(_, e) => write!(f, "Failed(.., {e:?})"),
         }
     }
 }
@@ -291,9 +353,58 @@ impl<T> fmt::Display for SendTimeoutError<T> {
         match self {
             SendTimeoutError::Timeout(_) => f.write_str("timed out sending on a full channel"),
             SendTimeoutError::Disconnected(_) => f.write_str("sending on a disconnected channel"),
+            SendTimeoutError::Failed(_, e) => write!(f, "send failed: {e:#}"),
         }
     }
 }
+
+/// Equal when the variants and messages are, and (for `Failed`) the
+/// errors' kinds.
+impl<T: PartialEq> PartialEq for SendError<T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SendError::Disconnected(a), SendError::Disconnected(b)) => a == b,
+            (SendError::Failed(a, e), SendError::Failed(b, f)) => a == b && e.kind() == f.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl<T: Eq> Eq for SendError<T> {}
+
+/// Equal when the variants and messages are, and (for `Failed`) the
+/// errors' kinds.
+impl<T: PartialEq> PartialEq for TrySendError<T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TrySendError::Full(a), TrySendError::Full(b))
+            | (TrySendError::Disconnected(a), TrySendError::Disconnected(b)) => a == b,
+            (TrySendError::Failed(a, e), TrySendError::Failed(b, f)) => {
+                a == b && e.kind() == f.kind()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<T: Eq> Eq for TrySendError<T> {}
+
+/// Equal when the variants and messages are, and (for `Failed`) the
+/// errors' kinds.
+impl<T: PartialEq> PartialEq for SendTimeoutError<T> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (SendTimeoutError::Timeout(a), SendTimeoutError::Timeout(b))
+            | (SendTimeoutError::Disconnected(a), SendTimeoutError::Disconnected(b)) => a == b,
+            (SendTimeoutError::Failed(a, e), SendTimeoutError::Failed(b, f)) => {
+                a == b && e.kind() == f.kind()
+            }
+            _ => false,
+        }
+    }
+}
+
+impl<T: Eq> Eq for SendTimeoutError<T> {}
 
 impl std::error::Error for RecvError {}
 impl std::error::Error for TryRecvError {}

@@ -86,7 +86,9 @@ pub struct PanicReport {
     pub message: String,
     /// `file:line:column` of the panic, when known.
     pub location: Option<String>,
-    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child.
+    /// The backtrace, captured when `RUST_BACKTRACE` is set in the child,
+    /// trimmed as std trims a panic's (the same text the child printed on
+    /// its stderr; the error's `Display` does not repeat it).
     pub backtrace: Option<String>,
 }
 
@@ -101,11 +103,93 @@ impl PanicReport {
                 .location()
                 .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())),
             backtrace: match backtrace.status() {
-                std::backtrace::BacktraceStatus::Captured => Some(backtrace.to_string()),
+                std::backtrace::BacktraceStatus::Captured => Some(trim_backtrace(
+                    &backtrace.to_string(),
+                    std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v == "full"),
+                )),
                 _ => None,
             },
         }
     }
+}
+
+/// A backtrace as std prints a panic's: without the frames of the panic
+/// machinery and the hook that captured it (everything up to
+/// `__rust_end_short_backtrace`, or else to the last `rust_begin_unwind` /
+/// `core::panicking` / `std::panicking` frame near the top), and without
+/// what ran the entry or thread (from `__rust_begin_short_backtrace`, or
+/// the `catch_unwind` that multiproc runs an entry under). `full` (as
+/// `RUST_BACKTRACE=full`) keeps every frame.
+pub(crate) fn trim_backtrace(backtrace: &str, full: bool) -> String {
+    if full {
+        return backtrace.to_string();
+    }
+    // A frame is its numbered line and the `at …` lines after it.
+    let mut frames: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in backtrace.lines() {
+        let trimmed = line.trim_start();
+        match trimmed.split_once(": ") {
+            Some((n, name)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                frames.push((name.to_string(), Vec::new()));
+            }
+            _ => match frames.last_mut() {
+                Some((_, at)) => at.push(line),
+                None => return backtrace.to_string(),
+            },
+        }
+    }
+    let machinery = |name: &str| {
+        name.contains("rust_begin_unwind")
+            || name.starts_with("core::panicking::")
+            || name.starts_with("std::panicking::")
+            || name.starts_with("std::backtrace")
+            || name.starts_with("std::rt::begin_panic")
+            || name.contains("PanicReport::from_hook")
+            || name.contains("panic_hook")
+    };
+    let start = match frames
+        .iter()
+        .position(|(name, _)| name.contains("__rust_end_short_backtrace"))
+    {
+        Some(end) => end + 1,
+        None => frames
+            .iter()
+            .take(24)
+            .rposition(|(name, _)| machinery(name))
+            .map_or(0, |i| i + 1),
+    };
+    // The end: where std's runtime or multiproc's registry called the code
+    // that panicked; else the outermost `catch_unwind` (the one an entry
+    // runs under), with its own frames.
+    let rest = &frames[start..];
+    let caller = |name: &str| {
+        name.contains("__rust_begin_short_backtrace")
+            || name.starts_with("multiproc::spawn::registry::")
+    };
+    let unwind = |name: &str| {
+        name.contains("catch_unwind") || name.contains("__rust_try") || name.contains("do_call")
+    };
+    let end = match rest.iter().position(|(name, _)| caller(name)) {
+        Some(i) => i,
+        None => match rest.iter().rposition(|(name, _)| unwind(name)) {
+            Some(mut i) => {
+                while i > 0 && unwind(&rest[i - 1].0) {
+                    i -= 1;
+                }
+                i
+            }
+            None => rest.len(),
+        },
+    };
+    let mut out = String::new();
+    for (i, (name, at)) in rest[..end].iter().enumerate() {
+        out += &format!("{i:>4}: {name}\n");
+        for line in at {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The error returned by multiproc operations.
@@ -220,6 +304,11 @@ impl Error {
     }
 }
 
+/// `{}` says what happened, in which process and entry; the underlying
+/// cause (an OS error, a codec's message) is [`source`](std::error::Error::source),
+/// so that error-chain printers show it once. `{:#}` appends the whole chain
+/// on one line (`…: cause: its cause`), as anyhow's does, and `{:?}` (what
+/// `fn main() -> multiproc::Result<()>` prints) lists it under "Caused by".
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &self.inner;
@@ -235,23 +324,43 @@ impl fmt::Display for Error {
             if let Some(location) = &panic.location {
                 write!(f, " at {location}")?;
             }
-            if let Some(backtrace) = &panic.backtrace {
-                write!(f, "\nchild backtrace:\n{backtrace}")?;
-            }
         }
-        if let Some(source) = &inner.source {
-            write!(f, ": {source}")?;
+        if f.alternate() {
+            for cause in self.causes() {
+                write!(f, ": {cause}")?;
+            }
         }
         Ok(())
     }
 }
 
-/// Reads like `Display` (it is what `fn main() -> multiproc::Result<()>`
-/// prints, as anyhow's does); `{:#?}` shows the fields.
+impl Error {
+    /// The chain of sources, nearest first.
+    fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+        std::iter::successors(std::error::Error::source(self), |e| e.source())
+    }
+}
+
+/// Reads like `Display` followed by the chain of causes (it is what
+/// `fn main() -> multiproc::Result<()>` prints, as anyhow's does); `{:#?}`
+/// shows the fields.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if !f.alternate() {
-            return fmt::Display::fmt(self, f);
+            fmt::Display::fmt(self, f)?;
+            let causes: Vec<_> = self.causes().collect();
+            if causes.is_empty() {
+                return Ok(());
+            }
+            f.write_str("\n\nCaused by:")?;
+            for (i, cause) in causes.iter().enumerate() {
+                if causes.len() == 1 {
+                    write!(f, "\n    {cause}")?;
+                } else {
+                    write!(f, "\n    {i}: {cause}")?;
+                }
+            }
+            return Ok(());
         }
         let mut s = f.debug_struct("Error");
         s.field("kind", &self.inner.kind);
@@ -284,5 +393,40 @@ impl std::error::Error for Error {
 impl From<io::Error> for Error {
     fn from(err: io::Error) -> Error {
         Error::new(ErrorKind::Io, "").with_source(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What an error-chain printer (anyhow's `{:#}`, eyre's reports, …)
+    /// does: each error's `Display`, then its source's.
+    fn chain(err: &dyn std::error::Error) -> String {
+        let mut out = err.to_string();
+        let mut next = err.source();
+        while let Some(e) = next {
+            out += &format!(": {e}");
+            next = e.source();
+        }
+        out
+    }
+
+    #[test]
+    fn the_cause_is_shown_once_by_chain_printers_and_by_debug() {
+        let cause = io::Error::new(io::ErrorKind::ConnectionReset, "the peer hung up");
+        let err = Error::io("receiving", cause).in_process("Process-3 (entry `m::f`)");
+        assert_eq!(
+            chain(&err),
+            "Process-3 (entry `m::f`): I/O error: receiving: the peer hung up"
+        );
+        assert_eq!(format!("{err:#}"), chain(&err));
+        assert_eq!(
+            format!("{err:?}"),
+            "Process-3 (entry `m::f`): I/O error: receiving\n\nCaused by:\n    the peer hung up"
+        );
+        let plain = Error::new(ErrorKind::Timeout, "nothing arrived");
+        assert_eq!(format!("{plain:?}"), "timed out: nothing arrived");
+        assert!(std::error::Error::source(&plain).is_none());
     }
 }

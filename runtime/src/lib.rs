@@ -32,6 +32,82 @@
 //! let child = spawn!(add, 1, "two");
 //! ```
 //!
+//! # Rules for an entry
+//!
+//! `#[process_entry]` rejects at compile time, pointing at the token, a
+//! function that breaks rules 1–3; rules 4–7 are how entries behave.
+//!
+//! 1. **A free `fn`**: at module level or local to a block, with any
+//!    visibility; not a method (no `self`). Its name is also given to a
+//!    hidden unit struct in the same module, so no type of that name may
+//!    live beside it.
+//! 2. **Plain**: not generic (no type, lifetime or const parameters, no
+//!    `where`), not `async`, `const`, `unsafe`, `extern "…"` or variadic.
+//!    The child finds the entry by name, so its types must be concrete; an
+//!    `async` body can start its own runtime inside a plain `fn`.
+//! 3. **Owned arguments and result**: every argument, and the return type
+//!    (or `()`), is `Serialize + DeserializeOwned`, since values are copied
+//!    into another process. No references, lifetimes other than `'static`,
+//!    raw pointers, `impl Trait`, `dyn Trait` or `_`: use `String` for
+//!    `&str`, `Vec<T>` for `&[T]`. multiproc's handles ([`Queue`],
+//!    [`Connection`], [`Lock`], [`Value`], [`Fd`], proxies, …) are such
+//!    types: they arrive as working handles. Patterns (`(a, b): (u32, u32)`)
+//!    are fine.
+//! 4. **A unique name**: the entry's name is its full path
+//!    (`my_crate::workers::add`, see [`entries`]). Two entries with the same
+//!    path (local `fn`s of one name in one module) are reported at the first
+//!    spawn, with both locations.
+//! 5. **It runs before `main`**, from a load-time constructor, in a copy of
+//!    this binary: `main` never runs in the child, so whatever `main` sets
+//!    up (loggers, statics, a runtime, environment changes) is not there;
+//!    set it up in the entry, or pass it as an argument.
+//! 6. **Its end is the child's end**: returning sends the result; a panic
+//!    is [`ErrorKind::Panicked`] with its message; `std::process::exit(n)`
+//!    is [`ErrorKind::Exited`] with code `n` (`exit(0)` of an entry that
+//!    returns `()` counts as returning). Threads the entry started and did
+//!    not join are killed when it returns, as when `main` returns.
+//! 7. **Depend on `multiproc` under that name**: the generated code names
+//!    `::multiproc`, so a renamed dependency (`mp = { package = "multiproc" }`)
+//!    does not compile.
+//!
+//! # Message types: `serde`
+//!
+//! Arguments, results and messages are encoded with serde. For your own
+//! types, add serde with its derives to your `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! multiproc = "0.1"
+//! serde = { version = "1", features = ["derive"] }
+//! ```
+//!
+//! and derive `Serialize` and `Deserialize`. Without that dependency, the
+//! serde that multiproc uses is re-exported as [`multiproc::serde`];
+//! its derives then need to be told where serde is, since they name the
+//! crate `serde`:
+//!
+//! ```
+//! use multiproc::serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! #[serde(crate = "multiproc::serde")]
+//! struct Job {
+//!     id: u32,
+//!     input: Vec<f64>,
+//! }
+//!
+//! #[multiproc::process_entry]
+//! fn run(job: Job) -> f64 {
+//!     job.input.iter().sum()
+//! }
+//!
+//! # fn main() -> multiproc::Result<()> {
+//! let job = Job { id: 1, input: vec![1.0, 2.5] };
+//! assert_eq!(multiproc::spawn!(run, job)?.join()?, 3.5);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Failures
 //!
 //! [`JoinHandle::join`] never hangs on a child that died. It returns the
@@ -137,6 +213,10 @@
 //! whose owner is killed does not deadlock the others: the next `lock()`
 //! reports [`ErrorKind::OwnerDied`] and the lock can be taken again.
 //!
+//! A [`Value`] or [`Array`] holds plain-old-data: numbers, arrays of them,
+//! or `#[repr(C)]` structs deriving the re-exported [`Pod`] and
+//! [`Zeroable`] (see [`Value`]).
+//!
 //! ```
 //! use multiproc::{process_entry, spawn, Value};
 //!
@@ -176,7 +256,9 @@
 //!   constructor, after every entry has registered): `main` never runs in a
 //!   child, and load-time constructors of other crates that the linker
 //!   placed after multiproc's may not have run yet.
-//! - There is no `fork` start method (yet): every child is a fresh exec.
+//! - There is no plain `fork` start method: a child is a fresh exec of this
+//!   binary ([`StartMethod::Spawn`], the default) or a fork of a server that
+//!   holds none of the parent's state ([`StartMethod::ForkServer`]).
 
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![deny(
@@ -236,7 +318,32 @@ pub use crate::sync::{
     Value, ValueGuard,
 };
 pub use crate::wait::{Waitable, wait};
+/// bytemuck, as multiproc uses it, for `#[bytemuck(crate =
+/// "multiproc::bytemuck")]` on the derives of [`Pod`] and [`Zeroable`].
+#[doc(no_inline)]
+pub use bytemuck;
+/// bytemuck's plain-old-data traits and their derives, for the `T` of a
+/// [`Value`] or [`Array`] (see [`Value`]'s second example).
+pub use bytemuck::{Pod, Zeroable};
+/// Marks a free function as an entry that can run in a child process; the
+/// function stays callable as a normal function. The rules it must follow
+/// are in the [crate docs](crate#rules-for-an-entry).
+///
+/// ```
+/// #[multiproc::process_entry]
+/// fn add(a: i32, b: i32) -> i32 {
+///     a + b
+/// }
+/// # fn main() -> multiproc::Result<()> {
+/// assert_eq!(multiproc::spawn!(add, 1, 2)?.join()?, 3);
+/// # Ok(())
+/// # }
+/// ```
 pub use multiproc_macros::process_entry;
+/// serde, as multiproc uses it, for deriving message types without a
+/// dependency of your own: see [Message types](crate#message-types-serde).
+#[doc(no_inline)]
+pub use serde;
 
 /// Runs the child check now: a no-op in a parent, and in a child whose
 /// entry already ran before `main` (the usual case, so most programs never

@@ -173,7 +173,7 @@ impl Server {
                     out.clear();
                     out.u8(ERR)
                         .u8(kind_code(e.kind()))
-                        .bytes(e.to_string().as_bytes());
+                        .bytes(format!("{e:#}").as_bytes());
                     None
                 }
                 Err(Fault::Bad | Fault::Gone) => break,

@@ -227,9 +227,9 @@ pub struct Connection<T> {
     fd: OwnedFd,
     end: End,
     /// Shared by the handles `try_clone` makes.
-    send: Arc<Mutex<SendState>>,
+    send_state: Arc<Mutex<SendState>>,
     /// Shared by the handles `try_clone` makes, which read one stream.
-    recv: Arc<Mutex<RecvState>>,
+    recv_state: Arc<Mutex<RecvState>>,
     _message: PhantomData<fn(T) -> T>,
 }
 
@@ -291,11 +291,11 @@ impl<T> Connection<T> {
         Connection {
             fd,
             end,
-            send: Arc::new(Mutex::new(SendState {
+            send_state: Arc::new(Mutex::new(SendState {
                 frame: OutFrame::new(),
                 lane: None,
             })),
-            recv: Arc::new(Mutex::new(RecvState::default())),
+            recv_state: Arc::new(Mutex::new(RecvState::default())),
             _message: PhantomData,
         }
     }
@@ -308,8 +308,8 @@ impl<T> Connection<T> {
             .try_clone()
             .map_err(|e| Error::io("duplicating a connection", e))?;
         let mut clone = Connection::new(fd, self.end.clone());
-        clone.send = Arc::clone(&self.send);
-        clone.recv = Arc::clone(&self.recv);
+        clone.send_state = Arc::clone(&self.send_state);
+        clone.recv_state = Arc::clone(&self.recv_state);
         Ok(clone)
     }
 
@@ -333,7 +333,7 @@ impl<T> Connection<T> {
     pub fn poll(&self, timeout: Duration) -> bool {
         // Data read ahead is ready too. (If another thread is receiving, it
         // holds the state: then only the socket is looked at.)
-        if let Ok(state) = self.recv.try_lock()
+        if let Ok(state) = self.recv_state.try_lock()
             && (state.reader.has_buffered() || state.lane_pending.is_some())
         {
             return true;
@@ -344,7 +344,7 @@ impl<T> Connection<T> {
     /// For [`crate::wait()`]: ready now (a message read ahead, or a broken
     /// stream that `recv` reports at once), or the socket to poll.
     pub(crate) fn readiness(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        if let Ok(state) = self.recv.try_lock()
+        if let Ok(state) = self.recv_state.try_lock()
             && (state.reader.has_buffered()
                 || state.lane_pending.is_some()
                 || state.broken.is_some())
@@ -371,7 +371,7 @@ impl<T> Connection<T> {
 
     /// Sends `bytes` as one message, without encoding them.
     pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), Error> {
-        let mut send = lock(&self.send);
+        let mut send = lock(&self.send_state);
         if bytes.len() >= LANE_MIN {
             return self.send_by_lane(&mut send.lane, FrameKind::Bytes, bytes, &[]);
         }
@@ -382,7 +382,7 @@ impl<T> Connection<T> {
     /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
     /// sent, or the encoding of what `send` sent).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
-        let mut state = lock(&self.recv);
+        let mut state = lock(&self.recv_state);
         let (_, at) = self
             .recv_frame(&mut state, None)
             .map_err(without_deadline)?;
@@ -489,7 +489,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         if let Some(bytes) = (message as &dyn Any).downcast_ref::<Vec<u8>>() {
             return self.send_bytes(bytes);
         }
-        let mut send = lock(&self.send);
+        let mut send = lock(&self.send_state);
         let SendState { frame, lane } = &mut *send;
         frame.clear();
         let result = frame.encode(message).and_then(|()| {
@@ -509,7 +509,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     /// Receives a message, blocking until one arrives or the other side is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
-        let mut state = lock(&self.recv);
+        let mut state = lock(&self.recv_state);
         self.recv_locked(&mut state, None).map_err(without_deadline)
     }
 
@@ -558,7 +558,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         // Holding the state while waiting, so no other thread can take the
         // message this one was woken for.
-        let mut state = lock(&self.recv);
+        let mut state = lock(&self.recv_state);
         if !state.reader.has_buffered()
             && state.lane_pending.is_none()
             && !self.poll_socket(timeout)
@@ -584,7 +584,7 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if lock(&self.recv).reader.has_buffered() {
+        if lock(&self.recv_state).reader.has_buffered() {
             return Err(S::Error::custom(wire::handle_error(
                 "this connection has received data not yet read; receive it before sending the connection"
                     .to_string(),
@@ -650,16 +650,20 @@ mod tests {
         let (r, _w) = rustix::pipe::pipe().unwrap();
         announce(&b, FrameKind::Bytes, 10, &[r.as_fd()]);
         let err = failure(&a);
+        // The reason is the error's source: `{:#}` shows the chain.
         assert!(
-            err.to_string().contains("not a shared-memory object"),
-            "{err}"
+            format!("{err:#}").contains("not a shared-memory object"),
+            "{err:?}"
         );
 
         let (a, b) = Pipe::<u32>::duplex().unwrap();
         let region = crate::sys::shm::SharedRegion::create("not-a-lane", 4096, 4096).unwrap();
         announce(&b, FrameKind::Bytes, 10, &[region.as_fd()]);
         let err = failure(&a);
-        assert!(err.to_string().contains("not a multiproc lane"), "{err}");
+        assert!(
+            format!("{err:#}").contains("not a multiproc lane"),
+            "{err:?}"
+        );
     }
 
     #[test]

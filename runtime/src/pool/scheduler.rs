@@ -513,7 +513,7 @@ impl Pool {
                 live.outstanding.extend(batch);
             }
             Err(e) if e.kind() == ErrorKind::Encode => {
-                let why = Failure::new(ErrorKind::Encode, format!("could not be sent: {e}"));
+                let why = Failure::new(ErrorKind::Encode, format!("could not be sent: {e:#}"));
                 failed.extend(batch.into_iter().map(|p| p.fail(&why)));
             }
             Err(_) => {
@@ -684,7 +684,7 @@ impl Pool {
             Err(e) => {
                 state.slots[idx].dead = true;
                 if state.slots.iter().all(|s| s.dead) {
-                    let why = e.to_string();
+                    let why = format!("{e:#}");
                     let err = Failure::new(
                         ErrorKind::Spawn,
                         format!("cannot run: the pool has no workers left: {why}"),

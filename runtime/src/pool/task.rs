@@ -125,7 +125,7 @@ fn failed(err: &Error) -> Outcome {
     };
     Outcome::Failed {
         kind,
-        message: err.to_string(),
+        message: format!("{err:#}"),
     }
 }
 
@@ -207,7 +207,7 @@ pub(super) fn signal_text(signal: i32) -> String {
 
 /// Copies an error (errors are not `Clone`), prefixed with `context`.
 pub(super) fn copy_error(err: &Error, context: &str) -> Error {
-    let copy = Error::new(err.kind(), format!("{context}: {err}"));
+    let copy = Error::new(err.kind(), format!("{context}: {err:#}"));
     match err.exitcode() {
         Some(code) => copy.with_exitcode(code),
         None => copy,

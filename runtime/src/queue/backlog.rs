@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use super::PutFail;
 use super::layout::{JOINABLE, UNFINISHED};
 use super::records::Inner;
+use crate::error::Error;
 use crate::sys::lock_word::Deadline;
 use crate::wire::OutFrame;
 
@@ -73,7 +74,7 @@ pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
         .iter()
         .map(OwnedFd::try_clone)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| PutFail::Failed)?;
+        .map_err(|e| PutFail::Failed(Error::io("duplicating an item's handles", e)))?;
     let counted = inner.word(JOINABLE).load(Relaxed) != 0;
     if counted {
         inner.word(UNFINISHED).fetch_add(1, Relaxed);
@@ -91,12 +92,15 @@ pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
         let started = std::thread::Builder::new()
             .name("multiproc-queue-feeder".into())
             .spawn(move || feed(&feeder));
-        if started.is_err() {
+        if let Err(e) = started {
             state.feeding = false;
             if let Some(item) = state.items.pop_back() {
                 uncount(inner, &item);
             }
-            return Err(PutFail::Failed);
+            return Err(PutFail::Failed(Error::io(
+                "starting the queue's feeder thread",
+                e,
+            )));
         }
         let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
         queues.retain(|q| q.strong_count() > 0);
@@ -135,7 +139,7 @@ fn feed(inner: &Inner) {
             }
             // An item that cannot be stored (an OS error) is dropped, as a
             // failed put would have been.
-            Err(PutFail::Failed | PutFail::Full) => uncount(inner, &item),
+            Err(PutFail::Failed(_) | PutFail::Full) => uncount(inner, &item),
         }
     }
 }

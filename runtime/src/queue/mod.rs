@@ -112,7 +112,9 @@ use side::*;
 ///   whose putter was killed in the instant between counting it and
 ///   publishing it. `join` then waits for ever and `join_timeout` until its
 ///   timeout, as in Python; call `task_done` for such items yourself.
-/// - An item whose `Serialize` fails is handed back as `Disconnected(item)`.
+/// - An item whose `Serialize` fails (or that cannot be stored: an OS
+///   error) is handed back as `Failed(item, error)`, the error saying why;
+///   the queue is unaffected.
 /// - A put on an unbounded queue never waits, as in Python: an item that
 ///   finds the shared ring (16 MiB) or the side socket (a few hundred items
 ///   with handles or over 1 MiB) full waits in the putting process's memory,
@@ -203,11 +205,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// Puts an item, waiting while the queue is full.
+    ///
+    /// Fails with [`SendError::Disconnected`] once this handle is closed or
+    /// the queue shut down, and with [`SendError::Failed`] when the item
+    /// cannot be put (its `Serialize` fails, or an OS error); either way the
+    /// item is handed back.
+    ///
+    /// ```
+    /// use multiproc::{Queue, SendError};
+    /// # fn main() -> multiproc::Result<()> {
+    /// let q = Queue::new()?;
+    /// q.shutdown();
+    /// assert!(matches!(q.put(1), Err(SendError::Disconnected(1))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn put(&self, item: T) -> Result<(), SendError<T>> {
         self.put_wait(item, Deadline::Never).map_err(|e| match e {
             SendTimeoutError::Timeout(item) | SendTimeoutError::Disconnected(item) => {
-                SendError(item)
+                SendError::Disconnected(item)
             }
+            SendTimeoutError::Failed(item, e) => SendError::Failed(item, e),
         })
     }
 
@@ -221,6 +239,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         self.put_wait(item, Deadline::Now).map_err(|e| match e {
             SendTimeoutError::Timeout(item) => TrySendError::Full(item),
             SendTimeoutError::Disconnected(item) => TrySendError::Disconnected(item),
+            SendTimeoutError::Failed(item, e) => TrySendError::Failed(item, e),
         })
     }
 
@@ -265,7 +284,7 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
             Err(PutFail::Closed) => Err(SendTimeoutError::Disconnected(item)),
             // An item that cannot be encoded or stored cannot be put.
-            Err(PutFail::Failed) => Err(SendTimeoutError::Disconnected(item)),
+            Err(PutFail::Failed(e)) => Err(SendTimeoutError::Failed(item, e)),
         }
     }
 
@@ -355,7 +374,7 @@ fn with_encoded<T: Serialize>(
     frame.clear();
     let result = match frame.encode(item) {
         Ok(()) => put(&frame),
-        Err(_) => Err(PutFail::Failed),
+        Err(e) => Err(PutFail::Failed(e)),
     };
     // Our copies of the item's handles must not outlive the put: a kept copy
     // of a connection's end would hide its peer's disconnection.
@@ -380,8 +399,8 @@ enum PutFail {
     Full,
     Closed,
     /// The item could not be encoded, or stored (an OS error); it is handed
-    /// back as `Disconnected(item)`, as crossbeam's errors carry no reason.
-    Failed,
+    /// back with this error as `Failed(item, error)`.
+    Failed(Error),
 }
 
 fn corrupt(what: &str) -> Error {

@@ -100,7 +100,9 @@ impl Inner {
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
         let spill = if spilled {
-            Some(wire::spill(payload).map_err(|_| PutFail::Failed)?)
+            Some(wire::spill(payload).map_err(|e| {
+                PutFail::Failed(Error::io("spilling a large item to shared memory", e))
+            })?)
         } else {
             None
         };
@@ -145,7 +147,7 @@ impl Inner {
                         spill.as_ref(),
                         fds,
                     )
-                    .map_err(|_| PutFail::Failed)?
+                    .map_err(|e| PutFail::Failed(Error::io("sending an item's handles", e)))?
                 }
                 _ => true,
             };
@@ -171,7 +173,9 @@ impl Inner {
                 written
                     .and_then(|()| put.write(at, &header))
                     .and_then(|()| put.write(at + RECORD_HEADER, &payload[..inline]))
-                    .map_err(|_| PutFail::Failed)?;
+                    .map_err(|_| {
+                        PutFail::Failed(corrupt("the put's record does not fit the ring"))
+                    })?;
                 if joinable {
                     self.word(UNFINISHED).fetch_add(1, Relaxed);
                 }
@@ -180,7 +184,9 @@ impl Inner {
                     if joinable {
                         self.word(UNFINISHED).fetch_sub(1, Relaxed);
                     }
-                    return Err(PutFail::Failed);
+                    return Err(PutFail::Failed(corrupt(
+                        "the put's record does not fit the ring",
+                    )));
                 }
                 self.wake(EMPTY_WAITERS, NOT_EMPTY);
                 return Ok(());

@@ -184,7 +184,7 @@ fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
         send_failure(sock.as_fd(), &failure);
         return EXIT_BOOTSTRAP_FAILED;
     };
-    install_panic_hook();
+    install_panic_hook(&target.entry);
 
     let mut buf = Vec::new();
     let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
@@ -275,7 +275,7 @@ pub(super) fn take_control_socket() -> std::io::Result<OwnedFd> {
 fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
     let failure = ChildFailure {
         kind: err.kind().into(),
-        message: err.to_string(),
+        message: format!("{err:#}"),
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
@@ -289,12 +289,15 @@ fn take_panic() -> Option<PanicReport> {
     LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
-/// Records the panic for the parent, then prints it as std would.
-fn install_panic_hook() {
-    let default = std::panic::take_hook();
+/// Records the panic for the parent, and prints it as std would, but
+/// naming the process and entry (`spawn/panic.rs`).
+fn install_panic_hook(entry: &str) {
+    let entry = entry.to_string();
+    super::panic::entry_thread_is_this_one();
     std::panic::set_hook(Box::new(move |info| {
-        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(PanicReport::from_hook(info));
-        default(info);
+        let report = PanicReport::from_hook(info);
+        super::panic::print(&report, &entry);
+        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
     }));
 }
 

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 
-use super::protocol::{BOOT_ENV, ForkReply, ForkRequest, Marker};
+use super::protocol::{BOOT_ENV, EnvChanges, ForkReply, ForkRequest, Marker};
 use super::reaper::Child;
 use crate::error::{Error, ErrorKind};
 use crate::wire::{self, FrameKind};
@@ -46,15 +46,18 @@ fn lock() -> MutexGuard<'static, Option<Server>> {
 /// Asks the fork server (started now if there is none, or it died) for a
 /// child to run `entry`, handing it `control` (the child's end of its
 /// control socket) and `status` (the write end of its status pipe).
+/// The child changes its environment by `env` before it runs.
 pub(crate) fn fork_child(
     entry: &str,
     daemon: bool,
+    env: &EnvChanges,
     control: &OwnedFd,
     status: &OwnedFd,
 ) -> Result<Forked, Error> {
     let request = ForkRequest {
         entry: entry.to_string(),
         daemon,
+        env: env.clone(),
     };
     let mut server = lock();
     // A server that died since the last start is replaced; one that dies

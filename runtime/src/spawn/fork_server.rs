@@ -181,6 +181,11 @@ impl Server {
             Err(e) => self.refuse(format!("fork failed: {e}")),
             Ok(Forked::Child) => {
                 drop(status);
+                // `Process::env` and co.: a forked child has no exec to set
+                // its environment, so it changes its own, still one thread.
+                if !request.env.is_empty() {
+                    self.single.change_env(request.env.clear, &request.env.vars);
+                }
                 if self.nofile.current != self.nofile.maximum {
                     let _ = rustix::process::setrlimit(Resource::Nofile, self.nofile);
                 }

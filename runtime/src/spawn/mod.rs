@@ -10,6 +10,7 @@
 //! - `reaper.rs`: who waits for which child, and when.
 //! - `current.rs`: what a process knows of itself (`current_process`, …).
 //! - `method.rs`: `StartMethod` and the process-wide default.
+//! - `panic.rs`: how a child prints its panic (naming process and entry).
 //! - `fork_client.rs` (parent side) and `fork_server.rs` (child side): the
 //!   fork server, which forks children instead of re-executing the binary.
 
@@ -18,6 +19,7 @@ pub(crate) mod current;
 pub(crate) mod fork_client;
 pub(crate) mod fork_server;
 pub(crate) mod method;
+mod panic;
 pub(crate) mod parent;
 pub(crate) mod protocol;
 pub(crate) mod reaper;

@@ -1,5 +1,6 @@
 //! [`Process`] and [`JoinHandle`]: start an entry in a child and collect its result.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
@@ -15,7 +16,7 @@ use rustix::process::Signal;
 use serde::de::DeserializeOwned;
 
 use super::method::StartMethod;
-use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, Marker};
+use super::protocol::{BOOT_ENV, CallHeader, ChildFailure, EnvChanges, Marker};
 use super::reaper::{Child, ExitStatus};
 use super::registry::Entry;
 use crate::error::{Error, ErrorKind, PanicReport};
@@ -41,6 +42,7 @@ pub struct Process<E: Entry> {
     name: Option<String>,
     daemon: bool,
     method: Option<StartMethod>,
+    env: EnvChanges,
     _entry: PhantomData<E>,
 }
 
@@ -51,6 +53,7 @@ impl<E: Entry> fmt::Debug for Process<E> {
             .field("name", &self.name)
             .field("daemon", &self.daemon)
             .field("method", &self.method)
+            .field("env", &self.env)
             .finish_non_exhaustive()
     }
 }
@@ -66,6 +69,7 @@ impl<E: Entry> Process<E> {
             name: None,
             daemon: false,
             method: None,
+            env: EnvChanges::default(),
             _entry: PhantomData,
         }
     }
@@ -109,6 +113,50 @@ impl<E: Entry> Process<E> {
         self
     }
 
+    /// Sets an environment variable for the child (as
+    /// `std::process::Command::env`), under either start method.
+    ///
+    /// ```
+    /// use multiproc::{entry, process_entry, Process};
+    ///
+    /// #[process_entry]
+    /// fn greeting() -> Option<String> {
+    ///     std::env::var("GREETING").ok()
+    /// }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let child = Process::new(entry!(greeting), ())
+    ///     .env("GREETING", "hello")
+    ///     .start()?;
+    /// assert_eq!(child.join()?.as_deref(), Some("hello"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Process<E> {
+        let value = value.as_ref().to_os_string();
+        self.env.change(key.as_ref().to_os_string(), Some(value));
+        self
+    }
+
+    /// Removes an environment variable from the child's environment (as
+    /// `std::process::Command::env_remove`).
+    pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Process<E> {
+        self.env.change(key.as_ref().to_os_string(), None);
+        self
+    }
+
+    /// Starts the child with an empty environment, but for the variables
+    /// set with [`env`](Self::env) after this call (as
+    /// `std::process::Command::env_clear`). What multiproc needs to start
+    /// the child is passed to it regardless, and is not in the environment
+    /// the entry sees. (A binary that needs a variable to load at all, as
+    /// `LD_LIBRARY_PATH` for a shared library, needs it set again with
+    /// `env` under `StartMethod::Spawn`.)
+    pub fn env_clear(mut self) -> Process<E> {
+        self.env.clear();
+        self
+    }
+
     /// Starts the child; returns a handle to join it.
     ///
     /// The arguments are encoded before the child is started, so an argument
@@ -144,7 +192,12 @@ impl<E: Entry> Process<E> {
             .encode(&(&header, &self.args))
             .map_err(|e| e.in_process(describe(&name, None, entry)))?;
         drop(self.args);
-        start_child(Outgoing::Frame(frame), name, entry, self.daemon, method)
+        let target = Target {
+            entry,
+            daemon: self.daemon,
+            env: self.env,
+        };
+        start_child(Outgoing::Frame(frame), name, target, method)
     }
 }
 
@@ -165,14 +218,22 @@ pub(crate) enum Outgoing {
     Raw(Vec<u8>),
 }
 
+/// What a new child runs, and how it is set up.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) entry: &'static str,
+    pub(crate) daemon: bool,
+    pub(crate) env: EnvChanges,
+}
+
 /// Spawns the child, hands it the call frame and returns its handle.
 pub(crate) fn start_child<R>(
     outgoing: Outgoing,
     name: String,
-    entry: &'static str,
-    daemon: bool,
+    target: Target,
     method: StartMethod,
 ) -> Result<JoinHandle<R>, Error> {
+    let Target { entry, daemon, env } = target;
     let spawn_err = |e: std::io::Error| {
         Error::new(ErrorKind::Spawn, "")
             .with_source(e)
@@ -195,7 +256,7 @@ pub(crate) fn start_child<R>(
         send_call(outgoing.take(), &ours);
     }
     let child = match method {
-        StartMethod::Spawn => spawn_child(theirs, &name, entry, daemon).map_err(spawn_err)?,
+        StartMethod::Spawn => spawn_child(theirs, &name, entry, daemon, &env).map_err(spawn_err)?,
         StartMethod::ForkServer => {
             super::method::check_supported(method)?;
             // The server writes the child's exit status here once it has
@@ -204,7 +265,7 @@ pub(crate) fn start_child<R>(
                 rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
             )
             .map_err(|e| spawn_err(e.into()))?;
-            let forked = super::fork_client::fork_child(entry, daemon, &theirs, &status_w)
+            let forked = super::fork_client::fork_child(entry, daemon, &env, &theirs, &status_w)
                 .map_err(|e| e.in_process(describe(&name, None, entry)))?;
             // Only the child holds its end now, so its death ends our stream.
             drop(theirs);
@@ -260,8 +321,19 @@ fn spawn_child(
     name: &str,
     entry: &'static str,
     daemon: bool,
+    env: &EnvChanges,
 ) -> std::io::Result<Arc<Child>> {
     let mut cmd = this_program(theirs);
+    if env.clear {
+        cmd.env_clear();
+    }
+    for (key, value) in &env.vars {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    // Last, so that no change above can take it away.
     cmd.env(
         BOOT_ENV,
         Marker::for_child(daemon, super::registry::loaded_count(), entry),
@@ -621,13 +693,12 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     frame.encode(&(&header, &()))?;
     let entry: &'static str = Box::leak(name.to_string().into_boxed_str());
     let method = super::method::resolve(None)?;
-    start_child(
-        Outgoing::Frame(frame),
-        "unchecked".into(),
+    let target = Target {
         entry,
-        false,
-        method,
-    )
+        daemon: false,
+        env: EnvChanges::default(),
+    };
+    start_child(Outgoing::Frame(frame), "unchecked".into(), target, method)
 }
 
 /// Starts a child for `entry` and writes `bytes` to its control socket
@@ -641,7 +712,12 @@ pub fn spawn_with_raw_call<E: Entry>(
 ) -> Result<JoinHandle<E::Output>, Error> {
     let _ = entry;
     let method = super::method::resolve(None)?;
-    start_child(Outgoing::Raw(bytes), "raw".into(), E::NAME, false, method)
+    let target = Target {
+        entry: E::NAME,
+        daemon: false,
+        env: EnvChanges::default(),
+    };
+    start_child(Outgoing::Raw(bytes), "raw".into(), target, method)
 }
 
 /// The environment variable, and its value, that makes a copy of this

@@ -150,6 +150,37 @@ impl Marker {
 pub(crate) struct ForkRequest {
     pub(crate) entry: String,
     pub(crate) daemon: bool,
+    /// What the forked child changes in its environment before it runs.
+    pub(crate) env: EnvChanges,
+}
+
+/// The environment changes `Process::env`, `env_remove` and `env_clear`
+/// ask for, as `std::process::Command` records them: `clear` first, then
+/// each variable set (`Some`) or removed (`None`), the last change of a
+/// key winning.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct EnvChanges {
+    pub(crate) clear: bool,
+    pub(crate) vars: Vec<(std::ffi::OsString, Option<std::ffi::OsString>)>,
+}
+
+impl EnvChanges {
+    /// Records setting (`Some`) or removing (`None`) `key`.
+    pub(crate) fn change(&mut self, key: std::ffi::OsString, value: Option<std::ffi::OsString>) {
+        self.vars.retain(|(k, _)| *k != key);
+        self.vars.push((key, value));
+    }
+
+    /// Records clearing the environment: earlier changes are gone too.
+    pub(crate) fn clear(&mut self) {
+        self.clear = true;
+        self.vars.clear();
+    }
+
+    /// Whether nothing changes.
+    pub(crate) fn is_empty(&self) -> bool {
+        !self.clear && self.vars.is_empty()
+    }
 }
 
 /// Fork server to parent, in a `Forked` frame: the child's pid, with a

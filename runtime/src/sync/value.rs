@@ -20,10 +20,12 @@ const WHAT: &str = "value's lock";
 /// One plain-old-data value in shared memory, with a built-in lock
 /// (Python's `multiprocessing.Value`).
 ///
-/// `T` is any [`bytemuck::Pod`] type: integers, floats, arrays of them, and
-/// `#[repr(C)]` structs of them that implement `Pod` (with bytemuck's
-/// derive, for instance). [`lock`](Self::lock) gives a guard that derefs to
-/// `T`; [`load`](Self::load) and [`store`](Self::store) take the lock for a
+/// `T` is any [`Pod`] type: integers, floats, arrays of them, and
+/// `#[repr(C)]` structs of them without padding that derive [`Pod`] and
+/// [`Zeroable`](crate::Zeroable) (bytemuck's,
+/// re-exported, so no dependency of your own is needed; see the second
+/// example). [`lock`](Self::lock) gives a guard that derefs to `T`;
+/// [`load`](Self::load) and [`store`](Self::store) take the lock for a
 /// single read or write.
 ///
 /// ```
@@ -44,6 +46,35 @@ const WHAT: &str = "value's lock";
 /// let b = spawn!(count, total.clone(), 1000)?;
 /// assert!(a.join()? && b.join()?);
 /// assert_eq!(total.load()?, 2000);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// A struct of your own: derive `multiproc::Pod` and `multiproc::Zeroable`,
+/// and tell the derives where bytemuck is (they name the crate `bytemuck`,
+/// which is `multiproc::bytemuck` unless you depend on bytemuck yourself,
+/// with its `derive` feature):
+///
+/// ```
+/// use multiproc::{process_entry, spawn, Value};
+///
+/// #[derive(Clone, Copy, Debug, PartialEq, multiproc::Pod, multiproc::Zeroable)]
+/// #[bytemuck(crate = "multiproc::bytemuck")]
+/// #[repr(C)]
+/// struct Point {
+///     x: f64,
+///     y: f64,
+/// }
+///
+/// #[process_entry]
+/// fn shift(p: Value<Point>) {
+///     p.lock().unwrap().x += 1.0;
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let p = Value::new(Point { x: 1.0, y: 2.0 })?;
+/// spawn!(shift, p.clone())?.join()?;
+/// assert_eq!(p.load()?, Point { x: 2.0, y: 2.0 });
 /// # Ok(())
 /// # }
 /// ```

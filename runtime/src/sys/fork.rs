@@ -31,6 +31,36 @@ impl SingleThreaded {
     }
 }
 
+impl SingleThreaded {
+    /// Changes this process's environment: clears it first if `clear`,
+    /// then sets each `(key, Some(value))` and removes each `(key, None)`,
+    /// in order. For a forked child, before it runs its entry.
+    pub(crate) fn change_env(
+        &self,
+        clear: bool,
+        vars: &[(std::ffi::OsString, Option<std::ffi::OsString>)],
+    ) {
+        if clear {
+            for (key, _) in std::env::vars_os() {
+                // SAFETY: `self` proves this process has one thread (the
+                // server's, whose proof a forked child inherits: `fork`
+                // copies only the calling thread), so nothing reads the
+                // environment while it changes.
+                unsafe { std::env::remove_var(key) }
+            }
+        }
+        for (key, value) in vars {
+            // SAFETY: as above, one thread.
+            unsafe {
+                match value {
+                    Some(value) => std::env::set_var(key, value),
+                    None => std::env::remove_var(key),
+                }
+            }
+        }
+    }
+}
+
 /// Which side of a [`fork`] this is.
 #[derive(Debug)]
 pub(crate) enum Forked {

@@ -26,9 +26,18 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
         .map(drop)
         .map_err(|e| e.to_string());
     #[cfg(feature = "postcard")]
-    let result = postcard::to_extend(value, std::mem::take(buf))
-        .map(|out| *buf = out)
-        .map_err(|e| e.to_string());
+    let result = {
+        // postcard takes the vector and drops it on error: put back as many
+        // bytes as there were (the caller's header space), so a frame whose
+        // value failed to encode stays usable.
+        let len = buf.len();
+        postcard::to_extend(value, std::mem::take(buf))
+            .map(|out| *buf = out)
+            .map_err(|e| {
+                buf.resize(len, 0);
+                e.to_string()
+            })
+    };
     result
 }
 

@@ -1,0 +1,51 @@
+//! How a child reports its panic on stderr: one line that names the
+//! process and entry instead of std's `thread '<unnamed>'`, then the
+//! message and the trimmed backtrace (the error the parent gets carries the
+//! same report, but its `Display` does not repeat the backtrace).
+
+use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::thread::ThreadId;
+
+use crate::error::PanicReport;
+
+/// The thread that runs the entry (the one that installed the hook).
+static ENTRY_THREAD: OnceLock<ThreadId> = OnceLock::new();
+
+/// Marks the calling thread as the one that runs the entry.
+pub(super) fn entry_thread_is_this_one() {
+    let _ = ENTRY_THREAD.set(std::thread::current().id());
+}
+
+/// Prints `report` as std's hook would, naming the process and entry.
+pub(super) fn print(report: &PanicReport, entry: &str) {
+    let me = super::current::current_process();
+    let process = format!("process '{}' (pid {})", me.name(), me.pid());
+    let thread = std::thread::current();
+    let who = if ENTRY_THREAD.get() == Some(&thread.id()) {
+        format!("{process} entry `{entry}`")
+    } else {
+        let name = thread.name().unwrap_or("<unnamed>");
+        format!("thread '{name}' of {process} entry `{entry}`")
+    };
+    let mut out = format!("{who} panicked");
+    if let Some(location) = &report.location {
+        out += &format!(" at {location}");
+    }
+    out += &format!(":\n{}\n", report.message);
+    static NOTED: AtomicBool = AtomicBool::new(false);
+    match &report.backtrace {
+        Some(backtrace) => out += &format!("stack backtrace:\n{backtrace}"),
+        None if backtrace_off() && !NOTED.swap(true, Relaxed) => {
+            out +=
+                "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        }
+        None => {}
+    }
+    let _ = std::io::stderr().lock().write_all(out.as_bytes());
+}
+
+fn backtrace_off() -> bool {
+    std::env::var_os("RUST_BACKTRACE").is_none_or(|v| v == "0")
+}
