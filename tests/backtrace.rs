@@ -167,3 +167,22 @@ fn a_thread_of_an_entry_names_itself_and_its_process() {
     let printed = run_inner("inner_thread_panic", "0", "in a helper thread");
     assert!(!printed.contains("stack backtrace"), "{printed}");
 }
+
+#[test]
+#[ignore = "run by a_pool_task_panic_names_the_task"]
+fn inner_pool_task_panic() {
+    if !common::run_by_outer_test(INNER, "a_pool_task_panic_names_the_task") {
+        return;
+    }
+    let pool = multiproc::Pool::new(1).unwrap();
+    println!("EXPECT:task `backtrace::deep_panic` panicked at tests/backtrace.rs:{PANIC_LINE}:5:");
+    let err = pool.apply(multiproc::entry!(deep_panic), ()).unwrap_err();
+    assert!(err.is_panicked(), "{err}");
+}
+
+#[test]
+fn a_pool_task_panic_names_the_task() {
+    // Not the worker's own entry (`pool_worker`): the task that panicked.
+    let printed = run_inner("inner_pool_task_panic", "0", "with a backtrace");
+    assert!(!printed.contains("pool_worker"), "{printed}");
+}

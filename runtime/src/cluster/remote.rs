@@ -495,6 +495,12 @@ pub(crate) fn cluster_worker() {
         job: var("SLURM_JOB_ID"),
         step: var("SLURM_STEP_ID"),
     };
+    // As a local worker is named (`PoolWorker-N`), by its task number.
+    let name = match hello.rank {
+        Some(rank) => format!("PoolWorker-{rank}@{}", hello.host),
+        None => format!("PoolWorker@{}", hello.host),
+    };
+    crate::spawn::current::set_child(name, false);
     if link.send(&Msg::Hello(hello)).is_err() {
         return;
     }

@@ -24,6 +24,11 @@ pub(super) fn key<E: crate::Entry>() -> Result<&'static str, Error> {
     crate::spawn::registry::key_of::<E>()
 }
 
+/// Says which task the worker runs now, for its panic message.
+pub(super) fn running(entry: Option<&str>) {
+    crate::spawn::panic::running_task(entry);
+}
+
 /// Checks, in the parent, that `name` is a registered entry.
 pub(super) fn check_entry(name: &str) -> Result<(), Error> {
     crate::spawn::registry::lookup(name).map(drop)

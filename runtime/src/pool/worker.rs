@@ -77,6 +77,7 @@ pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
             entry: shared.entry.clone(),
             items: Vec::new(),
         });
+        task::running(Some(&chunk.entry));
         let outcomes = match task::runner(&chunk.entry) {
             Ok(run) => chunk
                 .items
@@ -102,6 +103,7 @@ pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
                     .collect()
             }
         };
+        task::running(None);
         if link
             .send(&Msg::Done {
                 id: chunk.id,

@@ -331,7 +331,7 @@ fn remote_target() -> Option<&'static (usize, String)> {
 
 /// Runs the argument-less `entry` for a launcher on another machine; the
 /// exit code: 0 when it returned, [`EXIT_PANICKED`] when it panicked (the
-/// default hook printed the panic), [`EXIT_BOOTSTRAP_FAILED`] when it
+/// hook printed the panic), [`EXIT_BOOTSTRAP_FAILED`] when it
 /// could not run.
 fn run_remote(entry: &str) -> i32 {
     crate::sys::ignore_sigpipe();
@@ -342,6 +342,7 @@ fn run_remote(entry: &str) -> i32 {
         );
         return EXIT_BOOTSTRAP_FAILED;
     };
+    install_panic_hook(entry);
     // `()`, the arguments of an argument-less entry, encodes as nothing.
     match (record.run())(&[], Vec::new()) {
         super::registry::RunOutcome::Value(_) => 0,

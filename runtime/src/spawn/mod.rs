@@ -19,7 +19,7 @@ pub(crate) mod current;
 pub(crate) mod fork_client;
 pub(crate) mod fork_server;
 pub(crate) mod method;
-mod panic;
+pub(crate) mod panic;
 pub(crate) mod parent;
 pub(crate) mod protocol;
 pub(crate) mod reaper;

@@ -4,8 +4,8 @@
 //! same report, but its `Display` does not repeat the backtrace).
 
 use std::io::Write;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::thread::ThreadId;
 
 use crate::error::PanicReport;
@@ -18,13 +18,26 @@ pub(super) fn entry_thread_is_this_one() {
     let _ = ENTRY_THREAD.set(std::thread::current().id());
 }
 
+/// The task a pool worker is running, if any: a panic then names it
+/// rather than the worker's own entry.
+static TASK: Mutex<Option<String>> = Mutex::new(None);
+
+/// Says which task entry the entry thread runs now (`None`: none).
+pub(crate) fn running_task(entry: Option<&str>) {
+    *TASK.lock().unwrap_or_else(|p| p.into_inner()) = entry.map(str::to_string);
+}
+
 /// Prints `report` as std's hook would, naming the process and entry.
 pub(super) fn print(report: &PanicReport, entry: &str) {
     let me = super::current::current_process();
     let process = format!("process '{}' (pid {})", me.name(), me.pid());
     let thread = std::thread::current();
+    let task = TASK.lock().unwrap_or_else(|p| p.into_inner()).clone();
     let who = if ENTRY_THREAD.get() == Some(&thread.id()) {
-        format!("{process} entry `{entry}`")
+        match task {
+            Some(task) => format!("{process} task `{task}`"),
+            None => format!("{process} entry `{entry}`"),
+        }
     } else {
         let name = thread.name().unwrap_or("<unnamed>");
         format!("thread '{name}' of {process} entry `{entry}`")
