@@ -15,24 +15,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use multiproc::cluster::Slurm;
-use multiproc::{Pool, entry, process_entry};
+use multiproc::{Pool, entry};
 
-#[process_entry]
-fn trivial(x: u64) -> u64 {
-    x + 1
-}
-
-/// About `iters` steps of a xorshift: CPU only.
-#[process_entry]
-fn spin(iters: u64) -> u64 {
-    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64);
-    for _ in 0..iters {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-    }
-    x
-}
+mod tasks;
+use tasks::{spin, trivial};
 
 const WORKERS: u32 = 4;
 const TRIVIAL_TASKS: u64 = 5_000;

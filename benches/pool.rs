@@ -13,22 +13,8 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use multiproc::{Connection, Pipe, Pool, Queue, entry, process_entry, spawn};
 use rayon::prelude::*;
 
-#[process_entry]
-fn trivial(x: u64) -> u64 {
-    x + 1
-}
-
-/// About `iters` steps of a xorshift: CPU only, no memory traffic.
-#[process_entry]
-fn spin(iters: u64) -> u64 {
-    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64);
-    for _ in 0..iters {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-    }
-    x
-}
+mod tasks;
+use tasks::{spin, trivial};
 
 #[process_entry]
 fn echo(conn: Connection<u64>) {
