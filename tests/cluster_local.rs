@@ -79,6 +79,23 @@ fn handles_are_refused_both_ways_with_the_reason() {
     assert_eq!(pool.apply(entry!(square), (3,)).unwrap(), 9);
 }
 
+#[process_entry]
+fn init_with_queue(q: Queue<u64>) {
+    let _ = q.put(1);
+}
+
+#[test]
+fn an_initializer_holding_a_handle_is_refused_before_anything_starts() {
+    let q = Queue::<u64>::new().unwrap();
+    let err = Pool::builder()
+        .launcher(fake_srun().tasks(1))
+        .initializer(entry!(init_with_queue), (q,))
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("cannot cross"), "{err}");
+}
+
 #[test]
 fn a_dead_worker_fails_only_its_task() {
     let pool = Pool::builder()

@@ -211,16 +211,8 @@ impl PoolBuilder {
                 ));
             }
         }
-        let mut launcher = self.launcher;
-        if let Some(launcher) = &mut launcher {
-            launcher.0.prepare()?;
-        }
-        let processes = launcher
-            .as_ref()
-            .and_then(|l| l.0.processes())
-            .or(self.processes)
-            .unwrap_or_else(task::cpu_count);
-        if processes == 0 {
+        // Checked before a launcher starts anything (a cluster's job step).
+        if self.processes == Some(0) {
             return Err(task::error(
                 ErrorKind::Spawn,
                 "a pool needs at least one worker process",
@@ -233,20 +225,29 @@ impl PoolBuilder {
             ));
         }
         let init = self.init.transpose()?;
+        if self.launcher.as_ref().is_some_and(|l| l.0.remote())
+            && init.as_ref().is_some_and(|(_, item)| !item.fds.is_empty())
+        {
+            return Err(task::error(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the initializer's arguments cannot go to workers on other \
+                     machines: the value {}",
+                    link::REMOTE_HANDLE
+                ),
+            ));
+        }
+        let mut launcher = self.launcher;
+        if let Some(launcher) = &mut launcher {
+            launcher.0.prepare()?;
+        }
+        let processes = launcher
+            .as_ref()
+            .and_then(|l| l.0.processes())
+            .or(self.processes)
+            .unwrap_or_else(task::cpu_count);
         let launcher = match launcher {
-            Some(launcher) => {
-                if init.as_ref().is_some_and(|(_, item)| !item.fds.is_empty()) {
-                    return Err(task::error(
-                        ErrorKind::InvalidInput,
-                        format!(
-                            "the initializer's arguments cannot go to workers on other \
-                             machines: the value {}",
-                            link::REMOTE_HANDLE
-                        ),
-                    ));
-                }
-                launcher.0
-            }
+            Some(launcher) => launcher.0,
             None => Box::new(launch::SpawnLauncher {
                 method: self.method,
             }),
