@@ -385,6 +385,102 @@ fn run_inner(name: &str, env: &[(&str, &str)]) {
     assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
 }
 
+/// The live (not zombie) children of process `pid`, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
+        if state != Some("Z") && ppid == Some(pid) {
+            found.push(child);
+        }
+    }
+    found
+}
+
+/// The variable `key` as this child sees it, and its descriptors.
+#[process_entry]
+fn env_and_fds(key: String) -> (Option<String>, Vec<(u32, String)>) {
+    (std::env::var(&key).ok(), list_fds())
+}
+
+#[test]
+fn an_idle_server_forks_a_spare_that_serves_the_next_start() {
+    // Alone in its own process: another test's start would take the spare.
+    run_inner("inner_spare", &[]);
+}
+
+#[test]
+#[ignore = "run by an_idle_server_forks_a_spare_that_serves_the_next_start"]
+fn inner_spare() {
+    if !common::run_by_outer_test(
+        INNER,
+        "an_idle_server_forks_a_spare_that_serves_the_next_start",
+    ) {
+        return;
+    }
+    let inherited = inheritable_fds();
+    let server = server_pid();
+    // A child running while the spare is forked: the server then holds its
+    // pidfd and status pipe, which the spare must not keep.
+    let (gate_r, gate_w) = pipe();
+    let other = Process::new(entry!(blocker), (Fd::from(gate_r),))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    let other_pid = other.pid();
+    let spare = || {
+        children_of(server)
+            .into_iter()
+            .find(|&pid| pid != other_pid)
+    };
+    common::eventually("the idle server has forked a spare", || spare().is_some());
+    let first = spare().unwrap();
+    let child = Process::new(entry!(env_and_fds), ("MULTIPROC_SPARE_TEST".to_string(),))
+        .env("MULTIPROC_SPARE_TEST", "set after the fork")
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(child.pid(), first, "the spare serves the next start");
+    let (var, fds) = child.join().unwrap();
+    assert_eq!(var.as_deref(), Some("set after the fork"));
+    let fds: Vec<(u32, String)> = fds
+        .into_iter()
+        .filter(|(fd, _)| !inherited.contains(fd))
+        .collect();
+    let numbers: Vec<u32> = fds.iter().map(|(fd, _)| *fd).collect();
+    assert_eq!(numbers, [0, 1, 2, 3], "{fds:?}");
+    assert_eq!(fds[0].1, "/dev/null", "{fds:?}");
+    assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
+    drop(gate_w);
+    assert_eq!(other.join().unwrap(), 7);
+
+    // A spare that dies unused is reaped, and replaced once idle again.
+    common::eventually("the server has forked another spare", || {
+        spare().is_some_and(|pid| pid != first)
+    });
+    let second = spare().unwrap();
+    kill(second, Signal::KILL);
+    common::eventually("the killed spare is reaped", || {
+        common::state_of(second).is_none()
+    });
+    common::eventually("the killed spare is replaced", || {
+        spare().is_some_and(|pid| pid != second)
+    });
+    assert_eq!(server_pid(), server, "the same server serves on");
+}
+
 #[test]
 fn a_dead_server_fails_pending_starts_and_is_replaced() {
     // Alone in its own process: it kills that process's server, which

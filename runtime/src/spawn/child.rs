@@ -129,7 +129,7 @@ fn dispatch(loaded: usize, force: bool) {
     exit(code)
 }
 
-fn exit(code: i32) -> ! {
+pub(super) fn exit(code: i32) -> ! {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code);
@@ -291,7 +291,7 @@ fn take_panic() -> Option<PanicReport> {
 
 /// Records the panic for the parent, and prints it as std would, but
 /// naming the process and entry (`spawn/panic.rs`).
-fn install_panic_hook(entry: &str) {
+pub(super) fn install_panic_hook(entry: &str) {
     let entry = entry.to_string();
     super::panic::entry_thread_is_this_one();
     std::panic::set_hook(Box::new(move |info| {

@@ -16,6 +16,18 @@
 //! 3. When the child's pidfd is readable, reap it (`waitid`), write its exit
 //!    status to its status pipe in one 8-byte write, and close the pipe.
 //!
+//! **The spare.** Once no request has come for [`SPARE_AFTER_IDLE`], the
+//! server forks the next child ahead of time: a spare, which drops the
+//! server's descriptors, warms up (`warm_up`) and waits on a socket of its
+//! own. The next request is then sent to the spare (its entry, daemon flag
+//! and environment changes, with the control socket) instead of forking,
+//! and the reply names the spare; from there on it is a child like any
+//! other. A start thus waits for neither a fork nor the child's first page
+//! faults. Requests in quick succession fork on demand (step 1): a spare
+//! forked right after a start would compete for the CPU with the child just
+//! started. A spare that dies unused is reaped; one whose server dies reads
+//! the end of its socket and exits.
+//!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
 //! as the parent). Its daemon children die with it by their own
@@ -25,11 +37,15 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
 
-use rustix::event::epoll;
+use rustix::event::{Timespec, epoll};
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::{PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
-use super::protocol::{EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit};
+use super::protocol::{
+    CallHeader, EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit,
+};
 use crate::sys::fork::{Forked, SingleThreaded};
 use crate::wire::{self, FrameKind};
 
@@ -60,7 +76,122 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             drop(server);
             super::child::run_forked(&target, marker.parent, control)
         }
+        Served::Spare { assigned } => {
+            // The spare keeps none of the server's descriptors either, but
+            // its proof of being single-threaded, to change its environment.
+            let Server {
+                sock,
+                epoll,
+                running,
+                nofile,
+                single,
+                pid,
+                buf,
+                spare,
+                spare_due: _,
+            } = server;
+            drop((sock, epoll, running, buf, spare));
+            run_spare(&single, nofile, pid, assigned, marker.parent)
+        }
     }
+}
+
+/// What a spare does while nobody waits for it, so that its request does
+/// not wait for it: the per-process state a child sets up first (thread
+/// handle, stdio, panic hook, registry), the pages it writes first (its
+/// stack, the top of its heap), which fork shares copy-on-write, and the
+/// code of a call and a result going through a socket, which fork leaves
+/// to be faulted in again.
+#[inline(never)]
+fn warm_up() {
+    use std::io::Write;
+    let _ = std::thread::current();
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // Replaced by the child's own, naming its entry.
+    super::child::install_panic_hook("");
+    let _ = super::registry::find_loaded("");
+    let _ = super::reaper::live();
+    let mut stack = [0u8; 64 << 10];
+    std::hint::black_box(&mut stack);
+    for i in (0..stack.len()).step_by(4096) {
+        stack[i] = 1;
+    }
+    std::hint::black_box(&mut stack);
+    let mut heap = vec![0u8; 64 << 10];
+    for i in (0..heap.len()).step_by(4096) {
+        heap[i] = 1;
+    }
+    std::hint::black_box(heap);
+    // A frame through a socket and back, as the child's call and result
+    // will go: the code of that path is then mapped in this process.
+    let Ok((a, b)) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    ) else {
+        return;
+    };
+    let header = CallHeader {
+        entry: String::new(),
+        process_name: String::new(),
+    };
+    let mut frame = wire::OutFrame::new();
+    if frame.encode(&(&header, 0u64)).is_ok() && frame.send(a.as_fd(), FrameKind::Value).is_ok() {
+        let mut buf = Vec::new();
+        if let Ok(Some(frame)) = wire::recv_frame(b.as_fd(), &mut buf) {
+            let _ = std::hint::black_box(wire::decode_prefix::<CallHeader>(&buf, frame.fds));
+        }
+    }
+}
+
+/// A spare child, forked ahead of the request it will serve.
+#[derive(Debug)]
+struct Spare {
+    pid: u32,
+    pidfd: OwnedFd,
+    /// Where its request is sent (it holds the other end).
+    sock: OwnedFd,
+}
+
+/// A spare child: waits for its request on `assigned`, then runs it as a
+/// child forked on request does. Exits if the server goes first.
+fn run_spare(
+    single: &SingleThreaded,
+    nofile: Rlimit,
+    server: u32,
+    assigned: OwnedFd,
+    started_by: u32,
+) -> ! {
+    if nofile.current != nofile.maximum {
+        let _ = rustix::process::setrlimit(Resource::Nofile, nofile);
+    }
+    warm_up();
+    let mut buf = Vec::new();
+    let (request, control) = match wire::recv_frame(assigned.as_fd(), &mut buf) {
+        Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest => match (
+            wire::codec::decode::<ForkRequest>(&buf),
+            <[OwnedFd; 1]>::try_from(frame.fds),
+        ) {
+            (Ok(request), Ok([control])) => (request, control),
+            _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
+        },
+        // The server is gone (or out of step): nobody will ask.
+        _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
+    };
+    drop(assigned);
+    if !request.env.is_empty() {
+        single.change_env(request.env.clear, &request.env.vars);
+    }
+    let target = Marker {
+        parent: server,
+        daemon: request.daemon,
+        server: false,
+        expected: 0,
+        entry: request.entry,
+    };
+    super::child::run_forked(&target, started_by, control)
 }
 
 /// A forked child not yet reaped.
@@ -69,6 +200,9 @@ struct Running {
     pidfd: OwnedFd,
     status: OwnedFd,
 }
+
+/// How long the server waits without a request before it forks a spare.
+const SPARE_AFTER_IDLE: Duration = Duration::from_millis(1);
 
 /// The epoll key of the request socket; a child's key is its pid.
 const REQUESTS: u64 = u64::MAX;
@@ -85,6 +219,14 @@ struct Server {
     single: SingleThreaded,
     pid: u32,
     buf: Vec<u8>,
+    /// The next child, forked before it is asked for, so that a start does
+    /// not wait for a fork (`None` if forking it failed, or it died).
+    spare: Option<Spare>,
+    /// When to fork a spare, if there is none: once no request has come
+    /// for [`SPARE_AFTER_IDLE`]. Requests in quick succession fork on
+    /// demand instead, so a spare's fork and warm-up never compete with the
+    /// children just started, nor delay the next request.
+    spare_due: Option<Instant>,
 }
 
 enum Served {
@@ -94,6 +236,10 @@ enum Served {
     Forked {
         target: Marker,
         control: OwnedFd,
+    },
+    /// This is a new spare child, to wait for its request on `assigned`.
+    Spare {
+        assigned: OwnedFd,
     },
 }
 
@@ -126,17 +272,35 @@ impl Server {
             single,
             pid: std::process::id(),
             buf: Vec::new(),
+            spare: None,
+            spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
         })
     }
 
     fn run(&mut self) -> Served {
         let mut events = Vec::with_capacity(64);
         loop {
+            let mut timeout = None;
+            if let Some(due) = self.spare_due.filter(|_| self.spare.is_none()) {
+                let left = due.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    // Not again until the next request (or a spare's death).
+                    self.spare_due = None;
+                    if let Some(served) = self.fork_spare() {
+                        return served;
+                    }
+                } else {
+                    timeout = Some(Timespec {
+                        tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                        tv_nsec: left.subsec_nanos() as _,
+                    });
+                }
+            }
             events.clear();
             match epoll::wait(
                 &self.epoll,
                 rustix::buffer::spare_capacity(&mut events),
-                None,
+                timeout.as_ref(),
             ) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
@@ -176,6 +340,18 @@ impl Server {
                     fds.len()
                 ));
             }
+        };
+        self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+        let (request, control) = match self.spare.take() {
+            Some(spare) => match self.assign(spare, request, control) {
+                Ok((pid, pidfd)) => {
+                    self.running.insert(pid, Running { pidfd, status });
+                    return self.reply_started(pid);
+                }
+                // The spare died: fork a child now.
+                Err(back) => back,
+            },
+            None => (request, control),
         };
         match crate::sys::fork::fork(&self.single) {
             Err(e) => self.refuse(format!("fork failed: {e}")),
@@ -227,18 +403,107 @@ impl Server {
                         rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
                     return self.refuse(format!("epoll_ctl failed: {e}"));
                 }
-                let reply = ForkReply::Started { pid: raw };
-                let sent = super::protocol::send_message(
-                    self.sock.as_fd(),
-                    FrameKind::Forked,
-                    &reply,
-                    &[pidfd.as_fd()],
-                );
                 self.running.insert(raw, Running { pidfd, status });
-                // The parent is gone; the child's control socket ends and it exits.
-                sent.err().map(|_| Served::ParentGone)
+                self.reply_started(raw)
             }
         }
+    }
+
+    /// Tells the parent that child `pid` (in `running`) has started.
+    fn reply_started(&mut self, pid: u32) -> Option<Served> {
+        let Some(child) = self.running.get(&pid) else {
+            return self.refuse(format!("child {pid} is not running"));
+        };
+        let reply = ForkReply::Started { pid };
+        let sent = super::protocol::send_message(
+            self.sock.as_fd(),
+            FrameKind::Forked,
+            &reply,
+            &[child.pidfd.as_fd()],
+        );
+        // The parent is gone; the child's control socket ends and it exits.
+        sent.err().map(|_| Served::ParentGone)
+    }
+
+    /// Forks a spare child, to be handed the next request; `Some` in the
+    /// spare itself. Without a spare, requests fork on demand.
+    fn fork_spare(&mut self) -> Option<Served> {
+        let (ours, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC,
+            None,
+        )
+        .ok()?;
+        match crate::sys::fork::fork(&self.single) {
+            Err(_) => None,
+            Ok(Forked::Child) => {
+                drop(ours);
+                Some(Served::Spare { assigned: theirs })
+            }
+            Ok(Forked::Parent(pid)) => {
+                drop(theirs);
+                let raw = pid.as_raw_pid() as u32;
+                let watched = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+                    .ok()
+                    .filter(|pidfd| {
+                        epoll::add(
+                            &self.epoll,
+                            pidfd,
+                            epoll::EventData::new_u64(u64::from(raw)),
+                            epoll::EventFlags::IN,
+                        )
+                        .is_ok()
+                    });
+                match watched {
+                    Some(pidfd) => {
+                        self.spare = Some(Spare {
+                            pid: raw,
+                            pidfd,
+                            sock: ours,
+                        });
+                    }
+                    None => {
+                        // Unwatchable: its end of the socket closes with
+                        // ours, so it exits; reap it now.
+                        drop(ours);
+                        let _ = rustix::process::waitpid(
+                            Some(pid),
+                            rustix::process::WaitOptions::empty(),
+                        );
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Hands a request to the spare: on success the spare runs it (its pid
+    /// and pidfd are returned); else the spare is reaped and the request
+    /// handed back.
+    fn assign(
+        &mut self,
+        spare: Spare,
+        request: ForkRequest,
+        control: OwnedFd,
+    ) -> Result<(u32, OwnedFd), (ForkRequest, OwnedFd)> {
+        let sent = super::protocol::send_message(
+            spare.sock.as_fd(),
+            FrameKind::ForkRequest,
+            &request,
+            &[control.as_fd()],
+        );
+        if sent.is_err() {
+            let _ = epoll::delete(&self.epoll, &spare.pidfd);
+            drop(spare.sock);
+            let _ = rustix::process::pidfd_send_signal(&spare.pidfd, Signal::KILL);
+            let _ =
+                rustix::process::waitid(WaitId::PidFd(spare.pidfd.as_fd()), WaitIdOptions::EXITED);
+            return Err((request, control));
+        }
+        // Our copy goes now: no later fork may inherit it.
+        drop(control);
+        Ok((spare.pid, spare.pidfd))
     }
 
     fn refuse(&mut self, message: String) -> Option<Served> {
@@ -250,6 +515,19 @@ impl Server {
 
     /// Reaps child `pid` if it has exited, and reports how to its parent.
     fn reap(&mut self, pid: u32) {
+        if let Some(spare) = self.spare.as_ref().filter(|s| s.pid == pid) {
+            // A spare that died before it was asked for anything.
+            if let Ok(None) = rustix::process::waitid(
+                WaitId::PidFd(spare.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                return;
+            }
+            let _ = epoll::delete(&self.epoll, &spare.pidfd);
+            self.spare = None;
+            self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+            return;
+        }
         let Some(child) = self.running.get(&pid) else {
             return;
         };
