@@ -229,33 +229,15 @@ fn a_killed_worker_fails_only_its_task_and_the_rest_completes() {
 /// step (their parent is a `slurmstepd`): the workers, on whatever node.
 fn worker_pids() -> HashSet<u32> {
     let me = std::env::current_exe().unwrap();
-    let mut pids = HashSet::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            continue;
-        };
-        if exe != me {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(ppid) = stat
-            .rfind(')')
-            .and_then(|i| stat[i + 2..].split(' ').nth(1))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let parent = std::fs::read_to_string(format!("/proc/{ppid}/comm")).unwrap_or_default();
-        if parent.trim() == "slurmstepd" {
-            pids.insert(pid);
-        }
-    }
-    pids
+    common::processes()
+        .into_iter()
+        .filter(|&(pid, _, ppid)| {
+            std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == me)
+                && std::fs::read_to_string(format!("/proc/{ppid}/comm"))
+                    .is_ok_and(|comm| comm.trim() == "slurmstepd")
+        })
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 #[test]

@@ -387,26 +387,11 @@ fn run_inner(name: &str, env: &[(&str, &str)]) {
 
 /// The live (not zombie) children of process `pid`, from /proc.
 fn children_of(pid: u32) -> Vec<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
-        if state != Some("Z") && ppid == Some(pid) {
-            found.push(child);
-        }
-    }
-    found
+    common::processes()
+        .into_iter()
+        .filter(|&(_, state, ppid)| state != b'Z' && ppid == pid)
+        .map(|(child, _, _)| child)
+        .collect()
 }
 
 /// The variable `key` as this child sees it, and its descriptors.

@@ -1,6 +1,8 @@
 //! Resource hygiene over many spawns. Its own test binary, so no other test
 //! opens descriptors or spawns children while it counts.
 
+mod common;
+
 use std::collections::HashSet;
 
 use multiproc::{process_entry, spawn};
@@ -20,26 +22,11 @@ fn open_fds() -> HashSet<String> {
 /// Children of this process in state Z, from /proc.
 fn zombies() -> Vec<u32> {
     let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid: Option<u32> = fields.next().and_then(|p| p.parse().ok());
-        if state == Some("Z") && ppid == Some(me) {
-            found.push(pid);
-        }
-    }
-    found
+    common::processes()
+        .into_iter()
+        .filter(|&(_, state, ppid)| state == b'Z' && ppid == me)
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 #[test]

@@ -27,19 +27,10 @@ fn open_fds() -> usize {
 
 /// Children of this process that have exited and not been reaped.
 fn zombies() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| {
-            let name = entry.ok()?.file_name().into_string().ok()?;
-            name.parse::<u32>().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{name}/stat")).ok()?;
-            let rest = stat.rsplit_once(')')?.1;
-            let mut fields = rest.split_whitespace();
-            let state = fields.next()?;
-            let ppid = fields.next()?;
-            (state == "Z" && ppid == me).then_some(())
-        })
+    let me = std::process::id();
+    common::processes()
+        .into_iter()
+        .filter(|&(_, state, ppid)| state == b'Z' && ppid == me)
         .count()
 }
 

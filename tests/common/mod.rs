@@ -41,3 +41,27 @@ pub fn run_by_outer_test(var: &str, outer: &str) -> bool {
     println!("skipped: {outer} runs this test in a fresh process (with {var} set)");
     false
 }
+
+/// Every process this one can see, from `/proc`: `(pid, state, parent pid)`.
+pub fn processes() -> Vec<(u32, u8, u32)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().and_then(|s| s.bytes().next());
+        let ppid = fields.next().and_then(|p| p.parse().ok());
+        if let (Some(state), Some(ppid)) = (state, ppid) {
+            found.push((pid, state, ppid));
+        }
+    }
+    found
+}
