@@ -1,5 +1,5 @@
 //! A whole node lost while the pool runs: its link cut, then everything on
-//! it killed (`ci/slurm/node.sh lose 3`), as a power failure would. Needs
+//! it killed (`ci/slurm/node.sh lose N`), as a power failure would. Needs
 //! the emulated cluster with a network namespace per node
 //! (`SLURM_NETNS=1 ci/slurm/with-slurm.sh 4 -- cargo test --test
 //! cluster_node_loss`); skipped without one unless `MULTIPROC_REQUIRE_SLURM`
@@ -27,14 +27,14 @@ fn marker() -> String {
     format!("/tmp/multiproc-node-loss-{}", std::process::id())
 }
 
-/// Stalls on node n3 (after saying so with a file: the filesystem is
-/// shared), answers at once elsewhere.
+/// Item 0 stalls, after writing the name of its node to `marker` (the
+/// filesystem is shared); the others answer at once.
 #[process_entry]
-fn stall_on_n3(arg: (u64, String)) -> (u64, String) {
+fn stall_first(arg: (u64, String)) -> (u64, String) {
     let (x, marker) = arg;
     let host = hostname();
-    if host == "n3" {
-        let _ = std::fs::write(&marker, b"stalled");
+    if x == 0 {
+        let _ = std::fs::write(&marker, &host);
         loop {
             std::thread::park();
         }
@@ -84,13 +84,22 @@ fn a_lost_node_fails_only_the_task_it_held_and_the_map_completes() {
         .unwrap();
     let pending: Vec<_> = (0..40u64)
         .map(|x| {
-            pool.apply_async(entry!(stall_on_n3), ((x, marker.clone()),))
+            pool.apply_async(entry!(stall_first), ((x, marker.clone()),))
                 .unwrap()
         })
         .collect();
-    eventually("a task stalls on n3", || Path::new(&marker).exists());
-    node("lose", 3);
-    let _restore = Restore(3);
+    // Whichever node item 0 went to is the one lost.
+    let mut host = String::new();
+    eventually("item 0 stalls on a node", || {
+        host = std::fs::read_to_string(&marker).unwrap_or_default();
+        !host.is_empty()
+    });
+    let lost: u32 = host
+        .strip_prefix('n')
+        .and_then(|i| i.parse().ok())
+        .unwrap_or_else(|| panic!("a node name, not {host:?}"));
+    node("lose", lost);
+    let _restore = Restore(lost);
     // A bound, not a wait: the node is declared lost after `node_timeout`.
     let results: Vec<_> = pending
         .into_iter()
@@ -101,21 +110,21 @@ fn a_lost_node_fails_only_the_task_it_held_and_the_map_completes() {
     assert_eq!(
         failed.len(),
         1,
-        "only the task n3 was running fails: {failed:?}"
+        "only the task {host} was running fails: {failed:?}"
     );
     let err = failed.into_iter().next().unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
-    assert!(err.to_string().contains("n3"), "{err}");
+    assert!(err.to_string().contains(&host), "{err}");
     let mut done: Vec<u64> = ok
         .into_iter()
         .map(|r| {
-            let (x, host) = r.unwrap();
-            assert_ne!(host, "n3");
+            let (x, on) = r.unwrap();
+            assert_ne!(on, host, "nothing completes on the lost node");
             x
         })
         .collect();
     done.sort_unstable();
-    assert_eq!(done.len(), 39);
+    assert_eq!(done, (1..40u64).collect::<Vec<_>>());
     // The three nodes left go on serving.
     assert_eq!(
         pool.map(entry!(add_one), 0..8u64).unwrap(),
