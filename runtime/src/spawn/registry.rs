@@ -160,9 +160,10 @@ fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
 /// local fns with one name in one module (`fn inner` inside two functions),
 /// whose `module_path!()` is the same. Each of those is keyed by its name
 /// and its place, `name@line:column`, which the child, being the same
-/// binary, resolves the same way ([`find_loaded`]). A parent that starts an
-/// entry by its type ([`key_of`]) finds the right one; a lookup by the name
-/// alone (the Pool's and the Manager's) cannot, and says so.
+/// binary, resolves the same way ([`find_loaded`]). Whatever starts an
+/// entry by its type ([`key_of`]: `Process`, `spawn!`, a Pool, a Manager's
+/// `update_with`) finds the right one; a lookup by the name alone cannot,
+/// and says so.
 struct Registry {
     by_key: HashMap<&'static str, &'static EntryRecord>,
     /// Names shared by several entries, with those entries.
@@ -226,9 +227,9 @@ fn duplicate_message(name: &str, records: &[&EntryRecord]) -> String {
         .map(|r| format!("{}:{}:{}", r.file, r.line, r.column))
         .collect();
     format!(
-        "{} entries are registered under the name `{name}` (at {}): `spawn!` and \
-         `Process::new(entry!(..))` start each of them, but a lookup by name alone (a Pool, \
-         a Manager) cannot tell them apart; rename all but one",
+        "{} entries are registered under the name `{name}` (at {}): started by their \
+         type (`spawn!`, `entry!`), each runs, but the name alone cannot tell them apart; \
+         rename all but one",
         records.len(),
         places.join(" and ")
     )
