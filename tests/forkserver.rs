@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use multiproc::{ErrorKind, Fd, Process, StartMethod, entry, process_entry};
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, Signal};
 
 const BOTH: [StartMethod; 2] = [StartMethod::Spawn, StartMethod::ForkServer];
 
@@ -22,24 +22,6 @@ fn pipe() -> (OwnedFd, OwnedFd) {
 fn block_on(gate: Fd) {
     let mut byte = [0u8; 1];
     let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
-}
-
-/// True once `pid` has exited, within `bound`; watched through a pidfd.
-fn exits_within(pid: u32, bound: Duration) -> bool {
-    let Ok(pidfd) =
-        rustix::process::pidfd_open(Pid::from_raw(pid as i32).expect("pid"), PidfdFlags::empty())
-    else {
-        return true; // already gone
-    };
-    let mut fds = [rustix::event::PollFd::new(
-        &pidfd,
-        rustix::event::PollFlags::IN,
-    )];
-    let ts = rustix::event::Timespec {
-        tv_sec: bound.as_secs() as i64,
-        tv_nsec: bound.subsec_nanos() as _,
-    };
-    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") == 1
 }
 
 fn kill(pid: u32, sig: Signal) {
@@ -326,7 +308,7 @@ fn an_exited_child_is_not_alive_at_once_under_both_methods() {
                 .start_method(method)
                 .start()
                 .unwrap();
-            assert!(exits_within(child.pid(), common::BOUND));
+            assert!(common::exits_within(child.pid(), common::BOUND));
             // Exited (a zombie of its parent, perhaps not yet reaped): no
             // longer alive, and its exit code is known.
             assert!(!child.is_alive(), "{method:?}");
@@ -494,7 +476,7 @@ fn inner_dead_server() {
         .start()
         .unwrap();
     kill(server, Signal::KILL);
-    assert!(exits_within(server, common::BOUND));
+    assert!(common::exits_within(server, common::BOUND));
     // The server was our child: it is reaped, not left a zombie.
     common::eventually("the killed server is reaped", || {
         common::state_of(server).is_none()
@@ -585,11 +567,11 @@ fn a_daemon_dies_when_its_parent_is_killed_under_both_methods() {
         middle.kill().unwrap();
         assert_eq!(middle.join().unwrap_err().exitcode(), Some(-9));
         assert!(
-            exits_within(daemon, common::BOUND),
+            common::exits_within(daemon, common::BOUND),
             "{method:?}: daemon {daemon} outlived its SIGKILLed parent"
         );
         assert!(
-            exits_within(kernel_parent, common::BOUND),
+            common::exits_within(kernel_parent, common::BOUND),
             "{method:?}: {kernel_parent}, the daemon's parent, outlived the SIGKILLed middle"
         );
     }
@@ -633,37 +615,12 @@ fn inner_main_returns_with_forked_child_running() {
 
 #[test]
 fn exit_waits_for_unjoined_forked_children() {
-    let mut inner = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_main_returns_with_forked_child_running",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, "1")
-        .env("MULTIPROC_START_METHOD", "forkserver")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut gate = inner.stdin.take().unwrap();
-    let mut lines = BufReader::new(inner.stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("main returning")),
-        "inner test did not run"
+    common::exit_waits_for_the_gated_child(
+        "inner_main_returns_with_forked_child_running",
+        INNER,
+        &[("MULTIPROC_START_METHOD", "forkserver")],
+        Duration::from_millis(300),
     );
-    // Its main has returned, yet it must not exit while its child runs.
-    assert!(!exits_within(inner.id(), Duration::from_millis(300)));
-    gate.write_all(b"go").unwrap();
-    drop(gate);
-    let status = inner.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
 }
 
 #[test]

@@ -2,14 +2,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use multiproc::{Fd, Process, entry, process_entry};
-use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::process::{Pid, PidfdFlags};
 
 fn pipe() -> (OwnedFd, OwnedFd) {
     let (r, w) = std::io::pipe().expect("pipe");
@@ -27,21 +25,6 @@ fn read_u32(fd: OwnedFd) -> u32 {
 fn block_on(gate: Fd) {
     let mut byte = [0u8; 1];
     let _ = std::fs::File::from(gate.into_owned_fd()).read(&mut byte);
-}
-
-/// True once `pid` has exited, within `bound`; watched through a pidfd.
-fn exits_within(pid: u32, bound: Duration) -> bool {
-    let Ok(pidfd) =
-        rustix::process::pidfd_open(Pid::from_raw(pid as i32).expect("pid"), PidfdFlags::empty())
-    else {
-        return true; // already gone
-    };
-    let ts = Timespec {
-        tv_sec: bound.as_secs() as i64,
-        tv_nsec: bound.subsec_nanos() as _,
-    };
-    let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
-    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") == 1
 }
 
 /// `Some(state)` from /proc/<pid>/stat, `None` once the pid is gone.
@@ -87,7 +70,7 @@ fn daemon_dies_when_its_parent_is_sigkilled() {
     let err = middle.join().unwrap_err();
     assert_eq!(err.exitcode(), Some(-9));
     assert!(
-        exits_within(daemon_pid, Duration::from_secs(10)),
+        common::exits_within(daemon_pid, Duration::from_secs(10)),
         "daemon {daemon_pid} outlived its SIGKILLed parent"
     );
 }
@@ -192,36 +175,12 @@ fn inner_main_returns_with_child_running() {
 
 #[test]
 fn exit_waits_for_unjoined_children() {
-    let mut inner = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_main_returns_with_child_running",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(INNER, "1")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut gate = inner.stdin.take().unwrap();
-    let mut lines = BufReader::new(inner.stdout.take().unwrap()).lines();
-    assert!(
-        lines
-            .by_ref()
-            .map_while(Result::ok)
-            .any(|l| l.contains("main returning")),
-        "inner test did not run"
+    common::exit_waits_for_the_gated_child(
+        "inner_main_returns_with_child_running",
+        INNER,
+        &[],
+        Duration::from_millis(500),
     );
-    // Its main has returned, yet it must not exit while its child runs.
-    assert!(!exits_within(inner.id(), Duration::from_millis(500)));
-    gate.write_all(b"go").unwrap();
-    drop(gate);
-    let status = inner.wait().unwrap();
-    assert!(status.success(), "{status}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
 }
 
 #[process_entry]

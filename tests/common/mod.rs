@@ -65,3 +65,69 @@ pub fn processes() -> Vec<(u32, u8, u32)> {
     }
     found
 }
+
+/// True once `pid` has exited, within `bound`; watched through a pidfd.
+pub fn exits_within(pid: u32, bound: Duration) -> bool {
+    let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
+        return true;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return true; // already gone
+    };
+    let ts = rustix::event::Timespec {
+        tv_sec: bound.as_secs() as i64,
+        tv_nsec: bound.subsec_nanos() as _,
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        &pidfd,
+        rustix::event::PollFlags::IN,
+    )];
+    rustix::event::poll(&mut fds, Some(&ts)).expect("poll") == 1
+}
+
+/// Runs the ignored test `inner` in a fresh copy of this test binary (with
+/// `var` set, and `env`), which prints "main returning" once it has left
+/// a child running that prints "child done" when a byte reaches the inner
+/// program's stdin. Checks that the program does not exit while that child
+/// runs (for `quiet`), and that it exits with the child's output once the
+/// child is let go.
+pub fn exit_waits_for_the_gated_child(
+    inner: &str,
+    var: &str,
+    env: &[(&str, &str)],
+    quiet: Duration,
+) {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::{Command, Stdio};
+    let mut inner = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            inner,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(var, "1")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut gate = inner.stdin.take().unwrap();
+    let mut lines = BufReader::new(inner.stdout.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .map_while(Result::ok)
+            .any(|l| l.contains("main returning")),
+        "inner test did not run"
+    );
+    // Its main has returned, yet it must not exit while its child runs.
+    assert!(!exits_within(inner.id(), quiet));
+    gate.write_all(b"go").unwrap();
+    drop(gate);
+    let status = inner.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
+}
