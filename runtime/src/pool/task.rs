@@ -25,7 +25,7 @@ pub(super) fn key<E: crate::Entry>() -> Result<&'static str, Error> {
 }
 
 /// Says which task the worker runs now, for its panic message.
-pub(super) fn running(entry: Option<&str>) {
+pub(super) fn running(entry: Option<&'static str>) {
     crate::spawn::panic::running_task(entry);
 }
 
@@ -80,19 +80,23 @@ fn into_owned(fds: Vec<Fd>) -> Vec<OwnedFd> {
 }
 
 thread_local! {
-    static RUNNERS: RefCell<HashMap<String, RunFn>> = RefCell::new(HashMap::new());
+    static RUNNERS: RefCell<HashMap<String, Runner>> = RefCell::new(HashMap::new());
 }
 
+/// How a worker runs an entry, and the entry's name (for a panic message).
+pub(super) type Runner = (RunFn, &'static str);
+
 /// How a worker runs the entry `name` (looked up once per name).
-pub(super) fn runner(name: &str) -> Result<RunFn, Outcome> {
+pub(super) fn runner(name: &str) -> Result<Runner, Outcome> {
     RUNNERS
         .with(|runners| {
-            if let Some(run) = runners.borrow().get(name) {
-                return Ok(*run);
+            if let Some(runner) = runners.borrow().get(name) {
+                return Ok(*runner);
             }
-            let run = crate::spawn::registry::lookup(name)?.run();
-            runners.borrow_mut().insert(name.to_string(), run);
-            Ok::<_, Error>(run)
+            let record = crate::spawn::registry::lookup(name)?;
+            let runner = (record.run(), record.name());
+            runners.borrow_mut().insert(name.to_string(), runner);
+            Ok::<_, Error>(runner)
         })
         .map_err(|e| failed(&e))
 }

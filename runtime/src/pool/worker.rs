@@ -31,7 +31,7 @@ pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
 pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
     task::install_panic_hook();
     if let Some((entry, args)) = boot.init {
-        match task::runner(&entry).map(|run| task::run(run, args)) {
+        match task::runner(&entry).map(|(run, _)| task::run(run, args)) {
             Ok(Outcome::Value(_)) => {}
             Ok(failed) | Err(failed) => {
                 let _ = link.send(&Msg::InitFailed(failed));
@@ -77,19 +77,23 @@ pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
             entry: shared.entry.clone(),
             items: Vec::new(),
         });
-        task::running(Some(&chunk.entry));
         let outcomes = match task::runner(&chunk.entry) {
-            Ok(run) => chunk
-                .items
-                .into_iter()
-                .map(|item| match task::run(run, item) {
-                    Outcome::Value(item) if remote && !item.fds.is_empty() => Outcome::Failed {
-                        kind: FailKind::Encode,
-                        message: format!("could not send its result: the value {REMOTE_HANDLE}"),
-                    },
-                    outcome => outcome,
-                })
-                .collect(),
+            Ok((run, name)) => {
+                task::running(Some(name));
+                chunk
+                    .items
+                    .into_iter()
+                    .map(|item| match task::run(run, item) {
+                        Outcome::Value(item) if remote && !item.fds.is_empty() => Outcome::Failed {
+                            kind: FailKind::Encode,
+                            message: format!(
+                                "could not send its result: the value {REMOTE_HANDLE}"
+                            ),
+                        },
+                        outcome => outcome,
+                    })
+                    .collect()
+            }
             Err(failed) => {
                 let message = match failed {
                     Outcome::Failed { message, .. } => message,

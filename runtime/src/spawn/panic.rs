@@ -3,9 +3,10 @@
 //! message and the trimmed backtrace (the error the parent gets carries the
 //! same report, but its `Display` does not repeat the backtrace).
 
+use std::cell::Cell;
 use std::io::Write;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Mutex, OnceLock};
 use std::thread::ThreadId;
 
 use crate::error::PanicReport;
@@ -18,13 +19,16 @@ pub(super) fn entry_thread_is_this_one() {
     let _ = ENTRY_THREAD.set(std::thread::current().id());
 }
 
-/// The task a pool worker is running, if any: a panic then names it
-/// rather than the worker's own entry.
-static TASK: Mutex<Option<String>> = Mutex::new(None);
+thread_local! {
+    /// The task a pool worker runs on this thread, if any: a panic then
+    /// names it rather than the worker's own entry. (Set once per chunk:
+    /// a thread-local costs the worker's loop nothing to speak of.)
+    static TASK: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
 
-/// Says which task entry the entry thread runs now (`None`: none).
-pub(crate) fn running_task(entry: Option<&str>) {
-    *TASK.lock().unwrap_or_else(|p| p.into_inner()) = entry.map(str::to_string);
+/// Says which task entry this thread runs now (`None`: none).
+pub(crate) fn running_task(entry: Option<&'static str>) {
+    TASK.with(|t| t.set(entry));
 }
 
 /// Prints `report` as std's hook would, naming the process and entry.
@@ -32,7 +36,7 @@ pub(super) fn print(report: &PanicReport, entry: &str) {
     let me = super::current::current_process();
     let process = format!("process '{}' (pid {})", me.name(), me.pid());
     let thread = std::thread::current();
-    let task = TASK.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let task = TASK.with(Cell::get);
     let who = if ENTRY_THREAD.get() == Some(&thread.id()) {
         match task {
             Some(task) => format!("{process} task `{task}`"),

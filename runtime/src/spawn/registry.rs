@@ -91,6 +91,11 @@ impl EntryRecord {
     pub(crate) fn run(&self) -> RunFn {
         self.run
     }
+
+    /// The entry's name (`module_path!()::name`).
+    pub(crate) fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 /// Every entry whose load-time constructor has run, in the order they ran.
