@@ -263,18 +263,36 @@ fn dropping_the_pool_leaves_no_worker_on_any_node() {
 #[test]
 fn terminate_ends_a_task_that_never_returns() {
     let Some(_cluster) = cluster() else { return };
+    let marker = format!("/tmp/multiproc-never-returns-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
     let pool = Pool::builder().launcher(four_nodes()).build().unwrap();
-    let stuck = pool.apply_async(entry!(never_returns), ()).unwrap();
-    eventually("the stuck task runs", || worker_pids().len() == 4);
+    let stuck = pool
+        .apply_async(entry!(never_returns), (marker.clone(),))
+        .unwrap();
+    let mut pid = String::new();
+    eventually("the stuck task runs", || {
+        pid = std::fs::read_to_string(&marker).unwrap_or_default();
+        !pid.is_empty()
+    });
+    let _ = std::fs::remove_file(&marker);
+    let pid: u32 = pid.parse().unwrap();
+    assert!(worker_pids().contains(&pid));
     pool.terminate();
     let err = stuck.get().unwrap_err();
     assert!(err.is_disconnected(), "{err}");
+    // Its worker ends by itself, in the middle of the task, once its
+    // connection is shut: before the pool is dropped (whose drop would
+    // signal the job step).
+    eventually("the stuck worker exits", || !worker_pids().contains(&pid));
     drop(pool);
     assert!(worker_pids().is_empty());
 }
 
+/// Writes its worker's pid to `marker` (the filesystem is shared), then
+/// never returns.
 #[process_entry]
-fn never_returns() {
+fn never_returns(marker: String) {
+    let _ = std::fs::write(&marker, std::process::id().to_string());
     loop {
         std::thread::park();
     }
