@@ -11,7 +11,11 @@
 //! for a re-executed and a forked child, and so are the min, median and mean
 //! of the three timed in interleaved rounds: on a shared, noisy machine a
 //! busy spell then hits all three alike, where criterion's back-to-back
-//! blocks can catch one and spare another.
+//! blocks can catch one and spare another. Then each of the three alone,
+//! each run 3 ms after the last (the pause is not timed), as in a program
+//! that starts a process now and then: a ForkServer start then finds a
+//! spare child ready and a quiet machine, where in the interleaved rounds
+//! it follows the Spawn run's exec and exit.
 //!
 //! `cargo bench -p multiproc-benches --bench spawn`; procspawn is measured in the same run by
 //! `benches/peers` (`cd benches/peers && cargo bench`), Python by
@@ -102,21 +106,44 @@ fn print_memory() {
     }
 }
 
-/// Times `ROUNDS` interleaved rounds of the three; prints each one's min,
-/// median and mean, and the median ratios.
-fn print_interleaved() {
+/// Times `ROUNDS` runs of each of the three and prints each one's min,
+/// median and mean, and the median ratios. `Interleaved`: rounds of the
+/// three back to back (a ForkServer start then follows the Spawn run's
+/// exec and exit). `Paused`: each of the three alone, each run after a
+/// pause (not timed), as in a program that starts a process now and then
+/// on an otherwise quiet machine.
+fn print_rounds(pause: Option<std::time::Duration>) {
     const ROUNDS: usize = 300;
+    let label = if pause.is_some() {
+        "alone, 3 ms apart"
+    } else {
+        "interleaved"
+    };
     let runs: [(&str, fn()); 3] = [
         ("floor: bare exec", bare_exec),
         ("Spawn start+join", spawn_join),
         ("ForkServer start+join", forkserver_join),
     ];
     let mut times = [const { Vec::new() }; 3];
-    for _ in 0..ROUNDS {
+    let mut time = |i: usize, run: fn()| {
+        if let Some(pause) = pause {
+            std::thread::sleep(pause);
+        }
+        let start = std::time::Instant::now();
+        run();
+        times[i].push(start.elapsed().as_secs_f64() * 1e6);
+    };
+    if pause.is_some() {
         for (i, (_, run)) in runs.iter().enumerate() {
-            let start = std::time::Instant::now();
-            run();
-            times[i].push(start.elapsed().as_secs_f64() * 1e6);
+            for _ in 0..ROUNDS {
+                time(i, *run);
+            }
+        }
+    } else {
+        for _ in 0..ROUNDS {
+            for (i, (_, run)) in runs.iter().enumerate() {
+                time(i, *run);
+            }
         }
     }
     let mut medians = [0.0; 3];
@@ -126,12 +153,12 @@ fn print_interleaved() {
         medians[i] = t[ROUNDS / 2];
         let mean = t.iter().sum::<f64>() / ROUNDS as f64;
         eprintln!(
-            "interleaved {name:22} min {:7.1} us  median {:7.1} us  mean {mean:7.1} us",
+            "{label} {name:22} min {:7.1} us  median {:7.1} us  mean {mean:7.1} us",
             t[0], medians[i]
         );
     }
     eprintln!(
-        "interleaved medians: ForkServer is {:.1}x faster than the exec floor, {:.1}x than Spawn",
+        "{label} medians: ForkServer is {:.1}x faster than the exec floor, {:.1}x than Spawn",
         medians[0] / medians[2],
         medians[1] / medians[2]
     );
@@ -141,7 +168,8 @@ fn benches(c: &mut Criterion) {
     // Starts the server before the timings, as a program's first start would.
     forkserver_join();
     print_memory();
-    print_interleaved();
+    print_rounds(None);
+    print_rounds(Some(std::time::Duration::from_millis(3)));
 
     let mut group = c.benchmark_group("spawn");
     group.bench_function("floor: bare exec of this binary", |b| b.iter(bare_exec));

@@ -399,27 +399,40 @@ fn inner_spare() {
     }
     let inherited = inheritable_fds();
     let server = server_pid();
-    // A child running while the spare is forked: the server then holds its
-    // pidfd and status pipe, which the spare must not keep.
+    // Asleep, and none of `taken`: a child still exiting (the one
+    // `server_pid` joined) is not a spare, nor is one already serving.
+    let spare = |taken: &[u32]| {
+        children_of(server)
+            .into_iter()
+            .find(|pid| !taken.contains(pid) && common::state_of(*pid) == Some(b'S'))
+    };
+    common::eventually("the idle server has forked a spare", || {
+        spare(&[]).is_some()
+    });
+    let first = spare(&[]).unwrap();
+    // Asleep again after the fork, it has announced the spare to us.
+    common::until_asleep("the server waits after the fork", server);
+
+    // A long call goes to the spare. Nobody tells the server, which finds
+    // out by itself and forks the next spare while this one runs; that
+    // one must not keep this child's pidfd and status pipe.
     let (gate_r, gate_w) = pipe();
     let other = Process::new(entry!(blocker), (Fd::from(gate_r),))
         .start_method(StartMethod::ForkServer)
         .start()
         .unwrap();
-    let other_pid = other.pid();
-    let spare = || {
-        children_of(server)
-            .into_iter()
-            .find(|&pid| pid != other_pid)
-    };
-    common::eventually("the idle server has forked a spare", || spare().is_some());
-    let first = spare().unwrap();
+    assert_eq!(other.pid(), first, "the spare serves the next start");
+    common::eventually("the server has forked the next spare", || {
+        spare(&[first]).is_some()
+    });
+    let second = spare(&[first]).unwrap();
+    common::until_asleep("the server waits after the fork", server);
     let child = Process::new(entry!(env_and_fds), ("MULTIPROC_SPARE_TEST".to_string(),))
         .env("MULTIPROC_SPARE_TEST", "set after the fork")
         .start_method(StartMethod::ForkServer)
         .start()
         .unwrap();
-    assert_eq!(child.pid(), first, "the spare serves the next start");
+    assert_eq!(child.pid(), second, "the next spare serves the next start");
     let (var, fds) = child.join().unwrap();
     assert_eq!(var.as_deref(), Some("set after the fork"));
     let fds: Vec<(u32, String)> = fds
@@ -433,18 +446,28 @@ fn inner_spare() {
     drop(gate_w);
     assert_eq!(other.join().unwrap(), 7);
 
-    // A spare that dies unused is reaped, and replaced once idle again.
+    // A spare that dies unused is reaped, and replaced once idle again;
+    // the next start passes over the dead one's announcement.
     common::eventually("the server has forked another spare", || {
-        spare().is_some_and(|pid| pid != first)
+        spare(&[first, second]).is_some()
     });
-    let second = spare().unwrap();
-    kill(second, Signal::KILL);
+    let third = spare(&[first, second]).unwrap();
+    common::until_asleep("the server waits after the fork", server);
+    kill(third, Signal::KILL);
     common::eventually("the killed spare is reaped", || {
-        common::state_of(second).is_none()
+        common::state_of(third).is_none()
     });
     common::eventually("the killed spare is replaced", || {
-        spare().is_some_and(|pid| pid != second)
+        spare(&[first, second, third]).is_some()
     });
+    let fourth = spare(&[first, second, third]).unwrap();
+    common::until_asleep("the server waits after the fork", server);
+    let child = Process::new(entry!(whoami), ())
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(child.pid(), fourth, "the live spare serves the next start");
+    child.join().unwrap();
     assert_eq!(server_pid(), server, "the same server serves on");
 }
 
@@ -498,8 +521,16 @@ fn inner_dead_server() {
     let second = server_pid();
     assert_ne!(second, server);
 
-    // A start waiting for a server that dies fails, naming it.
+    // A start waiting for a server that dies fails, naming it. Stopped,
+    // the server forks no spare; the one it may have announced is killed,
+    // so that the start has to ask the server.
     kill(second, Signal::STOP);
+    for spare in children_of(second) {
+        kill(spare, Signal::KILL);
+        common::eventually("the spare is dead", || {
+            common::state_of(spare).is_none_or(|state| state == b'Z')
+        });
+    }
     let (tid_tx, tid_rx) = std::sync::mpsc::channel();
     let pending = std::thread::spawn(move || {
         tid_tx

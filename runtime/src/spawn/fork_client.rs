@@ -7,10 +7,26 @@
 //! a request, then its reply. A server found dead is replaced by a new one
 //! at the next start; a start in flight when it dies fails with
 //! [`ErrorKind::Spawn`], never hangs.
+//!
+//! **Spares.** Between requests the server may announce a spare: a child it
+//! forked ahead of time, with a pidfd, the socket the spare waits on for
+//! its request, its control socket and its status pipe (a `Forked` frame
+//! the server sends unasked). The next start writes a small call to the
+//! control socket and hands the request straight to the spare: it waits
+//! for no reply, makes no socketpair, passes no descriptor, wakes only the
+//! child, and does not wake the server at all (a wake-up of another
+//! process there costs more than all the rest on a small machine: the
+//! scheduler then spreads the child's run and exit across CPUs). The
+//! server finds out later that the spare was taken (`fork_server.rs`).
+//! Announcements are read when a start looks for one, or while it waits
+//! for a reply; only the newest is kept (the server announces the next
+//! only once the last is taken or dead).
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
+use rustix::event::{PollFd, PollFlags};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 
@@ -19,12 +35,26 @@ use super::reaper::Child;
 use crate::error::{Error, ErrorKind};
 use crate::wire::{self, FrameKind};
 
-/// A child the server forked, as its reply describes it.
+/// A child the server forked, as its reply or its announcement describes
+/// it.
 #[derive(Debug)]
 pub(crate) struct Forked {
     pub(crate) pid: u32,
     /// A pidfd for the child, opened by the server before it could reap it.
     pub(crate) pidfd: OwnedFd,
+    /// The read end of the child's status pipe (non-blocking), where the
+    /// server writes its exit status once it has reaped it.
+    pub(crate) status: OwnedFd,
+}
+
+/// A spare the server announced: a forked child waiting for its request.
+#[derive(Debug)]
+struct Spare {
+    child: Forked,
+    /// Where its request goes (the spare holds the other end).
+    assign: OwnedFd,
+    /// Our end of its control socket.
+    control: OwnedFd,
 }
 
 /// This process's fork server, while it runs.
@@ -35,6 +65,9 @@ struct Server {
     /// ends; not in the table of children (`active_children` does not list
     /// it, and exit does not wait for it).
     process: Arc<Child>,
+    /// The newest spare announced and not taken yet. Dropping it closes its
+    /// socket, and the spare exits.
+    spare: Option<Spare>,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -44,22 +77,28 @@ fn lock() -> MutexGuard<'static, Option<Server>> {
 }
 
 /// Asks the fork server (started now if there is none, or it died) for a
-/// child to run `entry`, handing it `control` (the child's end of its
-/// control socket) and `status` (the write end of its status pipe).
-/// The child changes its environment by `env` before it runs.
+/// child to run `entry`: a spare it announced, or one it forks now. The
+/// child changes its environment by `env` before it runs. `early` may
+/// write a small call to our end of the child's control socket before the
+/// child is asked to run (so the child finds it at once); it is called
+/// once, unless this fails. Returns the child and our end of its control
+/// socket.
 pub(crate) fn fork_child(
     entry: &str,
     daemon: bool,
     env: &EnvChanges,
-    control: &OwnedFd,
-    status: &OwnedFd,
-) -> Result<Forked, Error> {
+    early: &mut dyn FnMut(BorrowedFd<'_>),
+) -> Result<(Forked, OwnedFd), Error> {
     let request = ForkRequest {
         entry: entry.to_string(),
         daemon,
         env: env.clone(),
     };
+    let gone =
+        |e: std::io::Error| Error::new(ErrorKind::Spawn, "the fork server is gone").with_source(e);
     let mut server = lock();
+    // Made, and `early` called, once: a retry reuses it.
+    let mut pair: Option<(OwnedFd, OwnedFd)> = None;
     // A server that died since the last start is replaced; one that dies
     // before it has read this request is replaced once more.
     for attempt in 0..2 {
@@ -67,80 +106,210 @@ pub(crate) fn fork_child(
             .as_ref()
             .is_none_or(|s| !matches!(s.process.try_reap(), Ok(None)))
         {
+            // Dropping the old one drops its spare, which then exits.
             *server = Some(start_server()?);
         }
-        let Some(current) = server.as_ref() else {
+        let Some(current) = server.as_mut() else {
             continue;
         };
-        let sent = super::protocol::send_message(
-            current.sock.as_fd(),
-            FrameKind::ForkRequest,
-            &request,
-            &[control.as_fd(), status.as_fd()],
-        );
-        if let Err(e) = sent {
+        if let Err(e) = current.take_announcements() {
             retire(&mut server);
             if attempt == 0 {
                 continue;
             }
-            return Err(Error::new(ErrorKind::Spawn, "the fork server is gone").with_source(e));
+            return Err(e);
         }
-        return read_reply(&mut server);
+        if pair.is_none()
+            && let Some(spare) = current.spare.take()
+            && let Some(started) = current.assign(spare, &request, early)
+        {
+            return Ok(started);
+        }
+        let (ours, theirs) = match pair.take() {
+            Some(pair) => pair,
+            None => {
+                let (ours, theirs) = rustix::net::socketpair(
+                    AddressFamily::UNIX,
+                    SocketType::STREAM,
+                    SocketFlags::CLOEXEC,
+                    None,
+                )
+                .map_err(|e| {
+                    Error::new(ErrorKind::Spawn, "could not make a control socket")
+                        .with_source(std::io::Error::from(e))
+                })?;
+                early(ours.as_fd());
+                (ours, theirs)
+            }
+        };
+        let (status_r, status_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .map_err(|e| {
+            Error::new(ErrorKind::Spawn, "could not make a status pipe")
+                .with_source(std::io::Error::from(e))
+        })?;
+        let sent = super::protocol::send_message(
+            current.sock.as_fd(),
+            FrameKind::ForkRequest,
+            &request,
+            &[theirs.as_fd(), status_w.as_fd()],
+        );
+        if let Err(e) = sent {
+            retire(&mut server);
+            if attempt == 0 {
+                pair = Some((ours, theirs));
+                continue;
+            }
+            return Err(gone(e));
+        }
+        // Only the child holds its end now, so its death ends our stream.
+        drop((theirs, status_w));
+        // A server that could not fork serves on; one out of step does not.
+        return match current.read_reply(status_r) {
+            Ok(reply) => reply.map(|child| (child, ours)),
+            Err(e) => {
+                retire(&mut server);
+                Err(e)
+            }
+        };
     }
     Err(Error::new(ErrorKind::Spawn, "the fork server is gone"))
 }
 
-fn read_reply(server: &mut Option<Server>) -> Result<Forked, Error> {
-    let Some(current) = server.as_ref() else {
-        return Err(Error::new(ErrorKind::Spawn, "the fork server is gone"));
-    };
-    let pid = current.process.pid;
-    let died = || {
+/// A `Forked` frame, as the server sends it: a reply or an announcement.
+enum FromServer {
+    Reply(Result<Forked, Error>),
+    Spare(Spare),
+}
+
+impl Server {
+    fn died(&self) -> Error {
         Error::new(
             ErrorKind::Spawn,
-            format!("the fork server (pid {pid}) died before it started the child"),
+            format!(
+                "the fork server (pid {}) died before it started the child",
+                self.process.pid
+            ),
         )
-    };
-    let mut buf = Vec::new();
-    let frame = match wire::recv_frame(current.sock.as_fd(), &mut buf) {
-        Ok(Some(frame)) if frame.kind == FrameKind::Forked => frame,
-        Ok(Some(frame)) => {
-            retire(server);
-            return Err(Error::new(
+    }
+
+    /// Keeps the spares announced since the last start (the newest one).
+    /// An error leaves the stream out of step: the server is to be retired.
+    fn take_announcements(&mut self) -> Result<(), Error> {
+        loop {
+            let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+            let ready = crate::sys::poll::poll(&mut fds, Some(Duration::ZERO))
+                .map_err(|e| self.died().with_source(e))?;
+            if ready == 0 {
+                return Ok(());
+            }
+            match self.receive(&mut None)? {
+                FromServer::Spare(spare) => self.spare = Some(spare),
+                FromServer::Reply(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Decode,
+                        "the fork server replied to no request",
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Waits for the reply to a request, keeping any spare announced
+    /// before it. `status` is the request's status pipe. The outer error
+    /// leaves the stream out of step; the inner one is the server's
+    /// refusal.
+    fn read_reply(&mut self, status: OwnedFd) -> Result<Result<Forked, Error>, Error> {
+        let mut status = Some(status);
+        loop {
+            match self.receive(&mut status)? {
+                FromServer::Spare(spare) => self.spare = Some(spare),
+                FromServer::Reply(reply) => return Ok(reply),
+            }
+        }
+    }
+
+    /// Reads one `Forked` frame. A reply takes `status` (the request's
+    /// status pipe); without one, a reply is out of step.
+    fn receive(&self, status: &mut Option<OwnedFd>) -> Result<FromServer, Error> {
+        let mut buf = Vec::new();
+        let frame = match wire::recv_frame(self.sock.as_fd(), &mut buf) {
+            Ok(Some(frame)) if frame.kind == FrameKind::Forked => frame,
+            Ok(Some(frame)) => {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    format!("the fork server sent a {:?} frame", frame.kind),
+                ));
+            }
+            Ok(None) => return Err(self.died()),
+            Err(e) => return Err(self.died().with_source(e.into_error())),
+        };
+        let malformed = |what: &str| {
+            Error::new(
                 ErrorKind::Decode,
-                format!("the fork server sent a {:?} frame", frame.kind),
-            ));
-        }
-        Ok(None) => {
-            retire(server);
-            return Err(died());
-        }
-        Err(e) => {
-            retire(server);
-            return Err(died().with_source(e.into_error()));
-        }
-    };
-    let reply = wire::codec::decode::<ForkReply>(&buf);
-    match (reply, <[OwnedFd; 1]>::try_from(frame.fds)) {
-        (Ok(ForkReply::Started { pid }), Ok([pidfd])) => Ok(Forked { pid, pidfd }),
-        (Ok(ForkReply::Failed { message }), _) => Err(Error::new(
-            ErrorKind::Spawn,
-            format!("the fork server could not fork: {message}"),
-        )),
-        (Ok(ForkReply::Started { .. }), Err(_)) => {
-            retire(server);
-            Err(Error::new(
-                ErrorKind::Decode,
-                "the fork server's reply came without a pidfd",
-            ))
-        }
-        (Err(message), _) => {
-            retire(server);
-            Err(Error::new(
+                format!("the fork server's {what} came without its descriptors"),
+            )
+        };
+        match wire::codec::decode::<ForkReply>(&buf) {
+            Ok(ForkReply::Started { pid }) => {
+                match (<[OwnedFd; 1]>::try_from(frame.fds), status.take()) {
+                    (Ok([pidfd]), Some(status)) => {
+                        Ok(FromServer::Reply(Ok(Forked { pid, pidfd, status })))
+                    }
+                    (Ok(_), None) => Err(Error::new(
+                        ErrorKind::Decode,
+                        "the fork server replied to no request",
+                    )),
+                    (Err(_), _) => Err(malformed("reply")),
+                }
+            }
+            Ok(ForkReply::Failed { message }) => Ok(FromServer::Reply(Err(Error::new(
+                ErrorKind::Spawn,
+                format!("the fork server could not fork: {message}"),
+            )))),
+            Ok(ForkReply::Spare { pid }) => match <[OwnedFd; 4]>::try_from(frame.fds) {
+                Ok([pidfd, assign, control, status]) => Ok(FromServer::Spare(Spare {
+                    child: Forked { pid, pidfd, status },
+                    assign,
+                    control,
+                })),
+                Err(_) => Err(malformed("spare")),
+            },
+            Err(message) => Err(Error::new(
                 ErrorKind::Decode,
                 format!("could not decode the fork server's reply: {message}"),
-            ))
+            )),
         }
+    }
+
+    /// Hands `request` to `spare` (after `early` on its control socket),
+    /// or `None` if the spare has died.
+    fn assign(
+        &self,
+        spare: Spare,
+        request: &ForkRequest,
+        early: &mut dyn FnMut(BorrowedFd<'_>),
+    ) -> Option<(Forked, OwnedFd)> {
+        // Its end of `assign` closes when it dies (hang-up, or bytes it
+        // never sends).
+        let mut fds = [PollFd::new(&spare.assign, PollFlags::IN)];
+        if !matches!(
+            crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
+            Ok(0)
+        ) {
+            return None;
+        }
+        early(spare.control.as_fd());
+        // From here on the spare is the child: if it dies before it reads
+        // the request, `join` reports how, as for any child.
+        let _ = super::protocol::send_message(
+            spare.assign.as_fd(),
+            FrameKind::ForkRequest,
+            request,
+            &[],
+        );
+        Some((spare.child, spare.control))
     }
 }
 
@@ -186,5 +355,6 @@ fn start_server() -> Result<Server, Error> {
     Ok(Server {
         sock: ours,
         process,
+        spare: None,
     })
 }

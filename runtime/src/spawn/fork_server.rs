@@ -19,14 +19,21 @@
 //! **The spare.** Once no request has come for [`SPARE_AFTER_IDLE`], the
 //! server forks the next child ahead of time: a spare, which drops the
 //! server's descriptors, warms up (`warm_up`) and waits on a socket of its
-//! own. The next request is then sent to the spare (its entry, daemon flag
-//! and environment changes, with the control socket) instead of forking,
-//! and the reply names the spare; from there on it is a child like any
-//! other. A start thus waits for neither a fork nor the child's first page
-//! faults. Requests in quick succession fork on demand (step 1): a spare
-//! forked right after a start would compete for the CPU with the child just
-//! started. A spare that dies unused is reaped; one whose server dies reads
-//! the end of its socket and exits.
+//! own, with its control socket already made. The server announces it to
+//! the parent, unasked (`ForkReply::Spare`, with a pidfd, the other ends of
+//! those two sockets and the read end of a status pipe), and from then on
+//! watches and reaps it as any running child. The parent's next start
+//! sends its request (entry, daemon flag, environment changes) straight to
+//! the spare, and the call on the control socket, without telling the
+//! server. A start thus waits for no fork, no reply and no first page
+//! faults of the child. The spare closes a pipe when its request comes,
+//! which the server looks at without being woken by it (`Announced`). No
+//! other spare is forked until the announced one is taken or reaped, and
+//! then not before the server has been idle again: requests in
+//! quick succession fork on demand (step 1), because a spare forked right
+//! after a start would compete for the CPU with the child just started. A
+//! spare whose parent drops it (or dies) reads the end of its socket and
+//! exits.
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
@@ -39,7 +46,7 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::event::{Timespec, epoll};
+use rustix::event::{PollFd, PollFlags, Timespec, epoll};
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::{PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
@@ -76,7 +83,11 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             drop(server);
             super::child::run_forked(&target, marker.parent, control)
         }
-        Served::Spare { assigned } => {
+        Served::Spare {
+            assigned,
+            control,
+            taken,
+        } => {
             // The spare keeps none of the server's descriptors either, but
             // its proof of being single-threaded, to change its environment.
             let Server {
@@ -87,11 +98,17 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 single,
                 pid,
                 buf,
-                spare,
+                announced,
                 spare_due: _,
             } = server;
-            drop((sock, epoll, running, buf, spare));
-            run_spare(&single, nofile, pid, assigned, marker.parent)
+            drop((sock, epoll, running, buf, announced));
+            run_spare(
+                &single,
+                nofile,
+                pid,
+                (assigned, control, taken),
+                marker.parent,
+            )
         }
     }
 }
@@ -135,22 +152,15 @@ fn warm_up() {
     }
 }
 
-/// A spare child, forked ahead of the request it will serve.
-#[derive(Debug)]
-struct Spare {
-    pid: u32,
-    pidfd: OwnedFd,
-    /// Where its request is sent (it holds the other end).
-    sock: OwnedFd,
-}
-
-/// A spare child: waits for its request on `assigned`, then runs it as a
-/// child forked on request does. Exits if the server goes first.
+/// A spare child: waits for its request on `assigned`, then runs it with
+/// `control` as its control socket, as a child forked on request does; it
+/// closes `taken` to tell the server, which looks without being woken.
+/// Exits if the parent drops it unused.
 fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    assigned: OwnedFd,
+    (assigned, control, taken): (OwnedFd, OwnedFd, OwnedFd),
     started_by: u32,
 ) -> ! {
     if nofile.current != nofile.maximum {
@@ -158,17 +168,17 @@ fn run_spare(
     }
     warm_up();
     let mut buf = Vec::new();
-    let (request, control) = match wire::recv_frame(assigned.as_fd(), &mut buf) {
-        Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest => match (
-            wire::codec::decode::<ForkRequest>(&buf),
-            <[OwnedFd; 1]>::try_from(frame.fds),
-        ) {
-            (Ok(request), Ok([control])) => (request, control),
-            _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
-        },
-        // The server is gone (or out of step): nobody will ask.
+    let request = match wire::recv_frame(assigned.as_fd(), &mut buf) {
+        Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest && frame.fds.is_empty() => {
+            match wire::codec::decode::<ForkRequest>(&buf) {
+                Ok(request) => request,
+                Err(_) => super::child::exit(EXIT_BOOTSTRAP_FAILED),
+            }
+        }
+        // Dropped unused (or out of step): nobody will ask.
         _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
     };
+    drop(taken);
     drop(assigned);
     if !request.env.is_empty() {
         single.change_env(request.env.clear, &request.env.vars);
@@ -208,15 +218,42 @@ struct Server {
     single: SingleThreaded,
     pid: u32,
     buf: Vec<u8>,
-    /// The next child, forked before it is asked for, so that a start does
-    /// not wait for a fork (`None` if forking it failed, or it died).
-    spare: Option<Spare>,
-    /// When to fork a spare, if there is none: once no request has come
-    /// for [`SPARE_AFTER_IDLE`]. Requests in quick succession fork on
+    /// The spare announced to the parent and not taken yet: the next child,
+    /// forked before it was asked for, so that a start waits for no fork.
+    /// It is also in `running`.
+    announced: Option<Announced>,
+    /// When to fork a spare, if none is announced: once no request has
+    /// come for [`SPARE_AFTER_IDLE`]. Requests in quick succession fork on
     /// demand instead, so a spare's fork and warm-up never compete with the
     /// children just started, nor delay the next request.
     spare_due: Option<Instant>,
 }
+
+/// The spare the parent holds, as far as the server knows.
+#[derive(Debug)]
+struct Announced {
+    pid: u32,
+    /// The read end of a pipe whose write end only the spare holds: it
+    /// ends once the spare has its request (or has died). Not watched by
+    /// epoll, so that taking a spare wakes nobody but the spare: the server
+    /// looks at `check` (and whenever it wakes anyway).
+    taken: OwnedFd,
+    check: Instant,
+    /// The time to the next look, doubled after each up to
+    /// [`TAKEN_CHECK_MAX`].
+    every: Duration,
+}
+
+/// The first timed look at whether an announced spare was taken comes this
+/// long after its announcement; the looks then come ever less often, up to
+/// one every [`TAKEN_CHECK_MAX`]. The server also looks whenever it wakes
+/// for a request or a reap, which is when it usually finds out: a spare
+/// that ran a short call is reaped soon after, and a start while a spare
+/// runs a long one asks the server. The timer is for a long call followed
+/// by no start, and it is slow on purpose: a wake-up of the server during
+/// a start slows the start down by half.
+const TAKEN_CHECK_FIRST: Duration = Duration::from_millis(100);
+const TAKEN_CHECK_MAX: Duration = Duration::from_secs(5);
 
 enum Served {
     ParentGone,
@@ -226,9 +263,12 @@ enum Served {
         target: Marker,
         control: OwnedFd,
     },
-    /// This is a new spare child, to wait for its request on `assigned`.
+    /// This is a new spare child, to wait for its request on `assigned`,
+    /// close `taken` when it comes, and then serve it on `control`.
     Spare {
         assigned: OwnedFd,
+        control: OwnedFd,
+        taken: OwnedFd,
     },
 }
 
@@ -261,7 +301,7 @@ impl Server {
             single,
             pid: std::process::id(),
             buf: Vec::new(),
-            spare: None,
+            announced: None,
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
         })
     }
@@ -269,21 +309,27 @@ impl Server {
     fn run(&mut self) -> Served {
         let mut events = Vec::with_capacity(64);
         loop {
+            let now = Instant::now();
+            self.look_at_spare(now);
+            let next = match &self.announced {
+                Some(announced) => Some(announced.check),
+                None => self.spare_due,
+            };
             let mut timeout = None;
-            if let Some(due) = self.spare_due.filter(|_| self.spare.is_none()) {
-                let left = due.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    // Not again until the next request (or a spare's death).
+            if let Some(due) = next {
+                let left = due.saturating_duration_since(now);
+                if left.is_zero() && self.announced.is_none() {
+                    // Not again until the next request (or a spare's end).
                     self.spare_due = None;
                     if let Some(served) = self.fork_spare() {
                         return served;
                     }
-                } else {
-                    timeout = Some(Timespec {
-                        tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
-                        tv_nsec: left.subsec_nanos() as _,
-                    });
+                    continue;
                 }
+                timeout = Some(Timespec {
+                    tv_sec: left.as_secs().min(i64::MAX as u64) as i64,
+                    tv_nsec: left.subsec_nanos() as _,
+                });
             }
             events.clear();
             match epoll::wait(
@@ -304,6 +350,29 @@ impl Server {
                 } else if let Ok(pid) = u32::try_from(key) {
                     self.reap(pid);
                 }
+            }
+        }
+    }
+
+    /// Forgets the announced spare if it has been taken (or has died): the
+    /// next one is forked once the server has been idle again. Looks at
+    /// most when due, or when the server woke for something else.
+    fn look_at_spare(&mut self, now: Instant) {
+        let Some(announced) = self.announced.as_mut() else {
+            return;
+        };
+        let mut fds = [PollFd::new(&announced.taken, PollFlags::IN)];
+        match crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)) {
+            Ok(0) => {
+                if now >= announced.check {
+                    announced.every = (announced.every * 2).min(TAKEN_CHECK_MAX);
+                    announced.check = now.checked_add(announced.every).unwrap_or(now);
+                }
+            }
+            // Ended (or unreadable: counted as taken, the safe side).
+            _ => {
+                self.announced = None;
+                self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
             }
         }
     }
@@ -331,17 +400,6 @@ impl Server {
             }
         };
         self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
-        let (request, control) = match self.spare.take() {
-            Some(spare) => match self.assign(spare, request, control) {
-                Ok((pid, pidfd)) => {
-                    self.running.insert(pid, Running { pidfd, status });
-                    return self.reply_started(pid);
-                }
-                // The spare died: fork a child now.
-                Err(back) => back,
-            },
-            None => (request, control),
-        };
         match crate::sys::fork::fork(&self.single) {
             Err(e) => self.refuse(format!("fork failed: {e}")),
             Ok(Forked::Child) => {
@@ -414,85 +472,90 @@ impl Server {
         sent.err().map(|_| Served::ParentGone)
     }
 
-    /// Forks a spare child, to be handed the next request; `Some` in the
-    /// spare itself. Without a spare, requests fork on demand.
+    /// Forks a spare child and announces it to the parent, which hands it
+    /// its next request; `Some` in the spare itself, or if the parent has
+    /// gone. Without a spare, requests fork on demand.
     fn fork_spare(&mut self) -> Option<Served> {
-        let (ours, theirs) = rustix::net::socketpair(
-            AddressFamily::UNIX,
-            SocketType::STREAM,
-            SocketFlags::CLOEXEC,
-            None,
-        )
-        .ok()?;
-        match crate::sys::fork::fork(&self.single) {
-            Err(_) => None,
+        let pair = || {
+            rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::CLOEXEC,
+                None,
+            )
+            .ok()
+        };
+        let (assign, assigned) = pair()?;
+        let (ours, control) = pair()?;
+        let (is_taken, taken) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+        let pid = match crate::sys::fork::fork(&self.single) {
+            Err(_) => return None,
             Ok(Forked::Child) => {
-                drop(ours);
-                Some(Served::Spare { assigned: theirs })
+                drop((assign, ours, is_taken));
+                return Some(Served::Spare {
+                    assigned,
+                    control,
+                    taken,
+                });
             }
-            Ok(Forked::Parent(pid)) => {
-                drop(theirs);
-                let raw = pid.as_raw_pid() as u32;
-                let watched = rustix::process::pidfd_open(pid, PidfdFlags::empty())
-                    .ok()
-                    .filter(|pidfd| {
-                        epoll::add(
-                            &self.epoll,
-                            pidfd,
-                            epoll::EventData::new_u64(u64::from(raw)),
-                            epoll::EventFlags::IN,
-                        )
-                        .is_ok()
-                    });
-                match watched {
-                    Some(pidfd) => {
-                        self.spare = Some(Spare {
-                            pid: raw,
-                            pidfd,
-                            sock: ours,
-                        });
-                    }
-                    None => {
-                        // Unwatchable: its end of the socket closes with
-                        // ours, so it exits; reap it now.
-                        drop(ours);
-                        let _ = rustix::process::waitpid(
-                            Some(pid),
-                            rustix::process::WaitOptions::empty(),
-                        );
-                    }
-                }
-                None
-            }
-        }
-    }
-
-    /// Hands a request to the spare: on success the spare runs it (its pid
-    /// and pidfd are returned); else the spare is reaped and the request
-    /// handed back.
-    fn assign(
-        &mut self,
-        spare: Spare,
-        request: ForkRequest,
-        control: OwnedFd,
-    ) -> Result<(u32, OwnedFd), (ForkRequest, OwnedFd)> {
+            Ok(Forked::Parent(pid)) => pid,
+        };
+        drop((assigned, control, taken));
+        let raw = pid.as_raw_pid() as u32;
+        let watched = rustix::process::pidfd_open(pid, PidfdFlags::empty())
+            .ok()
+            .filter(|pidfd| {
+                epoll::add(
+                    &self.epoll,
+                    pidfd,
+                    epoll::EventData::new_u64(u64::from(raw)),
+                    epoll::EventFlags::IN,
+                )
+                .is_ok()
+            });
+        let status = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        );
+        let (Some(pidfd), Ok((status_r, status_w))) = (watched, status) else {
+            // Unwatchable or unreportable: its end of the socket closes
+            // with ours, so it exits; reap it now.
+            drop(assign);
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+            return None;
+        };
         let sent = super::protocol::send_message(
-            spare.sock.as_fd(),
-            FrameKind::ForkRequest,
-            &request,
-            &[control.as_fd()],
+            self.sock.as_fd(),
+            FrameKind::Forked,
+            &ForkReply::Spare { pid: raw },
+            &[
+                pidfd.as_fd(),
+                assign.as_fd(),
+                ours.as_fd(),
+                status_r.as_fd(),
+            ],
+        );
+        // From here the spare is a running child: reaped when it exits,
+        // whether or not it was ever handed a request.
+        self.running.insert(
+            raw,
+            Running {
+                pidfd,
+                status: status_w,
+            },
         );
         if sent.is_err() {
-            let _ = epoll::delete(&self.epoll, &spare.pidfd);
-            drop(spare.sock);
-            let _ = rustix::process::pidfd_send_signal(&spare.pidfd, Signal::KILL);
-            let _ =
-                rustix::process::waitid(WaitId::PidFd(spare.pidfd.as_fd()), WaitIdOptions::EXITED);
-            return Err((request, control));
+            // The parent is gone; the spare's socket ends and it exits.
+            return Some(Served::ParentGone);
         }
-        // Our copy goes now: no later fork may inherit it.
-        drop(control);
-        Ok((spare.pid, spare.pidfd))
+        self.announced = Some(Announced {
+            pid: raw,
+            taken: is_taken,
+            check: Instant::now()
+                .checked_add(TAKEN_CHECK_FIRST)
+                .unwrap_or_else(Instant::now),
+            every: TAKEN_CHECK_FIRST,
+        });
+        None
     }
 
     fn refuse(&mut self, message: String) -> Option<Served> {
@@ -504,19 +567,6 @@ impl Server {
 
     /// Reaps child `pid` if it has exited, and reports how to its parent.
     fn reap(&mut self, pid: u32) {
-        if let Some(spare) = self.spare.as_ref().filter(|s| s.pid == pid) {
-            // A spare that died before it was asked for anything.
-            if let Ok(None) = rustix::process::waitid(
-                WaitId::PidFd(spare.pidfd.as_fd()),
-                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            ) {
-                return;
-            }
-            let _ = epoll::delete(&self.epoll, &spare.pidfd);
-            self.spare = None;
-            self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
-            return;
-        }
         let Some(child) = self.running.get(&pid) else {
             return;
         };
@@ -538,6 +588,12 @@ impl Server {
         let Some(child) = self.running.remove(&pid) else {
             return;
         };
+        if self.announced.as_ref().is_some_and(|a| a.pid == pid) {
+            // The spare announced last has ended (used, or not): announce
+            // another once idle again.
+            self.announced = None;
+            self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+        }
         let _ = epoll::delete(&self.epoll, &child.pidfd);
         if let Some(exit) = exit {
             // One write under PIPE_BUF: all of it or nothing. A parent that

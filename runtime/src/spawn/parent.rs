@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fmt;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -239,41 +239,45 @@ pub(crate) fn start_child<R>(
             .with_source(e)
             .in_process(describe(&name, None, entry))
     };
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| spawn_err(e.into()))?;
-    // A small call is written before a forked child exists (the socket
-    // holds it), so the child finds it at once instead of waiting for us to
-    // hear back from the server.
     let mut outgoing = Some(outgoing);
-    if method == StartMethod::ForkServer
-        && matches!(&outgoing, Some(Outgoing::Frame(frame)) if frame.payload().len() <= EARLY_CALL_MAX)
-    {
-        send_call(outgoing.take(), &ours);
-    }
-    let child = match method {
-        StartMethod::Spawn => spawn_child(theirs, &name, entry, daemon, &env).map_err(spawn_err)?,
-        StartMethod::ForkServer => {
-            super::method::check_supported(method)?;
-            // The server writes the child's exit status here once it has
-            // reaped it (see `reaper.rs`).
-            let (status_r, status_w) = rustix::pipe::pipe_with(
-                rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+    let (child, ours) = match method {
+        StartMethod::Spawn => {
+            let (ours, theirs) = rustix::net::socketpair(
+                AddressFamily::UNIX,
+                SocketType::STREAM,
+                SocketFlags::CLOEXEC,
+                None,
             )
             .map_err(|e| spawn_err(e.into()))?;
-            let forked = super::fork_client::fork_child(entry, daemon, &env, &theirs, &status_w)
+            let child = spawn_child(theirs, &name, entry, daemon, &env).map_err(spawn_err)?;
+            (child, ours)
+        }
+        StartMethod::ForkServer => {
+            super::method::check_supported(method)?;
+            // A small call is written before the forked child is asked to
+            // run (the socket holds it), so the child finds it at once
+            // instead of waiting for us to hear back from the server.
+            let mut early = |ours: BorrowedFd<'_>| {
+                if matches!(&outgoing, Some(Outgoing::Frame(frame)) if frame.payload().len() <= EARLY_CALL_MAX)
+                {
+                    send_call(outgoing.take(), ours);
+                }
+            };
+            let (forked, ours) = super::fork_client::fork_child(entry, daemon, &env, &mut early)
                 .map_err(|e| e.in_process(describe(&name, None, entry)))?;
-            // Only the child holds its end now, so its death ends our stream.
-            drop(theirs);
-            drop(status_w);
-            Child::track_forked(forked.pid, name.clone(), daemon, forked.pidfd, status_r)
+            // The server writes the child's exit status to `forked.status`
+            // once it has reaped it (see `reaper.rs`).
+            let child = Child::track_forked(
+                forked.pid,
+                name.clone(),
+                daemon,
+                forked.pidfd,
+                forked.status,
+            );
+            (child, ours)
         }
     };
-    send_call(outgoing, &ours);
+    send_call(outgoing, ours.as_fd());
     Ok(JoinHandle {
         child,
         entry,
@@ -289,11 +293,11 @@ pub(crate) fn start_child<R>(
 const EARLY_CALL_MAX: usize = 32 << 10;
 
 /// Writes the call (if not written yet) to the child's control socket.
-fn send_call(outgoing: Option<Outgoing>, ours: &OwnedFd) {
+fn send_call(outgoing: Option<Outgoing>, ours: BorrowedFd<'_>) {
     // If the child died before reading its call, `join` reports how it died.
     let _ = match outgoing {
         None => return,
-        Some(Outgoing::Frame(mut frame)) => frame.send(ours.as_fd(), FrameKind::Call),
+        Some(Outgoing::Frame(mut frame)) => frame.send(ours, FrameKind::Call),
         #[cfg(feature = "test-hooks")]
         Some(Outgoing::Raw(bytes)) => wire::send_all(ours.as_fd(), &bytes, &[]).and_then(|()| {
             rustix::net::shutdown(ours, rustix::net::Shutdown::Write).map_err(Into::into)

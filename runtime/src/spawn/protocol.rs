@@ -145,7 +145,9 @@ impl Marker {
 
 /// Parent to fork server, in a `ForkRequest` frame whose two descriptors
 /// are the child's end of its control socket and the write end of its
-/// status pipe: fork a child to run `entry`.
+/// status pipe: fork a child to run `entry`. Or, with no descriptor,
+/// parent to a spare the server announced (`ForkReply::Spare`): run
+/// `entry`, with the control socket you were forked with. No reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ForkRequest {
     pub(crate) entry: String,
@@ -183,12 +185,19 @@ impl EnvChanges {
     }
 }
 
-/// Fork server to parent, in a `Forked` frame: the child's pid, with a
-/// pidfd for it as the frame's one descriptor; or why there is no child.
+/// Fork server to parent, in a `Forked` frame.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum ForkReply {
+    /// The reply to a request: the child's pid, with a pidfd for it as the
+    /// frame's one descriptor.
     Started { pid: u32 },
+    /// The reply to a request: why there is no child.
     Failed { message: String },
+    /// Unasked, between requests: a spare forked ahead of time, waiting for
+    /// a request. Its descriptors: a pidfd, the socket the spare waits on
+    /// for its request, our end of its control socket, and the read end of
+    /// its status pipe.
+    Spare { pid: u32 },
 }
 
 /// What the fork server writes to a child's status pipe once it has reaped
