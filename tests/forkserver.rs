@@ -440,7 +440,8 @@ fn inner_spare() {
         .filter(|(fd, _)| !inherited.contains(fd))
         .collect();
     let numbers: Vec<u32> = fds.iter().map(|(fd, _)| *fd).collect();
-    assert_eq!(numbers, [0, 1, 2, 3], "{fds:?}");
+    assert_eq!(numbers.len(), 4, "{fds:?}");
+    assert_eq!(&numbers[..3], &[0, 1, 2], "{fds:?}");
     assert_eq!(fds[0].1, "/dev/null", "{fds:?}");
     assert!(fds[3].1.starts_with("socket:"), "{fds:?}");
     drop(gate_w);

@@ -124,7 +124,7 @@ fn dispatch(loaded: usize, force: bool) {
         super::fork_server::serve(target)
     } else {
         let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
-        run_child(target, run)
+        run_child(target, run, take_control_socket())
     };
     exit(code)
 }
@@ -139,22 +139,19 @@ pub(super) fn exit(code: i32) -> ! {
 /// a re-executed one. `target` names the server as the parent (the process
 /// its parent-death signal follows); `started_by` is the process that asked
 /// for it, which [`parent_pid`](crate::parent_pid) reports. `control` is its
-/// end of the control socket: it goes on fd 0, where a re-executed child
-/// finds it.
+/// end of the control socket. Its fd 0 is already `/dev/null`, as the
+/// server's is (the server took its own socket off fd 0 as a re-executed
+/// child does).
 pub(super) fn run_forked(target: &Marker, started_by: u32, control: OwnedFd) -> ! {
-    if let Err(e) = rustix::stdio::dup2_stdin(&control) {
-        eprintln!("multiproc: forked child could not set up its control socket: {e}");
-        exit(EXIT_BOOTSTRAP_FAILED);
-    }
-    drop(control);
     super::current::set_started_by(started_by);
     let run = super::registry::find_loaded(&target.entry).map(|record| record.run());
-    exit(run_child(target, run))
+    exit(run_child(target, run, Ok(control)))
 }
 
-fn run_child(target: &Marker, run: Option<RunFn>) -> i32 {
+/// Runs the entry `run` for `target`, with `sock` as the control socket.
+fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>) -> i32 {
     crate::sys::ignore_sigpipe();
-    let sock = match take_control_socket() {
+    let sock = match sock {
         Ok(sock) => sock,
         Err(e) => {
             eprintln!("multiproc: child could not set up its control socket: {e}");

@@ -2,13 +2,15 @@
 //! its load-time constructor before `main` with one thread, forking a child
 //! per request of the one process that started it.
 //!
-//! The server is reached only through the socket on its fd 0 (its parent
-//! holds the other end). Per `ForkRequest` frame (`protocol.rs`), carrying
-//! the child's end of a control socket and the write end of a status pipe:
+//! The server is reached only through the socket its parent put on its fd 0
+//! (it moves it off, and puts `/dev/null` there, as a child does). Per
+//! `ForkRequest` frame (`protocol.rs`), carrying the child's end of a
+//! control socket and the write end of a status pipe:
 //!
-//! 1. fork. The child drops every descriptor the server holds, puts the
-//!    control socket on fd 0 and becomes a child like a re-executed one
-//!    (`child::run_forked`): same call, same dispatch, same exit.
+//! 1. fork. The child drops every descriptor the server holds except the
+//!    control socket (its fd 0 is `/dev/null`, as the server's) and becomes
+//!    a child like a re-executed one (`child::run_forked`): same call, same
+//!    dispatch, same exit.
 //! 2. In the server: open a pidfd for the child (it cannot be reaped yet:
 //!    only this thread reaps), reply `Forked` with the pid and the pidfd
 //!    (the parent waits, polls and signals through it), and keep the status
@@ -258,7 +260,8 @@ const TAKEN_CHECK_MAX: Duration = Duration::from_secs(5);
 enum Served {
     ParentGone,
     Failed(io::Error),
-    /// This is a new child, to run `target` with `control` on fd 0.
+    /// This is a new child, to run `target` with `control` as its control
+    /// socket.
     Forked {
         target: Marker,
         control: OwnedFd,
