@@ -10,7 +10,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+use rustix::net::Shutdown;
 
 use crate::spawn::protocol::CallHeader;
 use crate::sys::shm::SharedRegion;
@@ -27,13 +27,7 @@ pub const MAX_INPUT: usize = 32 << 10;
 const MAX_LANE_LEN: u64 = 1 << 20;
 
 fn stream_pair() -> Option<(OwnedFd, OwnedFd)> {
-    rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .ok()
+    crate::sys::stream_pair().ok()
 }
 
 /// `n` descriptors to send (of `/dev/null`).

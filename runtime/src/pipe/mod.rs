@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
+use rustix::net::Shutdown;
 use serde::de::{DeserializeOwned, Error as _};
 use serde::ser::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -91,13 +91,7 @@ impl<T: Serialize + DeserializeOwned> Pipe<T> {
 }
 
 fn socketpair() -> Result<(OwnedFd, OwnedFd), Error> {
-    let (a, b) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| Error::io("creating a socket pair", e.into()))?;
+    let (a, b) = crate::sys::stream_pair().map_err(|e| Error::io("creating a socket pair", e))?;
     // A larger send buffer (as far as `net.core.wmem_max` allows; it only
     // holds bytes in flight) lets a large message cross in a few chunks
     // rather than dozens, each a wake-up of the reader.

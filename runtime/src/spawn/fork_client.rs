@@ -27,7 +27,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 
 use super::protocol::{BOOT_ENV, EnvChanges, ForkReply, ForkRequest, Marker};
@@ -128,15 +127,8 @@ pub(crate) fn fork_child(
         let (ours, theirs) = match pair.take() {
             Some(pair) => pair,
             None => {
-                let (ours, theirs) = rustix::net::socketpair(
-                    AddressFamily::UNIX,
-                    SocketType::STREAM,
-                    SocketFlags::CLOEXEC,
-                    None,
-                )
-                .map_err(|e| {
-                    Error::new(ErrorKind::Spawn, "could not make a control socket")
-                        .with_source(std::io::Error::from(e))
+                let (ours, theirs) = crate::sys::stream_pair().map_err(|e| {
+                    Error::new(ErrorKind::Spawn, "could not make a control socket").with_source(e)
                 })?;
                 early(ours.as_fd());
                 (ours, theirs)
@@ -328,13 +320,7 @@ fn start_server() -> Result<Server, Error> {
     let spawn_err = |e: std::io::Error| {
         Error::new(ErrorKind::Spawn, "could not start the fork server").with_source(e)
     };
-    let (ours, theirs) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(|e| spawn_err(e.into()))?;
+    let (ours, theirs) = crate::sys::stream_pair().map_err(spawn_err)?;
     // Its children see this program's arguments, as re-executed ones do.
     let mut cmd = super::parent::this_program(theirs);
     cmd.env(

@@ -49,7 +49,6 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, epoll};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::{PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::protocol::{
@@ -133,12 +132,7 @@ fn warm_up() {
     let _ = super::reaper::live();
     // A frame through a socket and back, as the child's call and result
     // will go: the code of that path is then mapped in this process.
-    let Ok((a, b)) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    ) else {
+    let Ok((a, b)) = crate::sys::stream_pair() else {
         return;
     };
     let header = CallHeader {
@@ -479,17 +473,8 @@ impl Server {
     /// its next request; `Some` in the spare itself, or if the parent has
     /// gone. Without a spare, requests fork on demand.
     fn fork_spare(&mut self) -> Option<Served> {
-        let pair = || {
-            rustix::net::socketpair(
-                AddressFamily::UNIX,
-                SocketType::STREAM,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .ok()
-        };
-        let (assign, assigned) = pair()?;
-        let (ours, control) = pair()?;
+        let (assign, assigned) = crate::sys::stream_pair().ok()?;
+        let (ours, control) = crate::sys::stream_pair().ok()?;
         let (is_taken, taken) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
         let pid = match crate::sys::fork::fork(&self.single) {
             Err(_) => return None,

@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use rustix::process::Signal;
 use serde::de::DeserializeOwned;
 
@@ -242,13 +241,7 @@ pub(crate) fn start_child<R>(
     let mut outgoing = Some(outgoing);
     let (child, ours) = match method {
         StartMethod::Spawn => {
-            let (ours, theirs) = rustix::net::socketpair(
-                AddressFamily::UNIX,
-                SocketType::STREAM,
-                SocketFlags::CLOEXEC,
-                None,
-            )
-            .map_err(|e| spawn_err(e.into()))?;
+            let (ours, theirs) = crate::sys::stream_pair().map_err(spawn_err)?;
             let child = spawn_child(theirs, &name, entry, daemon, &env).map_err(spawn_err)?;
             (child, ours)
         }

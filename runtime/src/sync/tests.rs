@@ -3,7 +3,6 @@
 use std::os::fd::AsFd;
 
 use rustix::fs::{MemfdFlags, SealFlags};
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -13,13 +12,7 @@ use crate::{Array, Barrier, ErrorKind, Event, Fd, Lock, Result, Value};
 /// Sends `value` through a socket as a frame and decodes it as `T`, as a
 /// child decoding its arguments would.
 fn travel<T: DeserializeOwned>(value: &impl Serialize) -> Result<T> {
-    let (a, b) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .map_err(std::io::Error::from)?;
+    let (a, b) = crate::sys::stream_pair()?;
     let mut frame = OutFrame::new();
     frame.encode(value)?;
     frame.send(a.as_fd(), FrameKind::Call)?;

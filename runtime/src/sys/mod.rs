@@ -17,9 +17,9 @@ pub(crate) mod signal;
 pub(crate) mod slots;
 
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use rustix::net::RecvFlags;
+use rustix::net::{AddressFamily, RecvFlags, SocketFlags, SocketType};
 
 /// Defines `static $name: extern "C" fn()` in `.init_array`: the loader
 /// calls it once at start-up, before `main` (and before a test harness,
@@ -96,6 +96,17 @@ pub(crate) fn ignore_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
+}
+
+/// A connected pair of Unix stream sockets, both ends CLOEXEC: a child's
+/// control socket, a pipe, a fork-server spare's sockets.
+pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 /// Runs `f` when the process exits normally (`main` returns, or `exit`).

@@ -4,16 +4,9 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use super::handles::{MODE, Mode, OUT_FDS, codec_error};
 use super::*;
-use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 fn pair() -> (OwnedFd, OwnedFd) {
-    rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC,
-        None,
-    )
-    .unwrap()
+    crate::sys::stream_pair().unwrap()
 }
 
 fn feed(bytes: &[u8]) -> Result<Option<InFrame>, FrameError> {
