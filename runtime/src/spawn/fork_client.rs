@@ -93,8 +93,6 @@ pub(crate) fn fork_child(
         daemon,
         env: env.clone(),
     };
-    let gone =
-        |e: std::io::Error| Error::new(ErrorKind::Spawn, "the fork server is gone").with_source(e);
     let mut server = lock();
     // Made, and `early` called, once: a retry reuses it.
     let mut pair: Option<(OwnedFd, OwnedFd)> = None;
@@ -153,7 +151,7 @@ pub(crate) fn fork_child(
                 pair = Some((ours, theirs));
                 continue;
             }
-            return Err(gone(e));
+            return Err(Error::new(ErrorKind::Spawn, "the fork server is gone").with_source(e));
         }
         // Only the child holds its end now, so its death ends our stream.
         drop((theirs, status_w));
