@@ -473,6 +473,53 @@ fn inner_spare() {
 }
 
 #[test]
+fn starts_in_quick_succession_get_a_spare_forked_at_the_last_end() {
+    // Alone in its own process, with a server of its own.
+    run_inner("inner_quick", &[]);
+}
+
+#[test]
+#[ignore = "run by starts_in_quick_succession_get_a_spare_forked_at_the_last_end"]
+fn inner_quick() {
+    use multiproc::__private::fork_server_starts;
+    if !common::run_by_outer_test(
+        INNER,
+        "starts_in_quick_succession_get_a_spare_forked_at_the_last_end",
+    ) {
+        return;
+    }
+    // A start that asks the server (no spare was ready) tells it the
+    // parent is quick, so the server forks a spare when that child ends,
+    // and says so before it reports the end: the next start, made once
+    // `join` has returned, waits for that spare rather than ask, whatever
+    // the load. (Starts that find a spare forked while idle prove nothing
+    // here; on a quiet machine, most of these starts are made less than
+    // the idle delay after the last child's end, and would all ask.)
+    let mut asked_last = false;
+    let mut checked = 0;
+    for i in 0..500 {
+        let (asked, _) = fork_server_starts();
+        let child = Process::new(entry!(add), (i, 1))
+            .start_method(StartMethod::ForkServer)
+            .start()
+            .unwrap();
+        let asked_now = fork_server_starts().0 > asked;
+        assert_eq!(child.join().unwrap(), i + 1);
+        if asked_last {
+            assert!(!asked_now, "start {i} asked, after a start that asked");
+            checked += 1;
+            if checked == 20 {
+                return;
+            }
+        }
+        asked_last = asked_now;
+    }
+    // Every start found a spare forked while idle: a machine too slow for
+    // starts in quick succession.
+    eprintln!("skipped: only {checked} starts followed one that asked");
+}
+
+#[test]
 fn a_dead_server_fails_pending_starts_and_is_replaced() {
     // Alone in its own process: it kills that process's server, which
     // would disturb any other test using it.
@@ -524,7 +571,8 @@ fn inner_dead_server() {
 
     // A start waiting for a server that dies fails, naming it. Stopped,
     // the server forks no spare; the one it may have announced is killed,
-    // so that the start has to ask the server.
+    // so that the start has to wait for the server: for a reply, or for
+    // the spare it said it was forking.
     kill(second, Signal::STOP);
     for spare in children_of(second) {
         kill(spare, Signal::KILL);

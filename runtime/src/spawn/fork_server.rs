@@ -31,11 +31,14 @@
 //! faults of the child. The spare closes a pipe when its request comes,
 //! which the server looks at without being woken by it (`Announced`). No
 //! other spare is forked until the announced one is taken or reaped, and
-//! then not before the server has been idle again: requests in
-//! quick succession fork on demand (step 1), because a spare forked right
-//! after a start would compete for the CPU with the child just started. A
-//! spare whose parent drops it (or dies) reads the end of its socket and
-//! exits.
+//! then not before the server has been idle again, unless the parent starts
+//! children in quick succession (`Server::quick`: its last start asked for
+//! a child, or took the spare within [`SPARE_AFTER_IDLE`] of its fork).
+//! Then the server forks the next spare as soon as a child ends, having
+//! told the parent (`ForkReply::Forking`, before the child's status): the
+//! parent's next start waits for that spare instead of asking for a child
+//! whose fork would wait behind it. A spare whose parent drops it (or dies)
+//! reads the end of its socket and exits.
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
@@ -101,6 +104,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 buf,
                 announced,
                 spare_due: _,
+                quick: _,
             } = server;
             drop((sock, epoll, running, buf, announced));
             run_spare(
@@ -159,6 +163,7 @@ fn run_spare(
     (assigned, control, taken): (OwnedFd, OwnedFd, OwnedFd),
     started_by: u32,
 ) -> ! {
+    let forked = Instant::now();
     if nofile.current != nofile.maximum {
         let _ = rustix::process::setrlimit(Resource::Nofile, nofile);
     }
@@ -174,6 +179,9 @@ fn run_spare(
         // Dropped unused (or out of step): nobody will ask.
         _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
     };
+    if forked.elapsed() < SPARE_AFTER_IDLE {
+        let _ = rustix::io::write(&taken, &TAKEN_QUICKLY);
+    }
     drop(taken);
     drop(assigned);
     if !request.env.is_empty() {
@@ -219,10 +227,16 @@ struct Server {
     /// It is also in `running`.
     announced: Option<Announced>,
     /// When to fork a spare, if none is announced: once no request has
-    /// come for [`SPARE_AFTER_IDLE`]. Requests in quick succession fork on
-    /// demand instead, so a spare's fork and warm-up never compete with the
-    /// children just started, nor delay the next request.
+    /// come for [`SPARE_AFTER_IDLE`] (unless `reap` forks one first), so
+    /// that a spare's fork and warm-up do not compete with the child just
+    /// started, nor delay the next request.
     spare_due: Option<Instant>,
+    /// Whether the parent's last start came soon after a child could have
+    /// been ready for it: it asked for one (no spare was ready), or took
+    /// the spare within [`SPARE_AFTER_IDLE`] of its fork. Then the next
+    /// spare is forked as soon as a child ends, not once idle: the parent
+    /// is starting children in quick succession.
+    quick: bool,
 }
 
 /// The spare the parent holds, as far as the server knows.
@@ -239,6 +253,10 @@ struct Announced {
     /// [`TAKEN_CHECK_MAX`].
     every: Duration,
 }
+
+/// What a spare writes to its `taken` pipe, before it closes it, if its
+/// request came within [`SPARE_AFTER_IDLE`] of its fork.
+const TAKEN_QUICKLY: [u8; 1] = *b"q";
 
 /// The first timed look at whether an announced spare was taken comes this
 /// long after its announcement; the looks then come ever less often, up to
@@ -300,6 +318,7 @@ impl Server {
             buf: Vec::new(),
             announced: None,
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
+            quick: false,
         })
     }
 
@@ -344,16 +363,19 @@ impl Server {
                     if let Some(served) = self.request() {
                         return served;
                     }
-                } else if let Ok(pid) = u32::try_from(key) {
-                    self.reap(pid);
+                } else if let Ok(pid) = u32::try_from(key)
+                    && let Some(served) = self.reap(pid)
+                {
+                    return served;
                 }
             }
         }
     }
 
-    /// Forgets the announced spare if it has been taken (or has died): the
-    /// next one is forked once the server has been idle again. Looks at
-    /// most when due, or when the server woke for something else.
+    /// Forgets the announced spare if it has been taken (or has died),
+    /// noting whether it was taken quickly; the next one is forked when
+    /// `reap` or the idle timer says. Looks at most when due, or when the
+    /// server woke for something else.
     fn look_at_spare(&mut self, now: Instant) {
         let Some(announced) = self.announced.as_mut() else {
             return;
@@ -368,6 +390,9 @@ impl Server {
             }
             // Ended (or unreadable: counted as taken, the safe side).
             _ => {
+                let mut byte = [0u8; 1];
+                self.quick = matches!(rustix::io::read(&announced.taken, &mut byte), Ok(1))
+                    && byte == TAKEN_QUICKLY;
                 self.announced = None;
                 self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
             }
@@ -397,6 +422,8 @@ impl Server {
             }
         };
         self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+        // Asked, so no spare was ready.
+        self.quick = true;
         match crate::sys::fork::fork(&self.single) {
             Err(e) => self.refuse(format!("fork failed: {e}")),
             Ok(Forked::Child) => {
@@ -554,10 +581,18 @@ impl Server {
     }
 
     /// Reaps child `pid` if it has exited, and reports how to its parent.
-    fn reap(&mut self, pid: u32) {
-        let Some(child) = self.running.get(&pid) else {
-            return;
-        };
+    /// Then, if no spare is announced and the parent starts children in
+    /// quick succession (`quick`), forks one at once: a child's end is when
+    /// such a parent starts the next. `Some` in that spare, or if the
+    /// parent has gone.
+    ///
+    /// Otherwise the spare waits for the idle timer: a fork right after the
+    /// status is written delays the parent it wakes (the wake-up, a
+    /// synchronous one, puts the parent on this CPU, behind the fork), a
+    /// cost worth paying only when the parent's next start is about to
+    /// wait for that spare.
+    fn reap(&mut self, pid: u32) -> Option<Served> {
+        let child = self.running.get(&pid)?;
         let exit = match rustix::process::waitid(
             WaitId::PidFd(child.pidfd.as_fd()),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
@@ -566,27 +601,58 @@ impl Server {
                 (Some(code), _) => Some(ReportedExit::Code(code)),
                 (None, Some(sig)) => Some(ReportedExit::Signal(sig)),
                 // Stopped or continued: not an exit (only EXITED was asked).
-                (None, None) => return,
+                (None, None) => return None,
             },
-            Ok(None) => return,
+            Ok(None) => return None,
             // Not ours to reap after all: close the pipe without a status,
             // which the parent reads as "status lost".
             Err(_) => None,
         };
-        let Some(child) = self.running.remove(&pid) else {
-            return;
-        };
-        if self.announced.as_ref().is_some_and(|a| a.pid == pid) {
-            // The spare announced last has ended (used, or not): announce
-            // another once idle again.
-            self.announced = None;
-            self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
-        }
+        let child = self.running.remove(&pid)?;
         let _ = epoll::delete(&self.epoll, &child.pidfd);
+        let now = Instant::now();
+        self.look_at_spare(now);
+        if self.announced.as_ref().is_some_and(|a| a.pid == pid) {
+            // The spare announced last has ended, and its pipe with it.
+            self.announced = None;
+            self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
+        }
+        // Said before the status is written, so that a start made once the
+        // status is read waits for this spare rather than fork another.
+        let forking = self.quick
+            && self.announced.is_none()
+            && super::protocol::send_message(
+                self.sock.as_fd(),
+                FrameKind::Forked,
+                &ForkReply::Forking,
+                &[],
+            )
+            .is_ok();
         if let Some(exit) = exit {
             // One write under PIPE_BUF: all of it or nothing. A parent that
             // dropped the handle closed the read end: EPIPE, ignored.
             let _ = rustix::io::write(&child.status, &exit.encode());
         }
+        drop(child);
+        if !forking {
+            return None;
+        }
+        self.spare_due = None;
+        if let Some(served) = self.fork_spare() {
+            return Some(served);
+        }
+        if self.announced.is_some() {
+            return None;
+        }
+        // Could not: say so, as promised, and try again once idle.
+        self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+        super::protocol::send_message(
+            self.sock.as_fd(),
+            FrameKind::Forked,
+            &ForkReply::NoSpare,
+            &[],
+        )
+        .err()
+        .map(|_| Served::ParentGone)
     }
 }

@@ -198,6 +198,13 @@ pub(crate) enum ForkReply {
     /// for its request, our end of its control socket, and the read end of
     /// its status pipe.
     Spare { pid: u32 },
+    /// Unasked, sent before the server writes a reaped child's status: a
+    /// spare is being forked, and its `Spare` frame (or `NoSpare`) comes
+    /// next. A start that reads this waits for the spare rather than ask
+    /// for a child of its own: the fork is already under way.
+    Forking,
+    /// Unasked, after `Forking`: the spare could not be forked.
+    NoSpare,
 }
 
 /// What the fork server writes to a child's status pipe once it has reaped
