@@ -498,7 +498,7 @@ fn inner_quick() {
     let mut asked_last = false;
     let mut checked = 0;
     for i in 0..500 {
-        let (asked, _) = fork_server_starts();
+        let (asked, _, _) = fork_server_starts();
         let child = Process::new(entry!(add), (i, 1))
             .start_method(StartMethod::ForkServer)
             .start()
@@ -517,6 +517,48 @@ fn inner_quick() {
     // Every start found a spare forked while idle: a machine too slow for
     // starts in quick succession.
     eprintln!("skipped: only {checked} starts followed one that asked");
+}
+
+#[test]
+fn a_spare_promised_but_not_forked_leaves_no_start_waiting() {
+    // Alone in its own process, whose server fails to fork any spare.
+    run_inner("inner_no_spare", &[("MULTIPROC_TEST_NO_SPARE", "1")]);
+}
+
+#[test]
+#[ignore = "run by a_spare_promised_but_not_forked_leaves_no_start_waiting"]
+fn inner_no_spare() {
+    use multiproc::__private::fork_server_starts;
+    if !common::run_by_outer_test(
+        INNER,
+        "a_spare_promised_but_not_forked_leaves_no_start_waiting",
+    ) {
+        return;
+    }
+    // The first start asks (there is no spare, ever), and so each child's
+    // end brings the promise of a spare, which the server fails to fork
+    // and says so: the next start, waiting for that spare, asks for a
+    // child instead. Were the failure not said, that start would wait for
+    // good (no spare is forked when idle either).
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for i in 0..20 {
+            let child = Process::new(entry!(add), (i, 1))
+                .start_method(StartMethod::ForkServer)
+                .start()
+                .unwrap();
+            assert_eq!(child.join().unwrap(), i + 1);
+        }
+        done_tx.send(()).unwrap();
+    });
+    done_rx
+        .recv_timeout(common::BOUND)
+        .expect("20 starts, each ended or failed in time");
+    let (asked, from_spare, no_spare) = fork_server_starts();
+    assert_eq!((asked, from_spare), (20, 0));
+    // Each end but the last was followed by a start, which read the
+    // promise and its failure.
+    assert_eq!(no_spare, 19, "a spare promised at each child's end");
 }
 
 #[test]

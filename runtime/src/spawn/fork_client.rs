@@ -181,18 +181,24 @@ pub(crate) fn fork_child(
     Err(Error::new(ErrorKind::Spawn, "the fork server is gone"))
 }
 
-/// Starts that asked the server, and starts a spare served.
+/// Starts that asked the server, starts a spare served, and `NoSpare`
+/// frames read.
 #[cfg(feature = "test-hooks")]
-static STARTS: [std::sync::atomic::AtomicU64; 2] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 2];
+static STARTS: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
 
-/// How many starts so far asked the server for a child, and how many went
-/// to a spare. Not public API: for the fork server's tests.
+/// How many starts so far asked the server for a child, how many went to
+/// a spare, and how many times a promised spare could not be forked. Not
+/// public API: for the fork server's tests.
 #[doc(hidden)]
 #[cfg(feature = "test-hooks")]
-pub fn fork_server_starts() -> (u64, u64) {
+pub fn fork_server_starts() -> (u64, u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    (STARTS[0].load(Relaxed), STARTS[1].load(Relaxed))
+    (
+        STARTS[0].load(Relaxed),
+        STARTS[1].load(Relaxed),
+        STARTS[2].load(Relaxed),
+    )
 }
 
 /// A `Forked` frame, as the server sends it: a reply or an announcement.
@@ -257,7 +263,11 @@ impl Server {
                 self.spare = None;
                 self.coming = true;
             }
-            FromServer::NoSpare => self.coming = false,
+            FromServer::NoSpare => {
+                self.coming = false;
+                #[cfg(feature = "test-hooks")]
+                STARTS[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             FromServer::Reply(_) => {}
         }
     }

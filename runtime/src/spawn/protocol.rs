@@ -207,6 +207,12 @@ pub(crate) enum ForkReply {
     NoSpare,
 }
 
+/// Set (to anything) in a test process's environment, with the
+/// `test-hooks` feature: its fork server fails to fork any spare, as a fork
+/// can, and so sends `NoSpare` for each one it promised.
+#[cfg(feature = "test-hooks")]
+pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
+
 /// What the fork server writes to a child's status pipe once it has reaped
 /// it, in one write (atomic: under `PIPE_BUF`), before closing the pipe.
 pub(crate) const STATUS_LEN: usize = 8;
