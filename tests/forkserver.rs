@@ -490,15 +490,14 @@ fn inner_quick() {
     }
     // A start that asks the server (no spare was ready) tells it the
     // parent is quick, so the server forks a spare when that child ends,
-    // and says so before it reports the end: the next start, made once
-    // `join` has returned, waits for that spare rather than ask, whatever
-    // the load. (Starts that find a spare forked while idle prove nothing
+    // and announces it before it reports the end: the next start, made
+    // once `join` has returned, finds that spare, whatever the load. (Starts that find a spare forked while idle prove nothing
     // here; on a quiet machine, most of these starts are made less than
     // the idle delay after the last child's end, and would all ask.)
     let mut asked_last = false;
     let mut checked = 0;
     for i in 0..500 {
-        let (asked, _, _) = fork_server_starts();
+        let (asked, _) = fork_server_starts();
         let child = Process::new(entry!(add), (i, 1))
             .start_method(StartMethod::ForkServer)
             .start()
@@ -520,45 +519,28 @@ fn inner_quick() {
 }
 
 #[test]
-fn a_spare_promised_but_not_forked_leaves_no_start_waiting() {
+fn starts_ask_when_the_server_cannot_fork_spares() {
     // Alone in its own process, whose server fails to fork any spare.
     run_inner("inner_no_spare", &[("MULTIPROC_TEST_NO_SPARE", "1")]);
 }
 
 #[test]
-#[ignore = "run by a_spare_promised_but_not_forked_leaves_no_start_waiting"]
+#[ignore = "run by starts_ask_when_the_server_cannot_fork_spares"]
 fn inner_no_spare() {
     use multiproc::__private::fork_server_starts;
-    if !common::run_by_outer_test(
-        INNER,
-        "a_spare_promised_but_not_forked_leaves_no_start_waiting",
-    ) {
+    if !common::run_by_outer_test(INNER, "starts_ask_when_the_server_cannot_fork_spares") {
         return;
     }
-    // The first start asks (there is no spare, ever), and so each child's
-    // end brings the promise of a spare, which the server fails to fork
-    // and says so: the next start, waiting for that spare, asks for a
-    // child instead. Were the failure not said, that start would wait for
-    // good (no spare is forked when idle either).
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for i in 0..20 {
-            let child = Process::new(entry!(add), (i, 1))
-                .start_method(StartMethod::ForkServer)
-                .start()
-                .unwrap();
-            assert_eq!(child.join().unwrap(), i + 1);
-        }
-        done_tx.send(()).unwrap();
-    });
-    done_rx
-        .recv_timeout(common::BOUND)
-        .expect("20 starts, each ended or failed in time");
-    let (asked, from_spare, no_spare) = fork_server_starts();
-    assert_eq!((asked, from_spare), (20, 0));
-    // Each end but the last was followed by a start, which read the
-    // promise and its failure.
-    assert_eq!(no_spare, 19, "a spare promised at each child's end");
+    // Each child's end (the starts are quick) and each idle spell makes
+    // the server try a spare, which fails: every start asks instead.
+    for i in 0..20 {
+        let child = Process::new(entry!(add), (i, 1))
+            .start_method(StartMethod::ForkServer)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), i + 1);
+    }
+    assert_eq!(fork_server_starts(), (20, 0));
 }
 
 #[test]
@@ -613,8 +595,7 @@ fn inner_dead_server() {
 
     // A start waiting for a server that dies fails, naming it. Stopped,
     // the server forks no spare; the one it may have announced is killed,
-    // so that the start has to wait for the server: for a reply, or for
-    // the spare it said it was forking.
+    // so that the start has to ask the server.
     kill(second, Signal::STOP);
     for spare in children_of(second) {
         kill(spare, Signal::KILL);

@@ -20,10 +20,7 @@
 //! server finds out later that the spare was taken (`fork_server.rs`).
 //! Announcements are read when a start looks for one, or while it waits
 //! for a reply; only the newest is kept (the server announces the next
-//! only once the last is taken or dead). A start that finds the server
-//! forking a spare (`ForkReply::Forking`, sent when a child ends and the
-//! parent starts children in quick succession) waits for it rather than
-//! ask for a child of its own.
+//! only once the last is taken or dead).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -70,9 +67,6 @@ struct Server {
     /// The newest spare announced and not taken yet. Dropping it closes its
     /// socket, and the spare exits.
     spare: Option<Spare>,
-    /// The server said it is forking a spare (`ForkReply::Forking`), whose
-    /// announcement has not been read yet.
-    coming: bool,
 }
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
@@ -116,12 +110,8 @@ pub(crate) fn fork_child(
             continue;
         };
         if let Err(e) = current.take_announcements() {
-            // Dead while this start waited for its spare: a pending start,
-            // which fails as one waiting for a reply does. Found dead or
-            // out of step: replaced.
-            let waited = current.coming;
             retire(&mut server);
-            if attempt == 0 && !waited {
+            if attempt == 0 {
                 continue;
             }
             return Err(e);
@@ -181,32 +171,24 @@ pub(crate) fn fork_child(
     Err(Error::new(ErrorKind::Spawn, "the fork server is gone"))
 }
 
-/// Starts that asked the server, starts a spare served, and `NoSpare`
-/// frames read.
+/// Starts that asked the server, and starts a spare served.
 #[cfg(feature = "test-hooks")]
-static STARTS: [std::sync::atomic::AtomicU64; 3] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+static STARTS: [std::sync::atomic::AtomicU64; 2] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 2];
 
-/// How many starts so far asked the server for a child, how many went to
-/// a spare, and how many times a promised spare could not be forked. Not
-/// public API: for the fork server's tests.
+/// How many starts so far asked the server for a child, and how many went
+/// to a spare. Not public API: for the fork server's tests.
 #[doc(hidden)]
 #[cfg(feature = "test-hooks")]
-pub fn fork_server_starts() -> (u64, u64, u64) {
+pub fn fork_server_starts() -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    (
-        STARTS[0].load(Relaxed),
-        STARTS[1].load(Relaxed),
-        STARTS[2].load(Relaxed),
-    )
+    (STARTS[0].load(Relaxed), STARTS[1].load(Relaxed))
 }
 
 /// A `Forked` frame, as the server sends it: a reply or an announcement.
 enum FromServer {
     Reply(Result<Forked, Error>),
     Spare(Spare),
-    Forking,
-    NoSpare,
 }
 
 impl Server {
@@ -220,55 +202,25 @@ impl Server {
         )
     }
 
-    /// Keeps the spares announced since the last start (the newest one),
-    /// waiting for one the server is forking. An error leaves the stream
-    /// out of step: the server is to be retired.
+    /// Keeps the spares announced since the last start (the newest one).
+    /// An error leaves the stream out of step: the server is to be retired.
     fn take_announcements(&mut self) -> Result<(), Error> {
         loop {
-            // A spare under way comes sooner than a child asked for now
-            // (whose fork would wait for the spare's): wait for it. The
-            // server promised a frame; if it dies, the socket ends.
-            let wait = if self.coming {
-                None
-            } else {
-                Some(Duration::ZERO)
-            };
             let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
-            let ready =
-                crate::sys::poll::poll(&mut fds, wait).map_err(|e| self.died().with_source(e))?;
+            let ready = crate::sys::poll::poll(&mut fds, Some(Duration::ZERO))
+                .map_err(|e| self.died().with_source(e))?;
             if ready == 0 {
                 return Ok(());
             }
-            let received = self.receive(&mut None)?;
-            if let FromServer::Reply(_) = received {
-                return Err(Error::new(
-                    ErrorKind::Decode,
-                    "the fork server replied to no request",
-                ));
+            match self.receive(&mut None)? {
+                FromServer::Spare(spare) => self.spare = Some(spare),
+                FromServer::Reply(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Decode,
+                        "the fork server replied to no request",
+                    ));
+                }
             }
-            self.keep(received);
-        }
-    }
-
-    /// Keeps what an unasked frame announces.
-    fn keep(&mut self, received: FromServer) {
-        match received {
-            FromServer::Spare(spare) => {
-                self.spare = Some(spare);
-                self.coming = false;
-            }
-            // The server forks a spare only when none it announced is left
-            // untaken: any we hold is dead or taken.
-            FromServer::Forking => {
-                self.spare = None;
-                self.coming = true;
-            }
-            FromServer::NoSpare => {
-                self.coming = false;
-                #[cfg(feature = "test-hooks")]
-                STARTS[2].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            FromServer::Reply(_) => {}
         }
     }
 
@@ -280,8 +232,8 @@ impl Server {
         let mut status = Some(status);
         loop {
             match self.receive(&mut status)? {
+                FromServer::Spare(spare) => self.spare = Some(spare),
                 FromServer::Reply(reply) => return Ok(reply),
-                unasked => self.keep(unasked),
             }
         }
     }
@@ -332,8 +284,6 @@ impl Server {
                 })),
                 Err(_) => Err(malformed("spare")),
             },
-            Ok(ForkReply::Forking) => Ok(FromServer::Forking),
-            Ok(ForkReply::NoSpare) => Ok(FromServer::NoSpare),
             Err(message) => Err(Error::new(
                 ErrorKind::Decode,
                 format!("could not decode the fork server's reply: {message}"),
@@ -408,6 +358,5 @@ fn start_server() -> Result<Server, Error> {
         sock: ours,
         process,
         spare: None,
-        coming: false,
     })
 }

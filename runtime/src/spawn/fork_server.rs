@@ -34,11 +34,10 @@
 //! then not before the server has been idle again, unless the parent starts
 //! children in quick succession (`Server::quick`: its last start asked for
 //! a child, or took the spare within [`SPARE_AFTER_IDLE`] of its fork).
-//! Then the server forks the next spare as soon as a child ends, having
-//! told the parent (`ForkReply::Forking`, before the child's status): the
-//! parent's next start waits for that spare instead of asking for a child
-//! whose fork would wait behind it. A spare whose parent drops it (or dies)
-//! reads the end of its socket and exits.
+//! Then, when a child ends, the server forks the next spare and announces
+//! it before it writes the child's status, so that the parent's next start
+//! finds it. A spare whose parent drops it (or dies) reads the end of its
+//! socket and exits.
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
@@ -586,16 +585,14 @@ impl Server {
     }
 
     /// Reaps child `pid` if it has exited, and reports how to its parent.
-    /// Then, if no spare is announced and the parent starts children in
-    /// quick succession (`quick`), forks one at once: a child's end is when
-    /// such a parent starts the next. `Some` in that spare, or if the
-    /// parent has gone.
+    /// If no spare is announced and the parent starts children in quick
+    /// succession (`quick`), first forks one and announces it: a child's
+    /// end is when such a parent starts the next. `Some` in that spare, or
+    /// if the parent has gone.
     ///
-    /// Otherwise the spare waits for the idle timer: a fork right after the
-    /// status is written delays the parent it wakes (the wake-up, a
-    /// synchronous one, puts the parent on this CPU, behind the fork), a
-    /// cost worth paying only when the parent's next start is about to
-    /// wait for that spare.
+    /// Otherwise the spare waits for the idle timer: forking here delays
+    /// the status by the fork, a cost worth paying only when the parent's
+    /// next start would otherwise wait for a fork of its own.
     fn reap(&mut self, pid: u32) -> Option<Served> {
         let child = self.running.get(&pid)?;
         let exit = match rustix::process::waitid(
@@ -622,42 +619,20 @@ impl Server {
             self.announced = None;
             self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
         }
-        // Said before the status is written, so that a start made once the
-        // status is read waits for this spare rather than fork another.
-        let forking = self.quick
-            && self.announced.is_none()
-            && super::protocol::send_message(
-                self.sock.as_fd(),
-                FrameKind::Forked,
-                &ForkReply::Forking,
-                &[],
-            )
-            .is_ok();
+        if self.quick && self.announced.is_none() {
+            // Announced before the status is written: the start made once
+            // the status is read finds it. (Not done in that spare, which
+            // drops `child` with the rest of the server's descriptors.)
+            self.spare_due = None;
+            if let Some(served) = self.fork_spare() {
+                return Some(served);
+            }
+        }
         if let Some(exit) = exit {
             // One write under PIPE_BUF: all of it or nothing. A parent that
             // dropped the handle closed the read end: EPIPE, ignored.
             let _ = rustix::io::write(&child.status, &exit.encode());
         }
-        drop(child);
-        if !forking {
-            return None;
-        }
-        self.spare_due = None;
-        if let Some(served) = self.fork_spare() {
-            return Some(served);
-        }
-        if self.announced.is_some() {
-            return None;
-        }
-        // Could not: say so, as promised, and try again once idle.
-        self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
-        super::protocol::send_message(
-            self.sock.as_fd(),
-            FrameKind::Forked,
-            &ForkReply::NoSpare,
-            &[],
-        )
-        .err()
-        .map(|_| Served::ParentGone)
+        None
     }
 }

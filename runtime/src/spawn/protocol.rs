@@ -198,18 +198,11 @@ pub(crate) enum ForkReply {
     /// for its request, our end of its control socket, and the read end of
     /// its status pipe.
     Spare { pid: u32 },
-    /// Unasked, sent before the server writes a reaped child's status: a
-    /// spare is being forked, and its `Spare` frame (or `NoSpare`) comes
-    /// next. A start that reads this waits for the spare rather than ask
-    /// for a child of its own: the fork is already under way.
-    Forking,
-    /// Unasked, after `Forking`: the spare could not be forked.
-    NoSpare,
 }
 
 /// Set (to anything) in a test process's environment, with the
 /// `test-hooks` feature: its fork server fails to fork any spare, as a fork
-/// can, and so sends `NoSpare` for each one it promised.
+/// can.
 #[cfg(feature = "test-hooks")]
 pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
 
