@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind};
 ///   quick succession, the server keeps one child forked ahead (a spare,
 ///   listed by `ps` as the server's child); the next start goes straight to
 ///   it (about 0.1 ms to start and join a trivial entry, on a quiet
-///   2-CPU machine; about 0.27 ms a start when they come back to back).
+///   2-CPU machine; about 0.27 ms when starts come back to back).
 ///
 /// ```
 /// use multiproc::{entry, process_entry, Process, StartMethod};
