@@ -619,14 +619,15 @@ impl Server {
             self.announced = None;
             self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
         }
-        if self.quick && self.announced.is_none() {
-            // Announced before the status is written: the start made once
-            // the status is read finds it. (Not done in that spare, which
-            // drops `child` with the rest of the server's descriptors.)
-            self.spare_due = None;
-            if let Some(served) = self.fork_spare() {
-                return Some(served);
-            }
+        // Announced before the status is written, so that the start made
+        // once the status is read finds it. (The spare returns here, and
+        // drops its copy of `child` unwritten. If the fork fails, the idle
+        // timer tries again.)
+        if self.quick
+            && self.announced.is_none()
+            && let Some(served) = self.fork_spare()
+        {
+            return Some(served);
         }
         if let Some(exit) = exit {
             // One write under PIPE_BUF: all of it or nothing. A parent that
