@@ -365,6 +365,10 @@ fn run_inner(name: &str, env: &[(&str, &str)]) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    // An inner test that could not check what it is for says so.
+    for line in stderr.lines().filter(|line| line.starts_with("skipped")) {
+        eprintln!("{name}: {line}");
+    }
 }
 
 /// The live (not zombie) children of process `pid`, from /proc.
