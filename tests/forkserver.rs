@@ -495,9 +495,10 @@ fn inner_quick() {
     // A start that asks the server (no spare was ready) tells it the
     // parent is quick, so the server forks a spare when that child ends,
     // and announces it before it reports the end: the next start, made
-    // once `join` has returned, finds that spare, whatever the load. (Starts that find a spare forked while idle prove nothing
-    // here; on a quiet machine, most of these starts are made less than
-    // the idle delay after the last child's end, and would all ask.)
+    // once `join` has returned, finds that spare, whatever the load.
+    // (Starts that find a spare forked while idle prove nothing here; on
+    // a quiet machine, most of these starts come less than the idle delay
+    // after the last child's end, and without this would all ask.)
     let mut asked_last = false;
     let mut checked = 0;
     for i in 0..500 {
