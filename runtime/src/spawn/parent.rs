@@ -582,8 +582,20 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     Error::io("waiting for the result", e).in_process(self.describe())
                 })?;
                 if ready > 0 && fds[0].revents().is_empty() {
-                    // Exited, and nothing was written before it did.
-                    return Ok(Some(Report::Nothing));
+                    // Exited. poll looks at the socket before the pidfd, so
+                    // a result written and an exit made between those two
+                    // looks (this thread descheduled there) show as an exit
+                    // alone: look at the socket again. Whatever the child
+                    // wrote is in it by now.
+                    let mut again = [PollFd::new(sock, PollFlags::IN)];
+                    let written = crate::sys::poll::poll(&mut again, Some(Duration::ZERO))
+                        .map_err(|e| {
+                            Error::io("waiting for the result", e).in_process(self.describe())
+                        })?;
+                    if written == 0 {
+                        // Nothing was written before it exited.
+                        return Ok(Some(Report::Nothing));
+                    }
                 }
                 ready
             }
