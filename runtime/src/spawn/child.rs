@@ -230,7 +230,14 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
             } else {
                 FrameKind::Value
             };
-            let _ = frame.send(sock.as_fd(), kind);
+            // A parent that has gone (or dropped the handle) closed its end;
+            // any other failure would show as an exit without a result, so
+            // it is said here.
+            if let Err(e) = frame.send(sock.as_fd(), kind)
+                && !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET))
+            {
+                eprintln!("multiproc: this child could not send its result: {e}");
+            }
             0
         }
         super::registry::RunOutcome::Panicked => {
