@@ -121,7 +121,7 @@ pub(crate) fn fork_child(
             && let Some(started) = current.assign(spare, &request, early)
         {
             #[cfg(feature = "test-hooks")]
-            STARTS[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            FROM_SPARE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(started);
         }
         let (ours, theirs) = match pair.take() {
@@ -158,7 +158,7 @@ pub(crate) fn fork_child(
         // Only the child holds its end now, so its death ends our stream.
         drop((theirs, status_w));
         #[cfg(feature = "test-hooks")]
-        STARTS[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A server that could not fork serves on; one out of step does not.
         return match current.read_reply(status_r) {
             Ok(reply) => reply.map(|child| (child, ours)),
@@ -171,10 +171,12 @@ pub(crate) fn fork_child(
     Err(Error::new(ErrorKind::Spawn, "the fork server is gone"))
 }
 
-/// Starts that asked the server, and starts a spare served.
+/// Starts that asked the server for a child.
 #[cfg(feature = "test-hooks")]
-static STARTS: [std::sync::atomic::AtomicU64; 2] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; 2];
+static ASKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Starts a spare served.
+#[cfg(feature = "test-hooks")]
+static FROM_SPARE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many starts so far asked the server for a child, and how many went
 /// to a spare. Not public API: for the fork server's tests.
@@ -182,7 +184,7 @@ static STARTS: [std::sync::atomic::AtomicU64; 2] =
 #[cfg(feature = "test-hooks")]
 pub fn fork_server_starts() -> (u64, u64) {
     use std::sync::atomic::Ordering::Relaxed;
-    (STARTS[0].load(Relaxed), STARTS[1].load(Relaxed))
+    (ASKED.load(Relaxed), FROM_SPARE.load(Relaxed))
 }
 
 /// A `Forked` frame, as the server sends it: a reply or an announcement.

@@ -570,6 +570,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             return Ok(Some(Report::Nothing));
         };
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let poll_failed = |e| Error::io("waiting for the result", e).in_process(self.describe());
         // Watch the child too: a descendant it forked without exec could
         // keep the socket open after the child itself is gone.
         let ready = match self.child.pidfd() {
@@ -578,9 +579,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     PollFd::new(sock, PollFlags::IN),
                     PollFd::new(&pidfd, PollFlags::IN),
                 ];
-                let ready = crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
-                    Error::io("waiting for the result", e).in_process(self.describe())
-                })?;
+                let ready = crate::sys::poll::poll(&mut fds, remaining).map_err(poll_failed)?;
                 if ready > 0 && fds[0].revents().is_empty() {
                     // Exited. poll looks at the socket before the pidfd, so
                     // a result written and an exit made between those two
@@ -589,9 +588,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     // wrote is in it by now.
                     let mut again = [PollFd::new(sock, PollFlags::IN)];
                     let written = crate::sys::poll::poll(&mut again, Some(Duration::ZERO))
-                        .map_err(|e| {
-                            Error::io("waiting for the result", e).in_process(self.describe())
-                        })?;
+                        .map_err(poll_failed)?;
                     if written == 0 {
                         // Nothing was written before it exited.
                         return Ok(Some(Report::Nothing));
@@ -601,9 +598,7 @@ impl<R: DeserializeOwned> JoinHandle<R> {
             }
             None => {
                 let mut fds = [PollFd::new(sock, PollFlags::IN)];
-                crate::sys::poll::poll(&mut fds, remaining).map_err(|e| {
-                    Error::io("waiting for the result", e).in_process(self.describe())
-                })?
+                crate::sys::poll::poll(&mut fds, remaining).map_err(poll_failed)?
             }
         };
         if ready == 0 {
