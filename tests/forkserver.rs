@@ -389,7 +389,9 @@ fn env_and_fds(key: String) -> (Option<String>, Vec<(u32, String)>) {
 #[test]
 fn an_idle_server_forks_a_spare_that_serves_the_next_start() {
     // Alone in its own process: another test's start would take the spare.
-    run_inner("inner_spare", &[]);
+    // And only with the spare of the idle rule: starts in quick succession
+    // (the first start asks) would have two announced.
+    run_inner("inner_spare", &[("MULTIPROC_TEST_IDLE_SPARES_ONLY", "1")]);
 }
 
 #[test]
@@ -521,6 +523,57 @@ fn inner_quick() {
     // Every start found a spare forked while idle: a machine too slow for
     // starts in quick succession.
     eprintln!("skipped: only {checked} starts followed one that asked");
+}
+
+#[test]
+fn starts_in_quick_succession_find_two_spares() {
+    // Alone in its own process, with a server of its own.
+    run_inner("inner_two_spares", &[]);
+}
+
+#[test]
+#[ignore = "run by starts_in_quick_succession_find_two_spares"]
+fn inner_two_spares() {
+    use multiproc::__private::{fork_server_spares, fork_server_starts};
+    if !common::run_by_outer_test(INNER, "starts_in_quick_succession_find_two_spares") {
+        return;
+    }
+    // A start that asks the server makes the parent quick; when that
+    // child ends, the server forks two spares (the second after the
+    // status, off the path of the next start). Two starts made then, with
+    // no join between, both find a spare.
+    let mut asked = false;
+    for i in 0..500 {
+        let before = fork_server_starts().0;
+        let child = Process::new(entry!(add), (i, 1))
+            .start_method(StartMethod::ForkServer)
+            .start()
+            .unwrap();
+        asked = fork_server_starts().0 > before;
+        assert_eq!(child.join().unwrap(), i + 1);
+        if asked {
+            break;
+        }
+    }
+    if !asked {
+        // Every start found a spare forked while idle.
+        eprintln!("skipped: no start asked the server");
+        return;
+    }
+    common::eventually("the parent holds two spares", || fork_server_spares() == 2);
+    let before = fork_server_starts();
+    let first = Process::new(entry!(add), (1, 1))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    let second = Process::new(entry!(add), (2, 1))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    assert_eq!(fork_server_starts(), (before.0, before.1 + 2));
+    assert_ne!(first.pid(), second.pid());
+    assert_eq!(first.join().unwrap(), 2);
+    assert_eq!(second.join().unwrap(), 3);
 }
 
 #[test]

@@ -425,7 +425,9 @@ pub mod __private {
     pub use crate::__load_time_ctor as load_time_ctor;
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
-    pub use crate::spawn::fork_client::fork_server_starts;
+    pub use crate::spawn::fork_client::{
+        fork_server_drop_spares, fork_server_spares, fork_server_starts,
+    };
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
     pub use crate::spawn::registry::{

@@ -19,9 +19,10 @@
 //! scheduler then spreads the child's run and exit across CPUs). The
 //! server finds out later that the spare was taken (`fork_server.rs`).
 //! Announcements are read when a start looks for one, or while it waits
-//! for a reply; only the newest is kept (the server announces the next
-//! only once the last is taken or dead).
+//! for a reply, and spares are taken oldest first (the server keeps at
+//! most two announced; more are dropped, oldest first, and exit).
 
+use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -64,10 +65,13 @@ struct Server {
     /// ends; not in the table of children (`active_children` does not list
     /// it, and exit does not wait for it).
     process: Arc<Child>,
-    /// The newest spare announced and not taken yet. Dropping it closes its
-    /// socket, and the spare exits.
-    spare: Option<Spare>,
+    /// The spares announced and not taken yet, oldest first. Dropping one
+    /// closes its socket, and the spare exits.
+    spares: VecDeque<Spare>,
 }
+
+/// The most spares kept at once (the server announces fewer).
+const MAX_SPARES: usize = 4;
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
 
@@ -116,13 +120,14 @@ pub(crate) fn fork_child(
             }
             return Err(e);
         }
-        if pair.is_none()
-            && let Some(spare) = current.spare.take()
-            && let Some(started) = current.assign(spare, &request, early)
+        while pair.is_none()
+            && let Some(spare) = current.spares.pop_front()
         {
-            #[cfg(feature = "test-hooks")]
-            FROM_SPARE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Ok(started);
+            if let Some(started) = current.assign(spare, &request, early) {
+                #[cfg(feature = "test-hooks")]
+                FROM_SPARE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(started);
+            }
         }
         let (ours, theirs) = match pair.take() {
             Some(pair) => pair,
@@ -187,6 +192,34 @@ pub fn fork_server_starts() -> (u64, u64) {
     (ASKED.load(Relaxed), FROM_SPARE.load(Relaxed))
 }
 
+/// How many spares this process holds now (reading the announcements
+/// waiting on the server's socket). Not public API: for the fork server's
+/// tests.
+#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
+pub fn fork_server_spares() -> usize {
+    let mut server = lock();
+    match server.as_mut() {
+        Some(current) => match current.take_announcements() {
+            Ok(()) => current.spares.len(),
+            Err(_) => 0,
+        },
+        None => 0,
+    }
+}
+
+/// Drops the spares this process holds, reading the announcements waiting
+/// first; they exit. Not public API: for tests that count this process's
+/// descriptors, which held spares would otherwise add to.
+#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
+pub fn fork_server_drop_spares() {
+    if let Some(current) = lock().as_mut() {
+        let _ = current.take_announcements();
+        current.spares.clear();
+    }
+}
+
 /// A `Forked` frame, as the server sends it: a reply or an announcement.
 enum FromServer {
     Reply(Result<Forked, Error>),
@@ -215,7 +248,7 @@ impl Server {
                 return Ok(());
             }
             match self.receive(&mut None)? {
-                FromServer::Spare(spare) => self.spare = Some(spare),
+                FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Reply(_) => {
                     return Err(Error::new(
                         ErrorKind::Decode,
@@ -226,6 +259,15 @@ impl Server {
         }
     }
 
+    /// Keeps an announced spare, behind those announced before it.
+    fn keep(&mut self, spare: Spare) {
+        if self.spares.len() >= MAX_SPARES {
+            // More than the server announces: dropped, they exit.
+            self.spares.pop_front();
+        }
+        self.spares.push_back(spare);
+    }
+
     /// Waits for the reply to a request, keeping any spare announced
     /// before it. `status` is the request's status pipe. The outer error
     /// leaves the stream out of step; the inner one is the server's
@@ -234,7 +276,7 @@ impl Server {
         let mut status = Some(status);
         loop {
             match self.receive(&mut status)? {
-                FromServer::Spare(spare) => self.spare = Some(spare),
+                FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Reply(reply) => return Ok(reply),
             }
         }
@@ -359,6 +401,6 @@ fn start_server() -> Result<Server, Error> {
     Ok(Server {
         sock: ours,
         process,
-        spare: None,
+        spares: VecDeque::new(),
     })
 }

@@ -33,11 +33,14 @@
 //! other spare is forked until the announced one is taken or reaped, and
 //! then not before the server has been idle again, unless the parent starts
 //! children in quick succession (`Server::quick`: its last start asked for
-//! a child, or took the spare within [`SPARE_AFTER_IDLE`] of its fork).
-//! Then, when a child ends, the server forks the next spare and announces
-//! it before it writes the child's status, so that the parent's next start
-//! finds it. A spare whose parent drops it (or dies) reads the end of its
-//! socket and exits.
+//! a child, or took a spare within [`SPARE_AFTER_IDLE`] of its fork).
+//! Then, when a child ends, the server keeps [`QUICK_SPARES`] (two)
+//! announced: if none is, it forks one and announces it before it writes
+//! the child's status, so that the parent's next start finds it; the other
+//! is forked after the status, while the parent starts the first, and
+//! serves the start after that. So a parent starting and joining children
+//! back to back waits for no fork at all. A spare whose parent drops it
+//! (or dies) reads the end of its socket and exits.
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
@@ -206,6 +209,14 @@ struct Running {
 /// How long the server waits without a request before it forks a spare.
 const SPARE_AFTER_IDLE: Duration = Duration::from_millis(1);
 
+/// How many spares the server keeps announced while the parent starts
+/// children in quick succession (`Server::quick`). With one, the next
+/// spare's fork came between a child's end and its status (the start
+/// after `join` must find a spare); with two, the spare taken next was
+/// forked one start earlier, and the fork that replaces it comes after the
+/// status, while the parent starts that spare's call.
+const QUICK_SPARES: usize = 2;
+
 /// The epoll key of the request socket; a child's key is its pid.
 const REQUESTS: u64 = u64::MAX;
 
@@ -221,10 +232,12 @@ struct Server {
     single: SingleThreaded,
     pid: u32,
     buf: Vec<u8>,
-    /// The spare announced to the parent and not taken yet: the next child,
-    /// forked before it was asked for, so that a start waits for no fork.
-    /// It is also in `running`.
-    announced: Option<Announced>,
+    /// The spares announced to the parent and not taken yet, oldest first
+    /// (the parent takes them in that order): the next children, forked
+    /// before they were asked for, so that a start waits for no fork. At
+    /// most one, or [`QUICK_SPARES`] while `quick`. They are also in
+    /// `running`.
+    announced: Vec<Announced>,
     /// When to fork a spare, if none is announced: once no request has
     /// come for [`SPARE_AFTER_IDLE`] (unless `reap` forks one first), so
     /// that a spare's fork and warm-up do not compete with the child just
@@ -232,13 +245,14 @@ struct Server {
     spare_due: Option<Instant>,
     /// Whether the parent's last start came soon after a child could have
     /// been ready for it: it asked for one (no spare was ready), or took
-    /// the spare within [`SPARE_AFTER_IDLE`] of its fork. Then the next
-    /// spare is forked as soon as a child ends, not once idle: the parent
-    /// is starting children in quick succession.
+    /// a spare within [`SPARE_AFTER_IDLE`] of its fork. Then spares are
+    /// forked as soon as a child ends, not once idle, up to
+    /// [`QUICK_SPARES`]: the parent is starting children in quick
+    /// succession.
     quick: bool,
 }
 
-/// The spare the parent holds, as far as the server knows.
+/// A spare the parent holds, as far as the server knows.
 #[derive(Debug)]
 struct Announced {
     pid: u32,
@@ -315,7 +329,7 @@ impl Server {
             single,
             pid: std::process::id(),
             buf: Vec::new(),
-            announced: None,
+            announced: Vec::new(),
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
             quick: false,
         })
@@ -325,15 +339,15 @@ impl Server {
         let mut events = Vec::with_capacity(64);
         loop {
             let now = Instant::now();
-            self.look_at_spare(now);
-            let next = match &self.announced {
-                Some(announced) => Some(announced.check),
+            self.look_at_spares(now);
+            let next = match self.announced.iter().map(|a| a.check).min() {
+                Some(check) => Some(check),
                 None => self.spare_due,
             };
             let mut timeout = None;
             if let Some(due) = next {
                 let left = due.saturating_duration_since(now);
-                if left.is_zero() && self.announced.is_none() {
+                if left.is_zero() && self.announced.is_empty() {
                     // Not again until the next request (or a spare's end).
                     self.spare_due = None;
                     if let Some(served) = self.fork_spare() {
@@ -371,30 +385,42 @@ impl Server {
         }
     }
 
-    /// Forgets the announced spare if it has been taken (or has died),
-    /// noting whether it was taken quickly; the next one is forked when
-    /// `reap` or the idle timer says. Looks at most when due, or when the
-    /// server woke for something else.
-    fn look_at_spare(&mut self, now: Instant) {
-        let Some(announced) = self.announced.as_mut() else {
+    /// Forgets the announced spares that have been taken (or have died),
+    /// noting whether the last was taken quickly; the next ones are forked
+    /// when `reap` or the idle timer says. Looks at most when due, or when
+    /// the server woke for something else.
+    fn look_at_spares(&mut self, now: Instant) {
+        if self.announced.is_empty() {
             return;
+        }
+        let ended: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = self
+                .announced
+                .iter()
+                .map(|a| PollFd::new(&a.taken, PollFlags::IN))
+                .collect();
+            match crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)) {
+                Ok(_) => fds.iter().map(|fd| !fd.revents().is_empty()).collect(),
+                // Unreadable: counted as taken, the safe side.
+                Err(_) => vec![true; fds.len()],
+            }
         };
-        let mut fds = [PollFd::new(&announced.taken, PollFlags::IN)];
-        match crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)) {
-            Ok(0) => {
+        let mut ended = ended.into_iter();
+        self.announced.retain_mut(|announced| {
+            if ended.next() != Some(true) {
                 if now >= announced.check {
                     announced.every = (announced.every * 2).min(TAKEN_CHECK_MAX);
                     announced.check = now.checked_add(announced.every).unwrap_or(now);
                 }
+                return true;
             }
-            // Ended (or unreadable: counted as taken, the safe side).
-            _ => {
-                let mut byte = [0u8; 1];
-                self.quick = matches!(rustix::io::read(&announced.taken, &mut byte), Ok(1))
-                    && byte == TAKEN_QUICKLY;
-                self.announced = None;
-                self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
-            }
+            let mut byte = [0u8; 1];
+            self.quick = matches!(rustix::io::read(&announced.taken, &mut byte), Ok(1))
+                && byte == TAKEN_QUICKLY;
+            false
+        });
+        if self.announced.is_empty() {
+            self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
         }
     }
 
@@ -566,7 +592,7 @@ impl Server {
             // The parent is gone; the spare's socket ends and it exits.
             return Some(Served::ParentGone);
         }
-        self.announced = Some(Announced {
+        self.announced.push(Announced {
             pid: raw,
             taken: is_taken,
             check: Instant::now()
@@ -585,14 +611,17 @@ impl Server {
     }
 
     /// Reaps child `pid` if it has exited, and reports how to its parent.
-    /// If no spare is announced and the parent starts children in quick
-    /// succession (`quick`), first forks one and announces it: a child's
-    /// end is when such a parent starts the next. `Some` in that spare, or
-    /// if the parent has gone.
+    /// If the parent starts children in quick succession (`quick`), also
+    /// forks spares and announces them, up to [`QUICK_SPARES`]: a child's
+    /// end is when such a parent starts the next. If none is announced,
+    /// the first comes before the status is written, so that the start
+    /// made once the status is read finds it; the rest come after, off
+    /// that path. `Some` in a new spare, or if the parent has gone.
     ///
-    /// Otherwise the spare waits for the idle timer: forking here delays
-    /// the status by the fork, a cost worth paying only when the parent's
-    /// next start would otherwise wait for a fork of its own.
+    /// Otherwise spares wait for the idle timer: forking here delays the
+    /// status, or competes with the next start, a cost worth paying only
+    /// when the parent's next start would otherwise wait for a fork of its
+    /// own.
     fn reap(&mut self, pid: u32) -> Option<Served> {
         let child = self.running.get(&pid)?;
         let exit = match rustix::process::waitid(
@@ -613,18 +642,25 @@ impl Server {
         let child = self.running.remove(&pid)?;
         let _ = epoll::delete(&self.epoll, &child.pidfd);
         let now = Instant::now();
-        self.look_at_spare(now);
-        if self.announced.as_ref().is_some_and(|a| a.pid == pid) {
-            // The spare announced last has ended, and its pipe with it.
-            self.announced = None;
-            self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
+        self.look_at_spares(now);
+        if let Some(at) = self.announced.iter().position(|a| a.pid == pid) {
+            // An announced spare has ended, and its pipe with it.
+            self.announced.remove(at);
+            if self.announced.is_empty() {
+                self.spare_due = now.checked_add(SPARE_AFTER_IDLE);
+            }
+        }
+        // The crate's tests follow the idle rule alone.
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os(super::protocol::IDLE_SPARES_ONLY_ENV).is_some() {
+            self.quick = false;
         }
         // Announced before the status is written, so that the start made
         // once the status is read finds it. (The spare returns here, and
         // drops its copy of `child` unwritten. If the fork fails, the idle
         // timer tries again.)
         if self.quick
-            && self.announced.is_none()
+            && self.announced.is_empty()
             && let Some(served) = self.fork_spare()
         {
             return Some(served);
@@ -633,6 +669,13 @@ impl Server {
             // One write under PIPE_BUF: all of it or nothing. A parent that
             // dropped the handle closed the read end: EPIPE, ignored.
             let _ = rustix::io::write(&child.status, &exit.encode());
+        }
+        drop(child);
+        // One more, while the parent reads the status and starts the spare
+        // announced: it will serve the start after that. (If the fork
+        // fails, the next end tries again.)
+        if self.quick && self.announced.len() < QUICK_SPARES {
+            return self.fork_spare();
         }
         None
     }

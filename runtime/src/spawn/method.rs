@@ -24,11 +24,12 @@ use crate::error::{Error, ErrorKind};
 ///   with Python's `forkserver`). Its kernel parent is the server;
 ///   [`parent_pid`](crate::parent_pid) still names this process. The server
 ///   dies with this process, and its daemon children die with it. Once idle
-///   for a millisecond, or at once when a child ends while starts come in
-///   quick succession, the server keeps one child forked ahead (a spare,
+///   for a millisecond, the server keeps one child forked ahead (a spare,
 ///   listed by `ps` as the server's child); the next start goes straight to
 ///   it (about 0.1 ms to start and join a trivial entry, on a quiet
-///   2-CPU machine; about 0.27 ms when starts come back to back).
+///   2-CPU machine). While starts come in quick succession it keeps two,
+///   forked as children end (about 0.25 ms per start and join back to
+///   back).
 ///
 /// ```
 /// use multiproc::{entry, process_entry, Process, StartMethod};

@@ -206,6 +206,13 @@ pub(crate) enum ForkReply {
 #[cfg(feature = "test-hooks")]
 pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
 
+/// Set (to anything) in a test process's environment, with the
+/// `test-hooks` feature: its fork server forks spares only once idle, never
+/// for starts in quick succession, so that a test can follow the one spare
+/// of the idle rule.
+#[cfg(feature = "test-hooks")]
+pub(crate) const IDLE_SPARES_ONLY_ENV: &str = "MULTIPROC_TEST_IDLE_SPARES_ONLY";
+
 /// What the fork server writes to a child's status pipe once it has reaped
 /// it, in one write (atomic: under `PIPE_BUF`), before closing the pipe.
 pub(crate) const STATUS_LEN: usize = 8;
