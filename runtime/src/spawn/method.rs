@@ -28,7 +28,7 @@ use crate::error::{Error, ErrorKind};
 ///   listed by `ps` as the server's child); the next start goes straight to
 ///   it (about 0.1 ms to start and join a trivial entry, on a quiet
 ///   2-CPU machine). While starts come in quick succession it keeps two,
-///   forked as children end (about 0.25 ms per start and join back to
+///   forked as children end (0.24–0.30 ms per start and join back to
 ///   back).
 ///
 /// ```
