@@ -235,8 +235,9 @@ struct Server {
     /// The spares announced to the parent and not taken yet, oldest first
     /// (the parent takes them in that order): the next children, forked
     /// before they were asked for, so that a start waits for no fork. At
-    /// most one, or [`QUICK_SPARES`] while `quick`. They are also in
-    /// `running`.
+    /// most [`QUICK_SPARES`], and more than one only once `quick` (the
+    /// idle timer forks one only when none is announced). They are also
+    /// in `running`.
     announced: Vec<Announced>,
     /// When to fork a spare, if none is announced: once no request has
     /// come for [`SPARE_AFTER_IDLE`] (unless `reap` forks one first), so
