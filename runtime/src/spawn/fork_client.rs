@@ -19,8 +19,9 @@
 //! scheduler then spreads the child's run and exit across CPUs). The
 //! server finds out later that the spare was taken (`fork_server.rs`).
 //! Announcements are read when a start looks for one, or while it waits
-//! for a reply, and spares are taken oldest first (the server keeps at
-//! most two announced; more are dropped, oldest first, and exit).
+//! for a reply, and spares are taken oldest first. The server announces
+//! at most two at a time; should more than [`MAX_SPARES`] be held, the
+//! oldest are dropped, and exit.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
