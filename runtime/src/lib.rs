@@ -38,7 +38,9 @@
 //! function that breaks rules 1–3; rules 4–7 are how entries behave.
 //!
 //! 1. **A free `fn`**: at module level or local to a block, with any
-//!    visibility; not a method (no `self`). Its name is also given to a
+//!    visibility; not a method or any other fn inside an `impl` or a
+//!    `trait` (the attribute reads the fn's file to tell, when `self` and
+//!    `Self` do not show it). Its name is also given to a
 //!    hidden unit struct in the same module, so no type of that name may
 //!    live beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
@@ -375,10 +377,10 @@ pub fn init() {
 #[macro_export]
 macro_rules! entry {
     ($($entry:ident)::+) => {
-        $($entry)::+ {}
+        $crate::__private::entry_marker!($($entry)::+)
     };
     (::$($entry:ident)::+) => {
-        ::$($entry)::+ {}
+        $crate::__private::entry_marker!(::$($entry)::+)
     };
 }
 
@@ -387,9 +389,12 @@ macro_rules! entry {
 /// Checked at compile time against `f`'s signature. Returns
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
-/// `f` must be marked `#[process_entry]`. If it is not, rustc says
-/// "expected struct, variant or union type, found function `f`" (the
-/// attribute defines a type named like the fn, which this macro names).
+/// `f` must be marked `#[process_entry]`: the attribute defines a type named
+/// like the fn, which this macro names. When `f` is a bare name and its file
+/// shows a plain `fn f`, the error says to add the attribute. Otherwise
+/// (a path, or a fn the file does not define) rustc's own error says
+/// "expected struct, variant or union type, found function `f`" or "cannot
+/// find struct … `f`": it means the same.
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
@@ -435,6 +440,7 @@ pub mod __private {
     };
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
+    pub use multiproc_macros::__entry_marker as entry_marker;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
     #[cfg(feature = "test-hooks")]
     pub mod fuzz {
