@@ -1,12 +1,16 @@
 //! `spawn!(f, …)` reads the caller's file to tell a plain fn `f` from an
 //! entry (for a clearer error than rustc's, `tests/ui/spawn_not_an_entry.rs`).
 //! These calls name entries defined in another file, in a file that also
-//! defines plain fns of the same names: each must still compile and run.
+//! defines plain fns of the same names, and through the module paths and
+//! `use`s that the check follows into that file: each must still compile
+//! and run.
 //! Each module is a way the name can reach the call that the file's own
 //! `#[process_entry]` attributes do not show.
 
 #[path = "entry_names/entries.rs"]
 mod entries;
+
+use entries::thrice as tripled;
 
 /// A plain fn named like an entry, in another scope of the file.
 #[allow(dead_code)]
@@ -53,4 +57,11 @@ fn an_imported_entry_runs_beside_a_plain_fn_of_its_name() {
 #[test]
 fn a_glob_imported_entry_runs_where_a_plain_fn_shadows_its_fn() {
     assert_eq!(through_glob::run(), 42);
+}
+
+#[test]
+fn an_entry_named_through_its_module_file_runs() {
+    let by_path = multiproc::spawn!(entries::twice, 4).unwrap();
+    let by_use = multiproc::spawn!(tripled, 5).unwrap();
+    assert_eq!((by_path.join().unwrap(), by_use.join().unwrap()), (8, 15));
 }

@@ -13,7 +13,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use syn::visit::Visit;
 
 /// Where a fn of some name is defined in the file.
@@ -50,20 +51,37 @@ struct Summary {
     /// Identifiers inside item macros (including `macro_rules!` bodies),
     /// which could define items of that name.
     in_item_macros: HashSet<String>,
+    /// Where each name a `use` brings in comes from (its path, as written),
+    /// and whether that `use` is at the file's top level.
+    import_paths: HashMap<String, Vec<(Vec<String>, bool)>>,
+    /// Every `mod` item, by name.
+    mods: HashMap<String, Vec<ModDecl>>,
+}
+
+/// A `mod` item.
+struct ModDecl {
+    /// At the file's top level (not in an inline module or a block).
+    top_level: bool,
+    /// `mod m { … }` rather than `mod m;`.
+    inline: bool,
+    /// Its `#[path = "…"]`, if it has one.
+    path: Option<String>,
 }
 
 thread_local! {
-    /// The last file summarised, keyed by its contents: a proc-macro server
+    /// Files summarised, keyed by path and contents: a proc-macro server
     /// (rust-analyzer's) outlives edits, so a path alone is not a key.
-    static LAST: RefCell<Option<(PathBuf, String, std::rc::Rc<Summary>)>> =
-        const { RefCell::new(None) };
+    static SEEN: RefCell<HashMap<PathBuf, (String, Rc<Summary>)>> =
+        RefCell::new(HashMap::new());
 }
 
-fn summary_at(span: proc_macro::Span) -> Option<std::rc::Rc<Summary>> {
-    let path = span.local_file()?;
-    let text = std::fs::read_to_string(&path).ok()?;
-    let cached = LAST.with(|last| match &*last.borrow() {
-        Some((p, t, summary)) if *p == path && *t == text => Some(summary.clone()),
+/// The most files kept summarised at once.
+const MAX_SEEN: usize = 16;
+
+fn summary_of(path: &Path) -> Option<Rc<Summary>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let cached = SEEN.with(|seen| match seen.borrow().get(path) {
+        Some((t, summary)) if *t == text => Some(summary.clone()),
         _ => None,
     });
     if cached.is_some() {
@@ -73,11 +91,22 @@ fn summary_at(span: proc_macro::Span) -> Option<std::rc::Rc<Summary>> {
     let mut collector = Collector {
         summary: Summary::default(),
         inline_mod_depth: 0,
+        block_depth: 0,
     };
     collector.visit_file(&file);
-    let summary = std::rc::Rc::new(collector.summary);
-    LAST.with(|last| *last.borrow_mut() = Some((path, text, summary.clone())));
+    let summary = Rc::new(collector.summary);
+    SEEN.with(|seen| {
+        let mut seen = seen.borrow_mut();
+        if seen.len() >= MAX_SEEN {
+            seen.clear();
+        }
+        seen.insert(path.to_path_buf(), (text, summary.clone()));
+    });
     Some(summary)
+}
+
+fn summary_at(span: proc_macro::Span) -> Option<Rc<Summary>> {
+    summary_of(&span.local_file()?)
 }
 
 /// Where the `#[process_entry]` fn `name`, whose attribute is at `span`, is
@@ -97,15 +126,105 @@ pub(crate) fn marked_fn_place(span: proc_macro::Span, name: &str) -> Option<Plac
     marked.iter().all(|&p| p == first).then_some(first)
 }
 
-/// Whether the bare name `name`, written at `span`, is certainly a plain fn
-/// and not an entry: the file defines a free fn of that name without
-/// `#[process_entry]`, and nothing in the file could give the name an
-/// entry's marker type (no item, import, open glob or item macro of it, and
-/// no fn of that name with the attribute).
-pub(crate) fn is_plain_fn(span: proc_macro::Span, name: &str) -> bool {
-    let Some(summary) = summary_at(span) else {
-        return false;
+/// Whether the entry path `path`, written at `span`, certainly names a plain
+/// fn and not an entry: then the fn's name and, if it is in another file,
+/// that file.
+///
+/// `path` is a bare name, or a path through `mod m;` items (`m::f`,
+/// `self::m::f`, `crate::m::f` from `main.rs` or `lib.rs`). A bare name is
+/// followed through one `use` of the same kinds. The file that defines the
+/// fn must show a plain fn of that name, and nothing that could give the
+/// name an entry's marker type (no item, import, open glob or item macro of
+/// it, and no fn of that name with the attribute).
+pub(crate) fn plain_fn(
+    span: proc_macro::Span,
+    path: &[String],
+) -> Option<(String, Option<PathBuf>)> {
+    let here = span.local_file()?;
+    let summary = summary_of(&here)?;
+    let (name, rest) = path.split_last()?;
+    if rest.is_empty() {
+        if is_plain_fn(&summary, name) {
+            return Some((name.clone(), None));
+        }
+        // Brought in by one `use` at the top of the file, and nothing else.
+        let [(from, true)] = summary.import_paths.get(name)?.as_slice() else {
+            return None;
+        };
+        if summary.fns.contains_key(name)
+            || summary.types.contains(name)
+            || summary.open_glob
+            || summary.in_item_macros.contains(name)
+        {
+            return None;
+        }
+        return in_module(&here, &summary, from);
+    }
+    in_module(&here, &summary, path)
+}
+
+/// `path` (`m::f`) from the top of the file `here`: the fn `f`, if the file
+/// of module `m` shows it is plain.
+fn in_module(here: &Path, top: &Summary, path: &[String]) -> Option<(String, Option<PathBuf>)> {
+    let (name, modules) = path.split_last()?;
+    let modules = match modules.first().map(String::as_str) {
+        Some("self") => &modules[1..],
+        Some("crate") if is_crate_root(here) => &modules[1..],
+        Some("crate" | "super") => return None,
+        _ => modules,
     };
+    let (first, deeper) = modules.split_first()?;
+    let mut file = module_file(here, top, first)?;
+    let mut summary = summary_of(&file)?;
+    for module in deeper {
+        file = module_file(&file, &summary, module)?;
+        summary = summary_of(&file)?;
+    }
+    is_plain_fn(&summary, name).then(|| (name.clone(), Some(file)))
+}
+
+/// Whether `file` is surely a crate root, so that `crate::` starts there.
+fn is_crate_root(file: &Path) -> bool {
+    matches!(
+        file.file_name().and_then(|n| n.to_str()),
+        Some("main.rs" | "lib.rs")
+    )
+}
+
+/// The file of module `name`, declared as `mod name;` at the top of `file`
+/// (whose summary is `summary`) and nowhere else in it, and named by no
+/// `use`. Without a `#[path]`, exactly one of the places rustc looks must
+/// exist (`dir/name.rs` or `dir/name/mod.rs` beside a crate root or a
+/// `mod.rs`; under `dir/stem/` beside any other file): which of the two
+/// kinds `file` is, its name alone does not say.
+fn module_file(file: &Path, summary: &Summary, name: &str) -> Option<PathBuf> {
+    let [decl] = summary.mods.get(name)?.as_slice() else {
+        return None;
+    };
+    if !decl.top_level || decl.inline || summary.imported.contains(name) {
+        return None;
+    }
+    let dir = file.parent()?;
+    if let Some(path) = &decl.path {
+        return Some(dir.join(path));
+    }
+    let stem = file.file_stem()?;
+    let candidates = [
+        dir.join(format!("{name}.rs")),
+        dir.join(name).join("mod.rs"),
+        dir.join(stem).join(format!("{name}.rs")),
+        dir.join(stem).join(name).join("mod.rs"),
+    ];
+    let mut found = candidates.into_iter().filter(|c| c.is_file());
+    match (found.next(), found.next()) {
+        (Some(only), None) => Some(only),
+        _ => None,
+    }
+}
+
+/// Whether the file defines a free fn `name` without `#[process_entry]`,
+/// and nothing in it could give the name an entry's marker type.
+fn is_plain_fn(summary: &Summary, name: &str) -> bool {
     let Some(sightings) = summary.fns.get(name) else {
         return false;
     };
@@ -126,6 +245,8 @@ struct Collector {
     /// How many inline `mod m { … }` enclose the current item: a `use
     /// super::*` within that many levels names a module of this file.
     inline_mod_depth: usize,
+    /// How many blocks (fn bodies, …) enclose the current item.
+    block_depth: usize,
 }
 
 /// Attributes that cannot define an entry or rename the fn.
@@ -167,6 +288,46 @@ impl Collector {
 
     fn type_name(&mut self, ident: &syn::Ident) {
         self.summary.types.insert(unraw(ident));
+    }
+
+    fn top_level(&self) -> bool {
+        self.inline_mod_depth == 0 && self.block_depth == 0
+    }
+
+    /// Records where each name of a `use` tree comes from.
+    fn import_paths(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
+        let top_level = self.top_level();
+        match tree {
+            syn::UseTree::Path(path) => {
+                prefix.push(unraw(&path.ident));
+                self.import_paths(&path.tree, prefix);
+                prefix.pop();
+            }
+            syn::UseTree::Name(name) => {
+                let mut from = prefix.clone();
+                from.push(unraw(&name.ident));
+                self.summary
+                    .import_paths
+                    .entry(unraw(&name.ident))
+                    .or_default()
+                    .push((from, top_level));
+            }
+            syn::UseTree::Rename(rename) => {
+                let mut from = prefix.clone();
+                from.push(unraw(&rename.ident));
+                self.summary
+                    .import_paths
+                    .entry(unraw(&rename.rename))
+                    .or_default()
+                    .push((from, top_level));
+            }
+            syn::UseTree::Glob(_) => {}
+            syn::UseTree::Group(group) => {
+                for tree in &group.items {
+                    self.import_paths(tree, prefix);
+                }
+            }
+        }
     }
 
     fn use_tree(&mut self, tree: &syn::UseTree, supers: usize, first: bool) {
@@ -296,6 +457,26 @@ impl<'ast> Visit<'ast> for Collector {
 
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
         self.type_name(&item.ident);
+        let path = item.attrs.iter().find_map(|attr| match &attr.meta {
+            syn::Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
+                syn::Expr::Lit(syn::ExprLit {
+                    lit: syn::Lit::Str(path),
+                    ..
+                }) => Some(path.value()),
+                _ => None,
+            },
+            _ => None,
+        });
+        let decl = ModDecl {
+            top_level: self.top_level(),
+            inline: item.content.is_some(),
+            path,
+        };
+        self.summary
+            .mods
+            .entry(unraw(&item.ident))
+            .or_default()
+            .push(decl);
         if item.content.is_some() {
             self.inline_mod_depth += 1;
             syn::visit::visit_item_mod(self, item);
@@ -305,6 +486,18 @@ impl<'ast> Visit<'ast> for Collector {
 
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
         self.use_tree(&item.tree, 0, true);
+        // `::krate::…` is kept as a path no module of this file starts.
+        let mut prefix = Vec::new();
+        if item.leading_colon.is_some() {
+            prefix.push("::".to_owned());
+        }
+        self.import_paths(&item.tree, &mut prefix);
+    }
+
+    fn visit_block(&mut self, block: &'ast syn::Block) {
+        self.block_depth += 1;
+        syn::visit::visit_block(self, block);
+        self.block_depth -= 1;
     }
 
     fn visit_item_macro(&mut self, item: &'ast syn::ItemMacro) {

@@ -1,0 +1,7 @@
+mod tasks;
+
+use multiproc::spawn;
+
+fn main() {
+    let _ = spawn!(tasks::add, 1, 2);
+}
