@@ -44,16 +44,15 @@ struct Summary {
     fns: HashMap<String, Vec<Sighting>>,
     /// Names of items in the type namespace (struct, enum, mod, …).
     types: HashSet<String>,
-    /// Names a `use` brings in, under the name it gives them.
-    imported: HashSet<String>,
     /// A glob import that could bring in a name from outside this file.
     open_glob: bool,
     /// Identifiers inside item macros (including `macro_rules!` bodies),
     /// which could define items of that name.
     in_item_macros: HashSet<String>,
-    /// Where each name a `use` brings in comes from (its path, as written),
-    /// and whether that `use` is at the file's top level.
-    import_paths: HashMap<String, Vec<(Vec<String>, bool)>>,
+    /// Each name a `use` brings in (under the name it gives it): where it
+    /// comes from (its path, as written), and whether that `use` is at the
+    /// file's top level.
+    imported: HashMap<String, Vec<(Vec<String>, bool)>>,
     /// Every `mod` item, by name.
     mods: HashMap<String, Vec<ModDecl>>,
 }
@@ -148,7 +147,7 @@ pub(crate) fn plain_fn(
             return Some((name.clone(), None));
         }
         // Brought in by one `use` at the top of the file, and nothing else.
-        let [(from, true)] = summary.import_paths.get(name)?.as_slice() else {
+        let [(from, true)] = summary.imported.get(name)?.as_slice() else {
             return None;
         };
         if summary.fns.contains_key(name)
@@ -201,7 +200,7 @@ fn module_file(file: &Path, summary: &Summary, name: &str) -> Option<PathBuf> {
     let [decl] = summary.mods.get(name)?.as_slice() else {
         return None;
     };
-    if !decl.top_level || decl.inline || summary.imported.contains(name) {
+    if !decl.top_level || decl.inline || summary.imported.contains_key(name) {
         return None;
     }
     let dir = file.parent()?;
@@ -235,7 +234,7 @@ fn is_plain_fn(summary: &Summary, name: &str) -> bool {
     plain_free
         && !maybe_entry
         && !summary.types.contains(name)
-        && !summary.imported.contains(name)
+        && !summary.imported.contains_key(name)
         && !summary.open_glob
         && !summary.in_item_macros.contains(name)
 }
@@ -294,94 +293,53 @@ impl Collector {
         self.inline_mod_depth == 0 && self.block_depth == 0
     }
 
-    /// Records where each name of a `use` tree comes from.
-    fn import_paths(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
-        let top_level = self.top_level();
+    /// Records a `use` tree: where each name it brings in comes from, and
+    /// whether a glob in it could bring in names from outside this file.
+    fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
+        let mut import = |name: &syn::Ident, from: &syn::Ident, prefix: &[String]| {
+            let mut path = prefix.to_vec();
+            path.push(unraw(from));
+            let top_level = self.top_level();
+            self.summary
+                .imported
+                .entry(unraw(name))
+                .or_default()
+                .push((path, top_level));
+        };
         match tree {
             syn::UseTree::Path(path) => {
                 prefix.push(unraw(&path.ident));
-                self.import_paths(&path.tree, prefix);
+                self.use_tree(&path.tree, prefix);
                 prefix.pop();
             }
-            syn::UseTree::Name(name) => {
-                let mut from = prefix.clone();
-                from.push(unraw(&name.ident));
-                self.summary
-                    .import_paths
-                    .entry(unraw(&name.ident))
-                    .or_default()
-                    .push((from, top_level));
-            }
-            syn::UseTree::Rename(rename) => {
-                let mut from = prefix.clone();
-                from.push(unraw(&rename.ident));
-                self.summary
-                    .import_paths
-                    .entry(unraw(&rename.rename))
-                    .or_default()
-                    .push((from, top_level));
-            }
-            syn::UseTree::Glob(_) => {}
-            syn::UseTree::Group(group) => {
-                for tree in &group.items {
-                    self.import_paths(tree, prefix);
-                }
-            }
-        }
-    }
-
-    fn use_tree(&mut self, tree: &syn::UseTree, supers: usize, first: bool) {
-        match tree {
-            syn::UseTree::Path(path) => {
-                let root = path.ident.to_string();
-                let supers = if root == "super" { supers + 1 } else { supers };
-                // A glob below `std`, `core` or `alloc` brings in no entry;
-                // nor does one of a module defined in this file (all of
-                // whose names this summary sees).
-                let closed_root = first && matches!(root.as_str(), "std" | "core" | "alloc");
-                if closed_root {
-                    self.closed_use_tree(&path.tree);
-                } else {
-                    self.use_tree(&path.tree, supers, first && root == "super");
-                }
-            }
-            syn::UseTree::Name(name) => {
-                self.summary.imported.insert(unraw(&name.ident));
-            }
-            syn::UseTree::Rename(rename) => {
-                self.summary.imported.insert(unraw(&rename.rename));
-            }
+            syn::UseTree::Name(name) => import(&name.ident, &name.ident, prefix),
+            syn::UseTree::Rename(rename) => import(&rename.rename, &rename.ident, prefix),
             syn::UseTree::Glob(_) => {
-                let within_file = first && supers > 0 && supers <= self.inline_mod_depth;
-                if !within_file {
+                if !self.glob_within_file(prefix) {
                     self.summary.open_glob = true;
                 }
             }
             syn::UseTree::Group(group) => {
                 for tree in &group.items {
-                    self.use_tree(tree, supers, first);
+                    self.use_tree(tree, prefix);
                 }
             }
         }
     }
 
-    /// A `use` below a crate that defines no entries: only its names count.
-    fn closed_use_tree(&mut self, tree: &syn::UseTree) {
-        match tree {
-            syn::UseTree::Path(path) => self.closed_use_tree(&path.tree),
-            syn::UseTree::Name(name) => {
-                self.summary.imported.insert(unraw(&name.ident));
-            }
-            syn::UseTree::Rename(rename) => {
-                self.summary.imported.insert(unraw(&rename.rename));
-            }
-            syn::UseTree::Glob(_) => {}
-            syn::UseTree::Group(group) => {
-                for tree in &group.items {
-                    self.closed_use_tree(tree);
-                }
-            }
+    /// Whether a glob of the module at `prefix` brings in no entry from
+    /// outside this file: it is below `std`, `core` or `alloc`, or it is
+    /// `super::*` (or `super::super::*`, …) of an inline module, whose
+    /// parent's names this summary sees.
+    fn glob_within_file(&self, prefix: &[String]) -> bool {
+        if matches!(
+            prefix.first().map(String::as_str),
+            Some("std" | "core" | "alloc")
+        ) {
+            return true;
         }
+        let supers = prefix.iter().take_while(|s| *s == "super").count();
+        supers > 0 && supers == prefix.len() && supers <= self.inline_mod_depth
     }
 
     fn macro_idents(&mut self, tokens: proc_macro2::TokenStream) {
@@ -418,41 +376,24 @@ impl<'ast> Visit<'ast> for Collector {
         syn::visit::visit_trait_item_fn(self, item);
     }
 
-    fn visit_item_struct(&mut self, item: &'ast syn::ItemStruct) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_struct(self, item);
-    }
-
-    fn visit_item_enum(&mut self, item: &'ast syn::ItemEnum) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_enum(self, item);
-    }
-
-    fn visit_item_union(&mut self, item: &'ast syn::ItemUnion) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_union(self, item);
-    }
-
-    fn visit_item_type(&mut self, item: &'ast syn::ItemType) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_type(self, item);
-    }
-
-    fn visit_item_trait(&mut self, item: &'ast syn::ItemTrait) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_trait(self, item);
-    }
-
-    fn visit_item_trait_alias(&mut self, item: &'ast syn::ItemTraitAlias) {
-        self.type_name(&item.ident);
-        syn::visit::visit_item_trait_alias(self, item);
-    }
-
-    fn visit_item_extern_crate(&mut self, item: &'ast syn::ItemExternCrate) {
-        match &item.rename {
-            Some((_, rename)) => self.type_name(rename),
-            None => self.type_name(&item.ident),
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        let type_name = match item {
+            syn::Item::Struct(item) => Some(&item.ident),
+            syn::Item::Enum(item) => Some(&item.ident),
+            syn::Item::Union(item) => Some(&item.ident),
+            syn::Item::Type(item) => Some(&item.ident),
+            syn::Item::Trait(item) => Some(&item.ident),
+            syn::Item::TraitAlias(item) => Some(&item.ident),
+            syn::Item::ExternCrate(item) => Some(match &item.rename {
+                Some((_, rename)) => rename,
+                None => &item.ident,
+            }),
+            _ => None,
+        };
+        if let Some(ident) = type_name {
+            self.type_name(ident);
         }
+        syn::visit::visit_item(self, item);
     }
 
     fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
@@ -485,13 +426,12 @@ impl<'ast> Visit<'ast> for Collector {
     }
 
     fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
-        self.use_tree(&item.tree, 0, true);
         // `::krate::…` is kept as a path no module of this file starts.
         let mut prefix = Vec::new();
         if item.leading_colon.is_some() {
             prefix.push("::".to_owned());
         }
-        self.import_paths(&item.tree, &mut prefix);
+        self.use_tree(&item.tree, &mut prefix);
     }
 
     fn visit_block(&mut self, block: &'ast syn::Block) {
