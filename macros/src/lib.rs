@@ -42,53 +42,32 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Not public API: what `multiproc::entry!` (and so `spawn!`) expands to.
 ///
 /// Names the marker type `#[process_entry]` defines for the fn at the given
-/// path, as `path {}`. When the caller's file (or the module file a `use`
-/// or the path leads to) shows that the path names a plain fn, it says
-/// instead to add `#[process_entry]`: rustc would say only "expected
-/// struct, variant or union type, found function".
+/// path, as `path {}`. When the path is a bare name that the caller's file
+/// shows to be a plain fn, it says instead to add `#[process_entry]`: rustc
+/// would say only "expected struct, variant or union type, found function".
 #[doc(hidden)]
 #[proc_macro]
 pub fn __entry_marker(input: TokenStream) -> TokenStream {
-    if let Some(error) = not_an_entry(input.clone()) {
-        return error.into();
+    let mut tokens = input.clone().into_iter();
+    if let (Some(proc_macro::TokenTree::Ident(ident)), None) = (tokens.next(), tokens.next()) {
+        let name = ident.to_string();
+        let name = name.strip_prefix("r#").unwrap_or(&name);
+        if source::is_plain_fn(ident.span(), name) {
+            let message = format!(
+                "`{name}` is not a process entry: mark `fn {name}` with \
+                 `#[process_entry]` (from `multiproc`) so that a child process can run it"
+            );
+            let span = proc_macro2::Span::from(ident.span());
+            let path = proc_macro2::TokenStream::from(input);
+            // Unqualified, at the user's token: resolved there, in any
+            // edition (`::core` is not a path in a 2015 crate). The fn is
+            // used as a value so that rustc does not add "never used".
+            return quote::quote_spanned! {span=>
+                { let _ = #path; compile_error!(#message) }
+            }
+            .into();
+        }
     }
     let input = proc_macro2::TokenStream::from(input);
     quote::quote! { #input {} }.into()
-}
-
-/// The error for an entry path that the caller's file shows to be a plain
-/// fn; `None` when it is an entry, or the file does not say.
-fn not_an_entry(input: TokenStream) -> Option<proc_macro2::TokenStream> {
-    let path: syn::Path = syn::parse(input).ok()?;
-    if path.leading_colon.is_some() {
-        return None;
-    }
-    let mut segments = Vec::new();
-    for segment in &path.segments {
-        if !segment.arguments.is_none() {
-            return None;
-        }
-        let name = segment.ident.to_string();
-        segments.push(name.strip_prefix("r#").map(str::to_owned).unwrap_or(name));
-    }
-    let last = &path.segments.last()?.ident;
-    let (name, file) = source::plain_fn(last.span().unwrap(), &segments)?;
-    let written = segments.join("::");
-    // Relative to the crate, as rustc shows paths.
-    let place = match file {
-        Some(file) => {
-            let root = std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default();
-            let shown = file.strip_prefix(&root).unwrap_or(&file);
-            format!(" in {}", shown.display())
-        }
-        None => String::new(),
-    };
-    let message = format!(
-        "`{written}` is not a process entry: mark `fn {name}`{place} with `#[process_entry]` \
-         (from `multiproc`) so that a child process can run it"
-    );
-    let span = last.span();
-    // The path is used as a value, so that its `use` is not also reported
-    // as unused.
-    Some(quote::quote_spanned! {span=> { let _ = #path; ::core::compile_error!(#message) } })
 }

@@ -7,14 +7,18 @@
 //!   trait can attach a message.
 //!
 //! Both read the file the macro was called from (`Span::local_file`) and parse
-//! it. This only ever chooses a clearer error for code that fails anyway: when
-//! the file cannot be read or parsed, or the answer is not certain, the caller
-//! keeps its plain expansion and rustc's own error.
+//! it. This only ever chooses a clearer error for code that fails anyway, so
+//! it answers only when the file settles the question: when the file cannot
+//! be read or parsed, when it is nested too deeply to parse safely here, or
+//! when anything in it could define items this parse does not see (a macro
+//! call other than a few of std's, an attribute macro, `include!`), the
+//! caller keeps its plain expansion and rustc's own error.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::time::SystemTime;
 use syn::visit::Visit;
 
 /// Where a fn of some name is defined in the file.
@@ -33,8 +37,8 @@ struct Sighting {
     place: Place,
     /// Carries an attribute named `process_entry`.
     marked: bool,
-    /// Carries an attribute other than the common built-in ones (it could be
-    /// `#[process_entry]` renamed on import, or generate one).
+    /// Carries an attribute that is neither inert nor `process_entry` (it
+    /// could be `#[process_entry]` renamed on import).
     other_attributes: bool,
 }
 
@@ -44,68 +48,155 @@ struct Summary {
     fns: HashMap<String, Vec<Sighting>>,
     /// Names of items in the type namespace (struct, enum, mod, …).
     types: HashSet<String>,
+    /// Names a `use` brings in, under the name it gives them.
+    imported: HashSet<String>,
     /// A glob import that could bring in a name from outside this file.
     open_glob: bool,
-    /// Identifiers inside item macros (including `macro_rules!` bodies),
-    /// which could define items of that name.
-    in_item_macros: HashSet<String>,
-    /// Each name a `use` brings in (under the name it gives it): where it
-    /// comes from (its path, as written), and whether that `use` is at the
-    /// file's top level.
-    imported: HashMap<String, Vec<(Vec<String>, bool)>>,
-    /// Every `mod` item, by name.
-    mods: HashMap<String, Vec<ModDecl>>,
+    /// Something in the file could define items this summary does not see:
+    /// a macro call (other than a few of std's) or an attribute that is not
+    /// inert.
+    generates: bool,
 }
 
-/// A `mod` item.
-struct ModDecl {
-    /// At the file's top level (not in an inline module or a block).
-    top_level: bool,
-    /// `mod m { … }` rather than `mod m;`.
-    inline: bool,
-    /// Its `#[path = "…"]`, if it has one.
-    path: Option<String>,
-}
+/// A file's length and modification time, when summarised: a proc-macro
+/// server (rust-analyzer's) outlives edits, so a path alone is not a key.
+type Version = (u64, Option<SystemTime>);
+
+/// A file's summary at some version (`None`: unreadable, or not to be
+/// parsed here).
+type Seen = (Version, Option<Rc<Summary>>);
 
 thread_local! {
-    /// Files summarised, keyed by path and contents: a proc-macro server
-    /// (rust-analyzer's) outlives edits, so a path alone is not a key.
-    static SEEN: RefCell<HashMap<PathBuf, (String, Rc<Summary>)>> =
-        RefCell::new(HashMap::new());
+    /// Files summarised, by path.
+    static SEEN: RefCell<HashMap<PathBuf, Seen>> = RefCell::new(HashMap::new());
 }
 
 /// The most files kept summarised at once.
-const MAX_SEEN: usize = 16;
+const MAX_SEEN: usize = 256;
 
-fn summary_of(path: &Path) -> Option<Rc<Summary>> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let cached = SEEN.with(|seen| match seen.borrow().get(path) {
-        Some((t, summary)) if *t == text => Some(summary.clone()),
+fn summary_at(span: proc_macro::Span) -> Option<Rc<Summary>> {
+    let path = span.local_file()?;
+    let meta = std::fs::metadata(&path).ok()?;
+    let version = (meta.len(), meta.modified().ok());
+    let cached = SEEN.with(|seen| match seen.borrow().get(&path) {
+        Some((seen_version, summary)) if *seen_version == version => Some(summary.clone()),
         _ => None,
     });
-    if cached.is_some() {
-        return cached;
+    if let Some(summary) = cached {
+        return summary;
     }
-    let file = syn::parse_file(&text).ok()?;
-    let mut collector = Collector {
-        summary: Summary::default(),
-        inline_mod_depth: 0,
-        block_depth: 0,
-    };
-    collector.visit_file(&file);
-    let summary = Rc::new(collector.summary);
+    let summary = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| summarise(&text))
+        .map(Rc::new);
     SEEN.with(|seen| {
         let mut seen = seen.borrow_mut();
         if seen.len() >= MAX_SEEN {
             seen.clear();
         }
-        seen.insert(path.to_path_buf(), (text, summary.clone()));
+        seen.insert(path, (version, summary.clone()));
     });
-    Some(summary)
+    summary
 }
 
-fn summary_at(span: proc_macro::Span) -> Option<Rc<Summary>> {
-    summary_of(&span.local_file()?)
+fn summarise(text: &str) -> Option<Summary> {
+    // What rustc skips before the tokens (as `syn::parse_file` does): a
+    // byte-order mark, and a `#!` line that does not start an attribute.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let text = match text.strip_prefix("#!") {
+        Some(rest) if !rest.trim_start().starts_with('[') => {
+            rest.find('\n').map_or("", |end| &rest[end..])
+        }
+        _ => text,
+    };
+    let tokens: proc_macro2::TokenStream = text.parse().ok()?;
+    if !shallow(tokens.clone()) {
+        return None;
+    }
+    let file: syn::File = syn::parse2(tokens).ok()?;
+    let mut collector = Collector {
+        summary: Summary::default(),
+        inline_mod_depth: 0,
+    };
+    collector.visit_file(&file);
+    Some(collector.summary)
+}
+
+/// How deep a recursion this parse lets syn go into, estimated from the
+/// tokens: one level per enclosing bracket, and per operator in a run of
+/// punctuation (`!!!!x`, `&&&&T`, `>>>>` closing nested generics) or
+/// `else` in a bracket level (an `else if` chain), on the way to a token.
+/// syn parses and visits by recursion, on the stack rustc lends a proc
+/// macro, which a deeply nested file would overflow (rustc grows its own
+/// stack instead); a few hundred levels were enough to crash it.
+const MAX_NESTING: usize = 128;
+
+/// Whether the tokens are shallow enough for syn to parse and visit safely
+/// here. Walks them with a stack of its own, so it cannot overflow.
+fn shallow(tokens: proc_macro2::TokenStream) -> bool {
+    /// One bracket level: its tokens, the nesting it starts at, and the
+    /// current run of punctuation and `else` chain in it.
+    struct Level {
+        tokens: proc_macro2::token_stream::IntoIter,
+        base: usize,
+        punct_run: usize,
+        elses: usize,
+        after_else: bool,
+    }
+    let mut levels = vec![Level {
+        tokens: tokens.into_iter(),
+        base: 0,
+        punct_run: 0,
+        elses: 0,
+        after_else: false,
+    }];
+    while let Some(level) = levels.last_mut() {
+        let Some(token) = level.tokens.next() else {
+            levels.pop();
+            continue;
+        };
+        match token {
+            proc_macro2::TokenTree::Punct(_) => {
+                level.punct_run += 1;
+                level.after_else = false;
+            }
+            proc_macro2::TokenTree::Ident(ident) => {
+                // An `if` not after an `else` starts a new chain.
+                if ident == "if" && !level.after_else {
+                    level.elses = 0;
+                }
+                level.after_else = ident == "else";
+                if level.after_else {
+                    level.elses += 1;
+                }
+                level.punct_run = 0;
+            }
+            proc_macro2::TokenTree::Literal(_) => {
+                level.punct_run = 0;
+                level.after_else = false;
+            }
+            proc_macro2::TokenTree::Group(group) => {
+                let base = level.base + level.punct_run + level.elses + 1;
+                level.punct_run = 0;
+                level.after_else = false;
+                if base > MAX_NESTING {
+                    return false;
+                }
+                levels.push(Level {
+                    tokens: group.stream().into_iter(),
+                    base,
+                    punct_run: 0,
+                    elses: 0,
+                    after_else: false,
+                });
+                continue;
+            }
+        }
+        if level.base + level.punct_run + level.elses > MAX_NESTING {
+            return false;
+        }
+    }
+    true
 }
 
 /// Where the `#[process_entry]` fn `name`, whose attribute is at `span`, is
@@ -114,6 +205,9 @@ fn summary_at(span: proc_macro::Span) -> Option<Rc<Summary>> {
 /// through another attribute) is an associated fn of an `impl`.
 pub(crate) fn marked_fn_place(span: proc_macro::Span, name: &str) -> Option<Place> {
     let summary = summary_at(span)?;
+    if summary.generates {
+        return None;
+    }
     let marked: Vec<Place> = summary
         .fns
         .get(name)?
@@ -125,105 +219,15 @@ pub(crate) fn marked_fn_place(span: proc_macro::Span, name: &str) -> Option<Plac
     marked.iter().all(|&p| p == first).then_some(first)
 }
 
-/// Whether the entry path `path`, written at `span`, certainly names a plain
-/// fn and not an entry: then the fn's name and, if it is in another file,
-/// that file.
-///
-/// `path` is a bare name, or a path through `mod m;` items (`m::f`,
-/// `self::m::f`, `crate::m::f` from `main.rs` or `lib.rs`). A bare name is
-/// followed through one `use` of the same kinds. The file that defines the
-/// fn must show a plain fn of that name, and nothing that could give the
-/// name an entry's marker type (no item, import, open glob or item macro of
-/// it, and no fn of that name with the attribute).
-pub(crate) fn plain_fn(
-    span: proc_macro::Span,
-    path: &[String],
-) -> Option<(String, Option<PathBuf>)> {
-    let here = span.local_file()?;
-    let summary = summary_of(&here)?;
-    let (name, rest) = path.split_last()?;
-    if rest.is_empty() {
-        if is_plain_fn(&summary, name) {
-            return Some((name.clone(), None));
-        }
-        // Brought in by one `use` at the top of the file, and nothing else.
-        let [(from, true)] = summary.imported.get(name)?.as_slice() else {
-            return None;
-        };
-        if summary.fns.contains_key(name)
-            || summary.types.contains(name)
-            || summary.open_glob
-            || summary.in_item_macros.contains(name)
-        {
-            return None;
-        }
-        return in_module(&here, &summary, from);
-    }
-    in_module(&here, &summary, path)
-}
-
-/// `path` (`m::f`) from the top of the file `here`: the fn `f`, if the file
-/// of module `m` shows it is plain.
-fn in_module(here: &Path, top: &Summary, path: &[String]) -> Option<(String, Option<PathBuf>)> {
-    let (name, modules) = path.split_last()?;
-    let modules = match modules.first().map(String::as_str) {
-        Some("self") => &modules[1..],
-        Some("crate") if is_crate_root(here) => &modules[1..],
-        Some("crate" | "super") => return None,
-        _ => modules,
+/// Whether the bare name `name`, written at `span`, is certainly a plain fn
+/// and not an entry: the file defines a free fn of that name without
+/// `#[process_entry]`, and nothing in the file could give the name an
+/// entry's marker type (no item, import or open glob of it, no fn of that
+/// name with the attribute, nothing that generates items).
+pub(crate) fn is_plain_fn(span: proc_macro::Span, name: &str) -> bool {
+    let Some(summary) = summary_at(span) else {
+        return false;
     };
-    let (first, deeper) = modules.split_first()?;
-    let mut file = module_file(here, top, first)?;
-    let mut summary = summary_of(&file)?;
-    for module in deeper {
-        file = module_file(&file, &summary, module)?;
-        summary = summary_of(&file)?;
-    }
-    is_plain_fn(&summary, name).then(|| (name.clone(), Some(file)))
-}
-
-/// Whether `file` is surely a crate root, so that `crate::` starts there.
-fn is_crate_root(file: &Path) -> bool {
-    matches!(
-        file.file_name().and_then(|n| n.to_str()),
-        Some("main.rs" | "lib.rs")
-    )
-}
-
-/// The file of module `name`, declared as `mod name;` at the top of `file`
-/// (whose summary is `summary`) and nowhere else in it, and named by no
-/// `use`. Without a `#[path]`, exactly one of the places rustc looks must
-/// exist (`dir/name.rs` or `dir/name/mod.rs` beside a crate root or a
-/// `mod.rs`; under `dir/stem/` beside any other file): which of the two
-/// kinds `file` is, its name alone does not say.
-fn module_file(file: &Path, summary: &Summary, name: &str) -> Option<PathBuf> {
-    let [decl] = summary.mods.get(name)?.as_slice() else {
-        return None;
-    };
-    if !decl.top_level || decl.inline || summary.imported.contains_key(name) {
-        return None;
-    }
-    let dir = file.parent()?;
-    if let Some(path) = &decl.path {
-        return Some(dir.join(path));
-    }
-    let stem = file.file_stem()?;
-    let candidates = [
-        dir.join(format!("{name}.rs")),
-        dir.join(name).join("mod.rs"),
-        dir.join(stem).join(format!("{name}.rs")),
-        dir.join(stem).join(name).join("mod.rs"),
-    ];
-    let mut found = candidates.into_iter().filter(|c| c.is_file());
-    match (found.next(), found.next()) {
-        (Some(only), None) => Some(only),
-        _ => None,
-    }
-}
-
-/// Whether the file defines a free fn `name` without `#[process_entry]`,
-/// and nothing in it could give the name an entry's marker type.
-fn is_plain_fn(summary: &Summary, name: &str) -> bool {
     let Some(sightings) = summary.fns.get(name) else {
         return false;
     };
@@ -233,10 +237,10 @@ fn is_plain_fn(summary: &Summary, name: &str) -> bool {
     let maybe_entry = sightings.iter().any(|s| s.marked || s.other_attributes);
     plain_free
         && !maybe_entry
+        && !summary.generates
         && !summary.types.contains(name)
-        && !summary.imported.contains_key(name)
+        && !summary.imported.contains(name)
         && !summary.open_glob
-        && !summary.in_item_macros.contains(name)
 }
 
 struct Collector {
@@ -244,34 +248,107 @@ struct Collector {
     /// How many inline `mod m { … }` enclose the current item: a `use
     /// super::*` within that many levels names a module of this file.
     inline_mod_depth: usize,
-    /// How many blocks (fn bodies, …) enclose the current item.
-    block_depth: usize,
 }
 
-/// Attributes that cannot define an entry or rename the fn.
-const BUILT_IN: &[&str] = &[
-    "doc",
+/// Attributes that define nothing: rustc's own inert ones, `derive` (whose
+/// output is impls), and serde's helper attribute.
+const INERT_ATTRIBUTES: &[&str] = &[
     "allow",
-    "warn",
-    "deny",
-    "expect",
-    "inline",
-    "cold",
-    "must_use",
+    "automatically_derived",
     "cfg",
+    "cold",
+    "deny",
+    "deprecated",
+    "derive",
+    "doc",
+    "expect",
+    "export_name",
+    "forbid",
+    "ignore",
+    "inline",
+    "link_section",
+    "macro_export",
+    "macro_use",
+    "must_use",
+    "no_mangle",
+    "non_exhaustive",
+    "path",
+    "repr",
+    "serde",
+    "should_panic",
+    "test",
     "track_caller",
+    "used",
+    "warn",
 ];
+
+/// Macros that define no item visible outside their own expansion.
+const INERT_MACROS: &[&str] = &[
+    "assert",
+    "assert_eq",
+    "assert_ne",
+    "cfg",
+    "column",
+    "compile_error",
+    "concat",
+    "dbg",
+    "debug_assert",
+    "debug_assert_eq",
+    "debug_assert_ne",
+    "entry",
+    "env",
+    "eprint",
+    "eprintln",
+    "file",
+    "format",
+    "format_args",
+    "include_bytes",
+    "include_str",
+    "line",
+    "macro_rules",
+    "matches",
+    "module_path",
+    "option_env",
+    "panic",
+    "print",
+    "println",
+    "spawn",
+    "stringify",
+    "thread_local",
+    "todo",
+    "unimplemented",
+    "unreachable",
+    "vec",
+    "write",
+    "writeln",
+];
+
+/// Whether an attribute is `#[process_entry]` (`Some(true)`), inert
+/// (`Some(false)`), or could be anything (`None`).
+fn attribute_kind(attr: &syn::Attribute) -> Option<bool> {
+    let path = attr.path();
+    let last = path.segments.last()?.ident.to_string();
+    if last == "process_entry" {
+        return Some(true);
+    }
+    let first = path.segments.first()?.ident.to_string();
+    let inert = match path.segments.len() {
+        1 => INERT_ATTRIBUTES.contains(&last.as_str()),
+        // Tool attributes.
+        _ => matches!(first.as_str(), "rustfmt" | "clippy"),
+    };
+    inert.then_some(false)
+}
 
 impl Collector {
     fn sighting(&mut self, ident: &syn::Ident, attrs: &[syn::Attribute], place: Place) {
         let mut marked = false;
         let mut other_attributes = false;
         for attr in attrs {
-            let last = attr.path().segments.last().map(|s| s.ident.to_string());
-            match last.as_deref() {
-                Some("process_entry") => marked = true,
-                Some(name) if BUILT_IN.contains(&name) && attr.path().segments.len() == 1 => {}
-                _ => other_attributes = true,
+            match attribute_kind(attr) {
+                Some(true) => marked = true,
+                Some(false) => {}
+                None => other_attributes = true,
             }
         }
         self.summary
@@ -285,35 +362,21 @@ impl Collector {
             });
     }
 
-    fn type_name(&mut self, ident: &syn::Ident) {
-        self.summary.types.insert(unraw(ident));
-    }
-
-    fn top_level(&self) -> bool {
-        self.inline_mod_depth == 0 && self.block_depth == 0
-    }
-
-    /// Records a `use` tree: where each name it brings in comes from, and
-    /// whether a glob in it could bring in names from outside this file.
+    /// Records the names a `use` tree brings in, and whether a glob in it
+    /// could bring in names from outside this file.
     fn use_tree(&mut self, tree: &syn::UseTree, prefix: &mut Vec<String>) {
-        let mut import = |name: &syn::Ident, from: &syn::Ident, prefix: &[String]| {
-            let mut path = prefix.to_vec();
-            path.push(unraw(from));
-            let top_level = self.top_level();
-            self.summary
-                .imported
-                .entry(unraw(name))
-                .or_default()
-                .push((path, top_level));
-        };
         match tree {
             syn::UseTree::Path(path) => {
                 prefix.push(unraw(&path.ident));
                 self.use_tree(&path.tree, prefix);
                 prefix.pop();
             }
-            syn::UseTree::Name(name) => import(&name.ident, &name.ident, prefix),
-            syn::UseTree::Rename(rename) => import(&rename.rename, &rename.ident, prefix),
+            syn::UseTree::Name(name) => {
+                self.summary.imported.insert(unraw(&name.ident));
+            }
+            syn::UseTree::Rename(rename) => {
+                self.summary.imported.insert(unraw(&rename.rename));
+            }
             syn::UseTree::Glob(_) => {
                 if !self.glob_within_file(prefix) {
                     self.summary.open_glob = true;
@@ -341,18 +404,6 @@ impl Collector {
         let supers = prefix.iter().take_while(|s| *s == "super").count();
         supers > 0 && supers == prefix.len() && supers <= self.inline_mod_depth
     }
-
-    fn macro_idents(&mut self, tokens: proc_macro2::TokenStream) {
-        for token in tokens {
-            match token {
-                proc_macro2::TokenTree::Ident(ident) => {
-                    self.summary.in_item_macros.insert(unraw(&ident));
-                }
-                proc_macro2::TokenTree::Group(group) => self.macro_idents(group.stream()),
-                _ => {}
-            }
-        }
-    }
 }
 
 fn unraw(ident: &syn::Ident) -> String {
@@ -376,77 +427,6 @@ impl<'ast> Visit<'ast> for Collector {
         syn::visit::visit_trait_item_fn(self, item);
     }
 
-    fn visit_item(&mut self, item: &'ast syn::Item) {
-        let type_name = match item {
-            syn::Item::Struct(item) => Some(&item.ident),
-            syn::Item::Enum(item) => Some(&item.ident),
-            syn::Item::Union(item) => Some(&item.ident),
-            syn::Item::Type(item) => Some(&item.ident),
-            syn::Item::Trait(item) => Some(&item.ident),
-            syn::Item::TraitAlias(item) => Some(&item.ident),
-            syn::Item::ExternCrate(item) => Some(match &item.rename {
-                Some((_, rename)) => rename,
-                None => &item.ident,
-            }),
-            _ => None,
-        };
-        if let Some(ident) = type_name {
-            self.type_name(ident);
-        }
-        syn::visit::visit_item(self, item);
-    }
-
-    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
-        self.type_name(&item.ident);
-        let path = item.attrs.iter().find_map(|attr| match &attr.meta {
-            syn::Meta::NameValue(nv) if nv.path.is_ident("path") => match &nv.value {
-                syn::Expr::Lit(syn::ExprLit {
-                    lit: syn::Lit::Str(path),
-                    ..
-                }) => Some(path.value()),
-                _ => None,
-            },
-            _ => None,
-        });
-        let decl = ModDecl {
-            top_level: self.top_level(),
-            inline: item.content.is_some(),
-            path,
-        };
-        self.summary
-            .mods
-            .entry(unraw(&item.ident))
-            .or_default()
-            .push(decl);
-        if item.content.is_some() {
-            self.inline_mod_depth += 1;
-            syn::visit::visit_item_mod(self, item);
-            self.inline_mod_depth -= 1;
-        }
-    }
-
-    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
-        // `::krate::…` is kept as a path no module of this file starts.
-        let mut prefix = Vec::new();
-        if item.leading_colon.is_some() {
-            prefix.push("::".to_owned());
-        }
-        self.use_tree(&item.tree, &mut prefix);
-    }
-
-    fn visit_block(&mut self, block: &'ast syn::Block) {
-        self.block_depth += 1;
-        syn::visit::visit_block(self, block);
-        self.block_depth -= 1;
-    }
-
-    fn visit_item_macro(&mut self, item: &'ast syn::ItemMacro) {
-        if let Some(ident) = &item.ident {
-            self.summary.in_item_macros.insert(unraw(ident));
-        }
-        self.macro_idents(item.mac.tokens.clone());
-    }
-
     fn visit_foreign_item_fn(&mut self, item: &'ast syn::ForeignItemFn) {
         // An `extern` block's fn is in the value namespace like a free fn,
         // but it is never an entry: count it as one with an unknown attribute
@@ -460,5 +440,59 @@ impl<'ast> Visit<'ast> for Collector {
                 marked: false,
                 other_attributes: true,
             });
+        syn::visit::visit_foreign_item_fn(self, item);
+    }
+
+    fn visit_item(&mut self, item: &'ast syn::Item) {
+        let type_name = match item {
+            syn::Item::Struct(item) => Some(&item.ident),
+            syn::Item::Enum(item) => Some(&item.ident),
+            syn::Item::Union(item) => Some(&item.ident),
+            syn::Item::Type(item) => Some(&item.ident),
+            syn::Item::Trait(item) => Some(&item.ident),
+            syn::Item::TraitAlias(item) => Some(&item.ident),
+            syn::Item::Mod(item) => Some(&item.ident),
+            syn::Item::ExternCrate(item) => Some(match &item.rename {
+                Some((_, rename)) => rename,
+                None => &item.ident,
+            }),
+            _ => None,
+        };
+        if let Some(ident) = type_name {
+            self.summary.types.insert(unraw(ident));
+        }
+        syn::visit::visit_item(self, item);
+    }
+
+    fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+        self.inline_mod_depth += 1;
+        syn::visit::visit_item_mod(self, item);
+        self.inline_mod_depth -= 1;
+    }
+
+    fn visit_item_use(&mut self, item: &'ast syn::ItemUse) {
+        // `::krate::…` is kept as a path that no module of this file starts.
+        let mut prefix = Vec::new();
+        if item.leading_colon.is_some() {
+            prefix.push("::".to_owned());
+        }
+        self.use_tree(&item.tree, &mut prefix);
+        syn::visit::visit_item_use(self, item);
+    }
+
+    fn visit_attribute(&mut self, attr: &'ast syn::Attribute) {
+        if attribute_kind(attr).is_none() {
+            self.summary.generates = true;
+        }
+    }
+
+    fn visit_macro(&mut self, mac: &'ast syn::Macro) {
+        let inert = mac.path.segments.last().is_some_and(|last| {
+            let name = last.ident.to_string();
+            INERT_MACROS.contains(&name.as_str())
+        });
+        if !inert {
+            self.summary.generates = true;
+        }
     }
 }

@@ -390,12 +390,13 @@ macro_rules! entry {
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
 /// `f` must be marked `#[process_entry]`: the attribute defines a type named
-/// like the fn, which this macro names. When the source shows that `f` is a
-/// plain fn (defined in the calling file, or reached from it through `mod`
-/// files, by its path or by one `use`), the error says to add the
-/// attribute. Otherwise rustc's own error says "expected struct, variant or
-/// union type, found function `f`" or "cannot find struct … `f`": it means
-/// the same.
+/// like the fn, which this macro names. When `f` is a bare name and the
+/// calling file settles that it is a plain fn (the file defines it, and
+/// nothing in the file could make the name an entry: no import or glob of
+/// it, no macro call but a few of std's, no attribute macro), the error says
+/// to add the attribute. Otherwise rustc's own error says "expected struct,
+/// variant or union type, found function `f`" or "cannot find struct …
+/// `f`": it means the same.
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
