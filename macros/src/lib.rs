@@ -8,7 +8,6 @@
 
 mod expand;
 mod parse;
-mod source;
 mod validate;
 
 use proc_macro::TokenStream;
@@ -31,43 +30,8 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(parsed) => parsed,
         Err(err) => return expand::failed(err, item).into(),
     };
-    let checked = validate::validate(&parsed)
-        .and_then(|()| validate::check_free(&parsed.func, proc_macro::Span::call_site()));
-    match checked {
+    match validate::validate(&parsed) {
         Ok(()) => expand::expand(&parsed).into(),
         Err(err) => expand::failed(err, validate::without_variadic(&parsed.func)).into(),
     }
-}
-
-/// Not public API: what `multiproc::entry!` (and so `spawn!`) expands to.
-///
-/// Names the marker type `#[process_entry]` defines for the fn at the given
-/// path, as `path {}`. When the path is a bare name that the caller's file
-/// shows to be a plain fn, it says instead to add `#[process_entry]`: rustc
-/// would say only "expected struct, variant or union type, found function".
-#[doc(hidden)]
-#[proc_macro]
-pub fn __entry_marker(input: TokenStream) -> TokenStream {
-    let mut tokens = input.clone().into_iter();
-    if let (Some(proc_macro::TokenTree::Ident(ident)), None) = (tokens.next(), tokens.next()) {
-        let name = ident.to_string();
-        let name = name.strip_prefix("r#").unwrap_or(&name);
-        if source::is_plain_fn(ident.span(), name) {
-            let message = format!(
-                "`{name}` is not a process entry: mark `fn {name}` with \
-                 `#[process_entry]` (from `multiproc`) so that a child process can run it"
-            );
-            let span = proc_macro2::Span::from(ident.span());
-            let path = proc_macro2::TokenStream::from(input);
-            // Unqualified, at the user's token: resolved there, in any
-            // edition (`::core` is not a path in a 2015 crate). The fn is
-            // used as a value so that rustc does not add "never used".
-            return quote::quote_spanned! {span=>
-                { let _ = #path; compile_error!(#message) }
-            }
-            .into();
-        }
-    }
-    let input = proc_macro2::TokenStream::from(input);
-    quote::quote! { #input {} }.into()
 }

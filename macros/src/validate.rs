@@ -95,7 +95,8 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
 /// An associated fn is not a free fn, and nothing but the fn reaches the
 /// attribute: a `self` receiver says so, and so does `Self`, which
 /// only an `impl` or a `trait` defines. (An associated fn with neither looks
-/// exactly like a free fn: `check_free` asks the caller's file.)
+/// exactly like a free fn; rustc then reports the marker struct the
+/// expansion cannot put in an `impl`.)
 fn check_not_in_impl(func: &syn::ItemFn) -> syn::Result<()> {
     let mut finder = SelfTypeFinder { found: None };
     finder.visit_signature(&func.sig);
@@ -111,26 +112,6 @@ fn check_not_in_impl(func: &syn::ItemFn) -> syn::Result<()> {
              `Type::method`)",
         )),
     }
-}
-
-/// An associated fn that uses neither `self` nor `Self` is, token for token,
-/// a free fn: only the caller's file can tell. `attribute` is the
-/// `#[process_entry]` attribute's span.
-pub(crate) fn check_free(func: &syn::ItemFn, attribute: proc_macro::Span) -> syn::Result<()> {
-    let name = func.sig.ident.to_string();
-    let name = name.strip_prefix("r#").unwrap_or(&name);
-    let block = match crate::source::marked_fn_place(attribute, name) {
-        Some(crate::source::Place::Impl) => "impl",
-        Some(crate::source::Place::Trait) => "trait",
-        Some(crate::source::Place::Free) | None => return Ok(()),
-    };
-    Err(syn::Error::new(
-        attribute.into(),
-        format!(
-            "#[process_entry] must be a free fn, not an associated fn: move `fn {name}` out of \
-             the `{block}` block, to module level (the {block}'s code can call it from there)"
-        ),
-    ))
 }
 
 /// Finds a path that starts with `Self`, outside nested items (whose `Self`

@@ -39,8 +39,10 @@
 //!
 //! 1. **A free `fn`**: at module level or local to a block, with any
 //!    visibility; not a method or any other fn inside an `impl` or a
-//!    `trait` (the attribute reads the fn's file to tell, when `self` and
-//!    `Self` do not show it). Its name is also given to a
+//!    `trait`. (One that uses `self` or `Self` is rejected as such; one
+//!    that uses neither looks like a free fn to the attribute, and rustc
+//!    reports "struct is not supported in `trait`s or `impl`s" at the
+//!    attribute: move the fn to module level.) Its name is also given to a
 //!    hidden unit struct in the same module, so no type of that name may
 //!    live beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
@@ -361,6 +363,9 @@ pub fn init() {
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
 ///
+/// As with [`spawn!`], a fn without `#[process_entry]` is reported by rustc
+/// as "expected struct, variant or union type, found function".
+///
 /// ```
 /// use multiproc::{entry, process_entry, Entry, Process};
 ///
@@ -377,10 +382,10 @@ pub fn init() {
 #[macro_export]
 macro_rules! entry {
     ($($entry:ident)::+) => {
-        $crate::__private::entry_marker!($($entry)::+)
+        $($entry)::+ {}
     };
     (::$($entry:ident)::+) => {
-        $crate::__private::entry_marker!(::$($entry)::+)
+        ::$($entry)::+ {}
     };
 }
 
@@ -389,14 +394,9 @@ macro_rules! entry {
 /// Checked at compile time against `f`'s signature. Returns
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
-/// `f` must be marked `#[process_entry]`: the attribute defines a type named
-/// like the fn, which this macro names. When `f` is a bare name and the
-/// calling file settles that it is a plain fn (the file defines it, and
-/// nothing in the file could make the name an entry: no import or glob of
-/// it, no macro call but a few of std's, no attribute macro), the error says
-/// to add the attribute. Otherwise rustc's own error says "expected struct,
-/// variant or union type, found function `f`" or "cannot find struct …
-/// `f`": it means the same.
+/// `f` must be marked `#[process_entry]`. If it is not, rustc says
+/// "expected struct, variant or union type, found function `f`" (the
+/// attribute defines a type named like the fn, which this macro names).
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
@@ -442,7 +442,6 @@ pub mod __private {
     };
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
-    pub use multiproc_macros::__entry_marker as entry_marker;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
     #[cfg(feature = "test-hooks")]
     pub mod fuzz {
