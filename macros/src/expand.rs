@@ -72,13 +72,16 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
     // inside a constant of its where clause. Placed on a fn inside an `impl`
     // (which the attribute cannot see), that is one error, "struct is not
     // supported in `trait`s or `impl`s", at the attribute, rather than one
-    // for each item and then each unresolved name.
+    // for each item and then each unresolved name. The struct is written
+    // by a macro whose name says what is wrong, as rustc's note on that
+    // error names the macro it comes from.
     quote! {
         #func
 
+        #private::process_entry_must_be_on_a_free_fn! {
         #[doc(hidden)]
         #[allow(non_camel_case_types, non_local_definitions)]
-        #vis struct #ident
+        #vis #ident
         where
             [(); {
                 impl ::core::clone::Clone for #ident {
@@ -120,6 +123,6 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
 
                 0
             }]: ::core::marker::Sized,
-        {}
+        }
     }
 }

@@ -42,7 +42,9 @@
 //!    `trait`. (One that uses `self` or `Self` is rejected as such; one
 //!    that uses neither looks like a free fn to the attribute, and rustc
 //!    reports "struct is not supported in `trait`s or `impl`s" at the
-//!    attribute: move the fn to module level.) Its name is also given to a
+//!    attribute, noting that it "originates in the macro
+//!    `…::process_entry_must_be_on_a_free_fn`": move the fn to module
+//!    level.) Its name is also given to a
 //!    hidden unit struct in the same module, so no type of that name may
 //!    live beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
@@ -364,7 +366,8 @@ pub fn init() {
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
 ///
 /// As with [`spawn!`], a fn without `#[process_entry]` is reported by rustc
-/// as "expected struct, variant or union type, found function".
+/// as "expected struct, variant or union type, found function", noting that
+/// it "originates in the macro `…::mark_the_fn_with_process_entry`".
 ///
 /// ```
 /// use multiproc::{entry, process_entry, Entry, Process};
@@ -382,6 +385,23 @@ pub fn init() {
 #[macro_export]
 macro_rules! entry {
     ($($entry:ident)::+) => {
+        $crate::__private::mark_the_fn_with_process_entry!($($entry)::+)
+    };
+    (::$($entry:ident)::+) => {
+        $crate::__private::mark_the_fn_with_process_entry!(::$($entry)::+)
+    };
+}
+
+/// Not public API: what [`entry!`] and [`spawn!`] expand to, `path {}`.
+///
+/// Its name is the hint: when the path names a fn without
+/// `#[process_entry]`, rustc's error ("expected struct, variant or union
+/// type, found function") ends with "this error originates in the macro
+/// `$crate::__private::mark_the_fn_with_process_entry`".
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __mark_the_fn_with_process_entry {
+    ($($entry:ident)::+) => {
         $($entry)::+ {}
     };
     (::$($entry:ident)::+) => {
@@ -396,7 +416,11 @@ macro_rules! entry {
 ///
 /// `f` must be marked `#[process_entry]`. If it is not, rustc says
 /// "expected struct, variant or union type, found function `f`" (the
-/// attribute defines a type named like the fn, which this macro names).
+/// attribute defines a type named like the fn, which this macro names),
+/// and notes that the error "originates in the macro
+/// `$crate::__private::mark_the_fn_with_process_entry`": the name of that
+/// macro is the fix. (rustc's own message cannot be changed: the name fails
+/// to resolve before any trait could word the error.)
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
@@ -412,13 +436,27 @@ macro_rules! entry {
 #[macro_export]
 macro_rules! spawn {
     ($($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
-        let entry = $crate::entry!($($entry)::+);
+        let entry = $crate::__private::mark_the_fn_with_process_entry!($($entry)::+);
         $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
     }};
     (::$($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
-        let entry = $crate::entry!(::$($entry)::+);
+        let entry = $crate::__private::mark_the_fn_with_process_entry!(::$($entry)::+);
         $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
     }};
+}
+
+/// Not public API: writes the marker struct `#[process_entry]` generates.
+///
+/// Its name is the hint: on an associated fn that uses neither `self` nor
+/// `Self` (which the attribute cannot tell from a free fn), rustc's error
+/// ("struct is not supported in `trait`s or `impl`s") ends with "this error
+/// originates in the macro `…::process_entry_must_be_on_a_free_fn`".
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __process_entry_must_be_on_a_free_fn {
+    ($(#[$attr:meta])* $vis:vis $name:ident where $($bound:tt)*) => {
+        $(#[$attr])* $vis struct $name where $($bound)* {}
+    };
 }
 
 #[cfg(doctest)]
@@ -430,6 +468,8 @@ struct ReadmeDoctests;
 pub mod __private {
     pub use crate::__entry_ctor as entry_ctor;
     pub use crate::__load_time_ctor as load_time_ctor;
+    pub use crate::__mark_the_fn_with_process_entry as mark_the_fn_with_process_entry;
+    pub use crate::__process_entry_must_be_on_a_free_fn as process_entry_must_be_on_a_free_fn;
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::fork_client::{
