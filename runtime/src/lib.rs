@@ -44,9 +44,9 @@
 //!    reports "struct is not supported in `trait`s or `impl`s" at the
 //!    attribute, noting that it "originates in the macro
 //!    `…::process_entry_must_be_on_a_free_fn`": move the fn to module
-//!    level.) Its name is also given to a
-//!    hidden unit struct in the same module, so no type of that name may
-//!    live beside it.
+//!    level.) Its name is also given to a hidden struct in the same module
+//!    (braced, so it takes only the type namespace, not the fn's), so no
+//!    type of that name may live beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
 //!    `where`), not `async`, `const`, `unsafe`, `extern "…"` or variadic.
 //!    The child finds the entry by name, so its types must be concrete; an
