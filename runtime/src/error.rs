@@ -6,6 +6,19 @@ use std::io;
 /// A specialised `Result` whose error is [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// One `is_…()` helper per [`ErrorKind`], each `kind() == ErrorKind::…`.
+macro_rules! kind_helpers {
+    ($($(#[$doc:meta])* $name:ident => $kind:ident,)*) => {
+        $(
+            $(#[$doc])*
+            #[doc = concat!("\n\nWhether [`kind`](Self::kind) is [`ErrorKind::", stringify!($kind), "`].")]
+            pub fn $name(&self) -> bool {
+                self.kind() == ErrorKind::$kind
+            }
+        )*
+    };
+}
+
 /// What kind of failure an [`Error`] reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -268,39 +281,45 @@ impl Error {
         self.inner.panic.as_ref()
     }
 
-    /// The entry panicked in the child.
-    pub fn is_panicked(&self) -> bool {
-        self.kind() == ErrorKind::Panicked
-    }
-
-    /// The child exited without sending a result.
-    pub fn is_exited(&self) -> bool {
-        self.kind() == ErrorKind::Exited
-    }
-
-    /// The child was ended by a signal.
-    pub fn is_signaled(&self) -> bool {
-        self.kind() == ErrorKind::Signaled
-    }
-
-    /// A deadline passed.
-    pub fn is_timeout(&self) -> bool {
-        self.kind() == ErrorKind::Timeout
-    }
-
-    /// The other side is gone.
-    pub fn is_disconnected(&self) -> bool {
-        self.kind() == ErrorKind::Disconnected
-    }
-
-    /// Authentication failed.
-    pub fn is_auth(&self) -> bool {
-        self.kind() == ErrorKind::Auth
-    }
-
-    /// Bytes from another process could not be decoded.
-    pub fn is_decode(&self) -> bool {
-        self.kind() == ErrorKind::Decode
+    kind_helpers! {
+        /// The child process could not be started.
+        is_spawn => Spawn,
+        /// The entry panicked in the child.
+        is_panicked => Panicked,
+        /// The child exited without sending a result.
+        is_exited => Exited,
+        /// The child was ended by a signal.
+        is_signaled => Signaled,
+        /// A deadline passed.
+        is_timeout => Timeout,
+        /// The other side is gone.
+        is_disconnected => Disconnected,
+        /// Bytes from another process could not be decoded.
+        is_decode => Decode,
+        /// A value could not be encoded for sending.
+        is_encode => Encode,
+        /// No entry with the requested name is registered in this binary.
+        is_unknown_entry => UnknownEntry,
+        /// Two entries were registered under the same name.
+        is_duplicate_entry => DuplicateEntry,
+        /// Authentication failed.
+        is_auth => Auth,
+        /// The owner of a lock died while holding it.
+        is_owner_died => OwnerDied,
+        /// A barrier is broken.
+        is_broken_barrier => BrokenBarrier,
+        /// A lock was released by a thread that does not hold it.
+        is_not_owner => NotOwner,
+        /// A semaphore was released above its limit.
+        is_too_many_releases => TooManyReleases,
+        /// An index was past the end of a sequence.
+        is_out_of_range => OutOfRange,
+        /// The caller asked for something that cannot be done.
+        is_invalid_input => InvalidInput,
+        /// The value was already taken.
+        is_already_taken => AlreadyTaken,
+        /// An operating-system call failed.
+        is_io => Io,
     }
 }
 
@@ -399,6 +418,63 @@ impl From<io::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_kind_has_an_is_helper_true_for_it_alone() {
+        type IsHelper = fn(&Error) -> bool;
+        let helpers: [(ErrorKind, IsHelper); 19] = [
+            (ErrorKind::Spawn, Error::is_spawn),
+            (ErrorKind::Panicked, Error::is_panicked),
+            (ErrorKind::Exited, Error::is_exited),
+            (ErrorKind::Signaled, Error::is_signaled),
+            (ErrorKind::Timeout, Error::is_timeout),
+            (ErrorKind::Disconnected, Error::is_disconnected),
+            (ErrorKind::Decode, Error::is_decode),
+            (ErrorKind::Encode, Error::is_encode),
+            (ErrorKind::UnknownEntry, Error::is_unknown_entry),
+            (ErrorKind::DuplicateEntry, Error::is_duplicate_entry),
+            (ErrorKind::Auth, Error::is_auth),
+            (ErrorKind::OwnerDied, Error::is_owner_died),
+            (ErrorKind::BrokenBarrier, Error::is_broken_barrier),
+            (ErrorKind::NotOwner, Error::is_not_owner),
+            (ErrorKind::TooManyReleases, Error::is_too_many_releases),
+            (ErrorKind::OutOfRange, Error::is_out_of_range),
+            (ErrorKind::InvalidInput, Error::is_invalid_input),
+            (ErrorKind::AlreadyTaken, Error::is_already_taken),
+            (ErrorKind::Io, Error::is_io),
+        ];
+        for (kind, _) in helpers {
+            // Stops compiling when a kind is added: give it a helper above.
+            match kind {
+                ErrorKind::Spawn
+                | ErrorKind::Panicked
+                | ErrorKind::Exited
+                | ErrorKind::Signaled
+                | ErrorKind::Timeout
+                | ErrorKind::Disconnected
+                | ErrorKind::Decode
+                | ErrorKind::Encode
+                | ErrorKind::UnknownEntry
+                | ErrorKind::DuplicateEntry
+                | ErrorKind::Auth
+                | ErrorKind::OwnerDied
+                | ErrorKind::BrokenBarrier
+                | ErrorKind::NotOwner
+                | ErrorKind::TooManyReleases
+                | ErrorKind::OutOfRange
+                | ErrorKind::InvalidInput
+                | ErrorKind::AlreadyTaken
+                | ErrorKind::Io => {}
+            }
+            let err = Error::new(kind, "");
+            let true_for: Vec<ErrorKind> = helpers
+                .iter()
+                .filter(|(_, is)| is(&err))
+                .map(|&(k, _)| k)
+                .collect();
+            assert_eq!(true_for, [kind], "the is_ helpers for {kind:?}");
+        }
+    }
 
     /// What an error-chain printer (anyhow's `{:#}`, eyre's reports, …)
     /// does: each error's `Display`, then its source's.
