@@ -354,6 +354,14 @@ fn server_pid() -> u32 {
 
 /// Runs the ignored test `name` alone in a fresh copy of this test binary
 /// (with `INNER` and `env` set), and checks that it passed.
+/// Starts `add(a, b)` under the fork server.
+fn forked_add(a: i32, b: i32) -> multiproc::JoinHandle<i32> {
+    Process::new(entry!(add), (a, b))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap()
+}
+
 fn run_inner(name: &str, env: &[(&str, &str)]) {
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", name, "--ignored", "--nocapture"])
@@ -505,10 +513,7 @@ fn inner_quick() {
     let mut checked = 0;
     for i in 0..500 {
         let (asked, _) = fork_server_starts();
-        let child = Process::new(entry!(add), (i, 1))
-            .start_method(StartMethod::ForkServer)
-            .start()
-            .unwrap();
+        let child = forked_add(i, 1);
         let asked_now = fork_server_starts().0 > asked;
         assert_eq!(child.join().unwrap(), i + 1);
         if asked_last {
@@ -545,10 +550,7 @@ fn inner_two_spares() {
     let mut asked = false;
     for i in 0..500 {
         let before = fork_server_starts().0;
-        let child = Process::new(entry!(add), (i, 1))
-            .start_method(StartMethod::ForkServer)
-            .start()
-            .unwrap();
+        let child = forked_add(i, 1);
         asked = fork_server_starts().0 > before;
         assert_eq!(child.join().unwrap(), i + 1);
         if asked {
@@ -562,14 +564,8 @@ fn inner_two_spares() {
     }
     common::eventually("the parent holds two spares", || fork_server_spares() == 2);
     let before = fork_server_starts();
-    let first = Process::new(entry!(add), (1, 1))
-        .start_method(StartMethod::ForkServer)
-        .start()
-        .unwrap();
-    let second = Process::new(entry!(add), (2, 1))
-        .start_method(StartMethod::ForkServer)
-        .start()
-        .unwrap();
+    let first = forked_add(1, 1);
+    let second = forked_add(2, 1);
     assert_eq!(fork_server_starts(), (before.0, before.1 + 2));
     assert_ne!(first.pid(), second.pid());
     assert_eq!(first.join().unwrap(), 2);
@@ -592,10 +588,7 @@ fn inner_no_spare() {
     // Each child's end (the starts are quick) and each idle spell makes
     // the server try a spare, which fails: every start asks instead.
     for i in 0..20 {
-        let child = Process::new(entry!(add), (i, 1))
-            .start_method(StartMethod::ForkServer)
-            .start()
-            .unwrap();
+        let child = forked_add(i, 1);
         assert_eq!(child.join().unwrap(), i + 1);
     }
     assert_eq!(fork_server_starts(), (20, 0));
@@ -803,10 +796,7 @@ fn inner_bad_variable() {
     assert_eq!(err.kind(), ErrorKind::Spawn);
     assert!(err.to_string().contains("MULTIPROC_START_METHOD"), "{err}");
     // Chosen explicitly, a method needs no variable.
-    let ok = Process::new(entry!(add), (1, 2))
-        .start_method(StartMethod::ForkServer)
-        .start()
-        .unwrap();
+    let ok = forked_add(1, 2);
     assert_eq!(ok.join().unwrap(), 3);
     multiproc::set_start_method(StartMethod::ForkServer).unwrap();
     assert_eq!(multiproc::get_start_method(), StartMethod::ForkServer);

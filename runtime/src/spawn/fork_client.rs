@@ -238,7 +238,7 @@ impl Server {
         )
     }
 
-    /// Keeps the spares announced since the last start (the newest one).
+    /// Keeps the spares announced since the last start, behind those held.
     /// An error leaves the stream out of step: the server is to be retired.
     fn take_announcements(&mut self) -> Result<(), Error> {
         loop {
