@@ -25,7 +25,7 @@ fn child_sends_through_its_end_of_a_pipe() {
     assert_eq!(parent_conn.recv().unwrap(), (42, None, "hello".to_string()));
     p.join().unwrap();
     // The child's end is gone now.
-    assert!(matches!(parent_conn.recv(), Err(RecvError::Disconnected)));
+    assert_eq!(parent_conn.recv(), Err(RecvError::Disconnected));
 }
 
 #[process_entry]
@@ -188,7 +188,7 @@ fn recv_timeout_returns_within_bounds() {
     let waited = start.elapsed();
     assert!(waited >= Duration::from_millis(300), "{waited:?}");
     assert!(waited <= Duration::from_millis(800), "{waited:?}");
-    assert!(matches!(a.try_recv(), Err(TryRecvError::Empty)));
+    assert_eq!(a.try_recv(), Err(TryRecvError::Empty));
     assert!(!a.poll(Duration::ZERO));
 }
 

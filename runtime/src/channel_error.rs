@@ -406,6 +406,49 @@ impl<T: PartialEq> PartialEq for SendTimeoutError<T> {
 
 impl<T: Eq> Eq for SendTimeoutError<T> {}
 
+/// Equal when the variants are, and (for `Failed`) the errors' kinds, so
+/// that `assert_eq!(q.try_get(), Err(TryRecvError::Empty))` reads as with
+/// crossbeam.
+impl PartialEq for RecvError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RecvError::Disconnected, RecvError::Disconnected) => true,
+            (RecvError::Failed(e), RecvError::Failed(f)) => e.kind() == f.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RecvError {}
+
+/// Equal when the variants are, and (for `Failed`) the errors' kinds.
+impl PartialEq for TryRecvError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (TryRecvError::Empty, TryRecvError::Empty)
+            | (TryRecvError::Disconnected, TryRecvError::Disconnected) => true,
+            (TryRecvError::Failed(e), TryRecvError::Failed(f)) => e.kind() == f.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for TryRecvError {}
+
+/// Equal when the variants are, and (for `Failed`) the errors' kinds.
+impl PartialEq for RecvTimeoutError {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (RecvTimeoutError::Timeout, RecvTimeoutError::Timeout)
+            | (RecvTimeoutError::Disconnected, RecvTimeoutError::Disconnected) => true,
+            (RecvTimeoutError::Failed(e), RecvTimeoutError::Failed(f)) => e.kind() == f.kind(),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for RecvTimeoutError {}
+
 impl std::error::Error for RecvError {}
 impl std::error::Error for TryRecvError {}
 impl std::error::Error for RecvTimeoutError {}

@@ -92,6 +92,18 @@ impl ErrorKind {
     }
 }
 
+/// A short phrase for the kind ("timed out", "broken barrier", …), as
+/// `std::io::ErrorKind` displays one.
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ErrorKind::Spawn => "could not start a process",
+            ErrorKind::Signaled => "killed by a signal",
+            other => other.describe(),
+        })
+    }
+}
+
 /// A panic that happened in a child process, as reported back to the parent.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PanicReport {
@@ -418,6 +430,40 @@ impl From<io::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_display_distinct_phrases() {
+        let kinds = [
+            ErrorKind::Spawn,
+            ErrorKind::Panicked,
+            ErrorKind::Exited,
+            ErrorKind::Signaled,
+            ErrorKind::Timeout,
+            ErrorKind::Disconnected,
+            ErrorKind::Decode,
+            ErrorKind::Encode,
+            ErrorKind::UnknownEntry,
+            ErrorKind::DuplicateEntry,
+            ErrorKind::Auth,
+            ErrorKind::OwnerDied,
+            ErrorKind::BrokenBarrier,
+            ErrorKind::NotOwner,
+            ErrorKind::TooManyReleases,
+            ErrorKind::OutOfRange,
+            ErrorKind::InvalidInput,
+            ErrorKind::AlreadyTaken,
+            ErrorKind::Io,
+        ];
+        let shown: std::collections::HashSet<String> =
+            kinds.iter().map(|kind| kind.to_string()).collect();
+        assert_eq!(
+            shown.len(),
+            kinds.len(),
+            "two kinds display alike: {shown:?}"
+        );
+        assert!(shown.iter().all(|s| !s.is_empty()));
+        assert_eq!(ErrorKind::Timeout.to_string(), "timed out");
+    }
 
     #[test]
     fn each_kind_has_an_is_helper_true_for_it_alone() {
