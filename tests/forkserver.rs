@@ -809,3 +809,217 @@ fn inner_bad_variable() {
         4
     );
 }
+
+/// The variable `key` as this child sees it.
+#[process_entry]
+fn get_var(key: String) -> Option<String> {
+    std::env::var(&key).ok()
+}
+
+/// How many variables this child's environment holds.
+#[process_entry]
+fn var_count() -> usize {
+    std::env::vars_os().count()
+}
+
+#[test]
+fn environment_changes_a_child_cannot_hold_fail_or_apply_as_under_spawn() {
+    for method in BOTH {
+        // No environment can hold a NUL byte: the start fails, no child runs.
+        let err = Process::new(entry!(get_var), ("K".to_string(),))
+            .env("K", "a\0b")
+            .start_method(method)
+            .start()
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Spawn, "{method:?}: {err}");
+        // A name with `=` is the raw entry `exec` makes of it ("A=B=x"),
+        // which reads back as `A`; the child does not abort.
+        let got = Process::new(entry!(get_var), ("A".to_string(),))
+            .env("A=B", "x")
+            .start_method(method)
+            .start()
+            .unwrap()
+            .join();
+        assert_eq!(got.ok(), Some(Some("B=x".to_string())), "{method:?}");
+    }
+}
+
+#[test]
+fn env_clear_clears_names_that_set_var_refuses() {
+    run_inner("inner_env_clear_odd", &[("=ODD", "inherited")]);
+}
+
+#[test]
+#[ignore = "run by env_clear_clears_names_that_set_var_refuses"]
+fn inner_env_clear_odd() {
+    if !common::run_by_outer_test(INNER, "env_clear_clears_names_that_set_var_refuses") {
+        return;
+    }
+    assert!(
+        std::env::vars_os().any(|(key, _)| key == "=ODD"),
+        "the odd variable was not inherited"
+    );
+    for method in BOTH {
+        let got = Process::new(entry!(var_count), ())
+            .env_clear()
+            .env("ONLY", "1")
+            .start_method(method)
+            .start()
+            .unwrap()
+            .join();
+        assert_eq!(got.ok(), Some(1), "{method:?}");
+    }
+}
+
+#[test]
+fn a_child_of_a_stopped_server_is_not_alive_once_it_exits_and_joins() {
+    run_inner("inner_stopped_server", &[]);
+}
+
+#[test]
+#[ignore = "run by a_child_of_a_stopped_server_is_not_alive_once_it_exits_and_joins"]
+fn inner_stopped_server() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_child_of_a_stopped_server_is_not_alive_once_it_exits_and_joins",
+    ) {
+        return;
+    }
+    let server = server_pid();
+    let (gate_r, gate_w) = pipe();
+    let mut child = Process::new(entry!(blocker), (Fd::from(gate_r),))
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    kill(server, Signal::STOP);
+    common::eventually("the server stops", || {
+        common::state_of(server) == Some(b'T')
+    });
+    drop(gate_w);
+    // The child exits; its stopped server cannot report how.
+    assert!(common::exits_within(pid, common::BOUND));
+    let alive = child.is_alive();
+    let got = child.join_timeout(common::BOUND);
+    kill(server, Signal::CONT);
+    assert!(!alive, "an exited child looked alive");
+    assert_eq!(got.ok(), Some(Some(7)), "join_timeout on an exited child");
+    // Its status was never reported: unknown, and not alive.
+    assert_eq!(child.exitcode(), None);
+    assert!(!child.is_alive());
+}
+
+/// Writes `id` to `out` (a pipe shared by many children) and returns it.
+#[process_entry]
+fn mark(id: u32, out: Fd) -> u32 {
+    let mut out = std::fs::File::from(out.into_owned_fd());
+    let _ = out.write_all(&id.to_le_bytes());
+    id
+}
+
+#[test]
+fn a_start_that_fails_as_the_server_dies_runs_nothing() {
+    // Every start asks the server (no spare), so the server can be killed
+    // between its fork and its reply.
+    run_inner("inner_failed_start", &[("MULTIPROC_TEST_NO_SPARE", "1")]);
+}
+
+#[test]
+#[ignore = "run by a_start_that_fails_as_the_server_dies_runs_nothing"]
+fn inner_failed_start() {
+    if !common::run_by_outer_test(INNER, "a_start_that_fails_as_the_server_dies_runs_nothing") {
+        return;
+    }
+    let me = std::process::id();
+    let (r, w) = pipe();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Kills the server whenever it has a child: often between a fork and
+    // its reply.
+    let killer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ours: Vec<u32> = multiproc::active_children()
+                    .iter()
+                    .map(|c| c.pid())
+                    .collect();
+                for pid in children_of(me) {
+                    let path = format!("/proc/{pid}/task/{pid}/children");
+                    let has_children = std::fs::read_to_string(&path)
+                        .is_ok_and(|children| !children.trim().is_empty());
+                    if !ours.contains(&pid) && has_children {
+                        kill(pid, Signal::KILL);
+                    }
+                }
+            }
+        })
+    };
+    let mut failed = Vec::new();
+    for id in 0..400u32 {
+        let out = Fd::from(rustix::io::dup(&w).unwrap());
+        match Process::new(entry!(mark), (id, out))
+            .start_method(StartMethod::ForkServer)
+            .start()
+        {
+            Ok(handle) => drop(handle),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Spawn, "{e}");
+                failed.push(id);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    killer.join().unwrap();
+    drop(w);
+    // Every child has ended (or never got its call) once all writers close.
+    let mut bytes = Vec::new();
+    std::fs::File::from(r).read_to_end(&mut bytes).unwrap();
+    let ran: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    let ran_anyway: Vec<u32> = failed
+        .iter()
+        .copied()
+        .filter(|id| ran.contains(id))
+        .collect();
+    assert!(
+        ran_anyway.is_empty(),
+        "entries ran for failed starts: {ran_anyway:?}"
+    );
+    if failed.is_empty() {
+        eprintln!("skipped: no start failed, so none could run by mistake");
+    }
+}
+
+#[test]
+fn a_descriptor_left_inheritable_is_not_kept_open_by_the_server() {
+    run_inner("inner_inheritable_fd", &[]);
+}
+
+#[test]
+#[ignore = "run by a_descriptor_left_inheritable_is_not_kept_open_by_the_server"]
+fn inner_inheritable_fd() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_descriptor_left_inheritable_is_not_kept_open_by_the_server",
+    ) {
+        return;
+    }
+    let (r, w) = pipe();
+    // Inheritable, as one a C library opened might be.
+    rustix::io::fcntl_setfd(&w, rustix::io::FdFlags::empty()).unwrap();
+    // The first start starts the server while `w` is open.
+    assert_eq!(forked_add(1, 2).join().unwrap(), 3);
+    drop(w);
+    assert_eq!(forked_add(2, 2).join().unwrap(), 4);
+    // With every writer gone, the reader sees the end of the pipe.
+    let mut fds = [rustix::event::PollFd::new(&r, rustix::event::PollFlags::IN)];
+    let bound = rustix::event::Timespec {
+        tv_sec: common::BOUND.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    let ready = rustix::event::poll(&mut fds, Some(&bound)).unwrap();
+    assert_eq!(ready, 1, "the pipe's write end is still open somewhere");
+}

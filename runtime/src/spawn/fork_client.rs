@@ -83,10 +83,11 @@ fn lock() -> MutexGuard<'static, Option<Server>> {
 /// Asks the fork server (started now if there is none, or it died) for a
 /// child to run `entry`: a spare it announced, or one it forks now. The
 /// child changes its environment by `env` before it runs. `early` may
-/// write a small call to our end of the child's control socket before the
-/// child is asked to run (so the child finds it at once); it is called
-/// once, unless this fails. Returns the child and our end of its control
-/// socket.
+/// write a small call to our end of the child's control socket: for a
+/// spare before it is asked to run (so it finds the call at once), for a
+/// child forked on request once the server has said it forked it (a start
+/// that fails never leaves a call for a child to run). It is called once,
+/// unless this fails. Returns the child and our end of its control socket.
 pub(crate) fn fork_child(
     entry: &str,
     daemon: bool,
@@ -99,7 +100,7 @@ pub(crate) fn fork_child(
         env: env.clone(),
     };
     let mut server = lock();
-    // Made, and `early` called, once: a retry reuses it.
+    // Made once: a retry reuses it.
     let mut pair: Option<(OwnedFd, OwnedFd)> = None;
     // A server that died since the last start is replaced; one that dies
     // before it has read this request is replaced once more.
@@ -130,15 +131,15 @@ pub(crate) fn fork_child(
                 return Ok(started);
             }
         }
+        // `early` is not called on this path before the reply: a server
+        // that forks and dies before replying fails this start, and its
+        // child must then find no call to run (it reads the end of the
+        // socket and exits), or a retry would run the entry twice.
         let (ours, theirs) = match pair.take() {
             Some(pair) => pair,
-            None => {
-                let (ours, theirs) = crate::sys::stream_pair().map_err(|e| {
-                    Error::new(ErrorKind::Spawn, "could not make a control socket").with_source(e)
-                })?;
-                early(ours.as_fd());
-                (ours, theirs)
-            }
+            None => crate::sys::stream_pair().map_err(|e| {
+                Error::new(ErrorKind::Spawn, "could not make a control socket").with_source(e)
+            })?,
         };
         let (status_r, status_w) = rustix::pipe::pipe_with(
             rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
@@ -167,7 +168,10 @@ pub(crate) fn fork_child(
         ASKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A server that could not fork serves on; one out of step does not.
         return match current.read_reply(status_r) {
-            Ok(reply) => reply.map(|child| (child, ours)),
+            Ok(reply) => reply.map(|child| {
+                early(ours.as_fd());
+                (child, ours)
+            }),
             Err(e) => {
                 retire(&mut server);
                 Err(e)
@@ -384,6 +388,10 @@ fn start_server() -> Result<Server, Error> {
     let (ours, theirs) = crate::sys::stream_pair().map_err(spawn_err)?;
     // Its children see this program's arguments, as re-executed ones do.
     let mut cmd = super::parent::this_program(theirs);
+    // It holds no descriptor of ours but its socket: one we had left
+    // inheritable would otherwise stay open in it, and in every child it
+    // forks, long after we closed it.
+    crate::sys::close_others_at_exec(&mut cmd);
     cmd.env(
         BOOT_ENV,
         Marker::for_server(super::registry::loaded_count()),

@@ -247,9 +247,19 @@ pub(crate) fn start_child<R>(
         }
         StartMethod::ForkServer => {
             super::method::check_supported(method)?;
-            // A small call is written before the forked child is asked to
-            // run (the socket holds it), so the child finds it at once
-            // instead of waiting for us to hear back from the server.
+            // What `Command` refuses under `Spawn`, refused here too, before
+            // any child exists.
+            if env.has_nul() {
+                return Err(Error::new(
+                    ErrorKind::Spawn,
+                    "an environment variable's name or value contains a NUL byte",
+                )
+                .in_process(describe(&name, None, entry)));
+            }
+            // A small call is written before a spare is asked to run (the
+            // socket holds it), so the child finds it at once instead of
+            // waiting for us; a child forked on request gets it once the
+            // server has replied (see `fork_child`).
             let mut early = |ours: BorrowedFd<'_>| {
                 if matches!(&outgoing, Some(Outgoing::Frame(frame)) if frame.payload().len() <= EARLY_CALL_MAX)
                 {
@@ -440,7 +450,7 @@ impl<R> JoinHandle<R> {
 
     /// True until the child has exited.
     pub fn is_alive(&self) -> bool {
-        matches!(self.child.try_reap(), Ok(None))
+        self.child.is_running()
     }
 
     /// For [`crate::wait()`]: the descriptor that becomes readable when the

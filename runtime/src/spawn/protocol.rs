@@ -179,6 +179,14 @@ impl EnvChanges {
         self.vars.clear();
     }
 
+    /// Whether a name or value holds a NUL byte, which no environment can.
+    pub(crate) fn has_nul(&self) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        self.vars.iter().any(|(key, value)| {
+            key.as_bytes().contains(&0) || value.as_ref().is_some_and(|v| v.as_bytes().contains(&0))
+        })
+    }
+
     /// Whether nothing changes.
     pub(crate) fn is_empty(&self) -> bool {
         !self.clear && self.vars.is_empty()

@@ -56,8 +56,21 @@ enum Reaping {
         status: OwnedFd,
         /// The pipe ended without a status: the server died.
         server_gone: AtomicBool,
+        /// When the child's pidfd was first seen readable with no status
+        /// in the pipe: the server is late (stopped, or starved).
+        late_since: Mutex<Option<Instant>>,
     },
 }
+
+/// How long a fork-server child that has ended waits for its status
+/// before it is given up as [`ExitStatus::Unknown`]: a stopped or wedged
+/// server must not keep `join` waiting for ever. Long enough that a server
+/// merely starved of CPU still reports.
+const STATUS_GRACE: Duration = Duration::from_secs(2);
+
+/// How often a wait for a fork-server child's status also looks at its
+/// pidfd, to notice a child that has ended but is not reported.
+const STATUS_LOOK: Duration = Duration::from_millis(200);
 
 /// One child process of this process.
 #[derive(Debug)]
@@ -144,6 +157,7 @@ impl Child {
             reaping: Reaping::Server {
                 status,
                 server_gone: AtomicBool::new(false),
+                late_since: Mutex::new(None),
             },
             status: Mutex::new(None),
         });
@@ -159,8 +173,33 @@ impl Child {
             Reaping::Server {
                 status,
                 server_gone,
+                ..
             } if !server_gone.load(Ordering::Acquire) => Some(status.as_fd()),
             _ => self.pidfd(),
+        }
+    }
+
+    /// For a fork-server child that has ended with its status late: how
+    /// long until the status is given up.
+    fn status_grace_left(&self) -> Option<Duration> {
+        match &self.reaping {
+            Reaping::Server { late_since, .. } => {
+                lock(late_since).map(|since| STATUS_GRACE.saturating_sub(since.elapsed()))
+            }
+            Reaping::Us => None,
+        }
+    }
+
+    /// Whether the child is still running: not reaped, and (for a child
+    /// of the fork server, whose status may come late) its pidfd does not
+    /// say it has exited.
+    pub(crate) fn is_running(&self) -> bool {
+        if !matches!(self.try_reap(), Ok(None)) {
+            return false;
+        }
+        match self.reaping {
+            Reaping::Server { .. } => !matches!(self.has_ended(), Ok(true)),
+            Reaping::Us => true,
         }
     }
 
@@ -169,6 +208,7 @@ impl Child {
         &self,
         status: &OwnedFd,
         server_gone: &AtomicBool,
+        late_since: &Mutex<Option<Instant>>,
     ) -> io::Result<Option<ExitStatus>> {
         let mut waited = false;
         while !server_gone.load(Ordering::Acquire) {
@@ -187,9 +227,17 @@ impl Child {
                 Err(rustix::io::Errno::AGAIN) => {
                     // Ended but not reported yet: the server reaps and
                     // reports within moments, so wait that long (bounded,
-                    // should the server be stopped) rather than call an
-                    // ended child alive, as `waitid` never would.
-                    if waited || !self.has_ended()? {
+                    // should the server be stopped). A status later than
+                    // `STATUS_GRACE` is given up. (`is_running` does not
+                    // wait for it: an ended child never looks alive.)
+                    if !self.has_ended()? {
+                        return Ok(None);
+                    }
+                    let since = *lock(late_since).get_or_insert_with(Instant::now);
+                    if since.elapsed() >= STATUS_GRACE {
+                        return Ok(Some(ExitStatus::Unknown));
+                    }
+                    if waited {
                         return Ok(None);
                     }
                     waited = true;
@@ -225,9 +273,10 @@ impl Child {
                 Reaping::Server {
                     status,
                     server_gone,
+                    late_since,
                 },
                 _,
-            ) => self.reported(status, server_gone)?,
+            ) => self.reported(status, server_gone, late_since)?,
             (Reaping::Us, Some(fd)) => rustix::process::waitid(
                 WaitId::PidFd(fd.as_fd()),
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
@@ -281,8 +330,27 @@ impl Child {
                 }
                 None => None,
             };
+            // An ended child whose status is late waits no longer than
+            // the grace (then `try_reap` gives it up).
+            let remaining = match (remaining, self.status_grace_left()) {
+                (Some(r), Some(g)) => Some(r.min(g)),
+                (r, g) => r.or(g),
+            };
             match self.wait_fd() {
                 Some(fd) => {
+                    // A fork-server child's status pipe stays silent if the
+                    // server is stopped: look at its pidfd now and then
+                    // (`try_reap`), rather than be woken by it at every
+                    // child's end, which the server's status follows
+                    // within moments anyway.
+                    let remaining = match &self.reaping {
+                        Reaping::Server { server_gone, .. }
+                            if !server_gone.load(Ordering::Acquire) =>
+                        {
+                            Some(remaining.map_or(STATUS_LOOK, |r| r.min(STATUS_LOOK)))
+                        }
+                        _ => remaining,
+                    };
                     let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
                     crate::sys::poll::poll(&mut fds, remaining)?;
                 }
@@ -329,9 +397,7 @@ fn forget(child: &Child) {
 /// The children still running (reaping those that ended).
 pub(crate) fn live() -> Vec<Arc<Child>> {
     let all: Vec<Arc<Child>> = lock(&TABLE).clone();
-    all.into_iter()
-        .filter(|c| matches!(c.try_reap(), Ok(None)))
-        .collect()
+    all.into_iter().filter(|c| c.is_running()).collect()
 }
 
 /// Hands a still-running child whose handle was dropped to the reaper

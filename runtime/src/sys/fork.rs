@@ -34,28 +34,68 @@ impl SingleThreaded {
 impl SingleThreaded {
     /// Changes this process's environment: clears it first if `clear`,
     /// then sets each `(key, Some(value))` and removes each `(key, None)`,
-    /// in order. For a forked child, before it runs its entry.
+    /// in order, leaving it as `exec` would have made it from the same
+    /// changes to a `Command`. For a forked child, before it runs its
+    /// entry. Never panics: a name `std::env::set_var` refuses (one with
+    /// `=`, or empty) is put as the raw `name=value` entry `exec` would
+    /// have made, and removing such a name does nothing, as it finds
+    /// nothing there either. A name or value with a NUL byte cannot be
+    /// expressed at all; the parent refuses it before it asks for a child,
+    /// and here it is skipped.
     pub(crate) fn change_env(
         &self,
         clear: bool,
         vars: &[(std::ffi::OsString, Option<std::ffi::OsString>)],
     ) {
+        use std::ffi::CString;
+        use std::os::unix::ffi::OsStrExt;
         if clear {
-            for (key, _) in std::env::vars_os() {
-                // SAFETY: `self` proves this process has one thread (the
-                // server's, whose proof a forked child inherits: `fork`
-                // copies only the calling thread), so nothing reads the
-                // environment while it changes.
-                unsafe { std::env::remove_var(key) }
+            // SAFETY: `self` proves this process has one thread (the
+            // server's, whose proof a forked child inherits: `fork` copies
+            // only the calling thread), so nothing reads the environment
+            // while it changes.
+            unsafe {
+                libc::clearenv();
             }
         }
         for (key, value) in vars {
-            // SAFETY: as above, one thread.
-            unsafe {
-                match value {
-                    Some(value) => std::env::set_var(key, value),
-                    None => std::env::remove_var(key),
+            let plain = !key.is_empty() && !key.as_bytes().contains(&b'=');
+            let Ok(name) = CString::new(key.as_bytes()) else {
+                continue;
+            };
+            match value {
+                Some(value) => {
+                    let Ok(text) = CString::new(value.as_bytes()) else {
+                        continue;
+                    };
+                    if plain {
+                        // SAFETY: one thread, as above; both are
+                        // NUL-terminated strings that `setenv` copies.
+                        unsafe {
+                            libc::setenv(name.as_ptr(), text.as_ptr(), 1);
+                        }
+                    } else {
+                        let mut entry = key.as_bytes().to_vec();
+                        entry.push(b'=');
+                        entry.extend_from_slice(value.as_bytes());
+                        let Ok(entry) = CString::new(entry) else {
+                            continue;
+                        };
+                        // SAFETY: one thread, as above. `putenv` keeps
+                        // the pointer, so the string is leaked on purpose
+                        // (once per odd name, in a child).
+                        unsafe {
+                            libc::putenv(entry.into_raw());
+                        }
+                    }
                 }
+                None if plain => {
+                    // SAFETY: one thread, as above.
+                    unsafe {
+                        libc::unsetenv(name.as_ptr());
+                    }
+                }
+                None => {}
             }
         }
     }

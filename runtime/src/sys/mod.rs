@@ -72,6 +72,40 @@ pub(crate) fn remove_env_before_main(key: &str) {
     unsafe { std::env::remove_var(key) }
 }
 
+/// Makes `cmd`'s child close every descriptor above standard error when it
+/// executes, whether or not it was opened close-on-exec: the child starts
+/// with standard input, output and error only (as Python's fork server
+/// does), and holds nothing the parent had open by chance.
+pub(crate) fn close_others_at_exec(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // Read here, in the parent: the hook below may not allocate or lock.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(1 << 20)
+        .min(1 << 20) as i32;
+    // SAFETY: the hook runs in the forked child before `exec` and makes
+    // only async-signal-safe system calls (`close_range`, else `fcntl`),
+    // with no allocation and no lock; it touches no memory but its
+    // captured integer.
+    unsafe {
+        cmd.pre_exec(move || {
+            let marked = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if marked != 0 {
+                // Before Linux 5.11: one descriptor at a time.
+                for fd in 3..limit {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Whether this process runs in secure-execution mode (`getauxval(AT_SECURE)`):
 /// set-user-ID or set-group-ID, or with file capabilities, so its
 /// environment was set by a less privileged user.
