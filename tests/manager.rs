@@ -685,6 +685,54 @@ fn a_bounded_semaphore_refuses_an_extra_release() {
     assert_eq!(plain.value().unwrap(), 0);
 }
 
+/// Releases `sem`, full at `u64::MAX` permits, once too often: a typed
+/// refusal, as from a bounded semaphore over its limit, and the server
+/// goes on serving the connection.
+fn refuse_a_release_past_u64_max(sem: &SemaphoreProxy) {
+    let err = sem.release().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::TooManyReleases, "{err}");
+    assert_eq!(sem.value().unwrap(), u64::MAX, "the count wrapped");
+    let permit = sem.acquire().unwrap();
+    assert_eq!(sem.value().unwrap(), u64::MAX - 1);
+    drop(permit);
+    assert_eq!(sem.value().unwrap(), u64::MAX);
+}
+
+#[test]
+fn a_semaphore_refuses_a_release_past_u64_max() {
+    let manager = Manager::start().unwrap();
+    let sem = manager.semaphore(u64::MAX).unwrap();
+    refuse_a_release_past_u64_max(&sem);
+
+    // A dead holder whose permit was already given back by a release
+    // gives nothing back again: the count neither wraps nor overflows.
+    let lock = manager.lock().unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(hold_lock_forever, lock.clone(), sem.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    assert_eq!(sem.value().unwrap(), u64::MAX - 1);
+    sem.release().unwrap();
+    assert_eq!(sem.value().unwrap(), u64::MAX);
+    child.kill().unwrap();
+    assert!(child.join().unwrap_err().is_signaled());
+    // The child's lock is released when its connection's end is handled,
+    // in the same step as its permits.
+    assert!(lock.lock_timeout(BOUND).unwrap().is_some());
+    assert_eq!(sem.value().unwrap(), u64::MAX);
+    refuse_a_release_past_u64_max(&sem);
+}
+
+#[test]
+fn a_remote_semaphore_refuses_a_release_past_u64_max_and_keeps_serving() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let sem = manager.semaphore(u64::MAX).unwrap();
+    refuse_a_release_past_u64_max(&sem);
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
 #[process_entry]
 fn wait_on_condition(cond: ConditionProxy, state: ValueProxy<u32>, ready: EventProxy) -> u32 {
     let guard = cond.lock().unwrap();

@@ -215,7 +215,11 @@ impl Server {
                 }
                 Obj::Sem { value, taken, .. } => {
                     if let Some(n) = taken.remove(&id) {
-                        *value += n;
+                        // The free permits and the taken ones add up to at
+                        // most u64::MAX, since a release past that fails,
+                        // so this never saturates; if it did, a full count
+                        // beats a server thread's panic or a wrap to zero.
+                        *value = value.saturating_add(n);
                     }
                 }
                 _ => {}
@@ -509,7 +513,16 @@ impl Server {
                             "a bounded semaphore was released more times than it was acquired",
                         ));
                     }
-                    *value += 1;
+                    let Some(more) = value.checked_add(1) else {
+                        return Err(op_err(
+                            ErrorKind::TooManyReleases,
+                            format!(
+                                "a semaphore released too many times (its limit is {} permits)",
+                                u64::MAX
+                            ),
+                        ));
+                    };
+                    *value = more;
                     // The permit given back is this connection's if it holds
                     // one, else any holder's: a dead connection must not give
                     // back a permit that was already returned for it.

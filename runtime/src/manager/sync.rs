@@ -409,7 +409,8 @@ impl SemaphoreProxy {
     ///
     /// # Errors
     /// [`ErrorKind::TooManyReleases`](crate::ErrorKind::TooManyReleases)
-    /// above a bounded semaphore's initial value.
+    /// above a bounded semaphore's initial value, or above `u64::MAX`
+    /// permits.
     pub fn release(&self) -> Result<(), Error> {
         sem_release(&self.h)
     }
