@@ -569,6 +569,68 @@ fn abuse_costs_a_remote_server_nothing_lasting() {
     assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
 }
 
+fn thread_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+/// More silent connections (a port scanner, a slowloris) than the server
+/// handshakes with at once: a client with the key that comes after them
+/// still gets in, promptly, and they cost the server a bounded number of
+/// threads.
+#[test]
+fn silent_connections_do_not_lock_out_a_client_with_the_key() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    d.insert("x".into(), 7).unwrap();
+    let pid = remote.pid();
+    let before = thread_count(pid);
+
+    let mut silent: Vec<_> = (0..200)
+        .map(|_| TcpStream::connect(&remote.addr).unwrap())
+        .collect();
+    // The server speaks first: a byte (its challenge) or the end of the
+    // stream from each means it has taken each on. The newest 128 at least
+    // are in their handshake.
+    let mut greeted = 0;
+    for s in &mut silent {
+        s.set_read_timeout(Some(BOUND)).unwrap();
+        let mut byte = [0u8; 1];
+        greeted += s.read(&mut byte).unwrap();
+    }
+    assert!(greeted >= 128, "{greeted} of 200 greeted");
+    // At most 128 handshakes at once, each on a thread of its own; one
+    // cut short may take a moment to end its thread. The silent ones keep
+    // theirs for 10 s, so this must hold well before.
+    let start = Instant::now();
+    while thread_count(pid) > before + 128 {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{} threads for 200 silent connections, from {before}",
+            thread_count(pid)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    // A client in another process: a connection of its own, and so a
+    // handshake of its own.
+    let started = Instant::now();
+    let mut child = spawn!(fresh_client, remote.addr.clone(), d.clone()).unwrap();
+    let got = child.join_timeout(BOUND);
+    let took = started.elapsed();
+    match got {
+        Ok(Some(x)) => assert_eq!(x, Some(7)),
+        Ok(None) => panic!("a client with the key hung behind silent connections"),
+        Err(e) => panic!("a client with the key failed after {took:?}: {e}"),
+    }
+    // Not after a silent connection's 10 s handshake timeout.
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    drop(silent);
+}
+
 // ---- The other proxies, across processes ----
 
 use multiproc::{ArrayProxy, BarrierProxy, ConditionProxy, QueueProxy, RLockProxy, ValueProxy};

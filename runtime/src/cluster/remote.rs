@@ -379,7 +379,7 @@ fn accept_workers(
         if stop.load(Ordering::Acquire) {
             return;
         }
-        let Some(pending) = handshakes.begin() else {
+        let Some(pending) = handshakes.begin(&stream) else {
             continue;
         };
         let events = events.clone();
@@ -399,7 +399,10 @@ fn accept_workers(
                     _ => return,
                 };
                 link.set_read_timeout(None);
-                drop(pending);
+                // Cut short for a newer connection: the socket is shut down.
+                if !pending.finish() {
+                    return;
+                }
                 if let Err(mpsc::SendError(Event::Arrived(late))) =
                     events.send(Event::Arrived(Arrived { link, hello }))
                 {

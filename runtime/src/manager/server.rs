@@ -1059,7 +1059,7 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
         let Some(stream) = crate::net::accept(&listener)? else {
             continue;
         };
-        let Some(pending) = handshakes.begin() else {
+        let Some(pending) = handshakes.begin(&stream) else {
             drop(stream);
             continue;
         };
@@ -1069,9 +1069,11 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
             .name("manager-tcp".into())
             .spawn(move || {
                 let mut stream = stream;
-                let accepted = crate::net::handshake_as_server(&mut stream, &key, None);
-                drop(pending);
-                if accepted.is_err() {
+                // A handshake cut short for a newer one may have got through
+                // just before: its socket is shut down all the same.
+                if crate::net::handshake_as_server(&mut stream, &key, None).is_err()
+                    || !pending.finish()
+                {
                     return;
                 }
                 server.serve_connection(stream);

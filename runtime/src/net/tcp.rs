@@ -1,9 +1,9 @@
 //! Dialling and accepting authenticated TCP connections.
 
-use std::net::{TcpListener, TcpStream, ToSocketAddrs};
+use std::collections::BTreeMap;
+use std::net::{Shutdown, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::fd::AsFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::auth;
@@ -104,33 +104,141 @@ pub(crate) fn handshake_as_server(
 }
 
 /// At most this many connections may be in the authentication handshake
-/// at once; more are closed at once. Each holds a thread for up to
-/// `HANDSHAKE_TIMEOUT`, so a flood of connections that never finish the
-/// handshake costs a bounded number of threads.
+/// at once. Each holds a thread and a second descriptor (to cut it short
+/// with) for up to `HANDSHAKE_TIMEOUT`; when one more comes, the oldest is
+/// cut short to make room. A client with the key finishes in a few round
+/// trips, so it is never the oldest for long: connections that stay silent
+/// cannot lock it out, only more than this many new ones arriving while it
+/// proves the key.
 const MAX_HANDSHAKES: usize = 128;
 
-/// Counts the connections in the handshake, to bound them.
+/// The connections in the handshake on one listener, at most
+/// [`MAX_HANDSHAKES`].
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Handshakes(Arc<AtomicUsize>);
+pub(crate) struct Handshakes(Arc<InFlight>);
 
-/// One connection in the handshake, counted while it lives.
+#[derive(Debug, Default)]
+struct InFlight {
+    slots: Mutex<Slots>,
+    /// Notified whenever a handshake ends.
+    ended: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Slots {
+    /// Handshakes begun and not yet ended, cut short or not.
+    live: usize,
+    /// The number of the last handshake begun: a larger one began later.
+    last: u64,
+    /// Another descriptor of the socket of each handshake not cut short,
+    /// by number, to shut it down with from this side.
+    open: BTreeMap<u64, TcpStream>,
+}
+
+impl InFlight {
+    fn lock(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One connection in the handshake, counted until it is dropped or
+/// [finished](Self::finish).
 #[derive(Debug)]
-pub(crate) struct Handshaking(Arc<AtomicUsize>);
+pub(crate) struct Handshaking {
+    in_flight: Arc<InFlight>,
+    number: u64,
+}
 
 impl Handshakes {
-    /// Counts one more, or `None` if there are already too many (close
-    /// that connection).
-    pub(crate) fn begin(&self) -> Option<Handshaking> {
-        if self.0.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
-            self.0.fetch_sub(1, Ordering::AcqRel);
-            return None;
+    /// Counts `stream` in the handshake. If [`MAX_HANDSHAKES`] are in it
+    /// already, cuts the oldest short first (shuts its socket down, so that
+    /// its thread fails at once) and waits until it has ended. `None` (close
+    /// that connection) if there is no descriptor left to cut `stream` short
+    /// with, or if none ended within [`auth::HANDSHAKE_TIMEOUT`].
+    pub(crate) fn begin(&self, stream: &TcpStream) -> Option<Handshaking> {
+        let handle = stream.try_clone().ok()?;
+        let in_flight = &self.0;
+        let mut slots = in_flight.lock();
+        if slots.live >= MAX_HANDSHAKES {
+            if let Some((_, oldest)) = slots.open.pop_first() {
+                let _ = oldest.shutdown(Shutdown::Both);
+            }
+            slots = in_flight
+                .ended
+                .wait_timeout_while(slots, auth::HANDSHAKE_TIMEOUT, |s| s.live >= MAX_HANDSHAKES)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+            if slots.live >= MAX_HANDSHAKES {
+                return None;
+            }
         }
-        Some(Handshaking(Arc::clone(&self.0)))
+        slots.live += 1;
+        slots.last += 1;
+        let number = slots.last;
+        slots.open.insert(number, handle);
+        Some(Handshaking {
+            in_flight: Arc::clone(in_flight),
+            number,
+        })
+    }
+}
+
+impl Handshaking {
+    /// Ends the handshake, which can then no longer be cut short: `true`
+    /// if it was not, and so its connection is whole.
+    pub(crate) fn finish(self) -> bool {
+        self.in_flight.lock().open.remove(&self.number).is_some()
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut slots = self.in_flight.lock();
+        slots.open.remove(&self.number);
+        slots.live -= 1;
+        drop(slots);
+        self.in_flight.ended.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    /// One connection more than the bound: the oldest handshake is cut
+    /// short (its socket shut down, its `finish` false), and only it.
+    #[test]
+    fn a_connection_over_the_bound_cuts_the_oldest_handshake_short() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Handshakes::default();
+        let mut clients = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..=MAX_HANDSHAKES {
+            clients.push(TcpStream::connect(addr).unwrap());
+            let (mut stream, _) = listener.accept().unwrap();
+            // The last `begin` returns once the oldest has ended.
+            let pending = handshakes.begin(&stream).unwrap();
+            // As a handshake does: read until the peer speaks or the
+            // socket is shut down.
+            servers.push(std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                let read = stream.read(&mut byte).ok();
+                (read, pending.finish())
+            }));
+        }
+        let mut servers = servers.into_iter();
+        let oldest = servers.next().unwrap().join().unwrap();
+        assert_eq!(oldest, (Some(0), false));
+        let mut byte = [0u8; 1];
+        assert_eq!(clients[0].read(&mut byte).unwrap(), 0);
+        for client in &mut clients[1..] {
+            client.write_all(&[1]).unwrap();
+        }
+        for server in servers {
+            assert_eq!(server.join().unwrap(), (Some(1), true));
+        }
     }
 }
