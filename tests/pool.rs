@@ -656,3 +656,115 @@ fn forked_workers_serve_and_are_replaced_when_they_die() {
     let again: Vec<u64> = pool.map(entry!(square), 0..10u64).unwrap();
     assert_eq!(again[9], 81);
 }
+
+/// Runs `f` on a thread of its own: `None` if it has not returned within
+/// `bound` (the thread is then left behind: that is the hang).
+fn within<T: Send + 'static>(bound: Duration, f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(bound).ok()
+}
+
+/// A bound on a call that must not hang: generous, since it only turns a
+/// hang into a failure.
+const NO_HANG: Duration = Duration::from_secs(60);
+
+/// Counts its runs and sends its pid; the first `ok` runs return, later
+/// ones wait for ever on `never` (an event nobody sets).
+#[process_entry]
+fn init_hangs_after(runs: Value<u64>, pids: Queue<u32>, ok: u64, never: Event) {
+    let run = {
+        let mut runs = runs.lock().unwrap();
+        *runs += 1;
+        *runs
+    };
+    pids.put(std::process::id()).unwrap();
+    if run > ok {
+        never.wait();
+    }
+}
+
+/// A pool of `processes` workers where one worker has died and its
+/// replacement is stuck in its initializer; also that replacement's pid.
+fn pool_with_a_hung_replacement(processes: u64) -> (Pool, u32) {
+    let runs = Value::new(0u64).unwrap();
+    let pids = Queue::new().unwrap();
+    let never = Event::new().unwrap();
+    let pool = Pool::builder()
+        .processes(processes as usize)
+        .initializer(
+            entry!(init_hangs_after),
+            (runs, pids.clone(), processes, never),
+        )
+        .build()
+        .unwrap();
+    let err = pool
+        .apply(entry!(dies_at), (0, 0, Death::Exit3))
+        .unwrap_err();
+    expect_death(&err, Death::Exit3);
+    let mut hung = 0;
+    for _ in 0..=processes {
+        hung = pids.get_timeout(common::BOUND).unwrap();
+    }
+    (pool, hung)
+}
+
+fn is_gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn terminate_returns_while_a_replacement_hangs_in_its_initializer() {
+    let (pool, hung) = pool_with_a_hung_replacement(2);
+    // The other worker still serves.
+    assert_eq!(pool.apply(entry!(square), (4,)).unwrap(), 16);
+    let pool = Arc::new(pool);
+    let p = Arc::clone(&pool);
+    assert!(
+        within(NO_HANG, move || p.terminate()).is_some(),
+        "terminate() hung on a replacement stuck in its initializer"
+    );
+    assert!(is_gone(hung), "the hung replacement {hung} was not reaped");
+}
+
+#[test]
+fn drop_returns_while_a_replacement_hangs_in_its_initializer() {
+    let (pool, hung) = pool_with_a_hung_replacement(1);
+    assert!(
+        within(NO_HANG, move || drop(pool)).is_some(),
+        "dropping the pool hung on a replacement stuck in its initializer"
+    );
+    assert!(is_gone(hung), "the hung replacement {hung} was not reaped");
+}
+
+/// Nothing left to run, so the replacement's initializer is not waited
+/// for (Python's `join` would wait for it for ever).
+#[test]
+fn join_returns_while_a_replacement_hangs_in_its_initializer() {
+    let (pool, hung) = pool_with_a_hung_replacement(2);
+    pool.close();
+    let pool = Arc::new(pool);
+    let p = Arc::clone(&pool);
+    let joined = within(NO_HANG, move || p.join().map_err(|e| e.to_string()))
+        .expect("close() and join() hung on a replacement stuck in its initializer");
+    joined.unwrap();
+    assert!(is_gone(hung), "the hung replacement {hung} was not reaped");
+}
+
+/// A task waits for the only worker to be ready (as in Python); when the
+/// pool is terminated, it fails.
+#[test]
+fn a_task_waiting_for_a_hung_replacement_fails_when_the_pool_is_terminated() {
+    let (pool, hung) = pool_with_a_hung_replacement(1);
+    let pending = pool.apply_async(entry!(square), (5,)).unwrap();
+    let pool = Arc::new(pool);
+    let p = Arc::clone(&pool);
+    let terminated = within(NO_HANG, move || p.terminate());
+    let err = pending.get_timeout(common::BOUND).unwrap_err();
+    assert!(err.is_disconnected(), "{err}");
+    assert!(err.to_string().contains("terminated"), "{err}");
+    assert!(terminated.is_some(), "terminate() hung");
+    assert!(is_gone(hung), "the hung replacement {hung} was not reaped");
+}

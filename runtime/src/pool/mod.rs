@@ -99,6 +99,11 @@ const IMAP_CHUNKS_PER_WORKER: usize = 64;
 /// - Dropping the pool terminates it: running tasks are killed, queued ones
 ///   fail. Call [`close`](Pool::close) and [`join`](Pool::join) to let them
 ///   finish.
+/// - A task waits for a worker that is ready, as in Python. If no worker
+///   is (each dead worker's replacement is still in an initializer that
+///   never returns), tasks wait until one is: [`AsyncResult::get_timeout`]
+///   bounds that wait, and [`terminate`](Pool::terminate) (or dropping the
+///   pool) kills the workers, starting ones too, and fails the tasks.
 pub struct Pool {
     inner: Arc<scheduler::Pool>,
     threads: Mutex<Vec<ThreadHandle<()>>>,
@@ -432,14 +437,18 @@ impl Pool {
     /// After [`close`](Self::close): waits for every submitted task to be
     /// answered, then for the workers to exit. An error if the pool was not
     /// closed (or terminated) first, as in Python.
+    ///
+    /// A replacement worker still in its initializer then has nothing to
+    /// run, so it is killed rather than waited for (Python's `join` waits
+    /// for it, for ever if its initializer never returns).
     pub fn join(&self) -> Result<()> {
         self.inner.finish()?;
         self.join_threads();
         Ok(())
     }
 
-    /// Kills the workers at once; tasks not answered yet fail. Waits until
-    /// every worker is reaped.
+    /// Kills the workers at once (those still in their initializer too);
+    /// tasks not answered yet fail. Waits until every worker is reaped.
     pub fn terminate(&self) {
         self.inner.terminate();
         self.join_threads();

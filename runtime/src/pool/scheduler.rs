@@ -279,6 +279,9 @@ impl Live {
 #[derive(Debug, Default)]
 struct Slot {
     worker: Option<Live>,
+    /// A worker started for this slot and not ready yet (in its
+    /// initializer): here so that `terminate` and `finish` can kill it.
+    starting: Option<Box<dyn WorkerProc>>,
     /// Could not be (re)started: serves no more.
     dead: bool,
 }
@@ -361,6 +364,7 @@ impl Pool {
             .into_iter()
             .map(|(conn, proc)| Slot {
                 worker: Some(Live::new(conn, proc)),
+                starting: None,
                 dead: false,
             })
             .collect();
@@ -657,30 +661,23 @@ impl Pool {
     /// Starts a new worker in slot `idx`; false if the pool ended meanwhile
     /// or no worker could be started.
     fn replace(&self, idx: usize) -> bool {
-        let start = || {
-            launch(&self.config).and_then(|(conn, proc)| {
-                let proc = await_ready(&conn, proc)?;
-                Ok((conn, proc))
-            })
-        };
         // A start can fail by bad luck (a worker killed while it starts);
         // a failure every time (an initializer that always fails, no more
         // processes allowed) ends the slot.
-        let mut started = start();
+        let mut started = self.start_worker(idx);
         for _ in 1..START_ATTEMPTS {
-            let ended = {
-                let state = lock(&self.state);
-                state.terminated || state.stopping
-            };
-            if started.is_ok() || ended {
+            if started.is_ok() || self.ended() {
                 break;
             }
-            started = start();
+            started = self.start_worker(idx);
         }
         let mut state = lock(&self.state);
         let mut failed = Vec::new();
         let (conn, proc) = match started {
-            Ok(worker) => worker,
+            Ok(Some(worker)) => worker,
+            Ok(None) => return false,
+            // Killed by `terminate` or `finish` while it started.
+            Err(_) if state.terminated || state.stopping => return false,
             Err(e) => {
                 state.slots[idx].dead = true;
                 if state.slots.iter().all(|s| s.dead) {
@@ -713,12 +710,42 @@ impl Pool {
         true
     }
 
+    fn ended(&self) -> bool {
+        let state = lock(&self.state);
+        state.terminated || state.stopping
+    }
+
+    /// Starts a worker for slot `idx` and waits until it is ready. While
+    /// it starts it is the slot's `starting`, so that ending the pool kills
+    /// it, which ends this wait. `Ok(None)`: the pool ended first.
+    fn start_worker(&self, idx: usize) -> Result<Option<Started>> {
+        let (conn, proc) = launch(&self.config)?;
+        {
+            let mut state = lock(&self.state);
+            if state.terminated || state.stopping {
+                drop(state);
+                proc.kill();
+                let _ = proc.wait();
+                return Ok(None);
+            }
+            state.slots[idx].starting = Some(proc);
+        }
+        let first = conn.recv();
+        // Only this thread takes it out.
+        let Some(proc) = lock(&self.state).slots[idx].starting.take() else {
+            return Ok(None);
+        };
+        let proc = ready(first, proc)?;
+        Ok(Some((conn, proc)))
+    }
+
     pub(crate) fn close(&self) {
         lock(&self.state).closed = true;
     }
 
     /// Waits until every task has been answered, then tells the workers to
-    /// exit. Only after [`close`](Self::close).
+    /// exit and kills those still starting. Only after
+    /// [`close`](Self::close).
     pub(crate) fn finish(&self) -> Result<()> {
         let mut state = lock(&self.state);
         if !state.closed && !state.terminated {
@@ -735,11 +762,19 @@ impl Pool {
             if let Some(live) = &slot.worker {
                 let _ = live.conn.send(&Msg::Stop);
             }
+            // A replacement still in its initializer has no task to finish,
+            // and nothing is left to give it: it is killed, not waited for.
+            // (Python's `join` waits for it, for ever if its initializer
+            // never returns.)
+            if let Some(proc) = &slot.starting {
+                proc.kill();
+            }
         }
         Ok(())
     }
 
-    /// Kills every worker and fails every task not yet answered.
+    /// Kills every worker (those still starting too) and fails every task
+    /// not yet answered.
     pub(crate) fn terminate(&self) {
         let mut state = lock(&self.state);
         state.terminated = true;
@@ -750,6 +785,9 @@ impl Pool {
             if let Some(live) = &mut slot.worker {
                 live.proc.kill();
                 failed.extend(live.outstanding.drain(..).map(|p| p.fail(&err)));
+            }
+            if let Some(proc) = &slot.starting {
+                proc.kill();
             }
         }
         self.idle.notify_all();
@@ -778,8 +816,13 @@ fn launch(config: &Config) -> Result<Started> {
 
 /// Waits for a new worker to say its initializer ran.
 fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
+    ready(conn.recv(), proc)
+}
+
+/// What a new worker's first message (`first`) says: ready, or why not.
+fn ready(first: Result<Msg, RecvError>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
     let describe = proc.describe();
-    match conn.recv() {
+    match first {
         Ok(Msg::Ready) => Ok(proc),
         Ok(Msg::InitFailed(outcome)) => {
             let _ = proc.wait();
