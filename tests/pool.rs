@@ -768,3 +768,30 @@ fn a_task_waiting_for_a_hung_replacement_fails_when_the_pool_is_terminated() {
     assert!(terminated.is_some(), "terminate() hung");
     assert!(is_gone(hung), "the hung replacement {hung} was not reaped");
 }
+
+/// Forks a child that keeps every descriptor of the worker (its connection
+/// to the pool among them) for a minute, then exits with `code`.
+#[process_entry]
+fn fork_then_exit(code: i32) -> u64 {
+    multiproc::__private::fork_lingering_child(Duration::from_secs(60)).unwrap();
+    std::process::exit(code)
+}
+
+/// The worker's exit is seen by itself, not by its connection's end, which
+/// the forked child holds open.
+#[test]
+fn a_worker_that_forked_then_exited_fails_its_task_promptly() {
+    let pool = Pool::new(1).unwrap();
+    let pending = pool.apply_async(entry!(fork_then_exit), (5,)).unwrap();
+    let err = pending.get_timeout(common::BOUND).unwrap_err();
+    assert!(
+        !err.is_timeout(),
+        "the dead worker's task was still waited for: {err}"
+    );
+    assert!(err.is_exited(), "{err}");
+    assert_eq!(err.exitcode(), Some(5), "{err}");
+    assert!(err.to_string().contains("fork_then_exit"), "{err}");
+    // Replaced, and the pool serves on.
+    let pending = pool.apply_async(entry!(square), (6,)).unwrap();
+    assert_eq!(pending.get_timeout(common::BOUND).unwrap(), 36);
+}

@@ -481,6 +481,8 @@ pub mod __private {
         Entry, EntryRecord, Probe, RegisterEntry, RegisterNothing, Travel, travels,
     };
     #[cfg(feature = "test-hooks")]
+    pub use crate::sys::fork::fork_lingering_child;
+    #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
     #[cfg(feature = "test-hooks")]

@@ -3,6 +3,7 @@
 //! in `cluster/` for workers on other machines.
 
 use std::fmt;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -58,7 +59,16 @@ pub(crate) trait WorkerProc: Send + fmt::Debug {
     fn describe(&self) -> String;
     /// Kills it at once (`SIGKILL`). A no-op once it has exited.
     fn kill(&self);
-    /// Waits for it to exit (after its connection reported it gone) and
+    /// A descriptor of its own that becomes readable once the process has
+    /// exited (a copy of its pidfd), for a thread that waits on its
+    /// connection too: a process it forked may hold that connection open
+    /// after it is gone. `None` when nothing says so (no pidfd, or a worker
+    /// on another machine): then only the connection's end does.
+    fn exit_fd(&self) -> Option<OwnedFd> {
+        None
+    }
+    /// Waits for it to exit (after its connection or its `exit_fd`
+    /// reported it gone) and
     /// says how it ended: `Ok` for a clean exit, else the error `join`
     /// gives (signal, exit code).
     fn wait(self: Box<Self>) -> Result<(), Error>;
@@ -102,6 +112,10 @@ impl WorkerProc for SpawnedWorker {
 
     fn kill(&self) {
         let _ = self.0.kill();
+    }
+
+    fn exit_fd(&self) -> Option<OwnedFd> {
+        self.0.exit_fd()?.try_clone_to_owned().ok()
     }
 
     fn wait(self: Box<Self>) -> Result<(), Error> {

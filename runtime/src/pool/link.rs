@@ -5,6 +5,7 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
 
 use super::proto::Msg;
@@ -20,6 +21,10 @@ pub(crate) trait Link: Send + Sync + fmt::Debug {
     fn send(&self, msg: &Msg) -> Result<(), Error>;
     /// Receives one message.
     fn recv(&self) -> Result<Msg, RecvError>;
+    /// When `recv` would return: `None` if at once (a message already read
+    /// ahead), else a descriptor that is readable once a message arrives or
+    /// the connection ends.
+    fn readiness(&self) -> Option<BorrowedFd<'_>>;
 }
 
 impl Link for Connection<Msg> {
@@ -29,6 +34,10 @@ impl Link for Connection<Msg> {
 
     fn recv(&self) -> Result<Msg, RecvError> {
         Connection::recv(self)
+    }
+
+    fn readiness(&self) -> Option<BorrowedFd<'_>> {
+        Connection::readiness(self)
     }
 }
 
@@ -50,7 +59,9 @@ const LEN_BYTES: usize = 8;
 /// cannot cross to another machine.
 #[derive(Debug)]
 pub(crate) struct TcpLink {
-    reader: Mutex<(TcpStream, Vec<u8>)>,
+    /// Read from only under `reader`, the buffer of one message.
+    stream: TcpStream,
+    reader: Mutex<Vec<u8>>,
     writer: Mutex<TcpStream>,
     /// Why the link broke, once it did (for the worker's obituary).
     broken: Mutex<Option<String>>,
@@ -62,7 +73,8 @@ impl TcpLink {
             .try_clone()
             .map_err(|e| task::io_error("duplicating a TCP socket", e))?;
         Ok(Arc::new(TcpLink {
-            reader: Mutex::new((stream, Vec::new())),
+            stream,
+            reader: Mutex::new(Vec::new()),
             writer: Mutex::new(writer),
             broken: Mutex::new(None),
         }))
@@ -109,8 +121,8 @@ impl Link for TcpLink {
     }
 
     fn recv(&self) -> Result<Msg, RecvError> {
-        let mut guard = lock(&self.reader);
-        let (stream, buf) = &mut *guard;
+        let mut buf = lock(&self.reader);
+        let mut stream = &self.stream;
         let mut len = [0u8; LEN_BYTES];
         let mut got = 0;
         while got < LEN_BYTES {
@@ -138,7 +150,7 @@ impl Link for TcpLink {
         }
         buf.clear();
         // Grows with what arrives, not with what was announced.
-        match (&mut *stream).take(len).read_to_end(buf) {
+        match stream.take(len).read_to_end(&mut buf) {
             Ok(n) if n as u64 == len => {}
             Ok(_) => {
                 self.record("the connection ended in the middle of a message");
@@ -149,11 +161,16 @@ impl Link for TcpLink {
                 return Err(RecvError::Disconnected);
             }
         }
-        let msg = crate::wire::decode::<Msg>(buf, Vec::new()).map_err(RecvError::Failed);
+        let msg = crate::wire::decode::<Msg>(&buf, Vec::new()).map_err(RecvError::Failed);
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();
         }
         msg
+    }
+
+    /// Nothing is read ahead: only the socket can say.
+    fn readiness(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.stream.as_fd())
     }
 }
 

@@ -3,6 +3,7 @@
 //! death, fails exactly what it held and starts its replacement.
 
 use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,6 +13,8 @@ use super::link::Link;
 use super::proto::{Chunk, Item, Msg, Outcome, Shared as OnWire};
 use super::results::Results;
 use super::task;
+use rustix::event::{PollFd, PollFlags};
+
 use crate::{Error, ErrorKind};
 use crate::{RecvError, Result};
 
@@ -541,11 +544,11 @@ impl Pool {
     /// replaces it when it dies, until the pool ends.
     fn serve_slot(&self, idx: usize) {
         loop {
-            let conn = match &lock(&self.state).slots[idx].worker {
-                Some(live) => Arc::clone(&live.conn),
+            let (conn, exit) = match &lock(&self.state).slots[idx].worker {
+                Some(live) => (Arc::clone(&live.conn), live.proc.exit_fd()),
                 None => return,
             };
-            self.collect(idx, &conn);
+            self.collect(idx, &conn, exit.as_ref());
             drop(conn);
             if !self.bury(idx) {
                 return;
@@ -556,9 +559,13 @@ impl Pool {
         }
     }
 
-    /// Takes the worker's answers until its connection ends.
-    fn collect(&self, idx: usize, conn: &Arc<dyn Link>) {
+    /// Takes the worker's answers until its connection ends, or until it
+    /// has exited (`exit`: its exit descriptor) and left nothing unread.
+    fn collect(&self, idx: usize, conn: &Arc<dyn Link>, exit: Option<&OwnedFd>) {
         loop {
+            if listen(&**conn, exit) == Heard::Exited {
+                return;
+            }
             let (id, outcomes) = match conn.recv() {
                 Ok(Msg::Done { id, outcomes }) => (id, outcomes),
                 Ok(_) | Err(RecvError::Failed(_)) => {
@@ -720,6 +727,7 @@ impl Pool {
     /// it, which ends this wait. `Ok(None)`: the pool ended first.
     fn start_worker(&self, idx: usize) -> Result<Option<Started>> {
         let (conn, proc) = launch(&self.config)?;
+        let exit = proc.exit_fd();
         {
             let mut state = lock(&self.state);
             if state.terminated || state.stopping {
@@ -730,7 +738,10 @@ impl Pool {
             }
             state.slots[idx].starting = Some(proc);
         }
-        let first = conn.recv();
+        let first = match listen(&*conn, exit.as_ref()) {
+            Heard::Message => conn.recv(),
+            Heard::Exited => Err(RecvError::Disconnected),
+        };
         // Only this thread takes it out.
         let Some(proc) = lock(&self.state).slots[idx].starting.take() else {
             return Ok(None);
@@ -816,7 +827,55 @@ fn launch(config: &Config) -> Result<Started> {
 
 /// Waits for a new worker to say its initializer ran.
 fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
-    ready(conn.recv(), proc)
+    let exit = proc.exit_fd();
+    let first = match listen(&**conn, exit.as_ref()) {
+        Heard::Message => conn.recv(),
+        Heard::Exited => Err(RecvError::Disconnected),
+    };
+    ready(first, proc)
+}
+
+/// What ended a wait on a worker.
+#[derive(Debug, PartialEq, Eq)]
+enum Heard {
+    /// Its connection has a message, or has ended: `recv` returns now.
+    Message,
+    /// Its process has exited, and left nothing unread.
+    Exited,
+}
+
+/// Waits until the worker's connection has something to receive, or its
+/// process has exited (`exit` is readable). The connection alone does not
+/// tell: a process the worker forked may hold it open after the worker is
+/// gone.
+fn listen(conn: &dyn Link, exit: Option<&OwnedFd>) -> Heard {
+    let Some(exit) = exit else {
+        return Heard::Message;
+    };
+    loop {
+        let Some(socket) = conn.readiness() else {
+            return Heard::Message;
+        };
+        let mut fds = [
+            PollFd::from_borrowed_fd(socket, PollFlags::IN),
+            PollFd::new(exit, PollFlags::IN),
+        ];
+        // A failed poll leaves it to `recv`, which waits on the
+        // connection alone.
+        if crate::sys::poll::poll(&mut fds, None).is_err() || !fds[0].revents().is_empty() {
+            return Heard::Message;
+        }
+        if fds[1].revents().is_empty() {
+            continue;
+        }
+        // It exited. Whatever it wrote before is in the socket by now, but
+        // poll may have looked at the socket just before it arrived.
+        let mut again = [PollFd::from_borrowed_fd(socket, PollFlags::IN)];
+        return match crate::sys::poll::poll(&mut again, Some(Duration::ZERO)) {
+            Ok(0) => Heard::Exited,
+            _ => Heard::Message,
+        };
+    }
 }
 
 /// What a new worker's first message (`first`) says: ready, or why not.

@@ -130,3 +130,28 @@ pub(crate) fn fork(_single: &SingleThreaded) -> io::Result<Forked> {
             .ok_or_else(|| io::Error::other("fork returned a negative pid")),
     }
 }
+
+/// Test hook: forks a child that holds a copy of every descriptor of this
+/// process (its sockets among them) for `linger`, then exits, as a C
+/// library or a daemonizing crate might fork behind a task's back. Works in
+/// a process with many threads, since the child calls only `sleep` and
+/// `_exit`.
+#[cfg(feature = "test-hooks")]
+pub fn fork_lingering_child(linger: std::time::Duration) -> io::Result<()> {
+    let secs = libc::c_uint::try_from(linger.as_secs()).unwrap_or(libc::c_uint::MAX);
+    // SAFETY: the child is a copy of this thread alone, so a lock another
+    // thread held stays locked in it; it therefore calls only `sleep` and
+    // `_exit`, which are async-signal-safe and take no lock, and touches no
+    // memory the parent could be changing.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: async-signal-safe calls only, as said above.
+            unsafe {
+                libc::sleep(secs);
+                libc::_exit(0)
+            }
+        }
+        _ => Ok(()),
+    }
+}
