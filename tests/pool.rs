@@ -795,3 +795,58 @@ fn a_worker_that_forked_then_exited_fails_its_task_promptly() {
     let pending = pool.apply_async(entry!(square), (6,)).unwrap();
     assert_eq!(pending.get_timeout(common::BOUND).unwrap(), 36);
 }
+
+#[process_entry]
+fn make_event(x: u64) -> Event {
+    let e = Event::new().unwrap();
+    if x.is_multiple_of(2) {
+        e.set();
+    }
+    e
+}
+
+/// More handles in one chunk's results than one message carries: they
+/// come back in several messages, as a chunk's arguments go out.
+#[test]
+fn many_handle_results_in_one_chunk_come_back() {
+    let pool = Pool::new(2).unwrap();
+    // The default chunk size: 300 items, each result one handle.
+    let events = pool.map(entry!(make_event), 0..2400u64).unwrap();
+    assert_eq!(events.len(), 2400);
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.is_set(), i.is_multiple_of(2), "item {i}");
+    }
+}
+
+#[process_entry]
+fn make_events(n: u64) -> Vec<Event> {
+    (0..n).map(|_| Event::new().unwrap()).collect()
+}
+
+/// Results of many handles each come back, a message each if need be; one
+/// with more than any message carries fails its item only, saying why.
+#[test]
+fn results_of_many_handles_each_come_back_or_say_why() {
+    let pool = Pool::new(1).unwrap();
+    let lens: Vec<usize> = pool
+        .map_chunked(entry!(make_events), [220, 1, 220], 3)
+        .unwrap()
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(lens, [220, 1, 220]);
+    let err = pool
+        .map_chunked(entry!(make_events), [1, 300, 2], 3)
+        .unwrap_err();
+    assert!(err.is_encode(), "{err} ({:?})", err.kind());
+    assert!(err.to_string().contains("item 1 of"), "{err}");
+    assert!(err.to_string().contains("handles"), "{err}");
+    let each: Vec<_> = [1, 300, 2]
+        .into_iter()
+        .map(|n| pool.apply_async(entry!(make_events), (n,)).unwrap())
+        .map(|r| r.get_timeout(common::BOUND).map(|v| v.len()))
+        .collect();
+    assert_eq!(each[0].as_ref().unwrap(), &1);
+    assert!(each[1].as_ref().unwrap_err().is_encode(), "{:?}", each[1]);
+    assert_eq!(each[2].as_ref().unwrap(), &2);
+}

@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::Fd;
 use crate::PanicReport;
 
+/// Most handles in one message either way: a worker's chunks, or a
+/// chunk's outcomes (the wire allows 252).
+pub(crate) const FDS_PER_MESSAGE: usize = 200;
+
 /// Encoded bytes that go on the wire as one byte string, not element by
 /// element.
 #[derive(Debug, Default)]
@@ -134,13 +138,26 @@ pub(crate) enum Msg {
     Ready,
     /// Worker → pool: the initializer failed; the worker exits.
     InitFailed(Outcome),
-    /// Worker → pool: the outcomes of one chunk, in item order.
+    /// Worker → pool: the outcomes of the next items of one chunk, in
+    /// item order. A chunk whose results hold many handles is answered in
+    /// several of these, each within [`FDS_PER_MESSAGE`] (or one outcome);
+    /// it is answered once all its items are.
     Done { id: u64, outcomes: Vec<Outcome> },
     /// Remote worker → pool, first: who it is.
     Hello(Hello),
     /// Pool → remote worker, once launched: what a local worker gets as
     /// its entry's argument.
     Boot(Boot),
+}
+
+impl Outcome {
+    /// How many handles it holds.
+    pub(crate) fn fds(&self) -> usize {
+        match self {
+            Outcome::Value(item) => item.fds.len(),
+            _ => 0,
+        }
+    }
 }
 
 impl Item {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::launch::{Launch, Started, WorkerProc};
 use super::link::Link;
-use super::proto::{Chunk, Item, Msg, Outcome, Shared as OnWire};
+use super::proto::{Chunk, FDS_PER_MESSAGE, Item, Msg, Outcome, Shared as OnWire};
 use super::results::Results;
 use super::task;
 use rustix::event::{PollFd, PollFlags};
@@ -30,8 +30,6 @@ const QUEUED_WORK: Duration = Duration::from_millis(2);
 const FIRST_GUESS: Duration = QUEUED_WORK;
 /// How often a worker is started before its slot is given up.
 const START_ATTEMPTS: usize = 3;
-/// Most handles in one message to a worker (the wire allows 253).
-const FDS_PER_MESSAGE: usize = 200;
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -235,6 +233,9 @@ struct Live {
     /// Sent and not answered, in the order the worker runs them: the
     /// first is the one it is running.
     outstanding: VecDeque<Pending>,
+    /// The outcomes of the first outstanding chunk that came so far (a
+    /// chunk's outcomes may come in several messages).
+    answers: Vec<Outcome>,
     /// A send failed: the worker is going; send it nothing more.
     gone: bool,
     /// Since when the first outstanding chunk has been running (about).
@@ -250,6 +251,7 @@ impl Live {
             proc,
             sent: 0,
             outstanding: VecDeque::new(),
+            answers: Vec::new(),
             gone: false,
             front_since: Instant::now(),
             chunk_time: None,
@@ -582,14 +584,22 @@ impl Pool {
                 return;
             };
             let describe = live.proc.describe();
-            let matches = live
-                .outstanding
-                .front()
-                .is_some_and(|p| p.chunk.id == id && p.chunk.items.len() == outcomes.len());
-            if !matches {
+            let expected = match live.outstanding.front() {
+                Some(p) if p.chunk.id == id => p.chunk.items.len(),
+                _ => {
+                    live.proc.kill();
+                    return;
+                }
+            };
+            if live.answers.len() + outcomes.len() > expected {
                 live.proc.kill();
                 return;
             }
+            live.answers.extend(outcomes);
+            if live.answers.len() < expected {
+                continue;
+            }
+            let outcomes = std::mem::take(&mut live.answers);
             let Some(done) = live.outstanding.pop_front() else {
                 return;
             };

@@ -4,9 +4,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use super::link::{Link, REMOTE_HANDLE};
-use super::proto::{Boot, Chunk, FailKind, Msg, Outcome};
+use super::proto::{Boot, Chunk, FDS_PER_MESSAGE, FailKind, Msg, Outcome};
 use super::task;
-use crate::Connection;
+use crate::{Connection, Error, ErrorKind};
 use multiproc_macros::process_entry;
 
 /// The exit code of a remote worker that could not reach its pool, or got
@@ -108,13 +108,7 @@ pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
             }
         };
         task::running(None);
-        if link
-            .send(&Msg::Done {
-                id: chunk.id,
-                outcomes,
-            })
-            .is_err()
-        {
+        if answer(&*link, chunk.id, outcomes).is_err() {
             return;
         }
         ran += 1;
@@ -122,4 +116,57 @@ pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
             return;
         }
     }
+}
+
+/// Sends the outcomes of chunk `id`: in as many messages as keep each
+/// within [`FDS_PER_MESSAGE`] handles (results may hold more, all told,
+/// than one message carries). An error only if the pool is gone.
+fn answer(link: &dyn Link, id: u64, outcomes: Vec<Outcome>) -> Result<(), Error> {
+    let mut part = Vec::new();
+    let mut fds = 0;
+    for outcome in outcomes {
+        if !part.is_empty() && fds + outcome.fds() > FDS_PER_MESSAGE {
+            send_part(link, id, std::mem::take(&mut part))?;
+            fds = 0;
+        }
+        fds += outcome.fds();
+        part.push(outcome);
+    }
+    send_part(link, id, part)
+}
+
+/// Sends one part of a chunk's outcomes. If it cannot be encoded, sends
+/// them one by one, each that still cannot go replaced by why (the pool
+/// names its item), so no result is lost without a word.
+fn send_part(link: &dyn Link, id: u64, outcomes: Vec<Outcome>) -> Result<(), Error> {
+    let msg = Msg::Done { id, outcomes };
+    match link.send(&msg) {
+        Err(e) if e.kind() == ErrorKind::Encode => {}
+        sent => return sent,
+    }
+    let Msg::Done { outcomes, .. } = msg else {
+        return Ok(());
+    };
+    for outcome in outcomes {
+        let msg = Msg::Done {
+            id,
+            outcomes: vec![outcome],
+        };
+        let failure = match link.send(&msg) {
+            Err(e) if e.kind() == ErrorKind::Encode => e,
+            sent => {
+                sent?;
+                continue;
+            }
+        };
+        let why = Msg::Done {
+            id,
+            outcomes: vec![Outcome::Failed {
+                kind: FailKind::Encode,
+                message: format!("could not send its result: {failure:#}"),
+            }],
+        };
+        link.send(&why)?;
+    }
+    Ok(())
 }
