@@ -770,10 +770,12 @@ fn a_task_waiting_for_a_hung_replacement_fails_when_the_pool_is_terminated() {
 }
 
 /// Forks a child that keeps every descriptor of the worker (its connection
-/// to the pool among them) for a minute, then exits with `code`.
+/// to the pool among them) a little longer than the test's bound, then
+/// exits with `code`.
 #[process_entry]
 fn fork_then_exit(code: i32) -> u64 {
-    multiproc::__private::fork_lingering_child(Duration::from_secs(60)).unwrap();
+    let linger = common::BOUND + Duration::from_secs(5);
+    multiproc::__private::fork_lingering_child(linger).unwrap();
     std::process::exit(code)
 }
 
