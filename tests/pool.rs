@@ -46,6 +46,7 @@ enum Death {
     Kill,
     Abort,
     Exit3,
+    Exit0,
 }
 
 #[process_entry]
@@ -59,6 +60,7 @@ fn dies_at(x: u64, bad: u64, how: Death) -> u64 {
             }
             Death::Abort => std::process::abort(),
             Death::Exit3 => std::process::exit(3),
+            Death::Exit0 => std::process::exit(0),
         }
     }
     x * 10
@@ -113,10 +115,15 @@ fn expect_death(err: &multiproc::Error, how: Death) {
             assert!(err.is_exited(), "{err}");
             assert_eq!(err.exitcode(), Some(3), "{err}");
         }
+        // A clean exit in the middle of a task is an exit too.
+        Death::Exit0 => {
+            assert!(err.is_exited(), "{err}");
+            assert_eq!(err.exitcode(), Some(0), "{err}");
+        }
     }
 }
 
-const DEATHS: [Death; 3] = [Death::Kill, Death::Abort, Death::Exit3];
+const DEATHS: [Death; 4] = [Death::Kill, Death::Abort, Death::Exit3, Death::Exit0];
 
 #[test]
 fn map_starmap_apply_in_order() {

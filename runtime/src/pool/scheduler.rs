@@ -652,9 +652,11 @@ impl Pool {
         if let Some(running) = outstanding.pop_front() {
             let why = match &why {
                 Err(e) => Failure::died(describe, e),
-                Ok(()) => Failure::new(
-                    ErrorKind::Disconnected,
-                    format!("was lost: {describe} exited before answering"),
+                // A clean exit in the middle of a task (`exit(0)` from
+                // it): an exit all the same, with its code.
+                Ok(()) => Failure::died(
+                    describe,
+                    &Error::new(ErrorKind::Exited, "exit code 0").with_exitcode(0),
                 ),
             };
             failed.push(running.fail(&why));
