@@ -12,7 +12,9 @@
 //! whose read end is here. Reaping it here is reading that pipe; waiting is
 //! polling it. If the server dies first (the pipe ends without a status),
 //! the pidfd the server opened for the child says when it has ended, and
-//! its status is [`ExitStatus::Unknown`].
+//! its status is [`ExitStatus::Unknown`]; so it is if the server is alive
+//! but says nothing for [`STATUS_GRACE`] after the pidfd said the child
+//! ended (it is stopped). An ended child is never running, status or not.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
