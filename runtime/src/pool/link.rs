@@ -5,13 +5,13 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use super::proto::Msg;
 use super::scheduler::lock;
 use super::task;
-use crate::{Connection, Error, ErrorKind, RecvError};
+use crate::{Connection, Error, ErrorKind, RecvError, RecvTimeoutError};
 
 /// Carries [`Msg`]s both ways. `send` and `recv` may run at once on two
 /// threads.
@@ -21,10 +21,13 @@ pub(crate) trait Link: Send + Sync + fmt::Debug {
     fn send(&self, msg: &Msg) -> Result<(), Error>;
     /// Receives one message.
     fn recv(&self) -> Result<Msg, RecvError>;
-    /// When `recv` would return: `None` if at once (a message already read
-    /// ahead), else a descriptor that is readable once a message arrives or
-    /// the connection ends.
-    fn readiness(&self) -> Option<BorrowedFd<'_>>;
+    /// Receives one message if it comes within `timeout`: `None` if not
+    /// (a message still arriving then is kept for the next receive). A
+    /// link that cannot wait with a deadline waits for ever.
+    fn recv_within(&self, timeout: Duration) -> Option<Result<Msg, RecvError>> {
+        let _ = timeout;
+        Some(self.recv())
+    }
 }
 
 impl Link for Connection<Msg> {
@@ -36,8 +39,13 @@ impl Link for Connection<Msg> {
         Connection::recv(self)
     }
 
-    fn readiness(&self) -> Option<BorrowedFd<'_>> {
-        Connection::readiness(self)
+    fn recv_within(&self, timeout: Duration) -> Option<Result<Msg, RecvError>> {
+        match self.recv_timeout(timeout) {
+            Ok(msg) => Some(Ok(msg)),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Err(RecvError::Disconnected)),
+            Err(RecvTimeoutError::Failed(e)) => Some(Err(RecvError::Failed(e))),
+        }
     }
 }
 
@@ -59,9 +67,7 @@ const LEN_BYTES: usize = 8;
 /// cannot cross to another machine.
 #[derive(Debug)]
 pub(crate) struct TcpLink {
-    /// Read from only under `reader`, the buffer of one message.
-    stream: TcpStream,
-    reader: Mutex<Vec<u8>>,
+    reader: Mutex<(TcpStream, Vec<u8>)>,
     writer: Mutex<TcpStream>,
     /// Why the link broke, once it did (for the worker's obituary).
     broken: Mutex<Option<String>>,
@@ -73,8 +79,7 @@ impl TcpLink {
             .try_clone()
             .map_err(|e| task::io_error("duplicating a TCP socket", e))?;
         Ok(Arc::new(TcpLink {
-            stream,
-            reader: Mutex::new(Vec::new()),
+            reader: Mutex::new((stream, Vec::new())),
             writer: Mutex::new(writer),
             broken: Mutex::new(None),
         }))
@@ -121,8 +126,8 @@ impl Link for TcpLink {
     }
 
     fn recv(&self) -> Result<Msg, RecvError> {
-        let mut buf = lock(&self.reader);
-        let mut stream = &self.stream;
+        let mut guard = lock(&self.reader);
+        let (stream, buf) = &mut *guard;
         let mut len = [0u8; LEN_BYTES];
         let mut got = 0;
         while got < LEN_BYTES {
@@ -150,7 +155,7 @@ impl Link for TcpLink {
         }
         buf.clear();
         // Grows with what arrives, not with what was announced.
-        match stream.take(len).read_to_end(&mut buf) {
+        match (&mut *stream).take(len).read_to_end(buf) {
             Ok(n) if n as u64 == len => {}
             Ok(_) => {
                 self.record("the connection ended in the middle of a message");
@@ -161,16 +166,11 @@ impl Link for TcpLink {
                 return Err(RecvError::Disconnected);
             }
         }
-        let msg = crate::wire::decode::<Msg>(&buf, Vec::new()).map_err(RecvError::Failed);
+        let msg = crate::wire::decode::<Msg>(buf, Vec::new()).map_err(RecvError::Failed);
         if buf.capacity() > 1 << 20 {
             *buf = Vec::new();
         }
         msg
-    }
-
-    /// Nothing is read ahead: only the socket can say.
-    fn readiness(&self) -> Option<BorrowedFd<'_>> {
-        Some(self.stream.as_fd())
     }
 }
 

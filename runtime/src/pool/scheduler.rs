@@ -565,10 +565,10 @@ impl Pool {
     /// has exited (`exit`: its exit descriptor) and left nothing unread.
     fn collect(&self, idx: usize, conn: &Arc<dyn Link>, exit: Option<&OwnedFd>) {
         loop {
-            if listen(&**conn, exit) == Heard::Exited {
+            let Some(got) = receive(&**conn, exit) else {
                 return;
-            }
-            let (id, outcomes) = match conn.recv() {
+            };
+            let (id, outcomes) = match got {
                 Ok(Msg::Done { id, outcomes }) => (id, outcomes),
                 Ok(_) | Err(RecvError::Failed(_)) => {
                     // Not what a worker says: it is not to be trusted.
@@ -750,10 +750,7 @@ impl Pool {
             }
             state.slots[idx].starting = Some(proc);
         }
-        let first = match listen(&*conn, exit.as_ref()) {
-            Heard::Message => conn.recv(),
-            Heard::Exited => Err(RecvError::Disconnected),
-        };
+        let first = receive(&*conn, exit.as_ref()).unwrap_or(Err(RecvError::Disconnected));
         // Only this thread takes it out.
         let Some(proc) = lock(&self.state).slots[idx].starting.take() else {
             return Ok(None);
@@ -840,53 +837,35 @@ fn launch(config: &Config) -> Result<Started> {
 /// Waits for a new worker to say its initializer ran.
 fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
     let exit = proc.exit_fd();
-    let first = match listen(&**conn, exit.as_ref()) {
-        Heard::Message => conn.recv(),
-        Heard::Exited => Err(RecvError::Disconnected),
-    };
+    let first = receive(&**conn, exit.as_ref()).unwrap_or(Err(RecvError::Disconnected));
     ready(first, proc)
 }
 
-/// What ended a wait on a worker.
-#[derive(Debug, PartialEq, Eq)]
-enum Heard {
-    /// Its connection has a message, or has ended: `recv` returns now.
-    Message,
-    /// Its process has exited, and left nothing unread.
-    Exited,
-}
+/// How long a wait on a worker whose process can say it exited goes
+/// without looking whether it has.
+const EXIT_LOOK: Duration = Duration::from_millis(100);
 
-/// Waits until the worker's connection has something to receive, or its
-/// process has exited (`exit` is readable). The connection alone does not
-/// tell: a process the worker forked may hold it open after the worker is
-/// gone.
-fn listen(conn: &dyn Link, exit: Option<&OwnedFd>) -> Heard {
+/// Receives the worker's next message; `None` once its process has exited
+/// (`exit` is readable) and left nothing unread. Its connection alone does
+/// not tell: a process the worker forked may hold it open after the worker
+/// is gone. So a receive that waits looks at `exit` every [`EXIT_LOOK`]:
+/// one poll per message, as a plain receive makes, and not two.
+fn receive(conn: &dyn Link, exit: Option<&OwnedFd>) -> Option<Result<Msg, RecvError>> {
     let Some(exit) = exit else {
-        return Heard::Message;
+        return Some(conn.recv());
     };
     loop {
-        let Some(socket) = conn.readiness() else {
-            return Heard::Message;
-        };
-        let mut fds = [
-            PollFd::from_borrowed_fd(socket, PollFlags::IN),
-            PollFd::new(exit, PollFlags::IN),
-        ];
-        // A failed poll leaves it to `recv`, which waits on the
-        // connection alone.
-        if crate::sys::poll::poll(&mut fds, None).is_err() || !fds[0].revents().is_empty() {
-            return Heard::Message;
+        if let Some(got) = conn.recv_within(EXIT_LOOK) {
+            return Some(got);
         }
-        if fds[1].revents().is_empty() {
-            continue;
+        let mut fds = [PollFd::new(exit, PollFlags::IN)];
+        if matches!(
+            crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
+            Ok(1)
+        ) {
+            // Whatever it wrote before it exited is in the socket by now.
+            return conn.recv_within(Duration::ZERO);
         }
-        // It exited. Whatever it wrote before is in the socket by now, but
-        // poll may have looked at the socket just before it arrived.
-        let mut again = [PollFd::from_borrowed_fd(socket, PollFlags::IN)];
-        return match crate::sys::poll::poll(&mut again, Some(Duration::ZERO)) {
-            Ok(0) => Heard::Exited,
-            _ => Heard::Message,
-        };
     }
 }
 
