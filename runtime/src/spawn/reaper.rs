@@ -181,17 +181,6 @@ impl Child {
         }
     }
 
-    /// For a fork-server child that has ended with its status late: how
-    /// long until the status is given up.
-    fn status_grace_left(&self) -> Option<Duration> {
-        match &self.reaping {
-            Reaping::Server { late_since, .. } => {
-                lock(late_since).map(|since| STATUS_GRACE.saturating_sub(since.elapsed()))
-            }
-            Reaping::Us => None,
-        }
-    }
-
     /// Whether the child is still running: not reaped, and (for a child
     /// of the fork server, whose status may come late) its pidfd does not
     /// say it has exited.
@@ -230,8 +219,9 @@ impl Child {
                     // Ended but not reported yet: the server reaps and
                     // reports within moments, so wait that long (bounded,
                     // should the server be stopped). A status later than
-                    // `STATUS_GRACE` is given up. (`is_running` does not
-                    // wait for it: an ended child never looks alive.)
+                    // `STATUS_GRACE` is given up. (Past this wait,
+                    // `is_running` asks the pidfd itself: an ended child
+                    // never looks alive.)
                     if !self.has_ended()? {
                         return Ok(None);
                     }
@@ -332,18 +322,13 @@ impl Child {
                 }
                 None => None,
             };
-            // An ended child whose status is late waits no longer than
-            // the grace (then `try_reap` gives it up).
-            let remaining = match (remaining, self.status_grace_left()) {
-                (Some(r), Some(g)) => Some(r.min(g)),
-                (r, g) => r.or(g),
-            };
             match self.wait_fd() {
                 Some(fd) => {
                     // A fork-server child's status pipe stays silent if the
                     // server is stopped: look at its pidfd now and then
-                    // (`try_reap`), rather than be woken by it at every
-                    // child's end, which the server's status follows
+                    // (`try_reap`, which gives a status up once it is
+                    // `STATUS_GRACE` late), rather than be woken by it at
+                    // every child's end, which the server's status follows
                     // within moments anyway.
                     let remaining = match &self.reaping {
                         Reaping::Server { server_gone, .. }
