@@ -222,6 +222,35 @@ pub(crate) fn trim_backtrace(backtrace: &str, full: bool) -> String {
 /// Opaque on purpose: inspect it with [`Error::kind`] and the `is_*` helpers.
 /// Its `Display` says what happened and, where there is one, in which process
 /// and entry.
+///
+/// ```
+/// use multiproc::{process_entry, spawn, ErrorKind};
+///
+/// #[process_entry]
+/// fn gives_up(code: i32) -> u32 {
+///     std::process::exit(code)
+/// }
+///
+/// #[process_entry]
+/// fn checks(n: u32) -> u32 {
+///     assert!(n < 10, "{n} is too large");
+///     n
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let err = spawn!(gives_up, 3)?.join().unwrap_err();
+/// assert_eq!(err.kind(), ErrorKind::Exited);
+/// assert_eq!(err.exitcode(), Some(3));
+///
+/// let err = spawn!(checks, 12)?.join().unwrap_err();
+/// assert!(err.is_panicked());
+/// let report = err.panic().expect("a panic is reported");
+/// assert_eq!(report.message, "12 is too large");
+/// // process 'Process-N' (pid …, entry `…::checks`): panicked: '12 is too large' at src/…
+/// assert!(err.to_string().contains("12 is too large"));
+/// # Ok(())
+/// # }
+/// ```
 pub struct Error {
     inner: Box<Inner>,
 }

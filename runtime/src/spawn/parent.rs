@@ -403,6 +403,33 @@ enum Report {
 
 /// A running (or finished) child process; join it for the entry's result.
 ///
+/// ```
+/// use std::time::Duration;
+/// use multiproc::{process_entry, spawn, Connection, Pipe};
+///
+/// #[process_entry]
+/// fn double_what_comes(input: Connection<u64>) -> u64 {
+///     input.recv().map_or(0, |x| x * 2)
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let (rx, tx) = Pipe::<u64>::simplex()?;
+/// let mut child = spawn!(double_what_comes, rx)?;
+/// assert!(child.is_alive());
+/// assert_eq!(child.exitcode(), None);
+///
+/// // It waits for its input: a bounded join says so, and leaves the
+/// // handle (and the child) as they were.
+/// assert_eq!(child.join_timeout(Duration::from_millis(10))?, None);
+///
+/// tx.send(&21)?;
+/// assert_eq!(child.join_timeout(Duration::from_secs(60))?, Some(42));
+/// assert!(!child.is_alive());
+/// assert_eq!(child.exitcode(), Some(0));
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Caveats
 /// - Dropping the handle does not stop the child. A child still running is
 ///   reaped by a background thread when it ends (never left a zombie); a
