@@ -78,6 +78,40 @@ fn a_value_created_in_a_child_is_shared_with_the_parent() {
     assert_eq!(value.load().unwrap(), 42);
 }
 
+#[process_entry]
+fn flip(flag: Value<bool>, letter: Value<char>) -> Result<(bool, char), String> {
+    let was = {
+        let mut flag = flag.lock().map_err(text)?;
+        let was = *flag;
+        *flag = !was;
+        was
+    };
+    let old = letter.load().map_err(text)?;
+    letter.store('é').map_err(text)?;
+    Ok((was, old))
+}
+
+#[test]
+fn bool_and_char_values_are_shared_across_processes() {
+    let flag = Value::new(false).unwrap();
+    let letter = Value::new('a').unwrap();
+    let seen = spawn!(flip, flag.clone(), letter.clone())
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, (false, 'a'));
+    assert!(flag.load().unwrap());
+    assert_eq!(letter.load().unwrap(), 'é');
+    let seen = spawn!(flip, flag.clone(), letter.clone())
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, (true, 'é'));
+    assert!(!flag.load().unwrap());
+}
+
 // ---------------------------------------------------- Array, SharedMemory
 
 #[process_entry]
@@ -758,12 +792,16 @@ fn lock_timeout_gives_up_within_bounds() {
 
 #[process_entry]
 fn hold_value(value: Value<u64>, held: Event, release: Event) -> Result<(), String> {
-    let _guard = value.lock().map_err(text)?;
+    let mut guard = value.lock().map_err(text)?;
+    // Not written back: the process is killed before the guard is dropped.
+    *guard = 99;
     held.set();
     release.wait_timeout(BOUND);
     Ok(())
 }
 
+/// The value keeps what the killed holder last wrote back, not the change
+/// its guard still held.
 #[test]
 fn value_reports_owner_death_and_keeps_its_contents() {
     let value = Value::new(7u64).unwrap();

@@ -42,9 +42,13 @@ const WHAT: &str = "array's lock";
 /// ```
 ///
 /// # Caveats
-/// As for [`Value`](crate::Value): `T: bytemuck::Pod`, and a holder that
-/// dies makes the next `lock` report [`OwnerDied`](crate::ErrorKind::OwnerDied)
-/// and leave the lock free.
+/// - `T: bytemuck::Pod`: every byte pattern must be a `T`, because the
+///   guard is a view of the shared memory itself, not a copy. So unlike a
+///   [`Value`](crate::Value), an `Array` cannot hold `bool` or `char`:
+///   share `u8` or `u32` elements.
+/// - A holder that dies makes the next `lock` report
+///   [`OwnerDied`](crate::ErrorKind::OwnerDied) and leave the lock free;
+///   the elements may be half-written, but are always valid `T`s.
 pub struct Array<T> {
     pod: PodRegion<T>,
 }

@@ -7,7 +7,7 @@ use std::mem::{align_of, size_of};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use bytemuck::Pod;
+use bytemuck::{NoUninit, Pod};
 use serde::de::Error as _;
 use serde::{Deserializer, Serializer};
 
@@ -47,7 +47,7 @@ impl<T> Clone for PodRegion<T> {
     }
 }
 
-impl<T: Pod> PodRegion<T> {
+impl<T: NoUninit> PodRegion<T> {
     /// A region of `len` zeroed elements.
     pub(crate) fn zeroed(kind: RegionKind, len: usize) -> Result<PodRegion<T>, Error> {
         if size_of::<T>() == 0 || align_of::<T>() > MAX_ALIGN {
@@ -107,24 +107,20 @@ impl<T: Pod> PodRegion<T> {
         self.len
     }
 
+    /// The same region, seen as holding `U`s (a test's way to put bytes
+    /// that are not a `U` behind a handle of `U`).
+    #[cfg(test)]
+    pub(crate) fn retyped<U>(&self) -> PodRegion<U> {
+        PodRegion {
+            region: Arc::clone(&self.region),
+            len: self.len,
+            _elements: PhantomData,
+        }
+    }
+
     /// Locks the elements. `Ok(None)`: timed out.
     pub(crate) fn lock(&self, wait: Deadline, what: &str) -> Result<Option<DataGuard<'_>>, Error> {
         DataGuard::lock(&self.region, wait).map_err(|pid| super::owner_died(what, pid))
-    }
-
-    /// The elements, from a guard of this region.
-    pub(crate) fn elements<'g>(guard: &'g DataGuard<'_>) -> &'g [T] {
-        bytemuck::cast_slice(shm::data(guard))
-    }
-
-    /// The elements, writable, from a guard of this region.
-    pub(crate) fn elements_mut<'g>(guard: &'g mut DataGuard<'_>) -> &'g mut [T] {
-        bytemuck::cast_slice_mut(shm::data_mut(guard))
-    }
-
-    /// Where the elements start, for raw access.
-    pub(crate) fn as_ptr(&self) -> *mut T {
-        self.region.data_ptr().cast()
     }
 
     /// Debug helper: who holds the lock.
@@ -182,5 +178,23 @@ impl<T: Pod> PodRegion<T> {
             len,
             _elements: PhantomData,
         })
+    }
+}
+
+/// Typed access, for types of which every bit pattern is a value.
+impl<T: Pod> PodRegion<T> {
+    /// The elements, from a guard of this region.
+    pub(crate) fn elements<'g>(guard: &'g DataGuard<'_>) -> &'g [T] {
+        bytemuck::cast_slice(shm::data(guard))
+    }
+
+    /// The elements, writable, from a guard of this region.
+    pub(crate) fn elements_mut<'g>(guard: &'g mut DataGuard<'_>) -> &'g mut [T] {
+        bytemuck::cast_slice_mut(shm::data_mut(guard))
+    }
+
+    /// Where the elements start, for raw access.
+    pub(crate) fn as_ptr(&self) -> *mut T {
+        self.region.data_ptr().cast()
     }
 }

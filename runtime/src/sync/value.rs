@@ -1,18 +1,18 @@
 //! [`Value`]: Python's `multiprocessing.Value`.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use bytemuck::Pod;
+use bytemuck::{CheckedBitPattern, NoUninit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::RegionKind;
 use super::pod::PodRegion;
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::DataGuard;
 use crate::sys::lock_word::Deadline;
+use crate::sys::shm;
 
 const KIND: RegionKind = RegionKind::new(b"mpVL", "multiproc::Value");
 const WHAT: &str = "value's lock";
@@ -20,12 +20,14 @@ const WHAT: &str = "value's lock";
 /// One plain-old-data value in shared memory, with a built-in lock
 /// (Python's `multiprocessing.Value`).
 ///
-/// `T` is any [`Pod`] type: integers, floats, arrays of them, and
-/// `#[repr(C)]` structs of them without padding that derive [`Pod`] and
-/// [`Zeroable`](crate::Zeroable) (bytemuck's,
+/// `T` is any [`Pod`](crate::Pod) type: integers, floats, arrays of them,
+/// and `#[repr(C)]` structs of them without padding that derive
+/// [`Pod`](crate::Pod) and [`Zeroable`](crate::Zeroable) (bytemuck's,
 /// re-exported, so no dependency of your own is needed; see the second
-/// example). [`lock`](Self::lock) gives a guard that derefs to `T`;
-/// [`load`](Self::load) and [`store`](Self::store) take the lock for a
+/// example). `bool` and `char` work too, as does any type with bytemuck's
+/// [`CheckedBitPattern`] and [`NoUninit`]: the value's bytes are checked
+/// each time it is read. [`lock`](Self::lock) gives a guard that derefs to
+/// `T`; [`load`](Self::load) and [`store`](Self::store) take the lock for a
 /// single read or write.
 ///
 /// ```
@@ -79,16 +81,41 @@ const WHAT: &str = "value's lock";
 /// # }
 /// ```
 ///
+/// A flag, as Python's `Value(c_bool, False)`:
+///
+/// ```
+/// use multiproc::{process_entry, spawn, Value};
+///
+/// #[process_entry]
+/// fn finish(done: Value<bool>) -> bool {
+///     done.store(true).is_ok()
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let done = Value::new(false)?;
+/// assert!(spawn!(finish, done.clone())?.join()?);
+/// assert!(done.load()?);
+/// # Ok(())
+/// # }
+/// ```
+///
 /// # Caveats
-/// - `bool` is not `Pod` (not every byte is a valid `bool`): share a `u8`.
+/// - The guard works on a copy of the value, read when the lock is taken
+///   and written back when the guard is dropped (if it was changed). So
+///   keep `T` small: for many elements use an [`Array`](crate::Array).
 /// - If a process dies holding the lock, the next locker gets an
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and the lock is left
-///   free; the value may be half-written, but is always a valid `T`.
+///   free; the value is as the dead process last wrote it back, and may be
+///   half-written if it died while writing.
+/// - Bytes that are not a `T` (a `bool` other than 0 or 1, which only a
+///   process writing to the memory behind the lock's back could leave)
+///   make reading fail with [`Decode`](crate::ErrorKind::Decode);
+///   [`store`](Self::store) still overwrites them.
 pub struct Value<T> {
     pod: PodRegion<T>,
 }
 
-impl<T: Pod> Value<T> {
+impl<T: CheckedBitPattern + NoUninit> Value<T> {
     /// A new shared value, set to `value`.
     pub fn new(value: T) -> Result<Value<T>, Error> {
         Ok(Value {
@@ -97,9 +124,24 @@ impl<T: Pod> Value<T> {
     }
 
     fn acquire(&self, wait: Deadline) -> Result<Option<ValueGuard<'_, T>>, Error> {
-        Ok(self.pod.lock(wait, WHAT)?.map(|guard| ValueGuard {
+        let Some(guard) = self.pod.lock(wait, WHAT)? else {
+            return Ok(None);
+        };
+        // Unlocked by the guard's drop if the bytes are not a `T`.
+        let value =
+            bytemuck::checked::try_pod_read_unaligned::<T>(shm::data(&guard)).map_err(|_| {
+                Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "the shared value's bytes are not a valid `{}`",
+                        std::any::type_name::<T>()
+                    ),
+                )
+            })?;
+        Ok(Some(ValueGuard {
             guard,
-            _value: PhantomData,
+            value,
+            changed: false,
         }))
     }
 
@@ -131,9 +173,14 @@ impl<T: Pod> Value<T> {
         Ok(*self.lock()?)
     }
 
-    /// Writes the value under its lock.
+    /// Writes the value under its lock (without reading it first).
     pub fn store(&self, value: T) -> Result<(), Error> {
-        *self.lock()? = value;
+        let mut guard = loop {
+            if let Some(guard) = self.pod.lock(Deadline::Never, WHAT)? {
+                break guard;
+            }
+        };
+        shm::data_mut(&mut guard).copy_from_slice(bytemuck::bytes_of(&value));
         Ok(())
     }
 }
@@ -146,13 +193,13 @@ impl<T> Clone for Value<T> {
     }
 }
 
-impl<T: Pod> Serialize for Value<T> {
+impl<T: CheckedBitPattern + NoUninit> Serialize for Value<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.pod.serialize(KIND, s)
     }
 }
 
-impl<'de, T: Pod> Deserialize<'de> for Value<T> {
+impl<'de, T: CheckedBitPattern + NoUninit> Deserialize<'de> for Value<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Value<T>, D::Error> {
         Ok(Value {
             pod: PodRegion::deserialize(d, KIND, Some(1))?,
@@ -160,7 +207,7 @@ impl<'de, T: Pod> Deserialize<'de> for Value<T> {
     }
 }
 
-impl<T: Pod> fmt::Debug for Value<T> {
+impl<T: CheckedBitPattern + NoUninit> fmt::Debug for Value<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Value")
             .field("type", &std::any::type_name::<T>())
@@ -169,28 +216,75 @@ impl<T: Pod> fmt::Debug for Value<T> {
     }
 }
 
-/// The locked value of a [`Value`]; unlocks on drop.
+/// The locked value of a [`Value`]: a copy of it, written back (if
+/// changed) and unlocked on drop.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct ValueGuard<'a, T> {
+pub struct ValueGuard<'a, T: NoUninit> {
     guard: DataGuard<'a>,
-    _value: PhantomData<&'a mut T>,
+    value: T,
+    changed: bool,
 }
 
-impl<T: Pod> Deref for ValueGuard<'_, T> {
+impl<T: NoUninit> Deref for ValueGuard<'_, T> {
     type Target = T;
     fn deref(&self) -> &T {
-        &PodRegion::<T>::elements(&self.guard)[0]
+        &self.value
     }
 }
 
-impl<T: Pod> DerefMut for ValueGuard<'_, T> {
+impl<T: NoUninit> DerefMut for ValueGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut T {
-        &mut PodRegion::<T>::elements_mut(&mut self.guard)[0]
+        self.changed = true;
+        &mut self.value
     }
 }
 
-impl<T: Pod + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
+impl<T: NoUninit> Drop for ValueGuard<'_, T> {
+    fn drop(&mut self) {
+        if self.changed {
+            shm::data_mut(&mut self.guard).copy_from_slice(bytemuck::bytes_of(&self.value));
+        }
+    }
+}
+
+impl<T: NoUninit + fmt::Debug> fmt::Debug for ValueGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ValueGuard").field(&**self).finish()
+        f.debug_tuple("ValueGuard").field(&self.value).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_are_not_a_bool_fail_to_read_and_can_be_overwritten() {
+        let byte = Value::new(2u8).unwrap();
+        let flag = Value::<bool> {
+            pod: byte.pod.retyped(),
+        };
+        assert_eq!(flag.load().unwrap_err().kind(), ErrorKind::Decode);
+        assert_eq!(flag.lock().unwrap_err().kind(), ErrorKind::Decode);
+        // The failed reads left the lock free, and a store needs no read.
+        flag.store(true).unwrap();
+        assert!(flag.load().unwrap());
+        assert_eq!(byte.load().unwrap(), 1);
+    }
+
+    #[test]
+    fn a_guard_writes_back_only_what_it_changed() {
+        let value = Value::new(5u32).unwrap();
+        let twin = Value::<u32> {
+            pod: value.pod.retyped(),
+        };
+        {
+            let guard = value.lock().unwrap();
+            assert_eq!(*guard, 5);
+        }
+        {
+            let mut guard = value.lock().unwrap();
+            *guard += 1;
+        }
+        assert_eq!(twin.load().unwrap(), 6);
     }
 }
