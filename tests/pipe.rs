@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::{HandleOrNumber, write_end_closed};
+
 use std::io::Read;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -246,6 +248,32 @@ fn undecodable_message_is_an_error_and_the_next_one_still_arrives() {
         other => panic!("expected a decode failure, got {other:?}"),
     }
     assert_eq!(a.recv().unwrap(), "after");
+}
+
+#[process_entry]
+fn send_a_handle_then_a_number(conn: Connection<HandleOrNumber>, fd: Fd) {
+    conn.send(&HandleOrNumber(Some(fd), 0)).unwrap();
+    conn.send(&HandleOrNumber(None, 7)).unwrap();
+}
+
+#[test]
+fn a_handle_where_none_is_expected_is_a_decode_error_and_is_closed() {
+    let (mine, theirs) = Pipe::<HandleOrNumber>::duplex().unwrap();
+    let (r, w) = pipe();
+    let child = spawn!(send_a_handle_then_a_number, theirs, Fd::from(w)).unwrap();
+    // The handle's index must not pass for the number expected there.
+    match mine.recv() {
+        Err(RecvError::Failed(e)) => {
+            assert!(e.is_decode() && e.to_string().contains("handle"), "{e}")
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    // The stream is intact: the next message arrives.
+    assert!(matches!(mine.recv().unwrap(), HandleOrNumber(None, 7)));
+    child.join().unwrap();
+    // No copy of the handle was kept: the child's went with it, and the
+    // refused message's was closed.
+    assert!(write_end_closed(&r), "the refused handle was kept open");
 }
 
 #[process_entry]

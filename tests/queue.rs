@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use common::{eventually, state_of, until_asleep};
+use common::{HandleOrNumber, eventually, state_of, until_asleep, write_end_closed};
 use std::time::{Duration, Instant};
 
 use multiproc::{
@@ -567,6 +567,38 @@ fn processes_killed_mid_put_or_get_of_items_with_handles_cost_only_their_own_ite
     }
     assert!(lost <= ROUNDS, "{lost} items lost their handles");
     assert!(ours.is_sorted(), "our items keep their order");
+}
+
+#[process_entry]
+fn put_a_handle_then_a_number(q: Queue<HandleOrNumber>, fd: Fd) {
+    q.put(HandleOrNumber(Some(fd), 0)).unwrap();
+    q.put(HandleOrNumber(None, 7)).unwrap();
+}
+
+#[test]
+fn a_handle_where_none_is_expected_is_a_decode_error_and_is_closed() {
+    let q = Queue::<HandleOrNumber>::new().unwrap();
+    let (r, w) = std::io::pipe().unwrap();
+    let child = spawn!(
+        put_a_handle_then_a_number,
+        q.clone(),
+        Fd::from(std::os::fd::OwnedFd::from(w))
+    )
+    .unwrap();
+    child.join().unwrap();
+    // The handle's index must not pass for the number expected there.
+    match q.get_timeout(Duration::from_secs(20)) {
+        Err(RecvTimeoutError::Failed(e)) => {
+            assert!(e.is_decode() && e.to_string().contains("handle"), "{e}")
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    assert!(matches!(q.try_get().unwrap(), HandleOrNumber(None, 7)));
+    // The refused item's handle was closed, not kept.
+    assert!(
+        write_end_closed(&r.into()),
+        "the refused handle was kept open"
+    );
 }
 
 #[test]

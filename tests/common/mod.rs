@@ -131,3 +131,37 @@ pub fn exit_waits_for_the_gated_child(
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     assert!(rest.iter().any(|l| l.contains("child done")), "{rest:?}");
 }
+
+/// A message that serializes as the handle it holds, if any, else as its
+/// number, and always deserializes as a number: what a peer that sends a
+/// handle where the receiver expects none looks like on the wire.
+#[derive(Debug)]
+pub struct HandleOrNumber(pub Option<multiproc::Fd>, pub u32);
+
+impl serde::Serialize for HandleOrNumber {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.0 {
+            Some(fd) => fd.serialize(s),
+            None => self.1.serialize(s),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HandleOrNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HandleOrNumber, D::Error> {
+        u32::deserialize(d).map(|n| HandleOrNumber(None, n))
+    }
+}
+
+/// Whether every copy of a pipe's write end is closed, so that its read end
+/// `r` reads the end of the stream, within [`BOUND`].
+pub fn write_end_closed(r: &std::os::fd::OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec};
+    let bound = Timespec {
+        tv_sec: BOUND.as_secs() as i64,
+        tv_nsec: 0,
+    };
+    let mut fds = [PollFd::new(r, PollFlags::IN)];
+    matches!(rustix::event::poll(&mut fds, Some(&bound)), Ok(1))
+        && matches!(rustix::io::read(r, &mut [0u8; 1]), Ok(0))
+}

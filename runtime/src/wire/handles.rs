@@ -14,11 +14,25 @@ use super::codec;
 use crate::error::{Error, ErrorKind};
 
 /// Decodes a received payload, handing `fds` to the handles inside it.
-/// Descriptors no handle claimed are closed.
+///
+/// Every descriptor must be claimed: one that no handle took came with a
+/// value whose type has no handle there (a handle sent where none is
+/// expected, whose index would otherwise pass for a number), so the value
+/// is refused ([`ErrorKind::Decode`]). Unclaimed descriptors are closed.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, Error> {
-    decoding(fds, || codec::decode(bytes))
-        .0
-        .map_err(|e| codec_error(ErrorKind::Decode, e))
+    let (result, rest) = decoding(fds, || codec::decode(bytes));
+    let value = result.map_err(|e| codec_error(ErrorKind::Decode, e))?;
+    let unclaimed = rest.iter().flatten().count();
+    if unclaimed > 0 {
+        return Err(Error::new(
+            ErrorKind::Decode,
+            format!(
+                "the message carried {unclaimed} handle(s) that its type has no place for \
+                 (a handle sent where none is expected); they were closed"
+            ),
+        ));
+    }
+    Ok(value)
 }
 
 /// Like [`decode`], for a value at the start of `bytes`; returns the bytes used.
