@@ -681,6 +681,26 @@ fn permits_of_a_killed_holder_come_back() {
     assert_eq!(sem.value(), 3, "no permit lost or made");
 }
 
+#[test]
+fn permits_of_a_killed_holder_come_back_to_try_acquire_and_short_waits() {
+    let sem = Semaphore::new(2).unwrap();
+    let held = Event::new().unwrap();
+    let holder = spawn!(hold_permits, sem.clone(), 2, held.clone()).unwrap();
+    assert!(held.wait_timeout(BOUND));
+    holder.kill().unwrap();
+    assert!(holder.join().unwrap_err().is_signaled());
+    // The holder is gone: a look that gives up at once (or sooner than a
+    // waiter's periodic check) still finds its permits.
+    let first = sem
+        .try_acquire()
+        .expect("try_acquire takes a dead holder's permit");
+    let second = sem
+        .acquire_timeout(Duration::from_millis(1))
+        .expect("a short wait takes a dead holder's permit");
+    drop((first, second));
+    assert_eq!(sem.value(), 2, "no permit lost or made");
+}
+
 #[process_entry]
 fn hold_bounded(sem: BoundedSemaphore, held: Event) {
     let _guard = sem.acquire();

@@ -82,6 +82,15 @@ impl<'a> Sem<'a> {
             }
             let left = wait.left();
             if left == Some(Duration::ZERO) {
+                // A last look, which first gives back the permits of holders
+                // that died (as a lock's last look checks its owner): a
+                // `try_acquire`, or waits shorter than a check period, would
+                // otherwise never see them.
+                self.reclaim_from_the_dead();
+                if self.try_take() {
+                    let holder = self.hold();
+                    return Some(SemaphoreGuard { sem: self, holder });
+                }
                 return None;
             }
             // Registering before the last look pairs with `release`, which
@@ -224,8 +233,9 @@ fn too_many_releases(kind: RegionKind, max: u32) -> Error {
 ///
 /// # Caveats
 /// - A process killed while holding permits (guards not yet dropped) gives
-///   them back: a waiter notices within about 50 ms (beyond Python, which
-///   loses them). The holders of one semaphore are counted in 64 slots, one
+///   them back: a waiter notices within about 50 ms, and a `try_acquire` or
+///   a timed acquire looks before it gives up (beyond Python, which loses
+///   them). The holders of one semaphore are counted in 64 slots, one
 ///   per process; the permits of processes past that are not tracked.
 /// - A permit kept with [`SemaphoreGuard::forget`] belongs to no process
 ///   until someone calls `release`: it is lost if nobody does.
