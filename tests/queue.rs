@@ -95,6 +95,73 @@ fn four_producers_four_consumers_lose_and_duplicate_nothing() {
     assert!(q.is_empty());
 }
 
+/// (producer, index, bytes that depend on both): items large enough that
+/// a put or a get holds the ring's lock for a while.
+type Sized = (u32, u32, Vec<u8>);
+
+fn sized_item(producer: u32, i: u32) -> Sized {
+    (producer, i, vec![(producer * 31 + i) as u8; 20_000])
+}
+
+#[process_entry]
+fn produce_sized(q: Queue<Sized>, producer: u32, n: u32) {
+    for i in 0..n {
+        q.put(sized_item(producer, i)).unwrap();
+    }
+}
+
+/// Takes items with `try_get` until the queue is shut down and drained,
+/// checking each is whole and each producer's arrive in order.
+#[process_entry]
+fn consume_trying(q: Queue<Sized>) -> Vec<(u32, u32)> {
+    let mut got = Vec::new();
+    let mut last: std::collections::HashMap<u32, u32> = Default::default();
+    loop {
+        let (producer, i, bytes) = match q.try_get() {
+            Ok(item) => item,
+            Err(TryRecvError::Empty) => {
+                std::thread::yield_now();
+                continue;
+            }
+            Err(TryRecvError::Disconnected) => return got,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(
+            bytes == sized_item(producer, i).2,
+            "item {producer}/{i} is torn"
+        );
+        if let Some(prev) = last.insert(producer, i) {
+            assert!(i > prev, "producer {producer}: {i} after {prev}");
+        }
+        got.push((producer, i));
+    }
+}
+
+#[test]
+fn puts_and_gets_that_do_not_wait_never_break_the_ring_locks() {
+    // An unbounded queue's put and a `try_get` try the ring's lock once: one
+    // that finds it taken must leave it to its holder.
+    const PER_PRODUCER: u32 = 2_000;
+    let q = Queue::new().unwrap();
+    let consumers: Vec<_> = (0..3)
+        .map(|_| spawn!(consume_trying, q.clone()).unwrap())
+        .collect();
+    let producers: Vec<_> = (0..3)
+        .map(|p| spawn!(produce_sized, q.clone(), p, PER_PRODUCER).unwrap())
+        .collect();
+    for p in producers {
+        p.join().unwrap();
+    }
+    q.shutdown();
+    let mut seen = HashSet::new();
+    for c in consumers {
+        for item in c.join().unwrap() {
+            assert!(seen.insert(item), "duplicate {item:?}");
+        }
+    }
+    assert_eq!(seen.len(), 3 * PER_PRODUCER as usize, "items lost");
+}
+
 #[test]
 fn bounded_queue_refuses_when_full() {
     let q = Queue::<u8>::bounded(2).unwrap();

@@ -147,13 +147,24 @@ impl Ring {
     /// Takes the put lock, waiting as `wait` allows; `None`: timed out.
     pub(crate) fn lock_put(&self, wait: Deadline) -> Option<PutSide<'_>> {
         let lock = RawLock::at(&self.region, PUT_LOCK, PUT_TAG);
-        acquire(lock, wait).then_some(PutSide { ring: self, lock })
+        // Not `then_some`: it would build the side (whose drop unlocks)
+        // even when the lock is another's, and drop it at once.
+        if acquire(lock, wait) {
+            Some(PutSide { ring: self, lock })
+        } else {
+            None
+        }
     }
 
     /// Takes the get lock, waiting as `wait` allows; `None`: timed out.
     pub(crate) fn lock_get(&self, wait: Deadline) -> Option<GetSide<'_>> {
         let lock = RawLock::at(&self.region, GET_LOCK, GET_TAG);
-        acquire(lock, wait).then_some(GetSide { ring: self, lock })
+        // Not `then_some`, as in `lock_put`.
+        if acquire(lock, wait) {
+            Some(GetSide { ring: self, lock })
+        } else {
+            None
+        }
     }
 
     /// How many used bytes lie between `head` and `tail`; `None` if the
@@ -398,6 +409,21 @@ mod tests {
 
     fn pos(count: u32, offset: usize) -> Pos {
         Pos::new(count, offset)
+    }
+
+    #[test]
+    fn a_lock_attempt_that_fails_leaves_the_lock_to_its_holder() {
+        let ring = ring(64);
+        let put = ring.lock_put(Deadline::Now).unwrap();
+        assert!(ring.lock_put(Deadline::Now).is_none());
+        assert!(ring.lock_put(Deadline::Now).is_none(), "still held");
+        drop(put);
+        let get = ring.lock_get(Deadline::Now).unwrap();
+        assert!(ring.lock_get(Deadline::Now).is_none());
+        assert!(ring.lock_get(Deadline::Now).is_none(), "still held");
+        drop(get);
+        assert!(ring.lock_put(Deadline::Now).is_some());
+        assert!(ring.lock_get(Deadline::Now).is_some());
     }
 
     #[test]
