@@ -735,6 +735,30 @@ fn wait_returns_the_connections_and_processes_that_are_ready() {
     assert!(matches!(quiet.recv(), Err(RecvError::Disconnected)));
 }
 
+#[process_entry]
+fn return_at_once() {}
+
+#[test]
+fn wait_returns_every_ready_object_not_only_the_first_it_sees() {
+    let (quiet, _quiet_peer) = Pipe::<u32>::duplex().unwrap();
+    let (talks, peer) = Pipe::<u32>::duplex().unwrap();
+    let child = spawn!(return_at_once).unwrap();
+    assert_eq!(
+        multiproc::wait(&[&child], Some(common::BOUND)).unwrap(),
+        [0]
+    );
+    peer.send(&1).unwrap();
+    assert!(talks.poll(common::BOUND), "the message is in the socket");
+    // An ended process and a connection with a message are both ready now:
+    // Python's `wait` lists them all.
+    assert_eq!(
+        multiproc::wait(&[&talks, &quiet, &child], Some(Duration::ZERO)).unwrap(),
+        [0, 2]
+    );
+    assert_eq!(talks.recv().unwrap(), 1);
+    child.join().unwrap();
+}
+
 #[test]
 fn recv_timeout_bounds_a_message_that_stops_half_way_and_loses_nothing() {
     let (a, b) = Pipe::<Vec<u8>>::duplex().unwrap();

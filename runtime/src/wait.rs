@@ -104,6 +104,10 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             }
         }
         if !ready.is_empty() {
+            // Every ready object is listed, as Python's `wait` does: those
+            // whose descriptors are ready now too.
+            ready.extend(poll_ready(&fds, Some(Duration::ZERO))?);
+            ready.sort_unstable();
             return Ok(ready);
         }
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -113,25 +117,35 @@ pub fn wait(objects: &[&dyn Waitable], timeout: Option<Duration>) -> Result<Vec<
             (None, true) => Some(CHECK_PERIOD),
             (None, false) => None,
         };
-        let mut polled: Vec<PollFd<'_>> = fds
-            .iter()
-            .map(|(_, fd)| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
-            .collect();
-        let n = crate::sys::poll::poll(&mut polled, period)
-            .map_err(|e| Error::io("waiting on connections and processes", e))?;
-        if n > 0 {
-            let ready: Vec<usize> = fds
-                .iter()
-                .zip(&polled)
-                .filter(|(_, p)| !p.revents().is_empty())
-                .map(|((index, _), _)| *index)
-                .collect();
-            if !ready.is_empty() {
-                return Ok(ready);
-            }
+        let ready = poll_ready(&fds, period)?;
+        if !ready.is_empty() {
+            return Ok(ready);
         }
         if left == Some(Duration::ZERO) {
             return Ok(Vec::new());
         }
     }
+}
+
+/// Polls the descriptors of `fds` for up to `period` (`None`: no limit);
+/// returns the indices that go with the readable ones, in order.
+fn poll_ready(
+    fds: &[(usize, BorrowedFd<'_>)],
+    period: Option<Duration>,
+) -> Result<Vec<usize>, Error> {
+    let mut polled: Vec<PollFd<'_>> = fds
+        .iter()
+        .map(|(_, fd)| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+        .collect();
+    let n = crate::sys::poll::poll(&mut polled, period)
+        .map_err(|e| Error::io("waiting on connections and processes", e))?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    Ok(fds
+        .iter()
+        .zip(&polled)
+        .filter(|(_, p)| !p.revents().is_empty())
+        .map(|((index, _), _)| *index)
+        .collect())
 }
