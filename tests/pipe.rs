@@ -194,6 +194,49 @@ fn recv_timeout_returns_within_bounds() {
     assert!(!a.poll(Duration::ZERO));
 }
 
+#[test]
+fn a_receive_with_a_deadline_gives_up_on_time_while_another_thread_receives() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    let a = &a;
+    std::thread::scope(|s| {
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let receiver = s.spawn(move || {
+            let _ = tid_tx.send(rustix::thread::gettid().as_raw_nonzero().get() as u32);
+            a.recv()
+        });
+        let tid = tid_rx.recv().unwrap();
+        // Asleep: inside `recv`, waiting for a message (it has nothing
+        // else to sleep on).
+        common::until_asleep("the other thread waits in recv", tid);
+        let deadline = Duration::from_millis(300);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let start = Instant::now();
+            let timed = a.recv_timeout(deadline);
+            let waited = start.elapsed();
+            let start = Instant::now();
+            let tried = a.try_recv();
+            let _ = done_tx.send((timed, waited, tried, start.elapsed()));
+        });
+        let outcome = done_rx.recv_timeout(common::BOUND);
+        // Two messages: one for each thread, should both still wait.
+        b.send(&1).unwrap();
+        b.send(&2).unwrap();
+        let (timed, waited, tried, tried_for) =
+            outcome.expect("recv_timeout waited for the other thread's recv to end");
+        assert!(matches!(timed, Err(RecvTimeoutError::Timeout)), "{timed:?}");
+        assert!(waited >= deadline, "{waited:?}");
+        assert!(
+            waited <= deadline + Duration::from_millis(500),
+            "{waited:?}"
+        );
+        assert_eq!(tried, Err(TryRecvError::Empty));
+        assert!(tried_for < Duration::from_millis(500), "{tried_for:?}");
+        // The other thread still gets its message.
+        assert_eq!(receiver.join().unwrap().unwrap(), 1);
+    });
+}
+
 fn write_raw(conn: &impl AsFd, bytes: &[u8]) {
     let mut written = 0;
     while written < bytes.len() {

@@ -6,7 +6,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -180,8 +180,10 @@ const SEND_BUFFER: usize = 2 << 20;
 /// copy sent to another process is the same end): every send holds a
 /// process-shared lock of that end, so two messages never interleave.
 /// Receiving is for one process at a time, as in Python: threads of that
-/// process (and its `try_clone`s) take turns, but two processes receiving
-/// on copies of one end would split the stream between them.
+/// process (and its `try_clone`s) take turns (a `recv_timeout` or
+/// `try_recv` waits for its turn no longer than its deadline), but two
+/// processes receiving on copies of one end would split the stream between
+/// them.
 ///
 /// # Caveats
 /// - When every handle to the other end is gone — dropped, closed, or its
@@ -224,6 +226,9 @@ pub struct Connection<T> {
     send_state: Arc<Mutex<SendState>>,
     /// Shared by the handles `try_clone` makes, which read one stream.
     recv_state: Arc<Mutex<RecvState>>,
+    /// Whose turn it is to receive, shared as `recv_state` is: a receive
+    /// holds it throughout, and one with a deadline waits for it no longer.
+    recv_turn: Arc<RecvTurn>,
     _message: PhantomData<fn(T) -> T>,
 }
 
@@ -280,6 +285,51 @@ fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// One receiving thread at a time, as a lock that, unlike a `Mutex`, can
+/// be waited for with a deadline: a `recv_timeout` or `try_recv` while
+/// another thread is in `recv` gives up on time instead of waiting for
+/// that receive to end.
+#[derive(Debug, Default)]
+struct RecvTurn {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+impl RecvTurn {
+    /// Takes the turn, waiting until `deadline` (`None`: for as long as it
+    /// takes); `None` if another thread still has it then.
+    fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_>> {
+        let mut busy = lock(&self.busy);
+        while *busy {
+            busy = match deadline {
+                None => self.freed.wait(busy).unwrap_or_else(|p| p.into_inner()),
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return None;
+                    }
+                    self.freed
+                        .wait_timeout(busy, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        *busy = true;
+        Some(TurnGuard(self))
+    }
+}
+
+/// Holds the turn to receive; hands it on when dropped.
+struct TurnGuard<'a>(&'a RecvTurn);
+
+impl Drop for TurnGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.busy) = false;
+        self.0.freed.notify_one();
+    }
+}
+
 impl<T> Connection<T> {
     fn new(fd: OwnedFd, end: End) -> Connection<T> {
         Connection {
@@ -290,6 +340,7 @@ impl<T> Connection<T> {
                 lane: None,
             })),
             recv_state: Arc::new(Mutex::new(RecvState::default())),
+            recv_turn: Arc::new(RecvTurn::default()),
             _message: PhantomData,
         }
     }
@@ -304,6 +355,7 @@ impl<T> Connection<T> {
         let mut clone = Connection::new(fd, self.end.clone());
         clone.send_state = Arc::clone(&self.send_state);
         clone.recv_state = Arc::clone(&self.recv_state);
+        clone.recv_turn = Arc::clone(&self.recv_turn);
         Ok(clone)
     }
 
@@ -376,6 +428,7 @@ impl<T> Connection<T> {
     /// Receives one message as bytes (what [`send_bytes`](Self::send_bytes)
     /// sent, or the encoding of what `send` sent).
     pub fn recv_bytes(&self) -> Result<Vec<u8>, RecvError> {
+        let _turn = self.recv_turn.take(None);
         let mut state = lock(&self.recv_state);
         let (_, at) = self
             .recv_frame(&mut state, None)
@@ -503,6 +556,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     /// Receives a message, blocking until one arrives or the other side is gone.
     pub fn recv(&self) -> Result<T, RecvError> {
+        let _turn = self.recv_turn.take(None);
         let mut state = lock(&self.recv_state);
         self.recv_locked(&mut state, None).map_err(without_deadline)
     }
@@ -550,13 +604,19 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
 
     fn recv_waiting(&self, timeout: Option<Duration>) -> Result<T, RecvTimeoutError> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Another thread receiving has the turn: wait for it no longer than
+        // the deadline.
+        let Some(_turn) = self.recv_turn.take(deadline) else {
+            return Err(RecvTimeoutError::Timeout);
+        };
         // Holding the state while waiting, so no other thread can take the
         // message this one was woken for.
         let mut state = lock(&self.recv_state);
-        if !state.reader.has_buffered()
-            && state.lane_pending.is_none()
-            && !self.poll_socket(timeout)
-        {
+        let left = match deadline {
+            Some(deadline) => Some(deadline.saturating_duration_since(Instant::now())),
+            None => timeout,
+        };
+        if !state.reader.has_buffered() && state.lane_pending.is_none() && !self.poll_socket(left) {
             return Err(RecvTimeoutError::Timeout);
         }
         self.recv_locked(&mut state, deadline)
