@@ -865,6 +865,35 @@ fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
     sender.join().unwrap();
 }
 
+#[test]
+fn a_connection_half_way_through_a_large_message_refuses_to_travel() {
+    use rustix::process::Signal;
+    const LEN: usize = 16 << 20;
+    let (ours, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let sender = spawn!(send_big, theirs, LEN).unwrap();
+    // As above: the sender fills the lane and is stopped, so a receive
+    // with a deadline takes part of the message and keeps it.
+    common::eventually("the sender fills the lane", || {
+        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
+    });
+    signal(sender.pid(), Signal::STOP);
+    common::eventually("the sender is stopped", || {
+        common::state_of(sender.pid()) == Some(b'T')
+    });
+    let first = ours.recv_timeout(Duration::from_millis(200));
+    // The first part of the message is ours: a copy of the end sent away
+    // would go on where the rest of it is, and the message be torn.
+    let (carrier, _other) = Pipe::<Connection<Vec<u8>>>::duplex().unwrap();
+    let sent = carrier.send(&ours);
+    signal(sender.pid(), Signal::CONT);
+    assert!(matches!(first, Err(RecvTimeoutError::Timeout)), "{first:?}");
+    let err = sent.expect_err("a connection half-way through a message travelled");
+    assert!(err.to_string().contains("not yet read"), "{err}");
+    let got = ours.recv_timeout(common::BOUND).unwrap();
+    assert_eq!(got.len(), LEN);
+    sender.join().unwrap();
+}
+
 fn handles(n: usize) -> Vec<Fd> {
     let (r, _w) = rustix::pipe::pipe().unwrap();
     (0..n).map(|_| Fd::from(r.try_clone().unwrap())).collect()

@@ -638,7 +638,12 @@ impl<T> AsFd for Connection<T> {
 
 impl<T> Serialize for Connection<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if lock(&self.recv_state).reader.has_buffered() {
+        let state = lock(&self.recv_state);
+        // Bytes read ahead, or the first part of a large message whose
+        // deadline passed: the copy sent would miss them.
+        let unread = state.reader.has_buffered() || state.lane_pending.is_some();
+        drop(state);
+        if unread {
             return Err(S::Error::custom(wire::handle_error(
                 "this connection has received data not yet read; receive it before sending the connection"
                     .to_string(),
