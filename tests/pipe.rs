@@ -293,6 +293,22 @@ fn undecodable_message_is_an_error_and_the_next_one_still_arrives() {
     assert_eq!(a.recv().unwrap(), "after");
 }
 
+#[test]
+fn a_frame_of_another_kind_is_a_decode_error_and_the_next_message_still_arrives() {
+    let (a, b) = Pipe::<u32>::duplex().unwrap();
+    // A child's result frame (kind 2) whose payload is a well-encoded
+    // `u32`: whole, but not a message on a channel.
+    write_raw(&b, &encode_frame_for_tests(2, 1, &[7]));
+    b.send(&8).unwrap();
+    match a.recv() {
+        Err(RecvError::Failed(e)) => {
+            assert!(e.is_decode() && e.to_string().contains("kind"), "{e}")
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    assert_eq!(a.recv().unwrap(), 8);
+}
+
 #[process_entry]
 fn send_a_handle_then_a_number(conn: Connection<HandleOrNumber>, fd: Fd) {
     conn.send(&HandleOrNumber(Some(fd), 0)).unwrap();

@@ -504,7 +504,18 @@ impl<T> Connection<T> {
             Ok(Some((frame, at))) if frame.kind == FrameKind::Lane => {
                 self.recv_by_lane(state, frame, at, deadline)
             }
-            Ok(Some(frame)) => Ok(frame),
+            Ok(Some(frame)) if matches!(frame.0.kind, FrameKind::Data | FrameKind::Bytes) => {
+                Ok(frame)
+            }
+            // Whole, so the stream is intact; but no channel sends it (its
+            // descriptors, if any, are closed with it).
+            Ok(Some((frame, _))) => Err(RecvTimeoutError::Failed(Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "received a frame of kind {:?}, which is not a message on a channel",
+                    frame.kind
+                ),
+            ))),
             Ok(None) => Err(RecvTimeoutError::Disconnected),
             Err(FrameError::TimedOut) => Err(RecvTimeoutError::Timeout),
             Err(FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
