@@ -910,6 +910,55 @@ fn a_connection_half_way_through_a_large_message_refuses_to_travel() {
     sender.join().unwrap();
 }
 
+#[process_entry]
+fn send_big_or_fail(conn: Connection<Vec<u8>>, len: usize) -> Result<(), String> {
+    conn.send(&vec![3u8; len]).map_err(|e| e.to_string())
+}
+
+#[process_entry]
+fn take_part_then_wait(conn: Connection<Vec<u8>>, took: multiproc::Event) -> bool {
+    let timed_out = matches!(
+        conn.recv_timeout(Duration::from_millis(200)),
+        Err(RecvTimeoutError::Timeout)
+    );
+    took.set();
+    loop {
+        std::thread::park();
+        let _ = (&conn, timed_out);
+    }
+}
+
+#[test]
+fn a_receiver_killed_after_a_deadline_passed_mid_message_is_seen_by_the_sender() {
+    use rustix::process::Signal;
+    const LEN: usize = 16 << 20;
+    let (ours, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+    let sender = spawn!(send_big_or_fail, theirs, LEN).unwrap();
+    common::eventually("the sender fills the lane", || {
+        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
+    });
+    signal(sender.pid(), Signal::STOP);
+    common::eventually("the sender is stopped", || {
+        common::state_of(sender.pid()) == Some(b'T')
+    });
+    // Another process takes the first part of the message, its deadline
+    // passes, and it is killed; we keep our copy of the receiving end.
+    let took = multiproc::Event::new().unwrap();
+    let receiver = spawn!(take_part_then_wait, ours.try_clone().unwrap(), took.clone()).unwrap();
+    assert!(took.wait_timeout(common::BOUND));
+    receiver.kill().unwrap();
+    assert!(receiver.join().unwrap_err().is_signaled());
+    signal(sender.pid(), Signal::CONT);
+    // The rest of the message can no longer be delivered whole: the sender
+    // fails and the stream ends, rather than both waiting for ever.
+    match ours.recv_timeout(common::BOUND) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => panic!("expected the stream to end, got {other:?}"),
+    }
+    let sent = sender.join().unwrap();
+    assert!(sent.is_err(), "{sent:?}");
+}
+
 fn handles(n: usize) -> Vec<Fd> {
     let (r, _w) = rustix::pipe::pipe().unwrap();
     (0..n).map(|_| Fd::from(r.try_clone().unwrap())).collect()

@@ -196,14 +196,16 @@ const SEND_BUFFER: usize = 2 << 20;
 ///   about 50 ms, even while other processes still hold the sending end
 ///   (the receiver sees the dead process holding that end's send lock), or
 ///   `Decode` if the stream ended in the middle of a frame.
-/// - A receiving process killed in the middle of a large message makes a
-///   `send` still waiting for it fail with `Disconnected` instead of
-///   waiting for ever, and closes the stream (the message can no longer be
-///   delivered whole), so any other holder of the receiving end then sees
-///   `Disconnected` too. Only a receiver killed in the instant between
-///   taking such a message's announcement and starting on its bytes goes
-///   unseen while another process holds the receiving end: the sender then
-///   waits until every copy of that end is closed.
+/// - A receiving process killed in the middle of a large message (or
+///   after a deadline passed half-way through one) makes a `send` still
+///   waiting for it fail with `Disconnected` instead of waiting for ever,
+///   and closes the stream (the message can no longer be delivered whole),
+///   so any other holder of the receiving end then sees `Disconnected` too.
+///   Only a receiver killed in the instant between taking such a message's
+///   announcement and starting on its bytes, or one that closes its end
+///   half-way through such a message (after a deadline passed) and lives
+///   on, goes unseen while another process holds the receiving end: the
+///   sender then waits until every copy of that end is closed.
 /// - A deadline (`recv_timeout`, `try_recv`) covers the whole message. A
 ///   message still arriving when it passes is reported as `Timeout` and
 ///   is not lost: what came of it is kept, and the next receive goes on
@@ -250,6 +252,18 @@ struct RecvState {
     /// A large message whose deadline passed half-way through the lane: the
     /// rest is read by the next receive, into `buf`.
     lane_pending: Option<lane::LanePending>,
+}
+
+impl Drop for RecvState {
+    fn drop(&mut self) {
+        // A large message left half-read: the lane's writer stops watching
+        // this process, which goes on living without it.
+        if self.lane_pending.is_some()
+            && let Some(lane) = &self.lane
+        {
+            lane.stop_reading();
+        }
+    }
 }
 
 impl RecvState {

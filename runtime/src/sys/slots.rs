@@ -225,12 +225,24 @@ impl SlotRing {
         deadline: Option<Instant>,
     ) -> Result<(), Abandoned> {
         // Only one process reads at a time (one receiving process per end),
-        // and the writer may check on it while it does.
+        // and the writer may check on it while it does. A read cut short by
+        // its deadline leaves the message this process's, tag and all (so
+        // the writer sees it die before it goes on), until it goes on or
+        // gives up with [`stop_reading`](Self::stop_reading).
         let tag = self.region.atomic_u64(READER_TAG);
         tag.store(owner::me().tag, Release);
         let result = self.read_slots(first, len, out, peer_gone, deadline);
-        tag.store(0, Release);
+        if result != Err(Abandoned::TimedOut) {
+            tag.store(0, Release);
+        }
         result
+    }
+
+    /// This process leaves the message whose read timed out unfinished
+    /// (its handle is gone): the writer no longer watches it.
+    pub(crate) fn stop_reading(&self) {
+        let tag = self.region.atomic_u64(READER_TAG);
+        let _ = tag.compare_exchange(owner::me().tag, 0, Release, Relaxed);
     }
 
     /// The slot count the reader goes on from (after a [`read`](Self::read)
