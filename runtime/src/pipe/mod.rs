@@ -305,31 +305,47 @@ fn lock<S>(m: &Mutex<S>) -> MutexGuard<'_, S> {
 /// that receive to end.
 #[derive(Debug, Default)]
 struct RecvTurn {
-    busy: Mutex<bool>,
+    state: Mutex<Turn>,
     freed: Condvar,
+}
+
+/// Whether a thread has the turn, and how many wait for it (so that
+/// handing it on costs a wake-up only when someone waits).
+#[derive(Debug, Default)]
+struct Turn {
+    busy: bool,
+    waiting: usize,
 }
 
 impl RecvTurn {
     /// Takes the turn, waiting until `deadline` (`None`: for as long as it
     /// takes); `None` if another thread still has it then.
     fn take(&self, deadline: Option<Instant>) -> Option<TurnGuard<'_>> {
-        let mut busy = lock(&self.busy);
-        while *busy {
-            busy = match deadline {
-                None => self.freed.wait(busy).unwrap_or_else(|p| p.into_inner()),
+        let mut turn = lock(&self.state);
+        while turn.busy {
+            let left = match deadline {
+                None => None,
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return None;
                     }
+                    Some(left)
+                }
+            };
+            turn.waiting += 1;
+            turn = match left {
+                None => self.freed.wait(turn).unwrap_or_else(|p| p.into_inner()),
+                Some(left) => {
                     self.freed
-                        .wait_timeout(busy, left)
+                        .wait_timeout(turn, left)
                         .unwrap_or_else(|p| p.into_inner())
                         .0
                 }
             };
+            turn.waiting -= 1;
         }
-        *busy = true;
+        turn.busy = true;
         Some(TurnGuard(self))
     }
 }
@@ -339,8 +355,11 @@ struct TurnGuard<'a>(&'a RecvTurn);
 
 impl Drop for TurnGuard<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.busy) = false;
-        self.0.freed.notify_one();
+        let mut turn = lock(&self.0.state);
+        turn.busy = false;
+        if turn.waiting > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
