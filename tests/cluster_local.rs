@@ -160,3 +160,38 @@ fn a_launcher_that_refuses_fails_build_with_its_words() {
     assert_eq!(err.kind(), ErrorKind::Spawn, "{err}");
     assert!(err.to_string().contains("could not run"), "{err}");
 }
+
+/// One byte more than a message between hosts may hold (1 GiB), as a
+/// task's argument or result.
+const OVER_TCP_LIMIT: usize = (1 << 30) + 1;
+
+#[process_entry]
+fn length_of(s: String) -> u64 {
+    s.len() as u64
+}
+
+#[process_entry]
+fn string_of_len(n: u64) -> String {
+    "x".repeat(n as usize)
+}
+
+#[test]
+fn a_message_over_the_tcp_limit_fails_its_task_and_the_worker_serves_on() {
+    // One worker: a lost worker is not replaced, so the last call shows
+    // that neither message cost the pool its worker.
+    let pool = Pool::builder()
+        .launcher(fake_srun().tasks(1))
+        .build()
+        .unwrap();
+    let err = pool
+        .apply(entry!(length_of), ("x".repeat(OVER_TCP_LIMIT),))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    let err = pool
+        .apply(entry!(string_of_len), (OVER_TCP_LIMIT as u64,))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert_eq!(pool.apply(entry!(square), (3,)).unwrap(), 9);
+}

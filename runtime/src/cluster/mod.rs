@@ -30,7 +30,10 @@
 //! [`Manager`](crate::Manager)'s proxy) is refused with
 //! [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), since it
 //! cannot cross machines; share state through a Manager served over TCP
-//! instead, whose proxies can.
+//! instead, whose proxies can. A message between hosts holds at most
+//! 1 GiB (a batch of tasks' arguments, or a chunk's results): a task whose
+//! arguments or result are larger fails alone with
+//! [`ErrorKind::Encode`](crate::ErrorKind::Encode), and its worker serves on.
 //!
 //! # Failures
 //! - A worker that dies (killed, crashed, its node lost) fails the chunk it

@@ -62,6 +62,10 @@ pub(crate) const REMOTE_HANDLE: &str = "holds a handle to shared memory or a loc
 /// Each message: its length (8 bytes, little-endian), then its encoding.
 const LEN_BYTES: usize = 8;
 
+/// A message up to this size is copied behind its length and sent in one
+/// write; a larger one is sent where it is.
+const SMALL_MESSAGE: usize = 64 << 10;
+
 /// A link over TCP (after the handshake): messages are encoded as on a
 /// [`Connection`], but carry no descriptors — a handle that needs one
 /// cannot cross to another machine.
@@ -115,11 +119,32 @@ impl Link for TcpLink {
             return Err(task::error(ErrorKind::Encode, REMOTE_HANDLE));
         }
         let payload = frame.payload();
-        let mut bytes = Vec::with_capacity(LEN_BYTES + payload.len());
-        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-        bytes.extend_from_slice(payload);
+        let len = payload.len() as u64;
+        // The peer would refuse it and drop the connection: a message
+        // too large fails alone, and the link stays usable.
+        if len > MAX_TCP_MESSAGE {
+            return Err(task::error(
+                ErrorKind::Encode,
+                format!(
+                    "the message of {len} bytes is over the limit of {MAX_TCP_MESSAGE} bytes \
+                     between hosts"
+                ),
+            ));
+        }
         let mut writer = lock(&self.writer);
-        writer.write_all(&bytes).map_err(|e| {
+        // The length, then the payload as it is (not copied behind it):
+        // two writes, in one segment when the payload is small.
+        let sent = if payload.len() <= SMALL_MESSAGE {
+            let mut bytes = Vec::with_capacity(LEN_BYTES + payload.len());
+            bytes.extend_from_slice(&len.to_le_bytes());
+            bytes.extend_from_slice(payload);
+            writer.write_all(&bytes)
+        } else {
+            writer
+                .write_all(&len.to_le_bytes())
+                .and_then(|()| writer.write_all(payload))
+        };
+        sent.map_err(|e| {
             self.record(format!("sending failed: {e}"));
             task::error(ErrorKind::Disconnected, "the connection was lost").with_source(e)
         })
