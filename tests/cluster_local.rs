@@ -195,3 +195,22 @@ fn a_message_over_the_tcp_limit_fails_its_task_and_the_worker_serves_on() {
     assert!(err.to_string().contains("limit"), "{err}");
     assert_eq!(pool.apply(entry!(square), (3,)).unwrap(), 9);
 }
+
+#[test]
+fn chunks_too_large_together_for_one_message_each_go_alone() {
+    let pool = Pool::builder()
+        .launcher(fake_srun().tasks(1))
+        .build()
+        .unwrap();
+    // Quick chunks, one after another: the worker is then given several
+    // chunks in one message.
+    let warm = pool.map_chunked(entry!(square), 0..2000u64, 1).unwrap();
+    assert_eq!(warm.len(), 2000);
+    // Three arguments of 0.4 GiB: any two are over the limit of one
+    // message together, and each fits alone.
+    let len = 400 << 20;
+    let out = pool
+        .map_chunked(entry!(length_of), vec!["x".repeat(len); 3], 1)
+        .unwrap();
+    assert_eq!(out, [len as u64; 3]);
+}

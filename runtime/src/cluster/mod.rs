@@ -31,8 +31,7 @@
 //! [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput), since it
 //! cannot cross machines; share state through a Manager served over TCP
 //! instead, whose proxies can. A message between hosts holds at most
-//! 1 GiB (a batch of tasks' arguments, or a chunk's results): a task whose
-//! arguments or result are larger fails alone with
+//! 1 GiB: a task whose arguments or result are larger fails alone with
 //! [`ErrorKind::Encode`](crate::ErrorKind::Encode), and its worker serves on.
 //!
 //! # Failures

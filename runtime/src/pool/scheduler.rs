@@ -512,26 +512,27 @@ impl Pool {
         if batch.is_empty() {
             return;
         }
-        let message = Msg::Run(batch.iter().map(|p| OnWire(Arc::clone(&p.chunk))).collect());
-        match live.conn.send(&message) {
-            Ok(()) => {
-                if live.outstanding.is_empty() {
-                    live.front_since = Instant::now();
+        let sent = send_run(&*live.conn, &batch);
+        match sent {
+            // Each chunk alone, then: the message may be too large only
+            // together (a chunk that cannot go fails alone).
+            Err(e) if e.kind() == ErrorKind::Encode && batch.len() > 1 => {
+                let mut batch = batch.into_iter();
+                while let Some(p) = batch.next() {
+                    let one = vec![p];
+                    let sent = send_run(&*live.conn, &one);
+                    if !accept_sent(live, queue, failed, one, sent) {
+                        // Gone, and that chunk is back at the front:
+                        // the rest go back behind it, in order.
+                        for p in batch.rev() {
+                            queue.insert(1, p);
+                        }
+                        return;
+                    }
                 }
-                live.sent += batch.len() as u64;
-                live.outstanding.extend(batch);
             }
-            Err(e) if e.kind() == ErrorKind::Encode => {
-                let why = Failure::new(ErrorKind::Encode, format!("could not be sent: {e:#}"));
-                failed.extend(batch.into_iter().map(|p| p.fail(&why)));
-            }
-            Err(_) => {
-                // Never received: back to the front, in order; the slot's
-                // thread sees the worker gone and replaces it.
-                live.gone = true;
-                for p in batch.into_iter().rev() {
-                    queue.push_front(p);
-                }
+            sent => {
+                accept_sent(live, queue, failed, batch, sent);
             }
         }
     }
@@ -813,6 +814,49 @@ impl Pool {
         self.idle.notify_all();
         drop(state);
         deliver_all(failed);
+    }
+}
+
+/// Sends the chunks of `batch` to a worker in one message.
+fn send_run(conn: &dyn Link, batch: &[Pending]) -> Result<()> {
+    conn.send(&Msg::Run(
+        batch.iter().map(|p| OnWire(Arc::clone(&p.chunk))).collect(),
+    ))
+}
+
+/// Books what the send of `batch` to `live` did: held by the worker, failed
+/// (it cannot be encoded), or back at the front of `queue` (the worker is
+/// gone; then `false`).
+fn accept_sent(
+    live: &mut Live,
+    queue: &mut VecDeque<Pending>,
+    failed: &mut Vec<Delivery>,
+    batch: Vec<Pending>,
+    sent: Result<()>,
+) -> bool {
+    match sent {
+        Ok(()) => {
+            if live.outstanding.is_empty() {
+                live.front_since = Instant::now();
+            }
+            live.sent += batch.len() as u64;
+            live.outstanding.extend(batch);
+            true
+        }
+        Err(e) if e.kind() == ErrorKind::Encode => {
+            let why = Failure::new(ErrorKind::Encode, format!("could not be sent: {e:#}"));
+            failed.extend(batch.into_iter().map(|p| p.fail(&why)));
+            true
+        }
+        Err(_) => {
+            // Never received: back to the front, in order; the slot's
+            // thread sees the worker gone and replaces it.
+            live.gone = true;
+            for p in batch.into_iter().rev() {
+                queue.push_front(p);
+            }
+            false
+        }
     }
 }
 
