@@ -214,3 +214,163 @@ fn chunks_too_large_together_for_one_message_each_go_alone() {
         .unwrap();
     assert_eq!(out, [len as u64; 3]);
 }
+
+/// A worker played by the test itself, to say what no real worker says:
+/// `fake_srun`'s `--fake-spy` hands it the port and key the workers get,
+/// and it speaks the workers' protocol by hand (each message its length,
+/// 8 bytes little-endian, then its encoding: an enum's variant as a
+/// varint, then its fields).
+mod rogue {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::path::PathBuf;
+
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    use super::common::{BOUND, eventually};
+
+    const MAGIC: &[u8; 8] = b"MPAUTH\x01\x00";
+    /// `Msg::Ready`.
+    pub const READY: &[u8] = &[2];
+    /// `Msg::Boot`, without an initializer or a task limit.
+    pub const BOOT: &[u8] = &[6, 0, 0];
+
+    /// A fresh path for `--fake-spy`.
+    pub fn spy_path(test: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("multiproc-spy-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// The port and key that the launcher was given.
+    pub fn spy(path: &PathBuf) -> (u16, Vec<u8>) {
+        eventually("the launcher wrote the port and key", || path.exists());
+        let text = std::fs::read_to_string(path).unwrap();
+        let _ = std::fs::remove_file(path);
+        let (port, key) = text.trim().split_once(' ').unwrap();
+        let key = (0..key.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&key[i..i + 2], 16).unwrap())
+            .collect();
+        (port.parse().unwrap(), key)
+    }
+
+    /// `Msg::Hello` from a worker on host `rogue` with this pid.
+    pub fn hello(pid: u8) -> Vec<u8> {
+        assert!(pid < 251, "one varint byte");
+        let mut m = vec![5, 5];
+        m.extend_from_slice(b"rogue");
+        m.extend_from_slice(&[pid, 0, 0, 0]);
+        m
+    }
+
+    /// A connection to the pool that proved the key.
+    pub struct Peer(pub TcpStream);
+
+    impl Peer {
+        pub fn connect(port: u16, key: &[u8]) -> Peer {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.set_read_timeout(Some(BOUND)).unwrap();
+            let mut challenge = [0u8; 40];
+            s.read_exact(&mut challenge).unwrap();
+            assert_eq!(&challenge[..8], MAGIC);
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+            mac.update(b"client");
+            mac.update(&challenge[8..]);
+            let mut answer = MAGIC.to_vec();
+            answer.extend_from_slice(&mac.finalize().into_bytes());
+            answer.extend_from_slice(&[7u8; 32]);
+            s.write_all(&answer).unwrap();
+            let mut verdict = [0u8; 33];
+            s.read_exact(&mut verdict).unwrap();
+            assert_eq!(verdict[0], 0xA5, "the pool accepted the key");
+            Peer(s)
+        }
+
+        /// Sends `payload` as one message.
+        pub fn send(&mut self, payload: &[u8]) {
+            self.0
+                .write_all(&(payload.len() as u64).to_le_bytes())
+                .unwrap();
+            self.0.write_all(payload).unwrap();
+        }
+
+        /// The next message; `None` once the pool closed the connection.
+        pub fn recv(&mut self) -> Option<Vec<u8>> {
+            let mut len = [0u8; 8];
+            match self.0.read_exact(&mut len) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return None,
+                Err(e) => panic!("{e}"),
+            }
+            let mut m = vec![0u8; u64::from_le_bytes(len) as usize];
+            self.0.read_exact(&mut m).unwrap();
+            Some(m)
+        }
+    }
+
+    /// Which of `peers` have something to read (or their end), waiting
+    /// until one has, within [`BOUND`].
+    pub fn readable(peers: &[&Peer]) -> Vec<bool> {
+        let mut fds: Vec<rustix::event::PollFd<'_>> = peers
+            .iter()
+            .map(|p| rustix::event::PollFd::new(&p.0, rustix::event::PollFlags::IN))
+            .collect();
+        let bound = rustix::event::Timespec {
+            tv_sec: BOUND.as_secs() as i64,
+            tv_nsec: 0,
+        };
+        let n = rustix::event::poll(&mut fds, Some(&bound)).unwrap();
+        assert!(n > 0, "nothing came within {BOUND:?}");
+        fds.iter().map(|f| !f.revents().is_empty()).collect()
+    }
+}
+
+/// A pool that waits for `tasks` workers, `real` of them real, the others
+/// played by the test; built on a thread of its own meanwhile.
+fn pool_with_rogues(
+    test: &str,
+    tasks: u32,
+    real: u32,
+) -> (
+    std::thread::JoinHandle<multiproc::Result<Pool>>,
+    u16,
+    Vec<u8>,
+) {
+    let spy = rogue::spy_path(test);
+    let mut spy_arg = std::ffi::OsString::from("--fake-spy=");
+    spy_arg.push(&spy);
+    let launcher = fake_srun()
+        .tasks(tasks)
+        .arg(format!("--fake-real={real}"))
+        .arg(spy_arg);
+    let builder = std::thread::spawn(move || Pool::builder().launcher(launcher).build());
+    let (port, key) = rogue::spy(&spy);
+    (builder, port, key)
+}
+
+#[test]
+fn a_worker_that_connects_back_twice_is_counted_once() {
+    let (builder, port, key) = pool_with_rogues("twice", 2, 0);
+    let mut a = rogue::Peer::connect(port, &key);
+    a.send(&rogue::hello(1));
+    let mut b = rogue::Peer::connect(port, &key);
+    b.send(&rogue::hello(1));
+    // The same worker again: one of the two connections is turned away
+    // (closed), and the pool still waits for its second worker.
+    let ready = rogue::readable(&[&a, &b]);
+    assert_eq!(ready.iter().filter(|r| **r).count(), 1, "{ready:?}");
+    let (mut kept, mut turned_away) = if ready[0] { (b, a) } else { (a, b) };
+    assert_eq!(turned_away.recv(), None, "the duplicate was turned away");
+    let mut c = rogue::Peer::connect(port, &key);
+    c.send(&rogue::hello(2));
+    for peer in [&mut kept, &mut c] {
+        assert_eq!(peer.recv().as_deref(), Some(rogue::BOOT));
+        peer.send(rogue::READY);
+    }
+    let pool = builder.join().unwrap().unwrap();
+    assert_eq!(pool.processes(), 2);
+}

@@ -240,6 +240,15 @@ impl Running {
             let left = deadline.saturating_duration_since(Instant::now());
             match arrivals.recv_timeout(left) {
                 Ok(Event::Arrived(worker)) => {
+                    // The same process again (it connected back twice):
+                    // one worker is one connection, the first.
+                    if arrived
+                        .iter()
+                        .any(|w: &Arrived| w.hello.same_worker(&worker.hello))
+                    {
+                        worker.link.shut();
+                        continue;
+                    }
                     lock(&running.links).push(Arc::clone(&worker.link));
                     arrived.push_back(worker);
                 }

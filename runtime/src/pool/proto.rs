@@ -127,6 +127,15 @@ pub(crate) struct Hello {
     pub(crate) step: Option<String>,
 }
 
+impl Hello {
+    /// Whether both name the same process: same host, pid and task. (Two
+    /// tasks of one step differ in their task number even where their
+    /// pids may not, in pid namespaces of their own.)
+    pub(crate) fn same_worker(&self, other: &Hello) -> bool {
+        self.host == other.host && self.pid == other.pid && self.rank == other.rank
+    }
+}
+
 /// A message on a worker's connection, either way.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Msg {
