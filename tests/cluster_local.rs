@@ -374,3 +374,56 @@ fn a_worker_that_connects_back_twice_is_counted_once() {
     let pool = builder.join().unwrap().unwrap();
     assert_eq!(pool.processes(), 2);
 }
+
+/// A pool whose one worker is played by the test, booted and ready.
+fn pool_of_one_rogue(test: &str) -> (Pool, rogue::Peer) {
+    let (builder, port, key) = pool_with_rogues(test, 1, 0);
+    let mut peer = rogue::Peer::connect(port, &key);
+    peer.send(&rogue::hello(1));
+    assert_eq!(peer.recv().as_deref(), Some(rogue::BOOT));
+    peer.send(rogue::READY);
+    (builder.join().unwrap().unwrap(), peer)
+}
+
+/// What a task's error says when its worker sent `answer` in reply.
+fn error_after_answer(test: &str, answer: impl FnOnce(&mut rogue::Peer, u8)) -> multiproc::Error {
+    let (pool, mut peer) = pool_of_one_rogue(test);
+    let pending = pool.apply_async(entry!(square), (3,)).unwrap();
+    let run = peer.recv().unwrap();
+    // `Msg::Run` of one chunk: its variant, the count, then the chunk's id.
+    assert_eq!(run[..2], [0, 1], "{run:?}");
+    answer(&mut peer, run[2]);
+    let err = pending.get().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+    err
+}
+
+#[test]
+fn a_worker_that_sends_malformed_bytes_is_cut_off_and_its_task_says_so() {
+    let err = error_after_answer("malformed", |peer, _| peer.send(&[0xff; 4]));
+    let text = err.to_string();
+    assert!(text.contains("could not be decoded"), "{text}");
+    assert!(!text.contains("closed from its side"), "{text}");
+}
+
+#[test]
+fn a_worker_that_answers_a_task_it_does_not_hold_is_cut_off_and_its_task_says_so() {
+    let err = error_after_answer("not-held", |peer, id| {
+        // `Msg::Done` for another chunk, with no outcomes.
+        peer.send(&[4, id.wrapping_add(1), 0]);
+    });
+    let text = err.to_string();
+    assert!(text.contains("does not hold"), "{text}");
+    assert!(!text.contains("closed from its side"), "{text}");
+}
+
+#[test]
+fn a_worker_that_dies_in_the_middle_of_an_answer_fails_its_task_with_the_reason() {
+    let err = error_after_answer("mid-message", |peer, _| {
+        use std::io::Write;
+        peer.0.write_all(&100u64.to_le_bytes()).unwrap();
+        peer.0.write_all(&[4, 0, 1]).unwrap();
+        peer.0.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    assert!(err.to_string().contains("middle of a message"), "{err}");
+}

@@ -238,6 +238,8 @@ struct Live {
     answers: Vec<Outcome>,
     /// A send failed: the worker is going; send it nothing more.
     gone: bool,
+    /// Why the pool killed it for what it sent, if it did.
+    cut_off: Option<String>,
     /// Since when the first outstanding chunk has been running (about).
     front_since: Instant,
     /// Average time of a chunk on this worker, once one has been timed.
@@ -253,6 +255,7 @@ impl Live {
             outstanding: VecDeque::new(),
             answers: Vec::new(),
             gone: false,
+            cut_off: None,
             front_since: Instant::now(),
             chunk_time: None,
         }
@@ -267,6 +270,13 @@ impl Live {
         }
         let fit = QUEUED_WORK.as_nanos() / per_chunk.as_nanos().max(1);
         (fit as usize).clamp(1, DEPTH_MAX)
+    }
+
+    /// Kills it for sending what a worker does not send (`why`), which
+    /// its tasks' errors then say.
+    fn cut_off(&mut self, why: String) {
+        self.cut_off.get_or_insert(why);
+        self.proc.kill();
     }
 
     /// The first outstanding chunk was answered now.
@@ -571,10 +581,18 @@ impl Pool {
             };
             let (id, outcomes) = match got {
                 Ok(Msg::Done { id, outcomes }) => (id, outcomes),
-                Ok(_) | Err(RecvError::Failed(_)) => {
-                    // Not what a worker says: it is not to be trusted.
-                    if let Some(live) = &lock(&self.state).slots[idx].worker {
-                        live.proc.kill();
+                // Not what a worker says: it is not to be trusted.
+                Ok(_) => {
+                    let why = "it sent a message out of turn (not the answer to a task)";
+                    if let Some(live) = lock(&self.state).slots[idx].worker.as_mut() {
+                        live.cut_off(why.into());
+                    }
+                    return;
+                }
+                Err(RecvError::Failed(e)) => {
+                    let why = format!("its message could not be decoded: {e:#}");
+                    if let Some(live) = lock(&self.state).slots[idx].worker.as_mut() {
+                        live.cut_off(why);
                     }
                     return;
                 }
@@ -588,12 +606,16 @@ impl Pool {
             let expected = match live.outstanding.front() {
                 Some(p) if p.chunk.id == id => p.chunk.items.len(),
                 _ => {
-                    live.proc.kill();
+                    live.cut_off(format!(
+                        "it answered task chunk {id}, which it does not hold (or not first)"
+                    ));
                     return;
                 }
             };
             if live.answers.len() + outcomes.len() > expected {
-                live.proc.kill();
+                live.cut_off(format!(
+                    "it sent more outcomes than the {expected} items of task chunk {id}"
+                ));
                 return;
             }
             live.answers.extend(outcomes);
@@ -644,6 +666,7 @@ impl Pool {
         let Live {
             proc,
             mut outstanding,
+            cut_off,
             ..
         } = live;
         let describe = proc.describe();
@@ -651,11 +674,18 @@ impl Pool {
         let mut state = lock(&self.state);
         let mut failed = Vec::new();
         if let Some(running) = outstanding.pop_front() {
-            let why = match &why {
-                Err(e) => Failure::died(describe, e),
+            let why = match (cut_off, &why) {
+                // Killed by the pool, not dead of itself.
+                (Some(reason), _) => Failure {
+                    kind: ErrorKind::Disconnected,
+                    message: format!("lost with its worker, which the pool cut off: {reason}"),
+                    exitcode: None,
+                    process: Some(describe),
+                },
+                (None, Err(e)) => Failure::died(describe, e),
                 // A clean exit in the middle of a task (`exit(0)` from
                 // it): an exit all the same, with its code.
-                Ok(()) => Failure::died(
+                (None, Ok(())) => Failure::died(
                     describe,
                     &Error::new(ErrorKind::Exited, "exit code 0").with_exitcode(0),
                 ),
