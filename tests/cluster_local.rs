@@ -427,3 +427,32 @@ fn a_worker_that_dies_in_the_middle_of_an_answer_fails_its_task_with_the_reason(
     });
     assert!(err.to_string().contains("middle of a message"), "{err}");
 }
+
+#[test]
+fn a_hello_announced_too_large_is_refused_before_it_is_read() {
+    use std::io::Write;
+    let (builder, port, key) = pool_with_rogues("large-hello", 1, 0);
+    let mut peer = rogue::Peer::connect(port, &key);
+    // A Hello is a host name and a few numbers: 256 MiB is no Hello. The
+    // pool must refuse it at its length, not read (and keep) what comes.
+    let announced: usize = 256 << 20;
+    peer.0.write_all(&(announced as u64).to_le_bytes()).unwrap();
+    let block = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < announced {
+        match peer.0.write(&block) {
+            Ok(n) => written += n,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        written < announced / 4,
+        "the pool read {written} bytes of a Hello"
+    );
+    // The pool still takes a worker that says a proper Hello.
+    let mut worker = rogue::Peer::connect(port, &key);
+    worker.send(&rogue::hello(1));
+    assert_eq!(worker.recv().as_deref(), Some(rogue::BOOT));
+    worker.send(rogue::READY);
+    assert_eq!(builder.join().unwrap().unwrap().processes(), 1);
+}

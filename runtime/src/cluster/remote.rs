@@ -27,6 +27,11 @@ const LIVENESS_ENV: &str = "__MULTIPROC_CLUSTER_LIVENESS_MS";
 /// Where the launcher says a task can reach the host it was launched from.
 const LAUNCH_HOST_ENVS: [&str; 2] = ["SLURM_LAUNCH_NODE_IPADDR", "SLURM_SRUN_COMM_HOST"];
 
+/// The largest `Hello` taken from a worker (a host name and a few numbers
+/// take far less): a connection that announces more is dropped before any
+/// of it is read.
+const MAX_HELLO: u64 = 64 << 10;
+
 /// The last lines of the launcher's standard error kept for an error.
 const TAIL_LINES: usize = 12;
 const TAIL_LINE_MAX: usize = 500;
@@ -403,7 +408,7 @@ fn accept_workers(
                 let Ok(link) = TcpLink::new(stream) else {
                     return;
                 };
-                let hello = match link.recv() {
+                let hello = match link.recv_at_most(MAX_HELLO) {
                     Ok(Msg::Hello(hello)) => hello,
                     _ => return,
                 };

@@ -151,6 +151,14 @@ impl Link for TcpLink {
     }
 
     fn recv(&self) -> Result<Msg, RecvError> {
+        self.recv_at_most(MAX_TCP_MESSAGE)
+    }
+}
+
+impl TcpLink {
+    /// Receives one message of at most `limit` bytes (a larger
+    /// announcement is refused before anything of it is read).
+    pub(crate) fn recv_at_most(&self, limit: u64) -> Result<Msg, RecvError> {
         let mut guard = lock(&self.reader);
         let (stream, buf) = &mut *guard;
         let mut len = [0u8; LEN_BYTES];
@@ -171,10 +179,9 @@ impl Link for TcpLink {
             }
         }
         let len = u64::from_le_bytes(len);
-        if len > MAX_TCP_MESSAGE {
-            let why = format!(
-                "the peer announced a message of {len} bytes, over the limit of {MAX_TCP_MESSAGE}"
-            );
+        if len > limit {
+            let why =
+                format!("the peer announced a message of {len} bytes, over the limit of {limit}");
             self.record(why.clone());
             return Err(RecvError::Failed(task::error(ErrorKind::Decode, why)));
         }
