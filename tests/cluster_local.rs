@@ -456,3 +456,42 @@ fn a_hello_announced_too_large_is_refused_before_it_is_read() {
     worker.send(rogue::READY);
     assert_eq!(builder.join().unwrap().unwrap().processes(), 1);
 }
+
+#[test]
+fn a_worker_that_stops_reading_holds_up_no_call_of_the_pool() {
+    // Its node frozen, as far as the pool can tell: the worker is stopped,
+    // its kernel takes what fits in its socket and no more.
+    let pool = Pool::builder()
+        .launcher(fake_srun().tasks(1).node_timeout(Duration::from_secs(60)))
+        .build()
+        .unwrap();
+    let pid = pool.apply(entry!(pid_of_worker), ()).unwrap();
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    signal("STOP");
+    common::eventually("the worker is stopped", || {
+        common::state_of(pid) == Some(b'T')
+    });
+    // Far more than the sockets hold between the two processes.
+    let large = "x".repeat(64 << 20);
+    let start = std::time::Instant::now();
+    let pending = pool.apply_async(entry!(length_of), (large,)).unwrap();
+    let also = pool.apply_async(entry!(square), (5,)).unwrap();
+    pool.terminate();
+    // Neither waited for the stopped worker (which is noticed lost only
+    // after node_timeout).
+    assert!(
+        start.elapsed() < common::BOUND,
+        "the pool's calls waited {:?} for a worker that does not read",
+        start.elapsed()
+    );
+    assert!(pending.get().unwrap_err().is_disconnected());
+    assert!(also.get().unwrap_err().is_disconnected());
+    signal("CONT");
+}

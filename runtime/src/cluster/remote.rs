@@ -405,7 +405,7 @@ fn accept_workers(
                     return;
                 }
                 let _ = stream.set_read_timeout(Some(auth::HANDSHAKE_TIMEOUT));
-                let Ok(link) = TcpLink::new(stream) else {
+                let Ok(link) = TcpLink::queued(stream) else {
                     return;
                 };
                 let hello = match link.recv_at_most(MAX_HELLO) {

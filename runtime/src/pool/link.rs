@@ -5,18 +5,20 @@
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 
 use super::proto::Msg;
 use super::scheduler::lock;
 use super::task;
+use crate::wire::OutFrame;
 use crate::{Connection, Error, ErrorKind, RecvError, RecvTimeoutError};
 
 /// Carries [`Msg`]s both ways. `send` and `recv` may run at once on two
 /// threads.
 pub(crate) trait Link: Send + Sync + fmt::Debug {
-    /// Sends one message. An [`ErrorKind::Encode`] error leaves the link
+    /// Sends one message (or queues it, on a link that sends from a
+    /// thread of its own). An [`ErrorKind::Encode`] error leaves the link
     /// usable; any other means the peer is gone.
     fn send(&self, msg: &Msg) -> Result<(), Error>;
     /// Receives one message.
@@ -72,33 +74,74 @@ const SMALL_MESSAGE: usize = 64 << 10;
 #[derive(Debug)]
 pub(crate) struct TcpLink {
     reader: Mutex<(TcpStream, Vec<u8>)>,
-    writer: Mutex<TcpStream>,
+    writer: Writer,
+    /// Another handle of the socket, to shut it down or set its options
+    /// without waiting for a send in progress.
+    control: TcpStream,
     /// Why the link broke, once it did (for the worker's obituary).
-    broken: Mutex<Option<String>>,
+    broken: Arc<Mutex<Option<String>>>,
+}
+
+/// How a [`TcpLink`] sends.
+#[derive(Debug)]
+enum Writer {
+    /// On the calling thread, which waits until the message is written.
+    Direct(Mutex<TcpStream>),
+    /// By a thread of the link's own, in order: `send` waits for no peer.
+    Queued(mpsc::Sender<OutFrame>),
 }
 
 impl TcpLink {
+    /// A link whose `send` writes on the calling thread (a worker's).
     pub(crate) fn new(stream: TcpStream) -> Result<Arc<TcpLink>, Error> {
-        let writer = stream
-            .try_clone()
-            .map_err(|e| task::io_error("duplicating a TCP socket", e))?;
+        let writer = Mutex::new(clone(&stream)?);
+        TcpLink::with_writer(stream, Writer::Direct(writer))
+    }
+
+    /// A link whose `send` only queues the message for a thread of its
+    /// own, which writes it (the pool's end: its sends are made under its
+    /// bookkeeping's lock, which a peer that does not read, its node
+    /// frozen, must not hold for as long as it takes to be declared lost).
+    /// A write that fails shuts the connection, so a receive here ends.
+    pub(crate) fn queued(stream: TcpStream) -> Result<Arc<TcpLink>, Error> {
+        let (tx, rx) = mpsc::channel::<OutFrame>();
+        let link = TcpLink::with_writer(stream, Writer::Queued(tx))?;
+        let stream = clone(&link.control)?;
+        let broken = Arc::clone(&link.broken);
+        std::thread::Builder::new()
+            .name("multiproc-link-writer".into())
+            .spawn(move || {
+                for frame in rx {
+                    if let Err(e) = write_message(&stream, frame.payload()) {
+                        lock(&broken).get_or_insert_with(|| format!("sending failed: {e}"));
+                        let _ = stream.shutdown(Shutdown::Both);
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| task::io_error("starting a thread to send on a TCP link", e))?;
+        Ok(link)
+    }
+
+    fn with_writer(stream: TcpStream, writer: Writer) -> Result<Arc<TcpLink>, Error> {
         Ok(Arc::new(TcpLink {
+            control: clone(&stream)?,
             reader: Mutex::new((stream, Vec::new())),
-            writer: Mutex::new(writer),
-            broken: Mutex::new(None),
+            writer,
+            broken: Arc::new(Mutex::new(None)),
         }))
     }
 
     /// Ends the connection both ways: the peer reads its end, and a
     /// `recv` here returns [`RecvError::Disconnected`].
     pub(crate) fn shut(&self) {
-        let _ = lock(&self.writer).shutdown(Shutdown::Both);
+        let _ = self.control.shutdown(Shutdown::Both);
     }
 
     /// Bounds each read (`None`: no bound); a read that runs out of time
     /// breaks the link.
     pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
-        let _ = lock(&self.writer).set_read_timeout(timeout);
+        let _ = self.control.set_read_timeout(timeout);
     }
 
     /// Why the link broke, if it broke rather than being closed in order.
@@ -111,9 +154,30 @@ impl TcpLink {
     }
 }
 
+fn clone(stream: &TcpStream) -> Result<TcpStream, Error> {
+    stream
+        .try_clone()
+        .map_err(|e| task::io_error("duplicating a TCP socket", e))
+}
+
+/// Writes one message: its length, then `payload` as it is (not copied
+/// behind it): two writes, in one segment when the payload is small.
+fn write_message(mut stream: &TcpStream, payload: &[u8]) -> std::io::Result<()> {
+    let len = (payload.len() as u64).to_le_bytes();
+    if payload.len() <= SMALL_MESSAGE {
+        let mut bytes = Vec::with_capacity(LEN_BYTES + payload.len());
+        bytes.extend_from_slice(&len);
+        bytes.extend_from_slice(payload);
+        stream.write_all(&bytes)
+    } else {
+        stream.write_all(&len)?;
+        stream.write_all(payload)
+    }
+}
+
 impl Link for TcpLink {
     fn send(&self, msg: &Msg) -> Result<(), Error> {
-        let mut frame = crate::wire::OutFrame::new();
+        let mut frame = OutFrame::new();
         frame.encode(msg)?;
         if !frame.fds().is_empty() {
             return Err(task::error(ErrorKind::Encode, REMOTE_HANDLE));
@@ -131,23 +195,19 @@ impl Link for TcpLink {
                 ),
             ));
         }
-        let mut writer = lock(&self.writer);
-        // The length, then the payload as it is (not copied behind it):
-        // two writes, in one segment when the payload is small.
-        let sent = if payload.len() <= SMALL_MESSAGE {
-            let mut bytes = Vec::with_capacity(LEN_BYTES + payload.len());
-            bytes.extend_from_slice(&len.to_le_bytes());
-            bytes.extend_from_slice(payload);
-            writer.write_all(&bytes)
-        } else {
-            writer
-                .write_all(&len.to_le_bytes())
-                .and_then(|()| writer.write_all(payload))
-        };
-        sent.map_err(|e| {
-            self.record(format!("sending failed: {e}"));
-            task::error(ErrorKind::Disconnected, "the connection was lost").with_source(e)
-        })
+        let lost = || task::error(ErrorKind::Disconnected, "the connection was lost");
+        match &self.writer {
+            Writer::Direct(stream) => write_message(&lock(stream), payload).map_err(|e| {
+                self.record(format!("sending failed: {e}"));
+                lost().with_source(e)
+            }),
+            Writer::Queued(outbox) => {
+                if self.broken().is_some() {
+                    return Err(lost());
+                }
+                outbox.send(frame).map_err(|_| lost())
+            }
+        }
     }
 
     fn recv(&self) -> Result<Msg, RecvError> {
