@@ -495,3 +495,27 @@ fn a_worker_that_stops_reading_holds_up_no_call_of_the_pool() {
     assert!(also.get().unwrap_err().is_disconnected());
     signal("CONT");
 }
+
+#[test]
+fn a_launcher_that_exits_early_fails_build_at_once_with_its_words() {
+    // It leaves a task running that holds its standard error open (and
+    // that never connects back: a stand-in).
+    let start = std::time::Instant::now();
+    let err = Pool::builder()
+        .launcher(
+            fake_srun()
+                .tasks(2)
+                .arg("--fake-real=0")
+                .arg("--fake-abandon")
+                .start_timeout(Duration::from_secs(120)),
+        )
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Spawn, "{err}");
+    assert!(err.to_string().contains("lost contact"), "{err}");
+    assert!(
+        start.elapsed() < common::BOUND,
+        "build took {:?}",
+        start.elapsed()
+    );
+}

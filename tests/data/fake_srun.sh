@@ -7,8 +7,10 @@
 # For tests that play a worker themselves: `--fake-spy=FILE` writes the
 # port and key the workers are given to FILE (whole, by a rename), and
 # `--fake-real=N` starts only N of the tasks (a stand-in process for
-# each of the others).
+# each of the others). `--fake-abandon` exits with an error once the
+# tasks are started, leaving them running (holding its standard error).
 n=1
+abandon=
 real=
 spy=
 prog=
@@ -17,6 +19,7 @@ for a in "$@"; do
     --ntasks=*) n=${a#--ntasks=} ;;
     --fake-real=*) real=${a#--fake-real=} ;;
     --fake-spy=*) spy=${a#--fake-spy=} ;;
+    --fake-abandon) abandon=1 ;;
     --partition=refused)
       echo "srun: error: invalid partition specified: refused" >&2
       echo "srun: error: Unable to allocate resources: Invalid partition name specified" >&2
@@ -41,5 +44,9 @@ for _ in $(seq $((${real:-$n} + 1)) "$n"); do
   tail --pid=$PPID -f /dev/null &
   pids+=($!)
 done
+if [ -n "$abandon" ]; then
+  echo "srun: error: lost contact with the tasks" >&2
+  exit 1
+fi
 trap 'kill -TERM "${pids[@]}" 2>/dev/null' TERM
 wait

@@ -96,6 +96,69 @@ impl Exit {
     }
 }
 
+/// The last lines of the launcher's standard error, as they come.
+#[derive(Debug, Default)]
+struct Said {
+    tail: Mutex<(VecDeque<String>, bool)>,
+    /// Notified when the standard error ends.
+    ended: Condvar,
+}
+
+/// How long the lines a launcher wrote before it exited are waited for,
+/// once it has, if its standard error has not ended (a process it left
+/// running holds it): they are in the pipe already, so only as long as
+/// the reading thread may take to be scheduled.
+const SAID_GRACE: Duration = Duration::from_millis(500);
+
+impl Said {
+    /// Copies `stderr` to this process's standard error, keeping the last
+    /// lines, until it ends.
+    fn read(&self, stderr: impl std::io::Read) {
+        for line in BufReader::new(stderr).split(b'\n') {
+            let Ok(line) = line else { break };
+            let mut out = std::io::stderr().lock();
+            let _ = out.write_all(&line);
+            let _ = out.write_all(b"\n");
+            drop(out);
+            let mut text = String::from_utf8_lossy(&line).into_owned();
+            if text.len() > TAIL_LINE_MAX {
+                let mut cut = TAIL_LINE_MAX;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+            }
+            let mut tail = lock(&self.tail);
+            if tail.0.len() == TAIL_LINES {
+                tail.0.pop_front();
+            }
+            tail.0.push_back(text);
+        }
+        self.finish();
+    }
+
+    /// The standard error ended.
+    fn finish(&self) {
+        lock(&self.tail).1 = true;
+        self.ended.notify_all();
+    }
+
+    /// The last lines said, once the launcher has exited: after the end of
+    /// its standard error, or [`SAID_GRACE`].
+    fn after_exit(&self) -> Vec<String> {
+        let tail = self
+            .ended
+            .wait_timeout_while(lock(&self.tail), SAID_GRACE, |t| !t.1)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
+        tail.0
+            .iter()
+            .filter(|l| !l.trim().is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
 /// A launcher process (`srun`) and the workers it started, which connected
 /// back. Dropping it ends them all.
 pub(crate) struct Running {
@@ -165,41 +228,36 @@ impl Running {
         let (events, arrivals) = mpsc::channel::<Event>();
 
         // The launcher's standard error goes on to ours, its last lines kept
-        // for an error; when it ends, the launcher has exited.
-        let stderr = child.stderr.take();
+        // for an error, by one thread; another waits for it to exit. (Its
+        // standard error may outlive it, held by a process it left running.)
+        let said = Arc::new(Said::default());
+        if let Some(stderr) = child.stderr.take() {
+            let said = Arc::clone(&said);
+            let reader = std::thread::Builder::new()
+                .name("multiproc-launcher-err".into())
+                .spawn(move || said.read(stderr));
+            if let Err(e) = reader {
+                let _ = launcher.signal(Sig::Kill);
+                let _ = child.wait();
+                return Err(Error::io(
+                    "starting a thread to read the launcher's output",
+                    e,
+                ));
+            }
+        } else {
+            said.finish();
+        }
         let ended = events.clone();
         let exit_slot = Arc::clone(&exit);
         let what_owned = what.to_string();
         let watcher = std::thread::Builder::new()
             .name("multiproc-launcher".into())
             .spawn(move || {
-                let mut tail = VecDeque::new();
-                if let Some(stderr) = stderr {
-                    for line in BufReader::new(stderr).split(b'\n') {
-                        let Ok(line) = line else { break };
-                        let mut out = std::io::stderr().lock();
-                        let _ = out.write_all(&line);
-                        let _ = out.write_all(b"\n");
-                        drop(out);
-                        let mut text = String::from_utf8_lossy(&line).into_owned();
-                        if text.len() > TAIL_LINE_MAX {
-                            let mut cut = TAIL_LINE_MAX;
-                            while !text.is_char_boundary(cut) {
-                                cut -= 1;
-                            }
-                            text.truncate(cut);
-                        }
-                        if tail.len() == TAIL_LINES {
-                            tail.pop_front();
-                        }
-                        tail.push_back(text);
-                    }
-                }
                 let status = match child.wait() {
                     Ok(status) => status.to_string(),
                     Err(e) => format!("could not be waited for: {e}"),
                 };
-                let said: Vec<String> = tail.into_iter().filter(|l| !l.trim().is_empty()).collect();
+                let said = said.after_exit();
                 let summary = if said.is_empty() {
                     format!("`{what_owned}` ended ({status}) and said nothing")
                 } else {
