@@ -271,6 +271,14 @@ mod rogue {
 
     impl Peer {
         pub fn connect(port: u16, key: &[u8]) -> Peer {
+            let (verdict, peer) = Peer::try_key(port, key);
+            assert_eq!(verdict, 0xA5, "the pool accepted the key");
+            peer
+        }
+
+        /// Proves `key` (right or not): the pool's verdict byte, and the
+        /// connection.
+        pub fn try_key(port: u16, key: &[u8]) -> (u8, Peer) {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.set_read_timeout(Some(BOUND)).unwrap();
             let mut challenge = [0u8; 40];
@@ -283,10 +291,13 @@ mod rogue {
             answer.extend_from_slice(&mac.finalize().into_bytes());
             answer.extend_from_slice(&[7u8; 32]);
             s.write_all(&answer).unwrap();
-            let mut verdict = [0u8; 33];
+            let mut verdict = [0u8; 1];
             s.read_exact(&mut verdict).unwrap();
-            assert_eq!(verdict[0], 0xA5, "the pool accepted the key");
-            Peer(s)
+            if verdict[0] == 0xA5 {
+                let mut proof = [0u8; 32];
+                s.read_exact(&mut proof).unwrap();
+            }
+            (verdict[0], Peer(s))
         }
 
         /// Sends `payload` as one message.
@@ -518,4 +529,25 @@ fn a_launcher_that_exits_early_fails_build_at_once_with_its_words() {
         "build took {:?}",
         start.elapsed()
     );
+}
+
+#[test]
+fn a_wrong_key_is_refused_and_a_flood_of_silent_connections_locks_no_worker_out() {
+    let (builder, port, key) = pool_with_rogues("wrong-key", 1, 0);
+    let mut wrong = key.clone();
+    wrong[0] ^= 1;
+    let (verdict, mut refused) = rogue::Peer::try_key(port, &wrong);
+    assert_eq!(verdict, 0x5A, "refused");
+    assert_eq!(refused.recv(), None, "and closed");
+    // Far more connections that never speak than the pool lets into the
+    // handshake at once: the oldest are cut short.
+    let silent: Vec<std::net::TcpStream> = (0..300)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    let mut worker = rogue::Peer::connect(port, &key);
+    worker.send(&rogue::hello(1));
+    assert_eq!(worker.recv().as_deref(), Some(rogue::BOOT));
+    worker.send(rogue::READY);
+    assert_eq!(builder.join().unwrap().unwrap().processes(), 1);
+    drop(silent);
 }
