@@ -851,6 +851,19 @@ fn send_big(conn: Connection<Vec<u8>>, len: usize) {
     conn.send(&message).unwrap();
 }
 
+/// Waits until `sender` has filled the lane of a large message to `ours`
+/// and sleeps until it is read, then stops it (SIGSTOP): a receive then
+/// takes part of the message and no more.
+fn stop_once_the_lane_is_full(ours: &Connection<Vec<u8>>, sender: u32) {
+    common::eventually("the sender fills the lane", || {
+        ours.poll(Duration::ZERO) && common::state_of(sender) == Some(b'S')
+    });
+    signal(sender, rustix::process::Signal::STOP);
+    common::eventually("the sender is stopped", || {
+        common::state_of(sender) == Some(b'T')
+    });
+}
+
 #[test]
 fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
     use rustix::process::Signal;
@@ -859,13 +872,7 @@ fn recv_timeout_bounds_a_large_message_whose_sender_stops() {
     let sender = spawn!(send_big, theirs, LEN).unwrap();
     // The sender fills the lane (4 MiB) and sleeps until we read; stopped,
     // it cannot go on when we do.
-    common::eventually("the sender fills the lane", || {
-        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
-    });
-    signal(sender.pid(), Signal::STOP);
-    common::eventually("the sender is stopped", || {
-        common::state_of(sender.pid()) == Some(b'T')
-    });
+    stop_once_the_lane_is_full(&ours, sender.pid());
     let start = Instant::now();
     let first = ours.recv_timeout(Duration::from_millis(200));
     signal(sender.pid(), Signal::CONT);
@@ -889,13 +896,7 @@ fn a_connection_half_way_through_a_large_message_refuses_to_travel() {
     let sender = spawn!(send_big, theirs, LEN).unwrap();
     // As above: the sender fills the lane and is stopped, so a receive
     // with a deadline takes part of the message and keeps it.
-    common::eventually("the sender fills the lane", || {
-        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
-    });
-    signal(sender.pid(), Signal::STOP);
-    common::eventually("the sender is stopped", || {
-        common::state_of(sender.pid()) == Some(b'T')
-    });
+    stop_once_the_lane_is_full(&ours, sender.pid());
     let first = ours.recv_timeout(Duration::from_millis(200));
     // The first part of the message is ours: a copy of the end sent away
     // would go on where the rest of it is, and the message be torn.
@@ -934,13 +935,7 @@ fn a_receiver_killed_after_a_deadline_passed_mid_message_is_seen_by_the_sender()
     const LEN: usize = 16 << 20;
     let (ours, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
     let sender = spawn!(send_big_or_fail, theirs, LEN).unwrap();
-    common::eventually("the sender fills the lane", || {
-        ours.poll(Duration::ZERO) && common::state_of(sender.pid()) == Some(b'S')
-    });
-    signal(sender.pid(), Signal::STOP);
-    common::eventually("the sender is stopped", || {
-        common::state_of(sender.pid()) == Some(b'T')
-    });
+    stop_once_the_lane_is_full(&ours, sender.pid());
     // Another process takes the first part of the message, its deadline
     // passes, and it is killed; we keep our copy of the receiving end.
     let took = multiproc::Event::new().unwrap();
