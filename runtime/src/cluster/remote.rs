@@ -349,9 +349,7 @@ impl Running {
         }
         running.stop_accepting();
         running.complete = true;
-        running.step = arrived
-            .iter()
-            .find_map(|w| Some((w.hello.job.clone()?, w.hello.step.clone()?)));
+        running.step = agreed_step(arrived.iter().map(|w| &w.hello));
         *lock(&running.arrived) = arrived;
         Ok(running)
     }
@@ -404,6 +402,23 @@ impl Running {
 /// How long the launcher gets to exit after its workers were told to end,
 /// before it is signalled.
 const END_GRACE: Duration = Duration::from_secs(5);
+
+/// The job step that every worker named, for the last-resort `scancel`:
+/// none unless all name the same one and it is a Slurm id (digits), so that
+/// one worker's word can neither aim the cancel at another step nor pass
+/// `scancel` an option.
+fn agreed_step<'a>(hellos: impl IntoIterator<Item = &'a Hello>) -> Option<(String, String)> {
+    let named = |h: &Hello| Some((h.job.clone()?, h.step.clone()?));
+    let is_id = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let mut hellos = hellos.into_iter();
+    let first = named(hellos.next()?)?;
+    if !is_id(&first.0) || !is_id(&first.1) {
+        return None;
+    }
+    hellos
+        .all(|h| named(h).as_ref() == Some(&first))
+        .then_some(first)
+}
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -595,4 +610,35 @@ fn parse_hex(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(pid: u32, job: &str, step: &str) -> Hello {
+        Hello {
+            host: "n1".into(),
+            pid,
+            rank: Some(u64::from(pid)),
+            job: Some(job.into()),
+            step: Some(step.into()),
+        }
+    }
+
+    #[test]
+    fn the_step_to_cancel_is_one_every_worker_names() {
+        let agreed = [hello(1, "42", "0"), hello(2, "42", "0")];
+        assert_eq!(agreed_step(&agreed), Some(("42".into(), "0".into())));
+        // One worker naming another step (or none) means no cancel at all.
+        let split = [hello(1, "42", "0"), hello(2, "7", "0")];
+        assert_eq!(agreed_step(&split), None);
+        let mut unnamed = hello(2, "42", "0");
+        unnamed.step = None;
+        assert_eq!(agreed_step(&[hello(1, "42", "0"), unnamed]), None);
+        // Not a Slurm id: never handed to scancel, which would read an option.
+        assert_eq!(agreed_step(&[hello(1, "--user=alice", "0")]), None);
+        assert_eq!(agreed_step(&[hello(1, "42", "")]), None);
+        assert_eq!(agreed_step(&[]), None);
+    }
 }
