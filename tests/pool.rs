@@ -859,3 +859,115 @@ fn results_of_many_handles_each_come_back_or_say_why() {
     assert!(each[1].as_ref().unwrap_err().is_encode(), "{:?}", each[1]);
     assert_eq!(each[2].as_ref().unwrap(), &2);
 }
+
+#[process_entry]
+fn len_of(s: String) -> usize {
+    s.len()
+}
+
+/// Sends `signal` to process `pid`.
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Kills a stopped worker when dropped, unless disarmed: a failing test
+/// must not leave it stopped, nor the pool's calls waiting for it.
+struct KillOnFailure(Option<u32>);
+
+impl Drop for KillOnFailure {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            signal(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+/// A worker that stops reading (its process stopped) holds up no call of
+/// the pool: the pool never waits for a worker's socket while it holds its
+/// bookkeeping, so `apply_async` of more than the socket and the lane hold
+/// returns, and so does `terminate`, which kills the stopped worker and
+/// fails the task.
+#[test]
+fn a_stopped_worker_holds_up_no_call_of_the_pool() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let worker = pool.apply(entry!(pid), ()).unwrap();
+    signal(worker, rustix::process::Signal::STOP);
+    let mut guard = KillOnFailure(Some(worker));
+    common::eventually("the worker is stopped", || {
+        common::state_of(worker) == Some(b'T')
+    });
+    // Far more than the socket and the lane between the two hold.
+    let p = Arc::clone(&pool);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let large = "x".repeat(64 << 20);
+        let _ = tx.send(p.apply_async(entry!(len_of), (large,)));
+    });
+    let pending = rx
+        .recv_timeout(common::BOUND)
+        .expect("apply_async waited for a worker that does not read")
+        .unwrap();
+    let also = within(common::BOUND, {
+        let p = Arc::clone(&pool);
+        move || p.apply_async(entry!(square), (5,))
+    })
+    .expect("a second apply_async waited for a worker that does not read")
+    .unwrap();
+    let p = Arc::clone(&pool);
+    assert!(
+        within(common::BOUND, move || p.terminate()).is_some(),
+        "terminate() waited for a worker that does not read"
+    );
+    guard.0 = None;
+    // Killed though stopped, and reaped by the time terminate returned.
+    assert!(
+        is_gone(worker),
+        "the stopped worker {worker} was not reaped"
+    );
+    for (what, err) in [
+        (
+            "the large task",
+            pending.get_timeout(common::BOUND).unwrap_err(),
+        ),
+        (
+            "the small task",
+            also.get_timeout(common::BOUND).unwrap_err(),
+        ),
+    ] {
+        assert!(err.is_disconnected(), "{what}: {err}");
+        assert!(err.to_string().contains("terminated"), "{what}: {err}");
+    }
+}
+
+/// What the pool sent a worker while it was stopped (a large task, then
+/// small ones behind it) arrives whole and in order once it goes on: a
+/// chunk answered out of turn would have the worker cut off.
+#[test]
+fn tasks_sent_to_a_stopped_worker_run_in_order_once_it_goes_on() {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let worker = pool.apply(entry!(pid), ()).unwrap();
+    signal(worker, rustix::process::Signal::STOP);
+    let mut guard = KillOnFailure(Some(worker));
+    common::eventually("the worker is stopped", || {
+        common::state_of(worker) == Some(b'T')
+    });
+    let p = Arc::clone(&pool);
+    let (large, small) = within(common::BOUND, move || {
+        let large = p
+            .apply_async(entry!(len_of), ("x".repeat(16 << 20),))
+            .unwrap();
+        let small: Vec<_> = (0..5u64)
+            .map(|x| (x, p.apply_async(entry!(square), (x,)).unwrap()))
+            .collect();
+        (large, small)
+    })
+    .expect("apply_async waited for a worker that does not read");
+    signal(worker, rustix::process::Signal::CONT);
+    assert_eq!(large.get_timeout(common::BOUND).unwrap(), 16 << 20);
+    for (x, r) in small {
+        assert_eq!(r.get_timeout(common::BOUND).unwrap(), x * x);
+    }
+    guard.0 = None;
+    assert_eq!(pool.apply(entry!(pid), ()).unwrap(), worker);
+}

@@ -25,8 +25,10 @@ use crate::sys::slots::SlotRing;
 use crate::wire::{self, FrameError, FrameKind, OutFrame};
 
 mod lane;
+mod outgoing;
 
 use lane::LANE_MIN;
+pub(crate) use outgoing::Encoded;
 
 /// Creates connected pairs of [`Connection`]s.
 ///
@@ -472,6 +474,17 @@ impl<T> Connection<T> {
     /// Takes this end's send lock. A sender that died holding it may have
     /// left half a message in the stream, which no later send can repair.
     fn lock_sending(&self) -> Result<SendLockGuard<'_>, Error> {
+        loop {
+            if let Some(guard) = self.try_lock_sending(Deadline::Never)? {
+                return Ok(guard);
+            }
+        }
+    }
+
+    /// Takes this end's send lock if it comes within `wait`: `None` if a
+    /// live sender still holds it then (as [`lock_sending`](Self::lock_sending)
+    /// otherwise).
+    fn try_lock_sending(&self, wait: Deadline) -> Result<Option<SendLockGuard<'_>>, Error> {
         if !self.end.writable {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
@@ -479,23 +492,21 @@ impl<T> Connection<T> {
             ));
         }
         let lock = self.end.locks.of(self.end.side);
-        loop {
-            match lock.acquire(Deadline::Never) {
-                Acquisition::Acquired => return Ok(SendLockGuard(lock)),
-                Acquisition::TimedOut => continue,
-                Acquisition::OwnerDied(pid) => {
-                    // Its half-written message is in the stream for good:
-                    // close this direction for every process, so the
-                    // receiver sees the stream end after the garbage instead
-                    // of later messages spliced into it.
-                    let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
-                    return Err(Error::new(
-                        ErrorKind::Disconnected,
-                        format!(
-                            "process {pid} died while sending on this end; the stream is no longer usable"
-                        ),
-                    ));
-                }
+        match lock.acquire(wait) {
+            Acquisition::Acquired => Ok(Some(SendLockGuard(lock))),
+            Acquisition::TimedOut => Ok(None),
+            Acquisition::OwnerDied(pid) => {
+                // Its half-written message is in the stream for good:
+                // close this direction for every process, so the
+                // receiver sees the stream end after the garbage instead
+                // of later messages spliced into it.
+                let _ = rustix::net::shutdown(&self.fd, Shutdown::Write);
+                Err(Error::new(
+                    ErrorKind::Disconnected,
+                    format!(
+                        "process {pid} died while sending on this end; the stream is no longer usable"
+                    ),
+                ))
             }
         }
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use super::link::Link;
+use super::link::{Link, QueuedConnection};
 use super::proto::{Boot, Msg};
 use super::task;
 use crate::Pipe;
@@ -86,6 +86,8 @@ static WORKERS: AtomicU64 = AtomicU64::new(1);
 impl Launch for SpawnLauncher {
     fn launch(&self, boot: Boot) -> Result<Started, Error> {
         let (ours, theirs) = Pipe::<Msg>::duplex()?;
+        // Before the worker starts: nothing to undo if its writer cannot.
+        let link: Arc<dyn Link> = QueuedConnection::new(ours)?;
         let name = format!("PoolWorker-{}", WORKERS.fetch_add(1, Ordering::Relaxed));
         let mut process = Process::new(super::worker::pool_worker {}, (theirs, boot))
             .name(name)
@@ -94,7 +96,7 @@ impl Launch for SpawnLauncher {
             process = process.start_method(method);
         }
         let handle = process.start()?;
-        Ok((Arc::new(ours), Box::new(SpawnedWorker(handle))))
+        Ok((link, Box::new(SpawnedWorker(handle))))
     }
 }
 

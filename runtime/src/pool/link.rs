@@ -1,16 +1,20 @@
 //! A worker's connection, as the pool and the worker loop use it: a
 //! [`Connection`] to a local worker, or a TCP stream to one on another
-//! machine.
+//! machine. The pool's end of either ([`QueuedConnection`],
+//! [`TcpLink::queued`]) never waits for the worker to read: the pool sends
+//! under its bookkeeping's lock.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::Duration;
 
 use super::proto::Msg;
 use super::scheduler::lock;
 use super::task;
+use crate::pipe::Encoded;
 use crate::wire::OutFrame;
 use crate::{Connection, Error, ErrorKind, RecvError, RecvTimeoutError};
 
@@ -48,6 +52,161 @@ impl Link for Connection<Msg> {
             Err(RecvTimeoutError::Disconnected) => Some(Err(RecvError::Disconnected)),
             Err(RecvTimeoutError::Failed(e)) => Some(Err(RecvError::Failed(e))),
         }
+    }
+}
+
+/// The pool's end of a local worker's connection. `send` encodes on the
+/// calling thread (so a message that cannot go fails there, alone) and
+/// writes what the socket takes at once; a message the socket does not
+/// take whole (the worker is not reading, or it goes through the lane),
+/// and every message after it until that one is written, goes to a thread
+/// of the link's own, in order, which waits for the worker to read. So a
+/// send never waits for the worker: the pool sends under its bookkeeping's
+/// lock, which a worker that stops reading (its process stopped) must not
+/// hold. A write that fails shuts the connection, so the slot's receive
+/// ends and the worker is buried as for any lost connection.
+#[derive(Debug)]
+pub(crate) struct QueuedConnection {
+    shared: Arc<Outlet>,
+}
+
+/// What a [`QueuedConnection`] and its writer thread share.
+#[derive(Debug)]
+struct Outlet {
+    conn: Connection<Msg>,
+    outbox: Mutex<Outbox>,
+    /// Wakes the writer for a message queued, or the link closed.
+    wake: Condvar,
+}
+
+/// The messages a [`QueuedConnection`] has not written yet.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// In order; the first may be written part-way.
+    queue: VecDeque<Encoded>,
+    /// The writer holds a message taken from the queue, not all written.
+    writing: bool,
+    /// The link was dropped: the writer ends once the queue is written.
+    closed: bool,
+    /// A write failed (the worker is gone, or the stream cannot go on):
+    /// every send fails from then on.
+    broken: bool,
+    /// The last message written whole by its sender, whose buffer the
+    /// next one is encoded into (it is under the lane's size).
+    spare: Option<Encoded>,
+}
+
+impl Outbox {
+    /// Whether a message may be written by its sender at once: nothing
+    /// is waiting to go before it.
+    fn clear(&self) -> bool {
+        self.queue.is_empty() && !self.writing
+    }
+}
+
+impl QueuedConnection {
+    /// The pool's end of a local worker's connection, with its writer
+    /// thread.
+    pub(crate) fn new(conn: Connection<Msg>) -> Result<Arc<QueuedConnection>, Error> {
+        let shared = Arc::new(Outlet {
+            conn,
+            outbox: Mutex::new(Outbox::default()),
+            wake: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("multiproc-link-writer".into())
+            .spawn(move || writer.write_out())
+            .map_err(|e| task::io_error("starting a thread to send to a pool worker", e))?;
+        Ok(Arc::new(QueuedConnection { shared }))
+    }
+}
+
+impl Outlet {
+    /// The writer thread: writes the queue's messages in order, waiting
+    /// for the worker to read them, until the link is dropped and all are
+    /// written, or a write fails.
+    fn write_out(&self) {
+        loop {
+            let message = {
+                let mut outbox = lock(&self.outbox);
+                outbox.writing = false;
+                loop {
+                    if let Some(message) = outbox.queue.pop_front() {
+                        outbox.writing = true;
+                        break message;
+                    }
+                    if outbox.closed || outbox.broken {
+                        return;
+                    }
+                    outbox = self.wake.wait(outbox).unwrap_or_else(|p| p.into_inner());
+                }
+            };
+            if self.conn.write_encoded(message).is_err() {
+                self.break_off();
+                return;
+            }
+        }
+    }
+
+    /// A write failed: drops what is queued (closing its descriptors) and
+    /// shuts the connection, so the worker reads its end and the pool's
+    /// receive on it ends.
+    fn break_off(&self) {
+        let dropped = {
+            let mut outbox = lock(&self.outbox);
+            outbox.broken = true;
+            outbox.writing = false;
+            std::mem::take(&mut outbox.queue)
+        };
+        drop(dropped);
+        let _ = rustix::net::shutdown(&self.conn, rustix::net::Shutdown::Both);
+    }
+}
+
+impl Drop for QueuedConnection {
+    fn drop(&mut self) {
+        lock(&self.shared.outbox).closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Link for QueuedConnection {
+    fn send(&self, msg: &Msg) -> Result<(), Error> {
+        let lost = || task::error(ErrorKind::Disconnected, "the connection was lost");
+        let mut outbox = lock(&self.shared.outbox);
+        if outbox.broken {
+            return Err(lost());
+        }
+        let spare = outbox.spare.take();
+        let mut message = self.shared.conn.encode(msg, spare)?;
+        if outbox.clear() {
+            match self.shared.conn.try_write_encoded(&mut message) {
+                Ok(true) => {
+                    outbox.spare = Some(message);
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    drop(outbox);
+                    drop(message);
+                    self.shared.break_off();
+                    return Err(e);
+                }
+            }
+        }
+        outbox.queue.push_back(message);
+        drop(outbox);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    fn recv(&self) -> Result<Msg, RecvError> {
+        Link::recv(&self.shared.conn)
+    }
+
+    fn recv_within(&self, timeout: Duration) -> Option<Result<Msg, RecvError>> {
+        Link::recv_within(&self.shared.conn, timeout)
     }
 }
 

@@ -86,6 +86,10 @@ const IMAP_CHUNKS_PER_WORKER: usize = 64;
 ///   chunks it had received but not started run elsewhere. It is replaced
 ///   (its initializer runs again) and the pool keeps serving. No call waits
 ///   for a dead worker.
+/// - No call waits for a worker to read either: one that stops reading
+///   (its process stopped with `SIGSTOP`) holds up only the tasks sent to
+///   it, and [`terminate`](Pool::terminate) (or dropping the pool) kills it
+///   and fails them.
 /// - `map` and `starmap` return the first error in input order.
 ///
 /// # Caveats

@@ -52,6 +52,34 @@ impl OutFrame {
         Ok(())
     }
 
+    /// Appends `bytes` to the payload as they are (a raw-bytes message,
+    /// not an encoding).
+    pub(crate) fn push_raw(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Writes the header of a frame of `kind` in front of the payload, so
+    /// that [`bytes`](Self::bytes) is the whole frame; fails for a payload
+    /// over the limit.
+    pub(crate) fn seal(&mut self, kind: FrameKind) -> io::Result<()> {
+        let len = (self.buf.len() - FRAME_HEADER_LEN) as u64;
+        check_len(len)?;
+        let header = header(kind, self.fds.len() as u16, len);
+        self.buf[..FRAME_HEADER_LEN].copy_from_slice(&header);
+        Ok(())
+    }
+
+    /// The whole frame, header and payload (once [`seal`](Self::seal)ed).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Closes this frame's copies of the descriptors (once they are sent:
+    /// the receiver has its own).
+    pub(crate) fn drop_fds(&mut self) {
+        self.fds.clear();
+    }
+
     /// Empties the frame for reuse, keeping its buffer.
     pub(crate) fn clear(&mut self) {
         self.buf.truncate(FRAME_HEADER_LEN);
@@ -136,6 +164,30 @@ pub(crate) fn send_all(
     bytes: &[u8],
     fds: &[BorrowedFd<'_>],
 ) -> io::Result<()> {
+    send_from(sock, bytes, fds, SendFlags::NOSIGNAL).map(drop)
+}
+
+/// Writes what of `bytes` the socket takes now, never waiting, the
+/// descriptors going with the first chunk: how many bytes went (0: none,
+/// and then the descriptors did not go either).
+pub(crate) fn send_now(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
+    send_from(sock, bytes, fds, SendFlags::NOSIGNAL | SendFlags::DONTWAIT)
+}
+
+/// Writes `bytes`, the descriptors going with the first chunk, until all
+/// of it is written or (with `DONTWAIT` in `flags`) until the socket would
+/// block: returns how many bytes went.
+fn send_from(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+    flags: SendFlags,
+) -> io::Result<usize> {
+    let stop_when_full = flags.contains(SendFlags::DONTWAIT);
     let mut sent = 0;
     if !fds.is_empty() {
         let mut space = vec![MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(fds.len()))];
@@ -144,27 +196,24 @@ pub(crate) fn send_all(
             return Err(io::Error::other("too many descriptors for one message"));
         }
         loop {
-            match rustix::net::sendmsg(
-                sock,
-                &[IoSlice::new(bytes)],
-                &mut control,
-                SendFlags::NOSIGNAL,
-            ) {
+            match rustix::net::sendmsg(sock, &[IoSlice::new(bytes)], &mut control, flags) {
                 Ok(n) => {
                     sent = n;
                     break;
                 }
                 Err(rustix::io::Errno::INTR) => continue,
+                Err(rustix::io::Errno::AGAIN) if stop_when_full => return Ok(0),
                 Err(e) => return Err(e.into()),
             }
         }
     }
     while sent < bytes.len() {
-        match rustix::net::send(sock, &bytes[sent..], SendFlags::NOSIGNAL) {
+        match rustix::net::send(sock, &bytes[sent..], flags) {
             Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => continue,
+            Err(rustix::io::Errno::AGAIN) if stop_when_full => break,
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(())
+    Ok(sent)
 }
