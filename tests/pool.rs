@@ -883,6 +883,19 @@ impl Drop for KillOnFailure {
     }
 }
 
+/// A pool of one worker, stopped (SIGSTOP), and a guard that kills it
+/// should the test fail before disarming it.
+fn pool_with_a_stopped_worker() -> (Arc<Pool>, u32, KillOnFailure) {
+    let pool = Arc::new(Pool::new(1).unwrap());
+    let worker = pool.apply(entry!(pid), ()).unwrap();
+    signal(worker, rustix::process::Signal::STOP);
+    let guard = KillOnFailure(Some(worker));
+    common::eventually("the worker is stopped", || {
+        common::state_of(worker) == Some(b'T')
+    });
+    (pool, worker, guard)
+}
+
 /// A worker that stops reading (its process stopped) holds up no call of
 /// the pool: the pool never waits for a worker's socket while it holds its
 /// bookkeeping, so `apply_async` of more than the socket and the lane hold
@@ -890,13 +903,7 @@ impl Drop for KillOnFailure {
 /// fails the task.
 #[test]
 fn a_stopped_worker_holds_up_no_call_of_the_pool() {
-    let pool = Arc::new(Pool::new(1).unwrap());
-    let worker = pool.apply(entry!(pid), ()).unwrap();
-    signal(worker, rustix::process::Signal::STOP);
-    let mut guard = KillOnFailure(Some(worker));
-    common::eventually("the worker is stopped", || {
-        common::state_of(worker) == Some(b'T')
-    });
+    let (pool, worker, mut guard) = pool_with_a_stopped_worker();
     // Far more than the socket and the lane between the two hold.
     let p = Arc::clone(&pool);
     let (tx, rx) = std::sync::mpsc::channel();
@@ -945,13 +952,7 @@ fn a_stopped_worker_holds_up_no_call_of_the_pool() {
 /// chunk answered out of turn would have the worker cut off.
 #[test]
 fn tasks_sent_to_a_stopped_worker_run_in_order_once_it_goes_on() {
-    let pool = Arc::new(Pool::new(1).unwrap());
-    let worker = pool.apply(entry!(pid), ()).unwrap();
-    signal(worker, rustix::process::Signal::STOP);
-    let mut guard = KillOnFailure(Some(worker));
-    common::eventually("the worker is stopped", || {
-        common::state_of(worker) == Some(b'T')
-    });
+    let (pool, worker, mut guard) = pool_with_a_stopped_worker();
     let p = Arc::clone(&pool);
     let (large, small) = within(common::BOUND, move || {
         let large = p
