@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use super::{Connection, LANE_MIN, SendLockGuard, SendLocks, lock, send_error};
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
-use crate::wire::{self, FrameKind, MAX_FRAME_LEN, OutFrame};
+use crate::wire::{self, FrameKind, OutFrame};
 
 /// A message encoded for one end of a pipe, not yet (all) written. It
 /// owns copies of the descriptors of the handles inside it until they are
@@ -179,13 +179,7 @@ impl<T: Serialize + DeserializeOwned + 'static> Connection<T> {
             frame.encode(message)?;
             FrameKind::Data
         };
-        let len = frame.payload().len() as u64;
-        if len > MAX_FRAME_LEN {
-            return Err(Error::new(
-                ErrorKind::Encode,
-                format!("the message of {len} bytes is over the {MAX_FRAME_LEN}-byte limit"),
-            ));
-        }
+        // Refuses a payload over the frame limit, as `send` does.
         frame
             .seal(kind)
             .map_err(|e| Error::new(ErrorKind::Encode, e.to_string()))?;
