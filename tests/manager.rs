@@ -904,3 +904,47 @@ fn update_with_reports_a_panic_and_leaves_the_value() {
     // The server still serves.
     assert_eq!(d.update_with(1, entry!(add_one)).unwrap(), 6);
 }
+
+/// A value whose `Serialize` panics: a bug in a user's type.
+#[derive(Deserialize)]
+struct Explodes;
+
+impl Serialize for Explodes {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        panic!("this value cannot be encoded")
+    }
+}
+
+#[test]
+fn a_thread_that_panics_in_a_call_releases_nothing_its_process_holds() {
+    let manager = Manager::start().unwrap();
+    let pid = manager.pid().unwrap();
+    let lock = manager.lock().unwrap();
+    let sem = manager.semaphore(1).unwrap();
+    let l = manager.list::<Explodes>(vec![]).unwrap();
+    let guard = lock.lock().unwrap();
+    let permit = sem.acquire().unwrap();
+    let before = fd_count(pid);
+    // The thread takes the connection this process holds the lock and the
+    // permit through (the idle one), and panics while encoding.
+    let thread = std::thread::spawn(move || l.push(Explodes));
+    assert!(thread.join().is_err(), "the encoding panicked");
+    // Had that connection been closed, the server would have released what
+    // it held and then closed its end: a descriptor fewer. Look for that,
+    // within a bound, before asking.
+    let start = Instant::now();
+    while fd_count(pid) >= before && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        lock.try_lock().unwrap().is_none(),
+        "this process still holds the lock"
+    );
+    assert!(
+        sem.try_acquire().unwrap().is_none(),
+        "this process still holds the permit"
+    );
+    drop((guard, permit));
+    assert!(lock.try_lock().unwrap().is_some());
+    assert!(sem.try_acquire().unwrap().is_some());
+}

@@ -185,6 +185,12 @@ impl Client {
 
     /// Sends one request (`op` on object `id`, then what `build` writes)
     /// and reads its reply with `parse`.
+    ///
+    /// The connection goes back for reuse unless it broke: the server
+    /// releases whatever a connection held (locks, permits, on behalf of
+    /// any thread of this process) when it closes, so one kept in step must
+    /// not be closed for this call's sake, not even when `build` or `parse`
+    /// (a user's `Serialize` or `Deserialize`) panics.
     pub(crate) fn call<R>(
         &self,
         op: Op,
@@ -192,36 +198,38 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let mut conn = self.take()?;
+        let mut lease = Lease {
+            client: self,
+            conn: None,
+        };
+        let conn = lease.conn.insert(self.take()?);
         conn.out.clear();
         conn.out.u8(op as u8).u64(id);
-        if let Err(e) = build(&mut conn.out) {
-            self.give_back(conn);
+        build(&mut conn.out)?;
+        if let Err(e) = conn.out.send(&mut conn.stream) {
+            // A frame over the limit is refused before a byte is written.
+            if e.kind() != ErrorKind::Encode {
+                lease.conn = None;
+            }
             return Err(e);
         }
-        conn.out.send(&mut conn.stream)?;
-        let reply = match conn.reader.read(&mut conn.stream) {
-            Ok(reply) => reply,
-            Err(ReadError::Closed) => {
-                return Err(error(
-                    ErrorKind::Disconnected,
-                    "the manager's server is gone (it closed the connection)",
-                ));
-            }
-            Err(ReadError::Io(e)) => return Err(gone(e)),
-            Err(ReadError::TooLarge(n)) => {
-                return Err(error(
-                    ErrorKind::Decode,
-                    format!("the manager announced a reply of {n} bytes, over the limit"),
-                ));
-            }
+        let failed = match conn.reader.read(&mut conn.stream) {
+            // The whole reply frame has been read, so the connection is in
+            // step whatever the frame held (a value that does not decode
+            // as `T`, an error).
+            Ok(reply) => return parse_reply(reply, parse),
+            Err(ReadError::Closed) => error(
+                ErrorKind::Disconnected,
+                "the manager's server is gone (it closed the connection)",
+            ),
+            Err(ReadError::Io(e)) => gone(e),
+            Err(ReadError::TooLarge(n)) => error(
+                ErrorKind::Decode,
+                format!("the manager announced a reply of {n} bytes, over the limit"),
+            ),
         };
-        // The whole reply frame has been read, so the connection is in step
-        // whatever the frame held (a value that does not decode as `T`, an
-        // error): it goes back for reuse.
-        let result = parse_reply(reply, parse);
-        self.give_back(conn);
-        result
+        lease.conn = None;
+        Err(failed)
     }
 
     /// A request with no arguments and an empty reply.
@@ -235,6 +243,21 @@ impl Client {
         match self.open()?.stream {
             Stream::Unix(s) => Ok(s.into()),
             Stream::Tcp(s) => Ok(s.into()),
+        }
+    }
+}
+
+/// A connection taken for one request: given back when dropped (also when
+/// unwinding), unless emptied because the connection broke.
+struct Lease<'a> {
+    client: &'a Client,
+    conn: Option<Conn>,
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            self.client.give_back(conn);
         }
     }
 }
