@@ -948,3 +948,30 @@ fn a_thread_that_panics_in_a_call_releases_nothing_its_process_holds() {
     assert!(lock.try_lock().unwrap().is_some());
     assert!(sem.try_acquire().unwrap().is_some());
 }
+
+/// Serves a remote manager on `listener` (kept open by the caller, so the
+/// address stays the same across servers) in a child.
+fn serve_on_shared(listener: &TcpListener) -> Remote {
+    let addr = listener.local_addr().unwrap().to_string();
+    let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+    let server = spawn!(serve_remote, Fd::from(fd), KEY.to_vec()).unwrap();
+    Remote {
+        addr,
+        server: Some(server),
+    }
+}
+
+#[test]
+fn a_remote_server_restarted_on_its_address_is_reached_again() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = serve_on_shared(&listener);
+    let old = Manager::connect(&first.addr, KEY).unwrap();
+    old.dict::<u8, u8>().unwrap().insert(1, 1).unwrap();
+    drop(first);
+    let second = serve_on_shared(&listener);
+    // This process still has a connection to the first server, idle.
+    let new = Manager::connect(&second.addr, KEY).unwrap();
+    let d = new.dict::<u8, u8>().unwrap();
+    d.insert(2, 2).unwrap();
+    assert_eq!(d.snapshot().unwrap().len(), 1);
+}

@@ -169,8 +169,12 @@ impl Client {
                 // Forked: these connections are the parent's.
                 *idle = (pid, Vec::new());
             }
-            if let Some(conn) = idle.1.pop() {
-                return Ok(conn);
+            // One whose server hung up (it died, or restarted at a remote
+            // address) would fail the call where a new one may not.
+            while let Some(conn) = idle.1.pop() {
+                if !internals::peer_gone(conn.stream.as_fd()) {
+                    return Ok(conn);
+                }
             }
         }
         self.open()
