@@ -282,6 +282,14 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// The server's id of a proxy's object, as its `Debug` shows it.
+fn object_id(proxy: &impl std::fmt::Debug) -> u64 {
+    let shown = format!("{proxy:?}");
+    let (_, after) = shown.split_once("object ").unwrap();
+    let (id, _) = after.split_once(' ').unwrap();
+    id.parse().unwrap()
+}
+
 /// Waits (within [`BOUND`]) until `f` holds.
 fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -298,12 +306,21 @@ fn bad_bytes_cost_a_local_client_its_connection_only() {
     d.insert(1, 1).unwrap();
     let pid = manager.pid().unwrap();
     let before = fd_count(pid);
+    let id = object_id(&d);
+    let request = |len: u32, op: u8, rest: &[u8]| {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.push(op);
+        bytes.extend_from_slice(&id.to_le_bytes());
+        bytes.extend_from_slice(rest);
+        bytes
+    };
     let cases: Vec<Vec<u8>> = vec![
-        b"\xff\xff\xff\xffgarbage".to_vec(), // over the length cap
-        vec![3, 0, 0, 0, 200, 1, 2],         // unknown op
-        vec![9, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0], // a map op, no key
-        vec![13, 0, 0, 0, 10, 1, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255, 255], // key longer than the frame
-        (0..=255u8).cycle().take(10_000).collect(),                        // noise
+        b"\xff\xff\xff\xffgarbage".to_vec(),        // over the length cap
+        vec![3, 0, 0, 0, 200, 1, 2],                // unknown op
+        request(9, 10, &[]),                        // a map op, no key
+        request(13, 10, &[255, 255, 255, 255]),     // key longer than the frame
+        request(9, 30, &[]),                        // a list op on a dict
+        (0..=255u8).cycle().take(10_000).collect(), // noise
     ];
     for bytes in cases {
         let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
@@ -315,6 +332,23 @@ fn bad_bytes_cost_a_local_client_its_connection_only() {
         let _ = raw.read_to_end(&mut rest);
         assert!(rest.is_empty(), "no reply to garbage: {rest:?}");
     }
+    // A well-formed request for an object the server does not hold is
+    // answered, with an error, on a connection that stays open.
+    let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
+    let unknown = id.wrapping_add(1 << 40);
+    let mut ask = 9u32.to_le_bytes().to_vec();
+    ask.push(14); // the length of a map
+    ask.extend_from_slice(&unknown.to_le_bytes());
+    for _ in 0..2 {
+        raw.write_all(&ask).unwrap();
+        let mut head = [0u8; 6];
+        raw.read_exact(&mut head).unwrap();
+        assert_eq!(&head[4..], &[1, 2], "an error, of kind Disconnected");
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let mut rest = vec![0u8; len - 2];
+        raw.read_exact(&mut rest).unwrap();
+    }
+    drop(raw);
     // Half a frame, then the client goes away.
     let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
     raw.write_all(&[100, 0, 0, 0, 10]).unwrap();
@@ -974,4 +1008,30 @@ fn a_remote_server_restarted_on_its_address_is_reached_again() {
     let d = new.dict::<u8, u8>().unwrap();
     d.insert(2, 2).unwrap();
     assert_eq!(d.snapshot().unwrap().len(), 1);
+}
+
+#[test]
+fn a_proxy_of_a_restarted_remote_server_touches_none_of_its_new_objects() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let first = serve_on_shared(&listener);
+    let old = Manager::connect(&first.addr, KEY).unwrap();
+    let stale = old.dict::<String, u32>().unwrap();
+    stale.insert("old".into(), 1).unwrap();
+    drop(first);
+    let second = serve_on_shared(&listener);
+    let new = Manager::connect(&second.addr, KEY).unwrap();
+    let fresh = new.dict::<String, u32>().unwrap();
+    let lock = new.lock().unwrap();
+    let guard = lock.lock().unwrap();
+    // The object is gone with its server: a typed error, not another object.
+    let err = stale.insert("stale".into(), 2).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+    let err = stale.len().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Disconnected, "{err}");
+    assert_eq!(fresh.len().unwrap(), 0);
+    // The connection that error came through, which this process holds
+    // the lock through, stayed open.
+    assert!(lock.try_lock().unwrap().is_none());
+    drop(guard);
+    assert!(lock.try_lock().unwrap().is_some());
 }

@@ -95,7 +95,9 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   is an [`ErrorKind::Encode`](crate::ErrorKind::Encode) error.
 /// - When the server is gone (shut down, killed), every proxy call fails
 ///   with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected),
-///   including calls waiting on a lock or queue.
+///   including calls waiting on a lock or queue. So do a remote server's
+///   proxies once another server runs at its address: each server numbers
+///   its objects from a random start, so an old proxy names nothing there.
 pub struct Manager {
     client: Arc<Client>,
     server: Option<JoinHandle<()>>,

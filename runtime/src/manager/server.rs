@@ -95,7 +95,7 @@ struct State {
 }
 
 /// The shared state of one manager server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Server {
     state: Mutex<State>,
     changed: Condvar,
@@ -145,6 +145,27 @@ fn deadline_of(ms: u64) -> Option<Instant> {
 }
 
 impl Server {
+    /// A server with no objects. Its object ids start at a random number,
+    /// so that those of another server (one that ran at the same address
+    /// before) name nothing here.
+    pub(crate) fn new() -> Server {
+        let mut seed = [0u8; 8];
+        if getrandom::fill(&mut seed).is_err() {
+            // No random bytes: the time still differs between servers.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            seed = (now.as_nanos() as u64 ^ u64::from(std::process::id())).to_le_bytes();
+        }
+        Server {
+            state: Mutex::new(State {
+                next_id: u64::from_le_bytes(seed),
+                ..State::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -287,6 +308,17 @@ impl Server {
         let mut f = Fields::new(request);
         let op = Op::from_u8(f.u8()?).ok_or(Fault::Bad)?;
         let id = f.u64()?;
+        // Ids start at random, so this is also how a proxy of another
+        // server (one that was at this address before) is told apart.
+        if !matches!(op, Op::Ping | Op::Create) && !self.lock().objects.contains_key(&id) {
+            return Err(op_err(
+                ErrorKind::Disconnected,
+                format!(
+                    "the manager holds no object {id}: it belongs to another server \
+                     (one that was at this address before it, perhaps)"
+                ),
+            ));
+        }
         out.u8(OK);
         let mut undo = None;
         let mut notify = false;
@@ -299,8 +331,11 @@ impl Server {
                     let obj = create(&mut f)?;
                     f.end()?;
                     let mut st = self.lock();
-                    st.next_id += 1;
-                    let new = st.next_id;
+                    let mut new = st.next_id.wrapping_add(1);
+                    while new == 0 || st.objects.contains_key(&new) {
+                        new = new.wrapping_add(1);
+                    }
+                    st.next_id = new;
                     st.objects.insert(new, obj);
                     out.u64(new);
                 }
@@ -1027,7 +1062,7 @@ fn seq_op(
 /// Serves clients that dial through `dial` (a local manager's server):
 /// returns when nobody can dial any more and every connection has ended.
 pub(crate) fn serve_local(dial: OwnedFd) {
-    let server = Arc::new(Server::default());
+    let server = Arc::new(Server::new());
     loop {
         match internals::recv_dialed(dial.as_fd()) {
             Ok(Some(fds)) => {
@@ -1052,7 +1087,7 @@ pub(crate) fn serve_local(dial: OwnedFd) {
 
 /// Serves authenticated TCP clients from `listener` for ever.
 pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
-    let server = Arc::new(Server::default());
+    let server = Arc::new(Server::new());
     let key: Arc<[u8]> = Arc::from(authkey);
     let handshakes = crate::net::Handshakes::default();
     loop {
