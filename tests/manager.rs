@@ -1035,3 +1035,36 @@ fn a_proxy_of_a_restarted_remote_server_touches_none_of_its_new_objects() {
     drop(guard);
     assert!(lock.try_lock().unwrap().is_some());
 }
+
+#[process_entry]
+fn keep_a_permit(sem: SemaphoreProxy, ready: Connection<u8>) {
+    sem.acquire().unwrap().forget();
+    // The last proxy of that manager in this process goes.
+    drop(sem);
+    ready.send(&1).unwrap();
+    // Live on until told to end.
+    let _ = ready.recv();
+}
+
+#[test]
+fn a_forgotten_permit_stays_taken_while_its_process_lives() {
+    let manager = Manager::start().unwrap();
+    let pid = manager.pid().unwrap();
+    let sem = manager.semaphore(1).unwrap();
+    let before = fd_count(pid);
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(keep_a_permit, sem.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // Had the child's connection been closed, the server would have given
+    // the permit back and then closed its end. Look for that, within a
+    // bound, before asking.
+    let start = Instant::now();
+    while fd_count(pid) > before && start.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(sem.value().unwrap(), 0, "the child keeps its permit");
+    mine.send(&0).unwrap();
+    child.join().unwrap();
+    let permit = sem.acquire_timeout(BOUND).unwrap();
+    assert!(permit.is_some(), "given back when its process ended");
+}

@@ -133,6 +133,17 @@ impl Client {
         Ok(client)
     }
 
+    /// Keeps this client, and so its connections and what the server
+    /// holds for them, until this process ends, even once no proxy of its
+    /// server is left here.
+    pub(crate) fn keep_for_life(self: &Arc<Client>) {
+        static KEPT: Mutex<Vec<Arc<Client>>> = Mutex::new(Vec::new());
+        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if !kept.iter().any(|c| Arc::ptr_eq(c, self)) {
+            kept.push(Arc::clone(self));
+        }
+    }
+
     pub(crate) fn local(dial: Fd) -> Result<Arc<Client>, Error> {
         Client::shared(Endpoint::Local(dial))
     }

@@ -335,8 +335,13 @@ impl fmt::Debug for ProxySemaphoreGuard {
 
 impl ProxySemaphoreGuard {
     /// Keeps the permit taken (until a `release`, or this process's death).
+    ///
+    /// The server gives back a process's permits when its connections
+    /// close, so this process keeps them open until it ends, even once it
+    /// holds no proxy of that manager.
     pub fn forget(mut self) {
         self.given = true;
+        self.h.client.keep_for_life();
     }
 }
 
