@@ -1068,3 +1068,34 @@ fn a_forgotten_permit_stays_taken_while_its_process_lives() {
     let permit = sem.acquire_timeout(BOUND).unwrap();
     assert!(permit.is_some(), "given back when its process ended");
 }
+
+#[process_entry]
+fn wait_to_be_notified(cond: ConditionProxy, ready: Connection<u8>) -> bool {
+    let guard = cond.lock().unwrap();
+    ready.send(&1).unwrap();
+    let (_guard, timed_out) = cond.wait_timeout(guard, BOUND).unwrap();
+    !timed_out
+}
+
+#[test]
+fn a_notification_taken_by_a_dead_waiter_goes_to_the_next() {
+    let manager = Manager::start().unwrap();
+    let cond = manager.condition().unwrap();
+    let mut kids = Vec::new();
+    for _ in 0..2 {
+        let (mine, theirs) = Pipe::duplex().unwrap();
+        kids.push(spawn!(wait_to_be_notified, cond.clone(), theirs).unwrap());
+        assert_eq!(mine.recv().unwrap(), 1);
+        // It sent that holding the lock: taking it means it is waiting.
+        drop(cond.lock().unwrap());
+    }
+    let second = kids.pop().unwrap();
+    let first = kids.pop().unwrap();
+    // The first waiter dies; its server thread notices at its next look.
+    first.kill().unwrap();
+    assert!(first.join().unwrap_err().is_signaled());
+    let guard = cond.lock().unwrap();
+    cond.notify(1).unwrap();
+    drop(guard);
+    assert!(second.join().unwrap(), "the live waiter was notified");
+}

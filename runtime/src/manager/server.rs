@@ -4,7 +4,8 @@
 //! Blocking operations (a lock, a queue, a condition…) wait on one
 //! condition variable that every change wakes; while waiting they look
 //! every [`LIVENESS`] at whether their client is still connected, so a dead
-//! client's wait ends and takes nothing (a queue item, a permit) with it.
+//! client's wait ends and takes nothing (a queue item, a permit, a
+//! condition's notification) with it.
 //! When a connection ends, whatever it held (locks, permits) is released.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -753,13 +754,22 @@ impl Server {
         let woken = match woken {
             Ok(w) => w.is_some(),
             Err(e) => {
-                forget(&mut self.lock());
+                // A waiter that left takes no notification with it.
+                let mut st = self.lock();
+                let notified = matches!(
+                    st.objects.get(&id),
+                    Some(Obj::Cond { notified, .. }) if notified.contains(&ticket)
+                );
+                forget(&mut st);
+                if notified {
+                    self.pass_on_notification(st, id);
+                }
                 return Err(e);
             }
         };
         // Take the lock back, at the level it was held.
         let conn = client.id;
-        self.wait_for(
+        let taken = self.wait_for(
             client,
             None,
             |st| match st.objects.get_mut(&id) {
@@ -769,8 +779,28 @@ impl Server {
                 _ => Err(Fault::Bad),
             },
             |_| {},
-        )?;
+        );
+        if let Err(e) = taken {
+            if woken {
+                self.pass_on_notification(self.lock(), id);
+            }
+            return Err(e);
+        }
         Ok(woken)
+    }
+
+    /// Gives a notification that a waiter who left had received to the
+    /// next waiter of condition `id`, if there is one.
+    fn pass_on_notification(&self, mut st: MutexGuard<'_, State>, id: u64) {
+        if let Some(Obj::Cond {
+            waiting, notified, ..
+        }) = st.objects.get_mut(&id)
+            && let Some(next) = waiting.pop_front()
+        {
+            notified.insert(next);
+        }
+        drop(st);
+        self.changed.notify_all();
     }
 
     fn barrier_wait(
