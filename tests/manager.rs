@@ -1099,3 +1099,33 @@ fn a_notification_taken_by_a_dead_waiter_goes_to_the_next() {
     drop(guard);
     assert!(second.join().unwrap(), "the live waiter was notified");
 }
+
+#[process_entry]
+fn wait_at_barrier(b: BarrierProxy, ready: Connection<u8>) -> bool {
+    ready.send(&1).unwrap();
+    b.wait_timeout(BOUND).is_err()
+}
+
+#[test]
+fn manager_objects_refuse_and_count_as_the_crates_own_do() {
+    let manager = Manager::start().unwrap();
+    // As `Barrier::new(0)` and `Queue::bounded(0)`: a caller's mistake.
+    let err = manager.barrier(0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = manager.queue::<u8>(Some(0)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // A broken barrier has no one waiting at it, as `Barrier::n_waiting`.
+    let b = manager.barrier(3).unwrap();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(wait_at_barrier, b.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    let start = Instant::now();
+    while b.n_waiting().unwrap() == 0 {
+        assert!(start.elapsed() < BOUND, "the child never waited");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    b.abort().unwrap();
+    assert!(child.join().unwrap(), "the waiter saw the barrier broken");
+    assert!(b.is_broken().unwrap());
+    assert_eq!(b.n_waiting().unwrap(), 0);
+}

@@ -246,11 +246,22 @@ impl Manager {
     }
 
     /// A new queue, holding at most `maxsize` items (`None`: unbounded).
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for
+    /// `Some(0)`, as [`Queue`](crate::Queue) refuses a capacity of 0 (in
+    /// Python, 0 means unbounded: that is `None` here).
     pub fn queue<T: Serialize + DeserializeOwned>(
         &self,
         maxsize: Option<usize>,
     ) -> Result<QueueProxy<T>, Error> {
-        let max = maxsize.map_or(0, |m| m.max(1)) as u64;
+        if maxsize == Some(0) {
+            return Err(internals::error(
+                crate::ErrorKind::InvalidInput,
+                "a queue needs room for at least one item (None for no bound)",
+            ));
+        }
+        let max = maxsize.unwrap_or(0) as u64;
         Ok(QueueProxy::from_handle(self.create(
             ObjKind::Queue,
             |f| {
@@ -310,11 +321,12 @@ impl Manager {
         ))
     }
 
-    /// A new barrier for `parties` parties (at least 1).
+    /// A new barrier for `parties` parties (at least 1: else
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)).
     pub fn barrier(&self, parties: u64) -> Result<BarrierProxy, Error> {
         if parties == 0 {
             return Err(internals::error(
-                crate::ErrorKind::OutOfRange,
+                crate::ErrorKind::InvalidInput,
                 "a barrier needs at least one party",
             ));
         }

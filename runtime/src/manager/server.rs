@@ -686,7 +686,9 @@ impl Server {
                             notify = true;
                         }
                         Op::BarrierWaiting => {
-                            out.u64(*count);
+                            // Those who waited at a broken barrier have left
+                            // it, or are leaving.
+                            out.u64(if *broken { 0 } else { *count });
                         }
                         _ => {
                             out.u8(u8::from(*broken));
