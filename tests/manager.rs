@@ -1129,3 +1129,22 @@ fn manager_objects_refuse_and_count_as_the_crates_own_do() {
     assert!(b.is_broken().unwrap());
     assert_eq!(b.n_waiting().unwrap(), 0);
 }
+
+#[test]
+fn a_timeout_under_a_millisecond_still_waits() {
+    let manager = Manager::start().unwrap();
+    let ev = manager.event().unwrap();
+    let q = manager.queue::<u8>(None).unwrap();
+    let lock = manager.lock().unwrap();
+    let _held = lock.lock().unwrap();
+    let wait = Duration::from_micros(900);
+    let start = Instant::now();
+    assert!(!ev.wait_timeout(wait).unwrap());
+    assert!(start.elapsed() >= wait, "the event wait returned early");
+    let start = Instant::now();
+    assert_eq!(q.get_timeout(wait).unwrap(), None);
+    assert!(start.elapsed() >= wait, "the queue get returned early");
+    let start = Instant::now();
+    assert!(lock.lock_timeout(wait).unwrap().is_none());
+    assert!(start.elapsed() >= wait, "the lock wait returned early");
+}

@@ -252,11 +252,12 @@ impl<'a> Fields<'a> {
 /// A timeout on the wire: milliseconds, [`FOREVER`] for none.
 pub(crate) const FOREVER: u64 = u64::MAX;
 
-/// Encodes an optional timeout.
+/// Encodes an optional timeout, rounded up to whole milliseconds, so that a
+/// short one still waits (only a zero one is a mere try).
 pub(crate) fn timeout_ms(t: Option<std::time::Duration>) -> u64 {
     match t {
         None => FOREVER,
-        Some(d) => u64::try_from(d.as_millis())
+        Some(d) => u64::try_from(d.as_nanos().div_ceil(1_000_000))
             .unwrap_or(FOREVER - 1)
             .min(FOREVER - 1),
     }
