@@ -319,7 +319,6 @@ fn bad_bytes_cost_a_local_client_its_connection_only() {
         vec![3, 0, 0, 0, 200, 1, 2],                // unknown op
         request(9, 10, &[]),                        // a map op, no key
         request(13, 10, &[255, 255, 255, 255]),     // key longer than the frame
-        request(9, 30, &[]),                        // a list op on a dict
         (0..=255u8).cycle().take(10_000).collect(), // noise
     ];
     for bytes in cases {
@@ -332,18 +331,20 @@ fn bad_bytes_cost_a_local_client_its_connection_only() {
         let _ = raw.read_to_end(&mut rest);
         assert!(rest.is_empty(), "no reply to garbage: {rest:?}");
     }
-    // A well-formed request for an object the server does not hold is
-    // answered, with an error, on a connection that stays open.
+    // A well-formed request for an object the server does not hold, or
+    // that the object does not do, is answered with an error, on a
+    // connection that stays open.
     let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
     let unknown = id.wrapping_add(1 << 40);
-    let mut ask = 9u32.to_le_bytes().to_vec();
-    ask.push(14); // the length of a map
-    ask.extend_from_slice(&unknown.to_le_bytes());
-    for _ in 0..2 {
-        raw.write_all(&ask).unwrap();
+    let mut no_object = 9u32.to_le_bytes().to_vec();
+    no_object.push(14); // the length of a map
+    no_object.extend_from_slice(&unknown.to_le_bytes());
+    let wrong_kind = request(9, 36, &[]); // the length of a list, on a dict
+    for (ask, code) in [(&no_object, 2), (&wrong_kind, 12), (&no_object, 2)] {
+        raw.write_all(ask).unwrap();
         let mut head = [0u8; 6];
         raw.read_exact(&mut head).unwrap();
-        assert_eq!(&head[4..], &[1, 2], "an error, of kind Disconnected");
+        assert_eq!(&head[4..], &[1, code], "an error, of the kind coded {code}");
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let mut rest = vec![0u8; len - 2];
         raw.read_exact(&mut rest).unwrap();
@@ -1147,4 +1148,28 @@ fn a_timeout_under_a_millisecond_still_waits() {
     let start = Instant::now();
     assert!(lock.lock_timeout(wait).unwrap().is_none());
     assert!(start.elapsed() >= wait, "the lock wait returned early");
+}
+
+#[test]
+fn a_proxy_decoded_as_another_type_gets_an_error_and_costs_nothing() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let ns = manager.namespace().unwrap();
+    let lock = manager.lock().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    ns.set("shared", &d).unwrap();
+    let guard = lock.lock().unwrap();
+    // Remote proxies carry no descriptor, so a namespace holds them, and
+    // gives them back as whatever type is asked for.
+    let wrong = ns.get::<ListProxy<u8>>("shared").unwrap().unwrap();
+    let err = wrong.push(1).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = wrong.len().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    // The connection that error came through, which this process holds
+    // the lock through, stayed open.
+    assert!(lock.try_lock().unwrap().is_none());
+    drop(guard);
+    assert!(lock.try_lock().unwrap().is_some());
+    assert_eq!(d.len().unwrap(), 0);
 }

@@ -434,6 +434,7 @@ pub(crate) fn kind_code(kind: ErrorKind) -> u8 {
         ErrorKind::TooManyReleases => 9,
         ErrorKind::OutOfRange => 10,
         ErrorKind::DuplicateEntry => 11,
+        ErrorKind::InvalidInput => 12,
         _ => 0,
     }
 }
@@ -451,6 +452,7 @@ pub(crate) fn code_kind(code: u8) -> ErrorKind {
         9 => ErrorKind::TooManyReleases,
         10 => ErrorKind::OutOfRange,
         11 => ErrorKind::DuplicateEntry,
+        12 => ErrorKind::InvalidInput,
         _ => ErrorKind::Io,
     }
 }

@@ -87,6 +87,69 @@ enum Obj {
     },
 }
 
+impl Obj {
+    /// Whether a request `op` is one of this object's.
+    fn accepts(&self, op: Op) -> bool {
+        use Op::*;
+        match self {
+            Obj::Map(_) => matches!(
+                op,
+                MapGet
+                    | MapInsert
+                    | MapRemove
+                    | MapContains
+                    | MapLen
+                    | MapKeys
+                    | MapValues
+                    | MapItems
+                    | MapUpdate
+                    | MapClear
+                    | MapUpdateWith
+            ),
+            Obj::Seq { fixed: true, .. } => matches!(op, SeqGet | SeqSet | SeqLen | SeqSnapshot),
+            Obj::Seq { fixed: false, .. } => matches!(
+                op,
+                SeqPush
+                    | SeqGet
+                    | SeqSet
+                    | SeqPop
+                    | SeqInsert
+                    | SeqRemove
+                    | SeqLen
+                    | SeqExtend
+                    | SeqSnapshot
+            ),
+            Obj::Value(_) => matches!(op, ValueGet | ValueSet | ValueUpdateWith),
+            Obj::Queue { .. } => matches!(op, QueuePut | QueueGet | QueueLen),
+            Obj::Lock { .. } | Obj::RLock(_) => matches!(op, Acquire | Release),
+            Obj::Sem { .. } => matches!(op, SemAcquire | SemRelease | SemValue),
+            Obj::Cond { .. } => matches!(op, Acquire | Release | CondWait | CondNotify),
+            Obj::Event(_) => matches!(op, EventSet | EventClear | EventIsSet | EventWait),
+            Obj::Barrier { .. } => matches!(
+                op,
+                BarrierWait | BarrierAbort | BarrierReset | BarrierWaiting | BarrierBroken
+            ),
+        }
+    }
+
+    /// What the object is, for errors.
+    fn what(&self) -> &'static str {
+        match self {
+            Obj::Map(_) => "a dict or namespace",
+            Obj::Seq { fixed: true, .. } => "an array",
+            Obj::Seq { fixed: false, .. } => "a list",
+            Obj::Value(_) => "a value",
+            Obj::Queue { .. } => "a queue",
+            Obj::Lock { .. } => "a lock",
+            Obj::RLock(_) => "a reentrant lock",
+            Obj::Sem { .. } => "a semaphore",
+            Obj::Cond { .. } => "a condition",
+            Obj::Event(_) => "an event",
+            Obj::Barrier { .. } => "a barrier",
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     objects: HashMap<u64, Obj>,
@@ -311,14 +374,31 @@ impl Server {
         let id = f.u64()?;
         // Ids start at random, so this is also how a proxy of another
         // server (one that was at this address before) is told apart.
-        if !matches!(op, Op::Ping | Op::Create) && !self.lock().objects.contains_key(&id) {
-            return Err(op_err(
-                ErrorKind::Disconnected,
-                format!(
-                    "the manager holds no object {id}: it belongs to another server \
-                     (one that was at this address before it, perhaps)"
-                ),
-            ));
+        // A proxy decoded as another type than it was made as (through a
+        // namespace, say) asks an object for what it does not do.
+        if !matches!(op, Op::Ping | Op::Create) {
+            match self.lock().objects.get(&id) {
+                None => {
+                    return Err(op_err(
+                        ErrorKind::Disconnected,
+                        format!(
+                            "the manager holds no object {id}: it belongs to another server \
+                             (one that was at this address before it, perhaps)"
+                        ),
+                    ));
+                }
+                Some(obj) if !obj.accepts(op) => {
+                    return Err(op_err(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "object {id} of the manager is {}, which has no {op:?} \
+                             (was its proxy decoded as another type?)",
+                            obj.what()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
         }
         out.u8(OK);
         let mut undo = None;
