@@ -1173,3 +1173,31 @@ fn a_proxy_decoded_as_another_type_gets_an_error_and_costs_nothing() {
     assert!(lock.try_lock().unwrap().is_some());
     assert_eq!(d.len().unwrap(), 0);
 }
+
+/// The resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_large_message_leaves_no_large_buffer_behind() {
+    const BIG: usize = 64 << 20;
+    let manager = Manager::start().unwrap();
+    let pid = manager.pid().unwrap();
+    let l = manager.list::<String>(vec![]).unwrap();
+    l.push("small".into()).unwrap();
+    let before = rss_kib(pid);
+    l.push("x".repeat(BIG)).unwrap();
+    let got = l.pop().unwrap().unwrap();
+    assert_eq!(got.len(), BIG);
+    drop(got);
+    // The item is gone from the server; the buffers that carried it in
+    // and out should be too (once it has sent the reply), on a connection
+    // this process keeps.
+    eventually("the server lets go of the buffers", || {
+        rss_kib(pid) < before + (BIG as u64 >> 10) / 4
+    });
+    assert_eq!(l.len().unwrap(), 1);
+}

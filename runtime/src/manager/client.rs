@@ -228,6 +228,8 @@ impl Client {
             }
             return Err(e);
         }
+        // Not kept (large, perhaps) while the connection is idle.
+        conn.out.clear();
         let failed = match conn.reader.read(&mut conn.stream) {
             // The whole reply frame has been read, so the connection is in
             // step whatever the frame held (a value that does not decode

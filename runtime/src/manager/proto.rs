@@ -18,6 +18,11 @@ pub(crate) const MAX_FRAME: usize = 1 << 30;
 /// How much a frame buffer grows at most per read beyond what has arrived.
 const GROW: usize = 64 << 10;
 
+/// The most a frame buffer keeps between frames. A connection lives as long
+/// as its process (a client's are pooled), so one large message must not
+/// leave a buffer of its size behind for that long.
+const KEEP: usize = 1 << 20;
+
 /// Reads frames from a stream, reading ahead so that a small frame costs
 /// one `read`.
 #[derive(Debug, Default)]
@@ -46,6 +51,9 @@ impl FrameReader {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
+            if self.buf.len() > KEEP {
+                self.buf = Vec::new();
+            }
         }
         loop {
             let avail = self.end - self.start;
@@ -111,9 +119,10 @@ impl Frame {
         Frame { buf: vec![0; 4] }
     }
 
-    /// Empties the frame for reuse.
+    /// Empties the frame for reuse (keeping at most [`KEEP`] bytes of room).
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
+        self.buf.shrink_to(KEEP);
         self.buf.extend_from_slice(&[0; 4]);
     }
 

@@ -269,6 +269,8 @@ impl Server {
                 }
                 break;
             }
+            // Not kept (large, perhaps) while the client is idle.
+            out.clear();
         }
         self.disconnected(id);
     }
