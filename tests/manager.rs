@@ -1201,3 +1201,51 @@ fn a_large_message_leaves_no_large_buffer_behind() {
     });
     assert_eq!(l.len().unwrap(), 1);
 }
+
+#[process_entry]
+fn hold_a_permit(sem: SemaphoreProxy, ready: Connection<u8>) {
+    let permit = sem.acquire().unwrap();
+    ready.send(&1).unwrap();
+    // Wait to be killed.
+    let _ = ready.recv();
+    drop(permit);
+}
+
+#[test]
+fn a_permit_given_back_through_another_connection_is_its_processs_own() {
+    let manager = Manager::start().unwrap();
+    // Which other holder the server picked was a matter of hash order:
+    // enough rounds that a wrong pick would show.
+    for round in 0..8 {
+        let sem = manager.semaphore(2).unwrap();
+        let lock = manager.lock().unwrap();
+        let (mine, theirs) = Pipe::duplex().unwrap();
+        let child = spawn!(hold_a_permit, sem.clone(), theirs).unwrap();
+        assert_eq!(mine.recv().unwrap(), 1);
+        // The permit and the lock are taken through this thread's
+        // connection, which a second thread then waits for the lock on.
+        let permit = sem.acquire().unwrap();
+        let held = lock.lock().unwrap();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let lock = lock.clone();
+            std::thread::spawn(move || {
+                tid_tx
+                    .send(rustix::thread::gettid().as_raw_nonzero().get() as u32)
+                    .unwrap();
+                drop(lock.lock().unwrap());
+            })
+        };
+        common::until_asleep("the second thread waits", tid_rx.recv().unwrap());
+        // So the permit goes back through another connection.
+        drop(permit);
+        drop(held);
+        waiter.join().unwrap();
+        assert_eq!(sem.value().unwrap(), 1, "round {round}: the child's is out");
+        child.kill().unwrap();
+        assert!(child.join().unwrap_err().is_signaled());
+        eventually("the killed child's permit comes back", || {
+            sem.value().unwrap() == 2
+        });
+    }
+}

@@ -360,17 +360,27 @@ impl<'de> Deserialize<'de> for Handle {
 /// This thread's identity as a lock owner: distinct for every thread of
 /// every process (of every machine, for a remote server).
 pub(crate) fn owner_token() -> u64 {
-    static BASE: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     thread_local! {
         static THREAD: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
     }
+    token(THREAD.with(|t| *t))
+}
+
+/// This process's identity (distinct from every thread's [`owner_token`]):
+/// which process a semaphore's permits were taken by.
+pub(crate) fn process_token() -> u64 {
+    token(0)
+}
+
+fn token(thread: u64) -> u64 {
+    static BASE: OnceLock<u64> = OnceLock::new();
     let base = *BASE.get_or_init(|| {
         let mut b = [0u8; 8];
         let _ = getrandom::fill(&mut b);
         u64::from_le_bytes(b)
     });
-    let mut x = base ^ (u64::from(std::process::id()) << 32) ^ THREAD.with(|t| *t);
+    let mut x = base ^ (u64::from(std::process::id()) << 32) ^ thread;
     // splitmix64's finaliser, so nearby inputs give unrelated tokens.
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

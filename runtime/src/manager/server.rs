@@ -49,6 +49,13 @@ impl Owned {
     }
 }
 
+/// Permits of a semaphore taken through one connection.
+#[derive(Debug, Default)]
+struct Taken {
+    process: u64,
+    count: u64,
+}
+
 #[derive(Debug)]
 enum Obj {
     Map(HashMap<Vec<u8>, Vec<u8>>),
@@ -68,7 +75,9 @@ enum Obj {
     Sem {
         value: u64,
         max: Option<u64>,
-        taken: HashMap<ConnId, u64>,
+        /// The permits each connection took, and the process (its token)
+        /// it belongs to.
+        taken: HashMap<ConnId, Taken>,
     },
     Cond {
         lock: Owned,
@@ -301,7 +310,7 @@ impl Server {
                     *owned = Owned::default();
                 }
                 Obj::Sem { value, taken, .. } => {
-                    if let Some(n) = taken.remove(&id) {
+                    if let Some(Taken { count: n, .. }) = taken.remove(&id) {
                         // The free permits and the taken ones add up to at
                         // most u64::MAX, since a release past that fails,
                         // so this never saturates; if it did, a full count
@@ -596,6 +605,7 @@ impl Server {
                     notify = true;
                 }
                 Op::SemAcquire => {
+                    let process = f.u64()?;
                     let ms = f.u64()?;
                     f.end()?;
                     let conn = client.id;
@@ -609,7 +619,9 @@ impl Server {
                             };
                             if *value > 0 {
                                 *value -= 1;
-                                *taken.entry(conn).or_default() += 1;
+                                let mine = taken.entry(conn).or_default();
+                                mine.process = process;
+                                mine.count += 1;
                                 Ok(Some(()))
                             } else {
                                 Ok(None)
@@ -620,6 +632,7 @@ impl Server {
                     out.u8(u8::from(got.is_some()));
                 }
                 Op::SemRelease => {
+                    let process = f.u64()?;
                     f.end()?;
                     let mut st = self.lock();
                     let Some(Obj::Sem { value, max, taken }) = st.objects.get_mut(&id) else {
@@ -642,18 +655,25 @@ impl Server {
                     };
                     *value = more;
                     // The permit given back is this connection's if it holds
-                    // one, else any holder's: a dead connection must not give
-                    // back a permit that was already returned for it.
-                    let holder = if taken.get(&client.id).is_some_and(|n| *n > 0) {
+                    // one, else one this process took through another of its
+                    // connections, else any holder's: a dead connection must
+                    // not give back a permit that was already returned for
+                    // it, and one that is still held must be given back when
+                    // its holder dies.
+                    let holder = if taken.get(&client.id).is_some_and(|t| t.count > 0) {
                         Some(client.id)
                     } else {
-                        taken.iter().find(|(_, n)| **n > 0).map(|(c, _)| *c)
+                        taken
+                            .iter()
+                            .find(|(_, t)| t.count > 0 && t.process == process)
+                            .or_else(|| taken.iter().find(|(_, t)| t.count > 0))
+                            .map(|(c, _)| *c)
                     };
                     if let Some(h) = holder
-                        && let Some(n) = taken.get_mut(&h)
+                        && let Some(t) = taken.get_mut(&h)
                     {
-                        *n -= 1;
-                        if *n == 0 {
+                        t.count -= 1;
+                        if t.count == 0 {
                             taken.remove(&h);
                         }
                     }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::client::{Handle, owner_token};
+use super::client::{Handle, owner_token, process_token};
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, Op, timeout_ms};
 use crate::error::Error;
@@ -354,7 +354,15 @@ impl Drop for ProxySemaphoreGuard {
 }
 
 fn sem_release(h: &Handle) -> Result<(), Error> {
-    h.client.call(Op::SemRelease, h.id, |_| Ok(()), |_| Ok(()))
+    h.client.call(
+        Op::SemRelease,
+        h.id,
+        |f| {
+            f.u64(process_token());
+            Ok(())
+        },
+        |_| Ok(()),
+    )
 }
 
 plain_proxy!(
@@ -383,7 +391,7 @@ impl SemaphoreProxy {
             Op::SemAcquire,
             self.h.id,
             |f| {
-                f.u64(timeout_ms(t));
+                f.u64(process_token()).u64(timeout_ms(t));
                 Ok(())
             },
             flag,
