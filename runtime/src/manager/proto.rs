@@ -13,7 +13,12 @@ use std::io::{self, Read, Write};
 use crate::error::{Error, ErrorKind};
 
 /// The largest frame either side accepts (1 GiB).
+#[cfg(not(test))]
 pub(crate) const MAX_FRAME: usize = 1 << 30;
+/// The largest frame either side accepts: 64 KiB in unit tests, so that
+/// they can go over it.
+#[cfg(test)]
+pub(crate) const MAX_FRAME: usize = 64 << 10;
 
 /// How much a frame buffer grows at most per read beyond what has arrived.
 const GROW: usize = 64 << 10;

@@ -261,7 +261,7 @@ impl Server {
                 id,
                 sock: stream.as_fd(),
             };
-            let undo = match self.handle(&client, request, &mut out) {
+            let mut undo = match self.handle(&client, request, &mut out) {
                 Ok(undo) => undo,
                 Err(Fault::Op(e)) => {
                     out.clear();
@@ -272,7 +272,26 @@ impl Server {
                 }
                 Err(Fault::Bad | Fault::Gone) => break,
             };
-            if out.send(&mut stream).is_err() {
+            let mut sent = out.send(&mut stream);
+            if let Err(e) = &sent
+                && e.kind() == ErrorKind::Encode
+            {
+                // Over the limit (a snapshot of a huge list, say): nothing
+                // was written, so the client still gets an answer.
+                let msg = match undo.take() {
+                    Some(undo) => {
+                        self.undo(undo);
+                        format!("{e:#} (the item stays in the queue)")
+                    }
+                    None => format!("{e:#} (any change the request made stands)"),
+                };
+                out.clear();
+                out.u8(ERR)
+                    .u8(kind_code(ErrorKind::Encode))
+                    .bytes(msg.as_bytes());
+                sent = out.send(&mut stream);
+            }
+            if sent.is_err() {
                 if let Some(undo) = undo {
                     self.undo(undo);
                 }
@@ -1247,5 +1266,57 @@ pub(crate) fn serve_tcp(listener: TcpListener, authkey: &[u8]) -> Result<(), Err
                 }
                 server.serve_connection(stream);
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::proto::MAX_FRAME;
+
+    /// Sends a request built by `build`; returns the reply.
+    fn ask(
+        stream: &mut UnixStream,
+        reader: &mut FrameReader,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame),
+    ) -> Vec<u8> {
+        let mut request = Frame::new();
+        request.u8(op as u8).u64(id);
+        build(&mut request);
+        request.send(stream).unwrap();
+        reader.read(stream).unwrap().to_vec()
+    }
+
+    #[test]
+    fn a_reply_over_the_limit_is_an_error_on_a_connection_that_stays() {
+        let (mut mine, theirs) = UnixStream::pair().unwrap();
+        let server = Arc::new(Server::new());
+        let serving = {
+            let server = Arc::clone(&server);
+            std::thread::spawn(move || server.serve_connection(theirs))
+        };
+        let mut reader = FrameReader::default();
+        let reply = ask(&mut mine, &mut reader, Op::Create, 0, |f| {
+            f.u8(ObjKind::Seq as u8).u64(0);
+        });
+        assert_eq!(reply[0], OK);
+        let id = Fields::new(&reply[1..]).u64().unwrap();
+        // Each item comes in under the limit; all three go over it.
+        let item = vec![7u8; MAX_FRAME / 2];
+        for _ in 0..3 {
+            let reply = ask(&mut mine, &mut reader, Op::SeqPush, id, |f| {
+                f.bytes(&item);
+            });
+            assert_eq!(reply, [OK]);
+        }
+        let reply = ask(&mut mine, &mut reader, Op::SeqSnapshot, id, |_| {});
+        assert_eq!(&reply[..2], [ERR, kind_code(ErrorKind::Encode)]);
+        let reply = ask(&mut mine, &mut reader, Op::SeqLen, id, |_| {});
+        assert_eq!(reply[0], OK);
+        assert_eq!(Fields::new(&reply[1..]).u64().unwrap(), 3);
+        drop(mine);
+        serving.join().unwrap();
     }
 }
