@@ -234,7 +234,12 @@ impl Client {
             // The whole reply frame has been read, so the connection is in
             // step whatever the frame held (a value that does not decode
             // as `T`, an error).
-            Ok(reply) => return parse_reply(reply, parse),
+            Ok(reply) => {
+                let result = parse_reply(reply, parse);
+                // Not kept (large, perhaps) while the connection is idle.
+                conn.reader.release_idle();
+                return result;
+            }
             Err(ReadError::Closed) => error(
                 ErrorKind::Disconnected,
                 "the manager's server is gone (it closed the connection)",
@@ -385,4 +390,42 @@ fn token(thread: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::proto::{KEEP, MAX_FRAME, ObjKind};
+
+    #[test]
+    fn a_large_reply_leaves_no_large_buffer_on_an_idle_connection() {
+        let (theirs, mine) = internals::seqpacket_pair().unwrap();
+        std::thread::spawn(move || crate::manager::server::serve_local(theirs));
+        let client = Client::local(Fd::from(mine)).unwrap();
+        let big = vec![1u8; MAX_FRAME / 2];
+        let id = client
+            .call(
+                Op::Create,
+                0,
+                |f| {
+                    f.u8(ObjKind::Value as u8).bytes(&big);
+                    Ok(())
+                },
+                |f| f.u64(),
+            )
+            .unwrap();
+        let got = client
+            .call(Op::ValueGet, id, |_| Ok(()), |f| Ok(f.bytes()?.len()))
+            .unwrap();
+        assert_eq!(got, big.len());
+        let idle = client.idle.lock().unwrap();
+        assert!(!idle.1.is_empty());
+        for conn in &idle.1 {
+            assert!(
+                conn.out.buf.capacity() <= KEEP,
+                "the request's buffer is kept"
+            );
+            assert!(conn.reader.capacity() <= KEEP, "the reply's buffer is kept");
+        }
+    }
 }

@@ -26,7 +26,12 @@ const GROW: usize = 64 << 10;
 /// The most a frame buffer keeps between frames. A connection lives as long
 /// as its process (a client's are pooled), so one large message must not
 /// leave a buffer of its size behind for that long.
-const KEEP: usize = 1 << 20;
+#[cfg(not(test))]
+pub(crate) const KEEP: usize = 1 << 20;
+/// The most a frame buffer keeps between frames: 16 KiB in unit tests,
+/// under their [`MAX_FRAME`].
+#[cfg(test)]
+pub(crate) const KEEP: usize = 16 << 10;
 
 /// Reads frames from a stream, reading ahead so that a small frame costs
 /// one `read`.
@@ -51,8 +56,14 @@ pub(crate) enum ReadError {
 }
 
 impl FrameReader {
-    /// Reads one frame; returns its bytes (valid until the next call).
-    pub(crate) fn read<'a>(&'a mut self, stream: &mut impl Read) -> Result<&'a [u8], ReadError> {
+    /// The room its buffer takes.
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// Lets go of a large buffer once every frame in it has been read.
+    pub(crate) fn release_idle(&mut self) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
@@ -60,6 +71,11 @@ impl FrameReader {
                 self.buf = Vec::new();
             }
         }
+    }
+
+    /// Reads one frame; returns its bytes (valid until the next call).
+    pub(crate) fn read<'a>(&'a mut self, stream: &mut impl Read) -> Result<&'a [u8], ReadError> {
+        self.release_idle();
         loop {
             let avail = self.end - self.start;
             let need = if avail < 4 {
