@@ -1249,3 +1249,29 @@ fn a_permit_given_back_through_another_connection_is_its_processs_own() {
         });
     }
 }
+
+/// The CPU time process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, after_name) = stat.rsplit_once(')').unwrap();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime: fields 14 and 15 of the line, 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[test]
+fn a_non_blocking_listener_is_served_without_spinning() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let remote = serve_on_shared(&listener);
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    // An idle server uses next to no CPU; one that spins on `accept`
+    // uses all it is given. A window to measure in, not a wait.
+    let before = cpu_ticks(remote.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(remote.pid()) - before;
+    assert!(used < 10, "the idle server used {used} ticks of CPU in 1 s");
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}

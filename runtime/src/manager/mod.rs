@@ -144,8 +144,12 @@ impl Manager {
     }
 
     /// Like [`serve`](Manager::serve), on a listener already bound (for
-    /// example to port 0, to learn the port first).
+    /// example to port 0, to learn the port first). A non-blocking
+    /// listener is made blocking: the server waits in `accept`.
     pub fn serve_on(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
+        listener
+            .set_nonblocking(false)
+            .map_err(|e| Error::io("making the manager's listener blocking", e))?;
         server::serve_tcp(listener, authkey)
     }
 
