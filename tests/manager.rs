@@ -1275,3 +1275,73 @@ fn a_non_blocking_listener_is_served_without_spinning() {
     assert!(used < 10, "the idle server used {used} ticks of CPU in 1 s");
     assert_eq!(d.get(&1).unwrap(), Some(1));
 }
+
+/// A TCP relay to `to` whose connections can all be cut at once, as a
+/// network that fails would.
+struct Relay {
+    addr: String,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Relay {
+    fn start(to: &str) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let to = to.to_string();
+        let sockets = std::sync::Arc::clone(&open);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(server) = TcpStream::connect(&to) else {
+                    return;
+                };
+                let mut kept = sockets.lock().unwrap();
+                kept.push(client.try_clone().unwrap());
+                kept.push(server.try_clone().unwrap());
+                drop(kept);
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, open }
+    }
+
+    /// Cuts every connection made so far.
+    fn cut(&self) {
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn a_guard_whose_connection_was_cut_releases_no_one_elses_lock() {
+    let remote = Remote::start();
+    let relay = Relay::start(&remote.addr);
+    let manager = Manager::connect(&relay.addr, KEY).unwrap();
+    let lock = manager.lock().unwrap();
+    let sem = manager.semaphore(1).unwrap();
+    let guard = lock.lock().unwrap();
+    // The network fails: the server sees this client's connection end and
+    // releases the lock, which a child then takes.
+    relay.cut();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(hold_lock_forever, lock.clone(), sem.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // This process's guard, whose lock was taken from it, ends.
+    drop(guard);
+    assert!(
+        lock.try_lock().unwrap().is_none(),
+        "the child still holds the lock"
+    );
+    child.kill().unwrap();
+    let _ = child.join();
+}

@@ -69,7 +69,8 @@ enum Obj {
         max: usize,
     },
     Lock {
-        holder: Option<ConnId>,
+        /// The token of the thread that took it, and its connection.
+        holder: Option<(u64, ConnId)>,
     },
     RLock(Owned),
     Sem {
@@ -322,7 +323,7 @@ impl Server {
         st.connections -= 1;
         for obj in st.objects.values_mut() {
             match obj {
-                Obj::Lock { holder } if *holder == Some(id) => *holder = None,
+                Obj::Lock { holder } if holder.is_some_and(|(_, c)| c == id) => *holder = None,
                 Obj::RLock(owned) | Obj::Cond { lock: owned, .. }
                     if owned.owner.is_some_and(|(_, c)| c == id) =>
                 {
@@ -589,7 +590,7 @@ impl Server {
                         deadline_of(ms),
                         |st| match st.objects.get_mut(&id) {
                             Some(Obj::Lock { holder }) => Ok(if holder.is_none() {
-                                *holder = Some(conn);
+                                *holder = Some((token, conn));
                                 Some(())
                             } else {
                                 None
@@ -608,14 +609,26 @@ impl Server {
                     f.end()?;
                     let mut st = self.lock();
                     match st.objects.get_mut(&id) {
-                        Some(Obj::Lock { holder }) => {
-                            if holder.take().is_none() {
+                        // Only a guard releases a lock, on the thread that
+                        // took it; one whose lock was taken from it (its
+                        // connection ended: a network failure) must not
+                        // release the next holder's.
+                        Some(Obj::Lock { holder }) => match *holder {
+                            Some((t, _)) if t == token => *holder = None,
+                            Some(_) => {
+                                return Err(op_err(
+                                    ErrorKind::NotOwner,
+                                    "release of a lock this thread no longer holds \
+                                     (released when its connection ended)",
+                                ));
+                            }
+                            None => {
                                 return Err(op_err(
                                     ErrorKind::NotOwner,
                                     "release of a lock that is not held",
                                 ));
                             }
-                        }
+                        },
                         Some(Obj::RLock(owned)) | Some(Obj::Cond { lock: owned, .. }) => {
                             release_owned(owned, token)?;
                         }

@@ -185,8 +185,11 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
 /// Holds a manager lock (of a [`LockProxy`], [`RLockProxy`] or
 /// [`ConditionProxy`]); releases it when dropped.
 ///
-/// Release it on the thread that took it: an `RLock`'s or `Condition`'s
-/// owner is the thread, so the guard is not `Send`.
+/// Release it on the thread that took it: the owner of a manager lock is
+/// the thread, so the guard is not `Send`. If the lock was taken from this
+/// process meanwhile (its connection ended: a network failure), releasing
+/// it is [`ErrorKind::NotOwner`](crate::ErrorKind::NotOwner) and leaves
+/// the next holder's alone.
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct ProxyLockGuard {
     h: Handle,
