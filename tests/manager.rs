@@ -1345,3 +1345,42 @@ fn a_guard_whose_connection_was_cut_releases_no_one_elses_lock() {
     child.kill().unwrap();
     let _ = child.join();
 }
+
+#[process_entry]
+fn hold_a_permit_for_good(sem: SemaphoreProxy, ready: Connection<u8>) {
+    let permit = sem.acquire_timeout(BOUND).unwrap().unwrap();
+    ready.send(&1).unwrap();
+    // Wait to be killed.
+    let _ = ready.recv();
+    drop(permit);
+}
+
+#[test]
+fn a_permit_whose_connection_was_cut_is_not_given_back_twice() {
+    let remote = Remote::start();
+    let relay = Relay::start(&remote.addr);
+    let manager = Manager::connect(&relay.addr, KEY).unwrap();
+    let sem = manager.semaphore(1).unwrap();
+    let permit = sem.acquire().unwrap();
+    // The network fails: the server sees this client's connection end and
+    // takes its permit back, which a child then takes.
+    relay.cut();
+    let (mine, theirs) = Pipe::duplex().unwrap();
+    let child = spawn!(hold_a_permit_for_good, sem.clone(), theirs).unwrap();
+    assert_eq!(mine.recv().unwrap(), 1);
+    // This process's guard, whose permit went back already, ends.
+    drop(permit);
+    assert_eq!(sem.value().unwrap(), 0, "the child holds the only permit");
+    child.kill().unwrap();
+    let _ = child.join();
+    eventually("the killed child's permit comes back", || {
+        sem.value().unwrap() == 1
+    });
+    // An explicit release adds a permit, as a semaphore's does, and a
+    // guard dropped after it gives its own back too.
+    let permit = sem.acquire().unwrap();
+    sem.release().unwrap();
+    assert_eq!(sem.value().unwrap(), 1);
+    drop(permit);
+    assert_eq!(sem.value().unwrap(), 2);
+}

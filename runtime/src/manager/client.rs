@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::internals::{self, error};
-use super::proto::{ERR, Fields, Frame, FrameReader, OK, Op, ReadError, code_kind};
+use super::proto::{ERR, Fields, Frame, FrameReader, NO_PERMIT, OK, Op, ReadError, code_kind};
 use crate::Fd;
 use crate::error::{Error, ErrorKind};
 
@@ -378,6 +378,16 @@ pub(crate) fn process_token() -> u64 {
     token(0)
 }
 
+/// A token for one semaphore permit, never [`NO_PERMIT`]: distinct for
+/// every permit taken by every process.
+pub(crate) fn permit_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    // Mixed with this process's token, so unlike any other process's.
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = mix(process_token() ^ n.rotate_left(32));
+    if t == NO_PERMIT { 1 } else { t }
+}
+
 fn token(thread: u64) -> u64 {
     static BASE: OnceLock<u64> = OnceLock::new();
     let base = *BASE.get_or_init(|| {
@@ -385,8 +395,11 @@ fn token(thread: u64) -> u64 {
         let _ = getrandom::fill(&mut b);
         u64::from_le_bytes(b)
     });
-    let mut x = base ^ (u64::from(std::process::id()) << 32) ^ thread;
-    // splitmix64's finaliser, so nearby inputs give unrelated tokens.
+    mix(base ^ (u64::from(std::process::id()) << 32) ^ thread)
+}
+
+/// splitmix64's finaliser, so nearby inputs give unrelated tokens.
+fn mix(mut x: u64) -> u64 {
     x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 31)

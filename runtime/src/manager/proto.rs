@@ -279,6 +279,9 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// The permit token of a semaphore release that is no guard's.
+pub(crate) const NO_PERMIT: u64 = 0;
+
 /// A timeout on the wire: milliseconds, [`FOREVER`] for none.
 pub(crate) const FOREVER: u64 = u64::MAX;
 

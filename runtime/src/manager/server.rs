@@ -17,8 +17,15 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::internals;
-use super::proto::{ERR, FOREVER, Fields, Frame, FrameReader, OK, ObjKind, Op, kind_code};
+use super::proto::{
+    ERR, FOREVER, Fields, Frame, FrameReader, NO_PERMIT, OK, ObjKind, Op, kind_code,
+};
 use crate::error::{Error, ErrorKind};
+
+/// How many permits given back for an ended connection a semaphore
+/// remembers, so that their guards (of a live client whose connection
+/// failed) do not give them back again.
+const REVOKED_KEPT: usize = 4096;
 
 /// How often a blocked operation checks that its client is still there.
 const LIVENESS: Duration = Duration::from_millis(100);
@@ -52,8 +59,10 @@ impl Owned {
 /// Permits of a semaphore taken through one connection.
 #[derive(Debug, Default)]
 struct Taken {
+    /// The token of the process the connection belongs to.
     process: u64,
-    count: u64,
+    /// Each permit's token (its guard's), as many as were taken.
+    permits: Vec<u64>,
 }
 
 #[derive(Debug)]
@@ -79,6 +88,9 @@ enum Obj {
         /// The permits each connection took, and the process (its token)
         /// it belongs to.
         taken: HashMap<ConnId, Taken>,
+        /// The latest permits given back because their connection ended,
+        /// at most [`REVOKED_KEPT`]: their guards give back nothing more.
+        revoked: VecDeque<u64>,
     },
     Cond {
         lock: Owned,
@@ -329,8 +341,20 @@ impl Server {
                 {
                     *owned = Owned::default();
                 }
-                Obj::Sem { value, taken, .. } => {
-                    if let Some(Taken { count: n, .. }) = taken.remove(&id) {
+                Obj::Sem {
+                    value,
+                    taken,
+                    revoked,
+                    ..
+                } => {
+                    if let Some(Taken { permits, .. }) = taken.remove(&id) {
+                        let n = permits.len() as u64;
+                        for permit in permits {
+                            if revoked.len() == REVOKED_KEPT {
+                                revoked.pop_front();
+                            }
+                            revoked.push_back(permit);
+                        }
                         // The free permits and the taken ones add up to at
                         // most u64::MAX, since a release past that fails,
                         // so this never saturates; if it did, a full count
@@ -638,6 +662,7 @@ impl Server {
                 }
                 Op::SemAcquire => {
                     let process = f.u64()?;
+                    let permit = f.u64()?;
                     let ms = f.u64()?;
                     f.end()?;
                     let conn = client.id;
@@ -653,7 +678,7 @@ impl Server {
                                 *value -= 1;
                                 let mine = taken.entry(conn).or_default();
                                 mine.process = process;
-                                mine.count += 1;
+                                mine.permits.push(permit);
                                 Ok(Some(()))
                             } else {
                                 Ok(None)
@@ -665,17 +690,63 @@ impl Server {
                 }
                 Op::SemRelease => {
                     let process = f.u64()?;
+                    let permit = f.u64()?;
                     f.end()?;
                     let mut st = self.lock();
-                    let Some(Obj::Sem { value, max, taken }) = st.objects.get_mut(&id) else {
+                    let Some(Obj::Sem {
+                        value,
+                        max,
+                        taken,
+                        revoked,
+                    }) = st.objects.get_mut(&id)
+                    else {
                         return Err(Fault::Bad);
                     };
-                    if max.is_some_and(|m| *value >= m) {
+                    // A guard gives back its own permit (`permit`, not 0).
+                    // If the server took that back when its connection ended
+                    // (a network failure), adding it again would make a
+                    // permit out of nothing.
+                    if permit != NO_PERMIT
+                        && let Some(at) = revoked.iter().position(|p| *p == permit)
+                    {
+                        revoked.remove(at);
+                        return Err(op_err(
+                            ErrorKind::NotOwner,
+                            "this permit was given back already, when the connection \
+                             it was taken through ended",
+                        ));
+                    }
+                    let own = (permit != NO_PERMIT)
+                        .then(|| {
+                            taken
+                                .iter()
+                                .find(|(_, t)| t.permits.contains(&permit))
+                                .map(|(c, _)| *c)
+                        })
+                        .flatten();
+                    if own.is_none() && max.is_some_and(|m| *value >= m) {
                         return Err(op_err(
                             ErrorKind::TooManyReleases,
                             "a bounded semaphore was released more times than it was acquired",
                         ));
                     }
+                    // Any other release gives back this connection's permit
+                    // if it holds one, else one this process took through
+                    // another of its connections, else any holder's: a dead
+                    // connection must not give back a permit that was
+                    // already returned for it, and one that is still held
+                    // must be given back when its holder dies.
+                    let holder = own.or_else(|| {
+                        if taken.get(&client.id).is_some_and(|t| !t.permits.is_empty()) {
+                            Some(client.id)
+                        } else {
+                            taken
+                                .iter()
+                                .find(|(_, t)| !t.permits.is_empty() && t.process == process)
+                                .or_else(|| taken.iter().find(|(_, t)| !t.permits.is_empty()))
+                                .map(|(c, _)| *c)
+                        }
+                    });
                     let Some(more) = value.checked_add(1) else {
                         return Err(op_err(
                             ErrorKind::TooManyReleases,
@@ -686,26 +757,18 @@ impl Server {
                         ));
                     };
                     *value = more;
-                    // The permit given back is this connection's if it holds
-                    // one, else one this process took through another of its
-                    // connections, else any holder's: a dead connection must
-                    // not give back a permit that was already returned for
-                    // it, and one that is still held must be given back when
-                    // its holder dies.
-                    let holder = if taken.get(&client.id).is_some_and(|t| t.count > 0) {
-                        Some(client.id)
-                    } else {
-                        taken
-                            .iter()
-                            .find(|(_, t)| t.count > 0 && t.process == process)
-                            .or_else(|| taken.iter().find(|(_, t)| t.count > 0))
-                            .map(|(c, _)| *c)
-                    };
                     if let Some(h) = holder
                         && let Some(t) = taken.get_mut(&h)
                     {
-                        t.count -= 1;
-                        if t.count == 0 {
+                        match t.permits.iter().position(|p| *p == permit) {
+                            Some(at) => {
+                                t.permits.swap_remove(at);
+                            }
+                            None => {
+                                t.permits.pop();
+                            }
+                        }
+                        if t.permits.is_empty() {
                             taken.remove(&h);
                         }
                     }
@@ -1057,6 +1120,7 @@ fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
                 value: n,
                 max: (kind == ObjKind::BoundedSemaphore).then_some(n),
                 taken: HashMap::new(),
+                revoked: VecDeque::new(),
             }
         }
         ObjKind::Condition => Obj::Cond {

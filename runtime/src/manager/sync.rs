@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::client::{Handle, owner_token, process_token};
+use super::client::{Handle, owner_token, permit_token, process_token};
 use super::internals::{decode, encode_into};
-use super::proto::{Fields, Op, timeout_ms};
+use super::proto::{Fields, NO_PERMIT, Op, timeout_ms};
 use crate::error::Error;
 
 fn flag(f: &mut Fields<'_>) -> Result<bool, Error> {
@@ -323,10 +323,14 @@ impl RLockProxy {
     lock_methods!();
 }
 
-/// A permit of a [`SemaphoreProxy`]; given back when dropped.
+/// A permit of a [`SemaphoreProxy`]; given back when dropped (unless the
+/// server took it back already, when the connection it was taken through
+/// ended: a network failure).
 #[must_use = "the permit is given back when the guard is dropped"]
 pub struct ProxySemaphoreGuard {
     h: Handle,
+    /// This permit's token, which the server knows it by.
+    permit: u64,
     given: bool,
 }
 
@@ -351,17 +355,18 @@ impl ProxySemaphoreGuard {
 impl Drop for ProxySemaphoreGuard {
     fn drop(&mut self) {
         if !self.given {
-            let _ = sem_release(&self.h);
+            let _ = sem_release(&self.h, self.permit);
         }
     }
 }
 
-fn sem_release(h: &Handle) -> Result<(), Error> {
+/// Gives back `permit` (a guard's), or any permit ([`NO_PERMIT`]).
+fn sem_release(h: &Handle, permit: u64) -> Result<(), Error> {
     h.client.call(
         Op::SemRelease,
         h.id,
         |f| {
-            f.u64(process_token());
+            f.u64(process_token()).u64(permit);
             Ok(())
         },
         |_| Ok(()),
@@ -390,17 +395,19 @@ plain_proxy!(
 
 impl SemaphoreProxy {
     fn acquire_within(&self, t: Option<Duration>) -> Result<Option<ProxySemaphoreGuard>, Error> {
+        let permit = permit_token();
         let got = self.h.client.call(
             Op::SemAcquire,
             self.h.id,
             |f| {
-                f.u64(process_token()).u64(timeout_ms(t));
+                f.u64(process_token()).u64(permit).u64(timeout_ms(t));
                 Ok(())
             },
             flag,
         )?;
         Ok(got.then(|| ProxySemaphoreGuard {
             h: self.h.clone(),
+            permit,
             given: false,
         }))
     }
@@ -428,7 +435,7 @@ impl SemaphoreProxy {
     /// above a bounded semaphore's initial value, or above `u64::MAX`
     /// permits.
     pub fn release(&self) -> Result<(), Error> {
-        sem_release(&self.h)
+        sem_release(&self.h, NO_PERMIT)
     }
 
     /// The number of free permits.
