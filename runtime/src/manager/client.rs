@@ -222,8 +222,11 @@ impl Client {
         conn.out.u8(op as u8).u64(id);
         build(&mut conn.out)?;
         if let Err(e) = conn.out.send(&mut conn.stream) {
-            // A frame over the limit is refused before a byte is written.
-            if e.kind() != ErrorKind::Encode {
+            // A frame over the limit is refused before a byte is written:
+            // the connection is in step, and keeps no such buffer.
+            if e.kind() == ErrorKind::Encode {
+                conn.out.clear();
+            } else {
                 lease.conn = None;
             }
             return Err(e);
@@ -431,6 +434,19 @@ mod tests {
             .call(Op::ValueGet, id, |_| Ok(()), |f| Ok(f.bytes()?.len()))
             .unwrap();
         assert_eq!(got, big.len());
+        // A request over the limit is refused before it is sent.
+        let err = client
+            .call(
+                Op::ValueSet,
+                id,
+                |f| {
+                    f.bytes(&vec![0u8; MAX_FRAME + 1]);
+                    Ok(())
+                },
+                |_| Ok(()),
+            )
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Encode);
         let idle = client.idle.lock().unwrap();
         assert!(!idle.1.is_empty());
         for conn in &idle.1 {
