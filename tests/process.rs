@@ -712,3 +712,39 @@ fn env_clear_leaves_only_what_was_set_after_it_under_both_start_methods() {
         );
     }
 }
+
+#[process_entry]
+fn panics_under_its_own_hook(message: String) -> u32 {
+    // A program may install its own hook (a logging or error-report
+    // crate does, on its first call), which replaces multiproc's.
+    std::panic::set_hook(Box::new(|_| {}));
+    panic!("{message}")
+}
+
+#[process_entry]
+fn resumes_an_unwind(message: String) -> u32 {
+    // No hook runs for a resumed unwind.
+    std::panic::resume_unwind(Box::new(message))
+}
+
+#[test]
+fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
+    for method in methods() {
+        let child = Process::new(entry!(panics_under_its_own_hook), ("hooked 7".into(),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let err = child.join().unwrap_err();
+        assert!(err.is_panicked(), "{method:?}: {err}");
+        let report = err.panic().expect("panic report");
+        assert_eq!(report.message, "hooked 7", "{method:?}");
+        let child = Process::new(entry!(resumes_an_unwind), ("resumed 8".into(),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let err = child.join().unwrap_err();
+        assert!(err.is_panicked(), "{method:?}: {err}");
+        let report = err.panic().expect("panic report");
+        assert_eq!(report.message, "resumed 8", "{method:?}");
+    }
+}

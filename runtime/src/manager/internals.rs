@@ -71,7 +71,7 @@ pub(crate) fn run_update(
             }
             Ok(frame.payload().to_vec())
         }
-        RunOutcome::Panicked => Err(Error::new(
+        RunOutcome::Panicked(_) => Err(Error::new(
             ErrorKind::Panicked,
             format!("entry `{name}` panicked in the manager's server"),
         )),

@@ -116,11 +116,13 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
                 Err(e) => failed(&Error::io("duplicating a handle in a result", e)),
             }
         }
-        RunOutcome::Panicked => Outcome::Panicked(take_panic().unwrap_or_else(|| PanicReport {
-            message: "panic with no message".into(),
-            location: None,
-            backtrace: None,
-        })),
+        RunOutcome::Panicked(message) => {
+            Outcome::Panicked(take_panic().unwrap_or_else(|| PanicReport {
+                message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
+                location: None,
+                backtrace: None,
+            }))
+        }
         RunOutcome::Failed(e) => failed(&e),
     }
 }

@@ -240,9 +240,9 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
             }
             0
         }
-        super::registry::RunOutcome::Panicked => {
+        super::registry::RunOutcome::Panicked(message) => {
             let report = take_panic().unwrap_or_else(|| PanicReport {
-                message: "panic with no message".into(),
+                message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
                 location: None,
                 backtrace: None,
             });
@@ -350,7 +350,7 @@ fn run_remote(entry: &str) -> i32 {
     // `()`, the arguments of an argument-less entry, encodes as nothing.
     match (record.run())(&[], Vec::new()) {
         super::registry::RunOutcome::Value(_) => 0,
-        super::registry::RunOutcome::Panicked => EXIT_PANICKED,
+        super::registry::RunOutcome::Panicked(_) => EXIT_PANICKED,
         super::registry::RunOutcome::Failed(e) => {
             eprintln!("multiproc: could not run `{entry}`: {e}");
             EXIT_BOOTSTRAP_FAILED

@@ -54,8 +54,11 @@ pub const fn travels<T: Travel>() {}
 pub(crate) enum RunOutcome {
     /// The encoded return value.
     Value(crate::wire::OutFrame),
-    /// The entry panicked.
-    Panicked,
+    /// The entry panicked: the payload's message, when it is a string.
+    /// (The panic hook's report says more, but a hook the entry installed
+    /// in place of multiproc's, or an unwind resumed without any hook,
+    /// leaves only this.)
+    Panicked(Option<String>),
     /// The child could not run the entry.
     Failed(Error),
 }
@@ -156,7 +159,13 @@ fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
             Err(err) => RunOutcome::Failed(err),
         }
     };
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(RunOutcome::Panicked)
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or_else(|payload| {
+        let message = match payload.downcast::<String>() {
+            Ok(message) => Some(*message),
+            Err(payload) => payload.downcast_ref::<&str>().map(|s| s.to_string()),
+        };
+        RunOutcome::Panicked(message)
+    })
 }
 
 /// The entries, by the key a parent sends its child.
