@@ -748,3 +748,17 @@ fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
         assert_eq!(report.message, "resumed 8", "{method:?}");
     }
 }
+
+#[process_entry]
+fn never_returns(code: i32) -> ! {
+    std::process::exit(code)
+}
+
+#[test]
+fn an_entry_that_never_returns_joins_as_its_exit_says() {
+    // `exit(0)` ends it as returning `()` would.
+    let () = spawn!(never_returns, 0).unwrap().join().unwrap();
+    let err = spawn!(never_returns, 5).unwrap().join().unwrap_err();
+    assert!(err.is_exited(), "{err}");
+    assert_eq!(err.exitcode(), Some(5));
+}

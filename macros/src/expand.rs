@@ -4,7 +4,7 @@ use crate::parse::Parsed;
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{FnArg, ReturnType};
+use syn::{FnArg, ReturnType, Type};
 
 /// On error: the error, plus the item unchanged so that callers of the fn do
 /// not add a cascade of "cannot find function" errors.
@@ -33,19 +33,22 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         .map(|i| format_ident!("__multiproc_arg{}", i, span = Span::mixed_site()))
         .collect();
     let args_ty = quote_spanned! {func.sig.inputs.span()=> (#(#tys,)*) };
-    let output_ty = match &func.sig.output {
-        ReturnType::Default => quote! { () },
-        ReturnType::Type(_, ty) => quote_spanned! {ty.span()=> #ty },
+    // An entry that never returns (`-> !`, which ends its process itself)
+    // owes no result: its handle joins as `()`. (`!` is no type an
+    // associated type may name on stable Rust; its `call` coerces to `()`.)
+    let return_ty = match &func.sig.output {
+        ReturnType::Type(_, ty) if !matches!(**ty, Type::Never(_)) => Some(&**ty),
+        _ => None,
+    };
+    let output_ty = match return_ty {
+        None => quote! { () },
+        Some(ty) => quote_spanned! {ty.span()=> #ty },
     };
     let krate = &parsed.krate;
     let private = quote! { #krate::__private };
     // One check per type, spanned at that type: a type that cannot travel is
     // reported there, with the runtime's hint (`__private::Travel`), rather
     // than by serde at the first argument.
-    let return_ty = match &func.sig.output {
-        ReturnType::Default => None,
-        ReturnType::Type(_, ty) => Some(&**ty),
-    };
     let travel_checks = tys.iter().copied().chain(return_ty).map(|ty| {
         quote_spanned! {ty.span()=> #private::travels::<#ty>(); }
     });

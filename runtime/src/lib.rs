@@ -52,7 +52,8 @@
 //!    The child finds the entry by name, so its types must be concrete; an
 //!    `async` body can start its own runtime inside a plain `fn`.
 //! 3. **Owned arguments and result**: every argument, and the return type
-//!    (or `()`), is `Serialize + DeserializeOwned`, since values are copied
+//!    (or `()`; or `!` for an entry that ends its process itself, whose
+//!    handle joins as `()`), is `Serialize + DeserializeOwned`, since values are copied
 //!    into another process. No references, lifetimes other than `'static`,
 //!    raw pointers, `impl Trait`, `dyn Trait` or `_`: use `String` for
 //!    `&str`, `Vec<T>` for `&[T]`. multiproc's handles ([`Queue`],
