@@ -211,3 +211,81 @@ fn a_daemon_may_not_start_children() {
     );
     assert!(!multiproc::current_process().is_daemon());
 }
+
+#[process_entry]
+fn plus_one(x: u32) -> u32 {
+    x + 1
+}
+
+#[process_entry]
+fn exits_with(code: i32) {
+    std::process::exit(code)
+}
+
+const INNER_SIGCHLD: &str = "MULTIPROC_LIFETIME_SIGCHLD_INNER";
+
+/// Run by `a_process_that_ignores_sigchld_still_joins_its_children` in a
+/// fresh copy of this test binary, which it changes for good.
+#[test]
+#[ignore = "run by a_process_that_ignores_sigchld_still_joins_its_children"]
+fn inner_sigchld_ignored() {
+    if !common::run_by_outer_test(
+        INNER_SIGCHLD,
+        "a_process_that_ignores_sigchld_still_joins_its_children",
+    ) {
+        return;
+    }
+    // SAFETY: `SIG_IGN` installs no handler code; this fresh process runs
+    // this one test and nothing else.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+    }
+    let mut methods = vec![multiproc::StartMethod::Spawn];
+    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
+        methods.push(multiproc::StartMethod::ForkServer);
+    }
+    for method in methods {
+        // The kernel reaps each child itself: its status is lost, but its
+        // result is not.
+        let child = Process::new(entry!(plus_one), (41,))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), 42, "{method:?}");
+        let mut child = Process::new(entry!(plus_one), (1,))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let joined = child.join_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(joined, Some(2), "{method:?}");
+        assert!(!child.is_alive(), "{method:?}");
+        // One that owes a result and ends without it: an error, not a hang.
+        let err = Process::new(entry!(exits_with), (3,))
+            .start_method(method)
+            .start()
+            .unwrap()
+            .join()
+            .unwrap_err();
+        assert!(err.is_exited(), "{method:?}: {err}");
+        assert!(multiproc::active_children().is_empty(), "{method:?}");
+    }
+    println!("sigchld ignored: all joined");
+}
+
+#[test]
+fn a_process_that_ignores_sigchld_still_joins_its_children() {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_sigchld_ignored",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(INNER_SIGCHLD, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("all joined"), "{stdout}\n{stderr}");
+}

@@ -488,9 +488,10 @@ impl<R> JoinHandle<R> {
 
     /// `None` while the child runs; then its exit code, or `-N` if signal `N` ended it.
     ///
-    /// Also `None` for a child of the fork server whose server was killed
-    /// before it could report how the child ended (then
-    /// [`is_alive`](Self::is_alive) is false).
+    /// Also `None` once the child has ended if how it ended was lost (then
+    /// [`is_alive`](Self::is_alive) is false): a child of the fork server
+    /// whose server was killed before it could report it, or any child of a
+    /// process that ignores `SIGCHLD` (the kernel then reaps it at once).
     pub fn exitcode(&self) -> Option<i32> {
         self.child
             .try_reap()
@@ -586,7 +587,9 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                 ),
                 ExitStatus::Unknown => Error::new(
                     ErrorKind::Exited,
-                    "ended without a result; how is unknown: its fork server died before it could report the exit status",
+                    "ended without a result; how is unknown: its exit status was lost (its \
+                     fork server died before it could report it, or this process ignores \
+                     SIGCHLD, so the kernel reaped the child)",
                 ),
             },
             Some(Report::Taken) => Error::new(

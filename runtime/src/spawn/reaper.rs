@@ -32,7 +32,9 @@ use super::protocol::{ReportedExit, STATUS_LEN};
 pub(crate) enum ExitStatus {
     Code(i32),
     Signal(i32),
-    /// Ended, but its fork server died before it could say how.
+    /// Ended, but how was lost: its fork server died before it could say,
+    /// or it was reaped by no one here (this process ignores `SIGCHLD`,
+    /// so the kernel reaps its children itself).
     Unknown,
 }
 
@@ -269,27 +271,32 @@ impl Child {
                 },
                 _,
             ) => self.reported(status, server_gone, late_since)?,
-            (Reaping::Us, Some(fd)) => rustix::process::waitid(
+            (Reaping::Us, Some(fd)) => match rustix::process::waitid(
                 WaitId::PidFd(fd.as_fd()),
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-            )?
-            .and_then(|st| {
-                if let Some(code) = st.exit_status() {
-                    Some(ExitStatus::Code(code))
-                } else {
-                    st.terminating_signal().map(ExitStatus::Signal)
-                }
-            }),
-            (Reaping::Us, None) => {
-                let pid =
-                    Pid::from_raw(self.pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
-                rustix::process::waitpid(Some(pid), WaitOptions::NOHANG)?.and_then(|(_, st)| {
+            ) {
+                Ok(st) => st.and_then(|st| {
                     if let Some(code) = st.exit_status() {
                         Some(ExitStatus::Code(code))
                     } else {
                         st.terminating_signal().map(ExitStatus::Signal)
                     }
-                })
+                }),
+                Err(e) => Some(not_ours(e)?),
+            },
+            (Reaping::Us, None) => {
+                let pid =
+                    Pid::from_raw(self.pid as i32).ok_or_else(|| io::Error::other("bad pid"))?;
+                match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+                    Ok(st) => st.and_then(|(_, st)| {
+                        if let Some(code) = st.exit_status() {
+                            Some(ExitStatus::Code(code))
+                        } else {
+                            st.terminating_signal().map(ExitStatus::Signal)
+                        }
+                    }),
+                    Err(e) => Some(not_ours(e)?),
+                }
             }
         };
         if reaped.is_some() {
@@ -371,6 +378,17 @@ impl Child {
             Err(rustix::io::Errno::SRCH) => Ok(()),
             other => other.map_err(Into::into),
         }
+    }
+}
+
+/// A wait for our child that failed with `e`. `ECHILD` says the kernel
+/// reaped it already, which it does when it exits in a process that
+/// ignores `SIGCHLD` (set so by the program, or inherited through `exec`):
+/// it has ended, and how is lost. Anything else is an error.
+fn not_ours(e: rustix::io::Errno) -> io::Result<ExitStatus> {
+    match e {
+        rustix::io::Errno::CHILD => Ok(ExitStatus::Unknown),
+        e => Err(e.into()),
     }
 }
 
