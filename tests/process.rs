@@ -762,3 +762,25 @@ fn an_entry_that_never_returns_joins_as_its_exit_says() {
     assert!(err.is_exited(), "{err}");
     assert_eq!(err.exitcode(), Some(5));
 }
+
+/// Deprecation warnings denied: an entry marked `#[deprecated]` must not
+/// warn where it is defined (only where it is called).
+#[deny(deprecated)]
+mod deprecated_entries {
+    #[multiproc::process_entry]
+    #[deprecated(note = "kept for old callers")]
+    pub fn old_add(a: u32, b: u32) -> u32 {
+        a + b
+    }
+}
+
+#[test]
+fn a_deprecated_entry_compiles_where_deprecation_is_denied_and_runs() {
+    assert_eq!(
+        spawn!(deprecated_entries::old_add, 2, 3)
+            .unwrap()
+            .join()
+            .unwrap(),
+        5
+    );
+}

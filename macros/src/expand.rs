@@ -109,7 +109,9 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
                     const NAME: &'static str =
                         ::core::concat!(::core::module_path!(), "::", #name);
 
-                    #[allow(clippy::unused_unit)]
+                    // The fn may be `#[deprecated]`: calling it here is
+                    // no use of it by the user, and must not warn.
+                    #[allow(clippy::unused_unit, deprecated)]
                     fn call(args: Self::Args) -> Self::Output {
                         let (#(#vars,)*) = args;
                         #ident(#(#vars),*)
