@@ -784,3 +784,22 @@ fn a_deprecated_entry_compiles_where_deprecation_is_denied_and_runs() {
         5
     );
 }
+
+/// Clippy's pedantic and nursery lints denied (checked by the project's
+/// `cargo clippy --all-targets -- -D warnings`): the code generated for an
+/// entry must not trip them where the user's own code does not.
+#[deny(clippy::pedantic, clippy::nursery)]
+mod strict_lints {
+    #[multiproc::process_entry]
+    #[must_use]
+    pub fn pid_plus(x: u32) -> u32 {
+        x.wrapping_add(std::process::id())
+    }
+}
+
+#[test]
+fn an_entry_under_strict_lints_runs() {
+    let child = spawn!(strict_lints::pid_plus, 1).unwrap();
+    let pid = child.pid();
+    assert_eq!(child.join().unwrap(), pid.wrapping_add(1));
+}

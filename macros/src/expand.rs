@@ -57,7 +57,14 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         impl #ident {
             #[doc(hidden)]
             #[inline]
-            #[allow(clippy::unused_unit)]
+            // Generated, so no lint the user enabled (clippy's pedantic
+            // and nursery groups) is theirs to fix here.
+            #[allow(
+                clippy::unused_unit,
+                clippy::unused_self,
+                clippy::must_use_candidate,
+                clippy::missing_const_for_fn
+            )]
             #vis fn __multiproc_args(self, #(#vars: #tys),*) -> #args_ty {
                 (#(#vars,)*)
             }
@@ -87,6 +94,7 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
         #vis #ident
         where
             [(); {
+                #[allow(clippy::expl_impl_clone_on_copy)]
                 impl ::core::clone::Clone for #ident {
                     #[inline]
                     fn clone(&self) -> Self {
