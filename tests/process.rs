@@ -727,6 +727,14 @@ fn resumes_an_unwind(message: String) -> u32 {
     std::panic::resume_unwind(Box::new(message))
 }
 
+#[process_entry]
+fn recovers_then_resumes(message: String) -> u32 {
+    // A panic caught and recovered from first: not the one that ends it.
+    let caught = std::panic::catch_unwind(|| panic!("recovered from"));
+    assert!(caught.is_err());
+    std::panic::resume_unwind(Box::new(message))
+}
+
 #[test]
 fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
     for method in methods() {
@@ -746,6 +754,13 @@ fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
         assert!(err.is_panicked(), "{method:?}: {err}");
         let report = err.panic().expect("panic report");
         assert_eq!(report.message, "resumed 8", "{method:?}");
+        let child = Process::new(entry!(recovers_then_resumes), ("resumed 9".into(),))
+            .start_method(method)
+            .start()
+            .unwrap();
+        let err = child.join().unwrap_err();
+        let report = err.panic().expect("panic report");
+        assert_eq!(report.message, "resumed 9", "{method:?}");
     }
 }
 

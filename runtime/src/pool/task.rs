@@ -117,11 +117,7 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
             }
         }
         RunOutcome::Panicked(message) => {
-            Outcome::Panicked(take_panic().unwrap_or_else(|| PanicReport {
-                message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
-                location: None,
-                backtrace: None,
-            }))
+            Outcome::Panicked(crate::spawn::registry::panic_report(take_panic(), message))
         }
         RunOutcome::Failed(e) => failed(&e),
     }

@@ -241,11 +241,7 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
             0
         }
         super::registry::RunOutcome::Panicked(message) => {
-            let report = take_panic().unwrap_or_else(|| PanicReport {
-                message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
-                location: None,
-                backtrace: None,
-            });
+            let report = super::registry::panic_report(take_panic(), message);
             let mut frame = OutFrame::new();
             if frame.encode(&report).is_ok() {
                 let _ = frame.send(sock.as_fd(), FrameKind::Panic);
