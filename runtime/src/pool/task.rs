@@ -117,7 +117,7 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
             }
         }
         RunOutcome::Panicked(message) => {
-            Outcome::Panicked(crate::spawn::registry::panic_report(take_panic(), message))
+            Outcome::Panicked(crate::spawn::panic::report(take_panic(), message))
         }
         RunOutcome::Failed(e) => failed(&e),
     }

@@ -241,7 +241,7 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
             0
         }
         super::registry::RunOutcome::Panicked(message) => {
-            let report = super::registry::panic_report(take_panic(), message);
+            let report = super::panic::report(take_panic(), message);
             let mut frame = OutFrame::new();
             if frame.encode(&report).is_ok() {
                 let _ = frame.send(sock.as_fd(), FrameKind::Panic);

@@ -1,7 +1,8 @@
 //! How a child reports its panic on stderr: one line that names the
 //! process and entry instead of std's `thread '<unnamed>'`, then the
 //! message and the trimmed backtrace (the error the parent gets carries the
-//! same report, but its `Display` does not repeat the backtrace).
+//! same report, but its `Display` does not repeat the backtrace); and which
+//! panic that report names ([`report`]).
 
 use std::cell::Cell;
 use std::io::Write;
@@ -29,6 +30,26 @@ thread_local! {
 /// Says which task entry this thread runs now (`None`: none).
 pub(crate) fn running_task(entry: Option<&'static str>) {
     TASK.with(|t| t.set(entry));
+}
+
+/// The report of an entry's panic: what the panic hook `recorded` (with
+/// its location and backtrace), unless the payload's `message` says it was
+/// another panic (one caught and recovered from earlier, or on another
+/// thread), or no hook recorded any; then the payload's message alone.
+pub(crate) fn report(recorded: Option<PanicReport>, message: Option<String>) -> PanicReport {
+    match (recorded, message) {
+        (Some(report), Some(message)) if report.message != message => PanicReport {
+            message,
+            location: None,
+            backtrace: None,
+        },
+        (Some(report), _) => report,
+        (None, message) => PanicReport {
+            message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
+            location: None,
+            backtrace: None,
+        },
+    }
 }
 
 /// Prints `report` as std's hook would, naming the process and entry.

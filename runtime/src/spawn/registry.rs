@@ -8,7 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ErrorKind, PanicReport};
+use crate::error::{Error, ErrorKind};
 
 /// A function that can run in a child process.
 ///
@@ -61,26 +61,6 @@ pub(crate) enum RunOutcome {
     Panicked(Option<String>),
     /// The child could not run the entry.
     Failed(Error),
-}
-
-/// The report of an entry's panic: what the panic hook `recorded` (with
-/// its location and backtrace), unless the payload's `message` says it was
-/// another panic (one caught and recovered from earlier, or on another
-/// thread), or no hook recorded any; then the payload's message alone.
-pub(crate) fn panic_report(recorded: Option<PanicReport>, message: Option<String>) -> PanicReport {
-    match (recorded, message) {
-        (Some(report), Some(message)) if report.message != message => PanicReport {
-            message,
-            location: None,
-            backtrace: None,
-        },
-        (Some(report), _) => report,
-        (None, message) => PanicReport {
-            message: message.unwrap_or_else(|| "Box<dyn Any>".into()),
-            location: None,
-            backtrace: None,
-        },
-    }
 }
 
 /// One registered entry. Built by `#[process_entry]`; not public API.
