@@ -10,7 +10,8 @@
 //! - `reaper.rs`: who waits for which child, and when.
 //! - `current.rs`: what a process knows of itself (`current_process`, …).
 //! - `method.rs`: `StartMethod` and the process-wide default.
-//! - `panic.rs`: how a child prints its panic (naming process and entry).
+//! - `panic.rs`: how a child prints its panic (naming process and entry),
+//!   and which panic the report it sends names.
 //! - `fork_client.rs` (parent side) and `fork_server.rs` (child side): the
 //!   fork server, which forks children instead of re-executing the binary.
 
