@@ -222,6 +222,18 @@ fn exits_with(code: i32) {
     std::process::exit(code)
 }
 
+/// Whether this process ignores `SIGCHLD`, from /proc.
+#[process_entry]
+fn ignores_sigchld() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let ignored = status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap();
+    ignored & (1 << (libc::SIGCHLD - 1)) != 0
+}
+
 const INNER_SIGCHLD: &str = "MULTIPROC_LIFETIME_SIGCHLD_INNER";
 
 /// Run by `a_process_that_ignores_sigchld_still_joins_its_children` in a
@@ -267,6 +279,17 @@ fn inner_sigchld_ignored() {
             .join()
             .unwrap_err();
         assert!(err.is_exited(), "{method:?}: {err}");
+        // The fork server reaps its children itself, whatever its parent
+        // ignores, so it still says how they ended; and they inherit the
+        // parent's dispositions all the same.
+        if method == multiproc::StartMethod::ForkServer {
+            assert_eq!(err.exitcode(), Some(3), "{method:?}: {err}");
+        }
+        let child = Process::new(entry!(ignores_sigchld), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert!(child.join().unwrap(), "{method:?}");
         assert!(multiproc::active_children().is_empty(), "{method:?}");
     }
     println!("sigchld ignored: all joined");

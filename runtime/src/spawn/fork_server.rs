@@ -66,6 +66,11 @@ use crate::wire::{self, FrameKind};
 /// when the parent has gone. A child it forks never returns from here.
 pub(crate) fn serve(marker: &Marker) -> i32 {
     crate::sys::ignore_sigpipe();
+    // The server reaps its children to report how they ended, which it
+    // cannot if it inherited an ignored SIGCHLD (the kernel would reap them
+    // first). Its children get the parent's disposition back, as under
+    // `Spawn`.
+    let sigchld_ignored = crate::sys::default_sigchld();
     // Die with the parent; if it already died, the signal will never come.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
     if std::os::unix::process::parent_id() != marker.parent {
@@ -87,6 +92,9 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         Served::Forked { target, control } => {
             // The new child keeps none of the server's descriptors.
             drop(server);
+            if sigchld_ignored {
+                crate::sys::ignore_sigchld();
+            }
             super::child::run_forked(&target, marker.parent, control)
         }
         Served::Spare {
@@ -109,6 +117,9 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 quick: _,
             } = server;
             drop((sock, epoll, running, buf, announced));
+            if sigchld_ignored {
+                crate::sys::ignore_sigchld();
+            }
             run_spare(
                 &single,
                 nofile,

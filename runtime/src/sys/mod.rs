@@ -132,6 +132,25 @@ pub(crate) fn ignore_sigpipe() {
     }
 }
 
+/// Sets `SIGCHLD` to its default disposition, so that this process's
+/// children wait to be reaped by it; returns whether it was ignored (as an
+/// ignored signal stays across `exec`, from whoever started this process).
+pub(crate) fn default_sigchld() -> bool {
+    // SAFETY: `SIG_DFL` is a valid disposition for SIGCHLD and installs no
+    // handler code.
+    let old = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
+    old == libc::SIG_IGN
+}
+
+/// Sets `SIGCHLD` to ignored again (see [`default_sigchld`]).
+pub(crate) fn ignore_sigchld() {
+    // SAFETY: `SIG_IGN` is a valid disposition for SIGCHLD and installs no
+    // handler code.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+    }
+}
+
 /// A connected pair of Unix stream sockets, both ends CLOEXEC: a child's
 /// control socket, a pipe, a fork-server spare's sockets.
 pub(crate) fn stream_pair() -> io::Result<(OwnedFd, OwnedFd)> {
