@@ -10,6 +10,20 @@ use syn::{FnArg, ReturnType, Safety, Type};
 const MAX_ARGS: usize = 16;
 
 pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
+    // A second `#[process_entry]` below this one would define the marker
+    // twice: one error here rather than rustc's five about conflicting
+    // definitions. (The fn is re-emitted with it, so it still expands once.)
+    if let Some(again) = parsed.func.attrs.iter().find(|attr| {
+        attr.path()
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "process_entry")
+    }) {
+        return Err(syn::Error::new_spanned(
+            again,
+            "#[process_entry] is applied twice to this fn: remove one",
+        ));
+    }
     let sig = &parsed.func.sig;
     if let Some(token) = &sig.asyncness {
         return Err(syn::Error::new_spanned(
