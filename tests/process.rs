@@ -810,6 +810,30 @@ mod strict_lints {
     pub fn pid_plus(x: u32) -> u32 {
         x.wrapping_add(std::process::id())
     }
+
+    #[multiproc::process_entry]
+    pub fn touch() {
+        let _ = std::process::id();
+    }
+
+    #[multiproc::process_entry]
+    pub fn end(code: i32) -> ! {
+        std::process::exit(code)
+    }
+
+    #[multiproc::process_entry]
+    /// Owned arguments it does not consume: clippy's
+    /// `needless_pass_by_value` would ask for references, which an entry
+    /// cannot take.
+    pub fn many(
+        text: String,
+        bytes: Vec<u8>,
+        (small, wide): (u8, u16),
+        mut maybe: Option<u64>,
+    ) -> usize {
+        maybe.take();
+        text.len() + bytes.len() + usize::from(small) + usize::from(wide)
+    }
 }
 
 #[test]
@@ -817,4 +841,15 @@ fn an_entry_under_strict_lints_runs() {
     let child = spawn!(strict_lints::pid_plus, 1).unwrap();
     let pid = child.pid();
     assert_eq!(child.join().unwrap(), pid.wrapping_add(1));
+    let child = spawn!(
+        strict_lints::many,
+        "ab".to_string(),
+        vec![1, 2, 3],
+        (4, 5),
+        Some(6)
+    )
+    .unwrap();
+    assert_eq!(child.join().unwrap(), 14);
+    spawn!(strict_lints::touch).unwrap().join().unwrap();
+    spawn!(strict_lints::end, 0).unwrap().join().unwrap();
 }
