@@ -972,3 +972,47 @@ fn tasks_sent_to_a_stopped_worker_run_in_order_once_it_goes_on() {
     guard.0 = None;
     assert_eq!(pool.apply(entry!(pid), ()).unwrap(), worker);
 }
+
+/// A task that returns multiproc's own errors: `Err` for odd numbers.
+#[process_entry]
+fn even_only(x: u64) -> multiproc::Result<u64> {
+    if x % 2 == 1 {
+        // A real multiproc error, made in the worker.
+        multiproc::Pool::new(0)?;
+    }
+    Ok(x / 2)
+}
+
+#[test]
+fn a_task_returns_a_multiproc_result() {
+    for method in [
+        multiproc::StartMethod::Spawn,
+        multiproc::StartMethod::ForkServer,
+    ] {
+        if method == multiproc::StartMethod::ForkServer
+            && std::env::var_os("MULTIPROC_NO_PIDFD").is_some()
+        {
+            continue;
+        }
+        let pool = Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .unwrap();
+        let local = Pool::new(0).unwrap_err();
+        let got = pool.map(entry!(even_only), 0..6u64).unwrap();
+        for (x, result) in (0..6u64).zip(got) {
+            match result {
+                Ok(half) => assert_eq!((x % 2, half), (0, x / 2), "{method:?}"),
+                Err(err) => {
+                    assert_eq!(x % 2, 1, "{method:?}: {err}");
+                    assert_eq!(err.kind(), local.kind(), "{method:?}");
+                    assert_eq!(err.is_spawn(), local.is_spawn(), "{method:?}");
+                    assert_eq!(err.to_string(), local.to_string(), "{method:?}");
+                }
+            }
+        }
+        pool.close();
+        pool.join().unwrap();
+    }
+}

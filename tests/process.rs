@@ -853,3 +853,70 @@ fn an_entry_under_strict_lints_runs() {
     spawn!(strict_lints::touch).unwrap().join().unwrap();
     spawn!(strict_lints::end, 0).unwrap().join().unwrap();
 }
+
+/// How [`fallible`] fails, or that it does not.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+enum Outcome {
+    Fine,
+    /// A grandchild that exits with code 3, joined with `?`.
+    ChildExits,
+    /// A file that is not there, opened with `?`.
+    NoFile,
+}
+
+/// An entry that uses `?` on multiproc's errors, and returns them.
+#[process_entry]
+fn fallible(outcome: Outcome) -> multiproc::Result<u32> {
+    match outcome {
+        Outcome::Fine => Ok(7),
+        Outcome::ChildExits => {
+            spawn!(exits_with, 3)?.join()?;
+            Ok(0)
+        }
+        Outcome::NoFile => {
+            std::fs::File::open("/nonexistent/multiproc-test")?;
+            Ok(0)
+        }
+    }
+}
+
+#[test]
+fn an_entry_returns_a_multiproc_result_under_both_start_methods() {
+    for method in methods() {
+        let start = |outcome| {
+            Process::new(entry!(fallible), (outcome,))
+                .start_method(method)
+                .start()
+                .unwrap()
+                .join()
+                .unwrap()
+        };
+        assert_eq!(start(Outcome::Fine).unwrap(), 7, "{method:?}");
+
+        let err = start(Outcome::ChildExits).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Exited, "{method:?}");
+        assert!(err.is_exited() && !err.is_io(), "{method:?}");
+        assert_eq!(err.exitcode(), Some(3), "{method:?}");
+        let shown = err.to_string();
+        assert!(shown.contains("exited without a result"), "{shown}");
+        assert!(
+            shown.contains("exits_with"),
+            "names the grandchild's entry: {shown}"
+        );
+
+        let err = start(Outcome::NoFile).unwrap_err();
+        assert!(err.is_io(), "{method:?}: {err:?}");
+        assert_eq!(err.exitcode(), None);
+        let local =
+            multiproc::Error::from(std::fs::File::open("/nonexistent/multiproc-test").unwrap_err());
+        // The whole chain reads as it did in the child.
+        assert_eq!(format!("{err:#}"), format!("{local:#}"), "{method:?}");
+        assert_eq!(format!("{err:?}"), format!("{local:?}"), "{method:?}");
+        let cause = std::error::Error::source(&err).expect("the OS error travels");
+        let io = cause
+            .downcast_ref::<std::io::Error>()
+            .expect("an io::Error again");
+        assert_eq!(io.raw_os_error(), Some(libc::ENOENT), "{method:?}");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+    }
+}

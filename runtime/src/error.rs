@@ -456,6 +456,217 @@ impl From<io::Error> for Error {
     }
 }
 
+/// Every kind, in the order of its number on the wire: a kind's number is
+/// its index here (append new kinds, never reorder).
+const KINDS: [ErrorKind; 19] = [
+    ErrorKind::Spawn,
+    ErrorKind::Panicked,
+    ErrorKind::Exited,
+    ErrorKind::Signaled,
+    ErrorKind::Timeout,
+    ErrorKind::Disconnected,
+    ErrorKind::Decode,
+    ErrorKind::Encode,
+    ErrorKind::UnknownEntry,
+    ErrorKind::DuplicateEntry,
+    ErrorKind::Auth,
+    ErrorKind::OwnerDied,
+    ErrorKind::BrokenBarrier,
+    ErrorKind::NotOwner,
+    ErrorKind::TooManyReleases,
+    ErrorKind::OutOfRange,
+    ErrorKind::InvalidInput,
+    ErrorKind::AlreadyTaken,
+    ErrorKind::Io,
+];
+
+/// A kind travels as its number; a number that names no kind is a decode
+/// error.
+impl serde::Serialize for ErrorKind {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match KINDS.iter().position(|k| k == self) {
+            Some(number) => serializer.serialize_u16(number as u16),
+            None => Err(serde::ser::Error::custom(format_args!(
+                "error kind {self:?} has no number"
+            ))),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for ErrorKind {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let number = u16::deserialize(deserializer)?;
+        KINDS
+            .get(usize::from(number))
+            .copied()
+            .ok_or_else(|| serde::de::Error::custom(format_args!("unknown error kind {number}")))
+    }
+}
+
+/// One cause of a travelling error: its `Display` text and, for an OS
+/// error, its code.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CauseOnWire {
+    text: String,
+    os_error: Option<i32>,
+}
+
+/// An [`Error`] as it travels. The causes are any `dyn Error` and cannot
+/// travel as themselves: each goes as its text (and OS error code).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ErrorOnWire {
+    kind: ErrorKind,
+    message: String,
+    process: Option<String>,
+    exitcode: Option<i32>,
+    panic: Option<PanicReport>,
+    causes: Vec<CauseOnWire>,
+}
+
+/// A cause that came from another process: its text, its OS error code if
+/// it was an OS error, and the rest of the chain.
+#[derive(Debug)]
+struct RemoteCause {
+    text: String,
+    os_error: Option<i32>,
+    next: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl fmt::Display for RemoteCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl std::error::Error for RemoteCause {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.next
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// The OS error code of a cause: an `io::Error`'s own, or the one a cause
+/// that travelled before carries.
+fn os_error_of(cause: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let io = cause.downcast_ref::<io::Error>()?;
+    io.raw_os_error().or_else(|| {
+        io.get_ref()?
+            .downcast_ref::<RemoteCause>()
+            .and_then(|c| c.os_error)
+    })
+}
+
+/// A travelled cause, with `next` as its source. An OS error comes back as
+/// an `io::Error`: the OS's own for its code when its text is exactly
+/// that and nothing follows it (so `raw_os_error()` answers), else one of
+/// the code's `io::ErrorKind` that shows the text.
+fn rebuild_cause(
+    cause: CauseOnWire,
+    next: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+    let Some(code) = cause.os_error else {
+        return Box::new(RemoteCause {
+            text: cause.text,
+            os_error: None,
+            next,
+        });
+    };
+    let own = io::Error::from_raw_os_error(code);
+    if next.is_none() && own.to_string() == cause.text {
+        return Box::new(own);
+    }
+    Box::new(io::Error::new(
+        own.kind(),
+        RemoteCause {
+            text: cause.text,
+            os_error: Some(code),
+            next,
+        },
+    ))
+}
+
+/// An error travels with its kind, message, process, exit code, panic
+/// report and the text of each cause (with its OS error code, if it has
+/// one), so that after decoding its `Display`, `{:#}`, `{:?}`,
+/// [`exitcode`](Error::exitcode) and `is_*()` answers are what they were
+/// where it was made. An OS error cause comes back as an [`io::Error`] of
+/// the same kind; the other causes come back as their texts. An entry may
+/// therefore return [`Result<T>`](crate::Result):
+///
+/// ```
+/// use multiproc::{process_entry, spawn};
+///
+/// #[process_entry]
+/// fn read_config(path: String) -> multiproc::Result<String> {
+///     Ok(std::fs::read_to_string(path)?)
+/// }
+///
+/// # fn main() -> multiproc::Result<()> {
+/// let err = spawn!(read_config, "/nonexistent/config".to_string())?
+///     .join()?
+///     .unwrap_err();
+/// assert!(err.is_io());
+/// let cause = std::error::Error::source(&err).expect("the OS error came too");
+/// let io = cause.downcast_ref::<std::io::Error>().expect("as an io::Error");
+/// assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+/// # Ok(())
+/// # }
+/// ```
+impl serde::Serialize for Error {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        let inner = &self.inner;
+        ErrorOnWire {
+            kind: inner.kind,
+            message: inner.message.clone(),
+            process: inner.process.clone(),
+            exitcode: inner.exitcode,
+            panic: inner.panic.clone(),
+            causes: self
+                .causes()
+                .map(|cause| CauseOnWire {
+                    text: cause.to_string(),
+                    os_error: os_error_of(cause),
+                })
+                .collect(),
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Decodes what [`Serialize`](serde::Serialize) encoded; an unknown kind
+/// number or a malformed field is the decoder's error.
+impl<'de> serde::Deserialize<'de> for Error {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let wire = ErrorOnWire::deserialize(deserializer)?;
+        let source = wire
+            .causes
+            .into_iter()
+            .rev()
+            .fold(None, |next, cause| Some(rebuild_cause(cause, next)));
+        Ok(Error {
+            inner: Box::new(Inner {
+                kind: wire.kind,
+                message: wire.message,
+                process: wire.process,
+                exitcode: wire.exitcode,
+                panic: wire.panic,
+                source,
+            }),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -579,5 +790,120 @@ mod tests {
         let plain = Error::new(ErrorKind::Timeout, "nothing arrived");
         assert_eq!(format!("{plain:?}"), "timed out: nothing arrived");
         assert!(std::error::Error::source(&plain).is_none());
+    }
+
+    fn round_trip(err: &Error) -> Error {
+        let mut bytes = Vec::new();
+        crate::wire::codec::encode_into(err, &mut bytes).expect("an error encodes");
+        crate::wire::codec::decode(&bytes).expect("and decodes")
+    }
+
+    #[test]
+    fn an_error_round_trips_with_its_kind_text_chain_and_exit_code() {
+        for kind in KINDS {
+            let err = round_trip(&Error::new(kind, "what happened"));
+            assert_eq!(err.kind(), kind);
+            assert_eq!(
+                err.to_string(),
+                Error::new(kind, "what happened").to_string()
+            );
+        }
+
+        let exited = Error::new(ErrorKind::Exited, "")
+            .in_process("process 'Process-2' (pid 12, entry `m::f`)")
+            .with_exitcode(3);
+        let back = round_trip(&exited);
+        assert!(back.is_exited());
+        assert_eq!(back.exitcode(), Some(3));
+        assert_eq!(back.to_string(), exited.to_string());
+
+        let report = PanicReport {
+            message: "boom".into(),
+            location: Some("src/lib.rs:1:2".into()),
+            backtrace: None,
+        };
+        let panicked = Error::new(ErrorKind::Panicked, "").with_panic(report.clone());
+        let back = round_trip(&panicked);
+        assert_eq!(back.panic(), Some(&report));
+        assert_eq!(back.to_string(), panicked.to_string());
+
+        // An OS error comes back as the OS's own.
+        let os = Error::io("opening", io::Error::from_raw_os_error(libc::ENOENT));
+        let back = round_trip(&os);
+        assert_eq!(format!("{back:?}"), format!("{os:?}"));
+        let cause = std::error::Error::source(&back).expect("the cause");
+        let cause = cause.downcast_ref::<io::Error>().expect("an io::Error");
+        assert_eq!(cause.raw_os_error(), Some(libc::ENOENT));
+
+        // A chain of causes, one of them an OS error with a text of its
+        // own: every text, in order, and the OS error's kind and code,
+        // also after a second trip.
+        #[derive(Debug)]
+        struct Outer(io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("reading the config")
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let chained = Error::new(ErrorKind::Spawn, "starting")
+            .with_source(Outer(io::Error::from_raw_os_error(libc::EACCES)));
+        let back = round_trip(&round_trip(&chained));
+        assert_eq!(chain(&back), chain(&chained));
+        assert_eq!(format!("{back:?}"), format!("{chained:?}"));
+        assert!(back.is_spawn());
+        let custom = Error::io(
+            "sending",
+            io::Error::new(io::ErrorKind::BrokenPipe, "the peer went away"),
+        );
+        let back = round_trip(&round_trip(&custom));
+        assert_eq!(chain(&back), chain(&custom));
+    }
+
+    #[test]
+    fn a_malformed_error_is_a_decode_error() {
+        #[derive(serde::Serialize)]
+        struct Forged {
+            kind: u16,
+            message: String,
+            process: Option<String>,
+            exitcode: Option<i32>,
+            panic: Option<PanicReport>,
+            causes: Vec<CauseOnWire>,
+        }
+        let forged = |kind| {
+            let mut bytes = Vec::new();
+            let value = Forged {
+                kind,
+                message: "m".into(),
+                process: None,
+                exitcode: None,
+                panic: None,
+                causes: Vec::new(),
+            };
+            crate::wire::codec::encode_into(&value, &mut bytes).expect("encodes");
+            bytes
+        };
+        let last = KINDS.len() as u16 - 1;
+        let ok: Error = crate::wire::codec::decode(&forged(last)).expect("the last kind");
+        assert_eq!(ok.kind(), KINDS[KINDS.len() - 1]);
+        for kind in [last + 1, 999, u16::MAX] {
+            let err = crate::wire::codec::decode::<Error>(&forged(kind))
+                .expect_err("an unknown kind does not decode");
+            // postcard drops a custom message; bincode keeps it.
+            #[cfg(not(feature = "postcard"))]
+            assert!(err.contains("unknown error kind"), "{err}");
+            let _ = err;
+        }
+        let mut bytes = Vec::new();
+        let full = Error::io("x", io::Error::from_raw_os_error(libc::EIO));
+        crate::wire::codec::encode_into(&full, &mut bytes).expect("encodes");
+        for len in 0..bytes.len() {
+            assert!(crate::wire::codec::decode::<Error>(&bytes[..len]).is_err());
+        }
     }
 }

@@ -58,8 +58,12 @@
 //!    raw pointers, `impl Trait`, `dyn Trait` or `_`: use `String` for
 //!    `&str`, `Vec<T>` for `&[T]`. multiproc's handles ([`Queue`],
 //!    [`Connection`], [`Lock`], [`Value`], [`Fd`], proxies, …) are such
-//!    types: they arrive as working handles. Patterns (`(a, b): (u32, u32)`)
-//!    are fine.
+//!    types: they arrive as working handles. So is [`Error`], so an entry
+//!    may return [`Result<T>`](crate::Result) and use `?` on multiproc's
+//!    errors: the parent's `join` then gives `Ok(Err(e))`, `e` with its
+//!    kind, exit code, panic report and the text of each cause (an OS
+//!    error comes back as an `io::Error` of its kind and code). Patterns
+//!    (`(a, b): (u32, u32)`) are fine.
 //! 4. **A unique name**: the entry's name is its full path
 //!    (`my_crate::workers::add`, see [`entries`]). Two entries with the same
 //!    path (local `fn`s of one name in one module) are reported at the first
