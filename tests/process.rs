@@ -920,3 +920,102 @@ fn an_entry_returns_a_multiproc_result_under_both_start_methods() {
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }
+
+/// The size of [`large_inline_result`]'s result: far more than a socket
+/// buffer holds, so its writer blocks until the reader takes some.
+const LARGE_INLINE: usize = 4 << 20;
+
+/// Returns [`LARGE_INLINE`] bytes written inline on the control socket: it
+/// takes away its own descriptors (soft `RLIMIT_NOFILE` 0), so the result
+/// cannot go in a memfd, and then writes it in pieces as the parent reads.
+#[process_entry]
+fn large_inline_result() -> Vec<u8> {
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: hard,
+        },
+    )
+    .expect("lowering the descriptor limit");
+    (0..LARGE_INLINE).map(|i| (i % 251) as u8).collect()
+}
+
+/// The system call `pid`'s main thread is blocked in (`None`: running, or
+/// not in one).
+fn blocked_in_syscall(pid: u32) -> Option<i64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+/// `pid`'s state letter in `/proc/<pid>/stat`.
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// Waits, a bounded time, for `pid` to reach `what`.
+fn wait_until(pid: u32, what: &str, mut reached: impl FnMut() -> bool) {
+    let bound = Instant::now() + Duration::from_secs(60);
+    while !reached() {
+        assert!(Instant::now() < bound, "child {pid} never {what}");
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn join_timeout_keeps_its_deadline_when_the_child_stops_mid_result() {
+    for method in methods() {
+        let child = Process::new(entry!(large_inline_result), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        let pid = child.pid();
+        let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+        // Blocked in a send: the socket buffer is full of the first part of
+        // the result frame (nothing else goes that way), and the rest waits.
+        wait_until(
+            pid,
+            "blocked writing its result",
+            || matches!(blocked_in_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_sendmsg),
+        );
+        rustix::process::kill_process(target, rustix::process::Signal::STOP).unwrap();
+        wait_until(pid, "stopped", || process_state(pid) == Some('T'));
+
+        // A bounded join must come back by its deadline, twice (the second
+        // with part of a frame already taken), leaving the rest to come.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let joiner = std::thread::spawn(move || {
+            let mut child = child;
+            for _ in 0..2 {
+                let begun = Instant::now();
+                let got = child.join_timeout(Duration::from_millis(100));
+                tx.send((got.map(|v| v.map(|v| v.len())), begun.elapsed()))
+                    .unwrap();
+            }
+            child
+        });
+        for _ in 0..2 {
+            match rx.recv_timeout(Duration::from_secs(20)) {
+                Ok((got, took)) => {
+                    assert_eq!(got.unwrap(), None, "{method:?}");
+                    assert!(took < Duration::from_secs(10), "{method:?}: took {took:?}");
+                }
+                Err(_) => {
+                    let _ = rustix::process::kill_process(target, rustix::process::Signal::KILL);
+                    let _ = joiner.join();
+                    panic!("{method:?}: join_timeout(100 ms) blocked past its deadline");
+                }
+            }
+        }
+        let child = joiner.join().unwrap();
+        rustix::process::kill_process(target, rustix::process::Signal::CONT).unwrap();
+        let value = child.join().unwrap();
+        assert_eq!(value.len(), LARGE_INLINE, "{method:?}");
+        assert!(
+            value.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+            "{method:?}: the result came whole and in order"
+        );
+    }
+}

@@ -285,6 +285,8 @@ pub(crate) fn start_child<R>(
         child,
         entry,
         sock: Some(ours),
+        reader: wire::FrameReader::default(),
+        partial: Vec::new(),
         report: None,
         _result: PhantomData,
     })
@@ -444,6 +446,12 @@ pub struct JoinHandle<R> {
     child: Arc<Child>,
     entry: &'static str,
     sock: Option<OwnedFd>,
+    /// Reads the result frame; keeps what came of it when a deadline
+    /// passed in its middle (the payload so far in `partial`), so that a
+    /// bounded join never waits past its deadline for the rest, and the
+    /// next join goes on where it stopped.
+    reader: wire::FrameReader,
+    partial: Vec<u8>,
     report: Option<Report>,
     _result: PhantomData<fn() -> R>,
 }
@@ -536,6 +544,11 @@ impl<R: DeserializeOwned> JoinHandle<R> {
 
     /// Like [`join`](Self::join), but gives up at the deadline: `Ok(None)`
     /// means the child is still running, and the handle stays usable.
+    ///
+    /// It never waits past the deadline, not even for the rest of a result
+    /// the child is in the middle of writing (it was stopped, or is slow):
+    /// what came of it is kept, and the next `join` or `join_timeout` goes
+    /// on from there.
     pub fn join_timeout(&mut self, timeout: Duration) -> Result<Option<R>, Error> {
         self.finish(Instant::now().checked_add(timeout))
     }
@@ -546,6 +559,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                 Some(report) => {
                     self.report = Some(report);
                     self.sock = None;
+                    self.reader = wire::FrameReader::default();
+                    self.partial = Vec::new();
                 }
                 None => return Ok(None),
             }
@@ -644,10 +659,16 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         if ready == 0 {
             return Ok(None);
         }
-        let mut buf = Vec::new();
-        let frame = match wire::recv_frame(sock.as_fd(), &mut buf) {
-            Ok(Some(frame)) => frame,
+        let (frame, buf) = match self
+            .reader
+            .recv(sock.as_fd(), &mut self.partial, None, deadline)
+        {
+            Ok(Some((frame, Some(at)))) => (frame, self.reader.bytes(at).to_vec()),
+            Ok(Some((frame, None))) => (frame, std::mem::take(&mut self.partial)),
             Ok(None) => return Ok(Some(Report::Nothing)),
+            // The deadline passed in the middle of the frame (its writer is
+            // stopped, or slow): what came of it stays for the next join.
+            Err(wire::FrameError::TimedOut) => return Ok(None),
             // A child killed mid-write leaves a truncated frame; report how it died.
             Err(wire::FrameError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
             Err(wire::FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
