@@ -1019,3 +1019,21 @@ fn join_timeout_keeps_its_deadline_when_the_child_stops_mid_result() {
         );
     }
 }
+
+/// An entry that spells out the Rust ABI, which is a plain Rust fn.
+#[process_entry]
+extern "Rust" fn spelled_rust_abi(a: u32, b: u32) -> u32 {
+    a * b
+}
+
+#[test]
+fn an_entry_with_an_explicit_rust_abi_runs() {
+    for method in methods() {
+        let child = Process::new(entry!(spelled_rust_abi), (6, 7))
+            .start_method(method)
+            .start()
+            .unwrap();
+        assert_eq!(child.join().unwrap(), 42, "{method:?}");
+    }
+    assert_eq!(spawn!(spelled_rust_abi, 2, 3).unwrap().join().unwrap(), 6);
+}

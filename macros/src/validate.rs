@@ -45,12 +45,18 @@ pub(crate) fn validate(parsed: &Parsed) -> syn::Result<()> {
             "#[process_entry] cannot be an `unsafe fn`: wrap the unsafe call in a safe fn",
         ));
     }
-    if let Some(abi) = &sig.abi {
+    // `extern "Rust"` spells out the ABI every plain fn has; a bare
+    // `extern` is `extern "C"`.
+    if let Some(abi) = sig
+        .abi
+        .as_ref()
+        .filter(|abi| abi.name.as_ref().is_none_or(|name| name.value() != "Rust"))
+    {
         let abi_text = abi.to_token_stream().to_string();
         return Err(syn::Error::new_spanned(
             abi,
             format!(
-                "#[process_entry] cannot have an explicit ABI: remove `{abi_text}`; the child calls \
+                "#[process_entry] cannot have a non-Rust ABI: remove `{abi_text}`; the child calls \
                  the entry as a Rust fn (for a C callback, call it from a regular entry fn)"
             ),
         ));
@@ -202,6 +208,35 @@ impl<'ast> Visit<'ast> for BorrowFinder {
     fn visit_lifetime(&mut self, lifetime: &'ast syn::Lifetime) {
         if self.found.is_none() && lifetime.ident != "static" {
             self.found = Some((lifetime.to_token_stream(), "borrow (it names a lifetime)"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quote::quote;
+
+    fn check(item: proc_macro2::TokenStream) -> Result<(), String> {
+        let parsed = crate::parse::parse(proc_macro2::TokenStream::new(), item)
+            .map_err(|e| e.to_string())?;
+        super::validate(&parsed).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn only_the_rust_abi_may_be_spelled_out() {
+        assert_eq!(
+            check(quote! { extern "Rust" fn f(n: u32) -> u32 { n } }),
+            Ok(())
+        );
+        assert_eq!(check(quote! { fn f(n: u32) -> u32 { n } }), Ok(()));
+        for item in [
+            quote! { extern "C" fn f(n: u32) -> u32 { n } },
+            quote! { extern fn f(n: u32) -> u32 { n } },
+            quote! { extern "system" fn f(n: u32) -> u32 { n } },
+            quote! { extern "rust" fn f(n: u32) -> u32 { n } },
+        ] {
+            let err = check(item.clone()).expect_err("rejected");
+            assert!(err.contains("non-Rust ABI"), "{item}: {err}");
         }
     }
 }

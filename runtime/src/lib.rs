@@ -48,7 +48,8 @@
 //!    (braced, so it takes only the type namespace, not the fn's), so no
 //!    type of that name may live beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
-//!    `where`), not `async`, `const`, `unsafe`, `extern "…"` or variadic.
+//!    `where`), not `async`, `const`, `unsafe`, variadic, or of another ABI
+//!    than Rust's (`extern "C"`, a bare `extern`; `extern "Rust"` is fine).
 //!    The child finds the entry by name, so its types must be concrete; an
 //!    `async` body can start its own runtime inside a plain `fn`.
 //! 3. **Owned arguments and result**: every argument, and the return type
