@@ -1384,3 +1384,65 @@ fn a_permit_whose_connection_was_cut_is_not_given_back_twice() {
     drop(permit);
     assert_eq!(sem.value().unwrap(), 2);
 }
+
+/// Pings the server on a fresh raw connection: whether it answered.
+fn raw_ping(manager: &Manager) -> bool {
+    let mut raw = UnixStream::from(manager.__raw_connection().unwrap());
+    raw.set_read_timeout(Some(BOUND)).unwrap();
+    let mut ping = 9u32.to_le_bytes().to_vec();
+    ping.push(1); // Ping
+    ping.extend_from_slice(&0u64.to_le_bytes());
+    if raw.write_all(&ping).is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 5];
+    match raw.read_exact(&mut reply) {
+        Ok(()) => {
+            assert_eq!(reply, [1, 0, 0, 0, 0], "a ping's reply");
+            true
+        }
+        // Closed unserved: end of stream, or reset (the ping unread).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            false
+        }
+        Err(e) => panic!("a dial neither served nor refused within the bound: {e}"),
+    }
+}
+
+/// The server process's descriptor limit is set to nothing (`prlimit`
+/// from here): each dial it receives cannot be installed and is closed
+/// unserved; once the limit is back, a new client is served.
+#[test]
+fn a_local_server_out_of_descriptors_keeps_serving_once_they_free_up() {
+    use rustix::process::{Pid, Resource, Rlimit, getrlimit, prlimit};
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    d.insert(1, 1).unwrap();
+    let pid = Pid::from_raw(manager.pid().unwrap() as i32).unwrap();
+    let limit = getrlimit(Resource::Nofile);
+    // The server can open no descriptor: each dial it receives fails
+    // (EMFILE), and several do.
+    let none = Rlimit {
+        current: Some(0),
+        maximum: limit.maximum,
+    };
+    prlimit(Some(pid), Resource::Nofile, none).unwrap();
+    for _ in 0..5 {
+        assert!(
+            !raw_ping(&manager),
+            "a connection served with no descriptor"
+        );
+    }
+    // Descriptors free up: a new client is served.
+    prlimit(Some(pid), Resource::Nofile, limit).unwrap();
+    assert!(
+        raw_ping(&manager),
+        "a new client served once descriptors free up"
+    );
+    assert_eq!(d.get(&1).unwrap(), Some(1));
+}

@@ -1291,6 +1291,8 @@ fn seq_op(
 
 /// Serves clients that dial through `dial` (a local manager's server):
 /// returns when nobody can dial any more and every connection has ended.
+/// A passing error (out of memory, buffers or descriptors) costs at most
+/// the connection it came with, never the loop.
 pub(crate) fn serve_local(dial: OwnedFd) {
     let server = Arc::new(Server::new());
     loop {
@@ -1303,13 +1305,30 @@ pub(crate) fn serve_local(dial: OwnedFd) {
                 };
                 let stream = UnixStream::from(fd);
                 let server = Arc::clone(&server);
+                // A thread that cannot be made drops its closure, and so
+                // closes this connection only.
                 let _ = std::thread::Builder::new()
                     .name("manager-conn".into())
                     .spawn(move || server.serve_connection(stream));
             }
             Ok(None) => break,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
+            // Not a socket we can receive on: nothing will ever come.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EBADF | libc::ENOTSOCK | libc::EINVAL | libc::EFAULT)
+                ) =>
+            {
+                break;
+            }
+            // Short of memory or buffers (or anything else passing): a
+            // pause, a bound on how often this loops, then serve on. Only
+            // the end of the dial socket (every parent gone) stops it.
+            // (Short of descriptors is no error here: the kernel closes
+            // the connection it could not install, and the message comes
+            // with none.)
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
         }
     }
     server.wait_idle();
