@@ -508,8 +508,6 @@ fn a_wrong_key_fails_at_connect_with_auth_and_the_server_keeps_serving() {
     let err = Manager::connect(&remote.addr, b"wrong key").unwrap_err();
     assert!(err.is_auth(), "{err}");
     assert_eq!(err.kind(), ErrorKind::Auth);
-    let err = Manager::connect(&remote.addr, b"").unwrap_err();
-    assert!(err.is_auth(), "{err}");
     let manager = Manager::connect(&remote.addr, KEY).unwrap();
     let l = manager.list(vec![1u8]).unwrap();
     assert_eq!(l.snapshot().unwrap(), vec![1]);
@@ -1445,4 +1443,32 @@ fn a_local_server_out_of_descriptors_keeps_serving_once_they_free_up() {
         "a new client served once descriptors free up"
     );
     assert_eq!(d.get(&1).unwrap(), Some(1));
+}
+
+/// Runs `f` on a thread of its own; its result within [`BOUND`].
+fn within_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(BOUND)
+        .expect("an empty key was not refused at once")
+}
+
+#[test]
+fn an_empty_authkey_is_refused_before_any_traffic() {
+    let refused = |err: multiproc::Error| {
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("empty authkey"), "{err}");
+    };
+    refused(within_bound(|| Manager::serve("127.0.0.1:0", b"")).unwrap_err());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let serving = listener.try_clone().unwrap();
+    refused(within_bound(move || Manager::serve_on(serving, b"")).unwrap_err());
+    refused(Manager::connect(&addr, b"").map(|_| ()).unwrap_err());
+    // Nobody dialled the listener, and nobody took a connection from it.
+    listener.set_nonblocking(true).unwrap();
+    let err = listener.accept().map(|_| ()).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
 }

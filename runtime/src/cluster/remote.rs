@@ -561,7 +561,8 @@ pub(crate) fn cluster_worker() {
     let (Some(port), Some(key), Some(host)) = (port, key, host) else {
         fail("started without the address and key of its pool".into());
     };
-    let Some(key) = parse_hex(&key) else {
+    // An empty key would prove nothing (the pool never makes one).
+    let Some(key) = parse_hex(&key).filter(|key| !key.is_empty()) else {
         fail("the pool's key is malformed".into());
     };
     let addr = if host.contains(':') && !host.starts_with('[') {

@@ -137,7 +137,13 @@ impl Manager {
     /// Clients [`connect`](Manager::connect) with the same key. A client
     /// with a wrong key, or one that sends garbage, is disconnected; the
     /// server keeps serving the others.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+    /// empty `authkey`, before anything is bound: anyone can prove an
+    /// empty key, so it would protect nothing.
     pub fn serve(addr: &str, authkey: &[u8]) -> Result<(), Error> {
+        require_key(authkey)?;
         let listener = TcpListener::bind(addr)
             .map_err(|e| Error::io(format!("binding the manager to {addr}"), e))?;
         Manager::serve_on(listener, authkey)
@@ -146,7 +152,13 @@ impl Manager {
     /// Like [`serve`](Manager::serve), on a listener already bound (for
     /// example to port 0, to learn the port first). A non-blocking
     /// listener is made blocking: the server waits in `accept`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+    /// empty `authkey`, before any connection is accepted, as for
+    /// [`serve`](Manager::serve).
     pub fn serve_on(listener: TcpListener, authkey: &[u8]) -> Result<(), Error> {
+        require_key(authkey)?;
         listener
             .set_nonblocking(false)
             .map_err(|e| Error::io("making the manager's listener blocking", e))?;
@@ -158,8 +170,12 @@ impl Manager {
     /// # Errors
     /// [`ErrorKind::Auth`](crate::ErrorKind::Auth) if either side fails
     /// to prove the key; [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected)
-    /// if nothing answers there.
+    /// if nothing answers there;
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for an
+    /// empty `authkey`, before anything is sent (an empty key protects
+    /// nothing, as for [`serve`](Manager::serve)).
     pub fn connect(addr: &str, authkey: &[u8]) -> Result<Manager, Error> {
+        require_key(authkey)?;
         let client = Client::remote(addr, authkey)?;
         client.ping()?;
         Ok(Manager {
@@ -349,6 +365,18 @@ impl Manager {
     pub fn __raw_connection(&self) -> Result<std::os::fd::OwnedFd, Error> {
         self.client.raw_stream()
     }
+}
+
+/// Refuses an empty authentication key: anyone can prove it, so it would
+/// let every client in.
+fn require_key(authkey: &[u8]) -> Result<(), Error> {
+    if authkey.is_empty() {
+        return Err(internals::error(
+            crate::ErrorKind::InvalidInput,
+            "an empty authkey protects nothing (anyone can prove it): use a secret key",
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Manager {
