@@ -1445,14 +1445,15 @@ fn a_local_server_out_of_descriptors_keeps_serving_once_they_free_up() {
     assert_eq!(d.get(&1).unwrap(), Some(1));
 }
 
-/// Runs `f` on a thread of its own; its result within [`BOUND`].
-fn within_bound<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+/// Runs `f` on a thread of its own; its result within [`BOUND`], or a
+/// failure saying `what` did not happen (the thread is left behind).
+fn within_bound<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
     });
     rx.recv_timeout(BOUND)
-        .expect("an empty key was not refused at once")
+        .unwrap_or_else(|_| panic!("never: {what}"))
 }
 
 #[test]
@@ -1461,14 +1462,98 @@ fn an_empty_authkey_is_refused_before_any_traffic() {
         assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
         assert!(err.to_string().contains("empty authkey"), "{err}");
     };
-    refused(within_bound(|| Manager::serve("127.0.0.1:0", b"")).unwrap_err());
+    refused(
+        within_bound("an empty key refused at serve", || {
+            Manager::serve("127.0.0.1:0", b"")
+        })
+        .unwrap_err(),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let serving = listener.try_clone().unwrap();
-    refused(within_bound(move || Manager::serve_on(serving, b"")).unwrap_err());
+    refused(
+        within_bound("an empty key refused at serve_on", move || {
+            Manager::serve_on(serving, b"")
+        })
+        .unwrap_err(),
+    );
     refused(Manager::connect(&addr, b"").map(|_| ()).unwrap_err());
     // Nobody dialled the listener, and nobody took a connection from it.
     listener.set_nonblocking(true).unwrap();
     let err = listener.accept().map(|_| ()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+}
+
+/// A value whose `update_with` entry holds on until told to go. Its
+/// proxies are remote ones (an address and a key, no descriptor), so the
+/// server can store them.
+#[derive(Serialize, Deserialize)]
+struct Gate {
+    started: EventProxy,
+    go: EventProxy,
+    n: u64,
+}
+
+#[process_entry]
+fn slow_bump(old: Option<Gate>) -> Gate {
+    let mut gate = old.expect("a value has a value");
+    // Through the same server, from inside the entry.
+    gate.started.set().unwrap();
+    assert!(gate.go.wait_timeout(BOUND).unwrap(), "never told to go");
+    gate.n += 1;
+    gate
+}
+
+#[process_entry]
+fn use_another_object(d: DictProxy<u8, u8>) -> Option<u8> {
+    d.insert(1, 2).unwrap();
+    d.get(&1).unwrap()
+}
+
+#[process_entry]
+fn read_gate(v: ValueProxy<Gate>) -> u64 {
+    v.get().unwrap().n
+}
+
+#[test]
+fn a_slow_update_with_stalls_no_other_object_of_its_server() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let started = manager.event().unwrap();
+    let go = manager.event().unwrap();
+    let v = manager
+        .value(Gate {
+            started: started.clone(),
+            go: go.clone(),
+            n: 0,
+        })
+        .unwrap();
+    let other = manager.dict::<u8, u8>().unwrap();
+    let updating = {
+        let v = v.clone();
+        std::thread::spawn(move || v.update_with(entry!(slow_bump)).map(|g| g.n))
+    };
+    // The entry reaches its own server (its event) while it runs.
+    // (Under the state lock, neither call could be served: bounded here.)
+    let waiting = started.clone();
+    within_bound("the entry reaching its server", move || {
+        assert!(waiting.wait_timeout(BOUND).unwrap(), "the entry never ran");
+    });
+    // Another client, another object: served while the entry runs, and
+    // done before it.
+    let mut client = spawn!(use_another_object, other.clone()).unwrap();
+    assert_eq!(
+        client.join_timeout(BOUND).unwrap(),
+        Some(Some(2)),
+        "another object served meanwhile"
+    );
+    assert!(!updating.is_finished(), "the update waits for its go");
+    // A request on the busy object, if it comes before the go, waits for
+    // the update: it never sees the value the entry is replacing.
+    let reader = spawn!(read_gate, v.clone()).unwrap();
+    go.set().unwrap();
+    assert_eq!(updating.join().unwrap().unwrap(), 1);
+    assert_eq!(reader.join().unwrap(), 1);
+    assert_eq!(v.get().unwrap().n, 1);
+    assert_eq!(v.update_with(entry!(slow_bump)).unwrap().n, 2);
 }

@@ -208,7 +208,12 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// Replaces the value under `key` with `f(old)` in one atomic step on
     /// the server, and returns the new value. `f` is an entry
     /// (`#[process_entry] fn f(old: Option<V>) -> V`), so it runs in the
-    /// server process: no other request on this manager runs meanwhile.
+    /// server process. While it runs, other requests on this dictionary
+    /// wait for it (each still ends if its client goes away); requests on
+    /// the manager's other objects are served meanwhile. So `f` must not
+    /// use this same dictionary (through a proxy of it): that request
+    /// would wait for `f`, and `f` for it, and the dictionary would stay
+    /// stuck for every client. The rest of the manager is unaffected.
     ///
     /// ```
     /// #[multiproc::process_entry]
@@ -532,7 +537,8 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
     }
 
     /// Replaces the value with `f(Some(old))` atomically on the server (see
-    /// [`DictProxy::update_with`]); returns the new value.
+    /// [`DictProxy::update_with`]: other requests on this value wait for
+    /// `f`, and `f` must not use this value itself); returns the new value.
     pub fn update_with<E>(&self, f: E) -> Result<T, Error>
     where
         E: Entry<Args = (Option<T>,), Output = T>,

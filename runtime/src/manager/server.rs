@@ -1,5 +1,7 @@
 //! The manager's server: objects held as encoded bytes, one thread per
-//! client connection, every operation atomic under one state lock.
+//! client connection, every operation atomic under one state lock, but
+//! for the entry of an `update_with`: it runs outside that lock, its
+//! object marked busy, and the object's other requests wait for it.
 //!
 //! Blocking operations (a lock, a queue, a condition…) wait on one
 //! condition variable that every change wakes; while waiting they look
@@ -178,6 +180,23 @@ struct State {
     next_id: u64,
     next_conn: ConnId,
     connections: usize,
+    /// Objects whose `update_with` entry is running, outside the lock:
+    /// other requests on them wait until it has stored its value.
+    busy: HashSet<u64>,
+}
+
+/// Marks an object busy while its `update_with` entry runs; clears the
+/// mark and wakes the waiters when dropped (also when unwinding).
+struct Busy<'a> {
+    server: &'a Server,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.server.lock().busy.remove(&self.id);
+        self.server.changed.notify_all();
+    }
 }
 
 /// The shared state of one manager server.
@@ -254,6 +273,24 @@ impl Server {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state lock, once object `id` is not busy with an `update_with`
+    /// entry (at once if it is not). While waiting it looks every
+    /// [`LIVENESS`] at whether `client` is still there.
+    fn lock_idle(&self, client: &Client<'_>, id: u64) -> Result<MutexGuard<'_, State>, Fault> {
+        let mut st = self.lock();
+        while st.busy.contains(&id) {
+            if internals::peer_gone(client.sock) {
+                return Err(Fault::Gone);
+            }
+            st = self
+                .changed
+                .wait_timeout(st, LIVENESS)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        Ok(st)
     }
 
     /// Serves one connection until it closes, misbehaves, or fails.
@@ -484,23 +521,30 @@ impl Server {
                     let entry = std::str::from_utf8(f.bytes()?).map_err(|_| Fault::Bad)?;
                     f.end()?;
                     let record = internals::find_entry(entry).map_err(Fault::Op)?;
-                    let mut st = self.lock();
-                    let new = match (st.objects.get_mut(&id), key) {
-                        (Some(Obj::Map(map)), Some(key)) => {
-                            let old = map.get(key).map(Vec::as_slice);
-                            let new =
-                                internals::run_update(record, entry, old).map_err(Fault::Op)?;
-                            map.insert(key.to_vec(), new.clone());
-                            new
-                        }
-                        (Some(Obj::Value(v)), None) => {
-                            let new =
-                                internals::run_update(record, entry, Some(v)).map_err(Fault::Op)?;
-                            v.clone_from(&new);
-                            new
-                        }
+                    // The entry runs outside the state lock, the object
+                    // marked busy: its other requests wait, the server's
+                    // other objects are served meanwhile.
+                    let mut st = self.lock_idle(client, id)?;
+                    let old = match (st.objects.get(&id), key) {
+                        (Some(Obj::Map(map)), Some(key)) => map.get(key).cloned(),
+                        (Some(Obj::Value(v)), None) => Some(v.clone()),
                         _ => return Err(Fault::Bad),
                     };
+                    st.busy.insert(id);
+                    drop(st);
+                    let busy = Busy { server: self, id };
+                    let new =
+                        internals::run_update(record, entry, old.as_deref()).map_err(Fault::Op)?;
+                    let mut st = self.lock();
+                    match (st.objects.get_mut(&id), key) {
+                        (Some(Obj::Map(map)), Some(key)) => {
+                            map.insert(key.to_vec(), new.clone());
+                        }
+                        (Some(Obj::Value(v)), None) => v.clone_from(&new),
+                        _ => return Err(Fault::Bad),
+                    }
+                    drop(st);
+                    drop(busy);
                     out.bytes(&new);
                 }
                 Op::MapGet
@@ -513,7 +557,7 @@ impl Server {
                 | Op::MapItems
                 | Op::MapUpdate
                 | Op::MapClear => {
-                    let mut st = self.lock();
+                    let mut st = self.lock_idle(client, id)?;
                     let Some(Obj::Map(map)) = st.objects.get_mut(&id) else {
                         return Err(Fault::Bad);
                     };
@@ -543,7 +587,7 @@ impl Server {
                         None
                     };
                     f.end()?;
-                    let mut st = self.lock();
+                    let mut st = self.lock_idle(client, id)?;
                     let Some(Obj::Value(v)) = st.objects.get_mut(&id) else {
                         return Err(Fault::Bad);
                     };
