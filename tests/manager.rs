@@ -1557,3 +1557,53 @@ fn a_slow_update_with_stalls_no_other_object_of_its_server() {
     assert_eq!(v.get().unwrap().n, 1);
     assert_eq!(v.update_with(entry!(slow_bump)).unwrap().n, 2);
 }
+
+#[process_entry]
+fn wait_at_barrier_until_killed(b: BarrierProxy) {
+    let _ = b.wait();
+}
+
+/// A party killed while waiting, and another that arrives before the
+/// server has noticed: the round passes with the dead party counted, and
+/// the next round is not broken for it. (Should the server notice first,
+/// the round is broken instead, as Python's is; the test then tries again.)
+#[test]
+fn a_dead_waiter_breaks_no_later_round_of_a_barrier() {
+    let manager = Manager::start().unwrap();
+    let pid = manager.pid().unwrap();
+    let b = manager.barrier(2).unwrap();
+    assert_eq!(b.n_waiting().unwrap(), 0);
+    let before = fd_count(pid);
+    let mut counted = 0;
+    for _ in 0..20 {
+        let a = spawn!(wait_at_barrier_until_killed, b.clone()).unwrap();
+        eventually("the party waits", || b.n_waiting().unwrap() == 1);
+        a.kill().unwrap();
+        let _ = a.join();
+        let passed = b.wait_timeout(BOUND);
+        // The dead party's connection ends with its server thread.
+        eventually("the dead party's connection is closed", || {
+            fd_count(pid) == before
+        });
+        match passed {
+            Ok(_) => {
+                counted += 1;
+                assert!(
+                    !b.is_broken().unwrap(),
+                    "a round after the dead party's is broken"
+                );
+                if counted == 3 {
+                    return;
+                }
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::BrokenBarrier, "{e}");
+                b.reset().unwrap();
+            }
+        }
+    }
+    assert!(
+        counted > 0,
+        "never arrived before the server noticed the death"
+    );
+}

@@ -1111,8 +1111,20 @@ impl Server {
             Ok(Some(true)) => Ok(index),
             Ok(Some(false)) | Ok(None) => Err(broken_err()),
             Err(e) => {
-                // A waiter that died breaks the barrier for the others.
-                break_it(&mut self.lock());
+                // A waiter that died breaks the barrier for the others,
+                // in its own round only: if that round passed (or was
+                // reset) before its death was noticed, it was counted
+                // there, and a later round owes it nothing.
+                let mut st = self.lock();
+                let current = matches!(
+                    st.objects.get(&id),
+                    Some(Obj::Barrier { generation, resets, .. })
+                        if *generation == arrived_in && *resets == reset
+                );
+                if current {
+                    break_it(&mut st);
+                }
+                drop(st);
                 self.changed.notify_all();
                 Err(e)
             }
