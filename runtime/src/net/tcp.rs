@@ -61,7 +61,8 @@ pub(crate) fn dial(
 }
 
 /// Accepts one connection. `Ok(None)` for a failure that concerns only that
-/// connection (it was reset before being accepted, a signal interrupted),
+/// connection (it was reset before being accepted, a network error of its
+/// own, a firewall refused it, a signal interrupted),
 /// or a shortage of descriptors (after a short pause, so that connections
 /// can end): call again. `Err` when the listener itself is broken.
 pub(crate) fn accept(listener: &TcpListener) -> Result<Option<TcpStream>, Error> {
@@ -72,6 +73,26 @@ pub(crate) fn accept(listener: &TcpListener) -> Result<Option<TcpStream>, Error>
             | std::io::ErrorKind::ConnectionAborted
             | std::io::ErrorKind::ConnectionReset
             | std::io::ErrorKind::WouldBlock => Ok(None),
+            // Linux passes a new connection's pending network error (or a
+            // firewall's refusal) up from accept: it concerns that
+            // connection only.
+            _ if matches!(
+                e.raw_os_error(),
+                Some(
+                    libc::EPROTO
+                        | libc::EPERM
+                        | libc::ENETDOWN
+                        | libc::ENOPROTOOPT
+                        | libc::EHOSTDOWN
+                        | libc::ENONET
+                        | libc::EHOSTUNREACH
+                        | libc::EOPNOTSUPP
+                        | libc::ENETUNREACH
+                )
+            ) =>
+            {
+                Ok(None)
+            }
             _ if matches!(
                 e.raw_os_error(),
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
