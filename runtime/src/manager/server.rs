@@ -1471,4 +1471,35 @@ mod tests {
         drop(mine);
         serving.join().unwrap();
     }
+
+    #[test]
+    fn a_client_gone_while_its_object_is_busy_ends_its_wait() {
+        let (mut mine, theirs) = UnixStream::pair().unwrap();
+        let server = Arc::new(Server::new());
+        let (done, ended) = std::sync::mpsc::channel();
+        {
+            let server = Arc::clone(&server);
+            std::thread::spawn(move || {
+                server.serve_connection(theirs);
+                let _ = done.send(());
+            });
+        }
+        let mut reader = FrameReader::default();
+        let reply = ask(&mut mine, &mut reader, Op::Create, 0, |f| {
+            f.u8(ObjKind::Map as u8);
+        });
+        assert_eq!(reply[0], OK);
+        let id = Fields::new(&reply[1..]).u64().unwrap();
+        // As while an `update_with` entry runs on it.
+        server.lock().busy.insert(id);
+        let mut request = Frame::new();
+        request.u8(Op::MapLen as u8).u64(id);
+        request.send(&mut mine).unwrap();
+        // The request waits; its client goes away: the wait ends.
+        drop(mine);
+        ended
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the wait of a client that went away never ended");
+        assert!(server.lock().busy.contains(&id), "the mark is the entry's");
+    }
 }
