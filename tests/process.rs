@@ -735,32 +735,29 @@ fn recovers_then_resumes(message: String) -> u32 {
     std::panic::resume_unwind(Box::new(message))
 }
 
+/// The message of the panic that ended `entry`'s child, run with `message`.
+fn panic_message<E>(entry: E, message: &str, method: multiproc::StartMethod) -> String
+where
+    E: multiproc::Entry<Args = (String,), Output = u32>,
+{
+    let child = Process::new(entry, (message.to_string(),))
+        .start_method(method)
+        .start()
+        .unwrap();
+    let err = child.join().unwrap_err();
+    assert!(err.is_panicked(), "{method:?}: {err}");
+    err.panic().expect("panic report").message.clone()
+}
+
 #[test]
 fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
     for method in methods() {
-        let child = Process::new(entry!(panics_under_its_own_hook), ("hooked 7".into(),))
-            .start_method(method)
-            .start()
-            .unwrap();
-        let err = child.join().unwrap_err();
-        assert!(err.is_panicked(), "{method:?}: {err}");
-        let report = err.panic().expect("panic report");
-        assert_eq!(report.message, "hooked 7", "{method:?}");
-        let child = Process::new(entry!(resumes_an_unwind), ("resumed 8".into(),))
-            .start_method(method)
-            .start()
-            .unwrap();
-        let err = child.join().unwrap_err();
-        assert!(err.is_panicked(), "{method:?}: {err}");
-        let report = err.panic().expect("panic report");
-        assert_eq!(report.message, "resumed 8", "{method:?}");
-        let child = Process::new(entry!(recovers_then_resumes), ("resumed 9".into(),))
-            .start_method(method)
-            .start()
-            .unwrap();
-        let err = child.join().unwrap_err();
-        let report = err.panic().expect("panic report");
-        assert_eq!(report.message, "resumed 9", "{method:?}");
+        let hooked = panic_message(entry!(panics_under_its_own_hook), "hooked 7", method);
+        assert_eq!(hooked, "hooked 7", "{method:?}");
+        let resumed = panic_message(entry!(resumes_an_unwind), "resumed 8", method);
+        assert_eq!(resumed, "resumed 8", "{method:?}");
+        let last = panic_message(entry!(recovers_then_resumes), "resumed 9", method);
+        assert_eq!(last, "resumed 9", "{method:?}");
     }
 }
 

@@ -673,27 +673,7 @@ mod tests {
 
     #[test]
     fn kinds_display_distinct_phrases() {
-        let kinds = [
-            ErrorKind::Spawn,
-            ErrorKind::Panicked,
-            ErrorKind::Exited,
-            ErrorKind::Signaled,
-            ErrorKind::Timeout,
-            ErrorKind::Disconnected,
-            ErrorKind::Decode,
-            ErrorKind::Encode,
-            ErrorKind::UnknownEntry,
-            ErrorKind::DuplicateEntry,
-            ErrorKind::Auth,
-            ErrorKind::OwnerDied,
-            ErrorKind::BrokenBarrier,
-            ErrorKind::NotOwner,
-            ErrorKind::TooManyReleases,
-            ErrorKind::OutOfRange,
-            ErrorKind::InvalidInput,
-            ErrorKind::AlreadyTaken,
-            ErrorKind::Io,
-        ];
+        let kinds = KINDS;
         let shown: std::collections::HashSet<String> =
             kinds.iter().map(|kind| kind.to_string()).collect();
         assert_eq!(
