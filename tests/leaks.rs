@@ -1,12 +1,17 @@
 //! Resource hygiene over many spawns. Its own test binary, so no other test
-//! opens descriptors or spawns children while it counts.
+//! opens descriptors or spawns children while it counts; its tests take
+//! [`ALONE`] so that they do not count each other's either.
 
 mod common;
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use multiproc::__private::fork_server_drop_spares;
-use multiproc::{process_entry, spawn};
+use multiproc::{Manager, process_entry, spawn};
+
+/// Held by each test while it counts.
+static ALONE: Mutex<()> = Mutex::new(());
 
 #[process_entry]
 fn add(a: i32, b: i32) -> i32 {
@@ -32,6 +37,7 @@ fn zombies() -> Vec<u32> {
 
 #[test]
 fn a_thousand_spawns_leak_no_fds_and_no_zombies() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
     // Warm up lazily created state (registry, reaper pipe) before counting.
     spawn!(add, 0, 0).unwrap().join().unwrap();
     // Under the fork server, the spares this process holds (at most two,
@@ -40,6 +46,33 @@ fn a_thousand_spawns_leak_no_fds_and_no_zombies() {
     let before = open_fds();
     for i in 0..1000 {
         assert_eq!(spawn!(add, i, 1).unwrap().join().unwrap(), i + 1);
+    }
+    fork_server_drop_spares();
+    let after = open_fds();
+    let leaked: Vec<_> = after.difference(&before).collect();
+    assert!(leaked.is_empty(), "descriptors leaked: {leaked:?}");
+    assert_eq!(zombies(), Vec::<u32>::new());
+}
+
+/// A forgotten permit keeps its manager's connections open until this
+/// process ends, so that the server does not give the permit back; once
+/// that server is shut down there is nothing to keep, and each manager
+/// used so would leave its descriptors open for good.
+#[test]
+fn managers_shut_down_with_a_forgotten_permit_leak_no_fds() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let use_one = || {
+        let manager = Manager::start().unwrap();
+        let sem = manager.semaphore(1).unwrap();
+        sem.acquire().unwrap().forget();
+        drop(sem);
+        manager.shutdown().unwrap();
+    };
+    use_one();
+    fork_server_drop_spares();
+    let before = open_fds();
+    for _ in 0..20 {
+        use_one();
     }
     fork_server_drop_spares();
     let after = open_fds();

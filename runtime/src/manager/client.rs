@@ -101,6 +101,12 @@ fn registry() -> MutexGuard<'static, Vec<Weak<Client>>> {
         .unwrap_or_else(|p| p.into_inner())
 }
 
+/// The clients kept until this process ends (`Client::keep_for_life`).
+fn kept() -> MutexGuard<'static, Vec<Arc<Client>>> {
+    static KEPT: Mutex<Vec<Arc<Client>>> = Mutex::new(Vec::new());
+    KEPT.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn gone(e: io::Error) -> Error {
     error(ErrorKind::Disconnected, "the manager's server is gone").with_source(e)
 }
@@ -136,11 +142,36 @@ impl Client {
     /// Keeps this client, and so its connections and what the server
     /// holds for them, until this process ends, even once no proxy of its
     /// server is left here.
+    ///
+    /// Clients whose server is gone are let go meanwhile: nothing is held
+    /// there any more, and each would keep its descriptors open for good.
     pub(crate) fn keep_for_life(self: &Arc<Client>) {
-        static KEPT: Mutex<Vec<Arc<Client>>> = Mutex::new(Vec::new());
-        let mut kept = KEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let mut kept = kept();
+        kept.retain(|c| !c.server_gone());
         if !kept.iter().any(|c| Arc::ptr_eq(c, self)) {
             kept.push(Arc::clone(self));
+        }
+    }
+
+    /// Lets go of this client if [`keep_for_life`](Client::keep_for_life)
+    /// kept it: its server has been stopped.
+    pub(crate) fn server_stopped(self: &Arc<Client>) {
+        kept().retain(|c| !Arc::ptr_eq(c, self));
+    }
+
+    /// Whether the server has hung up: a local one's dial socket, or every
+    /// idle connection to a remote one.
+    fn server_gone(&self) -> bool {
+        match &self.endpoint {
+            Endpoint::Local(dial) => internals::peer_gone(dial.as_fd()),
+            Endpoint::Remote { .. } => {
+                let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+                !idle.1.is_empty()
+                    && idle
+                        .1
+                        .iter()
+                        .all(|conn| internals::peer_gone(conn.stream.as_fd()))
+            }
         }
     }
 

@@ -200,6 +200,7 @@ impl Manager {
             server.kill()?;
             // Killed on purpose: its "killed by a signal" is the expected end.
             let _ = server.join();
+            self.client.server_stopped();
         }
         Ok(())
     }
