@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::sync::Mutex;
 
 use multiproc::__private::fork_server_drop_spares;
-use multiproc::{Manager, process_entry, spawn};
+use multiproc::{Connection, Manager, Pipe, Process, entry, process_entry, spawn};
 
 /// Held by each test while it counts.
 static ALONE: Mutex<()> = Mutex::new(());
@@ -16,6 +16,14 @@ static ALONE: Mutex<()> = Mutex::new(());
 #[process_entry]
 fn add(a: i32, b: i32) -> i32 {
     a + b
+}
+
+/// Serves a manager on a loopback port, which it sends back first.
+#[process_entry]
+fn serve_manager(port: Connection<u16>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    port.send(&listener.local_addr().unwrap().port()).unwrap();
+    let _ = Manager::serve_on(listener, b"leaks");
 }
 
 fn open_fds() -> HashSet<String> {
@@ -78,5 +86,40 @@ fn managers_shut_down_with_a_forgotten_permit_leak_no_fds() {
     let after = open_fds();
     let leaked: Vec<_> = after.difference(&before).collect();
     assert!(leaked.is_empty(), "descriptors leaked: {leaked:?}");
+    assert_eq!(zombies(), Vec::<u32>::new());
+}
+
+/// The same for managers this process only connected to: it cannot stop
+/// them, so a client kept for a forgotten permit is let go once its server
+/// has hung up, when the next permit is forgotten.
+#[test]
+fn remote_managers_gone_with_a_forgotten_permit_leak_no_fds() {
+    let _alone = ALONE.lock().unwrap_or_else(|p| p.into_inner());
+    let use_one = || {
+        let (port_rx, port_tx) = Pipe::<u16>::duplex().unwrap();
+        let server = Process::new(entry!(serve_manager), (port_tx,))
+            .daemon(true)
+            .start()
+            .unwrap();
+        let port = port_rx.recv().unwrap();
+        let manager = Manager::connect(&format!("127.0.0.1:{port}"), b"leaks").unwrap();
+        let sem = manager.semaphore(1).unwrap();
+        sem.acquire().unwrap().forget();
+        drop(sem);
+        drop(manager);
+        server.kill().unwrap();
+        let _ = server.join();
+    };
+    use_one();
+    fork_server_drop_spares();
+    let before = open_fds();
+    for _ in 0..20 {
+        use_one();
+    }
+    fork_server_drop_spares();
+    let after = open_fds();
+    let leaked: Vec<_> = after.difference(&before).collect();
+    // The last client stays kept until a permit is forgotten again.
+    assert!(leaked.len() <= 1, "descriptors leaked: {leaked:?}");
     assert_eq!(zombies(), Vec::<u32>::new());
 }
