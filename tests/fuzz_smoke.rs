@@ -161,3 +161,124 @@ fn queue_records_survive_mutated_regions() {
         fuzz::queue_records(input)
     });
 }
+
+/// A record of the manager target: a 2-byte header (the length, its top
+/// bit for raw bytes), then the bytes.
+fn record(raw: bool, bytes: &[u8]) -> Vec<u8> {
+    let mut r = (bytes.len() as u16 | if raw { 0x8000 } else { 0 })
+        .to_le_bytes()
+        .to_vec();
+    r.extend_from_slice(bytes);
+    r
+}
+
+/// A manager request: op, object id, then `fields`, as one record.
+fn request(op: u8, id: u64, fields: &[u8]) -> Vec<u8> {
+    let mut r = vec![op];
+    r.extend_from_slice(&id.to_le_bytes());
+    r.extend_from_slice(fields);
+    record(false, &r)
+}
+
+/// A length-prefixed byte string of the manager's protocol.
+fn bytes(v: &[u8]) -> Vec<u8> {
+    let mut b = (v.len() as u64).to_le_bytes().to_vec();
+    b.extend_from_slice(v);
+    b
+}
+
+/// Inputs of the manager target, each its reads' size then its records.
+fn manager_inputs() -> Vec<Vec<u8>> {
+    let cat = |parts: &[Vec<u8>]| -> Vec<u8> { parts.concat() };
+    let dict = request(2, 0, &[1]);
+    let insert = request(11, 1, &cat(&[bytes(b"k"), bytes(b"v")]));
+    let get = request(10, 1, &bytes(b"k"));
+    let lock = request(2, 0, &[6]);
+    let mut acquire = 7u64.to_le_bytes().to_vec();
+    acquire.extend_from_slice(&u64::MAX.to_le_bytes());
+    let queue = request(2, 0, &cat(&[vec![5], 1u64.to_le_bytes().to_vec()]));
+    vec![
+        // Well formed: a dict, an insert and a get, read a byte at a time.
+        cat(&[vec![1], dict.clone(), insert.clone(), get.clone()]),
+        cat(&[vec![0], dict.clone(), insert.clone(), get.clone()]),
+        // Truncated: a frame cut inside its fields, one cut inside its header.
+        cat(&[vec![0], dict.clone(), record(false, &insert[2..12])]),
+        cat(&[vec![0], dict.clone(), record(true, &[9, 0, 0, 0, 11])]),
+        // Unknown ops, an empty frame, an unknown object kind.
+        cat(&[vec![0], request(0, 0, &[]), request(255, 1, &[])]),
+        cat(&[vec![0], record(false, &[]), request(2, 0, &[200])]),
+        // Huge length fields: a frame's, a byte string's, a count's.
+        cat(&[vec![0], record(true, &u32::MAX.to_le_bytes()), dict.clone()]),
+        cat(&[
+            vec![0],
+            record(true, &(1u32 << 30).to_le_bytes()),
+            get.clone(),
+        ]),
+        cat(&[
+            vec![0],
+            dict.clone(),
+            request(10, 1, &u64::MAX.to_le_bytes()),
+        ]),
+        cat(&[
+            vec![0],
+            dict.clone(),
+            request(18, 1, &u64::MAX.to_le_bytes()),
+        ]),
+        cat(&[
+            vec![0],
+            request(2, 0, &cat(&[vec![2], (1u64 << 61).to_le_bytes().to_vec()])),
+        ]),
+        // Wrong object kinds: a dict's op on a lock, a lock's on a dict,
+        // an object that is not there.
+        cat(&[
+            vec![0],
+            lock.clone(),
+            insert.clone(),
+            request(60, 2, &acquire),
+        ]),
+        cat(&[vec![0], dict.clone(), request(60, 1, &acquire), get.clone()]),
+        cat(&[vec![0], request(14, 42, &[])]),
+        // Blocking ops that would wait for ever: a lock taken twice, a
+        // get from an empty queue, a full queue's put.
+        cat(&[
+            vec![0],
+            lock,
+            request(60, 1, &acquire),
+            request(60, 1, &{
+                let mut a = acquire.clone();
+                a[0] = 8;
+                a
+            }),
+        ]),
+        cat(&[
+            vec![3],
+            queue,
+            request(51, 1, &u64::MAX.to_le_bytes()),
+            request(50, 1, &cat(&[u64::MAX.to_le_bytes().to_vec(), bytes(b"a")])),
+            request(50, 1, &cat(&[u64::MAX.to_le_bytes().to_vec(), bytes(b"b")])),
+        ]),
+        // A barrier of two and an event, waited on.
+        cat(&[
+            vec![0],
+            request(2, 0, &cat(&[vec![12], 2u64.to_le_bytes().to_vec()])),
+            request(80, 1, &u64::MAX.to_le_bytes()),
+            request(2, 0, &[11]),
+            request(78, 2, &u64::MAX.to_le_bytes()),
+        ]),
+        Vec::new(),
+    ]
+}
+
+#[test]
+fn manager_requests_survive_fixed_inputs() {
+    for input in manager_inputs() {
+        fuzz::manager_requests(&input);
+    }
+}
+
+#[test]
+fn manager_requests_survive_mutated_inputs() {
+    run("manager_requests", &manager_inputs(), |input, _| {
+        fuzz::manager_requests(input)
+    });
+}

@@ -166,3 +166,11 @@ pub fn lane_header(bytes: &[u8]) {
 pub fn queue_records(bytes: &[u8]) {
     crate::queue::fuzz_records(&bytes[..bytes.len().min(MAX_INPUT)]);
 }
+
+/// Feeds `bytes` to a manager server as one client's requests: see
+/// `manager::server::fuzz::fuzz_requests` (records of framed or raw bytes,
+/// blocking requests' timeouts forced to 0, then a well-formed client that
+/// must be served).
+pub fn manager_requests(bytes: &[u8]) {
+    crate::manager::fuzz_requests(&bytes[..bytes.len().min(MAX_INPUT)]);
+}

@@ -495,7 +495,7 @@ pub mod __private {
     #[cfg(feature = "test-hooks")]
     pub mod fuzz {
         pub use crate::fuzz_hooks::{
-            MAX_INPUT, call_frame, frame_reader, lane_header, queue_records,
+            MAX_INPUT, call_frame, frame_reader, lane_header, manager_requests, queue_records,
         };
     }
 }

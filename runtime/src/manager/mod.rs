@@ -27,6 +27,9 @@ mod proxy;
 mod server;
 mod sync;
 
+#[cfg(feature = "test-hooks")]
+pub(crate) use server::fuzz_requests;
+
 use std::fmt;
 use std::net::TcpListener;
 use std::sync::Arc;

@@ -24,6 +24,11 @@ use super::proto::{
 };
 use crate::error::{Error, ErrorKind};
 
+#[cfg(feature = "test-hooks")]
+mod fuzz;
+#[cfg(feature = "test-hooks")]
+pub(crate) use fuzz::fuzz_requests;
+
 /// How many permits given back for an ended connection a semaphore
 /// remembers, so that their guards (of a live client whose connection
 /// failed) do not give them back again.
