@@ -265,6 +265,17 @@ fn manager_inputs() -> Vec<Vec<u8>> {
             request(2, 0, &[11]),
             request(78, 2, &u64::MAX.to_le_bytes()),
         ]),
+        // `update_with` on a dict and on a value, through the harness's
+        // entry, an unknown one, and one on the wrong kind of object.
+        cat(&[
+            vec![0],
+            dict.clone(),
+            request(20, 1, &cat(&[bytes(b"k"), bytes(b"manager_fuzz_update")])),
+            request(2, 0, &cat(&[vec![4], bytes(&[1, 0])])),
+            request(42, 2, &bytes(b"manager_fuzz_update")),
+            request(42, 2, &bytes(b"no_such_entry")),
+            request(42, 1, &bytes(b"manager_fuzz_update")),
+        ]),
         Vec::new(),
     ]
 }

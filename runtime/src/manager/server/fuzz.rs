@@ -7,7 +7,8 @@
 //! acquire, a condition's, an event's and a barrier's wait) have their
 //! timeout forced to 0 before the server sees them, so that none waits: a
 //! wait with no other connection to end it would be a hang of the harness,
-//! not of the server.
+//! not of the server. `update_with` requests can name a real entry,
+//! `manager_fuzz_update`.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -55,6 +56,17 @@ impl AsFd for Scripted<'_> {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.sock
     }
+}
+
+/// The entry a fuzzed client's `update_with` requests can name (it is
+/// registered wherever `test-hooks` is on): a byte string, cut to 64
+/// bytes, with one more byte.
+#[crate::process_entry]
+fn manager_fuzz_update(old: Option<Vec<u8>>) -> Vec<u8> {
+    let mut v = old.unwrap_or_default();
+    v.truncate(64);
+    v.push(1);
+    v
 }
 
 /// Where a blocking request's timeout (milliseconds) is in its frame.
