@@ -237,7 +237,7 @@ fn ignores_sigchld() -> bool {
 const INNER_SIGCHLD: &str = "MULTIPROC_LIFETIME_SIGCHLD_INNER";
 
 /// Run by `a_process_that_ignores_sigchld_still_joins_its_children` in a
-/// fresh copy of this test binary, which it changes for good.
+/// fresh copy of this test binary, started with `SIGCHLD` ignored.
 #[test]
 #[ignore = "run by a_process_that_ignores_sigchld_still_joins_its_children"]
 fn inner_sigchld_ignored() {
@@ -247,11 +247,11 @@ fn inner_sigchld_ignored() {
     ) {
         return;
     }
-    // SAFETY: `SIG_IGN` installs no handler code; this fresh process runs
-    // this one test and nothing else.
-    unsafe {
-        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-    }
+    // Inherited ignored through `exec`, as from `env --ignore-signal=CHLD`.
+    assert!(
+        ignores_sigchld(),
+        "the outer test starts this with SIGCHLD ignored"
+    );
     let mut methods = vec![multiproc::StartMethod::Spawn];
     if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
         methods.push(multiproc::StartMethod::ForkServer);
@@ -297,7 +297,11 @@ fn inner_sigchld_ignored() {
 
 #[test]
 fn a_process_that_ignores_sigchld_still_joins_its_children() {
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
+    // coreutils' `env` sets SIGCHLD ignored and execs the test binary,
+    // which keeps that disposition (no `unsafe` signal call in this test).
+    let out = std::process::Command::new("env")
+        .arg("--ignore-signal=CHLD")
+        .arg(std::env::current_exe().unwrap())
         .args([
             "--exact",
             "inner_sigchld_ignored",
