@@ -1017,6 +1017,51 @@ fn join_timeout_keeps_its_deadline_when_the_child_stops_mid_result() {
     }
 }
 
+/// [`large_inline_result`], from a process that first forks a copy of
+/// itself that holds every descriptor (its control socket among them) for a
+/// minute, as a C library might fork behind its back.
+#[process_entry]
+fn large_inline_result_beside_a_fork() -> Vec<u8> {
+    multiproc::__private::fork_lingering_child(Duration::from_secs(60))
+        .expect("forking a lingering copy");
+    large_inline_result()
+}
+
+#[test]
+fn join_sees_a_child_killed_mid_result_while_a_fork_keeps_its_socket() {
+    for method in methods() {
+        let child = Process::new(entry!(large_inline_result_beside_a_fork), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        let pid = child.pid();
+        let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+        // Blocked in a send: part of the result frame is in the socket, the
+        // rest will never come.
+        wait_until(
+            pid,
+            "blocked writing its result",
+            || matches!(blocked_in_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_sendmsg),
+        );
+        rustix::process::kill_process(target, rustix::process::Signal::KILL).unwrap();
+
+        // The fork keeps the socket open for a minute, so no end of stream
+        // comes before then: `join` must see the child's death instead.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.join().map(|v| v.len()));
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Err(err)) => {
+                assert!(err.is_signaled(), "{method:?}: {err}");
+                assert_eq!(err.exitcode(), Some(-libc::SIGKILL), "{method:?}: {err}");
+            }
+            Ok(Ok(len)) => panic!("{method:?}: a killed child returned {len} bytes"),
+            Err(_) => panic!("{method:?}: join blocked on the unfinished result frame"),
+        }
+    }
+}
+
 /// An entry that spells out the Rust ABI, which is a plain Rust fn.
 #[process_entry]
 extern "Rust" fn spelled_rust_abi(a: u32, b: u32) -> u32 {

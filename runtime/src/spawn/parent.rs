@@ -659,18 +659,27 @@ impl<R: DeserializeOwned> JoinHandle<R> {
         if ready == 0 {
             return Ok(None);
         }
-        let (frame, buf) = match self
+        // Once a frame has begun, the rest is awaited while the child runs:
+        // a child that dies mid-frame, its socket kept open by a process it
+        // forked, leaves a frame that will never end.
+        let child = &self.child;
+        let died = || !child.is_running();
+        let got = self
             .reader
-            .recv(sock.as_fd(), &mut self.partial, None, deadline)
-        {
+            .recv(sock.as_fd(), &mut self.partial, Some(&died), deadline);
+        let (frame, buf) = match got {
             Ok(Some((frame, Some(at)))) => (frame, self.reader.bytes(at).to_vec()),
             Ok(Some((frame, None))) => (frame, std::mem::take(&mut self.partial)),
             Ok(None) => return Ok(Some(Report::Nothing)),
             // The deadline passed in the middle of the frame (its writer is
             // stopped, or slow): what came of it stays for the next join.
             Err(wire::FrameError::TimedOut) => return Ok(None),
-            // A child killed mid-write leaves a truncated frame; report how it died.
-            Err(wire::FrameError::Truncated { .. }) => return Ok(Some(Report::Nothing)),
+            // A child killed mid-write leaves a truncated frame (or, with its
+            // socket held open elsewhere, an unfinished one); report how it
+            // died.
+            Err(wire::FrameError::Truncated { .. } | wire::FrameError::PeerLost(_)) => {
+                return Ok(Some(Report::Nothing));
+            }
             Err(wire::FrameError::Io(e)) if e.raw_os_error() == Some(libc::ECONNRESET) => {
                 return Ok(Some(Report::Nothing));
             }
