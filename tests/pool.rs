@@ -155,6 +155,35 @@ fn map_starmap_apply_in_order() {
     pool.join().unwrap();
 }
 
+/// Python's idiom `it = pool.imap(f, xs); pool.close(); for r in it: …;
+/// pool.join()`: an `imap` made before `close` still runs all its input
+/// (more than one window of it), while calls after `close` are refused at
+/// once, even with nothing to run.
+#[test]
+fn imap_made_before_close_runs_all_its_input() {
+    let pool = Pool::new(2).unwrap();
+    let ordered = pool.imap(entry!(square), 0..2000u64).unwrap();
+    let unordered = pool.imap_unordered(entry!(square), 0..2000u64).unwrap();
+    pool.close();
+    let got = ordered.collect::<multiproc::Result<Vec<u64>>>().unwrap();
+    assert_eq!(got, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut got = unordered.collect::<multiproc::Result<Vec<u64>>>().unwrap();
+    got.sort_unstable();
+    assert_eq!(got, (0..2000u64).map(|x| x * x).collect::<Vec<_>>());
+
+    let refused = [
+        pool.map(entry!(square), Vec::new()).map(drop),
+        pool.imap(entry!(square), Vec::new()).map(drop),
+        pool.imap(entry!(square), 0..3u64).map(drop),
+        pool.apply_async(entry!(square), (1,)).map(drop),
+    ];
+    for err in refused {
+        let err = err.unwrap_err();
+        assert!(err.to_string().contains("closed"), "{err}");
+    }
+    pool.join().unwrap();
+}
+
 #[test]
 fn work_is_spread_over_the_workers() {
     let pool = Pool::new(2).unwrap();

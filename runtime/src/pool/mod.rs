@@ -426,14 +426,18 @@ impl Pool {
         let key = task::key::<E>()?;
         let item = task::encode(&args)?;
         let sink = Sink::new(key, true, true);
-        self.inner.submit(&sink, vec![(0, vec![item])])?;
+        self.inner.submit(&sink, vec![(0, vec![item])], false)?;
         Ok(AsyncResult {
             sink,
             _result: PhantomData,
         })
     }
 
-    /// Takes no more tasks; those submitted still run. Then [`join`](Self::join).
+    /// Takes no more tasks: later calls (`map`, `imap`, `apply_async`, …)
+    /// fail, as in Python. Those submitted still run, and an
+    /// [`imap`](Self::imap) made before `close` still takes and runs the
+    /// rest of its input as it is iterated (Python's has queued all of it
+    /// by then). Then [`join`](Self::join).
     pub fn close(&self) {
         self.inner.close();
     }
@@ -441,6 +445,10 @@ impl Pool {
     /// After [`close`](Self::close): waits for every submitted task to be
     /// answered, then for the workers to exit. An error if the pool was not
     /// closed (or terminated) first, as in Python.
+    ///
+    /// An [`imap`](Self::imap) is lazy, so iterate it before `join`: the
+    /// items it has not taken from its input by the time `join` returns
+    /// fail (Python's `imap` takes its whole input at once).
     ///
     /// A replacement worker still in its initializer then has nothing to
     /// run, so it is killed rather than waited for (Python's `join` waits
@@ -477,6 +485,7 @@ impl Pool {
         chunksize: Option<usize>,
     ) -> Result<Vec<R>> {
         task::check_entry(entry)?;
+        self.inner.admit()?;
         let len = items.len();
         if len == 0 {
             return Ok(Vec::new());
@@ -504,7 +513,7 @@ impl Pool {
             batched += encoded.len();
             batch.push((first as u64, encoded));
             if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
-                self.inner.submit(&sink, std::mem::take(&mut batch))?;
+                self.inner.submit(&sink, std::mem::take(&mut batch), true)?;
                 batched = 0;
             }
         }
@@ -538,6 +547,7 @@ impl Pool {
         ordered: bool,
     ) -> Result<IMap<'a, R>> {
         task::check_entry(entry)?;
+        self.inner.admit()?;
         let chunksize = chunksize.max(1);
         Ok(IMap {
             pool: Arc::clone(&self.inner),
@@ -590,7 +600,9 @@ impl Drop for Cancel<'_> {
 ///
 /// Takes input only while fewer than `64 × processes` chunks are in the
 /// pool or waiting to be yielded. Dropping it cancels the chunks not yet
-/// sent to a worker.
+/// sent to a worker. After [`Pool::close`] it goes on taking its input, up
+/// to [`Pool::join`] (or [`Pool::terminate`]); items it takes after that
+/// fail.
 pub struct IMap<'a, R> {
     pool: Arc<scheduler::Pool>,
     sink: Arc<Sink>,
@@ -668,7 +680,7 @@ impl<R> IMap<'_, R> {
         if chunks.is_empty() {
             return;
         }
-        if let Err(e) = self.pool.submit(&self.sink, chunks) {
+        if let Err(e) = self.pool.submit(&self.sink, chunks, true) {
             let errors = (first..self.taken)
                 .map(|i| Err(task::copy_error(&e, &context(self.sink.entry, i))))
                 .collect();

@@ -416,13 +416,36 @@ impl Pool {
         Ok((pool, threads))
     }
 
-    /// Queues the chunks of a job (each `(first index, items)`).
-    pub(crate) fn submit(&self, sink: &Arc<Sink>, chunks: Vec<(u64, Vec<Item>)>) -> Result<()> {
-        let mut state = lock(&self.state);
+    /// Whether the pool takes a new job: not once closed (or terminated).
+    /// A job admitted before [`close`](Self::close) may go on submitting
+    /// its items after it ([`submit`](Self::submit) with `admitted`).
+    pub(crate) fn admit(&self) -> Result<()> {
+        let state = lock(&self.state);
         if state.terminated || state.closed {
+            return Err(closed());
+        }
+        Ok(())
+    }
+
+    /// Queues the chunks of a job (each `(first index, items)`). `admitted`:
+    /// the job was [admitted](Self::admit) before, so the pool takes its
+    /// chunks after `close` too, until it is joined or terminated (Python's
+    /// pool has taken a whole `imap` input by then; a lazy one here has not).
+    pub(crate) fn submit(
+        &self,
+        sink: &Arc<Sink>,
+        chunks: Vec<(u64, Vec<Item>)>,
+        admitted: bool,
+    ) -> Result<()> {
+        let mut state = lock(&self.state);
+        // (Terminating and joining close the pool too.)
+        if state.closed && !admitted {
+            return Err(closed());
+        }
+        if state.terminated || state.stopping {
             return Err(task::error(
                 ErrorKind::Disconnected,
-                "the pool is closed: it takes no more tasks",
+                "the pool was joined or terminated before these items were submitted",
             ));
         }
         if let Some(why) = &state.broken {
@@ -888,6 +911,13 @@ fn accept_sent(
             false
         }
     }
+}
+
+fn closed() -> crate::Error {
+    task::error(
+        ErrorKind::Disconnected,
+        "the pool is closed: it takes no more tasks",
+    )
 }
 
 fn ended() -> Failure {
