@@ -780,6 +780,29 @@ fn a_bounded_semaphore_refuses_an_extra_release() {
     assert_eq!(plain.value().unwrap(), 0);
 }
 
+/// An error the server reports names its kind once: the client rebuilds
+/// it with that kind, so the server's text must not name it again (it
+/// read "broken barrier: broken barrier: the barrier is broken").
+#[test]
+fn errors_from_the_server_name_their_kind_once() {
+    let manager = Manager::start().unwrap();
+    let list = manager.list::<i64>(vec![0, 1, 2]).unwrap();
+    let barrier = manager.barrier(2).unwrap();
+    barrier.abort().unwrap();
+    let sem = manager.bounded_semaphore(1).unwrap();
+    let errors = [
+        list.set(5, 1).unwrap_err(),
+        barrier.wait().unwrap_err(),
+        sem.release().unwrap_err(),
+    ];
+    for err in errors {
+        let kind = err.kind().to_string();
+        for text in [err.to_string(), format!("{err:#}")] {
+            assert_eq!(text.matches(kind.as_str()).count(), 1, "{text}");
+        }
+    }
+}
+
 /// Releases `sem`, full at `u64::MAX` permits, once too often: a typed
 /// refusal, as from a bounded semaphore over its limit, and the server
 /// goes on serving the connection.

@@ -371,11 +371,19 @@ impl Error {
 /// `fn main() -> multiproc::Result<()>` prints) lists it under "Caused by".
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let inner = &self.inner;
-        if let Some(process) = &inner.process {
+        if let Some(process) = &self.inner.process {
             write!(f, "{process}: ")?;
         }
-        f.write_str(inner.kind.describe())?;
+        f.write_str(self.inner.kind.describe())?;
+        self.write_after_kind(f, f.alternate())
+    }
+}
+
+impl Error {
+    /// What `Display` writes after the kind: `: message`, the panic, and
+    /// (`chain`) the causes.
+    fn write_after_kind(&self, f: &mut impl fmt::Write, chain: bool) -> fmt::Result {
+        let inner = &self.inner;
         if !inner.message.is_empty() {
             write!(f, ": {}", inner.message)?;
         }
@@ -385,16 +393,28 @@ impl fmt::Display for Error {
                 write!(f, " at {location}")?;
             }
         }
-        if f.alternate() {
+        if chain {
             for cause in self.causes() {
                 write!(f, ": {cause}")?;
             }
         }
         Ok(())
     }
-}
 
-impl Error {
+    /// `{:#}` without the kind: the message to send to another process
+    /// that rebuilds the error with [`Error::new`] and the same kind (whose
+    /// `Display` then names the kind once, not twice).
+    pub(crate) fn detail(&self) -> String {
+        let mut after = String::new();
+        // Writing to a String cannot fail.
+        let _ = self.write_after_kind(&mut after, true);
+        let after = after.strip_prefix(": ").unwrap_or(&after);
+        match &self.inner.process {
+            Some(process) => format!("{process}: {after}"),
+            None => after.to_string(),
+        }
+    }
+
     /// The chain of sources, nearest first.
     fn causes(&self) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
         std::iter::successors(std::error::Error::source(self), |e| e.source())

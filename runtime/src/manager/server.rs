@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use super::internals;
 use super::proto::{
-    ERR, FOREVER, Fields, Frame, FrameReader, NO_PERMIT, OK, ObjKind, Op, kind_code,
+    ERR, FOREVER, Fields, Frame, FrameReader, NO_PERMIT, OK, ObjKind, Op, code_kind, kind_code,
 };
 use crate::error::{Error, ErrorKind};
 
@@ -231,6 +231,17 @@ impl From<Error> for Fault {
     }
 }
 
+/// The text of an error sent to a client, which rebuilds it with the kind
+/// its code stands for: without the kind's name when that is the error's
+/// own (else `Display` would name it twice), with it when the code loses it.
+fn wire_message(e: &Error) -> String {
+    if code_kind(kind_code(e.kind())) == e.kind() {
+        e.detail()
+    } else {
+        format!("{e:#}")
+    }
+}
+
 fn op_err(kind: ErrorKind, msg: impl Into<String>) -> Fault {
     Fault::Op(Error::new(kind, msg))
 }
@@ -322,7 +333,7 @@ impl Server {
                     out.clear();
                     out.u8(ERR)
                         .u8(kind_code(e.kind()))
-                        .bytes(format!("{e:#}").as_bytes());
+                        .bytes(wire_message(&e).as_bytes());
                     None
                 }
                 Err(Fault::Bad | Fault::Gone) => break,
@@ -336,9 +347,9 @@ impl Server {
                 let msg = match undo.take() {
                     Some(undo) => {
                         self.undo(undo);
-                        format!("{e:#} (the item stays in the queue)")
+                        format!("{} (the item stays in the queue)", wire_message(e))
                     }
-                    None => format!("{e:#} (any change the request made stands)"),
+                    None => format!("{} (any change the request made stands)", wire_message(e)),
                 };
                 out.clear();
                 out.u8(ERR)

@@ -8,8 +8,8 @@ use std::sync::{Mutex, OnceLock};
 use rustix::process::Signal;
 
 use super::protocol::{
-    BOOT_ENV, CallHeader, ChildFailure, EXIT_BOOTSTRAP_FAILED, EXIT_PANICKED, Marker, REMOTE_ENV,
-    RESULT_INLINE_MAX, parse_remote_marker,
+    BOOT_ENV, CallHeader, ChildFailure, EXIT_BOOTSTRAP_FAILED, EXIT_PANICKED, FailureCause, Marker,
+    REMOTE_ENV, RESULT_INLINE_MAX, parse_remote_marker,
 };
 use super::registry::RunFn;
 use crate::error::{Error, ErrorKind, PanicReport};
@@ -273,9 +273,16 @@ pub(super) fn take_control_socket() -> std::io::Result<OwnedFd> {
 }
 
 fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
+    let cause = FailureCause::from(err.kind());
     let failure = ChildFailure {
-        kind: err.kind().into(),
-        message: format!("{err:#}"),
+        kind: cause,
+        // The parent rebuilds the error with the kind `cause` stands for:
+        // it names the kind itself, unless `cause` loses it.
+        message: if ErrorKind::from(cause) == err.kind() {
+            err.detail()
+        } else {
+            format!("{err:#}")
+        },
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
