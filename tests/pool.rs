@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use multiproc::{Event, Fd, Pool, Queue, Value, entry, process_entry};
+use multiproc::{ErrorKind, Event, Fd, Pool, Queue, Value, entry, process_entry};
 
 #[process_entry]
 fn square(x: u64) -> u64 {
@@ -199,14 +199,18 @@ fn work_is_spread_over_the_workers() {
 
 #[test]
 fn zero_processes_is_an_error() {
-    assert!(Pool::new(0).is_err());
-    assert!(
-        Pool::builder()
-            .processes(1)
-            .max_tasks_per_child(0)
-            .build()
-            .is_err()
-    );
+    // Python's `ValueError`s: the caller's mistake, not a failed spawn or I/O.
+    let err = Pool::new(0).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = Pool::builder()
+        .processes(1)
+        .max_tasks_per_child(0)
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let pool = Pool::new(1).unwrap();
+    let err = pool.join().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 }
 
 #[test]

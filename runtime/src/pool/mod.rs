@@ -223,13 +223,13 @@ impl PoolBuilder {
         // Checked before a launcher starts anything (a cluster's job step).
         if self.processes == Some(0) {
             return Err(task::error(
-                ErrorKind::Spawn,
+                ErrorKind::InvalidInput,
                 "a pool needs at least one worker process",
             ));
         }
         if self.max_tasks == Some(0) {
             return Err(task::error(
-                ErrorKind::Spawn,
+                ErrorKind::InvalidInput,
                 "max_tasks_per_child must be at least 1",
             ));
         }
@@ -275,7 +275,8 @@ impl PoolBuilder {
 }
 
 impl Pool {
-    /// A pool of `processes` workers. `Pool::new(0)` is an error.
+    /// A pool of `processes` workers. `Pool::new(0)` is an error of kind
+    /// [`ErrorKind::InvalidInput`] (Python's `ValueError`).
     pub fn new(processes: usize) -> Result<Pool> {
         Pool::builder().processes(processes).build()
     }
@@ -444,7 +445,8 @@ impl Pool {
 
     /// After [`close`](Self::close): waits for every submitted task to be
     /// answered, then for the workers to exit. An error if the pool was not
-    /// closed (or terminated) first, as in Python.
+    /// closed (or terminated) first ([`ErrorKind::InvalidInput`]), as in
+    /// Python.
     ///
     /// An [`imap`](Self::imap) is lazy, so iterate it before `join`: the
     /// items it has not taken from its input by the time `join` returns

@@ -824,7 +824,7 @@ impl Pool {
         let mut state = lock(&self.state);
         if !state.closed && !state.terminated {
             return Err(task::error(
-                ErrorKind::Io,
+                ErrorKind::InvalidInput,
                 "join needs the pool closed (or terminated) first",
             ));
         }
