@@ -90,7 +90,9 @@ const IMAP_CHUNKS_PER_WORKER: usize = 64;
 ///   (its process stopped with `SIGSTOP`) holds up only the tasks sent to
 ///   it, and [`terminate`](Pool::terminate) (or dropping the pool) kills it
 ///   and fails them.
-/// - `map` and `starmap` return the first error in input order.
+/// - `map` and `starmap` return the first error in input order, without
+///   waiting for the items after it: those not yet sent to a worker never
+///   run. [`imap`](Pool::imap) runs every item and yields each result.
 ///
 /// # Caveats
 /// - A task that never ends keeps its worker. [`AsyncResult::get_timeout`]
@@ -294,7 +296,11 @@ impl Pool {
     /// Calls a one-argument entry on each item; results in input order.
     ///
     /// Chunk size as Python's: `ceil(len / (4 × processes))`. Fails with the
-    /// first error in input order, which names the item.
+    /// first error in input order, which names the item, as soon as that
+    /// and the results before it are in: the items not yet sent to a worker
+    /// then never run (Python's `map` runs every item, then raises). To run
+    /// every item whatever fails, use [`imap`](Self::imap), which yields
+    /// each item's result.
     pub fn map<E, A, I>(&self, entry: E, items: I) -> Result<Vec<E::Output>>
     where
         E: Entry<Args = (A,)>,
