@@ -803,6 +803,22 @@ fn errors_from_the_server_name_their_kind_once() {
     }
 }
 
+/// A local manager's proxy cannot be stored in a manager's object (it
+/// travels with a descriptor, which the server does not keep; Python nests
+/// proxies): the error says why in plain words, not in the codec's
+/// `OtherString("…")`.
+#[test]
+fn a_local_proxy_stored_in_a_manager_object_is_a_readable_encode_error() {
+    let manager = Manager::start().unwrap();
+    let inner = manager.list::<i64>(Vec::new()).unwrap();
+    let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
+    let err = outer.insert("inner".into(), inner).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    let text = format!("{err:#}");
+    assert!(text.contains("multiproc handles can only be"), "{text}");
+    assert!(!text.contains("OtherString"), "{text}");
+}
+
 /// Releases `sem`, full at `u64::MAX` permits, once too often: a typed
 /// refusal, as from a bounded semaphore over its limit, and the server
 /// goes on serving the connection.

@@ -24,7 +24,7 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     #[cfg(not(feature = "postcard"))]
     let result = bincode::serde::encode_into_std_write(value, buf, config())
         .map(drop)
-        .map_err(|e| e.to_string());
+        .map_err(encode_message);
     #[cfg(feature = "postcard")]
     let result = {
         // postcard takes the vector and drops it on error: put back as many
@@ -39,6 +39,25 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
             })
     };
     result
+}
+
+/// An encode error's text: a `Serialize` impl's own message as it is
+/// (bincode's `Display` would show it as `OtherString("…")`).
+#[cfg(not(feature = "postcard"))]
+fn encode_message(e: bincode::error::EncodeError) -> String {
+    match e {
+        bincode::error::EncodeError::OtherString(message) => message,
+        e => e.to_string(),
+    }
+}
+
+/// A decode error's text: a `Deserialize` impl's own message as it is.
+#[cfg(not(feature = "postcard"))]
+fn decode_message(e: bincode::error::DecodeError) -> String {
+    match e {
+        bincode::error::DecodeError::OtherString(message) => message,
+        e => e.to_string(),
+    }
 }
 
 /// bincode claims at most this many bytes per byte it reads: a varint
@@ -79,7 +98,7 @@ fn bincode_decode<T: DeserializeOwned>(
 /// Decodes one value from the start of `bytes`; returns it and the bytes it used.
 pub(crate) fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), String> {
     #[cfg(not(feature = "postcard"))]
-    let result = bincode_decode(bytes).map_err(|e| e.to_string());
+    let result = bincode_decode(bytes).map_err(decode_message);
     #[cfg(feature = "postcard")]
     let result = postcard::take_from_bytes(bytes)
         .map(|(value, rest)| (value, bytes.len() - rest.len()))
