@@ -142,6 +142,34 @@ fn array_and_shared_memory_written_by_a_child_are_seen_by_the_parent() {
     assert_eq!(*copy.lock().unwrap(), [1.5, 2.5]);
 }
 
+/// Flips each flag and upper-cases each letter, in place.
+#[process_entry]
+fn flip_all(flags: Array<bool>, letters: Array<char>) -> Result<(), String> {
+    for flag in flags.lock().map_err(text)?.iter_mut() {
+        *flag = !*flag;
+    }
+    for letter in letters.lock().map_err(text)?.iter_mut() {
+        *letter = letter.to_ascii_uppercase();
+    }
+    Ok(())
+}
+
+#[test]
+fn arrays_of_bool_and_char_cross_processes() {
+    // Python's `Array(c_bool, 3)`: zero-filled, so all false.
+    let flags = Array::<bool>::new(3).unwrap();
+    assert_eq!(flags.to_vec().unwrap(), [false; 3]);
+    flags.lock().unwrap()[1] = true;
+    let letters = Array::from_slice(&['a', 'é', 'z']).unwrap();
+    spawn!(flip_all, flags.clone(), letters.clone())
+        .unwrap()
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(flags.to_vec().unwrap(), [true, false, true]);
+    assert_eq!(*letters.lock().unwrap(), ['A', 'é', 'Z']);
+}
+
 // ------------------------------------------------------------ Condition
 
 /// Ring buffer in an `Array<u64>`: head, tail, closed flag, then slots.

@@ -227,8 +227,7 @@
 //!
 //! A [`Value`] or [`Array`] holds plain-old-data: numbers, arrays of them,
 //! or `#[repr(C)]` structs deriving the re-exported [`Pod`] and
-//! [`Zeroable`] (see [`Value`]). A [`Value`] may also hold a `bool` or a
-//! `char`.
+//! [`Zeroable`] (see [`Value`]), and also `bool` or `char`.
 //!
 //! ```
 //! use multiproc::{process_entry, spawn, Value};

@@ -1,18 +1,17 @@
 //! [`Array`]: Python's `multiprocessing.Array`.
 
 use std::fmt;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
-use bytemuck::Pod;
+use bytemuck::{CheckedBitPattern, NoUninit, Zeroable};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::RegionKind;
 use super::pod::PodRegion;
-use crate::error::Error;
-use crate::sys::lock_word::DataGuard;
+use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
+use crate::sys::shm::TypedGuard;
 
 const KIND: RegionKind = RegionKind::new(b"mpAR", "multiproc::Array");
 const WHAT: &str = "array's lock";
@@ -42,10 +41,13 @@ const WHAT: &str = "array's lock";
 /// ```
 ///
 /// # Caveats
-/// - `T: bytemuck::Pod`: every byte pattern must be a `T`, because the
-///   guard is a view of the shared memory itself, not a copy. So unlike a
-///   [`Value`](crate::Value), an `Array` cannot hold `bool` or `char`:
-///   share `u8` or `u32` elements.
+/// - `T` is any [`Pod`](crate::Pod) type, or `bool` or `char` (any type
+///   with bytemuck's `CheckedBitPattern` and `NoUninit`). The guard is a
+///   view of the shared memory itself, not a copy; for a type with invalid
+///   bit patterns, `lock` checks the elements once (a cost of one pass over
+///   the array), and bytes that are not `T`s (which only a process writing
+///   behind the lock's back could leave) make it fail with
+///   [`Decode`](crate::ErrorKind::Decode).
 /// - A holder that dies makes the next `lock` report
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) and leave the lock free;
 ///   the elements may be half-written, but are always valid `T`s.
@@ -53,14 +55,16 @@ pub struct Array<T> {
     pod: PodRegion<T>,
 }
 
-impl<T: Pod> Array<T> {
-    /// `len` zeroed elements.
+impl<T: CheckedBitPattern + NoUninit + Zeroable> Array<T> {
+    /// `len` zeroed elements (`0`, `false`, `'\0'`).
     pub fn new(len: usize) -> Result<Array<T>, Error> {
         Ok(Array {
             pod: PodRegion::zeroed(KIND, len)?,
         })
     }
+}
 
+impl<T: CheckedBitPattern + NoUninit> Array<T> {
     /// A copy of `items`.
     pub fn from_slice(items: &[T]) -> Result<Array<T>, Error> {
         Ok(Array {
@@ -79,10 +83,20 @@ impl<T: Pod> Array<T> {
     }
 
     fn acquire(&self, wait: Deadline) -> Result<Option<ArrayGuard<'_, T>>, Error> {
-        Ok(self.pod.lock(wait, WHAT)?.map(|guard| ArrayGuard {
-            guard,
-            _elements: PhantomData,
-        }))
+        let Some(guard) = self.pod.lock(wait, WHAT)? else {
+            return Ok(None);
+        };
+        // Unlocked as the guard given back is dropped.
+        match TypedGuard::new(guard) {
+            Ok(elements) => Ok(Some(ArrayGuard { elements })),
+            Err(_) => Err(Error::new(
+                ErrorKind::Decode,
+                format!(
+                    "the shared array's bytes are not valid `{}` elements",
+                    std::any::type_name::<T>()
+                ),
+            )),
+        }
     }
 
     /// Locks the array; the guard derefs to `[T]`.
@@ -122,13 +136,13 @@ impl<T> Clone for Array<T> {
     }
 }
 
-impl<T: Pod> Serialize for Array<T> {
+impl<T: CheckedBitPattern + NoUninit> Serialize for Array<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.pod.serialize(KIND, s)
     }
 }
 
-impl<'de, T: Pod> Deserialize<'de> for Array<T> {
+impl<'de, T: CheckedBitPattern + NoUninit> Deserialize<'de> for Array<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Array<T>, D::Error> {
         Ok(Array {
             pod: PodRegion::deserialize(d, KIND, None)?,
@@ -136,7 +150,7 @@ impl<'de, T: Pod> Deserialize<'de> for Array<T> {
     }
 }
 
-impl<T: Pod> fmt::Debug for Array<T> {
+impl<T: CheckedBitPattern + NoUninit> fmt::Debug for Array<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Array")
             .field("type", &std::any::type_name::<T>())
@@ -149,25 +163,44 @@ impl<T: Pod> fmt::Debug for Array<T> {
 /// The locked elements of an [`Array`]; unlocks on drop.
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct ArrayGuard<'a, T> {
-    guard: DataGuard<'a>,
-    _elements: PhantomData<&'a mut [T]>,
+    elements: TypedGuard<'a, T>,
 }
 
-impl<T: Pod> Deref for ArrayGuard<'_, T> {
+impl<T: CheckedBitPattern + NoUninit> Deref for ArrayGuard<'_, T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        PodRegion::<T>::elements(&self.guard)
+        self.elements.elements()
     }
 }
 
-impl<T: Pod> DerefMut for ArrayGuard<'_, T> {
+impl<T: CheckedBitPattern + NoUninit> DerefMut for ArrayGuard<'_, T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        PodRegion::<T>::elements_mut(&mut self.guard)
+        self.elements.elements_mut()
     }
 }
 
-impl<T: Pod + fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
+impl<T: CheckedBitPattern + NoUninit + fmt::Debug> fmt::Debug for ArrayGuard<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ArrayGuard").field(&&**self).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_that_are_not_bools_fail_to_lock_and_leave_it_free() {
+        let bytes = Array::from_slice(&[1u8, 2, 0]).unwrap();
+        let flags = Array::<bool> {
+            pod: bytes.pod.retyped(),
+        };
+        assert_eq!(flags.lock().unwrap_err().kind(), ErrorKind::Decode);
+        assert_eq!(flags.to_vec().unwrap_err().kind(), ErrorKind::Decode);
+        // The failed locks left the lock free.
+        bytes.lock().unwrap()[1] = 0;
+        assert_eq!(flags.to_vec().unwrap(), [true, false, false]);
+        flags.lock().unwrap()[2] = true;
+        assert_eq!(bytes.to_vec().unwrap(), [1, 0, 1]);
     }
 }

@@ -232,6 +232,72 @@ pub(crate) fn data_mut<'g>(guard: &'g mut DataGuard<'_>) -> &'g mut [u8] {
     }
 }
 
+/// A [`DataGuard`] whose bytes were checked to be `T`s when it was made,
+/// so that it can hand them out as `[T]` without checking them again on
+/// each access (which would make `guard[i]` cost the whole array).
+///
+/// For a `T` with invalid bit patterns (`bool`, `char`). The check holds
+/// for the guard's life: the bytes change only through
+/// [`elements_mut`](Self::elements_mut), which writes `T`s, since every
+/// process reaches them only through a guard (see [`data`]).
+pub(crate) struct TypedGuard<'a, T> {
+    guard: DataGuard<'a>,
+    len: usize,
+    _elements: std::marker::PhantomData<&'a mut [T]>,
+}
+
+impl<'a, T: bytemuck::CheckedBitPattern + bytemuck::NoUninit> TypedGuard<'a, T> {
+    /// Checks that the guard's bytes are `T`s, suitably aligned; gives the
+    /// guard back if not.
+    pub(crate) fn new(guard: DataGuard<'a>) -> Result<TypedGuard<'a, T>, DataGuard<'a>> {
+        // bytemuck requires `T` to have the layout of `T::Bits`; checked
+        // here too, since the views below rely on it.
+        if size_of::<T>() != size_of::<T::Bits>() || align_of::<T>() > align_of::<T::Bits>() {
+            return Err(guard);
+        }
+        // Size and alignment; every pattern of `T::Bits` is one.
+        let Ok(bits) = bytemuck::try_cast_slice::<u8, T::Bits>(data(&guard)) else {
+            return Err(guard);
+        };
+        // A type of which every pattern is a value (its `Bits` is itself)
+        // needs no look at each element, which would cost a pass over the
+        // whole array for each lock in a build without optimisations.
+        let valid = std::any::TypeId::of::<T>() == std::any::TypeId::of::<T::Bits>()
+            || bits.iter().all(T::is_valid_bit_pattern);
+        if !valid {
+            return Err(guard);
+        }
+        let len = bits.len();
+        Ok(TypedGuard {
+            guard,
+            len,
+            _elements: std::marker::PhantomData,
+        })
+    }
+
+    /// The elements.
+    pub(crate) fn elements(&self) -> &[T] {
+        let bytes = data(&self.guard);
+        // SAFETY: `new` found these bytes to be `len` aligned `T::Bits`,
+        // which bytemuck guarantees have `T`'s size and alignment, each a
+        // valid `T` (a `T` whose `Bits` is itself is every bit pattern). Since then they were written only
+        // through `elements_mut`, that is, as `T`s: no other process writes
+        // them while this guard holds the region's lock (see `data`). The
+        // borrow of `self` keeps them from changing while the slice lives.
+        unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<T>(), self.len) }
+    }
+
+    /// The elements, writable.
+    pub(crate) fn elements_mut(&mut self) -> &mut [T] {
+        let len = self.len;
+        let bytes = data_mut(&mut self.guard);
+        // SAFETY: as in `elements`; the exclusive borrow of `self` makes
+        // this the only reference to the bytes, and whatever safe code
+        // writes through it is a valid `T`.
+        unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), len) }
+    }
+}
+
 impl Drop for SharedRegion {
     fn drop(&mut self) {
         // SAFETY: `base..base + len` is exactly the mapping made in `map`;
