@@ -89,3 +89,64 @@ fn a_pool_runs_each_of_two_entries_that_share_a_name() {
 fn by_name_twice(x: u8) -> u8 {
     x * 2
 }
+
+#[test]
+fn a_manager_runs_each_of_two_update_with_entries_that_share_a_name() {
+    fn add_one(d: &multiproc::DictProxy<String, u64>) -> u64 {
+        #[multiproc::process_entry]
+        fn bump(old: Option<u64>) -> u64 {
+            old.unwrap_or(0) + 1
+        }
+        d.update_with("n".to_string(), entry!(bump)).unwrap()
+    }
+    fn add_hundred(d: &multiproc::DictProxy<String, u64>) -> u64 {
+        #[multiproc::process_entry]
+        fn bump(old: Option<u64>) -> u64 {
+            old.unwrap_or(0) + 100
+        }
+        d.update_with("n".to_string(), entry!(bump)).unwrap()
+    }
+    let manager = multiproc::Manager::start().unwrap();
+    let d = manager.dict().unwrap();
+    assert_eq!(add_one(&d), 1);
+    assert_eq!(add_hundred(&d), 101);
+}
+
+/// Two local entries of one name from one macro invocation: `line!()` and
+/// `column!()` name the invocation for both, so they share name and place.
+macro_rules! two_entries_at_one_place {
+    () => {
+        fn start_first() -> multiproc::Result<u8> {
+            #[multiproc::process_entry]
+            fn same_place() -> u8 {
+                1
+            }
+            spawn!(same_place)?.join()
+        }
+        fn start_second() -> multiproc::Result<u8> {
+            #[multiproc::process_entry]
+            fn same_place() -> u8 {
+                2
+            }
+            spawn!(same_place)?.join()
+        }
+    };
+}
+
+two_entries_at_one_place!();
+
+#[test]
+fn entries_that_share_name_and_place_are_refused_naming_both() {
+    for start in [start_first, start_second] {
+        let err = start().unwrap_err();
+        assert_eq!(err.kind(), multiproc::ErrorKind::DuplicateEntry, "{err}");
+        let message = err.to_string();
+        assert!(message.contains("2 entries"), "{message}");
+        assert!(message.contains("duplicates::same_place"), "{message}");
+        assert_eq!(
+            message.matches("tests/duplicates.rs:").count(),
+            2,
+            "{message}"
+        );
+    }
+}

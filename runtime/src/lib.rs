@@ -65,10 +65,14 @@
 //!    kind, exit code, panic report and the text of each cause (an OS
 //!    error comes back as an `io::Error` of its kind and code). Patterns
 //!    (`(a, b): (u32, u32)`) are fine.
-//! 4. **A unique name**: the entry's name is its full path
-//!    (`my_crate::workers::add`, see [`entries`]). Two entries with the same
-//!    path (local `fn`s of one name in one module) are reported at the first
-//!    spawn, with both locations.
+//! 4. **Its name is its path**: the entry's name is its full path
+//!    (`my_crate::workers::add`, see [`entries`]). Local `fn`s of one name
+//!    in one module (an `fn inner` inside two functions) share that path;
+//!    `spawn!`, [`Process`], a [`Pool`] and a Manager's `update_with` start
+//!    each by its type and place, so each runs its own body. Only entries
+//!    that share their place as well (two expansions of one macro
+//!    invocation) cannot be told apart: starting one of them fails with
+//!    [`ErrorKind::DuplicateEntry`], naming both locations.
 //! 5. **It runs before `main`**, from a load-time constructor, in a copy of
 //!    this binary: `main` never runs in the child, so whatever `main` sets
 //!    up (loggers, statics, a runtime, environment changes) is not there;
@@ -78,9 +82,10 @@
 //!    is [`ErrorKind::Exited`] with code `n` (`exit(0)` of an entry that
 //!    returns `()` counts as returning). Threads the entry started and did
 //!    not join are killed when it returns, as when `main` returns.
-//! 7. **Depend on `multiproc` under that name**: the generated code names
-//!    `::multiproc`, so a renamed dependency (`mp = { package = "multiproc" }`)
-//!    does not compile.
+//! 7. **A renamed dependency says so**: the generated code names
+//!    `::multiproc`. Under another name (`mp = { package = "multiproc" }`),
+//!    write `#[mp::process_entry(crate = mp)]` (or `crate = "mp"`, as
+//!    serde's `crate` attribute); `spawn!` and `entry!` need nothing.
 //!
 //! # Message types: `serde`
 //!
