@@ -367,6 +367,19 @@ fn a_dead_worker_fails_its_whole_chunk_only() {
 }
 
 #[test]
+fn map_chunks_as_python_does_by_default() {
+    // ceil(10 / (4 × 2)) = 2 items a chunk: the worker killed at item 7
+    // takes item 6, of its chunk, with it (a floor would make chunks of 1).
+    let pool = Pool::new(2).unwrap();
+    let err = pool.map(entry!(kill_on_seven), 0..10u64).unwrap_err();
+    assert!(err.is_signaled(), "{err}");
+    assert!(err.to_string().contains("item 6 of"), "{err}");
+    // 33 items: chunks of 5, so the chunk that dies is items 5 to 9.
+    let err = pool.map(entry!(kill_on_seven), 0..33u64).unwrap_err();
+    assert!(err.to_string().contains("item 5 of"), "{err}");
+}
+
+#[test]
 fn imap_takes_input_lazily() {
     let pool = Pool::new(2).unwrap();
     let pulled = Arc::new(AtomicU64::new(0));
