@@ -75,6 +75,59 @@ fn daemon_dies_when_its_parent_is_sigkilled() {
     );
 }
 
+/// Starts a daemon (forked by the fork server if `forked`) that blocks on
+/// `gate`, reports its pid, and returns without joining it.
+#[process_entry]
+fn return_leaving_a_daemon(forked: bool, gate: Fd, report: Fd) {
+    let method = if forked {
+        multiproc::StartMethod::ForkServer
+    } else {
+        multiproc::StartMethod::Spawn
+    };
+    let daemon = Process::new(entry!(blocker), (gate,))
+        .daemon(true)
+        .start_method(method)
+        .start()
+        .unwrap();
+    let mut report = std::fs::File::from(report.into_owned_fd());
+    report.write_all(&daemon.pid().to_le_bytes()).unwrap();
+}
+
+#[test]
+fn a_daemon_is_killed_not_waited_for_when_its_parent_returns() {
+    let mut methods = vec![multiproc::StartMethod::Spawn];
+    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
+        methods.push(multiproc::StartMethod::ForkServer);
+    }
+    for method in methods {
+        // The gate's write end stays here: only its parent's exit can end
+        // the daemon.
+        let (gate_r, _gate_w) = pipe();
+        let (report_r, report_w) = pipe();
+        let mut middle = Process::new(
+            entry!(return_leaving_a_daemon),
+            (
+                method == multiproc::StartMethod::ForkServer,
+                Fd::from(gate_r),
+                Fd::from(report_w),
+            ),
+        )
+        .start()
+        .unwrap();
+        let daemon_pid = read_u32(report_r);
+        // The middle exits although its daemon still runs.
+        assert_eq!(
+            middle.join_timeout(common::BOUND).unwrap(),
+            Some(()),
+            "{method:?}: the parent waited for its daemon"
+        );
+        assert!(
+            common::exits_within(daemon_pid, common::BOUND),
+            "{method:?}: daemon {daemon_pid} outlived its parent's exit"
+        );
+    }
+}
+
 #[process_entry]
 fn echo_byte(input: Fd, output: Fd) -> u8 {
     let mut byte = [0u8; 1];
