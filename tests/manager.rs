@@ -276,6 +276,16 @@ fn shutdown_stops_the_server_and_proxies_report_it() {
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
 
+#[test]
+fn dropping_the_manager_stops_its_server_as_shutdown_does() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u8, u8>().unwrap();
+    let pid = manager.pid().unwrap();
+    drop(manager);
+    assert_eq!(d.len().unwrap_err().kind(), ErrorKind::Disconnected);
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
+
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
