@@ -1079,3 +1079,22 @@ fn an_entry_with_an_explicit_rust_abi_runs() {
     }
     assert_eq!(spawn!(spelled_rust_abi, 2, 3).unwrap().join().unwrap(), 6);
 }
+
+/// Leaves a thread running for ever, unjoined, and returns.
+#[process_entry]
+fn return_leaving_a_thread() -> u32 {
+    std::thread::spawn(|| {
+        loop {
+            std::thread::park();
+        }
+    });
+    7
+}
+
+#[test]
+fn threads_an_entry_left_running_end_with_it() {
+    // As when `main` returns: the child exits, its thread with it.
+    let mut child = spawn!(return_leaving_a_thread).unwrap();
+    assert_eq!(child.join_timeout(common::BOUND).unwrap(), Some(7));
+    assert_eq!(child.exitcode(), Some(0));
+}
