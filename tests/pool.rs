@@ -1062,3 +1062,23 @@ fn a_task_returns_a_multiproc_result() {
         pool.join().unwrap();
     }
 }
+
+/// Tries to start a child from inside a task: the kind of the error, if any.
+#[process_entry]
+fn start_a_child() -> Option<String> {
+    multiproc::spawn!(pid)
+        .and_then(|child| child.join())
+        .err()
+        .map(|e| format!("{:?}", e.kind()))
+}
+
+#[test]
+fn a_task_cannot_start_processes_as_workers_are_daemons() {
+    // As in Python: a worker is killed with the pool, so children of its
+    // own would outlive it.
+    let pool = Pool::new(1).unwrap();
+    assert_eq!(
+        pool.apply(entry!(start_a_child), ()).unwrap().as_deref(),
+        Some("Spawn")
+    );
+}
