@@ -1098,3 +1098,48 @@ fn threads_an_entry_left_running_end_with_it() {
     assert_eq!(child.join_timeout(common::BOUND).unwrap(), Some(7));
     assert_eq!(child.exitcode(), Some(0));
 }
+
+/// A value whose `Serialize` always fails.
+struct FailsToEncode;
+
+impl Serialize for FailsToEncode {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("refusing to be encoded"))
+    }
+}
+
+impl<'de> Deserialize<'de> for FailsToEncode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d).map(|()| FailsToEncode)
+    }
+}
+
+#[process_entry]
+fn takes_unencodable(_x: FailsToEncode) {}
+
+/// Starts `takes_unencodable`: the error, and how many children this
+/// process has then (in the kernel's eyes, from every thread).
+#[process_entry]
+fn start_with_an_unencodable_argument() -> (String, usize) {
+    let err = Process::new(entry!(takes_unencodable), (FailsToEncode,))
+        .start()
+        .unwrap_err();
+    let mut children = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let list = std::fs::read_to_string(task.unwrap().path().join("children")).unwrap();
+        children += list.split_whitespace().count();
+    }
+    (format!("{:?}: {err}", err.kind()), children)
+}
+
+#[test]
+fn an_argument_that_cannot_be_encoded_fails_start_and_starts_nothing() {
+    // In a child of its own, so that no other test's children are counted.
+    let (err, children) = spawn!(start_with_an_unencodable_argument)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(err.starts_with("Encode: "), "{err}");
+    assert!(err.contains("refusing to be encoded"), "{err}");
+    assert_eq!(children, 0);
+}
