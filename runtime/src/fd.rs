@@ -38,9 +38,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// ```
 ///
 /// # Caveats
-/// `Fd` can only be serialized by multiproc itself (as an entry argument or
-/// result); serializing it with another serde serializer is an error rather
-/// than a copy of a meaningless number.
+/// `Fd` can only be serialized by multiproc itself (in an entry's arguments
+/// or result, or a message on a [`Connection`](crate::Connection) or
+/// [`Queue`](crate::Queue)); serializing it with another serde serializer
+/// is an error rather than a copy of a meaningless number.
 pub struct Fd(OwnedFd);
 
 impl Fd {

@@ -92,7 +92,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
         })
     }
 
-    /// A joinable queue of at most `capacity` items.
+    /// A joinable queue of at most `capacity` items. A capacity of 0 is an
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput) error, as for
+    /// [`Queue::bounded`].
     pub fn bounded(capacity: usize) -> Result<JoinableQueue<T>, Error> {
         Ok(JoinableQueue {
             queue: Queue::create(checked_capacity(capacity)?, true)?,

@@ -182,6 +182,11 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     /// A queue that holds at most `capacity` items: `put` waits while it is full.
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`] for a capacity of 0 or above
+    /// `u32::MAX` (Python's `maxsize=0` means unbounded: that is
+    /// [`new`](Self::new) here).
     pub fn bounded(capacity: usize) -> Result<Queue<T>, Error> {
         Queue::create(checked_capacity(capacity)?, false)
     }
