@@ -638,7 +638,12 @@ impl BarrierProxy {
         self.wait_within(None)
     }
 
-    /// Like [`wait`](Self::wait); a timeout breaks the barrier (as in Python).
+    /// Like [`wait`](Self::wait), for at most `timeout`. A timeout breaks
+    /// the barrier (as in Python), and this waiter, like the others, gets
+    /// [`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier), as
+    /// Python's `BrokenBarrierError`. (A [`Barrier`](crate::Barrier)'s
+    /// waiter that times out gets [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
+    /// instead.)
     pub fn wait_timeout(&self, timeout: Duration) -> Result<u64, Error> {
         self.wait_within(Some(timeout))
     }

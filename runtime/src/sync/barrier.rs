@@ -151,8 +151,12 @@ impl Barrier {
 
     /// Like [`wait`](Self::wait), for at most `timeout`. A timeout breaks
     /// the barrier (as in Python) and returns a
-    /// [`Timeout`](crate::ErrorKind::Timeout) error; the other waiters get
-    /// [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier).
+    /// [`Timeout`](crate::ErrorKind::Timeout) error (where Python raises
+    /// `BrokenBarrierError`, and a [`BarrierProxy`](crate::BarrierProxy)
+    /// returns [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier)); the
+    /// other waiters get [`BrokenBarrier`](crate::ErrorKind::BrokenBarrier).
+    /// A waiter that times out before it could arrive, while the previous
+    /// round was still leaving, breaks nothing.
     pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
         self.wait_until(Deadline::after(timeout))
     }
