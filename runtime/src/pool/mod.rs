@@ -160,7 +160,7 @@ pub struct PoolBuilder {
 impl PoolBuilder {
     /// How many worker processes (default: [`cpu_count`](crate::cpu_count)).
     /// 0 makes [`build`](Self::build) fail with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    /// [`ErrorKind::InvalidInput`].
     pub fn processes(mut self, processes: usize) -> PoolBuilder {
         self.processes = Some(processes);
         self
@@ -181,7 +181,7 @@ impl PoolBuilder {
     /// Replaces each worker after it has run this many tasks (a chunk is
     /// one task, as in Python). Default: never. 0 makes
     /// [`build`](Self::build) fail with
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput).
+    /// [`ErrorKind::InvalidInput`].
     pub fn max_tasks_per_child(mut self, tasks: u64) -> PoolBuilder {
         self.max_tasks = Some(tasks);
         self
