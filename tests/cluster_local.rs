@@ -551,3 +551,33 @@ fn a_wrong_key_is_refused_and_a_flood_of_silent_connections_locks_no_worker_out(
     assert_eq!(builder.join().unwrap().unwrap().processes(), 1);
     drop(silent);
 }
+
+#[test]
+fn when_the_last_worker_is_lost_what_is_left_fails_instead_of_waiting() {
+    // Lost workers are not replaced: with none left, the rest fails.
+    let pool = Pool::builder()
+        .launcher(fake_srun().tasks(1))
+        .build()
+        .unwrap();
+    let results: Vec<_> = pool
+        .imap_chunked(entry!(abort_on), 0..10u64, 1)
+        .unwrap()
+        .collect();
+    for (x, r) in results.iter().enumerate() {
+        match (x, r) {
+            (0..5, Ok(v)) => assert_eq!(*v, x as u64),
+            (5, Err(e)) => {
+                // How a remote worker ended is not known here.
+                assert_eq!(e.kind(), ErrorKind::Disconnected, "{e}");
+                assert_eq!(e.exitcode(), None, "{e}");
+            }
+            (6.., Err(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Spawn, "{e}");
+                assert!(e.to_string().contains("no workers left"), "{e}");
+            }
+            _ => panic!("item {x}: {r:?}"),
+        }
+    }
+    let err = pool.apply(entry!(square), (3,)).unwrap_err();
+    assert!(err.to_string().contains("no workers left"), "{err}");
+}

@@ -36,8 +36,10 @@
 //!
 //! # Failures
 //! - A worker that dies (killed, crashed, its node lost) fails the chunk it
-//!   was running, as on one machine; the chunks it held but had not started
-//!   go to the other workers. A worker on a node that vanished without a
+//!   was running, as on one machine, but with
+//!   [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected) and no exit
+//!   code (how a process on another machine ended is not known here); the
+//!   chunks it held but had not started go to the other workers. A worker on a node that vanished without a
 //!   word (power, network) is noticed within
 //!   [`node_timeout`](Slurm::node_timeout).
 //! - Lost workers are not replaced: the pool goes on with the others, and
