@@ -293,6 +293,47 @@ fn undecodable_message_is_an_error_and_the_next_one_still_arrives() {
     assert_eq!(a.recv().unwrap(), "after");
 }
 
+/// Encodes as a number; its `Deserialize` refuses every one but 7.
+#[derive(Debug, PartialEq)]
+struct OnlySeven(u32);
+
+impl serde::Serialize for OnlySeven {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OnlySeven {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match u32::deserialize(d)? {
+            7 => Ok(OnlySeven(7)),
+            n => Err(serde::de::Error::custom(format!("{n} is not seven"))),
+        }
+    }
+}
+
+#[test]
+fn a_message_that_refuses_to_decode_says_what_its_deserialize_said() {
+    let (a, b) = Pipe::<OnlySeven>::duplex().unwrap();
+    b.send(&OnlySeven(3)).unwrap();
+    b.send(&OnlySeven(7)).unwrap();
+    match a.recv() {
+        Err(RecvError::Failed(e)) => {
+            assert!(e.is_decode(), "{e}");
+            let said = format!("{e:#}");
+            // postcard's error does not keep serde's custom message.
+            let reason = if cfg!(feature = "postcard") {
+                "Serde Deserialization Error"
+            } else {
+                "3 is not seven"
+            };
+            assert!(said.ends_with(reason), "{said}");
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+    assert_eq!(a.recv().unwrap(), OnlySeven(7));
+}
+
 #[test]
 fn a_frame_of_another_kind_is_a_decode_error_and_the_next_message_still_arrives() {
     let (a, b) = Pipe::<u32>::duplex().unwrap();

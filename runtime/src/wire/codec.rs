@@ -2,7 +2,9 @@
 //!
 //! This is the only module that knows which format is on the wire, and it
 //! knows nothing else: errors are the format's own messages, which the
-//! callers (`handles.rs`, `send.rs`) turn into the crate's errors.
+//! callers (`handles.rs`, `send.rs`) turn into the crate's errors. (bincode
+//! shows its errors as their `Debug` form, so a message of serde's own —
+//! what a failing `Serialize` or `Deserialize` said — is taken out of it.)
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
