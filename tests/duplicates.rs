@@ -149,4 +149,13 @@ fn entries_that_share_name_and_place_are_refused_naming_both() {
             "{message}"
         );
     }
+    // Registered all the same, under one name.
+    let names = multiproc::entries();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| **n == "duplicates::same_place")
+            .count(),
+        1
+    );
 }

@@ -292,7 +292,14 @@ pub(crate) fn key_of<E: Entry>() -> Result<&'static str, Error> {
 /// assert!(multiproc::entries().iter().any(|name| name.ends_with("::double")));
 /// ```
 pub fn entries() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = registry().by_key.values().map(|r| r.name).collect();
+    let registry = registry();
+    // Entries that share their name and place have no key: count them too.
+    let mut names: Vec<&'static str> = registry
+        .by_key
+        .values()
+        .map(|r| r.name)
+        .chain(registry.duplicates.keys().copied())
+        .collect();
     names.sort_unstable();
     names.dedup();
     names
