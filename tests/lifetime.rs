@@ -128,6 +128,37 @@ fn a_daemon_is_killed_not_waited_for_when_its_parent_returns() {
     }
 }
 
+/// Starts a child that blocks on `gate`, reports its pid, and returns
+/// without joining it (dropping its handle).
+#[process_entry]
+fn return_leaving_a_child(gate: Fd, report: Fd) {
+    let child = Process::new(entry!(blocker), (gate,)).start().unwrap();
+    let mut report = std::fs::File::from(report.into_owned_fd());
+    report.write_all(&child.pid().to_le_bytes()).unwrap();
+}
+
+#[test]
+fn a_child_waits_for_its_unjoined_children_before_it_exits() {
+    let (gate_r, gate_w) = pipe();
+    let (report_r, report_w) = pipe();
+    let mut middle = Process::new(
+        entry!(return_leaving_a_child),
+        (Fd::from(gate_r), Fd::from(report_w)),
+    )
+    .start()
+    .unwrap();
+    let grandchild = read_u32(report_r);
+    // Its entry has returned, yet it must not exit while its child runs.
+    assert_eq!(
+        middle.join_timeout(Duration::from_millis(500)).unwrap(),
+        None
+    );
+    assert!(middle.is_alive());
+    drop(gate_w);
+    assert_eq!(middle.join_timeout(common::BOUND).unwrap(), Some(()));
+    assert!(common::exits_within(grandchild, common::BOUND));
+}
+
 #[process_entry]
 fn echo_byte(input: Fd, output: Fd) -> u8 {
     let mut byte = [0u8; 1];
