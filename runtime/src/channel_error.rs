@@ -1,8 +1,9 @@
 //! Per-operation errors of channels, in crossbeam-channel's vocabulary.
 //!
 //! "Disconnected" means the other side is gone: every handle to it was
-//! dropped or closed, or the processes holding them died (or, for a queue,
-//! it was closed). Anything else — a message that does not decode, a broken
+//! dropped or closed, or the processes holding them died (for a queue,
+//! which has no other side: it was shut down, or, for a put, this handle
+//! was closed). Anything else — a message that does not decode, a broken
 //! stream, a value whose `Serialize` fails — is `Failed` with the crate's
 //! [`Error`]. The send errors hand the message back in every case.
 
@@ -13,7 +14,8 @@ use crate::error::{Error, ErrorKind};
 /// Error of a blocking receive.
 #[derive(Debug)]
 pub enum RecvError {
-    /// The other side is gone and nothing is left to receive.
+    /// The other side is gone (a queue: it was shut down) and nothing is
+    /// left to receive.
     Disconnected,
     /// The message could not be received or decoded.
     Failed(Error),
@@ -24,7 +26,8 @@ pub enum RecvError {
 pub enum TryRecvError {
     /// Nothing to receive right now.
     Empty,
-    /// The other side is gone and nothing is left to receive.
+    /// The other side is gone (a queue: it was shut down) and nothing is
+    /// left to receive.
     Disconnected,
     /// The message could not be received or decoded.
     Failed(Error),
@@ -35,7 +38,8 @@ pub enum TryRecvError {
 pub enum RecvTimeoutError {
     /// Nothing arrived before the deadline.
     Timeout,
-    /// The other side is gone and nothing is left to receive.
+    /// The other side is gone (a queue: it was shut down) and nothing is
+    /// left to receive.
     Disconnected,
     /// The message could not be received or decoded.
     Failed(Error),
