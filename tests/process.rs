@@ -566,11 +566,43 @@ fn noop_child() {}
 
 #[test]
 fn default_names_count_every_started_process_as_python_does() {
-    // In a fresh process: the named child takes number 1, so the next
-    // default name is Process-2 (Python's counter counts them all).
-    let (named, unnamed) = spawn!(name_two_children).unwrap().join().unwrap();
+    // The named grandchild takes number 1, so the next default name ends
+    // in 2 (Python's counter counts them all), after the child's own
+    // number: the child's name, or its number when it was given a name.
+    let child = spawn!(name_two_children).unwrap();
+    let parent_name = child.name().to_string();
+    let (named, unnamed) = child.join().unwrap();
     assert_eq!(named, "named");
-    assert_eq!(unnamed, "Process-2");
+    assert_eq!(unnamed, format!("{parent_name}:2"));
+    let child = Process::new(entry!(name_two_children), ())
+        .name("custom")
+        .start()
+        .unwrap();
+    let (_, unnamed) = child.join().unwrap();
+    let number = unnamed
+        .strip_prefix("Process-")
+        .and_then(|rest| rest.strip_suffix(":2"))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(number.is_some(), "{unnamed}");
+}
+
+#[process_entry]
+fn name_grandchild_of_grandchild() -> (String, String) {
+    let child = spawn!(name_two_children).unwrap();
+    let name = child.name().to_string();
+    let (_, unnamed) = child.join().unwrap();
+    (name, unnamed)
+}
+
+#[test]
+fn default_names_of_descendants_say_where_they_are_in_the_tree() {
+    // Python: the children of Process-3 are Process-3:1, Process-3:2, …
+    // and theirs Process-3:1:1, …, so no two processes share a name.
+    let child = spawn!(name_grandchild_of_grandchild).unwrap();
+    let top = child.name().to_string();
+    let (middle, bottom) = child.join().unwrap();
+    assert_eq!(middle, format!("{top}:1"));
+    assert_eq!(bottom, format!("{top}:1:2"));
 }
 
 #[process_entry]

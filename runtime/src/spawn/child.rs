@@ -221,6 +221,7 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
         }
     };
     super::current::set_child(header.process_name, target.daemon);
+    super::current::set_identity(header.identity);
     let code = match run(&buf[used..], fds) {
         super::registry::RunOutcome::Value(mut frame) => {
             // A result larger than the socket can buffer goes in a memfd,

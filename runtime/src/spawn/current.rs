@@ -38,8 +38,21 @@ impl ProcessInfo {
 /// This child's name and daemon flag, as its parent gave them.
 static CHILD: OnceLock<(String, bool)> = OnceLock::new();
 
+/// This child's place in the tree of processes: `[]` in the main process,
+/// `[3]` in its third child, `[3, 1]` in that child's first, ….
+static IDENTITY: OnceLock<Vec<u64>> = OnceLock::new();
+
 pub(crate) fn set_child(name: String, daemon: bool) {
     let _ = CHILD.set((name, daemon));
+}
+
+pub(crate) fn set_identity(identity: Vec<u64>) {
+    let _ = IDENTITY.set(identity);
+}
+
+/// This process's place in the tree of processes, for its children's.
+pub(crate) fn identity() -> &'static [u64] {
+    IDENTITY.get().map_or(&[], Vec::as_slice)
 }
 
 /// Whether this process is a daemon child.

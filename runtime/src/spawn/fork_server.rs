@@ -155,6 +155,7 @@ fn warm_up() {
     let header = CallHeader {
         entry: String::new(),
         process_name: String::new(),
+        identity: Vec::new(),
     };
     let mut frame = wire::OutFrame::new();
     if frame.encode(&(&header, 0u64)).is_ok() && frame.send(a.as_fd(), FrameKind::Value).is_ok() {

@@ -59,6 +59,13 @@ impl<E: Entry> fmt::Debug for Process<E> {
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
+/// Python's default name: `Process-` and the numbers of `identity`, joined
+/// by `:` (`Process-3`, or `Process-3:1` for the first child of that one).
+fn default_name(identity: &[u64]) -> String {
+    let numbers: Vec<String> = identity.iter().map(u64::to_string).collect();
+    format!("Process-{}", numbers.join(":"))
+}
+
 impl<E: Entry> Process<E> {
     /// A process that will run `entry` with `args` (a tuple of the entry's arguments).
     pub fn new(entry: E, args: E::Args) -> Process<E> {
@@ -73,7 +80,9 @@ impl<E: Entry> Process<E> {
         }
     }
 
-    /// Names the process (default `Process-N`, N counting from 1).
+    /// Names the process (default `Process-N`, N counting from 1). As in
+    /// Python, the children of child `N` are by default `Process-N:1`,
+    /// `Process-N:2`, …, whatever name child `N` itself was given.
     pub fn name(mut self, name: impl Into<String>) -> Process<E> {
         self.name = Some(name.into());
         self
@@ -179,12 +188,16 @@ impl<E: Entry> Process<E> {
         let entry = super::registry::key_of::<E>()?;
         let method = super::method::resolve(self.method)?;
         // As Python counts: every process started takes a number, named or
-        // not, so the default name says how many came before it.
+        // not, so the default name says how many came before it. A child's
+        // children add theirs to its own (`Process-3:1`), as Python's do.
         let number = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let name = self.name.unwrap_or_else(|| format!("Process-{number}"));
+        let mut identity = super::current::identity().to_vec();
+        identity.push(number);
+        let name = self.name.unwrap_or_else(|| default_name(&identity));
         let header = CallHeader {
             entry: entry.to_string(),
             process_name: name.clone(),
+            identity,
         };
         let mut frame = OutFrame::new();
         frame
@@ -762,6 +775,7 @@ pub fn spawn_unchecked_named<R>(name: &str) -> Result<JoinHandle<R>, Error> {
     let header = CallHeader {
         entry: name.to_string(),
         process_name: "unchecked".to_string(),
+        identity: Vec::new(),
     };
     let mut frame = OutFrame::new();
     frame.encode(&(&header, &()))?;

@@ -43,6 +43,9 @@ pub(crate) fn parse_remote_marker(raw: &str) -> Option<(usize, String)> {
 pub(crate) struct CallHeader {
     pub(crate) entry: String,
     pub(crate) process_name: String,
+    /// The child's place in the tree of processes (Python's `_identity`):
+    /// its parent's, then its own number among its parent's children.
+    pub(crate) identity: Vec<u64>,
 }
 
 /// Why a child could not run its entry, as sent to the parent.
