@@ -387,16 +387,19 @@ fn start_server() -> Result<Server, Error> {
     };
     let (ours, theirs) = crate::sys::stream_pair().map_err(spawn_err)?;
     // Its children see this program's arguments, as re-executed ones do.
-    let mut cmd = super::parent::this_program(theirs);
     // It holds no descriptor of ours but its socket: one we had left
     // inheritable would otherwise stay open in it, and in every child it
     // forks, long after we closed it.
-    crate::sys::close_others_at_exec(&mut cmd);
-    cmd.env(
-        BOOT_ENV,
-        Marker::for_server(super::registry::loaded_count()),
+    let mut env = EnvChanges::default();
+    env.change(
+        BOOT_ENV.into(),
+        Some(Marker::for_server(super::registry::loaded_count()).into()),
     );
-    let pid = super::parent::spawn_on_daemon_thread(cmd).map_err(spawn_err)?;
+    let launch = super::parent::Relaunch {
+        control: theirs,
+        env,
+    };
+    let pid = super::parent::spawn_on_daemon_thread(launch).map_err(spawn_err)?;
     let process = Child::untracked(pid, "fork server".to_string());
     if process.pidfd().is_none() {
         let _ = process.signal(Signal::KILL);

@@ -1,9 +1,10 @@
 //! [`Process`] and [`JoinHandle`]: start an entry in a child and collect its result.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr, OsString};
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -336,6 +337,73 @@ pub(super) fn this_program(control: OwnedFd) -> Command {
     cmd
 }
 
+/// What a child re-executed from this binary starts with: this program's
+/// arguments, the environment with `env` applied, and `control` on its
+/// standard input; no other descriptor of ours.
+pub(super) struct Relaunch {
+    pub(super) control: OwnedFd,
+    pub(super) env: EnvChanges,
+}
+
+impl Relaunch {
+    /// Starts the child; its pid.
+    fn spawn(self) -> std::io::Result<u32> {
+        let nul = |_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "an argument or environment variable holds a NUL byte",
+            )
+        };
+        let argv = std::env::args_os()
+            .map(|arg| CString::new(arg.into_vec()).map_err(nul))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let mut vars: Vec<(OsString, OsString)> = if self.env.clear {
+            Vec::new()
+        } else {
+            std::env::vars_os().collect()
+        };
+        for (key, value) in &self.env.vars {
+            vars.retain(|(k, _)| k != key);
+            if let Some(value) = value {
+                vars.push((key.clone(), value.clone()));
+            }
+        }
+        let envp = vars
+            .into_iter()
+            .map(|(key, value)| {
+                let mut pair = key.into_vec();
+                pair.push(b'=');
+                pair.extend(value.into_vec());
+                CString::new(pair).map_err(nul)
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
+        if let Some(pid) = crate::sys::spawn::spawn_closing_others(
+            c"/proc/self/exe",
+            &argv,
+            &envp,
+            self.control.as_fd(),
+        )? {
+            return Ok(pid);
+        }
+        // A C library that cannot close descriptors in `posix_spawn`: std's
+        // fork path can.
+        let mut cmd = this_program(self.control);
+        if self.env.clear {
+            cmd.env_clear();
+        }
+        for (key, value) in &self.env.vars {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        crate::sys::close_others_at_exec(&mut cmd);
+        // `cmd` holds our copy of the child's end of the socket: dropped on
+        // return, so that a child that died early makes our send fail.
+        cmd.spawn().map(|child| child.id())
+    }
+}
+
 /// Re-executes this binary as a child that will run `entry`, with `theirs`
 /// (its end of the control socket) on fd 0.
 fn spawn_child(
@@ -345,29 +413,22 @@ fn spawn_child(
     daemon: bool,
     env: &EnvChanges,
 ) -> std::io::Result<Arc<Child>> {
-    let mut cmd = this_program(theirs);
-    if env.clear {
-        cmd.env_clear();
-    }
-    for (key, value) in &env.vars {
-        match value {
-            Some(value) => cmd.env(key, value),
-            None => cmd.env_remove(key),
-        };
-    }
-    // Last, so that no change above can take it away.
-    cmd.env(
-        BOOT_ENV,
-        Marker::for_child(daemon, super::registry::loaded_count(), entry),
+    let mut env = env.clone();
+    // Last, so that no change before can take it away.
+    env.change(
+        BOOT_ENV.into(),
+        Some(Marker::for_child(daemon, super::registry::loaded_count(), entry).into()),
     );
+    let launch = Relaunch {
+        control: theirs,
+        env,
+    };
+    // Dropped once started (the launch holds our copy of the child's end of
+    // the socket), so that a child that died early makes our send fail.
     let pid = if daemon {
-        spawn_on_daemon_thread(cmd)
+        spawn_on_daemon_thread(launch)
     } else {
-        // `cmd` holds our copy of the child's end of the socket: drop it, or
-        // a child that died early would never make our send fail.
-        let spawned = cmd.spawn().map(|child| child.id());
-        drop(cmd);
-        spawned
+        launch.spawn()
     }?;
     Ok(Child::track(pid, name.to_string(), daemon))
 }
@@ -375,16 +436,16 @@ fn spawn_child(
 /// The parent-death signal fires when the *thread* that spawned the child
 /// ends, so daemons are spawned from one thread that lives as long as the
 /// process.
-pub(super) fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
-    type Job = (Command, mpsc::SyncSender<std::io::Result<u32>>);
+pub(super) fn spawn_on_daemon_thread(launch: Relaunch) -> std::io::Result<u32> {
+    type Job = (Relaunch, mpsc::SyncSender<std::io::Result<u32>>);
     static SPAWNER: OnceLock<Option<Mutex<mpsc::Sender<Job>>>> = OnceLock::new();
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("multiproc-daemon-spawner".into())
             .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn().map(|child| child.id()));
+                for (launch, reply) in rx {
+                    let _ = reply.send(launch.spawn());
                 }
             })
             .ok()
@@ -397,7 +458,7 @@ pub(super) fn spawn_on_daemon_thread(cmd: Command) -> std::io::Result<u32> {
     spawner
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .send((cmd, reply_tx))
+        .send((launch, reply_tx))
         .map_err(|_| std::io::Error::other("daemon spawner thread is gone"))?;
     reply_rx
         .recv()

@@ -15,6 +15,7 @@ pub(crate) mod ring;
 pub(crate) mod shm;
 pub(crate) mod signal;
 pub(crate) mod slots;
+pub(crate) mod spawn;
 
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
