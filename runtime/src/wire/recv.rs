@@ -120,6 +120,13 @@ fn await_more(
             return Ok(());
         }
         if died.is_some_and(|died| died()) {
+            // What it sent before it died is in the socket by now: look
+            // once more, or a frame it finished between the poll above
+            // and its death would be reported lost.
+            let mut fds = [PollFd::new(&sock, PollFlags::IN)];
+            if crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)).map_err(FrameError::Io)? > 0 {
+                return Ok(());
+            }
             return Err(FrameError::PeerLost(
                 "the sending process died in the middle of a message",
             ));

@@ -311,3 +311,34 @@ fn a_length_prefix_allocates_only_in_proportion_to_the_input() {
     let (z, t): (Vec<u128>, String) = super::codec::decode(&buf).unwrap();
     assert_eq!((z, t), (zeros, text));
 }
+
+/// A sender that finishes its frame and dies between the reader's poll
+/// timing out and its death check (its socket held open by a process it
+/// forked): the frame is whole in the socket and must be read, not
+/// reported lost.
+#[test]
+fn a_frame_finished_just_before_its_sender_died_is_received() {
+    let (a, b) = pair();
+    let mut bytes = header(FrameKind::Bytes, 0, 10).to_vec();
+    bytes.extend_from_slice(&[1, 2, 3]);
+    send_all(a.as_fd(), &bytes, &[]).unwrap();
+    let finished = std::cell::Cell::new(false);
+    // Called only once the reader found no bytes for a while: the sender
+    // writes the rest and dies just then; `a` stays open, as a fork's
+    // copy of the socket would.
+    let died = || {
+        if !finished.replace(true) {
+            send_all(a.as_fd(), &[4, 5, 6, 7, 8, 9, 10], &[]).unwrap();
+        }
+        true
+    };
+    let mut reader = FrameReader::default();
+    let mut out = Vec::new();
+    let got = reader.recv(b.as_fd(), &mut out, Some(&died), None);
+    let Ok(Some((frame, at))) = got else {
+        panic!("the finished frame was lost: {got:?}");
+    };
+    assert_eq!(frame.kind, FrameKind::Bytes);
+    let payload = at.map_or(out.clone(), |at| reader.bytes(at).to_vec());
+    assert_eq!(payload, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+}
