@@ -400,3 +400,80 @@ fn a_process_that_ignores_sigchld_still_joins_its_children() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     assert!(stdout.contains("all joined"), "{stdout}\n{stderr}");
 }
+
+/// The signals this process blocks, from /proc (`SigBlk`).
+#[process_entry]
+fn blocked_signals() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigBlk:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap()
+}
+
+const INNER_SIGMASK: &str = "MULTIPROC_LIFETIME_SIGMASK_INNER";
+
+/// Run by `a_child_inherits_the_signals_its_parent_blocks` in a fresh copy
+/// of this test binary, started with `SIGHUP` blocked.
+#[test]
+#[ignore = "run by a_child_inherits_the_signals_its_parent_blocks"]
+fn inner_sighup_blocked() {
+    if !common::run_by_outer_test(
+        INNER_SIGMASK,
+        "a_child_inherits_the_signals_its_parent_blocks",
+    ) {
+        return;
+    }
+    let hup = 1u64 << (libc::SIGHUP - 1);
+    assert_ne!(
+        blocked_signals() & hup,
+        0,
+        "the outer test starts this with SIGHUP blocked"
+    );
+    let mut methods = vec![multiproc::StartMethod::Spawn];
+    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
+        methods.push(multiproc::StartMethod::ForkServer);
+    }
+    for method in methods {
+        for daemon in [false, true] {
+            let child = Process::new(entry!(blocked_signals), ())
+                .start_method(method)
+                .daemon(daemon)
+                .start()
+                .unwrap();
+            let mask = child.join().unwrap();
+            assert_ne!(
+                mask & hup,
+                0,
+                "{method:?}, daemon {daemon}: the child unblocked SIGHUP (mask {mask:#x})"
+            );
+        }
+    }
+    println!("sighup blocked: inherited");
+}
+
+#[test]
+fn a_child_inherits_the_signals_its_parent_blocks() {
+    // As under `nohup`-like tools, and as std's `Command` (since Rust 1.66)
+    // and Python's spawn start a child: with the parent's signal mask.
+    let out = std::process::Command::new("env")
+        .arg("--block-signal=HUP")
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "inner_sighup_blocked",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(INNER_SIGMASK, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("sighup blocked: inherited"),
+        "{stdout}\n{stderr}"
+    );
+}

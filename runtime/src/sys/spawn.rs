@@ -69,8 +69,9 @@ fn check(result: c_int) -> io::Result<()> {
 
 /// Starts `program` with `argv` and `envp`, `stdin` as its standard input,
 /// standard output and error inherited, and every other descriptor closed;
-/// with an empty signal mask and `SIGPIPE` at its default, as std's
-/// `Command` starts a child. Returns its pid; `Ok(None)` if this C library
+/// with the calling thread's signal mask and `SIGPIPE` at its default, as
+/// std's `Command` starts a child (it keeps the mask since Rust 1.66, as
+/// Python's spawn does: a signal blocked as under `nohup` stays blocked). Returns its pid; `Ok(None)` if this C library
 /// cannot close the other descriptors in `posix_spawn` (then use `Command`).
 pub(crate) fn spawn_closing_others(
     program: &CStr,
@@ -94,8 +95,8 @@ pub(crate) fn spawn_closing_others(
     let mut pid: libc::pid_t = 0;
     // SAFETY: each structure is initialised by its `init` before any other
     // use, and only then given to its owner, which destroys it once on
-    // drop; the `add`/`set` calls only record into them. The signal sets
-    // are initialised by `sigemptyset` before use. `program` and every
+    // drop; the `add`/`set` calls only record into them. The signal set
+    // is initialised by `sigemptyset` before use. `program` and every
     // string `argv` and `envp` point to outlive the call, and both arrays
     // end with a null pointer. glibc's `posix_spawn` runs the child on its
     // own stack until `exec`, and reports a failed `exec` as its result.
@@ -116,17 +117,15 @@ pub(crate) fn spawn_closing_others(
         ))?;
         check(add_close_from(&mut actions.0, 3))?;
 
-        let mut empty: libc::sigset_t = std::mem::zeroed();
+        // The signal mask is inherited (no `POSIX_SPAWN_SETSIGMASK`).
         let mut default: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
         libc::sigemptyset(&mut default);
         libc::sigaddset(&mut default, libc::SIGPIPE);
-        check(libc::posix_spawnattr_setsigmask(&mut attributes.0, &empty))?;
         check(libc::posix_spawnattr_setsigdefault(
             &mut attributes.0,
             &default,
         ))?;
-        let flags = (libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF) as libc::c_short;
+        let flags = libc::POSIX_SPAWN_SETSIGDEF as libc::c_short;
         check(libc::posix_spawnattr_setflags(&mut attributes.0, flags))?;
 
         check(libc::posix_spawn(
