@@ -45,12 +45,16 @@ const WHAT: &str = "array's lock";
 ///   with bytemuck's `CheckedBitPattern` and `NoUninit`). The guard is a
 ///   view of the shared memory itself, not a copy; for a type with invalid
 ///   bit patterns, `lock` checks the elements once (a cost of one pass over
-///   the array), and bytes that are not `T`s (which only a process writing
-///   behind the lock's back could leave) make it fail with
-///   [`Decode`](crate::ErrorKind::Decode).
+///   the array), and bytes that are not `T`s make it fail with
+///   [`Decode`](crate::ErrorKind::Decode), for good: nothing can rewrite
+///   them. Only a process writing behind the lock's back, or a holder
+///   killed in the middle of copying a multi-byte element (a `char`), can
+///   leave such bytes; if holders may be killed mid-write, share `u32`s
+///   rather than `char`s.
 /// - A holder that dies makes the next `lock` report
 ///   [`OwnerDied`](crate::ErrorKind::OwnerDied) and leave the lock free;
-///   the elements may be half-written, but are always valid `T`s.
+///   the elements may be half-written (for a [`Pod`](crate::Pod) type, or
+///   `bool`, each is still a valid `T`).
 pub struct Array<T> {
     pod: PodRegion<T>,
 }

@@ -71,8 +71,9 @@ fn check(result: c_int) -> io::Result<()> {
 /// standard output and error inherited, and every other descriptor closed;
 /// with the calling thread's signal mask and `SIGPIPE` at its default, as
 /// std's `Command` starts a child (it keeps the mask since Rust 1.66, as
-/// Python's spawn does: a signal blocked as under `nohup` stays blocked). Returns its pid; `Ok(None)` if this C library
-/// cannot close the other descriptors in `posix_spawn` (then use `Command`).
+/// Python's spawn does: a signal blocked as under `nohup` stays blocked).
+/// Returns its pid; `Ok(None)` if this C library cannot close the other
+/// descriptors in `posix_spawn` (then use `Command`).
 pub(crate) fn spawn_closing_others(
     program: &CStr,
     argv: &[CString],
