@@ -993,22 +993,35 @@ fn wait_until(pid: u32, what: &str, mut reached: impl FnMut() -> bool) {
     }
 }
 
+/// Starts `entry`, which writes a large result inline, and waits until it
+/// is blocked in a send: the socket buffer is full of the first part of the
+/// result frame (nothing else goes that way), and the rest waits. Returns
+/// the handle, the pid and the pid to signal.
+fn blocked_mid_result<E>(
+    entry: E,
+    method: multiproc::StartMethod,
+) -> (multiproc::JoinHandle<Vec<u8>>, u32, rustix::process::Pid)
+where
+    E: multiproc::Entry<Args = (), Output = Vec<u8>>,
+{
+    let child = Process::new(entry, ())
+        .start_method(method)
+        .start()
+        .unwrap();
+    let pid = child.pid();
+    let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    wait_until(
+        pid,
+        "blocked writing its result",
+        || matches!(blocked_in_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_sendmsg),
+    );
+    (child, pid, target)
+}
+
 #[test]
 fn join_timeout_keeps_its_deadline_when_the_child_stops_mid_result() {
     for method in methods() {
-        let child = Process::new(entry!(large_inline_result), ())
-            .start_method(method)
-            .start()
-            .unwrap();
-        let pid = child.pid();
-        let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
-        // Blocked in a send: the socket buffer is full of the first part of
-        // the result frame (nothing else goes that way), and the rest waits.
-        wait_until(
-            pid,
-            "blocked writing its result",
-            || matches!(blocked_in_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_sendmsg),
-        );
+        let (child, pid, target) = blocked_mid_result(entry!(large_inline_result), method);
         rustix::process::kill_process(target, rustix::process::Signal::STOP).unwrap();
         wait_until(pid, "stopped", || process_state(pid) == Some('T'));
 
@@ -1062,19 +1075,9 @@ fn large_inline_result_beside_a_fork() -> Vec<u8> {
 #[test]
 fn join_sees_a_child_killed_mid_result_while_a_fork_keeps_its_socket() {
     for method in methods() {
-        let child = Process::new(entry!(large_inline_result_beside_a_fork), ())
-            .start_method(method)
-            .start()
-            .unwrap();
-        let pid = child.pid();
-        let target = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
-        // Blocked in a send: part of the result frame is in the socket, the
-        // rest will never come.
-        wait_until(
-            pid,
-            "blocked writing its result",
-            || matches!(blocked_in_syscall(pid), Some(n) if n == libc::SYS_sendto || n == libc::SYS_sendmsg),
-        );
+        // Part of the result frame is in the socket; the rest will never come.
+        let (child, _, target) =
+            blocked_mid_result(entry!(large_inline_result_beside_a_fork), method);
         rustix::process::kill_process(target, rustix::process::Signal::KILL).unwrap();
 
         // The fork keeps the socket open for a minute, so no end of stream
