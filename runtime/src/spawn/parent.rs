@@ -324,22 +324,11 @@ fn send_call(outgoing: Option<Outgoing>, ours: BorrowedFd<'_>) {
     };
 }
 
-/// A command that runs this binary again with this program's arguments,
-/// as Python's spawn copies `sys.argv` (a child never parses them: `main`
-/// does not run there), and `control` on its standard input.
-pub(super) fn this_program(control: OwnedFd) -> Command {
-    let mut cmd = Command::new("/proc/self/exe");
-    let mut args = std::env::args_os();
-    if let Some(arg0) = args.next() {
-        cmd.arg0(arg0);
-    }
-    cmd.args(args).stdin(Stdio::from(control));
-    cmd
-}
-
 /// What a child re-executed from this binary starts with: this program's
-/// arguments, the environment with `env` applied, and `control` on its
-/// standard input; no other descriptor of ours.
+/// arguments (as Python's spawn copies `sys.argv`; a child never parses
+/// them, since `main` does not run there), the environment with `env`
+/// applied, and `control` on its standard input; no other descriptor of
+/// ours.
 pub(super) struct Relaunch {
     pub(super) control: OwnedFd,
     pub(super) env: EnvChanges,
@@ -387,7 +376,12 @@ impl Relaunch {
         }
         // A C library that cannot close descriptors in `posix_spawn`: std's
         // fork path can.
-        let mut cmd = this_program(self.control);
+        let mut cmd = Command::new("/proc/self/exe");
+        let mut args = std::env::args_os();
+        if let Some(arg0) = args.next() {
+            cmd.arg0(arg0);
+        }
+        cmd.args(args).stdin(Stdio::from(self.control));
         if self.env.clear {
             cmd.env_clear();
         }

@@ -181,18 +181,8 @@ impl<T: NoUninit> PodRegion<T> {
     }
 }
 
-/// Typed access, for types of which every bit pattern is a value.
+/// Raw access, for types of which every bit pattern is a value.
 impl<T: Pod> PodRegion<T> {
-    /// The elements, from a guard of this region.
-    pub(crate) fn elements<'g>(guard: &'g DataGuard<'_>) -> &'g [T] {
-        bytemuck::cast_slice(shm::data(guard))
-    }
-
-    /// The elements, writable, from a guard of this region.
-    pub(crate) fn elements_mut<'g>(guard: &'g mut DataGuard<'_>) -> &'g mut [T] {
-        bytemuck::cast_slice_mut(shm::data_mut(guard))
-    }
-
     /// Where the elements start, for raw access.
     pub(crate) fn as_ptr(&self) -> *mut T {
         self.region.data_ptr().cast()

@@ -12,6 +12,7 @@ use super::pod::PodRegion;
 use crate::error::Error;
 use crate::sys::lock_word::DataGuard;
 use crate::sys::lock_word::Deadline;
+use crate::sys::shm;
 
 const KIND: RegionKind = RegionKind::new(b"mpSH", "multiproc::SharedMemory");
 const WHAT: &str = "shared memory's lock";
@@ -146,12 +147,12 @@ pub struct SharedMemoryGuard<'a> {
 impl SharedMemoryGuard<'_> {
     /// The bytes.
     pub fn as_slice(&self) -> &[u8] {
-        PodRegion::<u8>::elements(&self.guard)
+        shm::data(&self.guard)
     }
 
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        PodRegion::<u8>::elements_mut(&mut self.guard)
+        shm::data_mut(&mut self.guard)
     }
 }
 
