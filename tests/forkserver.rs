@@ -132,6 +132,44 @@ fn inheritable_fds() -> Vec<u32> {
 
 #[test]
 fn a_child_holds_only_its_stdio_and_control_socket() {
+    children_hold_only_their_stdio_and_control_socket();
+}
+
+#[test]
+fn without_closefrom_in_posix_spawn_a_child_still_holds_only_its_own() {
+    // With a C library older than glibc 2.34, children are started by
+    // std's fork path instead: same arguments, environment, descriptors.
+    run_inner(
+        "inner_fds_by_fork_path",
+        &[("MULTIPROC_TEST_NO_CLOSEFROM", "1")],
+    );
+}
+
+#[test]
+#[ignore = "run by without_closefrom_in_posix_spawn_a_child_still_holds_only_its_own"]
+fn inner_fds_by_fork_path() {
+    if !common::run_by_outer_test(
+        INNER,
+        "without_closefrom_in_posix_spawn_a_child_still_holds_only_its_own",
+    ) {
+        return;
+    }
+    children_hold_only_their_stdio_and_control_socket();
+    // Arguments and environment, as `posix_spawn` would give them.
+    let (var, _) = Process::new(
+        entry!(env_and_fds),
+        ("MULTIPROC_FALLBACK_TEST".to_string(),),
+    )
+    .env("MULTIPROC_FALLBACK_TEST", "set")
+    .start_method(StartMethod::Spawn)
+    .start()
+    .unwrap()
+    .join()
+    .unwrap();
+    assert_eq!(var.as_deref(), Some("set"));
+}
+
+fn children_hold_only_their_stdio_and_control_socket() {
     // A pipe without close-on-exec, as a C library might leave open, or a
     // shell or make might pass down: a child must not get it, under either
     // method (Python's spawn closes it too).

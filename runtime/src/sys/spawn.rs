@@ -23,6 +23,11 @@ type AddCloseFrom = unsafe extern "C" fn(*mut libc::posix_spawn_file_actions_t, 
 fn add_close_from() -> Option<AddCloseFrom> {
     static FOUND: OnceLock<Option<AddCloseFrom>> = OnceLock::new();
     *FOUND.get_or_init(|| {
+        // Test hook: behave as with a C library that lacks it.
+        #[cfg(feature = "test-hooks")]
+        if std::env::var_os("MULTIPROC_TEST_NO_CLOSEFROM").is_some() {
+            return None;
+        }
         let name = c"posix_spawn_file_actions_addclosefrom_np";
         // SAFETY: `dlsym` with `RTLD_DEFAULT` and a NUL-terminated name
         // only looks the symbol up.
