@@ -383,22 +383,30 @@ fn inner_sigchld_ignored() {
 fn a_process_that_ignores_sigchld_still_joins_its_children() {
     // coreutils' `env` sets SIGCHLD ignored and execs the test binary,
     // which keeps that disposition (no `unsafe` signal call in this test).
+    run_inner_under_env(
+        "--ignore-signal=CHLD",
+        "inner_sigchld_ignored",
+        INNER_SIGCHLD,
+        "sigchld ignored: all joined",
+    );
+}
+
+/// Runs the ignored test `inner` in a fresh copy of this test binary,
+/// started by coreutils' `env` with `env_flag` (a signal disposition or
+/// mask, inherited through `exec`) and `var` set, and checks that it
+/// passed and printed `done`.
+fn run_inner_under_env(env_flag: &str, inner: &str, var: &str, done: &str) {
     let out = std::process::Command::new("env")
-        .arg("--ignore-signal=CHLD")
+        .arg(env_flag)
         .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_sigchld_ignored",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(INNER_SIGCHLD, "1")
+        .args(["--exact", inner, "--ignored", "--nocapture"])
+        .env(var, "1")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("all joined"), "{stdout}\n{stderr}");
+    assert!(stdout.contains(done), "{stdout}\n{stderr}");
 }
 
 /// The signals this process blocks, from /proc (`SigBlk`).
@@ -457,23 +465,10 @@ fn inner_sighup_blocked() {
 fn a_child_inherits_the_signals_its_parent_blocks() {
     // As under `nohup`-like tools, and as std's `Command` (since Rust 1.66)
     // and Python's spawn start a child: with the parent's signal mask.
-    let out = std::process::Command::new("env")
-        .arg("--block-signal=HUP")
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "inner_sighup_blocked",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(INNER_SIGMASK, "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(
-        stdout.contains("sighup blocked: inherited"),
-        "{stdout}\n{stderr}"
+    run_inner_under_env(
+        "--block-signal=HUP",
+        "inner_sighup_blocked",
+        INNER_SIGMASK,
+        "sighup blocked: inherited",
     );
 }
