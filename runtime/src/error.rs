@@ -401,10 +401,15 @@ impl Error {
         Ok(())
     }
 
-    /// `{:#}` without the kind: the message to send to another process
-    /// that rebuilds the error with [`Error::new`] and the same kind (whose
-    /// `Display` then names the kind once, not twice).
-    pub(crate) fn detail(&self) -> String {
+    /// The message to send to another process that rebuilds the error
+    /// with [`Error::new`] and kind `rebuilt_as` (what the wire's code for
+    /// this error's kind stands for): `{:#}` without the kind when that is
+    /// this error's own, so that the rebuilt `Display` names it once, not
+    /// twice; `{:#}` whole when the code loses the kind.
+    pub(crate) fn message_for(&self, rebuilt_as: ErrorKind) -> String {
+        if rebuilt_as != self.kind() {
+            return format!("{self:#}");
+        }
         let mut after = String::new();
         // Writing to a String cannot fail.
         let _ = self.write_after_kind(&mut after, true);

@@ -232,14 +232,9 @@ impl From<Error> for Fault {
 }
 
 /// The text of an error sent to a client, which rebuilds it with the kind
-/// its code stands for: without the kind's name when that is the error's
-/// own (else `Display` would name it twice), with it when the code loses it.
+/// its code stands for.
 fn wire_message(e: &Error) -> String {
-    if code_kind(kind_code(e.kind())) == e.kind() {
-        e.detail()
-    } else {
-        format!("{e:#}")
-    }
+    e.message_for(code_kind(kind_code(e.kind())))
 }
 
 fn op_err(kind: ErrorKind, msg: impl Into<String>) -> Fault {

@@ -277,13 +277,8 @@ fn send_failure(sock: BorrowedFd<'_>, err: &Error) {
     let cause = FailureCause::from(err.kind());
     let failure = ChildFailure {
         kind: cause,
-        // The parent rebuilds the error with the kind `cause` stands for:
-        // it names the kind itself, unless `cause` loses it.
-        message: if ErrorKind::from(cause) == err.kind() {
-            err.detail()
-        } else {
-            format!("{err:#}")
-        },
+        // The parent rebuilds the error with the kind `cause` stands for.
+        message: err.message_for(ErrorKind::from(cause)),
     };
     let mut frame = OutFrame::new();
     if frame.encode(&failure).is_ok() {
