@@ -100,6 +100,47 @@ fn dict_and_list_methods() {
     assert_eq!(ns.get::<u8>("x").unwrap(), None);
 }
 
+#[process_entry]
+fn insert_in_order(d: DictProxy<String, u32>, keys: Vec<String>) {
+    for (i, k) in keys.into_iter().enumerate() {
+        d.insert(k, i as u32).unwrap();
+    }
+}
+
+/// Keys keep the order they were first inserted in, whichever process
+/// inserted them, as in a Python `dict`: replacing a value keeps its place,
+/// a removed key inserted again goes last.
+#[test]
+fn a_dict_keeps_insertion_order_across_processes() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let mine: Vec<String> = (0..40).rev().map(|i| format!("parent-{i}")).collect();
+    for (i, k) in mine.iter().enumerate() {
+        d.insert(k.clone(), i as u32).unwrap();
+    }
+    let theirs: Vec<String> = (0..40).map(|i| format!("child-{}", (i * 7) % 40)).collect();
+    spawn!(insert_in_order, d.clone(), theirs.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    d.insert("parent-39".into(), 1000).unwrap();
+    d.remove(&"parent-38".into()).unwrap();
+    d.insert("parent-38".into(), 2000).unwrap();
+    d.update([("late-b".to_string(), 1), ("late-a".to_string(), 2)])
+        .unwrap();
+
+    let mut expected: Vec<String> = mine.iter().chain(&theirs).cloned().collect();
+    expected.retain(|k| k != "parent-38");
+    expected.extend(["parent-38", "late-b", "late-a"].map(String::from));
+    assert_eq!(d.keys().unwrap(), expected);
+    let items = d.items().unwrap();
+    let keys: Vec<&String> = items.iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, expected.iter().collect::<Vec<_>>());
+    let values = d.values().unwrap();
+    assert_eq!(values, items.iter().map(|(_, v)| *v).collect::<Vec<_>>());
+    assert_eq!(values[0], 1000, "a replaced value keeps its key's place");
+}
+
 /// A message that carries proxies inside it.
 #[derive(Serialize, Deserialize)]
 struct Job {

@@ -72,15 +72,18 @@ macro_rules! proxy_common {
 /// Keys and values are encoded on this side; the server compares keys by
 /// their encoded bytes (so `0.0` and `-0.0` are different keys, and a key
 /// type must encode equal values to equal bytes — a `HashMap` inside a key
-/// does not). Every method is one request, atomic on the server.
+/// does not). Every method is one request, atomic on the server. Keys
+/// keep the order they were first inserted in, as in a Python `dict`.
 ///
 /// ```
 /// # fn main() -> multiproc::Result<()> {
 /// let manager = multiproc::Manager::start()?;
 /// let d = manager.dict::<String, i64>()?;
-/// d.insert("a".into(), 1)?;
-/// assert_eq!(d.get(&"a".into())?, Some(1));
-/// assert_eq!(d.len()?, 1);
+/// d.insert("b".into(), 1)?;
+/// d.insert("a".into(), 2)?;
+/// assert_eq!(d.get(&"a".into())?, Some(2));
+/// assert_eq!(d.len()?, 2);
+/// assert_eq!(d.keys()?, ["b", "a"]);
 /// # Ok(())
 /// # }
 /// ```
@@ -138,21 +141,24 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
         Ok(self.len()? == 0)
     }
 
-    /// Every key (in no particular order).
+    /// Every key, in the order the keys were first inserted (as a Python
+    /// `dict` keeps them: replacing a value keeps its key's place; a key
+    /// removed and inserted again goes last).
     pub fn keys(&self) -> Result<Vec<K>, Error> {
         self.h
             .client
             .call(Op::MapKeys, self.h.id, |_| Ok(()), get_vec)
     }
 
-    /// Every value (in no particular order).
+    /// Every value, in the order of their keys (see [`keys`](Self::keys)).
     pub fn values(&self) -> Result<Vec<V>, Error> {
         self.h
             .client
             .call(Op::MapValues, self.h.id, |_| Ok(()), get_vec)
     }
 
-    /// Every entry (in no particular order), read in one request.
+    /// Every entry, in the order of their keys (see [`keys`](Self::keys)),
+    /// read in one request.
     pub fn items(&self) -> Result<Vec<(K, V)>, Error> {
         self.h.client.call(
             Op::MapItems,

@@ -18,12 +18,14 @@ use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use self::dict::Dict;
 use super::internals;
 use super::proto::{
     ERR, FOREVER, Fields, Frame, FrameReader, NO_PERMIT, OK, ObjKind, Op, code_kind, kind_code,
 };
 use crate::error::{Error, ErrorKind};
 
+mod dict;
 #[cfg(feature = "test-hooks")]
 mod fuzz;
 #[cfg(feature = "test-hooks")]
@@ -74,7 +76,7 @@ struct Taken {
 
 #[derive(Debug)]
 enum Obj {
-    Map(HashMap<Vec<u8>, Vec<u8>>),
+    Map(Dict),
     Seq {
         items: Vec<Vec<u8>>,
         fixed: bool,
@@ -1162,7 +1164,7 @@ fn release_owned(owned: &mut Owned, token: u64) -> Result<(), Fault> {
 fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
     let kind = ObjKind::from_u8(f.u8()?).ok_or(Fault::Bad)?;
     Ok(match kind {
-        ObjKind::Map => Obj::Map(HashMap::new()),
+        ObjKind::Map => Obj::Map(Dict::default()),
         ObjKind::Seq | ObjKind::FixedSeq => {
             let n = f.count(8)?;
             let mut items = Vec::with_capacity(n);
@@ -1213,12 +1215,7 @@ fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
     })
 }
 
-fn map_op(
-    op: Op,
-    map: &mut HashMap<Vec<u8>, Vec<u8>>,
-    f: &mut Fields<'_>,
-    out: &mut Frame,
-) -> Result<(), Fault> {
+fn map_op(op: Op, map: &mut Dict, f: &mut Fields<'_>, out: &mut Frame) -> Result<(), Fault> {
     match op {
         Op::MapGet => {
             out.opt(map.get(f.bytes()?).map(Vec::as_slice));
@@ -1239,13 +1236,13 @@ fn map_op(
         }
         Op::MapKeys => {
             out.u64(map.len() as u64);
-            for k in map.keys() {
+            for (k, _) in map.iter() {
                 out.bytes(k);
             }
         }
         Op::MapValues => {
             out.u64(map.len() as u64);
-            for v in map.values() {
+            for (_, v) in map.iter() {
                 out.bytes(v);
             }
         }
