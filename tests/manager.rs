@@ -854,14 +854,72 @@ fn errors_from_the_server_name_their_kind_once() {
     }
 }
 
-/// A local manager's proxy cannot be stored in a manager's object (it
-/// travels with a descriptor, which the server does not keep; Python nests
-/// proxies): the error says why in plain words, not in the codec's
-/// `OtherString("…")`.
+#[process_entry]
+fn use_nested(outer: DictProxy<String, ListProxy<i64>>, q: QueueProxy<ListProxy<i64>>) -> i64 {
+    let inner = outer.get(&"inner".into()).unwrap().unwrap();
+    inner.push(2).unwrap();
+    let again = q.get().unwrap();
+    again.push(3).unwrap();
+    inner.snapshot().unwrap().iter().sum()
+}
+
+/// A local manager's proxy stored in one of that manager's objects (a
+/// dict, a queue) comes back as a working proxy of the same object, in
+/// this process and in a child, as Python nests proxies
+/// (`outer.append(inner)`).
 #[test]
-fn a_local_proxy_stored_in_a_manager_object_is_a_readable_encode_error() {
+fn a_proxy_stored_in_its_own_manager_comes_back_working() {
     let manager = Manager::start().unwrap();
-    let inner = manager.list::<i64>(Vec::new()).unwrap();
+    let inner = manager.list::<i64>(vec![1]).unwrap();
+    let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
+    let q = manager.queue::<ListProxy<i64>>(None).unwrap();
+    outer.insert("inner".into(), inner.clone()).unwrap();
+    q.put(inner.clone()).unwrap();
+    let sum = spawn!(use_nested, outer.clone(), q.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(sum, 1 + 2 + 3, "the child's two proxies are one list");
+    assert_eq!(inner.snapshot().unwrap(), vec![1, 2, 3]);
+    let back = outer.get(&"inner".into()).unwrap().unwrap();
+    back.push(4).unwrap();
+    assert_eq!(inner.snapshot().unwrap(), vec![1, 2, 3, 4]);
+}
+
+#[process_entry]
+fn keep_nested(old: Option<ListProxy<i64>>) -> ListProxy<i64> {
+    old.expect("update_with got no value")
+}
+
+/// `update_with` runs in the server, which has no proxy of itself to read
+/// a nested proxy through: a typed error, and the dict is left as it was.
+#[test]
+fn update_with_over_a_nested_proxy_is_an_error_not_a_crash() {
+    let manager = Manager::start().unwrap();
+    let inner = manager.list::<i64>(vec![1]).unwrap();
+    let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
+    outer.insert("inner".into(), inner).unwrap();
+    let err = outer
+        .update_with("inner".into(), entry!(keep_nested))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err:#}");
+    assert!(
+        format!("{err:#}").contains("only through a proxy of that manager")
+            || cfg!(feature = "postcard"),
+        "{err:#}"
+    );
+    let back = outer.get(&"inner".into()).unwrap().unwrap();
+    assert_eq!(back.snapshot().unwrap(), vec![1]);
+}
+
+/// A proxy of another local manager cannot be stored in a manager's
+/// object (it travels with a descriptor, which the server does not keep):
+/// the error says why in plain words, not in the codec's `OtherString("…")`.
+#[test]
+fn a_proxy_of_another_local_manager_stored_is_a_readable_encode_error() {
+    let manager = Manager::start().unwrap();
+    let other = Manager::start().unwrap();
+    let inner = other.list::<i64>(Vec::new()).unwrap();
     let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
     let err = outer.insert("inner".into(), inner).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Encode, "{err}");

@@ -2,6 +2,7 @@
 //! keeps open there (a few per process, reused, never shared by two
 //! requests at once).
 
+use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -238,7 +239,7 @@ impl Client {
     /// not be closed for this call's sake, not even when `build` or `parse`
     /// (a user's `Serialize` or `Deserialize`) panics.
     pub(crate) fn call<R>(
-        &self,
+        self: &Arc<Client>,
         op: Op,
         id: u64,
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
@@ -251,7 +252,7 @@ impl Client {
         let conn = lease.conn.insert(self.take()?);
         conn.out.clear();
         conn.out.u8(op as u8).u64(id);
-        build(&mut conn.out)?;
+        AtServer::enter(self, || build(&mut conn.out))?;
         if let Err(e) = conn.out.send(&mut conn.stream) {
             // A frame over the limit is refused before a byte is written:
             // the connection is in step, and keeps no such buffer.
@@ -269,7 +270,7 @@ impl Client {
             // step whatever the frame held (a value that does not decode
             // as `T`, an error).
             Ok(reply) => {
-                let result = parse_reply(reply, parse);
+                let result = AtServer::enter(self, || parse_reply(reply, parse));
                 // Not kept (large, perhaps) while the connection is idle.
                 conn.reader.release_idle();
                 return result;
@@ -289,7 +290,7 @@ impl Client {
     }
 
     /// A request with no arguments and an empty reply.
-    pub(crate) fn ping(&self) -> Result<(), Error> {
+    pub(crate) fn ping(self: &Arc<Client>) -> Result<(), Error> {
         self.call(Op::Ping, 0, |_| Ok(()), |_| Ok(()))
     }
 
@@ -360,21 +361,65 @@ impl fmt::Debug for Handle {
     }
 }
 
+/// How a [`Handle`] travels. Variants are matched by position: `WireOut`
+/// and `WireIn` list them in the same order.
 #[derive(Serialize)]
 enum WireOut<'a> {
     Local(&'a Fd, u64),
     Remote(&'a str, &'a [u8], u64),
+    /// An object of the server the value is being stored in (a local one,
+    /// whose dial descriptor the server could not keep): the id alone.
+    Here(u64),
 }
 
 #[derive(Deserialize)]
 enum WireIn {
     Local(Fd, u64),
     Remote(String, Vec<u8>, u64),
+    Here(u64),
+}
+
+thread_local! {
+    /// The server this thread is encoding a request for, or decoding a
+    /// reply from (see [`AtServer`]).
+    static AT_SERVER: RefCell<Option<Arc<Client>>> = const { RefCell::new(None) };
+}
+
+/// Marks the server a request is encoded for and its reply decoded from,
+/// while a proxy call runs the user's `Serialize` and `Deserialize`: a
+/// local proxy of that same server is then stored there as its object's
+/// id alone (Python nests proxies this way: `outer.append(inner)`), and
+/// read back as a proxy through the reader's own client.
+struct AtServer(Option<Arc<Client>>);
+
+impl AtServer {
+    fn enter<R>(client: &Arc<Client>, f: impl FnOnce() -> R) -> R {
+        let previous = AT_SERVER.with(|at| at.replace(Some(Arc::clone(client))));
+        let _restore = AtServer(previous);
+        f()
+    }
+
+    /// Whether `client` is the server being written to.
+    fn is(client: &Client) -> bool {
+        AT_SERVER.with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
+    }
+
+    fn current() -> Option<Arc<Client>> {
+        AT_SERVER.with(|at| at.borrow().clone())
+    }
+}
+
+impl Drop for AtServer {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        AT_SERVER.with(|at| *at.borrow_mut() = previous);
+    }
 }
 
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match &self.client.endpoint {
+            Endpoint::Local(_) if AtServer::is(&self.client) => WireOut::Here(self.id),
             Endpoint::Local(fd) => WireOut::Local(fd, self.id),
             Endpoint::Remote { addr, key } => WireOut::Remote(addr, key, self.id),
         }
@@ -388,6 +433,16 @@ impl<'de> Deserialize<'de> for Handle {
         let (client, id) = match WireIn::deserialize(d)? {
             WireIn::Local(fd, id) => (Client::local(fd), id),
             WireIn::Remote(addr, key, id) => (Client::remote(&addr, &key), id),
+            WireIn::Here(id) => (
+                AtServer::current().ok_or_else(|| {
+                    error(
+                        ErrorKind::Decode,
+                        "a proxy stored in a manager's object can be read only through \
+                         a proxy of that manager",
+                    )
+                }),
+                id,
+            ),
         };
         Ok(Handle {
             client: client.map_err(D::Error::custom)?,

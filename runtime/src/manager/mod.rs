@@ -93,9 +93,15 @@ pub(crate) fn run_local_server(dial: Fd) {
 /// # Caveats
 /// - Objects live until the server stops (there is no reference counting
 ///   of proxies across processes, unlike Python).
-/// - A value stored in a manager object cannot hold multiproc handles
-///   (a `Queue`, a `Connection`, a proxy of a local manager…): encoding it
-///   is an [`ErrorKind::Encode`](crate::ErrorKind::Encode) error.
+/// - A value stored in a manager object may hold proxies of that same
+///   manager (nested proxies, as in Python: a dict of lists), which come
+///   back as working proxies wherever the value is read, and proxies of a
+///   remote manager. It cannot hold handles that travel with a descriptor
+///   (a `Queue`, a `Connection`, a proxy of another local manager…):
+///   encoding it is an [`ErrorKind::Encode`](crate::ErrorKind::Encode)
+///   error. A nested proxy cannot be read inside the server, by
+///   [`DictProxy::update_with`]'s entry: that is a
+///   [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
 /// - When the server is gone (shut down, killed), every proxy call fails
 ///   with [`ErrorKind::Disconnected`](crate::ErrorKind::Disconnected),
 ///   including calls waiting on a lock or queue. So do a remote server's
