@@ -514,6 +514,72 @@ fn get_timeout_gives_up_without_wedging_the_pool() {
     assert_eq!(slow.get_timeout(Duration::from_secs(60)).unwrap(), 7);
 }
 
+#[process_entry]
+fn square_when_set(event: Event, x: u64) -> u64 {
+    event.wait();
+    x * x
+}
+
+/// `map_async`/`starmap_async` return before their tasks finish (which
+/// wait for an event set only afterwards), and `get` gives every result
+/// in input order.
+#[test]
+fn map_async_returns_at_once_and_gets_results_in_order() {
+    let pool = Pool::new(2).unwrap();
+    let event = Event::new().unwrap();
+    let args: Vec<(Event, u64)> = (0..20u64).map(|x| (event.clone(), x)).collect();
+    let pending = pool.starmap_async(entry!(square_when_set), args).unwrap();
+    assert!(!pending.ready());
+    let err = pending.get_timeout(Duration::from_millis(50)).unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    event.set();
+    let expected: Vec<u64> = (0..20u64).map(|x| x * x).collect();
+    assert_eq!(pending.get_timeout(common::BOUND).unwrap(), expected);
+    let err = pending.get_timeout(common::BOUND).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::AlreadyTaken, "{err}");
+
+    let squares = pool.map_async(entry!(square), 0..100u64).unwrap();
+    assert!(squares.wait_timeout(common::BOUND));
+    assert!(squares.ready());
+    let expected: Vec<u64> = (0..100u64).map(|x| x * x).collect();
+    assert_eq!(squares.get().unwrap(), expected);
+
+    let empty = pool.map_async(entry!(square), Vec::<u64>::new()).unwrap();
+    assert_eq!(empty.get().unwrap(), Vec::<u64>::new());
+}
+
+#[process_entry]
+fn count_then_fail_at(counter: Value<u64>, x: u64, bad: u64) -> u64 {
+    *counter.lock().unwrap() += 1;
+    if x > 0 && x.is_multiple_of(bad) {
+        panic!("item {x} is bad");
+    }
+    x
+}
+
+/// A failing item does not stop the others (Python's `map_async` runs
+/// them all); `get` reports the first failure in input order.
+#[test]
+fn map_async_runs_every_item_and_reports_the_first_failure() {
+    let pool = Pool::new(2).unwrap();
+    let counter = Value::new(0u64).unwrap();
+    let args: Vec<(Value<u64>, u64, u64)> = (0..40u64).map(|x| (counter.clone(), x, 7)).collect();
+    let pending = pool
+        .starmap_async(entry!(count_then_fail_at), args)
+        .unwrap();
+    let err = pending.get().unwrap_err();
+    assert!(err.is_panicked(), "{err}");
+    let text = err.to_string();
+    assert!(text.contains("item 7 of"), "{text}");
+    assert!(text.contains("item 7 is bad"), "{text}");
+    assert_eq!(counter.load().unwrap(), 40, "every item ran");
+
+    pool.close();
+    let err = pool.map_async(entry!(square), [1u64]).unwrap_err();
+    assert!(err.is_disconnected(), "{err}");
+    pool.join().unwrap();
+}
+
 #[test]
 fn terminate_fails_what_is_pending_and_reaps_the_workers() {
     let pool = Pool::new(2).unwrap();

@@ -29,6 +29,7 @@ use serde::de::DeserializeOwned;
 
 pub use self::launch::Launcher;
 use self::proto::Item;
+use self::results::Results;
 use self::scheduler::{Config, Sink, Wake, lock};
 use crate::Entry;
 use crate::{ErrorKind, Result};
@@ -365,6 +366,49 @@ impl Pool {
         self.run_map(task::key::<E>()?, &items, task::encode, Some(chunksize))
     }
 
+    /// Starts a [`map`](Self::map) and returns at once (Python's
+    /// `map_async`): [`AsyncResult::get`] gives every result in input
+    /// order once all are in, or the first error in input order (naming
+    /// its item). Every item runs, whatever fails. Default chunk size, as
+    /// `map`'s.
+    ///
+    /// ```
+    /// use multiproc::{entry, process_entry, Pool};
+    ///
+    /// #[process_entry]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let pending = pool.map_async(entry!(square), 0..5u64)?;
+    /// // … other work meanwhile …
+    /// assert_eq!(pending.get()?, [0, 1, 4, 9, 16]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn map_async<E, A, I>(&self, entry: E, items: I) -> Result<AsyncResult<Vec<E::Output>>>
+    where
+        E: Entry<Args = (A,)>,
+        A: Serialize,
+        I: IntoIterator<Item = A>,
+    {
+        let _ = entry;
+        let items: Vec<A> = items.into_iter().collect();
+        self.run_map_async(task::key::<E>()?, &items, |a| task::encode(&(a,)))
+    }
+
+    /// Starts a [`starmap`](Self::starmap) and returns at once (Python's
+    /// `starmap_async`); see [`map_async`](Self::map_async).
+    pub fn starmap_async<E, I>(&self, entry: E, items: I) -> Result<AsyncResult<Vec<E::Output>>>
+    where
+        E: Entry,
+        I: IntoIterator<Item = E::Args>,
+    {
+        let _ = entry;
+        let items: Vec<E::Args> = items.into_iter().collect();
+        self.run_map_async(task::key::<E>()?, &items, task::encode)
+    }
+
     /// Like [`map`](Self::map), but lazy: yields results in input order as
     /// they come, taking input only as far as it keeps a bounded number of
     /// items in the pool (so an endless input is fine). One task per item.
@@ -440,6 +484,8 @@ impl Pool {
         self.inner.submit(&sink, vec![(0, vec![item])], false)?;
         Ok(AsyncResult {
             sink,
+            len: 1,
+            collect: collect_one,
             _result: PhantomData,
         })
     }
@@ -502,33 +548,12 @@ impl Pool {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let chunksize = chunksize
-            .unwrap_or_else(|| len.div_ceil(4 * self.processes()))
-            .max(1);
         let sink = Sink::new(entry, false, true);
         let _cancel = Cancel {
             pool: &self.inner,
             sink: &sink,
         };
-        let mut batch = Vec::new();
-        let mut batched = 0;
-        for (c, chunk) in items.chunks(chunksize).enumerate() {
-            let first = c * chunksize;
-            let encoded = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    encode(item)
-                        .map_err(|e| task::copy_error(&e, &context(entry, (first + i) as u64)))
-                })
-                .collect::<Result<Vec<Item>>>()?;
-            batched += encoded.len();
-            batch.push((first as u64, encoded));
-            if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
-                self.inner.submit(&sink, std::mem::take(&mut batch), true)?;
-                batched = 0;
-            }
-        }
+        self.submit_map(&sink, items, encode, chunksize)?;
         let mut out = Vec::with_capacity(len);
         let mut ready = Vec::new();
         while out.len() < len {
@@ -549,6 +574,68 @@ impl Pool {
             }
         }
         Ok(out)
+    }
+
+    /// Submits a whole map, for an [`AsyncResult`] to collect.
+    fn run_map_async<T, R: DeserializeOwned>(
+        &self,
+        entry: &'static str,
+        items: &[T],
+        encode: impl Fn(&T) -> Result<Item>,
+    ) -> Result<AsyncResult<Vec<R>>> {
+        task::check_entry(entry)?;
+        self.inner.admit()?;
+        let sink = Sink::new(entry, false, true);
+        let cancel = Cancel {
+            pool: &self.inner,
+            sink: &sink,
+        };
+        // On an error, what was submitted is cancelled.
+        self.submit_map(&sink, items, encode, None)?;
+        // Submitted whole: it runs to its end whatever becomes of the result.
+        std::mem::forget(cancel);
+        Ok(AsyncResult {
+            sink,
+            len: items.len() as u64,
+            collect: collect_all,
+            _result: PhantomData,
+        })
+    }
+
+    /// Encodes and submits `items` chunk by chunk, in batches, so the
+    /// workers start on the first while the rest is encoded.
+    fn submit_map<T>(
+        &self,
+        sink: &Arc<Sink>,
+        items: &[T],
+        encode: impl Fn(&T) -> Result<Item>,
+        chunksize: Option<usize>,
+    ) -> Result<()> {
+        let entry = sink.entry;
+        let len = items.len();
+        let chunksize = chunksize
+            .unwrap_or_else(|| len.div_ceil(4 * self.processes()))
+            .max(1);
+        let mut batch = Vec::new();
+        let mut batched = 0;
+        for (c, chunk) in items.chunks(chunksize).enumerate() {
+            let first = c * chunksize;
+            let encoded = chunk
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
+                    encode(item)
+                        .map_err(|e| task::copy_error(&e, &context(entry, (first + i) as u64)))
+                })
+                .collect::<Result<Vec<Item>>>()?;
+            batched += encoded.len();
+            batch.push((first as u64, encoded));
+            if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
+                self.inner.submit(sink, std::mem::take(&mut batch), true)?;
+                batched = 0;
+            }
+        }
+        Ok(())
     }
 
     fn run_imap<'a, R: DeserializeOwned>(
@@ -735,12 +822,16 @@ impl<R> Drop for IMap<'_, R> {
     }
 }
 
-/// The result of [`Pool::apply_async`], to collect later.
+/// The result of [`Pool::apply_async`], [`Pool::map_async`] or
+/// [`Pool::starmap_async`], to collect later.
 ///
 /// Dropping it does not stop the task (as in Python); its result is then
 /// thrown away.
 pub struct AsyncResult<R> {
     sink: Arc<Sink>,
+    /// Items of the job: 1 for `apply_async`.
+    len: u64,
+    collect: Collect<R>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -795,16 +886,61 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 ),
             ));
         };
-        let result = state.results.remove(0);
+        let result = (self.collect)(self.sink.entry, &mut state.results, self.len);
         drop(state);
-        match result {
-            Some(result) => decode_result(self.sink.entry, 0, result),
-            None => Err(task::error(
+        result.unwrap_or_else(|| {
+            Err(task::error(
                 ErrorKind::AlreadyTaken,
                 format!("the result of `{}` was already taken", self.sink.entry),
-            )),
+            ))
+        })
+    }
+}
+
+/// How an [`AsyncResult`] takes its job's results out as an `R`, given the
+/// entry and the number of items: `None` if they were taken before.
+type Collect<R> = fn(&'static str, &mut Results<Result<Item>>, u64) -> Option<Result<R>>;
+
+/// An [`AsyncResult`]'s one call's result.
+fn collect_one<R: DeserializeOwned>(
+    entry: &'static str,
+    results: &mut Results<Result<Item>>,
+    _len: u64,
+) -> Option<Result<R>> {
+    let result = results.remove(0)?;
+    Some(decode_result(entry, 0, result))
+}
+
+/// A map's results in input order, or its first error in input order;
+/// takes them all either way.
+fn collect_all<R: DeserializeOwned>(
+    entry: &'static str,
+    results: &mut Results<Result<Item>>,
+    len: u64,
+) -> Option<Result<Vec<R>>> {
+    if len > 0 && results.is_empty() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let mut failed = None;
+    for index in 0..len {
+        let Some(result) = results.remove(index) else {
+            failed.get_or_insert_with(|| {
+                task::error(
+                    ErrorKind::AlreadyTaken,
+                    format!("the result of {} was already taken", context(entry, index)),
+                )
+            });
+            continue;
+        };
+        if failed.is_none() {
+            match decode_result(entry, index, result) {
+                Ok(value) => out.push(value),
+                Err(e) => failed = Some(e),
+            }
         }
     }
+    Some(failed.map_or(Ok(out), Err))
 }
 
 impl<R> Drop for AsyncResult<R> {
