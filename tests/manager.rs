@@ -141,6 +141,36 @@ fn a_dict_keeps_insertion_order_across_processes() {
     assert_eq!(values[0], 1000, "a replaced value keeps its key's place");
 }
 
+#[process_entry]
+fn claim(d: DictProxy<String, u32>, me: u32) -> u32 {
+    d.get_or_insert("winner".into(), me).unwrap()
+}
+
+/// `get_or_insert` (Python's `setdefault`) is one atomic step: of children
+/// racing to claim a key, one wins and every one gets its value.
+/// `pop_last` (Python's `popitem`) takes entries back newest first.
+#[test]
+fn get_or_insert_is_atomic_and_pop_last_takes_the_newest() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let kids: Vec<_> = (1..=6)
+        .map(|me| spawn!(claim, d.clone(), me).unwrap())
+        .collect();
+    let got: Vec<u32> = kids.into_iter().map(|k| k.join().unwrap()).collect();
+    let winner = d.get(&"winner".into()).unwrap().unwrap();
+    assert!((1..=6).contains(&winner));
+    assert!(got.iter().all(|&g| g == winner), "{got:?} vs {winner}");
+    assert_eq!(d.get_or_insert("winner".into(), 99).unwrap(), winner);
+    assert_eq!(d.len().unwrap(), 1);
+
+    d.insert("b".into(), 2).unwrap();
+    d.insert("c".into(), 3).unwrap();
+    d.remove(&"c".into()).unwrap();
+    assert_eq!(d.pop_last().unwrap(), Some(("b".into(), 2)));
+    assert_eq!(d.pop_last().unwrap(), Some(("winner".into(), winner)));
+    assert_eq!(d.pop_last().unwrap(), None);
+}
+
 /// A message that carries proxies inside it.
 #[derive(Serialize, Deserialize)]
 struct Job {

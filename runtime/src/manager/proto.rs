@@ -314,6 +314,8 @@ pub(crate) enum Op {
     MapUpdate = 18,
     MapClear = 19,
     MapUpdateWith = 20,
+    MapSetDefault = 21,
+    MapPopItem = 22,
     // Sequences (list, array).
     SeqPush = 30,
     SeqGet = 31,
@@ -372,6 +374,8 @@ impl Op {
             MapUpdate,
             MapClear,
             MapUpdateWith,
+            MapSetDefault,
+            MapPopItem,
             SeqPush,
             SeqGet,
             SeqSet,

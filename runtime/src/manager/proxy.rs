@@ -122,6 +122,39 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
             .call(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
     }
 
+    /// The value under `key`, inserting `default` there first if the key
+    /// is absent, in one atomic step (Python's `setdefault`): of several
+    /// processes racing to insert, one wins and all get its value.
+    #[doc(alias = "setdefault")]
+    pub fn get_or_insert(&self, key: K, default: V) -> Result<V, Error> {
+        self.h.client.call(
+            Op::MapSetDefault,
+            self.h.id,
+            |f| {
+                put(f, &key)?;
+                put(f, &default)
+            },
+            |f| decode(f.bytes()?),
+        )
+    }
+
+    /// Removes and returns the entry inserted last (Python's `popitem`);
+    /// `None` if the dictionary is empty.
+    #[doc(alias = "popitem")]
+    pub fn pop_last(&self) -> Result<Option<(K, V)>, Error> {
+        self.h.client.call(
+            Op::MapPopItem,
+            self.h.id,
+            |_| Ok(()),
+            |f| {
+                if !f.bool()? {
+                    return Ok(None);
+                }
+                Ok(Some((decode(f.bytes()?)?, decode(f.bytes()?)?)))
+            },
+        )
+    }
+
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
         self.h

@@ -136,6 +136,8 @@ impl Obj {
                     | MapUpdate
                     | MapClear
                     | MapUpdateWith
+                    | MapSetDefault
+                    | MapPopItem
             ),
             Obj::Seq { fixed: true, .. } => matches!(op, SeqGet | SeqSet | SeqLen | SeqSnapshot),
             Obj::Seq { fixed: false, .. } => matches!(
@@ -569,7 +571,9 @@ impl Server {
                 | Op::MapValues
                 | Op::MapItems
                 | Op::MapUpdate
-                | Op::MapClear => {
+                | Op::MapClear
+                | Op::MapSetDefault
+                | Op::MapPopItem => {
                     let mut st = self.lock_idle(client, id)?;
                     let Some(Obj::Map(map)) = st.objects.get_mut(&id) else {
                         return Err(Fault::Bad);
@@ -1261,6 +1265,19 @@ fn map_op(op: Op, map: &mut Dict, f: &mut Fields<'_>, out: &mut Frame) -> Result
             }
         }
         Op::MapClear => map.clear(),
+        Op::MapSetDefault => {
+            let k = f.bytes()?.to_vec();
+            let v = f.bytes()?.to_vec();
+            out.bytes(map.get_or_insert(k, v).ok_or(Fault::Bad)?);
+        }
+        Op::MapPopItem => match map.pop_last() {
+            Some((k, v)) => {
+                out.u8(1).bytes(&k).bytes(&v);
+            }
+            None => {
+                out.u8(0);
+            }
+        },
         _ => return Err(Fault::Bad),
     }
     Ok(())

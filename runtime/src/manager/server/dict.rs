@@ -40,6 +40,31 @@ impl Dict {
         None
     }
 
+    /// The value under `key`, inserting `value` (last) first if there is
+    /// none (Python's `setdefault`).
+    pub(super) fn get_or_insert(&mut self, key: Vec<u8>, value: Vec<u8>) -> Option<&Vec<u8>> {
+        let slot = match self.index.get(&key) {
+            Some(&slot) if self.slots[slot].is_some() => slot,
+            _ => {
+                self.index.insert(key.clone(), self.slots.len());
+                self.slots.push(Some((key, value)));
+                self.slots.len() - 1
+            }
+        };
+        self.slots[slot].as_ref().map(|(_, v)| v)
+    }
+
+    /// Removes the entry inserted last (Python's `popitem`).
+    pub(super) fn pop_last(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        while let Some(last) = self.slots.pop() {
+            if let Some((key, value)) = last {
+                self.index.remove(&key);
+                return Some((key, value));
+            }
+        }
+        None
+    }
+
     /// Removes `key`; returns its value.
     pub(super) fn remove(&mut self, key: &[u8]) -> Option<Vec<u8>> {
         let slot = self.index.remove(key)?;
@@ -104,6 +129,14 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert!(d.contains_key(&[2]));
         assert_eq!(d.remove(&[9]), None);
+        assert_eq!(d.get_or_insert(vec![2], vec![20]), Some(&vec![2]));
+        assert_eq!(d.get_or_insert(vec![4], vec![40]), Some(&vec![40]));
+        assert_eq!(d.pop_last(), Some((vec![4], vec![40])));
+        d.remove(&[3]);
+        assert_eq!(d.pop_last(), Some((vec![2], vec![2])), "past the hole");
+        assert_eq!(d.pop_last(), Some((vec![1], vec![10])));
+        assert_eq!(d.pop_last(), None);
+        assert_eq!(d.len(), 0);
     }
 
     #[test]
