@@ -530,9 +530,12 @@ fn map_async_returns_at_once_and_gets_results_in_order() {
     let args: Vec<(Event, u64)> = (0..20u64).map(|x| (event.clone(), x)).collect();
     let pending = pool.starmap_async(entry!(square_when_set), args).unwrap();
     assert!(!pending.ready());
+    assert_eq!(pending.successful(), None);
     let err = pending.get_timeout(Duration::from_millis(50)).unwrap_err();
     assert!(err.is_timeout(), "{err}");
     event.set();
+    assert!(pending.wait_timeout(common::BOUND));
+    assert_eq!(pending.successful(), Some(true));
     let expected: Vec<u64> = (0..20u64).map(|x| x * x).collect();
     assert_eq!(pending.get_timeout(common::BOUND).unwrap(), expected);
     let err = pending.get_timeout(common::BOUND).unwrap_err();
@@ -567,7 +570,10 @@ fn map_async_runs_every_item_and_reports_the_first_failure() {
     let pending = pool
         .starmap_async(entry!(count_then_fail_at), args)
         .unwrap();
-    let err = pending.get().unwrap_err();
+    assert!(pending.wait_timeout(common::BOUND));
+    assert_eq!(pending.successful(), Some(false));
+    let err = pending.get_timeout(common::BOUND).unwrap_err();
+    assert_eq!(pending.successful(), Some(false), "kept once taken");
     assert!(err.is_panicked(), "{err}");
     let text = err.to_string();
     assert!(text.contains("item 7 of"), "{text}");

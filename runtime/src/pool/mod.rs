@@ -862,6 +862,15 @@ impl<R: DeserializeOwned> AsyncResult<R> {
         lock(&self.sink.state).pending == 0
     }
 
+    /// Whether every task of the job returned, rather than failed (a
+    /// panic, a dead worker…), once the result has come (Python's
+    /// `successful`); `None` while it has not. A returned value that then
+    /// fails to decode as `R` is found by [`get`](Self::get) only.
+    pub fn successful(&self) -> Option<bool> {
+        let state = lock(&self.sink.state);
+        (state.pending == 0).then_some(!state.failed)
+    }
+
     /// Waits until the result has come.
     pub fn wait(&self) {
         drop(self.sink.wait(Wake::AllDone, None));

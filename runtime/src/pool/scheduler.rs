@@ -64,6 +64,8 @@ pub(crate) struct SinkState {
     pub(crate) wake: Wake,
     /// Results are not wanted (an `AsyncResult` dropped): drop them.
     pub(crate) discard: bool,
+    /// Some item's result was an error (kept once results are taken).
+    pub(crate) failed: bool,
 }
 
 impl SinkState {
@@ -92,6 +94,7 @@ impl Sink {
                 pending: 0,
                 wake: Wake::Never,
                 discard: false,
+                failed: false,
             }),
             cv: Condvar::new(),
             cancelled: AtomicBool::new(false),
@@ -102,6 +105,7 @@ impl Sink {
     pub(crate) fn deliver(&self, first: u64, results: Vec<Result<Item>>) {
         let mut state = lock(&self.state);
         state.pending = state.pending.saturating_sub(results.len() as u64);
+        state.failed |= results.iter().any(Result::is_err);
         if !state.discard {
             for (i, result) in results.into_iter().enumerate() {
                 state.results.insert(first + i as u64, result);
