@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use multiproc::{ErrorKind, Event, Fd, Pool, Queue, Value, entry, process_entry};
+use multiproc::{
+    Connection, ErrorKind, Event, Fd, Pipe, Pool, Queue, RecvTimeoutError, Value, entry,
+    process_entry,
+};
 
 #[process_entry]
 fn square(x: u64) -> u64 {
@@ -584,6 +587,30 @@ fn map_async_runs_every_item_and_reports_the_first_failure() {
     let err = pool.map_async(entry!(square), [1u64]).unwrap_err();
     assert!(err.is_disconnected(), "{err}");
     pool.join().unwrap();
+}
+
+#[process_entry]
+fn bounce(tx: Connection<u8>) -> Connection<u8> {
+    tx
+}
+
+/// A handle a task returns is not kept open in its worker once the
+/// result is sent: when the parent drops the last end it holds, the
+/// reader sees the end of the pipe while the worker lives on.
+#[test]
+fn a_returned_handle_is_not_kept_open_by_its_worker() {
+    let pool = Pool::new(1).unwrap();
+    let (rx, tx) = Pipe::<u8>::simplex().unwrap();
+    let back = pool.apply(entry!(bounce), (tx,)).unwrap();
+    back.send(&7).unwrap();
+    drop(back);
+    assert_eq!(rx.recv_timeout(common::BOUND).unwrap(), 7);
+    match rx.recv_timeout(common::BOUND) {
+        Err(RecvTimeoutError::Disconnected) => {}
+        other => panic!("the worker still holds the send end: {other:?}"),
+    }
+    // The worker is alive and serving.
+    assert_eq!(pool.apply(entry!(square), (3,)).unwrap(), 9);
 }
 
 #[test]

@@ -59,8 +59,9 @@ pub(crate) fn run_update(
         }
         None => encode_into(&None::<()>, &mut args)?,
     }
-    match (record.run())(&args, Vec::new()) {
-        RunOutcome::Value(frame) => {
+    let mut frame = crate::wire::OutFrame::new();
+    match (record.run())(&args, Vec::new(), &mut frame) {
+        RunOutcome::Value => {
             if !frame.fds().is_empty() {
                 return Err(Error::new(
                     ErrorKind::Encode,

@@ -65,10 +65,13 @@ pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
                 fds,
             })
         });
-        frame.clear();
+        frame.clear_keeping(FRAME_KEPT);
         encoded
     })
 }
+
+/// Room a frame kept for reuse may hold on to between values.
+const FRAME_KEPT: usize = 64 << 10;
 
 /// Decodes a value [`encode`] made (in another process).
 pub(super) fn decode_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
@@ -104,9 +107,24 @@ pub(super) fn runner(name: &str) -> Result<Runner, Outcome> {
 /// Runs an entry on encoded arguments, in a worker, through the same code
 /// path a child uses for its one entry.
 pub(super) fn run(run: RunFn, item: Item) -> Outcome {
+    thread_local! {
+        /// The frame every result of this worker is encoded into.
+        static FRAME: RefCell<OutFrame> = RefCell::new(OutFrame::new());
+    }
+    FRAME.with(|frame| {
+        // An entry that runs a pool task inline (through `run`) gets a
+        // frame of its own.
+        match frame.try_borrow_mut() {
+            Ok(mut frame) => run_in(run, item, &mut frame),
+            Err(_) => run_in(run, item, &mut OutFrame::new()),
+        }
+    })
+}
+
+fn run_in(run: RunFn, item: Item, frame: &mut OutFrame) -> Outcome {
     take_panic();
-    match run(&item.bytes.0, into_owned(item.fds)) {
-        RunOutcome::Value(frame) => {
+    let outcome = match run(&item.bytes.0, into_owned(item.fds), frame) {
+        RunOutcome::Value => {
             let fds = frame.fds().iter().map(|fd| fd.try_clone().map(Fd::from));
             match fds.collect::<Result<Vec<_>, _>>() {
                 Ok(fds) => Outcome::Value(Item {
@@ -120,7 +138,11 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
             Outcome::Panicked(crate::spawn::panic::report(take_panic(), message))
         }
         RunOutcome::Failed(e) => failed(&e),
-    }
+    };
+    // The result's handles (or a failed encoding's) are not held here past
+    // their task.
+    frame.clear_keeping(FRAME_KEPT);
+    outcome
 }
 
 fn failed(err: &Error) -> Outcome {

@@ -222,8 +222,9 @@ fn run_child(target: &Marker, run: Option<RunFn>, sock: std::io::Result<OwnedFd>
     };
     super::current::set_child(header.process_name, target.daemon);
     super::current::set_identity(header.identity);
-    let code = match run(&buf[used..], fds) {
-        super::registry::RunOutcome::Value(mut frame) => {
+    let mut frame = OutFrame::new();
+    let code = match run(&buf[used..], fds, &mut frame) {
+        super::registry::RunOutcome::Value => {
             // A result larger than the socket can buffer goes in a memfd,
             // so this child can exit even if its parent never joins it.
             let kind = if frame.payload().len() > RESULT_INLINE_MAX && frame.spill().is_ok() {
@@ -347,8 +348,8 @@ fn run_remote(entry: &str) -> i32 {
     };
     install_panic_hook(entry);
     // `()`, the arguments of an argument-less entry, encodes as nothing.
-    match (record.run())(&[], Vec::new()) {
-        super::registry::RunOutcome::Value(_) => 0,
+    match (record.run())(&[], Vec::new(), &mut OutFrame::new()) {
+        super::registry::RunOutcome::Value => 0,
         super::registry::RunOutcome::Panicked(_) => EXIT_PANICKED,
         super::registry::RunOutcome::Failed(e) => {
             eprintln!("multiproc: could not run `{entry}`: {e}");

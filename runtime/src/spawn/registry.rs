@@ -52,8 +52,8 @@ pub const fn travels<T: Travel>() {}
 
 /// What running an entry in the child produced, ready to send.
 pub(crate) enum RunOutcome {
-    /// The encoded return value.
-    Value(crate::wire::OutFrame),
+    /// The return value, encoded into the frame the caller passed.
+    Value,
     /// The entry panicked: the payload's message, when it is a string.
     /// (The panic hook's report says more, but a hook the entry installed
     /// in place of multiproc's, or an unwind resumed without any hook,
@@ -134,9 +134,15 @@ pub(crate) fn find_loaded(key: &str) -> Option<&'static EntryRecord> {
 }
 
 /// Runs an entry from its encoded arguments (in the child).
-pub(crate) type RunFn = fn(&[u8], Vec<OwnedFd>) -> RunOutcome;
+/// The result is encoded into the frame passed (cleared first), so a
+/// pool worker reuses one frame for all its tasks.
+pub(crate) type RunFn = fn(&[u8], Vec<OwnedFd>, &mut crate::wire::OutFrame) -> RunOutcome;
 
-fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
+fn run_entry<E: Entry>(
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    frame: &mut crate::wire::OutFrame,
+) -> RunOutcome {
     // Decoding the arguments and encoding the result run user code too
     // (their serde impls), so a panic there is the entry's panic.
     let run = || {
@@ -153,9 +159,9 @@ fn run_entry<E: Entry>(args: &[u8], fds: Vec<OwnedFd>) -> RunOutcome {
             }
         };
         let value = E::call(args);
-        let mut frame = crate::wire::OutFrame::new();
+        frame.clear();
         match frame.encode(&value) {
-            Ok(()) => RunOutcome::Value(frame),
+            Ok(()) => RunOutcome::Value,
             Err(err) => RunOutcome::Failed(err),
         }
     };

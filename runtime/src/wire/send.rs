@@ -86,6 +86,13 @@ impl OutFrame {
         self.fds.clear();
     }
 
+    /// Empties the frame for reuse, keeping at most `keep` bytes of room
+    /// for a payload (a frame kept for reuse keeps no large buffer).
+    pub(crate) fn clear_keeping(&mut self, keep: usize) {
+        self.clear();
+        self.buf.shrink_to(FRAME_HEADER_LEN + keep);
+    }
+
     /// Appends the encoding of `value`, collecting the descriptors of any
     /// handles inside it.
     pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
