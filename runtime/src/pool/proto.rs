@@ -50,7 +50,9 @@ impl<'de> Deserialize<'de> for Bytes {
                 Ok(Bytes(out))
             }
         }
-        deserializer.deserialize_byte_buf(BytesVisitor)
+        // `bytes`, not `byte_buf`: the codec then lends the bytes, which are
+        // copied once (a `byte_buf` is a zeroed buffer filled, then moved).
+        deserializer.deserialize_bytes(BytesVisitor)
     }
 }
 
