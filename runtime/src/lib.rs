@@ -259,8 +259,8 @@
 //!
 //! # Pools
 //!
-//! [`Pool`] is Python's `Pool`: `map`, `starmap`, `imap`, `imap_unordered`
-//! and `apply_async` over worker processes. A task that panics fails only
+//! [`Pool`] is Python's `Pool`: `map`, `starmap`, `imap`, `imap_unordered`,
+//! `map_async`, `starmap_async` and `apply_async` over worker processes. A task that panics fails only
 //! itself; a worker that dies fails only the chunk it was running (with how
 //! it died), is replaced, and no call waits for it.
 //!
