@@ -763,6 +763,37 @@ fn large_items_on_an_unbounded_queue_never_wait_and_outlive_their_putters_puts()
     assert!(q.is_empty());
 }
 
+#[process_entry]
+fn overfill_then_return(q: Queue<Vec<u8>>, stderr: Fd, n: u32) {
+    multiproc::__private::set_queue_exit_stall(Duration::from_millis(300));
+    rustix::stdio::dup2_stderr(&stderr).unwrap();
+    drop(stderr);
+    for _ in 0..n {
+        q.try_put(vec![7; 4096]).unwrap();
+    }
+}
+
+#[test]
+fn a_putter_gives_up_its_untaken_backlog_once_at_exit() {
+    // More than the ring holds, and nobody gets: the child's exit flush
+    // gives up after its (shortened) stall, says so once, and the child
+    // exits. Its exit runs the flush twice (after the entry, then from
+    // `exit`), and the second must not wait or speak again.
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let (mut said, stderr) = std::io::pipe().unwrap();
+    let mut child = spawn!(overfill_then_return, q.clone(), Fd::new(stderr), 6_000).unwrap();
+    let said = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut said, &mut text);
+        text
+    });
+    let joined = child.join_timeout(Duration::from_secs(60));
+    assert!(matches!(joined, Ok(Some(()))), "{joined:?}");
+    let said = said.join().unwrap();
+    assert_eq!(said.matches("never taken").count(), 1, "stderr: {said}");
+    assert!(!q.is_empty());
+}
+
 /// An item whose `Serialize` fails when `refuse` is set.
 #[derive(Debug, PartialEq, serde::Deserialize)]
 struct Picky {

@@ -481,6 +481,8 @@ pub mod __private {
     pub use crate::__load_time_ctor as load_time_ctor;
     pub use crate::__mark_the_fn_with_process_entry as mark_the_fn_with_process_entry;
     pub use crate::__process_entry_must_be_on_a_free_fn as process_entry_must_be_on_a_free_fn;
+    #[cfg(feature = "test-hooks")]
+    pub use crate::queue::set_queue_exit_stall;
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::fork_client::{

@@ -25,6 +25,27 @@ use crate::wire::OutFrame;
 /// How long the exit flush waits for a get that makes no room.
 const EXIT_STALL: Duration = Duration::from_secs(30);
 
+/// The exit flush's patience, in milliseconds, when a test shortened it.
+#[cfg(feature = "test-hooks")]
+static STALL_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(EXIT_STALL.as_secs() * 1000);
+
+fn exit_stall() -> Duration {
+    #[cfg(feature = "test-hooks")]
+    return Duration::from_millis(STALL_MS.load(Relaxed));
+    #[cfg(not(feature = "test-hooks"))]
+    EXIT_STALL
+}
+
+/// Sets how long this process's exit flush waits for a get that makes no
+/// room. Not public API: for the queue tests, which cannot wait 30 s.
+#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
+pub fn set_queue_exit_stall(stall: Duration) {
+    let ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX);
+    STALL_MS.store(ms, Relaxed);
+}
+
 /// See the module docs.
 #[derive(Debug, Default)]
 pub(super) struct Backlog {
@@ -103,8 +124,9 @@ pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
             )));
         }
         let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
-        queues.retain(|q| q.strong_count() > 0);
-        queues.push(Arc::downgrade(inner));
+        let this = Arc::downgrade(inner);
+        queues.retain(|q| q.strong_count() > 0 && !q.ptr_eq(&this));
+        queues.push(this);
         drop(queues);
         crate::spawn::reaper::before_exit(flush_all);
     }
@@ -153,12 +175,14 @@ fn uncount(inner: &Inner, item: &Item) {
 /// Waits until every backlog of this process is in its queue, while gets
 /// make room; called before the process exits.
 fn flush_all() {
-    let queues: Vec<Arc<Inner>> = QUEUES
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .filter_map(Weak::upgrade)
-        .collect();
+    // Taken, not copied: a child's exit runs this twice (once after its
+    // entry returns, once more from `exit`'s hook), and a queue given up on
+    // must not be waited for, nor reported, a second time.
+    let queues: Vec<Arc<Inner>> =
+        std::mem::take(&mut *QUEUES.lock().unwrap_or_else(|p| p.into_inner()))
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
     for inner in queues {
         let backlog = &inner.backlog;
         let mut state = lock(&backlog.state);
@@ -173,12 +197,12 @@ fn flush_all() {
             if inner.ring.head() != head {
                 head = inner.ring.head();
                 moved = Instant::now();
-            } else if moved.elapsed() >= EXIT_STALL {
+            } else if moved.elapsed() >= exit_stall() {
                 eprintln!(
                     "multiproc: {} items put on a queue by this process were never \
                      taken (nothing got from the queue for {} s); exiting without them",
                     state.items.len(),
-                    EXIT_STALL.as_secs()
+                    exit_stall().as_secs()
                 );
                 break;
             }

@@ -61,6 +61,8 @@ mod side;
 
 use crate::wire::{self, OutFrame};
 #[cfg(feature = "test-hooks")]
+pub use backlog::set_queue_exit_stall;
+#[cfg(feature = "test-hooks")]
 pub(crate) use fuzz::fuzz_records;
 pub use joinable::JoinableQueue;
 use layout::*;
