@@ -853,6 +853,10 @@ impl<R: DeserializeOwned> AsyncResult<R> {
     /// Waits at most `timeout`: an error of kind [`ErrorKind::Timeout`] if
     /// the task has not finished by then. The task keeps running, and the
     /// result can be asked for again.
+    ///
+    /// Once it has returned the result (or the task's error), the result is
+    /// taken: asking again, with `get` or `get_timeout`, is an
+    /// [`ErrorKind::AlreadyTaken`] error. (Python's `get` may be repeated.)
     pub fn get_timeout(&self, timeout: Duration) -> Result<R> {
         self.take(Some(timeout))
     }

@@ -613,6 +613,13 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     /// Like [`join`](Self::join), but gives up at the deadline: `Ok(None)`
     /// means the child is still running, and the handle stays usable.
     ///
+    /// The outcome is handed over once: after `join_timeout` has returned
+    /// the value (or the error saying why there is none), a later `join` or
+    /// `join_timeout` is an [`ErrorKind::AlreadyTaken`] error, while
+    /// [`exitcode`](Self::exitcode) and [`is_alive`](Self::is_alive) still
+    /// answer. (Python's `join(timeout)` returns `None` and may be repeated;
+    /// a loop ported from it should keep the `Some` it gets.)
+    ///
     /// It never waits past the deadline, not even for the rest of a result
     /// the child is in the middle of writing (it was stopped, or is slow):
     /// what came of it is kept, and the next `join` or `join_timeout` goes
