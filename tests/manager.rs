@@ -964,6 +964,37 @@ fn a_proxy_of_another_local_manager_stored_is_a_readable_encode_error() {
     assert!(!text.contains("OtherString"), "{text}");
 }
 
+/// An item whose `Serialize` always fails, with its own message.
+#[derive(Debug, Deserialize)]
+struct Refuses;
+
+impl Serialize for Refuses {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Refuses says no"))
+    }
+}
+
+/// A handle refused while a manager's value was encoded leaves no trace
+/// that a later, unrelated encode error on the thread reports as its own.
+#[test]
+fn a_refused_handle_does_not_become_a_later_errors_message() {
+    let manager = Manager::start().unwrap();
+    let inner = manager.list::<i64>(Vec::new()).unwrap();
+    let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
+    assert!(outer.insert("inner".into(), inner).is_err());
+    let q = Queue::<Refuses>::new().unwrap();
+    let err = match q.put(Refuses) {
+        Err(multiproc::SendError::Failed(_, e)) => e,
+        other => panic!("expected Failed, got {other:?}"),
+    };
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    let text = format!("{err:#}");
+    assert!(!text.contains("handle"), "{text}");
+    if !cfg!(feature = "postcard") {
+        assert!(text.contains("Refuses says no"), "{text}");
+    }
+}
+
 /// Releases `sem`, full at `u64::MAX` permits, once too often: a typed
 /// refusal, as from a bounded semaphore over its limit, and the server
 /// goes on serving the connection.

@@ -105,6 +105,11 @@ impl Scope {
         let previous = MODE.replace(mode);
         if previous != Mode::Idle {
             Scope::set_outer_aside();
+        } else {
+            // A record left by a handle that refused outside any encode
+            // (serialized by another crate's serializer, say) is not this
+            // encode's: it must not become this one's error message.
+            HANDLE_ERROR.with(|e| e.borrow_mut().take());
         }
         Scope { previous }
     }
