@@ -944,7 +944,8 @@ fn update_with_over_a_nested_proxy_is_an_error_not_a_crash() {
 
 /// A proxy of another local manager cannot be stored in a manager's
 /// object (it travels with a descriptor, which the server does not keep):
-/// the error says why in plain words, not in the codec's `OtherString("…")`.
+/// the error says why in plain words, with either codec, not in the
+/// codec's `OtherString("…")` nor as the rule for handles in general.
 #[test]
 fn a_proxy_of_another_local_manager_stored_is_a_readable_encode_error() {
     let manager = Manager::start().unwrap();
@@ -954,14 +955,18 @@ fn a_proxy_of_another_local_manager_stored_is_a_readable_encode_error() {
     let err = outer.insert("inner".into(), inner).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
     let text = format!("{err:#}");
-    // postcard's error does not keep serde's custom message.
-    let reason = if cfg!(feature = "postcard") {
-        "Serde Serialization Error"
-    } else {
-        "multiproc handles can only be"
-    };
-    assert!(text.contains(reason), "{text}");
+    assert!(
+        text.contains("a value stored in a Manager object cannot hold multiproc handles"),
+        "{text}"
+    );
     assert!(!text.contains("OtherString"), "{text}");
+    // A handle of another kind, in a namespace, is told the same.
+    let ns = manager.namespace().unwrap();
+    let err = ns.set("q", &Queue::<u8>::new().unwrap()).unwrap_err();
+    assert!(
+        format!("{err}").contains("stored in a Manager object"),
+        "{err}"
+    );
 }
 
 /// An item whose `Serialize` always fails, with its own message.
@@ -979,7 +984,8 @@ impl Serialize for Refuses {
 #[test]
 fn a_refused_handle_does_not_become_a_later_errors_message() {
     let manager = Manager::start().unwrap();
-    let inner = manager.list::<i64>(Vec::new()).unwrap();
+    let other = Manager::start().unwrap();
+    let inner = other.list::<i64>(Vec::new()).unwrap();
     let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
     assert!(outer.insert("inner".into(), inner).is_err());
     let q = Queue::<Refuses>::new().unwrap();

@@ -23,8 +23,25 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    crate::wire::codec::encode_into(value, buf).map_err(|e| Error::new(ErrorKind::Encode, e))
+    // Outside any frame, a handle in `value` refuses and leaves a record of
+    // it on this thread: take it, both to word the error (the server keeps
+    // bytes, not descriptors) and so that no later error reads it as its own.
+    crate::wire::take_handle_error();
+    let result = crate::wire::codec::encode_into(value, buf);
+    let met_a_handle = crate::wire::take_handle_error().is_some();
+    result.map_err(|e| {
+        if met_a_handle {
+            Error::new(ErrorKind::Encode, STORED_HANDLE)
+        } else {
+            Error::new(ErrorKind::Encode, e)
+        }
+    })
 }
+
+const STORED_HANDLE: &str = "a value stored in a Manager object cannot hold multiproc \
+     handles that travel with a descriptor (a Queue, Connection, lock, Value, Fd or another \
+     local manager's proxy; this manager's own proxies and remote ones may be stored): the \
+     server keeps only bytes; pass handles as entry arguments or in messages instead";
 
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {

@@ -88,7 +88,9 @@ pub(crate) fn handle_error(message: String) -> String {
 }
 
 /// The message of a handle that failed during the current encode or decode.
-fn take_handle_error() -> Option<String> {
+/// (Also how an encode made outside a frame, as of a manager's stored
+/// value, learns that it met a handle.)
+pub(crate) fn take_handle_error() -> Option<String> {
     HANDLE_ERROR.with(|e| e.borrow_mut().take())
 }
 
