@@ -613,6 +613,34 @@ fn a_returned_handle_is_not_kept_open_by_its_worker() {
     assert_eq!(pool.apply(entry!(square), (3,)).unwrap(), 9);
 }
 
+/// Python's `it = pool.imap(f, xs); it.next(timeout=1)`: a bounded wait
+/// for the next result, which loses nothing when it gives up.
+#[test]
+fn imap_next_timeout_gives_up_and_the_result_still_comes() {
+    let pool = Pool::new(2).unwrap();
+    for ordered in [true, false] {
+        let event = Event::new().unwrap();
+        let mut it = if ordered {
+            pool.imap(entry!(wait_for), [event.clone()]).unwrap()
+        } else {
+            pool.imap_unordered(entry!(wait_for), [event.clone()])
+                .unwrap()
+        };
+        let err = it
+            .next_timeout(Duration::from_millis(50))
+            .expect("an item is pending")
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+        event.set();
+        assert_eq!(
+            it.next_timeout(Duration::from_secs(60)).unwrap().unwrap(),
+            7
+        );
+        assert!(it.next_timeout(Duration::from_millis(1)).is_none());
+        assert!(it.next().is_none());
+    }
+}
+
 #[test]
 fn terminate_fails_what_is_pending_and_reaps_the_workers() {
     let pool = Pool::new(2).unwrap();

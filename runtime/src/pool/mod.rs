@@ -788,10 +788,50 @@ impl<R> IMap<'_, R> {
     }
 }
 
-impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
-    type Item = Result<R>;
+impl<R: DeserializeOwned> IMap<'_, R> {
+    /// Like [`next`](Iterator::next), but waits at most `timeout` for the
+    /// next result (Python's `IMapIterator.next(timeout)`): an error of kind
+    /// [`ErrorKind::Timeout`] if it has not come by then. Nothing is lost:
+    /// the item keeps running, and the next call (of either kind) yields
+    /// it. `None` once every result has been yielded.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use multiproc::{entry, process_entry, Pool};
+    ///
+    /// #[process_entry]
+    /// fn square(x: u64) -> u64 { x * x }
+    ///
+    /// # fn main() -> multiproc::Result<()> {
+    /// let pool = Pool::new(2)?;
+    /// let mut it = pool.imap(entry!(square), 0..3u64)?;
+    /// assert_eq!(it.next_timeout(Duration::from_secs(60)).unwrap()?, 0);
+    /// let rest: Vec<u64> = it.collect::<Result<_, _>>()?;
+    /// assert_eq!(rest, [1, 4]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<Result<R>> {
+        // A deadline too far off to represent is no deadline.
+        let deadline = Instant::now().checked_add(timeout);
+        match self.next_until(deadline)? {
+            Ok(result) => Some(result),
+            Err(Missed) => Some(Err(task::error(
+                ErrorKind::Timeout,
+                format!(
+                    "the next result of `{}` did not come within {timeout:?} (it keeps running)",
+                    self.sink.entry
+                ),
+            ))),
+        }
+    }
 
-    fn next(&mut self) -> Option<Result<R>> {
+    /// The next result, waiting until `deadline` (`None`: for as long as
+    /// it takes); `Err(Missed)` if the deadline passed first.
+    fn next_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Option<std::result::Result<Result<R>, Missed>> {
         self.top_up();
         if self.yielded == self.taken {
             return None;
@@ -802,7 +842,9 @@ impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
             Wake::Any
         };
         let (index, result) = {
-            let mut state = self.sink.wait(wake, None)?;
+            let Some(mut state) = self.sink.wait(wake, deadline) else {
+                return Some(Err(Missed));
+            };
             if self.ordered {
                 let result = state.results.remove(self.yielded)?;
                 (self.yielded, result)
@@ -811,7 +853,19 @@ impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
             }
         };
         self.yielded += 1;
-        Some(decode_result(self.sink.entry, index, result))
+        Some(Ok(decode_result(self.sink.entry, index, result)))
+    }
+}
+
+/// A deadline passed before the result it waited for came.
+struct Missed;
+
+impl<R: DeserializeOwned> Iterator for IMap<'_, R> {
+    type Item = Result<R>;
+
+    fn next(&mut self) -> Option<Result<R>> {
+        // Without a deadline, the wait ends only with a result.
+        self.next_until(None).and_then(std::result::Result::ok)
     }
 }
 
