@@ -14,6 +14,19 @@ fn add(a: i32, b: i32) -> i32 {
     a + b
 }
 
+/// Named as the generated code's own argument tuple once was.
+#[process_entry]
+fn args(words: Vec<String>) -> usize {
+    words.len()
+}
+
+#[test]
+fn an_entry_may_be_named_like_the_generated_codes_locals() {
+    let words = vec!["a".to_string(), "b".to_string()];
+    assert_eq!(spawn!(args, words.clone()).unwrap().join().unwrap(), 2);
+    assert_eq!(args(words), 2);
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Job {
     id: u64,

@@ -1,7 +1,7 @@
 //! Generate the entry's marker type, its `Entry` impl and its registration.
 
 use crate::parse::Parsed;
-use proc_macro2::{Span, TokenStream};
+use proc_macro2::{Ident, Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{FnArg, ReturnType, Type};
@@ -32,6 +32,9 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
     let vars: Vec<_> = (0..tys.len())
         .map(|i| format_ident!("__multiproc_arg{}", i, span = Span::mixed_site()))
         .collect();
+    // Hygienic, as the arguments' names are: an entry may itself be named
+    // `args`, and the call to it must not find this tuple instead.
+    let args = Ident::new("args", Span::mixed_site());
     let args_ty = quote_spanned! {func.sig.inputs.span()=> (#(#tys,)*) };
     // An entry that never returns (`-> !`, which ends its process itself)
     // owes no result: its handle joins as `()`. (`!` is no type an
@@ -124,8 +127,8 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
                     // The fn may be `#[deprecated]`: calling it here is
                     // no use of it by the user, and must not warn.
                     #[allow(clippy::unused_unit, deprecated)]
-                    fn call(args: Self::Args) -> Self::Output {
-                        let (#(#vars,)*) = args;
+                    fn call(#args: Self::Args) -> Self::Output {
+                        let (#(#vars,)*) = #args;
                         #ident(#(#vars),*)
                     }
                 }
