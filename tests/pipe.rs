@@ -9,7 +9,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use multiproc::__private::encode_frame_for_tests;
-use multiproc::{Connection, ErrorKind, Fd, Pipe, RecvError, RecvTimeoutError, TryRecvError};
+use multiproc::{
+    Connection, ErrorKind, Fd, Pipe, Queue, RecvError, RecvTimeoutError, TryRecvError,
+};
 use multiproc::{process_entry, spawn};
 
 type Msg = (i32, Option<i32>, String);
@@ -1011,10 +1013,24 @@ fn the_handle_limit_leaves_room_for_the_transports_own_descriptor() {
     drop(fds);
     let err = a.send(&(handles(253), Vec::new())).unwrap_err();
     assert!(
-        err.to_string()
-            .contains("too many handles in one message (max 252)"),
+        err.to_string().contains(
+            "too many descriptors in one message: its handles hold 253, and at most 252 fit"
+        ),
         "{err}"
     );
+}
+
+#[test]
+fn the_limit_is_told_in_descriptors_which_a_queue_holds_three_of() {
+    // 100 queues are 300 descriptors: the error must not call them 300
+    // handles.
+    let queues: Vec<Queue<u8>> = (0..100).map(|_| Queue::new().unwrap()).collect();
+    let (a, _b) = Pipe::<Vec<Queue<u8>>>::duplex().unwrap();
+    let err = a.send(&queues).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("too many descriptors"), "{text}");
+    assert!(text.contains("hold 300"), "{text}");
+    assert!(text.contains("a Queue three"), "{text}");
 }
 
 #[process_entry]
@@ -1034,5 +1050,5 @@ fn a_result_with_the_most_handles_and_a_spill_comes_back() {
         .unwrap()
         .join()
         .unwrap_err();
-    assert!(err.to_string().contains("too many handles"), "{err}");
+    assert!(err.to_string().contains("too many descriptors"), "{err}");
 }

@@ -59,7 +59,9 @@
 //!    raw pointers, `impl Trait`, `dyn Trait` or `_`: use `String` for
 //!    `&str`, `Vec<T>` for `&[T]`. multiproc's handles ([`Queue`],
 //!    [`Connection`], [`Lock`], [`Value`], [`Fd`], proxies, …) are such
-//!    types: they arrive as working handles. So is [`Error`], so an entry
+//!    types: they arrive as working handles (their descriptors travel
+//!    beside the bytes, at most 252 in one message: an [`Fd`] or a
+//!    [`Lock`] holds one, a [`Queue`] three). So is [`Error`], so an entry
 //!    may return [`Result<T>`](crate::Result) and use `?` on multiproc's
 //!    errors: the parent's `join` then gives `Ok(Err(e))`, `e` with its
 //!    kind, exit code, panic report and the text of each cause (an OS

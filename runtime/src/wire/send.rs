@@ -102,8 +102,13 @@ impl OutFrame {
         if self.fds.len() > MAX_HANDLES {
             return Err(Error::new(
                 ErrorKind::Encode,
+                // Counted in descriptors, not handles: a handle may hold
+                // several (a Queue three), so a user counting handles
+                // would not recognise the number.
                 format!(
-                    "too many handles in one message (max {MAX_HANDLES}): this one has {}",
+                    "too many descriptors in one message: its handles hold {}, and at \
+                     most {MAX_HANDLES} fit (a handle holds one or more: an Fd or a Lock \
+                     one, a Queue three); send them in several messages",
                     self.fds.len()
                 ),
             ));
