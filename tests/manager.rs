@@ -969,6 +969,21 @@ fn a_proxy_of_another_local_manager_stored_is_a_readable_encode_error() {
     );
 }
 
+/// Python's `ns.x` is of any type; here `get::<T>` names it. Reading an
+/// attribute as another type than it was set with says which attribute
+/// and which type, not only the codec's complaint.
+#[test]
+fn a_namespace_attribute_read_as_another_type_is_named() {
+    let manager = Manager::start().unwrap();
+    let ns = manager.namespace().unwrap();
+    ns.set("y", "hello").unwrap();
+    let err = ns.get::<u64>("y").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    let text = err.to_string();
+    assert!(text.contains("`y`") && text.contains("`u64`"), "{text}");
+    assert_eq!(ns.get::<String>("y").unwrap().as_deref(), Some("hello"));
+}
+
 /// An item whose `Serialize` always fails, with its own message.
 #[derive(Debug, Deserialize)]
 struct Refuses;

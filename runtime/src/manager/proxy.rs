@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::client::Handle;
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, Frame, Op};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::spawn::registry::Entry;
 
 fn put<T: Serialize + ?Sized>(frame: &mut Frame, value: &T) -> Result<(), Error> {
@@ -505,7 +505,24 @@ impl NamespaceProxy {
                 f.bytes(name.as_bytes());
                 Ok(())
             },
-            get_opt,
+            |f| {
+                let Some(bytes) = f.opt()? else {
+                    return Ok(None);
+                };
+                // Attributes are of any type: name the one asked for, as
+                // the codec's own words ("4 trailing bytes…") do not.
+                decode(bytes).map(Some).map_err(|e| {
+                    Error::new(
+                        ErrorKind::Decode,
+                        format!(
+                            "the namespace attribute `{name}` is not a `{}` (was it set \
+                             with another type?)",
+                            std::any::type_name::<T>()
+                        ),
+                    )
+                    .with_source(e)
+                })
+            },
         )
     }
 
