@@ -794,6 +794,35 @@ fn a_putter_gives_up_its_untaken_backlog_once_at_exit() {
     assert!(!q.is_empty());
 }
 
+#[process_entry]
+fn overfill_joinable_then_return(q: JoinableQueue<Vec<u8>>, n: u32) {
+    multiproc::__private::set_queue_exit_stall(Duration::from_millis(300));
+    for _ in 0..n {
+        q.try_put(vec![7; 4096]).unwrap();
+    }
+}
+
+#[test]
+fn items_a_putter_gave_up_at_exit_are_not_left_unfinished() {
+    // The child's exit gives up on the items nobody made room for; they
+    // are lost with it, so they must not stay counted, or `join` would
+    // wait for them for ever.
+    let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+    let mut child = spawn!(overfill_joinable_then_return, q.clone(), 6_000).unwrap();
+    let joined = child.join_timeout(Duration::from_secs(60));
+    assert!(matches!(joined, Ok(Some(()))), "{joined:?}");
+    let mut got = 0;
+    while q.try_get().is_ok() {
+        q.task_done().unwrap();
+        got += 1;
+    }
+    assert!(got > 0 && got < 6_000, "{got}");
+    assert!(
+        q.join_timeout(Duration::from_secs(10)).unwrap(),
+        "items lost with the putter are still counted as unfinished"
+    );
+}
+
 /// An item whose `Serialize` fails when `refuse` is set.
 #[derive(Debug, PartialEq, serde::Deserialize)]
 struct Picky {

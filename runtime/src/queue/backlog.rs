@@ -16,7 +16,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::PutFail;
-use super::layout::{JOINABLE, UNFINISHED};
+use super::layout::{FULL_WAITERS, JOINABLE, NOT_FULL, UNFINISHED};
 use super::records::Inner;
 use crate::error::Error;
 use crate::sys::lock_word::Deadline;
@@ -24,6 +24,10 @@ use crate::wire::OutFrame;
 
 /// How long the exit flush waits for a get that makes no room.
 const EXIT_STALL: Duration = Duration::from_secs(30);
+
+/// How long a given-up exit flush waits for the feeder to stop (it looks at
+/// least every 50 ms; the wake-up makes it look at once).
+const FEEDER_STOP: Duration = Duration::from_secs(1);
 
 /// The exit flush's patience, in milliseconds, when a test shortened it.
 #[cfg(feature = "test-hooks")]
@@ -51,6 +55,10 @@ pub fn set_queue_exit_stall(stall: Duration) {
 pub(super) struct Backlog {
     /// Set while items wait (read without the lock, on every put).
     waiting: AtomicBool,
+    /// Set when this process's exit gave up on handing the items over:
+    /// their puts stop waiting, and they are no longer counted as
+    /// unfinished (a `JoinableQueue`'s `join` would wait for them for ever).
+    abandoned: AtomicBool,
     state: Mutex<State>,
     /// Signalled when the backlog empties.
     drained: Condvar,
@@ -68,6 +76,12 @@ struct Item {
     fds: Vec<OwnedFd>,
     /// Counted as unfinished (a `JoinableQueue`) when it was put.
     counted: bool,
+}
+
+impl Backlog {
+    pub(super) fn is_abandoned(&self) -> bool {
+        self.abandoned.load(Acquire)
+    }
 }
 
 fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
@@ -161,7 +175,17 @@ fn feed(inner: &Inner) {
             }
             // An item that cannot be stored (an OS error) is dropped, as a
             // failed put would have been.
-            Err(PutFail::Failed(_) | PutFail::Full) => uncount(inner, &item),
+            Err(PutFail::Failed(_)) => uncount(inner, &item),
+            // Without a deadline, only when the exit flush gave up: this
+            // item and those behind it are lost with the process, and are
+            // uncounted here, by the one thread that holds them.
+            Err(PutFail::Full) => {
+                uncount(inner, &item);
+                let mut state = lock(&backlog.state);
+                for item in state.items.drain(..) {
+                    uncount(inner, &item);
+                }
+            }
         }
     }
 }
@@ -204,6 +228,18 @@ fn flush_all() {
                     state.items.len(),
                     exit_stall().as_secs()
                 );
+                // Stop the feeder, and let it uncount the items (it holds
+                // one of them): wake its wait, then wait for it to end.
+                backlog.abandoned.store(true, Release);
+                inner.wake(FULL_WAITERS, NOT_FULL);
+                let stopping = Instant::now();
+                while state.feeding && stopping.elapsed() < FEEDER_STOP {
+                    state = backlog
+                        .drained
+                        .wait_timeout(state, Duration::from_millis(10))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
                 break;
             }
         }

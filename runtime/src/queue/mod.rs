@@ -124,7 +124,9 @@ use side::*;
 ///   process's order. Such items are not counted by `len`; a process killed
 ///   before handing them over loses them (Python's do too); a process that
 ///   exits first hands them over, waiting while gets make room (giving up,
-///   with a word on stderr, after 30 s in which nothing was taken). On a
+///   with a word on stderr, after 30 s in which nothing was taken; a
+///   `JoinableQueue` then no longer counts the items given up as
+///   unfinished, so its `join` does not wait for them). On a
 ///   bounded queue, a full ring or socket makes `put` wait, as it should.
 /// - Waiters on a queue no one will put to again wait until their timeout
 ///   or for ever, as in Python; `shutdown` wakes them.

@@ -197,8 +197,11 @@ impl Inner {
             if matches!(wait, Deadline::Now) {
                 return Err(PutFail::Full);
             }
-            let moved = || self.ring.head() != head || self.is_closed();
-            if !self.wait_until(&mut spin, FULL_WAITERS, NOT_FULL, wait, moved) {
+            // This process's exit gave up on handing its backlog over: the
+            // feeder's wait ends here, so that it can uncount what is lost.
+            let abandoned = || self.backlog.is_abandoned();
+            let moved = || self.ring.head() != head || self.is_closed() || abandoned();
+            if !self.wait_until(&mut spin, FULL_WAITERS, NOT_FULL, wait, moved) || abandoned() {
                 return Err(PutFail::Full);
             }
         }
