@@ -1014,7 +1014,8 @@ fn the_handle_limit_leaves_room_for_the_transports_own_descriptor() {
     let err = a.send(&(handles(253), Vec::new())).unwrap_err();
     assert!(
         err.to_string().contains(
-            "too many descriptors in one message: its handles hold 253, and at most 252 fit"
+            "too many handles in one message (max 252): the limit counts descriptors, \
+             and its handles hold 253"
         ),
         "{err}"
     );
@@ -1028,7 +1029,7 @@ fn the_limit_is_told_in_descriptors_which_a_queue_holds_three_of() {
     let (a, _b) = Pipe::<Vec<Queue<u8>>>::duplex().unwrap();
     let err = a.send(&queues).unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("too many descriptors"), "{text}");
+    assert!(text.contains("the limit counts descriptors"), "{text}");
     assert!(text.contains("hold 300"), "{text}");
     assert!(text.contains("a Queue three"), "{text}");
 }
@@ -1050,5 +1051,5 @@ fn a_result_with_the_most_handles_and_a_spill_comes_back() {
         .unwrap()
         .join()
         .unwrap_err();
-    assert!(err.to_string().contains("too many descriptors"), "{err}");
+    assert!(err.to_string().contains("too many handles"), "{err}");
 }

@@ -106,9 +106,9 @@ impl OutFrame {
                 // several (a Queue three), so a user counting handles
                 // would not recognise the number.
                 format!(
-                    "too many descriptors in one message: its handles hold {}, and at \
-                     most {MAX_HANDLES} fit (a handle holds one or more: an Fd or a Lock \
-                     one, a Queue three); send them in several messages",
+                    "too many handles in one message (max {MAX_HANDLES}): the limit counts \
+                     descriptors, and its handles hold {} (an Fd or a Lock holds one, a \
+                     Queue three); send them in several messages",
                     self.fds.len()
                 ),
             ));
