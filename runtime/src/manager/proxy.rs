@@ -270,9 +270,9 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// ```
     ///
     /// # Errors
-    /// [`ErrorKind::UnknownEntry`](crate::ErrorKind::UnknownEntry) if the
+    /// [`ErrorKind::UnknownEntry`] if the
     /// server's binary has no such entry (a remote server may be another
-    /// program); [`ErrorKind::Panicked`](crate::ErrorKind::Panicked) if `f`
+    /// program); [`ErrorKind::Panicked`] if `f`
     /// panicked (the value is then unchanged).
     pub fn update_with<E>(&self, key: K, f: E) -> Result<V, Error>
     where
@@ -329,7 +329,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Replaces the item at `index`.
     ///
     /// # Errors
-    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) past the end.
+    /// [`ErrorKind::OutOfRange`] past the end.
     pub fn set(&self, index: usize, value: T) -> Result<(), Error> {
         seq_set(&self.h, index, &value)
     }
@@ -495,7 +495,7 @@ impl NamespaceProxy {
     /// The attribute `name`, decoded as `T` (`None` if it was never set).
     ///
     /// # Errors
-    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) if it was set with
+    /// [`ErrorKind::Decode`] if it was set with
     /// another type.
     pub fn get<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
         self.h.client.call(
@@ -641,7 +641,7 @@ impl<T: Serialize + DeserializeOwned> ArrayProxy<T> {
     /// Replaces the item at `index`.
     ///
     /// # Errors
-    /// [`ErrorKind::OutOfRange`](crate::ErrorKind::OutOfRange) past the end.
+    /// [`ErrorKind::OutOfRange`] past the end.
     pub fn set(&self, index: usize, value: T) -> Result<(), Error> {
         seq_set(&self.h, index, &value)
     }
