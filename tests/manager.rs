@@ -171,6 +171,27 @@ fn get_or_insert_is_atomic_and_pop_last_takes_the_newest() {
     assert_eq!(d.pop_last().unwrap(), None);
 }
 
+#[process_entry]
+fn reverse_list(l: ListProxy<u8>) {
+    l.reverse().unwrap();
+}
+
+/// Python's `index`, `count` and `reverse` on a managed list: each one
+/// request, the reverse atomic on the server (here done by a child).
+#[test]
+fn a_list_finds_counts_and_reverses_like_pythons() {
+    let manager = Manager::start().unwrap();
+    let l = manager.list(vec![3u8, 1, 3, 2]).unwrap();
+    assert_eq!(l.position(&3).unwrap(), Some(0));
+    assert_eq!(l.position(&2).unwrap(), Some(3));
+    assert_eq!(l.position(&9).unwrap(), None);
+    assert_eq!(l.count(&3).unwrap(), 2);
+    assert_eq!(l.count(&9).unwrap(), 0);
+    spawn!(reverse_list, l.clone()).unwrap().join().unwrap();
+    assert_eq!(l.snapshot().unwrap(), vec![2, 3, 1, 3]);
+    assert_eq!(l.position(&3).unwrap(), Some(1));
+}
+
 /// A message that carries proxies inside it.
 #[derive(Serialize, Deserialize)]
 struct Job {

@@ -326,6 +326,7 @@ pub(crate) enum Op {
     SeqLen = 36,
     SeqExtend = 37,
     SeqSnapshot = 38,
+    SeqReverse = 39,
     // Single values.
     ValueGet = 40,
     ValueSet = 41,
@@ -355,6 +356,9 @@ pub(crate) enum Op {
     BarrierReset = 82,
     BarrierWaiting = 83,
     BarrierBroken = 84,
+    // Sequences, added later.
+    SeqPosition = 90,
+    SeqCount = 91,
 }
 
 impl Op {
@@ -385,6 +389,9 @@ impl Op {
             SeqLen,
             SeqExtend,
             SeqSnapshot,
+            SeqReverse,
+            SeqPosition,
+            SeqCount,
             ValueGet,
             ValueSet,
             ValueUpdateWith,

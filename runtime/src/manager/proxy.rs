@@ -381,6 +381,40 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
             .call(Op::SeqRemove, self.h.id, |f| put(f, value), |f| f.bool())
     }
 
+    /// The index of the first item equal to `value` (compared encoded),
+    /// if any (Python's `index`, which raises where this is `None`).
+    #[doc(alias = "index")]
+    pub fn position(&self, value: &T) -> Result<Option<usize>, Error> {
+        self.h.client.call(
+            Op::SeqPosition,
+            self.h.id,
+            |f| put(f, value),
+            |f| {
+                if !f.bool()? {
+                    return Ok(None);
+                }
+                Ok(Some(f.u64()? as usize))
+            },
+        )
+    }
+
+    /// How many items are equal to `value` (compared encoded).
+    pub fn count(&self, value: &T) -> Result<usize, Error> {
+        self.h.client.call(
+            Op::SeqCount,
+            self.h.id,
+            |f| put(f, value),
+            |f| Ok(f.u64()? as usize),
+        )
+    }
+
+    /// Reverses the list in place, in one atomic step.
+    pub fn reverse(&self) -> Result<(), Error> {
+        self.h
+            .client
+            .call(Op::SeqReverse, self.h.id, |_| Ok(()), |_| Ok(()))
+    }
+
     /// The number of items.
     pub fn len(&self) -> Result<usize, Error> {
         seq_len(&self.h)

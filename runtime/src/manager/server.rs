@@ -151,6 +151,9 @@ impl Obj {
                     | SeqLen
                     | SeqExtend
                     | SeqSnapshot
+                    | SeqReverse
+                    | SeqPosition
+                    | SeqCount
             ),
             Obj::Value(_) => matches!(op, ValueGet | ValueSet | ValueUpdateWith),
             Obj::Queue { .. } => matches!(op, QueuePut | QueueGet | QueueLen),
@@ -589,7 +592,10 @@ impl Server {
                 | Op::SeqRemove
                 | Op::SeqLen
                 | Op::SeqExtend
-                | Op::SeqSnapshot => {
+                | Op::SeqSnapshot
+                | Op::SeqReverse
+                | Op::SeqPosition
+                | Op::SeqCount => {
                     let mut st = self.lock();
                     let Some(Obj::Seq { items, fixed }) = st.objects.get_mut(&id) else {
                         return Err(Fault::Bad);
@@ -1364,6 +1370,18 @@ fn seq_op(
             for v in items.iter() {
                 out.bytes(v);
             }
+        }
+        Op::SeqReverse => items.reverse(),
+        Op::SeqPosition => {
+            let v = f.bytes()?;
+            match items.iter().position(|x| x == v) {
+                Some(i) => out.u8(1).u64(i as u64),
+                None => out.u8(0),
+            };
+        }
+        Op::SeqCount => {
+            let v = f.bytes()?;
+            out.u64(items.iter().filter(|x| *x == v).count() as u64);
         }
         _ => return Err(Fault::Bad),
     }
