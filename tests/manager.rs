@@ -1864,3 +1864,50 @@ fn a_dead_waiter_breaks_no_later_round_of_a_barrier() {
         "never arrived before the server noticed the death"
     );
 }
+
+use multiproc::Lock;
+
+/// What the manager call made inside [`StoresLock`]'s `Serialize` returned.
+static STORED_INSIDE: std::sync::Mutex<Option<Result<Option<Lock>, ErrorKind>>> =
+    std::sync::Mutex::new(None);
+
+/// An item whose `Serialize` tries to store a lock in a manager dict.
+struct StoresLock(Option<(DictProxy<u32, Lock>, Lock)>);
+
+impl Serialize for StoresLock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some((d, lock)) = &self.0 {
+            let stored = d.insert(1, lock.clone()).map_err(|e| e.kind());
+            *STORED_INSIDE.lock().unwrap() = Some(stored);
+        }
+        7u8.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StoresLock {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d).map(|_| StoresLock(None))
+    }
+}
+
+/// A value stored by a manager call made while a message is being encoded
+/// (from inside its `Serialize`) is still encoded on its own: a lock in it
+/// is refused, not slipped into the message's descriptors (which the
+/// message's reader would refuse as unclaimed).
+#[test]
+fn a_manager_call_inside_a_messages_serialize_keeps_out_of_the_message() {
+    let manager = Manager::start().unwrap();
+    let d = manager.dict::<u32, Lock>().unwrap();
+    let q = Queue::<StoresLock>::new().unwrap();
+    q.put(StoresLock(Some((d.clone(), Lock::new().unwrap()))))
+        .unwrap();
+    let stored = STORED_INSIDE.lock().unwrap().take();
+    assert!(
+        matches!(stored, Some(Err(ErrorKind::Encode))),
+        "a lock was stored in a manager dict: {:?}",
+        stored.map(|s| s.map(|_| ()))
+    );
+    let got = q.get_timeout(BOUND);
+    assert!(got.is_ok(), "{:?}", got.err());
+    assert_eq!(d.len().unwrap(), 0);
+}

@@ -26,9 +26,13 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(
     // Outside any frame, a handle in `value` refuses and leaves a record of
     // it on this thread: take it, both to word the error (the server keeps
     // bytes, not descriptors) and so that no later error reads it as its own.
-    crate::wire::take_handle_error();
-    let result = crate::wire::codec::encode_into(value, buf);
-    let met_a_handle = crate::wire::take_handle_error().is_some();
+    // (A `Serialize` encoding a message can make a manager call: the
+    // stored value is still encoded outside that message.)
+    let (result, met_a_handle) = crate::wire::outside_frames(|| {
+        crate::wire::take_handle_error();
+        let result = crate::wire::codec::encode_into(value, buf);
+        (result, crate::wire::take_handle_error().is_some())
+    });
     result.map_err(|e| {
         if met_a_handle {
             Error::new(ErrorKind::Encode, STORED_HANDLE)
@@ -45,7 +49,8 @@ const STORED_HANDLE: &str = "a value stored in a Manager object cannot hold mult
 
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    crate::wire::codec::decode(bytes).map_err(|e| Error::new(ErrorKind::Decode, e))
+    crate::wire::outside_frames(|| crate::wire::codec::decode(bytes))
+        .map_err(|e| Error::new(ErrorKind::Decode, e))
 }
 
 /// The key entry `E` is registered under (see `registry::key_of`).

@@ -157,6 +157,15 @@ impl Drop for Scope {
     }
 }
 
+/// Runs `f` outside any encode or decode in progress on this thread, as
+/// a manager's stored value is encoded and decoded: its handles refuse
+/// there rather than join (or take from) the table of a message whose own
+/// serde impl made the manager call.
+pub(crate) fn outside_frames<R>(f: impl FnOnce() -> R) -> R {
+    let _scope = Scope::enter(Mode::Idle);
+    f()
+}
+
 /// Runs an encode; returns its result and the descriptors its handles gave.
 pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     let _scope = Scope::enter(Mode::Encoding);
