@@ -1911,3 +1911,46 @@ fn a_manager_call_inside_a_messages_serialize_keeps_out_of_the_message() {
     assert!(got.is_ok(), "{:?}", got.err());
     assert_eq!(d.len().unwrap(), 0);
 }
+
+/// An item whose `Serialize` also puts a proxy on a (multiproc) queue.
+struct PutsAside(Option<(ListProxy<i64>, Queue<ListProxy<i64>>)>);
+
+impl Serialize for PutsAside {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some((list, q)) = &self.0 {
+            q.put(list.clone()).map_err(serde::ser::Error::custom)?;
+        }
+        0u8.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for PutsAside {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        u8::deserialize(d).map(|_| PutsAside(None))
+    }
+}
+
+#[process_entry]
+fn len_of_queued_list(q: Queue<ListProxy<i64>>) -> Result<usize, String> {
+    let list = q.get_timeout(BOUND).map_err(|e| format!("{e:#}"))?;
+    list.len().map_err(|e| format!("{e:#}"))
+}
+
+/// A proxy put on a queue while a manager call encodes its value (by that
+/// value's `Serialize`) travels as any message's proxy does, with its
+/// descriptor, not as an id only that manager's stored values can hold.
+#[test]
+fn a_proxy_sent_while_a_manager_call_encodes_arrives_working() {
+    let manager = Manager::start().unwrap();
+    let inner = manager.list::<i64>(vec![1, 2, 3]).unwrap();
+    let q = Queue::<ListProxy<i64>>::new().unwrap();
+    let outer = manager.list::<PutsAside>(vec![]).unwrap();
+    outer
+        .push(PutsAside(Some((inner.clone(), q.clone()))))
+        .unwrap();
+    let len = spawn!(len_of_queued_list, q.clone())
+        .unwrap()
+        .join()
+        .unwrap();
+    assert_eq!(len, Ok(3));
+}

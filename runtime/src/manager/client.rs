@@ -399,12 +399,19 @@ impl AtServer {
         f()
     }
 
-    /// Whether `client` is the server being written to.
+    /// Whether `client` is the server being written to (by this value: a
+    /// message encoded meanwhile, by the value's own `Serialize`, is not).
     fn is(client: &Client) -> bool {
-        AT_SERVER.with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
+        !internals::in_message()
+            && AT_SERVER.with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
     }
 
+    /// The server being read from (by this value, not by a message decoded
+    /// meanwhile).
     fn current() -> Option<Arc<Client>> {
+        if internals::in_message() {
+            return None;
+        }
         AT_SERVER.with(|at| at.borrow().clone())
     }
 }

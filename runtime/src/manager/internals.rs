@@ -47,6 +47,14 @@ const STORED_HANDLE: &str = "a value stored in a Manager object cannot hold mult
      local manager's proxy; this manager's own proxies and remote ones may be stored): the \
      server keeps only bytes; pass handles as entry arguments or in messages instead";
 
+/// Whether a message (not a stored value) is being encoded or decoded on
+/// this thread: a proxy in it travels with its descriptor, even while a
+/// manager call runs (that message's `Serialize` made the call, or the
+/// call's value's `Serialize` sends the message).
+pub(crate) fn in_message() -> bool {
+    crate::wire::in_frame()
+}
+
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     crate::wire::outside_frames(|| crate::wire::codec::decode(bytes))

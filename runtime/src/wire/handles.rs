@@ -157,6 +157,12 @@ impl Drop for Scope {
     }
 }
 
+/// Whether an encode or decode of a message is in progress on this thread
+/// (not a manager's stored value: see [`outside_frames`]).
+pub(crate) fn in_frame() -> bool {
+    MODE.get() != Mode::Idle
+}
+
 /// Runs `f` outside any encode or decode in progress on this thread, as
 /// a manager's stored value is encoded and decoded: its handles refuse
 /// there rather than join (or take from) the table of a message whose own
