@@ -1209,3 +1209,23 @@ fn a_task_cannot_start_processes_as_workers_are_daemons() {
         Some("Spawn")
     );
 }
+
+/// The result of a `map_async` over no items is handed over once, as any
+/// other's: asking again is an `AlreadyTaken` error, not a second empty
+/// result.
+#[test]
+fn an_empty_map_async_hands_its_result_over_once() {
+    let pool = Pool::new(1).unwrap();
+    let pending = pool.map_async(entry!(square), Vec::<u64>::new()).unwrap();
+    assert_eq!(
+        pending.get_timeout(common::BOUND).unwrap(),
+        Vec::<u64>::new()
+    );
+    assert_eq!(pending.successful(), Some(true));
+    let again = pending.get_timeout(common::BOUND);
+    assert_eq!(
+        again.as_ref().map_err(|e| e.kind()),
+        Err(ErrorKind::AlreadyTaken),
+        "{again:?}"
+    );
+}

@@ -953,7 +953,12 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 ),
             ));
         };
-        let result = (self.collect)(self.sink.entry, &mut state.results, self.len);
+        let result = if state.taken {
+            None
+        } else {
+            (self.collect)(self.sink.entry, &mut state.results, self.len)
+        };
+        state.taken = true;
         drop(state);
         result.unwrap_or_else(|| {
             Err(task::error(

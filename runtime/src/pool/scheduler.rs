@@ -66,6 +66,9 @@ pub(crate) struct SinkState {
     pub(crate) discard: bool,
     /// Some item's result was an error (kept once results are taken).
     pub(crate) failed: bool,
+    /// An `AsyncResult` handed its result over (a job of no items leaves
+    /// no results to tell by).
+    pub(crate) taken: bool,
 }
 
 impl SinkState {
@@ -95,6 +98,7 @@ impl Sink {
                 wake: Wake::Never,
                 discard: false,
                 failed: false,
+                taken: false,
             }),
             cv: Condvar::new(),
             cancelled: AtomicBool::new(false),
