@@ -1110,6 +1110,40 @@ fn join_sees_a_child_killed_mid_result_while_a_fork_keeps_its_socket() {
     }
 }
 
+/// Forks a copy that holds every descriptor (the control socket among
+/// them) for a minute, then exits with code 3 before any result.
+#[process_entry]
+fn fork_then_exit_3() -> u32 {
+    multiproc::__private::fork_lingering_child(Duration::from_secs(60))
+        .expect("forking a lingering copy");
+    std::process::exit(3)
+}
+
+/// A child that exits while a copy it forked keeps its socket open is
+/// reported by `join` at once: with a pidfd, and without one (CI runs this
+/// file with `MULTIPROC_NO_PIDFD=1`), when it asks whether the child runs.
+#[test]
+fn join_sees_a_child_exit_while_a_fork_keeps_its_socket() {
+    for method in methods() {
+        let child = Process::new(entry!(fork_then_exit_3), ())
+            .start_method(method)
+            .start()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.join());
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(Err(err)) => {
+                assert!(err.is_exited(), "{method:?}: {err}");
+                assert_eq!(err.exitcode(), Some(3), "{method:?}: {err}");
+            }
+            Ok(Ok(v)) => panic!("{method:?}: an exited child returned {v}"),
+            Err(_) => panic!("{method:?}: join waited on the fork's open socket"),
+        }
+    }
+}
+
 /// An entry that spells out the Rust ABI, which is a plain Rust fn.
 #[process_entry]
 extern "Rust" fn spelled_rust_abi(a: u32, b: u32) -> u32 {

@@ -311,6 +311,11 @@ pub(crate) fn start_child<R>(
 /// 200 KiB), so the write cannot block on a reader that does not exist yet.
 const EARLY_CALL_MAX: usize = 32 << 10;
 
+/// How long a wait for a child's result goes, without a pidfd, before it
+/// asks whether the child still runs (a process it forked may hold its
+/// socket open after it is gone).
+const EXIT_LOOK: Duration = Duration::from_millis(50);
+
 /// Writes the call (if not written yet) to the child's control socket.
 fn send_call(outgoing: Option<Outgoing>, ours: BorrowedFd<'_>) {
     // If the child died before reading its call, `join` reports how it died.
@@ -556,6 +561,12 @@ impl<R> JoinHandle<R> {
         self.child.is_running()
     }
 
+    /// The child's record, shared: to ask whether it still runs from
+    /// another thread (a pool's, without a pidfd).
+    pub(crate) fn child(&self) -> Arc<Child> {
+        Arc::clone(&self.child)
+    }
+
     /// For [`crate::wait()`]: the descriptor that becomes readable when the
     /// child ends, if there is one (a pidfd).
     pub(crate) fn exit_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
@@ -695,6 +706,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
     }
 
     /// Reads the result frame, or end of stream. `Ok(None)`: deadline passed.
+    /// (Without a pidfd, whether the child still runs is asked every
+    /// [`EXIT_LOOK`] of the wait.)
     fn read_report(&mut self, deadline: Option<Instant>) -> Result<Option<Report>, Error> {
         let Some(sock) = &self.sock else {
             return Ok(Some(Report::Nothing));
@@ -726,10 +739,30 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                 }
                 ready
             }
-            None => {
+            // No pidfd: ask whether the child still runs between slices of
+            // the wait, for the same reason.
+            None => loop {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let slice = left.map_or(EXIT_LOOK, |left| left.min(EXIT_LOOK));
                 let mut fds = [PollFd::new(sock, PollFlags::IN)];
-                crate::sys::poll::poll(&mut fds, remaining).map_err(poll_failed)?
-            }
+                let ready = crate::sys::poll::poll(&mut fds, Some(slice)).map_err(poll_failed)?;
+                if ready > 0 {
+                    break ready;
+                }
+                if !self.child.is_running() {
+                    // Whatever it wrote before it exited is in the socket.
+                    let mut again = [PollFd::new(sock, PollFlags::IN)];
+                    let written = crate::sys::poll::poll(&mut again, Some(Duration::ZERO))
+                        .map_err(poll_failed)?;
+                    if written == 0 {
+                        return Ok(Some(Report::Nothing));
+                    }
+                    break written;
+                }
+                if left.is_some_and(|left| left.is_zero()) {
+                    break 0;
+                }
+            },
         };
         if ready == 0 {
             return Ok(None);
