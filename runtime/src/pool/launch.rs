@@ -53,19 +53,28 @@ impl fmt::Debug for Launcher {
     }
 }
 
+/// What tells a waiting thread that a worker's process has exited.
+pub(crate) enum ExitWatch {
+    /// Readable once it has exited (a copy of its pidfd).
+    Fd(OwnedFd),
+    /// Whether it still runs, asked now and then (no pidfd).
+    Ask(Box<dyn Fn() -> bool + Send>),
+    /// Nothing: a worker on another machine.
+    Unknown,
+}
+
 /// A started worker, as the pool sees its process.
 pub(crate) trait WorkerProc: Send + fmt::Debug {
     /// Names the worker in errors: `pool worker 'PoolWorker-3' (pid 1234)`.
     fn describe(&self) -> String;
     /// Kills it at once (`SIGKILL`). A no-op once it has exited.
     fn kill(&self);
-    /// A descriptor of its own that becomes readable once the process has
-    /// exited (a copy of its pidfd), for a thread that waits on its
-    /// connection too: a process it forked may hold that connection open
-    /// after it is gone. `None` when nothing says so (no pidfd, or a worker
-    /// on another machine): then only the connection's end does.
-    fn exit_fd(&self) -> Option<OwnedFd> {
-        None
+    /// What says that the process has exited, for a thread that waits on
+    /// its connection too: a process it forked may hold that connection
+    /// open after it is gone. [`ExitWatch::Unknown`] for a worker on
+    /// another machine: then only the connection's end does.
+    fn exit_watch(&self) -> ExitWatch {
+        ExitWatch::Unknown
     }
     /// Waits for it to exit (after its connection or its `exit_fd`
     /// reported it gone) and
@@ -116,8 +125,15 @@ impl WorkerProc for SpawnedWorker {
         let _ = self.0.kill();
     }
 
-    fn exit_fd(&self) -> Option<OwnedFd> {
-        self.0.exit_fd()?.try_clone_to_owned().ok()
+    fn exit_watch(&self) -> ExitWatch {
+        match self.0.exit_fd().map(|fd| fd.try_clone_to_owned()) {
+            Some(Ok(fd)) => ExitWatch::Fd(fd),
+            // No pidfd (or no copy of it): ask whether it still runs.
+            _ => {
+                let child = self.0.child();
+                ExitWatch::Ask(Box::new(move || child.is_running()))
+            }
+        }
     }
 
     fn wait(self: Box<Self>) -> Result<(), Error> {

@@ -3,12 +3,11 @@
 //! death, fails exactly what it held and starts its replacement.
 
 use std::collections::VecDeque;
-use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::launch::{Launch, Started, WorkerProc};
+use super::launch::{ExitWatch, Launch, Started, WorkerProc};
 use super::link::Link;
 use super::proto::{Chunk, FDS_PER_MESSAGE, Item, Msg, Outcome, Shared as OnWire};
 use super::results::Results;
@@ -589,10 +588,10 @@ impl Pool {
     fn serve_slot(&self, idx: usize) {
         loop {
             let (conn, exit) = match &lock(&self.state).slots[idx].worker {
-                Some(live) => (Arc::clone(&live.conn), live.proc.exit_fd()),
+                Some(live) => (Arc::clone(&live.conn), live.proc.exit_watch()),
                 None => return,
             };
-            self.collect(idx, &conn, exit.as_ref());
+            self.collect(idx, &conn, &exit);
             drop(conn);
             if !self.bury(idx) {
                 return;
@@ -605,7 +604,7 @@ impl Pool {
 
     /// Takes the worker's answers until its connection ends, or until it
     /// has exited (`exit`: its exit descriptor) and left nothing unread.
-    fn collect(&self, idx: usize, conn: &Arc<dyn Link>, exit: Option<&OwnedFd>) {
+    fn collect(&self, idx: usize, conn: &Arc<dyn Link>, exit: &ExitWatch) {
         loop {
             let Some(got) = receive(&**conn, exit) else {
                 return;
@@ -801,7 +800,7 @@ impl Pool {
     /// it, which ends this wait. `Ok(None)`: the pool ended first.
     fn start_worker(&self, idx: usize) -> Result<Option<Started>> {
         let (conn, proc) = launch(&self.config)?;
-        let exit = proc.exit_fd();
+        let exit = proc.exit_watch();
         {
             let mut state = lock(&self.state);
             if state.terminated || state.stopping {
@@ -812,7 +811,7 @@ impl Pool {
             }
             state.slots[idx].starting = Some(proc);
         }
-        let first = receive(&*conn, exit.as_ref()).unwrap_or(Err(RecvError::Disconnected));
+        let first = receive(&*conn, &exit).unwrap_or(Err(RecvError::Disconnected));
         // Only this thread takes it out.
         let Some(proc) = lock(&self.state).slots[idx].starting.take() else {
             return Ok(None);
@@ -948,8 +947,8 @@ fn launch(config: &Config) -> Result<Started> {
 
 /// Waits for a new worker to say its initializer ran.
 fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dyn WorkerProc>> {
-    let exit = proc.exit_fd();
-    let first = receive(&**conn, exit.as_ref()).unwrap_or(Err(RecvError::Disconnected));
+    let exit = proc.exit_watch();
+    let first = receive(&**conn, &exit).unwrap_or(Err(RecvError::Disconnected));
     ready(first, proc)
 }
 
@@ -958,23 +957,30 @@ fn await_ready(conn: &Arc<dyn Link>, proc: Box<dyn WorkerProc>) -> Result<Box<dy
 const EXIT_LOOK: Duration = Duration::from_millis(100);
 
 /// Receives the worker's next message; `None` once its process has exited
-/// (`exit` is readable) and left nothing unread. Its connection alone does
+/// (as `exit` tells) and left nothing unread. Its connection alone does
 /// not tell: a process the worker forked may hold it open after the worker
 /// is gone. So a receive that waits looks at `exit` every [`EXIT_LOOK`]:
 /// one poll per message, as a plain receive makes, and not two.
-fn receive(conn: &dyn Link, exit: Option<&OwnedFd>) -> Option<Result<Msg, RecvError>> {
-    let Some(exit) = exit else {
-        return Some(conn.recv());
+fn receive(conn: &dyn Link, exit: &ExitWatch) -> Option<Result<Msg, RecvError>> {
+    let exited = || match exit {
+        ExitWatch::Fd(fd) => {
+            let mut fds = [PollFd::new(fd, PollFlags::IN)];
+            matches!(
+                crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
+                Ok(1)
+            )
+        }
+        ExitWatch::Ask(running) => !running(),
+        ExitWatch::Unknown => false,
     };
+    if matches!(exit, ExitWatch::Unknown) {
+        return Some(conn.recv());
+    }
     loop {
         if let Some(got) = conn.recv_within(EXIT_LOOK) {
             return Some(got);
         }
-        let mut fds = [PollFd::new(exit, PollFlags::IN)];
-        if matches!(
-            crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
-            Ok(1)
-        ) {
+        if exited() {
             // Whatever it wrote before it exited is in the socket by now.
             return conn.recv_within(Duration::ZERO);
         }
