@@ -953,34 +953,41 @@ impl<R: DeserializeOwned> AsyncResult<R> {
                 ),
             ));
         };
-        let result = if state.taken {
-            None
-        } else {
-            (self.collect)(self.sink.entry, &mut state.results, self.len)
-        };
-        state.taken = true;
-        drop(state);
-        result.unwrap_or_else(|| {
-            Err(task::error(
+        if std::mem::replace(&mut state.taken, true) {
+            return Err(task::error(
                 ErrorKind::AlreadyTaken,
                 format!("the result of `{}` was already taken", self.sink.entry),
-            ))
-        })
+            ));
+        }
+        (self.collect)(self.sink.entry, &mut state.results, self.len)
     }
 }
 
 /// How an [`AsyncResult`] takes its job's results out as an `R`, given the
-/// entry and the number of items: `None` if they were taken before.
-type Collect<R> = fn(&'static str, &mut Results<Result<Item>>, u64) -> Option<Result<R>>;
+/// entry and the number of items (once: see `SinkState::taken`).
+type Collect<R> = fn(&'static str, &mut Results<Result<Item>>, u64) -> Result<R>;
+
+/// Item `index`'s result, which every answered job has until it is taken.
+fn take_result(
+    entry: &'static str,
+    results: &mut Results<Result<Item>>,
+    index: u64,
+) -> Result<Item> {
+    results.remove(index).unwrap_or_else(|| {
+        Err(task::error(
+            ErrorKind::AlreadyTaken,
+            format!("the result of {} was already taken", context(entry, index)),
+        ))
+    })
+}
 
 /// An [`AsyncResult`]'s one call's result.
 fn collect_one<R: DeserializeOwned>(
     entry: &'static str,
     results: &mut Results<Result<Item>>,
     _len: u64,
-) -> Option<Result<R>> {
-    let result = results.remove(0)?;
-    Some(decode_result(entry, 0, result))
+) -> Result<R> {
+    decode_result(entry, 0, take_result(entry, results, 0))
 }
 
 /// A map's results in input order, or its first error in input order;
@@ -989,22 +996,11 @@ fn collect_all<R: DeserializeOwned>(
     entry: &'static str,
     results: &mut Results<Result<Item>>,
     len: u64,
-) -> Option<Result<Vec<R>>> {
-    if len > 0 && results.is_empty() {
-        return None;
-    }
+) -> Result<Vec<R>> {
     let mut out = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     let mut failed = None;
     for index in 0..len {
-        let Some(result) = results.remove(index) else {
-            failed.get_or_insert_with(|| {
-                task::error(
-                    ErrorKind::AlreadyTaken,
-                    format!("the result of {} was already taken", context(entry, index)),
-                )
-            });
-            continue;
-        };
+        let result = take_result(entry, results, index);
         if failed.is_none() {
             match decode_result(entry, index, result) {
                 Ok(value) => out.push(value),
@@ -1012,7 +1008,7 @@ fn collect_all<R: DeserializeOwned>(
             }
         }
     }
-    Some(failed.map_or(Ok(out), Err))
+    failed.map_or(Ok(out), Err)
 }
 
 impl<R> Drop for AsyncResult<R> {
