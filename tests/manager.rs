@@ -1954,3 +1954,140 @@ fn a_proxy_sent_while_a_manager_call_encodes_arrives_working() {
         .unwrap();
     assert_eq!(len, Ok(3));
 }
+
+// Object lifetime: the server frees an object with its last reference.
+
+#[test]
+fn an_object_is_freed_when_its_last_proxy_is_dropped() {
+    let manager = Manager::start().unwrap();
+    assert_eq!(manager.__objects().unwrap(), 0);
+    let l = manager.list(vec![7u8; 1000]).unwrap();
+    let copy = l.clone();
+    assert_eq!(manager.__objects().unwrap(), 1);
+    drop(l);
+    assert_eq!(copy.len().unwrap(), 1000, "a clone still holds the object");
+    assert_eq!(manager.__objects().unwrap(), 1);
+    drop(copy);
+    assert_eq!(manager.__objects().unwrap(), 0);
+    // Made and dropped in a loop, as a long-running program does: the
+    // server holds no more at the end than at the start.
+    for n in 0..200u32 {
+        let d = manager.dict::<u32, Vec<u8>>().unwrap();
+        d.insert(n, vec![0; 4096]).unwrap();
+        let q = manager.queue::<u32>(None).unwrap();
+        q.put(n).unwrap();
+    }
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+#[process_entry]
+fn push_when_told(l: ListProxy<u32>, go: Connection<u8>) -> Result<Vec<u32>, String> {
+    go.recv().map_err(|e| format!("{e:#}"))?;
+    l.push(4).map_err(|e| format!("{e:#}"))?;
+    l.snapshot().map_err(|e| format!("{e:#}"))
+}
+
+#[process_entry]
+fn push_queued_when_told(q: Queue<ListProxy<u32>>, go: Connection<u8>) -> Result<Vec<u32>, String> {
+    go.recv().map_err(|e| format!("{e:#}"))?;
+    let l = q.get_timeout(BOUND).map_err(|e| format!("{e:#}"))?;
+    l.push(4).map_err(|e| format!("{e:#}"))?;
+    l.snapshot().map_err(|e| format!("{e:#}"))
+}
+
+/// The sender's proxy is gone before the receiver decodes its copy: the
+/// copy took its reference before it left, so the object is still there;
+/// and once the receiver drops it, nothing holds the object any more.
+#[test]
+fn a_proxy_sent_away_outlives_the_senders_copy() {
+    let manager = Manager::start().unwrap();
+    // As an entry argument.
+    let (go_there, go) = Pipe::simplex().unwrap();
+    let child = spawn!(
+        push_when_told,
+        manager.list(vec![1u32, 2, 3]).unwrap(),
+        go_there
+    )
+    .unwrap();
+    // The parent holds no proxy of the list now.
+    assert_eq!(manager.__objects().unwrap(), 1);
+    go.send(&1).unwrap();
+    assert_eq!(child.join().unwrap(), Ok(vec![1, 2, 3, 4]));
+    assert_eq!(manager.__objects().unwrap(), 0);
+
+    // Through a queue, decoded only after the sender dropped its proxy.
+    let q = Queue::new().unwrap();
+    let (go_there, go) = Pipe::simplex().unwrap();
+    let child = spawn!(push_queued_when_told, q.clone(), go_there).unwrap();
+    q.put(manager.list(vec![1u32, 2, 3]).unwrap()).unwrap();
+    assert_eq!(manager.__objects().unwrap(), 1);
+    go.send(&1).unwrap();
+    assert_eq!(child.join().unwrap(), Ok(vec![1, 2, 3, 4]));
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+/// A proxy stored in another object of its manager keeps its object for
+/// as long as the server runs (the server does not look inside stored
+/// values); the outer object is freed as any other.
+#[test]
+fn a_stored_proxy_keeps_its_object() {
+    let manager = Manager::start().unwrap();
+    let outer = manager.list::<ListProxy<u32>>(vec![]).unwrap();
+    outer.push(manager.list(vec![5u32]).unwrap()).unwrap();
+    assert_eq!(manager.__objects().unwrap(), 2);
+    let inner = outer.get(0).unwrap().unwrap();
+    inner.push(6).unwrap();
+    drop(inner);
+    let inner = outer.pop().unwrap().unwrap();
+    assert_eq!(inner.snapshot().unwrap(), vec![5, 6]);
+    drop((inner, outer));
+    assert_eq!(manager.__objects().unwrap(), 1);
+}
+
+#[test]
+fn a_remote_manager_frees_objects_too() {
+    let remote = Remote::start();
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let d = manager.dict::<String, u32>().unwrap();
+    let lock = manager.lock().unwrap();
+    assert_eq!(manager.__objects().unwrap(), 2);
+    let kid = spawn!(remote_child, d.clone(), lock.clone(), 1).unwrap();
+    drop(lock);
+    kid.join().unwrap();
+    assert_eq!(manager.__objects().unwrap(), 1);
+    assert_eq!(d.get(&"total".into()).unwrap(), Some(1));
+    drop(d);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+/// A proxy kept in a thread-local is dropped while the thread's locals are
+/// destroyed, the library's own among them: its reference is still given
+/// back, and nothing panics.
+#[test]
+fn a_proxy_in_a_thread_local_is_given_back_when_the_thread_ends() {
+    use std::cell::RefCell;
+    thread_local! {
+        static KEPT: RefCell<Vec<ListProxy<u8>>> = const { RefCell::new(Vec::new()) };
+    }
+    let manager = Manager::start().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    // The library's thread-locals made before this one (destroyed after
+    // it), then after it (destroyed before it).
+    for library_first in [true, false] {
+        let (mine, fresh) = (l.clone(), manager.list(vec![2u8]).unwrap());
+        // `join` returns once the thread has ended, its locals destroyed.
+        std::thread::spawn(move || {
+            if library_first {
+                assert_eq!(mine.len().unwrap(), 1);
+            }
+            KEPT.with(|k| k.borrow_mut().push(mine.clone()));
+            assert_eq!(mine.len().unwrap(), 1);
+            assert_eq!(fresh.len().unwrap(), 1);
+            KEPT.with(|k| k.borrow_mut().push(fresh));
+        })
+        .join()
+        .unwrap();
+    }
+    drop(l);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}

@@ -349,10 +349,52 @@ fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
 /// A proxy's reference to its server and object: travels to other
 /// processes as the endpoint (a dial descriptor, or address and key) and
 /// the object's id.
+///
+/// The server counts references to each object and frees it with its
+/// last, as Python's manager does. A handle holds one, shared by its
+/// clones and given back when the last of them is dropped. Encoding a
+/// handle takes one more, for the copy that travels (the receiver's
+/// decoded handle holds it), before the value leaves, so that the sender
+/// dropping its own cannot free the object in between. A copy that is
+/// stored in a manager object keeps its reference for as long as the
+/// server runs (the server does not look inside the values it stores), so
+/// a handle read back out of one holds none.
 #[derive(Clone)]
 pub(crate) struct Handle {
     pub(crate) client: Arc<Client>,
     pub(crate) id: u64,
+    _held: Option<Arc<Held>>,
+}
+
+/// One reference to an object, given back to the server when dropped.
+struct Held {
+    client: Arc<Client>,
+    id: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // A server that is gone has freed everything already.
+        let _ = self
+            .client
+            .call(Op::DecRef, self.id, |_| Ok(()), |_| Ok(()));
+    }
+}
+
+impl Handle {
+    /// A handle holding the reference the server took for it (the one
+    /// `Create` made, or one taken for a copy on its way here).
+    pub(crate) fn holding(client: Arc<Client>, id: u64) -> Handle {
+        let held = Some(Arc::new(Held {
+            client: Arc::clone(&client),
+            id,
+        }));
+        Handle {
+            client,
+            id,
+            _held: held,
+        }
+    }
 }
 
 impl fmt::Debug for Handle {
@@ -394,7 +436,11 @@ struct AtServer(Option<Arc<Client>>);
 
 impl AtServer {
     fn enter<R>(client: &Arc<Client>, f: impl FnOnce() -> R) -> R {
-        let previous = AT_SERVER.with(|at| at.replace(Some(Arc::clone(client))));
+        // Not there while this thread's locals are destroyed (a proxy kept
+        // in one is dropped then): no value is encoded or decoded then.
+        let Ok(previous) = AT_SERVER.try_with(|at| at.replace(Some(Arc::clone(client)))) else {
+            return f();
+        };
         let _restore = AtServer(previous);
         f()
     }
@@ -403,7 +449,9 @@ impl AtServer {
     /// message encoded meanwhile, by the value's own `Serialize`, is not).
     fn is(client: &Client) -> bool {
         !internals::in_message()
-            && AT_SERVER.with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
+            && AT_SERVER
+                .try_with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
+                .unwrap_or(false)
     }
 
     /// The server being read from (by this value, not by a message decoded
@@ -412,19 +460,29 @@ impl AtServer {
         if internals::in_message() {
             return None;
         }
-        AT_SERVER.with(|at| at.borrow().clone())
+        AT_SERVER.try_with(|at| at.borrow().clone()).ok().flatten()
     }
 }
 
 impl Drop for AtServer {
     fn drop(&mut self) {
         let previous = self.0.take();
-        AT_SERVER.with(|at| *at.borrow_mut() = previous);
+        let _ = AT_SERVER.try_with(|at| *at.borrow_mut() = previous);
     }
 }
 
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::Error as _;
+        // The reference the copy holds, taken before it leaves. A server
+        // that is gone takes none, and the copy fails as this one does.
+        if let Err(e) = self
+            .client
+            .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
+            && e.kind() != ErrorKind::Disconnected
+        {
+            return Err(S::Error::custom(e));
+        }
         match &self.client.endpoint {
             Endpoint::Local(_) if AtServer::is(&self.client) => WireOut::Here(self.id),
             Endpoint::Local(fd) => WireOut::Local(fd, self.id),
@@ -451,10 +509,18 @@ impl<'de> Deserialize<'de> for Handle {
                 id,
             ),
         };
-        Ok(Handle {
-            client: client.map_err(D::Error::custom)?,
-            id,
-        })
+        let client = client.map_err(D::Error::custom)?;
+        // Read out of a manager object's stored value, whose copy keeps
+        // the object: this handle holds no reference of its own. Anywhere
+        // else it takes over the one its sender took for it.
+        if AtServer::current().is_some() {
+            return Ok(Handle {
+                client,
+                id,
+                _held: None,
+            });
+        }
+        Ok(Handle::holding(client, id))
     }
 }
 

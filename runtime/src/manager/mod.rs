@@ -91,8 +91,16 @@ pub(crate) fn run_local_server(dial: Fd) {
 /// ```
 ///
 /// # Caveats
-/// - Objects live until the server stops (there is no reference counting
-///   of proxies across processes, unlike Python).
+/// - An object is freed once no proxy of it is left in any process, as in
+///   Python: the server counts a reference for each proxy a process made
+///   or received (clones share it), and a proxy being sent takes its
+///   copy's before it leaves. Dropping a proxy is one request to the
+///   server. An object lives until the server stops if a process died
+///   holding a proxy of it without dropping it (killed, or ended by
+///   `std::process::exit`), if a proxy of it was sent and never received,
+///   or if a proxy of it was ever stored in a manager object (the server
+///   does not look inside stored values, so it cannot tell when that copy
+///   is gone).
 /// - A value stored in a manager object may hold proxies of that same
 ///   manager (nested proxies, as in Python: a dict of lists), which come
 ///   back as working proxies wherever the value is read, and proxies of a
@@ -228,10 +236,7 @@ impl Manager {
             },
             |f| f.u64(),
         )?;
-        Ok(Handle {
-            client: Arc::clone(&self.client),
-            id,
-        })
+        Ok(Handle::holding(Arc::clone(&self.client), id))
     }
 
     /// A new, empty dict.
@@ -367,6 +372,13 @@ impl Manager {
                 Ok(())
             },
         )?))
+    }
+
+    /// How many objects the server holds. Not public API: for tests of
+    /// their freeing.
+    #[doc(hidden)]
+    pub fn __objects(&self) -> Result<u64, Error> {
+        self.client.call(Op::Objects, 0, |_| Ok(()), |f| f.u64())
     }
 
     /// A raw connection to the server. Not public API: for tests that send

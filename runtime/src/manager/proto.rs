@@ -302,6 +302,12 @@ pub(crate) fn timeout_ms(t: Option<std::time::Duration>) -> u64 {
 pub(crate) enum Op {
     Ping = 1,
     Create = 2,
+    /// Takes one more reference to an object (for a proxy about to travel).
+    IncRef = 3,
+    /// Lets go of one reference; the object is freed with its last.
+    DecRef = 4,
+    /// How many objects the server holds (for tests).
+    Objects = 5,
     // Maps (dict, namespace).
     MapGet = 10,
     MapInsert = 11,
@@ -367,6 +373,9 @@ impl Op {
         const ALL: &[Op] = &[
             Ping,
             Create,
+            IncRef,
+            DecRef,
+            Objects,
             MapGet,
             MapInsert,
             MapRemove,

@@ -122,6 +122,9 @@ impl Obj {
     /// Whether a request `op` is one of this object's.
     fn accepts(&self, op: Op) -> bool {
         use Op::*;
+        if matches!(op, IncRef | DecRef) {
+            return true;
+        }
         match self {
             Obj::Map(_) => matches!(
                 op,
@@ -189,6 +192,10 @@ impl Obj {
 #[derive(Debug, Default)]
 struct State {
     objects: HashMap<u64, Obj>,
+    /// How many references each object has: proxies in processes, proxies
+    /// on their way to one, and copies stored in other objects. An object
+    /// is freed with its last.
+    refs: HashMap<u64, u64>,
     next_id: u64,
     next_conn: ConnId,
     connections: usize,
@@ -486,14 +493,15 @@ impl Server {
         // server (one that was at this address before) is told apart.
         // A proxy decoded as another type than it was made as (through a
         // namespace, say) asks an object for what it does not do.
-        if !matches!(op, Op::Ping | Op::Create) {
+        if !matches!(op, Op::Ping | Op::Create | Op::Objects) {
             match self.lock().objects.get(&id) {
                 None => {
                     return Err(op_err(
                         ErrorKind::Disconnected,
                         format!(
                             "the manager holds no object {id}: it belongs to another server \
-                             (one that was at this address before it, perhaps)"
+                             (one that was at this address before it, perhaps), or it was \
+                             freed once no proxy of it was left"
                         ),
                     ));
                 }
@@ -518,6 +526,31 @@ impl Server {
                 Op::Ping => {
                     f.end()?;
                 }
+                Op::Objects => {
+                    f.end()?;
+                    out.u64(self.lock().objects.len() as u64);
+                }
+                Op::IncRef => {
+                    f.end()?;
+                    let mut st = self.lock();
+                    // The object was there when the request was checked,
+                    // and only its last reference (this client holds one)
+                    // could have freed it since.
+                    if let Some(n) = st.refs.get_mut(&id) {
+                        *n = n.saturating_add(1);
+                    }
+                }
+                Op::DecRef => {
+                    f.end()?;
+                    let mut st = self.lock();
+                    if let Some(n) = st.refs.get_mut(&id) {
+                        *n -= 1;
+                        if *n == 0 {
+                            st.refs.remove(&id);
+                            st.objects.remove(&id);
+                        }
+                    }
+                }
                 Op::Create => {
                     let obj = create(&mut f)?;
                     f.end()?;
@@ -528,6 +561,8 @@ impl Server {
                     }
                     st.next_id = new;
                     st.objects.insert(new, obj);
+                    // The proxy the reply makes holds the first reference.
+                    st.refs.insert(new, 1);
                     out.u64(new);
                 }
                 Op::MapUpdateWith | Op::ValueUpdateWith => {
