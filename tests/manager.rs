@@ -2026,21 +2026,52 @@ fn a_proxy_sent_away_outlives_the_senders_copy() {
     assert_eq!(manager.__objects().unwrap(), 0);
 }
 
-/// A proxy stored in another object of its manager keeps its object for
-/// as long as the server runs (the server does not look inside stored
-/// values); the outer object is freed as any other.
+/// A proxy stored in another object of its manager keeps its object while
+/// it is stored: reading it leaves it there, taking it out (pop, remove, a
+/// queue's get, an insert that replaces it) hands its reference to the
+/// proxy read. One the server drops unread (`clear`) keeps its object
+/// until the server stops: the server does not look inside stored values.
 #[test]
-fn a_stored_proxy_keeps_its_object() {
+fn a_stored_proxy_keeps_its_object_until_taken_out() {
     let manager = Manager::start().unwrap();
     let outer = manager.list::<ListProxy<u32>>(vec![]).unwrap();
     outer.push(manager.list(vec![5u32]).unwrap()).unwrap();
     assert_eq!(manager.__objects().unwrap(), 2);
-    let inner = outer.get(0).unwrap().unwrap();
-    inner.push(6).unwrap();
-    drop(inner);
+    for _ in 0..3 {
+        let inner = outer.get(0).unwrap().unwrap();
+        inner.push(6).unwrap();
+    }
+    assert_eq!(manager.__objects().unwrap(), 2, "reads took nothing");
     let inner = outer.pop().unwrap().unwrap();
-    assert_eq!(inner.snapshot().unwrap(), vec![5, 6]);
-    drop((inner, outer));
+    assert_eq!(inner.snapshot().unwrap(), vec![5, 6, 6, 6]);
+    drop(inner);
+    assert_eq!(manager.__objects().unwrap(), 1, "popped, then dropped");
+
+    let d = manager.dict::<u8, ListProxy<u32>>().unwrap();
+    d.insert(1, manager.list(vec![1]).unwrap()).unwrap();
+    d.insert(2, manager.list(vec![2]).unwrap()).unwrap();
+    let replaced = d.insert(1, manager.list(vec![3]).unwrap()).unwrap();
+    assert_eq!(replaced.unwrap().snapshot().unwrap(), vec![1]);
+    assert_eq!(d.remove(&2).unwrap().unwrap().len().unwrap(), 1);
+    let (_, last) = d.pop_last().unwrap().unwrap();
+    assert_eq!(last.snapshot().unwrap(), vec![3]);
+    drop(last);
+    assert_eq!(manager.__objects().unwrap(), 2, "outer and d");
+
+    let q = manager.queue::<ListProxy<u32>>(None).unwrap();
+    for n in 0..10 {
+        q.put(manager.list(vec![n]).unwrap()).unwrap();
+    }
+    assert_eq!(manager.__objects().unwrap(), 13);
+    for n in 0..10 {
+        assert_eq!(q.get().unwrap().snapshot().unwrap(), vec![n]);
+    }
+    assert_eq!(manager.__objects().unwrap(), 3);
+
+    // Dropped unread by the server: kept.
+    d.insert(9, manager.list(vec![7u32]).unwrap()).unwrap();
+    d.clear().unwrap();
+    drop((outer, d, q));
     assert_eq!(manager.__objects().unwrap(), 1);
 }
 

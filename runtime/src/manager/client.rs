@@ -245,6 +245,30 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        self.request(op, id, build, parse, false)
+    }
+
+    /// Like [`call`](Client::call), for a request whose reply holds values
+    /// the server no longer stores (popped, removed, replaced): a proxy
+    /// decoded from one takes over the reference the stored copy held.
+    pub(crate) fn call_taking<R>(
+        self: &Arc<Client>,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.request(op, id, build, parse, true)
+    }
+
+    fn request<R>(
+        self: &Arc<Client>,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+        taking: bool,
+    ) -> Result<R, Error> {
         let mut lease = Lease {
             client: self,
             conn: None,
@@ -252,7 +276,7 @@ impl Client {
         let conn = lease.conn.insert(self.take()?);
         conn.out.clear();
         conn.out.u8(op as u8).u64(id);
-        AtServer::enter(self, || build(&mut conn.out))?;
+        AtServer::enter(self, false, || build(&mut conn.out))?;
         if let Err(e) = conn.out.send(&mut conn.stream) {
             // A frame over the limit is refused before a byte is written:
             // the connection is in step, and keeps no such buffer.
@@ -270,7 +294,7 @@ impl Client {
             // step whatever the frame held (a value that does not decode
             // as `T`, an error).
             Ok(reply) => {
-                let result = AtServer::enter(self, || parse_reply(reply, parse));
+                let result = AtServer::enter(self, taking, || parse_reply(reply, parse));
                 // Not kept (large, perhaps) while the connection is idle.
                 conn.reader.release_idle();
                 return result;
@@ -356,9 +380,12 @@ fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
 /// handle takes one more, for the copy that travels (the receiver's
 /// decoded handle holds it), before the value leaves, so that the sender
 /// dropping its own cannot free the object in between. A copy that is
-/// stored in a manager object keeps its reference for as long as the
-/// server runs (the server does not look inside the values it stores), so
-/// a handle read back out of one holds none.
+/// stored in a manager object keeps its reference while it is stored: a
+/// handle read from it holds none, and one decoded from a value taken out
+/// (popped, removed, replaced: [`Client::call_taking`]) takes that
+/// reference over. A stored copy the server drops unread (`clear`, a
+/// replaced value nobody decodes) keeps it for as long as the server runs:
+/// the server does not look inside the values it stores.
 #[derive(Clone)]
 pub(crate) struct Handle {
     pub(crate) client: Arc<Client>,
@@ -424,7 +451,14 @@ enum WireIn {
 thread_local! {
     /// The server this thread is encoding a request for, or decoding a
     /// reply from (see [`AtServer`]).
-    static AT_SERVER: RefCell<Option<Arc<Client>>> = const { RefCell::new(None) };
+    static AT_SERVER: RefCell<Option<At>> = const { RefCell::new(None) };
+}
+
+/// What [`AT_SERVER`] holds.
+struct At {
+    client: Arc<Client>,
+    /// Whether the values being read are no longer stored there.
+    taking: bool,
 }
 
 /// Marks the server a request is encoded for and its reply decoded from,
@@ -432,13 +466,17 @@ thread_local! {
 /// local proxy of that same server is then stored there as its object's
 /// id alone (Python nests proxies this way: `outer.append(inner)`), and
 /// read back as a proxy through the reader's own client.
-struct AtServer(Option<Arc<Client>>);
+struct AtServer(Option<At>);
 
 impl AtServer {
-    fn enter<R>(client: &Arc<Client>, f: impl FnOnce() -> R) -> R {
+    fn enter<R>(client: &Arc<Client>, taking: bool, f: impl FnOnce() -> R) -> R {
+        let at = At {
+            client: Arc::clone(client),
+            taking,
+        };
         // Not there while this thread's locals are destroyed (a proxy kept
         // in one is dropped then): no value is encoded or decoded then.
-        let Ok(previous) = AT_SERVER.try_with(|at| at.replace(Some(Arc::clone(client)))) else {
+        let Ok(previous) = AT_SERVER.try_with(|cell| cell.replace(Some(at))) else {
             return f();
         };
         let _restore = AtServer(previous);
@@ -450,7 +488,11 @@ impl AtServer {
     fn is(client: &Client) -> bool {
         !internals::in_message()
             && AT_SERVER
-                .try_with(|at| at.borrow().as_ref().is_some_and(|c| c.key == client.key))
+                .try_with(|at| {
+                    at.borrow()
+                        .as_ref()
+                        .is_some_and(|at| at.client.key == client.key)
+                })
                 .unwrap_or(false)
     }
 
@@ -460,7 +502,19 @@ impl AtServer {
         if internals::in_message() {
             return None;
         }
-        AT_SERVER.try_with(|at| at.borrow().clone()).ok().flatten()
+        AT_SERVER
+            .try_with(|at| at.borrow().as_ref().map(|at| Arc::clone(&at.client)))
+            .ok()
+            .flatten()
+    }
+
+    /// Whether a value still stored by the server is being read (not one
+    /// taken out of it, and not a message decoded meanwhile).
+    fn reading_stored() -> bool {
+        !internals::in_message()
+            && AT_SERVER
+                .try_with(|at| at.borrow().as_ref().is_some_and(|at| !at.taking))
+                .unwrap_or(false)
     }
 }
 
@@ -512,8 +566,9 @@ impl<'de> Deserialize<'de> for Handle {
         let client = client.map_err(D::Error::custom)?;
         // Read out of a manager object's stored value, whose copy keeps
         // the object: this handle holds no reference of its own. Anywhere
-        // else it takes over the one its sender took for it.
-        if AtServer::current().is_some() {
+        // else (a message, a value taken out of the server) it takes over
+        // the one its sender, or the stored copy, held.
+        if AtServer::reading_stored() {
             return Ok(Handle {
                 client,
                 id,

@@ -97,10 +97,13 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   copy's before it leaves. Dropping a proxy is one request to the
 ///   server. An object lives until the server stops if a process died
 ///   holding a proxy of it without dropping it (killed, or ended by
-///   `std::process::exit`), if a proxy of it was sent and never received,
-///   or if a proxy of it was ever stored in a manager object (the server
-///   does not look inside stored values, so it cannot tell when that copy
-///   is gone).
+///   `std::process::exit`), or if a proxy of it was sent and never
+///   received. A proxy stored in a manager object keeps its object while
+///   it is stored there, and hands it over to the proxy read when it is
+///   taken out (`pop`, `remove`, `pop_last`, an `insert` that replaces it,
+///   a queue's `get`); one the server drops unread (`clear`, a `set` over
+///   it) keeps its object until the server stops, since the server does
+///   not look inside stored values.
 /// - A value stored in a manager object may hold proxies of that same
 ///   manager (nested proxies, as in Python: a dict of lists), which come
 ///   back as working proxies wherever the value is read, and proxies of a

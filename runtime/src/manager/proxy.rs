@@ -104,7 +104,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>, Error> {
-        self.h.client.call(
+        self.h.client.call_taking(
             Op::MapInsert,
             self.h.id,
             |f| {
@@ -119,7 +119,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
         self.h
             .client
-            .call(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
+            .call_taking(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
     }
 
     /// The value under `key`, inserting `default` there first if the key
@@ -142,7 +142,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// `None` if the dictionary is empty.
     #[doc(alias = "popitem")]
     pub fn pop_last(&self) -> Result<Option<(K, V)>, Error> {
-        self.h.client.call(
+        self.h.client.call_taking(
             Op::MapPopItem,
             self.h.id,
             |_| Ok(()),
@@ -336,7 +336,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// Removes and returns the last item (`None` if the list is empty).
     pub fn pop(&self) -> Result<Option<T>, Error> {
-        self.h.client.call(
+        self.h.client.call_taking(
             Op::SeqPop,
             self.h.id,
             |f| {
@@ -349,7 +349,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// Removes and returns the item at `index` (`None` past the end).
     pub fn pop_at(&self, index: usize) -> Result<Option<T>, Error> {
-        self.h.client.call(
+        self.h.client.call_taking(
             Op::SeqPop,
             self.h.id,
             |f| {

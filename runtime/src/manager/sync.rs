@@ -111,7 +111,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     fn get_within(&self, t: Option<Duration>) -> Result<Option<T>, Error> {
-        self.h.client.call(
+        self.h.client.call_taking(
             Op::QueueGet,
             self.h.id,
             |f| {
