@@ -15,13 +15,55 @@ use crate::PanicReport;
 pub(crate) const FDS_PER_MESSAGE: usize = 200;
 
 /// Encoded bytes that go on the wire as one byte string, not element by
-/// element.
-#[derive(Debug, Default)]
-pub(crate) struct Bytes(pub(crate) Vec<u8>);
+/// element. Most of a pool's values (a number, a short string) are small:
+/// up to [`INLINE`] bytes are held in place, so that a task and its
+/// result cost no allocation of their own.
+#[derive(Clone)]
+pub(crate) enum Bytes {
+    Inline { len: u8, buf: [u8; INLINE] },
+    Heap(Vec<u8>),
+}
+
+/// The most bytes a [`Bytes`] holds without an allocation.
+pub(crate) const INLINE: usize = 30;
+
+impl Bytes {
+    pub(crate) fn from_slice(v: &[u8]) -> Bytes {
+        if v.len() <= INLINE {
+            let mut buf = [0; INLINE];
+            buf[..v.len()].copy_from_slice(v);
+            Bytes::Inline {
+                len: v.len() as u8,
+                buf,
+            }
+        } else {
+            Bytes::Heap(v.to_vec())
+        }
+    }
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        match self {
+            Bytes::Inline { len, buf } => &buf[..usize::from(*len)],
+            Bytes::Heap(v) => v,
+        }
+    }
+}
+
+impl Default for Bytes {
+    fn default() -> Bytes {
+        Bytes::from_slice(&[])
+    }
+}
+
+impl fmt::Debug for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Bytes({:?})", self.as_slice())
+    }
+}
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        serializer.serialize_bytes(self.as_slice())
     }
 }
 
@@ -34,10 +76,10 @@ impl<'de> Deserialize<'de> for Bytes {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
-                Ok(Bytes(v.to_vec()))
+                Ok(Bytes::from_slice(v))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
-                Ok(Bytes(v))
+                Ok(Bytes::Heap(v))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
@@ -47,7 +89,7 @@ impl<'de> Deserialize<'de> for Bytes {
                 while let Some(b) = seq.next_element::<u8>()? {
                     out.push(b);
                 }
-                Ok(Bytes(out))
+                Ok(Bytes::Heap(out))
             }
         }
         // `bytes`, not `byte_buf`: the codec then lends the bytes, which are
@@ -181,8 +223,42 @@ impl Item {
             .collect::<Result<Vec<_>, _>>()
             .map_err(crate::Error::from)?;
         Ok(Item {
-            bytes: Bytes(self.bytes.0.clone()),
+            bytes: self.bytes.clone(),
             fds,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::codec;
+
+    #[test]
+    fn bytes_round_trip_held_in_place_or_not() {
+        for len in [0, 1, INLINE - 1, INLINE, INLINE + 1, 1000] {
+            let v: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            let b = Bytes::from_slice(&v);
+            assert_eq!(matches!(b, Bytes::Inline { .. }), len <= INLINE);
+            let mut buf = Vec::new();
+            codec::encode_into(&b, &mut buf).unwrap();
+            let back: Bytes = codec::decode(&buf).unwrap();
+            assert_eq!(back.as_slice(), &v[..]);
+            // The same bytes as a `Vec<u8>` sent as a byte string.
+            let mut plain = Vec::new();
+            codec::encode_into(&serde_bytes_like(&v), &mut plain).unwrap();
+            assert_eq!(buf, plain);
+        }
+    }
+
+    /// A byte string as serde's `serialize_bytes` writes it.
+    fn serde_bytes_like(v: &[u8]) -> impl Serialize + '_ {
+        struct B<'a>(&'a [u8]);
+        impl Serialize for B<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_bytes(self.0)
+            }
+        }
+        B(v)
     }
 }

@@ -61,7 +61,7 @@ pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| Error::io("duplicating a handle for a pool task", e))?;
             Ok(Item {
-                bytes: Bytes(frame.payload().to_vec()),
+                bytes: Bytes::from_slice(frame.payload()),
                 fds,
             })
         });
@@ -75,7 +75,7 @@ const FRAME_KEPT: usize = 64 << 10;
 
 /// Decodes a value [`encode`] made (in another process).
 pub(super) fn decode_item<T: DeserializeOwned>(item: Item) -> Result<T, Error> {
-    decode(&item.bytes.0, into_owned(item.fds))
+    decode(item.bytes.as_slice(), into_owned(item.fds))
 }
 
 fn into_owned(fds: Vec<Fd>) -> Vec<OwnedFd> {
@@ -123,12 +123,12 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
 
 fn run_in(run: RunFn, item: Item, frame: &mut OutFrame) -> Outcome {
     take_panic();
-    let outcome = match run(&item.bytes.0, into_owned(item.fds), frame) {
+    let outcome = match run(item.bytes.as_slice(), into_owned(item.fds), frame) {
         RunOutcome::Value => {
             let fds = frame.fds().iter().map(|fd| fd.try_clone().map(Fd::from));
             match fds.collect::<Result<Vec<_>, _>>() {
                 Ok(fds) => Outcome::Value(Item {
-                    bytes: Bytes(frame.payload().to_vec()),
+                    bytes: Bytes::from_slice(frame.payload()),
                     fds,
                 }),
                 Err(e) => failed(&Error::io("duplicating a handle in a result", e)),
