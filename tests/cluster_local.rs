@@ -420,8 +420,10 @@ fn a_worker_that_sends_malformed_bytes_is_cut_off_and_its_task_says_so() {
 #[test]
 fn a_worker_that_answers_a_task_it_does_not_hold_is_cut_off_and_its_task_says_so() {
     let err = error_after_answer("not-held", |peer, id| {
-        // `Msg::Done` for another chunk, with no outcomes.
-        peer.send(&[4, id.wrapping_add(1), 0]);
+        // `Msg::Done` for another chunk, with no outcomes: its variant, the
+        // id, then the packed outcomes (a byte string of 5 bytes: a count
+        // of 0 and no flags; no handles; no other outcomes).
+        peer.send(&[4, id.wrapping_add(1), 5, 0, 0, 0, 0, 0, 0, 0]);
     });
     let text = err.to_string();
     assert!(text.contains("does not hold"), "{text}");

@@ -3,6 +3,7 @@
 
 mod launch;
 mod link;
+mod packed;
 mod proto;
 mod results;
 mod scheduler;

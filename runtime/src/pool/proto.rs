@@ -112,6 +112,7 @@ pub(crate) struct Chunk {
     /// Unique in the pool; the answer repeats it.
     pub(crate) id: u64,
     pub(crate) entry: String,
+    #[serde(with = "super::packed::items")]
     pub(crate) items: Vec<Item>,
 }
 
@@ -195,7 +196,11 @@ pub(crate) enum Msg {
     /// item order. A chunk whose results hold many handles is answered in
     /// several of these, each within [`FDS_PER_MESSAGE`] (or one outcome);
     /// it is answered once all its items are.
-    Done { id: u64, outcomes: Vec<Outcome> },
+    Done {
+        id: u64,
+        #[serde(with = "super::packed::outcomes")]
+        outcomes: Vec<Outcome>,
+    },
     /// Remote worker → pool, first: who it is.
     Hello(Hello),
     /// Pool → remote worker, once launched: what a local worker gets as
