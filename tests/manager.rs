@@ -2122,3 +2122,38 @@ fn a_proxy_in_a_thread_local_is_given_back_when_the_thread_ends() {
     drop(l);
     assert_eq!(manager.__objects().unwrap(), 0);
 }
+
+#[process_entry]
+fn note_start(starts: ListProxy<u32>) {
+    starts.push(std::process::id()).unwrap();
+}
+
+#[process_entry]
+fn times_two(x: u32) -> u32 {
+    x * 2
+}
+
+/// Every worker of a pool decodes the initializer's arguments from one
+/// encoding (replacements too): each copy of a proxy there takes a
+/// reference of its own, so the workers dropping theirs cannot free the
+/// object under the process that made it.
+#[test]
+fn a_proxy_in_a_pools_initializer_is_not_freed_by_its_workers() {
+    let manager = Manager::start().unwrap();
+    let starts = manager.list::<u32>(vec![]).unwrap();
+    let pool = multiproc::Pool::builder()
+        .processes(2)
+        .initializer(entry!(note_start), (starts.clone(),))
+        .max_tasks_per_child(1)
+        .build()
+        .unwrap();
+    let out = pool.map_chunked(entry!(times_two), 0..8u32, 1).unwrap();
+    assert_eq!(out, [0, 2, 4, 6, 8, 10, 12, 14]);
+    pool.close();
+    pool.join().unwrap();
+    // Each worker ran one task, then a replacement came: at least 8 starts,
+    // each dropping its copy of the proxy when the initializer returned.
+    let n = starts.len().unwrap();
+    assert!(n >= 8, "{n} starts");
+    assert_eq!(manager.__objects().unwrap(), 1);
+}

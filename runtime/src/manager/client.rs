@@ -575,6 +575,21 @@ impl<'de> Deserialize<'de> for Handle {
                 _held: None,
             });
         }
+        // One of several copies of one encoding (a pool initializer's
+        // arguments, which every worker decodes): the reference the
+        // encoding took is kept by the pool for the next copy, so this one
+        // takes its own. An object that is gone takes none, and the proxy
+        // fails as its other copies do.
+        if internals::decoding_copy() {
+            return Ok(match client.call(Op::IncRef, id, |_| Ok(()), |_| Ok(())) {
+                Ok(()) => Handle::holding(client, id),
+                Err(_) => Handle {
+                    client,
+                    id,
+                    _held: None,
+                },
+            });
+        }
         Ok(Handle::holding(client, id))
     }
 }

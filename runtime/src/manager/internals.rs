@@ -55,6 +55,12 @@ pub(crate) fn in_message() -> bool {
     crate::wire::in_frame()
 }
 
+/// Whether the value being decoded is one of several copies of one
+/// encoding (a pool initializer's arguments).
+pub(crate) fn decoding_copy() -> bool {
+    crate::wire::decoding_copy()
+}
+
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     crate::wire::outside_frames(|| crate::wire::codec::decode(bytes))

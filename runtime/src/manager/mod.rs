@@ -97,8 +97,10 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   copy's before it leaves. Dropping a proxy is one request to the
 ///   server. An object lives until the server stops if a process died
 ///   holding a proxy of it without dropping it (killed, or ended by
-///   `std::process::exit`), or if a proxy of it was sent and never
-///   received. A proxy stored in a manager object keeps its object while
+///   `std::process::exit`), if a proxy of it was sent and never received,
+///   or if a proxy of it is an argument of a [`Pool`](crate::Pool)'s
+///   initializer (the pool keeps that encoding for every worker it
+///   starts; each worker's copy takes a reference of its own). A proxy stored in a manager object keeps its object while
 ///   it is stored there, and hands it over to the proxy read when it is
 ///   taken out (`pop`, `remove`, `pop_last`, an `insert` that replaces it,
 ///   a queue's `get`); one the server drops unread (`clear`, a `set` over

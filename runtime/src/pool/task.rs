@@ -107,6 +107,16 @@ pub(super) fn runner(name: &str) -> Result<Runner, Outcome> {
 /// Runs an entry on encoded arguments, in a worker, through the same code
 /// path a child uses for its one entry.
 pub(super) fn run(run: RunFn, item: Item) -> Outcome {
+    run_as(run, item, false)
+}
+
+/// Runs the pool's initializer: as [`run`] does, its arguments decoded as
+/// one of the copies of one encoding that every worker gets.
+pub(super) fn run_initializer(run: RunFn, item: Item) -> Outcome {
+    run_as(run, item, true)
+}
+
+fn run_as(run: RunFn, item: Item, copy: bool) -> Outcome {
     thread_local! {
         /// The frame every result of this worker is encoded into.
         static FRAME: RefCell<OutFrame> = RefCell::new(OutFrame::new());
@@ -115,15 +125,21 @@ pub(super) fn run(run: RunFn, item: Item) -> Outcome {
         // An entry that runs a pool task inline (through `run`) gets a
         // frame of its own.
         match frame.try_borrow_mut() {
-            Ok(mut frame) => run_in(run, item, &mut frame),
-            Err(_) => run_in(run, item, &mut OutFrame::new()),
+            Ok(mut frame) => run_in(run, item, copy, &mut frame),
+            Err(_) => run_in(run, item, copy, &mut OutFrame::new()),
         }
     })
 }
 
-fn run_in(run: RunFn, item: Item, frame: &mut OutFrame) -> Outcome {
+fn run_in(run: RunFn, item: Item, copy: bool, frame: &mut OutFrame) -> Outcome {
     take_panic();
-    let outcome = match run(item.bytes.as_slice(), into_owned(item.fds), frame) {
+    let (args, fds) = (item.bytes.as_slice(), into_owned(item.fds));
+    let ran = if copy {
+        crate::spawn::registry::run_copy(run, args, fds, frame)
+    } else {
+        run(args, fds, frame)
+    };
+    let outcome = match ran {
         RunOutcome::Value => {
             let fds = frame.fds().iter().map(|fd| fd.try_clone().map(Fd::from));
             match fds.collect::<Result<Vec<_>, _>>() {

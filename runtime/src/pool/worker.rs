@@ -31,7 +31,7 @@ pub(crate) fn pool_worker(conn: Connection<Msg>, boot: Boot) {
 pub(crate) fn serve(link: Arc<dyn Link>, boot: Boot, remote: bool) {
     task::install_panic_hook();
     if let Some((entry, args)) = boot.init {
-        match task::runner(&entry).map(|(run, _)| task::run(run, args)) {
+        match task::runner(&entry).map(|(run, _)| task::run_initializer(run, args)) {
             Ok(Outcome::Value(_)) => {}
             Ok(failed) | Err(failed) => {
                 let _ = link.send(&Msg::InitFailed(failed));

@@ -138,6 +138,25 @@ pub(crate) fn find_loaded(key: &str) -> Option<&'static EntryRecord> {
 /// pool worker reuses one frame for all its tasks.
 pub(crate) type RunFn = fn(&[u8], Vec<OwnedFd>, &mut crate::wire::OutFrame) -> RunOutcome;
 
+thread_local! {
+    /// Set by [`run_copy`] for the one run it makes.
+    static ARGS_ARE_A_COPY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `run` on arguments that are one of several copies of one encoding
+/// (see `wire::decode_copy`): a pool initializer's, which every worker gets.
+pub(crate) fn run_copy(
+    run: RunFn,
+    args: &[u8],
+    fds: Vec<OwnedFd>,
+    frame: &mut crate::wire::OutFrame,
+) -> RunOutcome {
+    ARGS_ARE_A_COPY.set(true);
+    let outcome = run(args, fds, frame);
+    ARGS_ARE_A_COPY.set(false);
+    outcome
+}
+
 fn run_entry<E: Entry>(
     args: &[u8],
     fds: Vec<OwnedFd>,
@@ -145,8 +164,14 @@ fn run_entry<E: Entry>(
 ) -> RunOutcome {
     // Decoding the arguments and encoding the result run user code too
     // (their serde impls), so a panic there is the entry's panic.
+    let copy = ARGS_ARE_A_COPY.replace(false);
     let run = || {
-        let args: E::Args = match crate::wire::decode(args, fds) {
+        let decoded = if copy {
+            crate::wire::decode_copy(args, fds)
+        } else {
+            crate::wire::decode(args, fds)
+        };
+        let args: E::Args = match decoded {
             Ok(args) => args,
             Err(err) => {
                 return RunOutcome::Failed(

@@ -78,6 +78,32 @@ thread_local! {
     /// Why the last handle failed to (de)serialize: some formats replace a
     /// serializer's custom message with a generic one, so the codec asks here.
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether the value being decoded is one of several copies of one
+    /// encoding (see [`decode_copy`]).
+    static COPY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Like [`decode`], for one of several copies of one encoding (a pool
+/// initializer's arguments, which every worker gets): a handle that
+/// stands for a counted reference (a manager proxy) takes one of its own
+/// rather than the one its encoding took.
+pub(crate) fn decode_copy<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, Error> {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            COPY.set(self.0);
+        }
+    }
+    let _restore = Restore(COPY.replace(true));
+    decode(bytes, fds)
+}
+
+/// Whether a [`decode_copy`] is in progress on this thread.
+pub(crate) fn decoding_copy() -> bool {
+    COPY.get()
 }
 
 /// Records why a handle failed to (de)serialize and returns the message,
