@@ -2157,3 +2157,62 @@ fn a_proxy_in_a_pools_initializer_is_not_freed_by_its_workers() {
     assert!(n >= 8, "{n} starts");
     assert_eq!(manager.__objects().unwrap(), 1);
 }
+
+// Named objects: Python's `BaseManager.register` of a shared object.
+
+#[test]
+fn a_named_object_is_made_once_and_found_after() {
+    let manager = Manager::start().unwrap();
+    let l = manager.named("seen", |m| m.list(vec![1u32])).unwrap();
+    // Found, not made again: the second list's items are not used.
+    let again = manager.named("seen", |m| m.list(vec![9u32, 9])).unwrap();
+    again.push(2).unwrap();
+    assert_eq!(l.snapshot().unwrap(), vec![1, 2]);
+    assert_eq!(manager.__objects().unwrap(), 1);
+    // The name keeps it: dropped by every proxy, found with its items.
+    drop((l, again));
+    assert_eq!(manager.__objects().unwrap(), 1);
+    let found = manager.named("seen", |m| m.list::<u32>(vec![])).unwrap();
+    assert_eq!(found.snapshot().unwrap(), vec![1, 2]);
+    // Another name is another object; another kind under a name is an error.
+    let other = manager.named("other", |m| m.list::<u32>(vec![])).unwrap();
+    assert_eq!(other.len().unwrap(), 0);
+    let err = manager.named("seen", |m| m.dict::<u32, u32>()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(
+        err.to_string().contains("named \"seen\" is a list"),
+        "{err}"
+    );
+    let err = manager.named(&"x".repeat(2000), |m| m.event()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    // Objects made outside `named` have no name.
+    let plain = manager.list::<u32>(vec![]).unwrap();
+    plain.push(5).unwrap();
+    assert_eq!(found.len().unwrap(), 2);
+}
+
+#[process_entry]
+fn produce_by_name(addr: String, n: u32) -> Result<(), String> {
+    let manager = Manager::connect(&addr, KEY).map_err(|e| format!("{e:#}"))?;
+    let jobs = manager
+        .named("jobs", |m| m.queue::<u32>(None))
+        .map_err(|e| format!("{e:#}"))?;
+    for i in 0..n {
+        jobs.put(i).map_err(|e| format!("{e:#}"))?;
+    }
+    Ok(())
+}
+
+/// Two programs that share nothing but the address and the key find the
+/// same queue by its name, as Python's `register('get_queue', …)` clients
+/// do.
+#[test]
+fn clients_of_a_remote_manager_share_an_object_by_name() {
+    let remote = Remote::start();
+    let producer = spawn!(produce_by_name, remote.addr.clone(), 5).unwrap();
+    assert_eq!(producer.join().unwrap(), Ok(()));
+    let manager = Manager::connect(&remote.addr, KEY).unwrap();
+    let jobs = manager.named("jobs", |m| m.queue::<u32>(None)).unwrap();
+    let got: Vec<u32> = (0..5).map(|_| jobs.get().unwrap()).collect();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+}

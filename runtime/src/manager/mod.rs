@@ -123,6 +123,9 @@ pub(crate) fn run_local_server(dial: Fd) {
 pub struct Manager {
     client: Arc<Client>,
     server: Option<JoinHandle<()>>,
+    /// The name objects are made under, in [`named`](Manager::named)'s
+    /// closure.
+    naming: Option<String>,
 }
 
 impl fmt::Debug for Manager {
@@ -148,6 +151,7 @@ impl Manager {
         let manager = Manager {
             client: Client::local(Fd::from(mine))?,
             server: Some(server),
+            naming: None,
         };
         manager.client.ping()?;
         Ok(manager)
@@ -203,6 +207,7 @@ impl Manager {
         Ok(Manager {
             client,
             server: None,
+            naming: None,
         })
     }
 
@@ -227,15 +232,62 @@ impl Manager {
         Ok(())
     }
 
+    /// The object `make` makes, under `name` on the server: made by the
+    /// first call with that name, from any process or client, and found by
+    /// every later one (Python's `BaseManager.register` of a shared
+    /// object, for clients of a remote manager that share nothing else).
+    ///
+    /// `make` gets a view of this manager whose constructors make (or
+    /// find) the named object; it should call one constructor. A found
+    /// object is the one first made: the arguments of later calls (a
+    /// list's initial items, a queue's bound) are not used. A named object
+    /// lives until the server stops.
+    ///
+    /// ```
+    /// # fn main() -> multiproc::Result<()> {
+    /// let manager = multiproc::Manager::start()?;
+    /// let jobs = manager.named("jobs", |m| m.queue::<String>(None))?;
+    /// jobs.put("first".into())?;
+    /// // Elsewhere (another process, or a client of a remote manager):
+    /// let same = manager.named("jobs", |m| m.queue::<String>(None))?;
+    /// assert_eq!(same.get()?, "first");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) if the
+    /// object made under `name` is of another kind (a queue, asked for as
+    /// a dict), or `name` is over 1024 bytes.
+    pub fn named<P>(
+        &self,
+        name: &str,
+        make: impl FnOnce(&Manager) -> Result<P, Error>,
+    ) -> Result<P, Error> {
+        let view = Manager {
+            client: Arc::clone(&self.client),
+            server: None,
+            naming: Some(name.to_string()),
+        };
+        make(&view)
+    }
+
     fn create(
         &self,
         kind: ObjKind,
         args: impl FnOnce(&mut Frame) -> Result<(), Error>,
     ) -> Result<Handle, Error> {
+        let op = match self.naming {
+            Some(_) => Op::CreateNamed,
+            None => Op::Create,
+        };
         let id = self.client.call(
-            Op::Create,
+            op,
             0,
             |f| {
+                if let Some(name) = &self.naming {
+                    f.bytes(name.as_bytes());
+                }
                 f.u8(kind as u8);
                 args(f)
             },

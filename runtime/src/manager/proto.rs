@@ -308,6 +308,8 @@ pub(crate) enum Op {
     DecRef = 4,
     /// How many objects the server holds (for tests).
     Objects = 5,
+    /// Creates an object under a name, or finds the one made under it.
+    CreateNamed = 6,
     // Maps (dict, namespace).
     MapGet = 10,
     MapInsert = 11,
@@ -376,6 +378,7 @@ impl Op {
             IncRef,
             DecRef,
             Objects,
+            CreateNamed,
             MapGet,
             MapInsert,
             MapRemove,

@@ -196,6 +196,9 @@ struct State {
     /// on their way to one, and copies stored in other objects. An object
     /// is freed with its last.
     refs: HashMap<u64, u64>,
+    /// Objects made under a name ([`Op::CreateNamed`]), and their kinds.
+    /// A name holds a reference: its object lives while the server runs.
+    names: HashMap<Vec<u8>, (u64, ObjKind)>,
     next_id: u64,
     next_conn: ConnId,
     connections: usize,
@@ -203,6 +206,24 @@ struct State {
     /// other requests on them wait until it has stored its value.
     busy: HashSet<u64>,
 }
+
+impl State {
+    /// Adds `obj` with `refs` references; returns its id (never 0, never
+    /// one in use).
+    fn insert(&mut self, obj: Obj, refs: u64) -> u64 {
+        let mut new = self.next_id.wrapping_add(1);
+        while new == 0 || self.objects.contains_key(&new) {
+            new = new.wrapping_add(1);
+        }
+        self.next_id = new;
+        self.objects.insert(new, obj);
+        self.refs.insert(new, refs);
+        new
+    }
+}
+
+/// The longest name an object can be made under.
+const MAX_NAME: usize = 1024;
 
 /// Marks an object busy while its `update_with` entry runs; clears the
 /// mark and wakes the waiters when dropped (also when unwinding).
@@ -493,7 +514,7 @@ impl Server {
         // server (one that was at this address before) is told apart.
         // A proxy decoded as another type than it was made as (through a
         // namespace, say) asks an object for what it does not do.
-        if !matches!(op, Op::Ping | Op::Create | Op::Objects) {
+        if !matches!(op, Op::Ping | Op::Create | Op::CreateNamed | Op::Objects) {
             match self.lock().objects.get(&id) {
                 None => {
                     return Err(op_err(
@@ -552,18 +573,49 @@ impl Server {
                     }
                 }
                 Op::Create => {
-                    let obj = create(&mut f)?;
+                    let (_, obj) = create(&mut f)?;
+                    f.end()?;
+                    // The proxy the reply makes holds the first reference.
+                    let new = self.lock().insert(obj, 1);
+                    out.u64(new);
+                }
+                Op::CreateNamed => {
+                    let name = f.bytes()?;
+                    if name.len() > MAX_NAME {
+                        return Err(op_err(
+                            ErrorKind::InvalidInput,
+                            format!("an object's name is at most {MAX_NAME} bytes"),
+                        ));
+                    }
+                    let (kind, obj) = create(&mut f)?;
                     f.end()?;
                     let mut st = self.lock();
-                    let mut new = st.next_id.wrapping_add(1);
-                    while new == 0 || st.objects.contains_key(&new) {
-                        new = new.wrapping_add(1);
-                    }
-                    st.next_id = new;
-                    st.objects.insert(new, obj);
-                    // The proxy the reply makes holds the first reference.
-                    st.refs.insert(new, 1);
-                    out.u64(new);
+                    let id = match st.names.get(name) {
+                        Some(&(id, made)) => {
+                            if made != kind {
+                                let what = st.objects.get(&id).map_or("gone", Obj::what);
+                                return Err(op_err(
+                                    ErrorKind::InvalidInput,
+                                    format!(
+                                        "the manager's object named {:?} is {what}, not {}",
+                                        String::from_utf8_lossy(name),
+                                        obj.what()
+                                    ),
+                                ));
+                            }
+                            if let Some(n) = st.refs.get_mut(&id) {
+                                *n = n.saturating_add(1);
+                            }
+                            id
+                        }
+                        None => {
+                            // The name's reference and the reply's proxy's.
+                            let id = st.insert(obj, 2);
+                            st.names.insert(name.to_vec(), (id, kind));
+                            id
+                        }
+                    };
+                    out.u64(id);
                 }
                 Op::MapUpdateWith | Op::ValueUpdateWith => {
                     let key = if op == Op::MapUpdateWith {
@@ -1206,9 +1258,9 @@ fn release_owned(owned: &mut Owned, token: u64) -> Result<(), Fault> {
     }
 }
 
-fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
+fn create(f: &mut Fields<'_>) -> Result<(ObjKind, Obj), Fault> {
     let kind = ObjKind::from_u8(f.u8()?).ok_or(Fault::Bad)?;
-    Ok(match kind {
+    let obj = match kind {
         ObjKind::Map => Obj::Map(Dict::default()),
         ObjKind::Seq | ObjKind::FixedSeq => {
             let n = f.count(8)?;
@@ -1257,7 +1309,8 @@ fn create(f: &mut Fields<'_>) -> Result<Obj, Fault> {
                 resets: 0,
             }
         }
-    })
+    };
+    Ok((kind, obj))
 }
 
 fn map_op(op: Op, map: &mut Dict, f: &mut Fields<'_>, out: &mut Frame) -> Result<(), Fault> {
