@@ -2042,8 +2042,16 @@ fn a_stored_proxy_keeps_its_object_until_taken_out() {
         inner.push(6).unwrap();
     }
     assert_eq!(manager.__objects().unwrap(), 2, "reads took nothing");
+    // A proxy read from the stored value holds the object itself: the
+    // stored copy popped and dropped elsewhere leaves it working.
+    let read = outer.get(0).unwrap().unwrap();
+    let popped = outer.pop().unwrap().unwrap();
+    drop(popped);
+    read.push(6).unwrap();
+    outer.push(read).unwrap();
+    assert_eq!(manager.__objects().unwrap(), 2);
     let inner = outer.pop().unwrap().unwrap();
-    assert_eq!(inner.snapshot().unwrap(), vec![5, 6, 6, 6]);
+    assert_eq!(inner.snapshot().unwrap(), vec![5, 6, 6, 6, 6]);
     drop(inner);
     assert_eq!(manager.__objects().unwrap(), 1, "popped, then dropped");
 

@@ -381,9 +381,9 @@ fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
 /// decoded handle holds it), before the value leaves, so that the sender
 /// dropping its own cannot free the object in between. A copy that is
 /// stored in a manager object keeps its reference while it is stored: a
-/// handle read from it holds none, and one decoded from a value taken out
-/// (popped, removed, replaced: [`Client::call_taking`]) takes that
-/// reference over. A stored copy the server drops unread (`clear`, a
+/// handle read from it takes one of its own (as Python's proxies do when
+/// unpickled), and one decoded from a value taken out (popped, removed,
+/// replaced: [`Client::call_taking`]) takes that reference over. A stored copy the server drops unread (`clear`, a
 /// replaced value nobody decodes) keeps it for as long as the server runs:
 /// the server does not look inside the values it stores.
 #[derive(Clone)]
@@ -564,23 +564,15 @@ impl<'de> Deserialize<'de> for Handle {
             ),
         };
         let client = client.map_err(D::Error::custom)?;
-        // Read out of a manager object's stored value, whose copy keeps
-        // the object: this handle holds no reference of its own. Anywhere
-        // else (a message, a value taken out of the server) it takes over
-        // the one its sender, or the stored copy, held.
-        if AtServer::reading_stored() {
-            return Ok(Handle {
-                client,
-                id,
-                _held: None,
-            });
-        }
-        // One of several copies of one encoding (a pool initializer's
+        // Read from a value the server still stores (not taken out of it),
+        // or one of several copies of one encoding (a pool initializer's
         // arguments, which every worker decodes): the reference the
-        // encoding took is kept by the pool for the next copy, so this one
-        // takes its own. An object that is gone takes none, and the proxy
-        // fails as its other copies do.
-        if internals::decoding_copy() {
+        // encoding took stays with the stored value, or with the pool for
+        // the next copy, so this handle takes one of its own. An object
+        // that is gone takes none, and the proxy fails as its other copies
+        // do. Anywhere else (a message, a value taken out of the server)
+        // it takes over the one its sender, or the stored copy, held.
+        if AtServer::reading_stored() || internals::decoding_copy() {
             return Ok(match client.call(Op::IncRef, id, |_| Ok(()), |_| Ok(())) {
                 Ok(()) => Handle::holding(client, id),
                 Err(_) => Handle {
