@@ -2224,3 +2224,25 @@ fn clients_of_a_remote_manager_share_an_object_by_name() {
     let got: Vec<u32> = (0..5).map(|_| jobs.get().unwrap()).collect();
     assert_eq!(got, [0, 1, 2, 3, 4]);
 }
+
+#[process_entry]
+fn fail_over_list(_old: Option<ListProxy<u32>>) -> ListProxy<u32> {
+    panic!("no new list")
+}
+
+/// An `update_with` entry runs in the server, on the stored value decoded
+/// there; a failing one leaves that value stored. A proxy of a remote
+/// manager inside it must then still hold its object there.
+#[test]
+fn a_failing_update_with_leaves_a_stored_remote_proxy_working() {
+    let remote = Remote::start();
+    let far = Manager::connect(&remote.addr, KEY).unwrap();
+    let here = Manager::start().unwrap();
+    let v = here.value(far.list(vec![1u32]).unwrap()).unwrap();
+    assert_eq!(far.__objects().unwrap(), 1);
+    let err = v.update_with(entry!(fail_over_list)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Panicked, "{err}");
+    let list = v.get().unwrap();
+    list.push(2).unwrap();
+    assert_eq!(list.snapshot().unwrap(), vec![1, 2]);
+}

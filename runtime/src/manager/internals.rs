@@ -96,7 +96,11 @@ pub(crate) fn run_update(
         None => encode_into(&None::<()>, &mut args)?,
     }
     let mut frame = crate::wire::OutFrame::new();
-    match (record.run())(&args, Vec::new(), &mut frame) {
+    // Decoded as a copy: the stored value keeps its proxies' references
+    // (a failing entry leaves it stored), and those decoded here take
+    // their own.
+    let run = crate::spawn::registry::run_copy;
+    match run(record.run(), &args, Vec::new(), &mut frame) {
         RunOutcome::Value => {
             if !frame.fds().is_empty() {
                 return Err(Error::new(
