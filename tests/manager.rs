@@ -2246,3 +2246,26 @@ fn a_failing_update_with_leaves_a_stored_remote_proxy_working() {
     list.push(2).unwrap();
     assert_eq!(list.snapshot().unwrap(), vec![1, 2]);
 }
+
+/// A proxy only compared with stored values (a key looked up, an item
+/// searched for) is dropped by the server with the request: it takes no
+/// reference that would keep its object.
+#[test]
+fn looking_a_proxy_up_takes_no_reference() {
+    let manager = Manager::start().unwrap();
+    let outer = manager.list::<ListProxy<u8>>(vec![]).unwrap();
+    let d = manager.dict::<ListProxy<u8>, u8>().unwrap();
+    let inner = manager.list(vec![1u8]).unwrap();
+    outer.push(inner.clone()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(outer.count(&inner).unwrap(), 1);
+        assert_eq!(outer.position(&inner).unwrap(), Some(0));
+        assert_eq!(d.get(&inner).unwrap(), None);
+        assert!(!d.contains_key(&inner).unwrap());
+        assert_eq!(d.remove(&inner).unwrap(), None);
+        assert!(!outer.remove(&manager.list(vec![]).unwrap()).unwrap());
+    }
+    drop(outer.pop().unwrap());
+    drop(inner);
+    assert_eq!(manager.__objects().unwrap(), 2, "outer and d only");
+}

@@ -245,7 +245,24 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.request(op, id, build, parse, false)
+        self.request(op, id, build, parse, Uses::default())
+    }
+
+    /// Like [`call`](Client::call), for a request whose values are only
+    /// compared with what the server stores (a key looked up, an item
+    /// searched for), never stored: a proxy in them takes no reference.
+    pub(crate) fn call_probing<R>(
+        self: &Arc<Client>,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let uses = Uses {
+            probing: true,
+            ..Uses::default()
+        };
+        self.request(op, id, build, parse, uses)
     }
 
     /// Like [`call`](Client::call), for a request whose reply holds values
@@ -258,7 +275,27 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.request(op, id, build, parse, true)
+        let uses = Uses {
+            taking: true,
+            ..Uses::default()
+        };
+        self.request(op, id, build, parse, uses)
+    }
+
+    /// [`call_taking`](Client::call_taking) and
+    /// [`call_probing`](Client::call_probing) at once: a dict's `remove`.
+    pub(crate) fn call_probing_taking<R>(
+        self: &Arc<Client>,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        let uses = Uses {
+            probing: true,
+            taking: true,
+        };
+        self.request(op, id, build, parse, uses)
     }
 
     fn request<R>(
@@ -267,7 +304,7 @@ impl Client {
         id: u64,
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
-        taking: bool,
+        uses: Uses,
     ) -> Result<R, Error> {
         let mut lease = Lease {
             client: self,
@@ -276,7 +313,7 @@ impl Client {
         let conn = lease.conn.insert(self.take()?);
         conn.out.clear();
         conn.out.u8(op as u8).u64(id);
-        AtServer::enter(self, false, || build(&mut conn.out))?;
+        AtServer::enter(At::building(self, uses), || build(&mut conn.out))?;
         if let Err(e) = conn.out.send(&mut conn.stream) {
             // A frame over the limit is refused before a byte is written:
             // the connection is in step, and keeps no such buffer.
@@ -294,7 +331,7 @@ impl Client {
             // step whatever the frame held (a value that does not decode
             // as `T`, an error).
             Ok(reply) => {
-                let result = AtServer::enter(self, taking, || parse_reply(reply, parse));
+                let result = AtServer::enter(At::parsing(self, uses), || parse_reply(reply, parse));
                 // Not kept (large, perhaps) while the connection is idle.
                 conn.reader.release_idle();
                 return result;
@@ -454,11 +491,40 @@ thread_local! {
     static AT_SERVER: RefCell<Option<At>> = const { RefCell::new(None) };
 }
 
+/// How a request uses the values in it and in its reply.
+#[derive(Clone, Copy, Default)]
+struct Uses {
+    /// The request's values are only compared with stored ones.
+    probing: bool,
+    /// The reply's values are no longer stored (taken out).
+    taking: bool,
+}
+
 /// What [`AT_SERVER`] holds.
 struct At {
     client: Arc<Client>,
+    /// Whether the values being written are only compared with stored ones.
+    probing: bool,
     /// Whether the values being read are no longer stored there.
     taking: bool,
+}
+
+impl At {
+    fn building(client: &Arc<Client>, uses: Uses) -> At {
+        At {
+            client: Arc::clone(client),
+            probing: uses.probing,
+            taking: false,
+        }
+    }
+
+    fn parsing(client: &Arc<Client>, uses: Uses) -> At {
+        At {
+            client: Arc::clone(client),
+            probing: false,
+            taking: uses.taking,
+        }
+    }
 }
 
 /// Marks the server a request is encoded for and its reply decoded from,
@@ -469,11 +535,7 @@ struct At {
 struct AtServer(Option<At>);
 
 impl AtServer {
-    fn enter<R>(client: &Arc<Client>, taking: bool, f: impl FnOnce() -> R) -> R {
-        let at = At {
-            client: Arc::clone(client),
-            taking,
-        };
+    fn enter<R>(at: At, f: impl FnOnce() -> R) -> R {
         // Not there while this thread's locals are destroyed (a proxy kept
         // in one is dropped then): no value is encoded or decoded then.
         let Ok(previous) = AT_SERVER.try_with(|cell| cell.replace(Some(at))) else {
@@ -508,6 +570,15 @@ impl AtServer {
             .flatten()
     }
 
+    /// Whether the value being written is only compared with stored ones
+    /// (not by a message encoded meanwhile).
+    fn probing() -> bool {
+        !internals::in_message()
+            && AT_SERVER
+                .try_with(|at| at.borrow().as_ref().is_some_and(|at| at.probing))
+                .unwrap_or(false)
+    }
+
     /// Whether a value still stored by the server is being read (not one
     /// taken out of it, and not a message decoded meanwhile).
     fn reading_stored() -> bool {
@@ -529,10 +600,13 @@ impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
         // The reference the copy holds, taken before it leaves. A server
-        // that is gone takes none, and the copy fails as this one does.
-        if let Err(e) = self
-            .client
-            .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
+        // that is gone takes none, and the copy fails as this one does. A
+        // copy only compared with stored values (a key looked up) needs
+        // none: the server drops it with the request.
+        if !AtServer::probing()
+            && let Err(e) = self
+                .client
+                .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
             && e.kind() != ErrorKind::Disconnected
         {
             return Err(S::Error::custom(e));

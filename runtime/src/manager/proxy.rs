@@ -99,7 +99,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
         self.h
             .client
-            .call(Op::MapGet, self.h.id, |f| put(f, key), get_opt)
+            .call_probing(Op::MapGet, self.h.id, |f| put(f, key), get_opt)
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
@@ -119,7 +119,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
         self.h
             .client
-            .call_taking(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
+            .call_probing_taking(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
     }
 
     /// The value under `key`, inserting `default` there first if the key
@@ -159,7 +159,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
         self.h
             .client
-            .call(Op::MapContains, self.h.id, |f| put(f, key), |f| f.bool())
+            .call_probing(Op::MapContains, self.h.id, |f| put(f, key), |f| f.bool())
     }
 
     /// The number of entries.
@@ -378,14 +378,14 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     pub fn remove(&self, value: &T) -> Result<bool, Error> {
         self.h
             .client
-            .call(Op::SeqRemove, self.h.id, |f| put(f, value), |f| f.bool())
+            .call_probing(Op::SeqRemove, self.h.id, |f| put(f, value), |f| f.bool())
     }
 
     /// The index of the first item equal to `value` (compared encoded),
     /// if any (Python's `index`, which raises where this is `None`).
     #[doc(alias = "index")]
     pub fn position(&self, value: &T) -> Result<Option<usize>, Error> {
-        self.h.client.call(
+        self.h.client.call_probing(
             Op::SeqPosition,
             self.h.id,
             |f| put(f, value),
@@ -400,7 +400,7 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// How many items are equal to `value` (compared encoded).
     pub fn count(&self, value: &T) -> Result<usize, Error> {
-        self.h.client.call(
+        self.h.client.call_probing(
             Op::SeqCount,
             self.h.id,
             |f| put(f, value),
