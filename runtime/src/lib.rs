@@ -328,7 +328,9 @@ pub use crate::queue::{JoinableQueue, Queue};
 pub use crate::spawn::current::{
     ChildInfo, ProcessInfo, active_children, cpu_count, current_process, parent_pid,
 };
-pub use crate::spawn::method::{StartMethod, get_start_method, set_start_method};
+pub use crate::spawn::method::{
+    StartMethod, get_all_start_methods, get_start_method, set_start_method,
+};
 pub use crate::spawn::parent::{JoinHandle, Process};
 pub use crate::spawn::registry::{Entry, entries};
 pub use crate::sync::{

@@ -38,6 +38,10 @@ use crate::error::{Error, ErrorKind};
 /// fn double(x: u64) -> u64 { x * 2 }
 ///
 /// # fn main() -> multiproc::Result<()> {
+/// # if !multiproc::get_all_start_methods().contains(&StartMethod::ForkServer) {
+/// #     println!("skipped: the fork server needs pidfds, which this system does not give");
+/// #     return Ok(());
+/// # }
 /// let child = Process::new(entry!(double), (21,))
 ///     .start_method(StartMethod::ForkServer)
 ///     .start()?;
@@ -94,6 +98,10 @@ fn from_env() -> &'static Result<StartMethod, String> {
 /// use multiproc::{get_start_method, set_start_method, StartMethod};
 ///
 /// # fn main() -> multiproc::Result<()> {
+/// # if !multiproc::get_all_start_methods().contains(&StartMethod::ForkServer) {
+/// #     println!("skipped: the fork server needs pidfds, which this system does not give");
+/// #     return Ok(());
+/// # }
 /// set_start_method(StartMethod::ForkServer)?;
 /// assert_eq!(get_start_method(), StartMethod::ForkServer);
 /// # Ok(())
@@ -116,6 +124,28 @@ pub fn set_start_method(method: StartMethod) -> Result<(), Error> {
 /// naming the variable.)
 pub fn get_start_method() -> StartMethod {
     resolve(None).unwrap_or_default()
+}
+
+/// The start methods this system can use, the default ([`StartMethod::Spawn`])
+/// first, as Python's `multiprocessing.get_all_start_methods`.
+/// [`StartMethod::ForkServer`] is listed only where the kernel has pidfds
+/// (Linux 5.4 or later, and not refused by a seccomp profile): elsewhere
+/// starts that ask for it fail with kind `Spawn`.
+///
+/// ```
+/// use multiproc::{get_all_start_methods, StartMethod};
+///
+/// let methods = get_all_start_methods();
+/// assert_eq!(methods[0], StartMethod::Spawn);
+/// if !methods.contains(&StartMethod::ForkServer) {
+///     println!("no fork server here: this kernel has no pidfds");
+/// }
+/// ```
+pub fn get_all_start_methods() -> Vec<StartMethod> {
+    [StartMethod::Spawn, StartMethod::ForkServer]
+        .into_iter()
+        .filter(|&method| check_supported(method).is_ok())
+        .collect()
 }
 
 /// The method a start uses: the one it asked for, or the default.

@@ -109,6 +109,10 @@ impl<E: Entry> Process<E> {
     /// fn pid() -> u32 { std::process::id() }
     ///
     /// # fn main() -> multiproc::Result<()> {
+    /// # if !multiproc::get_all_start_methods().contains(&StartMethod::ForkServer) {
+    /// #     println!("skipped: the fork server needs pidfds, which this system does not give");
+    /// #     return Ok(());
+    /// # }
     /// let child = Process::new(entry!(pid), ())
     ///     .start_method(StartMethod::ForkServer)
     ///     .start()?;
