@@ -4,6 +4,8 @@
 //! functions both register as `duplicates::inner`. `spawn!` and `Process`
 //! start each by its type and place, and so does a Pool.
 
+mod common;
+
 use multiproc::{Process, StartMethod, entry, spawn};
 
 fn first() -> (u32, u32) {
@@ -57,12 +59,7 @@ fn a_local_entry_shadowing_another_of_its_name_runs_under_both_start_methods() {
             .join()
             .unwrap()
     }
-    let mut methods = vec![StartMethod::Spawn];
-    // The fork server needs pidfds, which `MULTIPROC_NO_PIDFD` turns off.
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
-        methods.push(StartMethod::ForkServer);
-    }
-    for method in methods {
+    for method in common::start_methods() {
         assert_eq!(nested(method), 2);
         let outer = Process::new(entry!(work), ()).start_method(method);
         assert_eq!(outer.start().unwrap().join().unwrap(), 1);

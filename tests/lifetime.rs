@@ -95,11 +95,7 @@ fn return_leaving_a_daemon(forked: bool, gate: Fd, report: Fd) {
 
 #[test]
 fn a_daemon_is_killed_not_waited_for_when_its_parent_returns() {
-    let mut methods = vec![multiproc::StartMethod::Spawn];
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
-        methods.push(multiproc::StartMethod::ForkServer);
-    }
-    for method in methods {
+    for method in common::start_methods() {
         // The gate's write end stays here: only its parent's exit can end
         // the daemon.
         let (gate_r, _gate_w) = pipe();
@@ -336,11 +332,7 @@ fn inner_sigchld_ignored() {
         ignores_sigchld(),
         "the outer test starts this with SIGCHLD ignored"
     );
-    let mut methods = vec![multiproc::StartMethod::Spawn];
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
-        methods.push(multiproc::StartMethod::ForkServer);
-    }
-    for method in methods {
+    for method in common::start_methods() {
         // The kernel reaps each child itself: its status is lost, but its
         // result is not.
         let child = Process::new(entry!(plus_one), (41,))
@@ -439,11 +431,7 @@ fn inner_sighup_blocked() {
         0,
         "the outer test starts this with SIGHUP blocked"
     );
-    let mut methods = vec![multiproc::StartMethod::Spawn];
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
-        methods.push(multiproc::StartMethod::ForkServer);
-    }
-    for method in methods {
+    for method in common::start_methods() {
         for daemon in [false, true] {
             let child = Process::new(entry!(blocked_signals), ())
                 .start_method(method)

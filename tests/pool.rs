@@ -806,8 +806,7 @@ fn a_worker_killed_from_outside_mid_task_fails_that_task() {
 
 #[test]
 fn forked_workers_serve_and_are_replaced_when_they_die() {
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_some() {
-        println!("skipped: the fork server needs pidfds, which MULTIPROC_NO_PIDFD turns off");
+    if !common::fork_server_or_skip() {
         return;
     }
     let pool = Pool::builder()
@@ -1162,15 +1161,7 @@ fn even_only(x: u64) -> multiproc::Result<u64> {
 
 #[test]
 fn a_task_returns_a_multiproc_result() {
-    for method in [
-        multiproc::StartMethod::Spawn,
-        multiproc::StartMethod::ForkServer,
-    ] {
-        if method == multiproc::StartMethod::ForkServer
-            && std::env::var_os("MULTIPROC_NO_PIDFD").is_some()
-        {
-            continue;
-        }
+    for method in common::start_methods() {
         let pool = Pool::builder()
             .processes(2)
             .start_method(method)

@@ -679,20 +679,10 @@ fn env_var(key: String) -> Option<String> {
     std::env::var(key).ok()
 }
 
-/// Both start methods; the fork server only where it can run (it needs
-/// pidfds, which CI's `MULTIPROC_NO_PIDFD=1` run turns off).
-fn methods() -> Vec<multiproc::StartMethod> {
-    let mut methods = vec![multiproc::StartMethod::Spawn];
-    if std::env::var_os("MULTIPROC_NO_PIDFD").is_none() {
-        methods.push(multiproc::StartMethod::ForkServer);
-    }
-    methods
-}
-
 #[test]
 fn env_sets_and_overrides_variables_under_both_start_methods() {
     let path = std::env::var("PATH").expect("the tests run with a PATH");
-    for method in methods() {
+    for method in common::start_methods() {
         let child = Process::new(entry!(env_var), ("MULTIPROC_TEST_SET".to_string(),))
             .env("MULTIPROC_TEST_SET", "first")
             .env("MULTIPROC_TEST_SET", "second")
@@ -727,7 +717,7 @@ fn env_sets_and_overrides_variables_under_both_start_methods() {
 #[test]
 fn env_remove_hides_a_parent_variable_under_both_start_methods() {
     assert!(std::env::var_os("PATH").is_some());
-    for method in methods() {
+    for method in common::start_methods() {
         let child = Process::new(entry!(env_var), ("PATH".to_string(),))
             .env("PATH", "/set/then/removed")
             .env_remove("PATH")
@@ -740,7 +730,7 @@ fn env_remove_hides_a_parent_variable_under_both_start_methods() {
 
 #[test]
 fn env_clear_leaves_only_what_was_set_after_it_under_both_start_methods() {
-    for method in methods() {
+    for method in common::start_methods() {
         let child = Process::new(entry!(environment), ())
             .env("MULTIPROC_TEST_BEFORE", "cleared")
             .env_clear()
@@ -796,7 +786,7 @@ where
 
 #[test]
 fn a_panic_keeps_its_message_when_no_multiproc_hook_saw_it() {
-    for method in methods() {
+    for method in common::start_methods() {
         let hooked = panic_message(entry!(panics_under_its_own_hook), "hooked 7", method);
         assert_eq!(hooked, "hooked 7", "{method:?}");
         let resumed = panic_message(entry!(resumes_an_unwind), "resumed 8", method);
@@ -924,7 +914,7 @@ fn fallible(outcome: Outcome) -> multiproc::Result<u32> {
 
 #[test]
 fn an_entry_returns_a_multiproc_result_under_both_start_methods() {
-    for method in methods() {
+    for method in common::start_methods() {
         let start = |outcome| {
             Process::new(entry!(fallible), (outcome,))
                 .start_method(method)
@@ -1033,7 +1023,7 @@ where
 
 #[test]
 fn join_timeout_keeps_its_deadline_when_the_child_stops_mid_result() {
-    for method in methods() {
+    for method in common::start_methods() {
         let (child, pid, target) = blocked_mid_result(entry!(large_inline_result), method);
         rustix::process::kill_process(target, rustix::process::Signal::STOP).unwrap();
         wait_until(pid, "stopped", || process_state(pid) == Some('T'));
@@ -1087,7 +1077,7 @@ fn large_inline_result_beside_a_fork() -> Vec<u8> {
 
 #[test]
 fn join_sees_a_child_killed_mid_result_while_a_fork_keeps_its_socket() {
-    for method in methods() {
+    for method in common::start_methods() {
         // Part of the result frame is in the socket; the rest will never come.
         let (child, _, target) =
             blocked_mid_result(entry!(large_inline_result_beside_a_fork), method);
@@ -1124,7 +1114,7 @@ fn fork_then_exit_3() -> u32 {
 /// file with `MULTIPROC_NO_PIDFD=1`), when it asks whether the child runs.
 #[test]
 fn join_sees_a_child_exit_while_a_fork_keeps_its_socket() {
-    for method in methods() {
+    for method in common::start_methods() {
         let child = Process::new(entry!(fork_then_exit_3), ())
             .start_method(method)
             .start()
@@ -1152,7 +1142,7 @@ extern "Rust" fn spelled_rust_abi(a: u32, b: u32) -> u32 {
 
 #[test]
 fn an_entry_with_an_explicit_rust_abi_runs() {
-    for method in methods() {
+    for method in common::start_methods() {
         let child = Process::new(entry!(spelled_rust_abi), (6, 7))
             .start_method(method)
             .start()

@@ -42,6 +42,44 @@ pub fn run_by_outer_test(var: &str, outer: &str) -> bool {
     false
 }
 
+/// The test running on this thread (libtest names its threads after
+/// them), for a message.
+fn this_test() -> String {
+    match std::thread::current().name() {
+        Some(name) if name != "main" => name.to_string(),
+        _ => "this test".to_string(),
+    }
+}
+
+/// Why the fork server cannot run here, for a message.
+const NO_FORK_SERVER: &str = "the fork server needs pidfds, which this system does not give \
+    (a kernel before 5.4, a seccomp profile that refuses pidfd_open, or MULTIPROC_NO_PIDFD)";
+
+/// Whether this system can start children with the fork server (as
+/// [`multiproc::get_all_start_methods`] says). Otherwise a test that needs
+/// it says that it is skipped, and why.
+pub fn fork_server_or_skip() -> bool {
+    if multiproc::get_all_start_methods().contains(&multiproc::StartMethod::ForkServer) {
+        return true;
+    }
+    println!("skipped: {}: {NO_FORK_SERVER}", this_test());
+    false
+}
+
+/// The start methods a test runs under: both where the fork server can
+/// run; otherwise `Spawn` alone, and the test says that its fork-server
+/// half is skipped, and why.
+pub fn start_methods() -> Vec<multiproc::StartMethod> {
+    let methods = multiproc::get_all_start_methods();
+    if !methods.contains(&multiproc::StartMethod::ForkServer) {
+        println!(
+            "skipped: {} under the fork server: {NO_FORK_SERVER}",
+            this_test()
+        );
+    }
+    methods
+}
+
 /// Every process this one can see, from `/proc`: `(pid, state, parent pid)`.
 pub fn processes() -> Vec<(u32, u8, u32)> {
     let mut found = Vec::new();
