@@ -500,6 +500,8 @@ pub mod __private {
     #[cfg(feature = "test-hooks")]
     pub use crate::sys::fork::fork_lingering_child;
     #[cfg(feature = "test-hooks")]
+    pub use crate::sys::futex::set_futex_check_period;
+    #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
     #[cfg(feature = "test-hooks")]

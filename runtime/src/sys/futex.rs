@@ -31,14 +31,37 @@ pub(crate) enum Slept {
 pub(crate) const CHECK_PERIOD: Duration = Duration::from_millis(50);
 const LONGEST_SLEEP: Duration = CHECK_PERIOD;
 
+/// This process's longest sleep, in milliseconds, when a test changed it.
+#[cfg(feature = "test-hooks")]
+static LONGEST_SLEEP_MS: std::sync::atomic::AtomicU64 =
+    std::sync::atomic::AtomicU64::new(LONGEST_SLEEP.as_millis() as u64);
+
+fn longest_sleep() -> Duration {
+    #[cfg(feature = "test-hooks")]
+    return Duration::from_millis(LONGEST_SLEEP_MS.load(std::sync::atomic::Ordering::Relaxed));
+    #[cfg(not(feature = "test-hooks"))]
+    LONGEST_SLEEP
+}
+
+/// Sets how long a futex wait of this process sleeps, unwoken, before it
+/// looks again ([`LONGEST_SLEEP`] otherwise). Not public API: for a test
+/// that must show that a wait ended because it was woken.
+#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
+pub fn set_futex_check_period(period: Duration) {
+    let ms = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+    LONGEST_SLEEP_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// `futex(word, FUTEX_WAIT, expected, timeout)`: sleeps while `word` holds
 /// `expected`, at most `timeout` (relative, `CLOCK_MONOTONIC`) when given,
 /// and never longer than [`LONGEST_SLEEP`]. [`Slept::TimedOut`] only when
 /// the caller's own timeout passed; callers look again after `Woken`.
 pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) -> Slept {
+    let longest = longest_sleep();
     let (sleep, cut) = match timeout {
-        Some(t) if t <= LONGEST_SLEEP => (t, false),
-        _ => (LONGEST_SLEEP, true),
+        Some(t) if t <= longest => (t, false),
+        _ => (longest, true),
     };
     let timespec = Timespec {
         tv_sec: sleep.as_secs() as i64,
