@@ -823,6 +823,80 @@ fn items_a_putter_gave_up_at_exit_are_not_left_unfinished() {
     );
 }
 
+/// Puts `n` items on `q`, more than its ring holds (the rest wait in this
+/// process's backlog), says so on `all_put`, and returns once `go` is set.
+/// Nobody gets, so its exit flush then gives up on the backlog.
+#[process_entry]
+fn overfill_joinable_until(q: JoinableQueue<String>, n: u32, all_put: Event, go: Event) {
+    for _ in 0..n {
+        q.try_put("x".repeat(4096)).unwrap();
+    }
+    all_put.set();
+    assert!(go.wait_timeout(common::BOUND), "go was never set");
+    multiproc::__private::set_queue_exit_stall(Duration::ZERO);
+}
+
+const INNER: &str = "MULTIPROC_QUEUE_INNER";
+
+#[test]
+fn join_is_woken_when_items_lost_with_a_putter_are_uncounted() {
+    // In its own process, whose futex waits it makes (nearly) endless.
+    common::run_alone("inner_join_woken_by_uncount", INNER);
+}
+
+#[test]
+#[ignore = "run by join_is_woken_when_items_lost_with_a_putter_are_uncounted"]
+fn inner_join_woken_by_uncount() {
+    if !common::run_by_outer_test(
+        INNER,
+        "join_is_woken_when_items_lost_with_a_putter_are_uncounted",
+    ) {
+        return;
+    }
+    const N: u32 = 6_000;
+    let q = JoinableQueue::<String>::new().unwrap();
+    let all_put = Event::new().unwrap();
+    let go = Event::new().unwrap();
+    let mut child = spawn!(
+        overfill_joinable_until,
+        q.clone(),
+        N,
+        all_put.clone(),
+        go.clone()
+    )
+    .unwrap();
+    assert!(all_put.wait_timeout(common::BOUND), "the child's puts");
+    // The ring is full and nobody gets. Its items are marked done without
+    // being taken, so that only the child's backlog is unfinished.
+    let in_ring = q.len();
+    assert!(in_ring > 0 && in_ring < N as usize, "{in_ring} in the ring");
+    for _ in 0..in_ring {
+        q.task_done().unwrap();
+    }
+    // From here on, a futex wait of this process ends only when woken: an
+    // hour, not 50 ms, before it looks again on its own.
+    multiproc::__private::set_futex_check_period(Duration::from_secs(3600));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let (joined_tx, joined_rx) = std::sync::mpsc::channel();
+    let joiner = q.clone();
+    std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_pid() as u32);
+        let _ = joined_tx.send(joiner.join());
+    });
+    let tid = tid_rx.recv().unwrap();
+    until_asleep("join waits for the child's backlog", tid);
+    // The child returns; its exit flush gives up on the backlog and
+    // uncounts it, which must wake the join.
+    go.set();
+    let joined = joined_rx.recv_timeout(common::BOUND);
+    assert!(
+        matches!(joined, Ok(Ok(()))),
+        "join was not woken when the lost items were uncounted: {joined:?}"
+    );
+    let exited = child.join_timeout(common::BOUND);
+    assert!(matches!(exited, Ok(Some(()))), "{exited:?}");
+}
+
 /// An item whose `Serialize` fails when `refuse` is set.
 #[derive(Debug, PartialEq, serde::Deserialize)]
 struct Picky {

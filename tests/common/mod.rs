@@ -80,6 +80,25 @@ pub fn start_methods() -> Vec<multiproc::StartMethod> {
     methods
 }
 
+/// Runs the ignored test `inner` alone in a fresh copy of this test binary,
+/// with `var` set (see [`run_by_outer_test`]), checks that it passed, and
+/// relays what it says it skipped.
+pub fn run_alone(inner: &str, var: &str) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", inner, "--ignored", "--nocapture"])
+        .env(var, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+    let said = stdout.lines().chain(stderr.lines());
+    for line in said.filter(|line| line.starts_with("skipped")) {
+        println!("{inner}: {line}");
+    }
+}
+
 /// Every process this one can see, from `/proc`: `(pid, state, parent pid)`.
 pub fn processes() -> Vec<(u32, u8, u32)> {
     let mut found = Vec::new();

@@ -11,7 +11,7 @@
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering::{Acquire, Relaxed, Release};
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -190,9 +190,18 @@ fn feed(inner: &Inner) {
     }
 }
 
+/// Takes a lost item out of the count of unfinished items; the last one
+/// wakes `join`, as the last `task_done` does. (Never below zero: extra
+/// `task_done` calls may have taken it there already.)
 fn uncount(inner: &Inner, item: &Item) {
-    if item.counted {
-        inner.word(UNFINISHED).fetch_sub(1, Relaxed);
+    if !item.counted {
+        return;
+    }
+    let before = inner
+        .word(UNFINISHED)
+        .fetch_update(AcqRel, Acquire, |n| n.checked_sub(1));
+    if before == Ok(1) {
+        super::joinable::all_done(inner);
     }
 }
 

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::layout::{ALL_DONE, UNFINISHED};
+use super::records::Inner;
 use super::{Queue, checked_capacity};
 use crate::channel_error::{
     RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
@@ -82,6 +83,15 @@ impl<'de, T> Deserialize<'de> for JoinableQueue<T> {
             queue: Queue::deserialize(deserializer)?,
         })
     }
+}
+
+/// Wakes every [`join`](JoinableQueue::join) of `inner`: its count of
+/// unfinished items has just reached zero (a `task_done`, or the last
+/// uncounting of items lost with a backlog).
+pub(super) fn all_done(inner: &Inner) {
+    let done = inner.word(ALL_DONE);
+    done.fetch_add(1, SeqCst);
+    futex::wake_all(done);
 }
 
 impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
@@ -185,9 +195,7 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             }
         }
         if current == 1 {
-            let done = self.queue.inner.word(ALL_DONE);
-            done.fetch_add(1, SeqCst);
-            futex::wake_all(done);
+            all_done(&self.queue.inner);
         }
         Ok(())
     }
