@@ -92,6 +92,9 @@ fn simplex_ends_go_one_way() {
     // Caller mistakes, not OS failures.
     assert_eq!(rx.send(&1).unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!(matches!(tx.recv(), Err(RecvError::Failed(e)) if e.kind() == ErrorKind::InvalidInput));
+    // `poll` on the send-only end does not wait: the `recv` it invites
+    // fails at once, saying why.
+    assert!(tx.poll(std::time::Duration::from_secs(3600)));
     tx.send(&7).unwrap();
     assert_eq!(rx.recv().unwrap(), 7);
 }

@@ -411,6 +411,12 @@ impl<T> Connection<T> {
 
     /// Whether a message (or the end of the stream) is ready to receive,
     /// waiting up to `timeout`.
+    ///
+    /// On a send-only end (of [`Pipe::simplex`]) it is `true` at once:
+    /// [`recv`](Connection::recv) there fails at once, with
+    /// [`ErrorKind::InvalidInput`] saying the end is send-only, rather than
+    /// a loop that polls it waiting for ever (Python's `poll` raises
+    /// there).
     pub fn poll(&self, timeout: Duration) -> bool {
         // Data read ahead is ready too. (If another thread is receiving, it
         // holds the state: then only the socket is looked at.)
