@@ -8,7 +8,10 @@
 //!   two through a lane), via `send_bytes` and as a typed `Vec<u8>`, vs
 //!   `write_all`/`read_exact` on a raw socketpair;
 //! - `Queue` throughput of small items, one producer to one consumer and
-//!   two to two.
+//!   two to two;
+//! - `Queue` throughput of 64 KiB and 2 MiB byte items parent to child, as
+//!   a `Vec<u8>` and as a struct holding one, vs the same bytes over a raw
+//!   socketpair and as a `Vec<u8>` (and the struct) over a `Connection`.
 //!
 //! `cargo bench -p multiproc-benches --bench ipc`; Python's numbers: `python3 benches/python/ipc.py`.
 
@@ -20,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use multiproc::{Connection, Fd, JoinHandle, Pipe, Queue, process_entry, spawn};
+use serde::{Deserialize, Serialize};
 
 /// Pins this process to `cpu`, an index the parent already reduced to the
 /// CPUs it may use (a pinned parent's child cannot tell how many there are:
@@ -248,11 +252,156 @@ fn queue(c: &mut Criterion) {
     group.finish();
 }
 
+/// A message that carries bulk bytes beside other fields.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Blob {
+    id: u64,
+    data: Vec<u8>,
+}
+
+/// Waits for a count on `control`, then takes that many items and acks.
+#[process_entry]
+fn bytes_queue_consumer(q: Queue<Vec<u8>>, control: Connection<u64>) {
+    while let Ok(n) = control.recv() {
+        for _ in 0..n {
+            black_box(q.get().unwrap());
+        }
+        control.send(&n).unwrap();
+    }
+}
+
+/// Waits for a count on `control`, then takes that many items and acks.
+#[process_entry]
+fn blob_queue_consumer(q: Queue<Blob>, control: Connection<u64>) {
+    while let Ok(n) = control.recv() {
+        for _ in 0..n {
+            black_box(q.get().unwrap());
+        }
+        control.send(&n).unwrap();
+    }
+}
+
+/// Receives batches of `Blob`s, each announced by a count, and acks each.
+#[process_entry]
+fn blob_sink(conn: Connection<Blob>) {
+    while let Ok(count) = conn.recv_bytes() {
+        let mut n = [0u8; 8];
+        n.copy_from_slice(&count);
+        for _ in 0..u64::from_le_bytes(n) {
+            black_box(conn.recv().unwrap());
+        }
+        conn.send_bytes(&[1]).unwrap();
+    }
+}
+
+/// Puts `iters` items on `q` for the child behind `control`, and waits for
+/// its ack: the time from the first put to the last get.
+fn timed_puts<T: Serialize + serde::de::DeserializeOwned + Clone + 'static>(
+    q: &Queue<T>,
+    control: &Connection<u64>,
+    item: &T,
+    iters: u64,
+) -> Duration {
+    let start = Instant::now();
+    control.send(&iters).unwrap();
+    for _ in 0..iters {
+        q.put(item.clone()).unwrap();
+    }
+    control.recv().unwrap();
+    start.elapsed()
+}
+
+fn queue_bytes(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queue bytes");
+    for (label, size) in [("64 KiB", 64 << 10), ("2 MiB", 2 << 20)] {
+        group.throughput(Throughput::Bytes(size as u64));
+        if size > 1 << 20 {
+            group.sample_size(20);
+        }
+        let msg = vec![0xa5u8; size];
+        let blob = Blob {
+            id: 7,
+            data: msg.clone(),
+        };
+
+        let (mut mine, theirs) = UnixStream::pair().unwrap();
+        let sink = spawn!(raw_sink, Fd::from(OwnedFd::from(theirs)), size).unwrap();
+        group.bench_function(BenchmarkId::new("raw socketpair", label), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                mine.write_all(&iters.to_le_bytes()).unwrap();
+                for _ in 0..iters {
+                    mine.write_all(&msg).unwrap();
+                }
+                let mut ack = [0u8; 1];
+                mine.read_exact(&mut ack).unwrap();
+                start.elapsed()
+            })
+        });
+        drop(mine);
+        sink.join().unwrap();
+
+        let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
+        let sink = spawn!(bytes_sink, theirs, true).unwrap();
+        group.bench_function(BenchmarkId::new("Connection send(&Vec<u8>)", label), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                conn.send_bytes(&iters.to_le_bytes()).unwrap();
+                for _ in 0..iters {
+                    conn.send(&msg).unwrap();
+                }
+                conn.recv_bytes().unwrap();
+                start.elapsed()
+            })
+        });
+        drop(conn);
+        sink.join().unwrap();
+
+        let (conn, theirs) = Pipe::<Blob>::duplex().unwrap();
+        let sink = spawn!(blob_sink, theirs).unwrap();
+        group.bench_function(BenchmarkId::new("Connection send(&Blob)", label), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                conn.send_bytes(&iters.to_le_bytes()).unwrap();
+                for _ in 0..iters {
+                    conn.send(&blob).unwrap();
+                }
+                conn.recv_bytes().unwrap();
+                start.elapsed()
+            })
+        });
+        drop(conn);
+        sink.join().unwrap();
+
+        // Unbounded, as Python's default `Queue()`; the clone each put
+        // needs (a put takes its item) is counted in, as a Python caller
+        // pays nothing for it only because it shares the object.
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let (control, theirs) = Pipe::duplex().unwrap();
+        let child = spawn!(bytes_queue_consumer, q.clone(), theirs).unwrap();
+        group.bench_function(BenchmarkId::new("Queue<Vec<u8>>", label), |b| {
+            b.iter_custom(|iters| timed_puts(&q, &control, &msg, iters))
+        });
+        drop(control);
+        child.join().unwrap();
+
+        let q = Queue::<Blob>::new().unwrap();
+        let (control, theirs) = Pipe::duplex().unwrap();
+        let child = spawn!(blob_queue_consumer, q.clone(), theirs).unwrap();
+        group.bench_function(BenchmarkId::new("Queue<Blob>", label), |b| {
+            b.iter_custom(|iters| timed_puts(&q, &control, &blob, iters))
+        });
+        drop(control);
+        child.join().unwrap();
+    }
+    group.finish();
+}
+
 criterion_group! {
     name = ipc;
     config = Criterion::default()
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
-    targets = ping_pong, throughput, queue
+    targets = ping_pong, throughput, queue, queue_bytes
 }
 criterion_main!(ipc);
