@@ -5,6 +5,8 @@ mod common;
 
 use std::collections::HashSet;
 
+use serde::{Deserialize, Serialize};
+
 use common::{HandleOrNumber, eventually, state_of, until_asleep, write_end_closed};
 use std::time::{Duration, Instant};
 
@@ -991,4 +993,170 @@ fn an_item_whose_serialize_fails_is_handed_back_with_the_reason() {
     let sent = a.send(&Picky { n: 4, refuse: true }).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Encode);
     assert_eq!(err.to_string(), sent.to_string());
+}
+
+/// Bytes that differ between offsets and between items (`seed`), so that a
+/// byte lost, moved or taken from another item shows.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u64)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) + u64::from(seed) * 40_503) >> 11) as u8)
+        .collect()
+}
+
+/// Byte item sizes across the queue's paths: empty, small, odd, page-sized,
+/// in the ring up to the largest item kept there (1 MiB), and beyond it,
+/// through a memfd (a `Vec<u8>` item is its bytes: no length prefix).
+const BYTE_SIZES: [usize; 9] = [
+    0,
+    1,
+    7,
+    4096,
+    70_001,
+    (1 << 20) - 1,
+    1 << 20,
+    (1 << 20) + 1,
+    3 << 20,
+];
+
+/// Echoes byte items back, taking them with `get` and `get_timeout` in
+/// turn and putting them back with `put` and `try_put` in turn.
+#[process_entry]
+fn echo_bytes(q_in: Queue<Vec<u8>>, q_out: Queue<Vec<u8>>) {
+    for turn in 0u32.. {
+        let item = if turn % 2 == 0 {
+            q_in.get().ok()
+        } else {
+            q_in.get_timeout(Duration::from_secs(60)).ok()
+        };
+        let Some(item) = item else { return };
+        if turn % 2 == 0 {
+            q_out.put(item).unwrap();
+        } else {
+            q_out.try_put(item).unwrap();
+        }
+    }
+}
+
+#[test]
+fn byte_items_round_trip_exactly_through_every_put_and_get() {
+    // Bounded on the way there (a put may wait), unbounded on the way back
+    // (a put never waits; `try_put` is never `Full`).
+    let q_in = Queue::<Vec<u8>>::bounded(2).unwrap();
+    let q_out = Queue::<Vec<u8>>::new().unwrap();
+    let child = spawn!(echo_bytes, q_in.clone(), q_out.clone()).unwrap();
+    let timeout = Duration::from_secs(60);
+    for (i, &size) in BYTE_SIZES.iter().enumerate() {
+        let item = pattern(size, i as u32);
+        // The echo of the last item was taken: `q_in` is empty, so even
+        // `try_put` finds room.
+        match i % 3 {
+            0 => q_in.put(item.clone()).unwrap(),
+            1 => q_in.put_timeout(item.clone(), timeout).unwrap(),
+            _ => q_in.try_put(item.clone()).unwrap(),
+        }
+        let back = q_out.get_timeout(timeout).unwrap();
+        assert!(
+            back == item,
+            "item {i} ({size} bytes) came back as {} other bytes",
+            back.len()
+        );
+    }
+    assert_eq!(q_out.try_get(), Err(TryRecvError::Empty));
+    q_in.shutdown();
+    child.join().unwrap();
+}
+
+/// A message that carries bulk bytes between other fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Blob {
+    id: u64,
+    data: Vec<u8>,
+    name: String,
+}
+
+#[process_entry]
+fn echo_blobs(q_in: Queue<Blob>, q_out: Queue<Blob>) {
+    for turn in 0u32.. {
+        let item = if turn % 2 == 0 {
+            q_in.get().ok()
+        } else {
+            q_in.get_timeout(Duration::from_secs(60)).ok()
+        };
+        let Some(item) = item else { return };
+        q_out.put(item).unwrap();
+    }
+}
+
+#[test]
+fn messages_with_large_byte_fields_round_trip_exactly() {
+    let q_in = Queue::<Blob>::bounded(2).unwrap();
+    let q_out = Queue::<Blob>::new().unwrap();
+    let child = spawn!(echo_blobs, q_in.clone(), q_out.clone()).unwrap();
+    let timeout = Duration::from_secs(60);
+    for (i, &size) in BYTE_SIZES.iter().enumerate() {
+        let item = Blob {
+            id: u64::MAX - i as u64,
+            data: pattern(size, i as u32),
+            name: format!("blob {i}"),
+        };
+        if i % 2 == 0 {
+            q_in.put(item.clone()).unwrap();
+        } else {
+            q_in.try_put(item.clone()).unwrap();
+        }
+        let back = q_out.get_timeout(timeout).unwrap();
+        assert!(back == item, "blob {i} ({size} bytes) came back changed");
+    }
+    q_in.shutdown();
+    child.join().unwrap();
+}
+
+/// Takes `n` byte items and says which were not `pattern(1 MiB, i)`.
+#[process_entry]
+fn check_backlogged(q: Queue<Vec<u8>>, n: u32) -> Vec<u32> {
+    (0..n)
+        .filter(|&i| q.get_timeout(Duration::from_secs(60)).ok() != Some(pattern(1 << 20, i)))
+        .collect()
+}
+
+#[test]
+fn byte_items_that_wait_in_the_backlog_arrive_whole_and_in_order() {
+    // 40 MiB of items on an unbounded queue, before anyone takes one: most
+    // find the 16 MiB ring full and wait in this process's backlog.
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    let n = 40;
+    for i in 0..n {
+        q.put(pattern(1 << 20, i)).unwrap();
+    }
+    assert!(q.len() < n as usize, "the ring took them all: no backlog");
+    let child = spawn!(check_backlogged, q.clone(), n).unwrap();
+    assert_eq!(child.join().unwrap(), Vec::<u32>::new());
+}
+
+/// Takes byte items until shut down, marking each done; says which were
+/// not `pattern(BYTE_SIZES[i], i)`.
+#[process_entry]
+fn check_joinable_bytes(q: JoinableQueue<Vec<u8>>) -> Vec<usize> {
+    let mut wrong = Vec::new();
+    let mut i = 0;
+    while let Ok(item) = q.get() {
+        if item != pattern(BYTE_SIZES[i % BYTE_SIZES.len()], i as u32) {
+            wrong.push(i);
+        }
+        i += 1;
+        q.task_done().unwrap();
+    }
+    wrong
+}
+
+#[test]
+fn a_joinable_queue_of_byte_items_delivers_them_whole() {
+    let q = JoinableQueue::<Vec<u8>>::new().unwrap();
+    let child = spawn!(check_joinable_bytes, q.clone()).unwrap();
+    for (i, &size) in BYTE_SIZES.iter().enumerate() {
+        q.put(pattern(size, i as u32)).unwrap();
+    }
+    assert!(q.join_timeout(Duration::from_secs(60)).unwrap());
+    q.shutdown();
+    assert_eq!(child.join().unwrap(), Vec::<usize>::new());
 }

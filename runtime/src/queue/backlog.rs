@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use super::PutFail;
 use super::layout::{FULL_WAITERS, JOINABLE, NOT_FULL, UNFINISHED};
-use super::records::Inner;
+use super::records::{Inner, Record};
 use crate::error::Error;
 use crate::sys::lock_word::Deadline;
-use crate::wire::OutFrame;
 
 /// How long the exit flush waits for a get that makes no room.
 const EXIT_STALL: Duration = Duration::from_secs(30);
@@ -74,6 +73,8 @@ struct State {
 struct Item {
     payload: Vec<u8>,
     fds: Vec<OwnedFd>,
+    /// The payload is a `Vec<u8>` item's own bytes (see [`Record`]).
+    raw: bool,
     /// Counted as unfinished (a `JoinableQueue`) when it was put.
     counted: bool,
 }
@@ -91,11 +92,11 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 /// The queues of this process with items in their backlog, for the exit flush.
 static QUEUES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 
-/// Puts an encoded item on the unbounded queue `inner` without waiting.
-pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
+/// Puts an item on the unbounded queue `inner` without waiting.
+pub(super) fn put(inner: &Arc<Inner>, record: Record<'_>) -> Result<(), PutFail> {
     let backlog = &inner.backlog;
     if !backlog.waiting.load(Acquire) {
-        match inner.put_bytes(frame.payload(), frame.fds(), Deadline::Now, false) {
+        match inner.put_record(record, Deadline::Now, false) {
             Err(PutFail::Full) => {}
             done => return done,
         }
@@ -103,9 +104,9 @@ pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
     if inner.is_closed() {
         return Err(PutFail::Closed);
     }
-    // Our own copies: the frame's go when the put returns.
-    let fds = frame
-        .fds()
+    // Our own copies: the record's go when the put returns.
+    let fds = record
+        .fds
         .iter()
         .map(OwnedFd::try_clone)
         .collect::<Result<Vec<_>, _>>()
@@ -116,8 +117,9 @@ pub(super) fn put(inner: &Arc<Inner>, frame: &OutFrame) -> Result<(), PutFail> {
     }
     let mut state = lock(&backlog.state);
     state.items.push_back(Item {
-        payload: frame.payload().to_vec(),
+        payload: record.payload.to_vec(),
         fds,
+        raw: record.raw,
         counted,
     });
     backlog.waiting.store(true, Release);
@@ -163,7 +165,12 @@ fn feed(inner: &Inner) {
                 }
             }
         };
-        match inner.put_bytes(&item.payload, &item.fds, Deadline::Never, item.counted) {
+        let record = Record {
+            payload: &item.payload,
+            fds: &item.fds,
+            raw: item.raw,
+        };
+        match inner.put_record(record, Deadline::Never, item.counted) {
             Ok(()) => {}
             // Shut down: nothing more goes in; what waits is dropped.
             Err(PutFail::Closed) => {

@@ -58,7 +58,7 @@ pub(crate) fn fuzz_records(bytes: &[u8]) {
     let mut out = Vec::new();
     let mut take = |n: usize| {
         for _ in 0..n {
-            if inner.get_bytes(Deadline::Now, &mut out).is_err() {
+            if inner.get_record(Deadline::Now, &mut out).is_err() {
                 break;
             }
         }
@@ -71,7 +71,12 @@ pub(crate) fn fuzz_records(bytes: &[u8]) {
         .collect();
     for (i, payload) in bytes.chunks(1 + bytes.len() / 4).take(4).enumerate() {
         let fds = if i == 1 { &handle[..] } else { &[] };
-        let _ = inner.put_bytes(payload, fds, Deadline::Now, false);
+        let record = Record {
+            payload,
+            fds,
+            raw: i == 2,
+        };
+        let _ = inner.put_record(record, Deadline::Now, false);
     }
     take(8);
 }

@@ -110,7 +110,10 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
             queue: Queue::create(checked_capacity(capacity)?, true)?,
         })
     }
+}
 
+/// Putting and getting: `T: 'static`, as for [`Queue`]'s.
+impl<T: Serialize + DeserializeOwned + 'static> JoinableQueue<T> {
     /// Puts an item, counted as an unfinished task; see [`Queue::put`].
     pub fn put(&self, item: T) -> Result<(), SendError<T>> {
         self.queue.put(item)
@@ -141,7 +144,9 @@ impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     pub fn try_get(&self) -> Result<T, TryRecvError> {
         self.queue.try_get()
     }
+}
 
+impl<T: Serialize + DeserializeOwned> JoinableQueue<T> {
     /// How many items are in the queue (a snapshot); see [`Queue::len`].
     pub fn len(&self) -> usize {
         self.queue.len()

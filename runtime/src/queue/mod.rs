@@ -31,6 +31,7 @@
 //! sequentially consistent, so one of the two sees the other). Putters
 //! waiting for room do the same with `head`, `FULL_WAITERS` and `NOT_FULL`.
 
+use std::any::{Any, TypeId};
 use std::fmt;
 use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
@@ -128,11 +129,11 @@ use side::*;
 ///   `JoinableQueue` then no longer counts the items given up as
 ///   unfinished, so its `join` does not wait for them). On a
 ///   bounded queue, a full ring or socket makes `put` wait, as it should.
-/// - Items are encoded with serde, so a `Vec<u8>` item goes byte by byte
-///   through the codec: for bulk bytes a queue is several times slower than
-///   a [`Connection`](crate::Connection), which sends a `Vec<u8>` as raw
-///   bytes (a `String` item, encoded as one run of bytes, is about twice as
-///   fast as a `Vec<u8>` one).
+/// - Items are encoded with serde, except that a `Vec<u8>` item goes in as
+///   its raw bytes, as on a [`Connection`](crate::Connection) (which is why
+///   putting and getting need `T: 'static`). A `Vec<u8>` *inside* an item
+///   (a struct's field) goes byte by byte through the codec, several times
+///   slower than raw bytes.
 /// - Waiters on a queue no one will put to again wait until their timeout
 ///   or for ever, as in Python; `shutdown` wakes them.
 pub struct Queue<T> {
@@ -217,7 +218,12 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         .map_err(|e| Error::io("creating a queue's socket pair", e.into()))?;
         Ok(Queue::from_parts(region, side_tx, side_rx))
     }
+}
 
+/// Putting and getting. `T: 'static`, so that a `Vec<u8>` item can be told
+/// apart and moved as raw bytes (as a [`Connection`](crate::Connection)
+/// does) rather than byte by byte through the codec.
+impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
     /// Puts an item, waiting while the queue is full.
     ///
     /// Fails with [`SendError::Disconnected`] once this handle is closed or
@@ -284,15 +290,29 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
         if self.closed.load(Relaxed) {
             return Err(SendTimeoutError::Disconnected(item));
         }
-        let result = with_encoded(&item, |frame| {
+        let put = |record: Record<'_>| {
             if self.inner.capacity() == 0 {
                 // Unbounded: never waits (memory is the limit, as in Python).
-                backlog::put(&self.inner, frame)
+                backlog::put(&self.inner, record)
             } else {
-                self.inner
-                    .put_bytes(frame.payload(), frame.fds(), wait, false)
+                self.inner.put_record(record, wait, false)
             }
-        });
+        };
+        // A `Vec<u8>` goes in as raw bytes, not element by element.
+        let result = match (&item as &dyn Any).downcast_ref::<Vec<u8>>() {
+            Some(bytes) => put(Record {
+                payload: bytes,
+                fds: &[],
+                raw: true,
+            }),
+            None => with_encoded(&item, |frame| {
+                put(Record {
+                    payload: frame.payload(),
+                    fds: frame.fds(),
+                    raw: false,
+                })
+            }),
+        };
         match result {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
@@ -303,17 +323,27 @@ impl<T: Serialize + DeserializeOwned> Queue<T> {
     }
 
     fn get_wait(&self, wait: Deadline) -> Result<T, RecvTimeoutError> {
+        if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+            // Into a vector of its own, which a raw item becomes as it is.
+            let mut bytes = Vec::new();
+            let taken = self.inner.get_record(wait, &mut bytes)?;
+            return item_from(bytes, taken).map_err(RecvTimeoutError::Failed);
+        }
         let mut bytes = DECODER.take();
-        let result = self
-            .inner
-            .get_bytes(wait, &mut bytes)
-            .and_then(|fds| wire::decode(&bytes, fds).map_err(RecvTimeoutError::Failed));
+        let result = self.inner.get_record(wait, &mut bytes).and_then(|taken| {
+            if taken.raw {
+                return Err(RecvTimeoutError::Failed(raw_mismatch()));
+            }
+            wire::decode(&bytes, taken.fds).map_err(RecvTimeoutError::Failed)
+        });
         if bytes.capacity() <= SPILL_OVER {
             DECODER.set(bytes);
         }
         result
     }
+}
 
+impl<T: Serialize + DeserializeOwned> Queue<T> {
     /// How many items are in the queue now (a snapshot, like Python's `qsize`).
     pub fn len(&self) -> usize {
         self.inner.len()
@@ -377,6 +407,31 @@ thread_local! {
     /// Each thread copies items out of the ring into its own reused buffer
     /// (given up after a large item).
     static DECODER: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The item a `Vec<u8>` queue took: its raw bytes as they are, or
+/// (put through a handle of another item type) decoded.
+fn item_from<T: DeserializeOwned + 'static>(bytes: Vec<u8>, taken: Taken) -> Result<T, Error> {
+    if !taken.raw {
+        return wire::decode(&bytes, taken.fds);
+    }
+    if !taken.fds.is_empty() {
+        return Err(corrupt("a raw bytes item came with handles"));
+    }
+    let boxed: Box<dyn Any> = Box::new(bytes);
+    boxed
+        .downcast::<T>()
+        .map(|item| *item)
+        .map_err(|_| raw_mismatch())
+}
+
+/// A raw bytes item taken where the queue's item type is not `Vec<u8>`:
+/// some handle of this queue was sent as a queue of another item type.
+fn raw_mismatch() -> Error {
+    Error::new(
+        ErrorKind::Decode,
+        "took a raw bytes item (a Vec<u8>) from a queue whose item type is not Vec<u8>",
+    )
 }
 
 /// Encodes `item` into this thread's reused frame, and puts the frame.
@@ -509,6 +564,56 @@ mod tests {
         q.put(7).unwrap();
         let got = rx.recv_timeout(Duration::from_secs(20));
         assert_eq!(got.expect("the getter slept on").unwrap(), 7);
+    }
+
+    #[test]
+    fn raw_byte_items_are_handed_over_only_as_vec_u8() {
+        let raw = |bytes| Record {
+            payload: bytes,
+            fds: &[],
+            raw: true,
+        };
+        // A `Vec<u8>` item taken as another type (through a handle sent as a
+        // queue of that type): a typed error, not a reinterpretation (a
+        // `String`'s encoding is a length and bytes, which these could pass for).
+        let q = Queue::<String>::new().unwrap();
+        q.inner
+            .put_record(raw(b"\x03abc"), Deadline::Now, false)
+            .ok()
+            .unwrap();
+        assert_eq!(
+            q.try_get().unwrap_err().to_string(),
+            TryRecvError::Failed(raw_mismatch()).to_string()
+        );
+        // An encoded item on a `Vec<u8>` queue (put through a handle of
+        // another type) is decoded.
+        let q = Queue::<Vec<u8>>::new().unwrap();
+        let mut frame = OutFrame::new();
+        frame.encode(&"abc".to_string()).unwrap();
+        let encoded = Record {
+            payload: frame.payload(),
+            fds: &[],
+            raw: false,
+        };
+        q.inner
+            .put_record(encoded, Deadline::Now, false)
+            .ok()
+            .unwrap();
+        assert_eq!(q.try_get().unwrap(), b"abc");
+        // A raw item with a handle (only a broken or hostile putter sends
+        // one): an error, and the handle is closed.
+        let fds = [memfd_of(1)];
+        let with_fd = Record {
+            payload: b"abc",
+            fds: &fds,
+            raw: true,
+        };
+        q.inner
+            .put_record(with_fd, Deadline::Now, false)
+            .ok()
+            .unwrap();
+        assert!(matches!(q.try_get(), Err(TryRecvError::Failed(_))));
+        assert_eq!(q.try_get(), Err(TryRecvError::Empty));
     }
 
     fn memfd_of(len: usize) -> OwnedFd {

@@ -22,6 +22,8 @@ pub(super) const RECORD_HEADER: usize = 8;
 pub(super) const PAD: u32 = 1;
 pub(super) const SIDE: u32 = 2;
 pub(super) const SPILLED: u32 = 4;
+/// The item's bytes are a `Vec<u8>` item's own, not an encoding.
+pub(super) const RAW: u32 = 8;
 /// A side record's message number sits above the flags (its low 24 bits).
 pub(super) const NUMBER_SHIFT: u32 = 8;
 
@@ -32,6 +34,24 @@ pub(super) struct Inner {
     pub(super) side_rx: OwnedFd,
     /// Items of an unbounded queue waiting in this process for room.
     pub(super) backlog: super::backlog::Backlog,
+}
+
+/// An item ready to be put: its bytes, the descriptors of its handles, and
+/// whether the bytes are a `Vec<u8>` item itself (raw) rather than the
+/// codec's encoding of an item.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Record<'a> {
+    pub(super) payload: &'a [u8],
+    pub(super) fds: &'a [OwnedFd],
+    pub(super) raw: bool,
+}
+
+/// A taken item, its bytes aside: the descriptors that came with it, and
+/// whether its bytes are raw (see [`Record`]).
+#[derive(Debug)]
+pub(super) struct Taken {
+    pub(super) fds: Vec<OwnedFd>,
+    pub(super) raw: bool,
 }
 
 pub(super) const fn align8(n: usize) -> usize {
@@ -87,15 +107,15 @@ impl Inner {
         }
     }
 
-    /// Puts one encoded item. `counted`: a `JoinableQueue` item already
-    /// counted as unfinished (one that waited in the backlog).
-    pub(super) fn put_bytes(
+    /// Puts one item. `counted`: a `JoinableQueue` item already counted as
+    /// unfinished (one that waited in the backlog).
+    pub(super) fn put_record(
         &self,
-        payload: &[u8],
-        fds: &[OwnedFd],
+        record: Record<'_>,
         wait: Deadline,
         counted: bool,
     ) -> Result<(), PutFail> {
+        let Record { payload, fds, raw } = record;
         let joinable = self.word(JOINABLE).load(Relaxed) != 0 && !counted;
         let ring = self.ring.len();
         let spilled = payload.len() > SPILL_OVER.min(ring / 4);
@@ -159,6 +179,9 @@ impl Inner {
                 }
                 if spilled {
                     flags |= SPILLED;
+                }
+                if raw {
+                    flags |= RAW;
                 }
                 let mut next = at + need;
                 if next == ring {
@@ -237,11 +260,11 @@ impl Inner {
     }
 
     /// Takes an item: its bytes into `bytes`, its descriptors returned.
-    pub(super) fn get_bytes(
+    pub(super) fn get_record(
         &self,
         wait: Deadline,
         bytes: &mut Vec<u8>,
-    ) -> Result<Vec<OwnedFd>, RecvTimeoutError> {
+    ) -> Result<Taken, RecvTimeoutError> {
         let mut spin = Spin::new();
         loop {
             let Some(mut get) = self.ring.lock_get(wait) else {
@@ -282,7 +305,7 @@ impl Inner {
         get: GetSide<'_>,
         head: Pos,
         bytes: &mut Vec<u8>,
-    ) -> Result<Vec<OwnedFd>, Error> {
+    ) -> Result<Taken, Error> {
         let ring = self.ring.len();
         let read_header = |at: usize| -> Result<(usize, u32), Error> {
             let mut bytes = [0u8; RECORD_HEADER];
@@ -323,8 +346,9 @@ impl Inner {
         get.advance(head.next(next))
             .map_err(|_| corrupt("record outside the ring's used part"))?;
         let mut fds = side.map_err(|e| Error::io("receiving an item's handles", e))?;
+        let raw = flags & RAW != 0;
         if flags & SPILLED == 0 {
-            return Ok(fds);
+            return Ok(Taken { fds, raw });
         }
         if fds.is_empty() {
             return Err(corrupt("a large item's memfd is missing"));
@@ -332,7 +356,7 @@ impl Inner {
         let memfd = fds.remove(0);
         *bytes = wire::read_spill(&memfd, len as u64)
             .map_err(|e| Error::io("reading a large item", e))?;
-        Ok(fds)
+        Ok(Taken { fds, raw })
     }
 }
 
