@@ -327,8 +327,7 @@ impl Inner {
             return Err(corrupt("record longer than the ring"));
         }
         bytes.clear();
-        bytes.resize(inline, 0);
-        get.read(h + RECORD_HEADER, bytes)
+        get.read_append(h + RECORD_HEADER, inline, bytes)
             .map_err(|_| corrupt("record longer than the ring's used part"))?;
         let side = if flags & SIDE != 0 {
             recv_side(

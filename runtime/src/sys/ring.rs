@@ -373,6 +373,36 @@ impl GetSide<'_> {
         Ok(())
     }
 
+    /// Like [`read`](Self::read), for `n` bytes appended to `out` without
+    /// zero-filling them first.
+    pub(crate) fn read_append(
+        &self,
+        at: usize,
+        n: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), Misplaced> {
+        let (start, span) = self.used()?;
+        if !self.ring.within(start, span, at, n) {
+            return Err(Misplaced);
+        }
+        out.reserve(n);
+        let len = out.len();
+        // SAFETY: the source is in bounds of the mapping and free of data
+        // races as in `read`; the destination is `out`'s spare capacity,
+        // at least `n` bytes after `reserve`, which is not ring bytes (no
+        // Rust reference to a ring's bytes exists). The copy initialises
+        // those `n` bytes, so the new length covers only initialised ones.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                self.ring.region.data_ptr().add(at).cast_const(),
+                out.as_mut_ptr().add(len),
+                n,
+            );
+            out.set_len(len + n);
+        }
+        Ok(())
+    }
+
     /// Takes one record: `HEAD` becomes `to`, one record further, which
     /// hands the bytes from the old `HEAD` to `to` (all used until now) back
     /// to putters. One store; the lock is released after it.
@@ -462,6 +492,17 @@ mod tests {
         get.refresh_tail();
         let mut all = [0u8; 64];
         get.read(0, &mut all).unwrap();
+        // Appended without zero-filling: exactly the ring's bytes, after
+        // what was there; nothing outside the used part.
+        let mut out = vec![9];
+        get.read_append(0, 16, &mut out).unwrap();
+        assert_eq!(out, [[9].as_slice(), &[4; 16]].concat());
+        assert_eq!(
+            get.read_append(60, 8, &mut out),
+            Err(Misplaced),
+            "past the end"
+        );
+        assert_eq!(out.len(), 17, "a refused read appends nothing");
         assert_eq!(
             get.advance(pos(3, 16)),
             Err(Misplaced),
