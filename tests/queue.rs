@@ -1160,3 +1160,34 @@ fn a_joinable_queue_of_byte_items_delivers_them_whole() {
     q.shutdown();
     assert_eq!(child.join().unwrap(), Vec::<usize>::new());
 }
+
+#[test]
+fn a_byte_item_refused_is_handed_back_whole() {
+    // Bounded and unbounded, with the ring full (an unbounded queue's item
+    // then goes to the backlog as it is, not copied) and after a shutdown.
+    let bounded = Queue::<Vec<u8>>::bounded(1).unwrap();
+    bounded.put(vec![1]).unwrap();
+    assert_eq!(
+        bounded.try_put(pattern(5000, 1)),
+        Err(TrySendError::Full(pattern(5000, 1)))
+    );
+    let q = Queue::<Vec<u8>>::new().unwrap();
+    for i in 0..40 {
+        q.put(pattern(1 << 20, i)).unwrap();
+    }
+    assert!(q.len() < 40, "the ring took them all: no backlog");
+    for q in [&bounded, &q] {
+        q.shutdown();
+        match q.put(pattern(70_001, 2)) {
+            Err(SendError::Disconnected(item)) => assert!(item == pattern(70_001, 2)),
+            other => panic!(
+                "expected Disconnected, got {:?}",
+                other.map_err(|e| e.to_string())
+            ),
+        }
+    }
+    // What the ring held is still there, whole and in order.
+    for i in 0..q.len() as u32 {
+        assert!(q.try_get().unwrap() == pattern(1 << 20, i));
+    }
+}

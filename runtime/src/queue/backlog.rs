@@ -92,34 +92,61 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 /// The queues of this process with items in their backlog, for the exit flush.
 static QUEUES: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
 
-/// Puts an item on the unbounded queue `inner` without waiting.
+/// Puts an item on the unbounded queue `inner` without waiting: into the
+/// ring, or (a copy of it) into the backlog.
 pub(super) fn put(inner: &Arc<Inner>, record: Record<'_>) -> Result<(), PutFail> {
-    let backlog = &inner.backlog;
-    if !backlog.waiting.load(Acquire) {
-        match inner.put_record(record, Deadline::Now, false) {
-            Err(PutFail::Full) => {}
-            done => return done,
+    match put_now(inner, record) {
+        Err(PutFail::Full) => {
+            keep(inner, record.payload.to_vec(), record.fds, record.raw).map_err(|(fail, _)| fail)
         }
+        done => done,
     }
+}
+
+/// Puts an item on the unbounded queue `inner` if the ring has room now
+/// and no item of this process waits in the backlog; `Err(PutFail::Full)`
+/// if it must wait there (see [`keep`]).
+pub(super) fn put_now(inner: &Inner, record: Record<'_>) -> Result<(), PutFail> {
+    if inner.backlog.waiting.load(Acquire) {
+        return Err(PutFail::Full);
+    }
+    inner.put_record(record, Deadline::Now, false)
+}
+
+/// Keeps an item in the backlog of the unbounded queue `inner`, for the
+/// feeder thread to put: its `payload` moved in, its `fds` duplicated. On
+/// failure, the payload is handed back.
+pub(super) fn keep(
+    inner: &Arc<Inner>,
+    payload: Vec<u8>,
+    fds: &[OwnedFd],
+    raw: bool,
+) -> Result<(), (PutFail, Vec<u8>)> {
+    let backlog = &inner.backlog;
     if inner.is_closed() {
-        return Err(PutFail::Closed);
+        return Err((PutFail::Closed, payload));
     }
-    // Our own copies: the record's go when the put returns.
-    let fds = record
-        .fds
+    // Our own copies: the caller's go when its put returns.
+    let fds = match fds
         .iter()
         .map(OwnedFd::try_clone)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| PutFail::Failed(Error::io("duplicating an item's handles", e)))?;
+    {
+        Ok(fds) => fds,
+        Err(e) => {
+            let fail = PutFail::Failed(Error::io("duplicating an item's handles", e));
+            return Err((fail, payload));
+        }
+    };
     let counted = inner.word(JOINABLE).load(Relaxed) != 0;
     if counted {
         inner.word(UNFINISHED).fetch_add(1, Relaxed);
     }
     let mut state = lock(&backlog.state);
     state.items.push_back(Item {
-        payload: record.payload.to_vec(),
+        payload,
         fds,
-        raw: record.raw,
+        raw,
         counted,
     });
     backlog.waiting.store(true, Release);
@@ -131,13 +158,14 @@ pub(super) fn put(inner: &Arc<Inner>, record: Record<'_>) -> Result<(), PutFail>
             .spawn(move || feed(&feeder));
         if let Err(e) = started {
             state.feeding = false;
-            if let Some(item) = state.items.pop_back() {
-                uncount(inner, &item);
-            }
-            return Err(PutFail::Failed(Error::io(
-                "starting the queue's feeder thread",
-                e,
-            )));
+            let fail = PutFail::Failed(Error::io("starting the queue's feeder thread", e));
+            return match state.items.pop_back() {
+                Some(item) => {
+                    uncount(inner, &item);
+                    Err((fail, item.payload))
+                }
+                None => Err((fail, Vec::new())),
+            };
         }
         let mut queues = QUEUES.lock().unwrap_or_else(|p| p.into_inner());
         let this = Arc::downgrade(inner);

@@ -290,36 +290,64 @@ impl<T: Serialize + DeserializeOwned + 'static> Queue<T> {
         if self.closed.load(Relaxed) {
             return Err(SendTimeoutError::Disconnected(item));
         }
-        let put = |record: Record<'_>| {
-            if self.inner.capacity() == 0 {
-                // Unbounded: never waits (memory is the limit, as in Python).
-                backlog::put(&self.inner, record)
-            } else {
-                self.inner.put_record(record, wait, false)
-            }
+        let mut slot = Some(item);
+        let result = match (&mut slot as &mut dyn Any).downcast_mut::<Option<Vec<u8>>>() {
+            // A `Vec<u8>` goes in as raw bytes, not element by element.
+            Some(bytes) => self.put_raw(bytes, wait),
+            None => match &slot {
+                Some(item) => with_encoded(item, |frame| {
+                    let record = Record {
+                        payload: frame.payload(),
+                        fds: frame.fds(),
+                        raw: false,
+                    };
+                    if self.inner.capacity() == 0 {
+                        // Unbounded: never waits (memory is the limit, as in Python).
+                        backlog::put(&self.inner, record)
+                    } else {
+                        self.inner.put_record(record, wait, false)
+                    }
+                }),
+                None => Ok(()),
+            },
         };
-        // A `Vec<u8>` goes in as raw bytes, not element by element.
-        let result = match (&item as &dyn Any).downcast_ref::<Vec<u8>>() {
-            Some(bytes) => put(Record {
-                payload: bytes,
-                fds: &[],
-                raw: true,
-            }),
-            None => with_encoded(&item, |frame| {
-                put(Record {
-                    payload: frame.payload(),
-                    fds: frame.fds(),
-                    raw: false,
-                })
-            }),
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(PutFail::Full) => Err(SendTimeoutError::Timeout(item)),
-            Err(PutFail::Closed) => Err(SendTimeoutError::Disconnected(item)),
+        match (result, slot) {
+            (Ok(()), _) => Ok(()),
+            (Err(PutFail::Full), Some(item)) => Err(SendTimeoutError::Timeout(item)),
+            (Err(PutFail::Closed), Some(item)) => Err(SendTimeoutError::Disconnected(item)),
             // An item that cannot be encoded or stored cannot be put.
-            Err(PutFail::Failed(e)) => Err(SendTimeoutError::Failed(item, e)),
+            (Err(PutFail::Failed(e)), Some(item)) => Err(SendTimeoutError::Failed(item, e)),
+            // Only `put_raw` takes the item, and only when it succeeds.
+            (Err(_), None) => Ok(()),
         }
+    }
+
+    /// Puts a `Vec<u8>` item, in `slot`, as its raw bytes. One that must
+    /// wait in an unbounded queue's backlog goes there as it is, not
+    /// copied: it is taken from `slot` then, and only then.
+    fn put_raw(&self, slot: &mut Option<Vec<u8>>, wait: Deadline) -> Result<(), PutFail> {
+        let Some(bytes) = slot.as_deref() else {
+            return Ok(());
+        };
+        let record = Record {
+            payload: bytes,
+            fds: &[],
+            raw: true,
+        };
+        if self.inner.capacity() != 0 {
+            return self.inner.put_record(record, wait, false);
+        }
+        match backlog::put_now(&self.inner, record) {
+            Err(PutFail::Full) => {}
+            done => return done,
+        }
+        let Some(bytes) = slot.take() else {
+            return Ok(());
+        };
+        backlog::keep(&self.inner, bytes, &[], true).map_err(|(fail, bytes)| {
+            *slot = Some(bytes);
+            fail
+        })
     }
 
     fn get_wait(&self, wait: Deadline) -> Result<T, RecvTimeoutError> {
