@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::process::Command;
 use std::time::Duration;
 
 use multiproc::{ErrorKind, Fd, Process, StartMethod, entry, process_entry};
@@ -401,21 +400,7 @@ fn forked_add(a: i32, b: i32) -> multiproc::JoinHandle<i32> {
 }
 
 fn run_inner(name: &str, env: &[(&str, &str)]) {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--ignored", "--nocapture"])
-        .env(INNER, "1")
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
-    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
-    // An inner test that could not check what it is for says so.
-    let said = stdout.lines().chain(stderr.lines());
-    for line in said.filter(|line| line.starts_with("skipped")) {
-        eprintln!("{name}: {line}");
-    }
+    common::run_alone_with(name, INNER, env);
 }
 
 /// The live (not zombie) children of process `pid`, from /proc.

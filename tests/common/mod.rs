@@ -84,9 +84,15 @@ pub fn start_methods() -> Vec<multiproc::StartMethod> {
 /// with `var` set (see [`run_by_outer_test`]), checks that it passed, and
 /// relays what it says it skipped.
 pub fn run_alone(inner: &str, var: &str) {
+    run_alone_with(inner, var, &[]);
+}
+
+/// [`run_alone`] with `env` set for the inner test too.
+pub fn run_alone_with(inner: &str, var: &str, env: &[(&str, &str)]) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", inner, "--ignored", "--nocapture"])
         .env(var, "1")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -245,66 +245,20 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        self.request(op, id, build, parse, Uses::default())
+        self.call_as(Uses::PLAIN, op, id, build, parse)
     }
 
-    /// Like [`call`](Client::call), for a request whose values are only
-    /// compared with what the server stores (a key looked up, an item
-    /// searched for), never stored: a proxy in them takes no reference.
-    pub(crate) fn call_probing<R>(
+    /// [`call`](Client::call) for a request whose values are used as
+    /// `uses` says: only compared with stored ones (a proxy there takes no
+    /// reference), or taken out of the server in the reply (a proxy
+    /// decoded there takes over the stored copy's).
+    pub(crate) fn call_as<R>(
         self: &Arc<Client>,
-        op: Op,
-        id: u64,
-        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
-        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
-    ) -> Result<R, Error> {
-        let uses = Uses {
-            probing: true,
-            ..Uses::default()
-        };
-        self.request(op, id, build, parse, uses)
-    }
-
-    /// Like [`call`](Client::call), for a request whose reply holds values
-    /// the server no longer stores (popped, removed, replaced): a proxy
-    /// decoded from one takes over the reference the stored copy held.
-    pub(crate) fn call_taking<R>(
-        self: &Arc<Client>,
-        op: Op,
-        id: u64,
-        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
-        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
-    ) -> Result<R, Error> {
-        let uses = Uses {
-            taking: true,
-            ..Uses::default()
-        };
-        self.request(op, id, build, parse, uses)
-    }
-
-    /// [`call_taking`](Client::call_taking) and
-    /// [`call_probing`](Client::call_probing) at once: a dict's `remove`.
-    pub(crate) fn call_probing_taking<R>(
-        self: &Arc<Client>,
-        op: Op,
-        id: u64,
-        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
-        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
-    ) -> Result<R, Error> {
-        let uses = Uses {
-            probing: true,
-            taking: true,
-        };
-        self.request(op, id, build, parse, uses)
-    }
-
-    fn request<R>(
-        self: &Arc<Client>,
-        op: Op,
-        id: u64,
-        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
-        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
         uses: Uses,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         let mut lease = Lease {
             client: self,
@@ -420,7 +374,7 @@ fn connect_tcp(addr: &str, key: &[u8]) -> Result<TcpStream, Error> {
 /// stored in a manager object keeps its reference while it is stored: a
 /// handle read from it takes one of its own (as Python's proxies do when
 /// unpickled), and one decoded from a value taken out (popped, removed,
-/// replaced: [`Client::call_taking`]) takes that reference over. A stored copy the server drops unread (`clear`, a
+/// replaced: [`Uses::TAKING`]) takes that reference over. A stored copy the server drops unread (`clear`, a
 /// replaced value nobody decodes) keeps it for as long as the server runs:
 /// the server does not look inside the values it stores.
 #[derive(Clone)]
@@ -493,11 +447,36 @@ thread_local! {
 
 /// How a request uses the values in it and in its reply.
 #[derive(Clone, Copy, Default)]
-struct Uses {
+pub(crate) struct Uses {
     /// The request's values are only compared with stored ones.
     probing: bool,
     /// The reply's values are no longer stored (taken out).
     taking: bool,
+}
+
+impl Uses {
+    /// The request's values are stored, the reply's stay stored.
+    pub(crate) const PLAIN: Uses = Uses {
+        probing: false,
+        taking: false,
+    };
+    /// The request's values are only compared with stored ones (a key
+    /// looked up, an item searched for).
+    pub(crate) const PROBING: Uses = Uses {
+        probing: true,
+        taking: false,
+    };
+    /// The reply's values are taken out of the server (popped, removed,
+    /// replaced).
+    pub(crate) const TAKING: Uses = Uses {
+        probing: false,
+        taking: true,
+    };
+    /// Both: a dict's `remove`.
+    pub(crate) const PROBING_TAKING: Uses = Uses {
+        probing: true,
+        taking: true,
+    };
 }
 
 /// What [`AT_SERVER`] holds.

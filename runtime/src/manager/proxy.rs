@@ -9,7 +9,7 @@ use std::marker::PhantomData;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::client::Handle;
+use super::client::{Handle, Uses};
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, Frame, Op};
 use crate::error::{Error, ErrorKind};
@@ -97,14 +97,19 @@ proxy_common!(DictProxy<K, V>, "dict");
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// The value under `key`, if any.
     pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
-        self.h
-            .client
-            .call_probing(Op::MapGet, self.h.id, |f| put(f, key), get_opt)
+        self.h.client.call_as(
+            Uses::PROBING,
+            Op::MapGet,
+            self.h.id,
+            |f| put(f, key),
+            get_opt,
+        )
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub fn insert(&self, key: K, value: V) -> Result<Option<V>, Error> {
-        self.h.client.call_taking(
+        self.h.client.call_as(
+            Uses::TAKING,
             Op::MapInsert,
             self.h.id,
             |f| {
@@ -117,9 +122,13 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Removes `key`; returns its value.
     pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
-        self.h
-            .client
-            .call_probing_taking(Op::MapRemove, self.h.id, |f| put(f, key), get_opt)
+        self.h.client.call_as(
+            Uses::PROBING_TAKING,
+            Op::MapRemove,
+            self.h.id,
+            |f| put(f, key),
+            get_opt,
+        )
     }
 
     /// The value under `key`, inserting `default` there first if the key
@@ -142,7 +151,8 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     /// `None` if the dictionary is empty.
     #[doc(alias = "popitem")]
     pub fn pop_last(&self) -> Result<Option<(K, V)>, Error> {
-        self.h.client.call_taking(
+        self.h.client.call_as(
+            Uses::TAKING,
             Op::MapPopItem,
             self.h.id,
             |_| Ok(()),
@@ -157,9 +167,13 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
 
     /// Whether `key` is present.
     pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
-        self.h
-            .client
-            .call_probing(Op::MapContains, self.h.id, |f| put(f, key), |f| f.bool())
+        self.h.client.call_as(
+            Uses::PROBING,
+            Op::MapContains,
+            self.h.id,
+            |f| put(f, key),
+            |f| f.bool(),
+        )
     }
 
     /// The number of entries.
@@ -336,7 +350,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// Removes and returns the last item (`None` if the list is empty).
     pub fn pop(&self) -> Result<Option<T>, Error> {
-        self.h.client.call_taking(
+        self.h.client.call_as(
+            Uses::TAKING,
             Op::SeqPop,
             self.h.id,
             |f| {
@@ -349,7 +364,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// Removes and returns the item at `index` (`None` past the end).
     pub fn pop_at(&self, index: usize) -> Result<Option<T>, Error> {
-        self.h.client.call_taking(
+        self.h.client.call_as(
+            Uses::TAKING,
             Op::SeqPop,
             self.h.id,
             |f| {
@@ -376,16 +392,21 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
     /// Removes the first item equal to `value` (compared encoded); returns
     /// whether there was one.
     pub fn remove(&self, value: &T) -> Result<bool, Error> {
-        self.h
-            .client
-            .call_probing(Op::SeqRemove, self.h.id, |f| put(f, value), |f| f.bool())
+        self.h.client.call_as(
+            Uses::PROBING,
+            Op::SeqRemove,
+            self.h.id,
+            |f| put(f, value),
+            |f| f.bool(),
+        )
     }
 
     /// The index of the first item equal to `value` (compared encoded),
     /// if any (Python's `index`, which raises where this is `None`).
     #[doc(alias = "index")]
     pub fn position(&self, value: &T) -> Result<Option<usize>, Error> {
-        self.h.client.call_probing(
+        self.h.client.call_as(
+            Uses::PROBING,
             Op::SeqPosition,
             self.h.id,
             |f| put(f, value),
@@ -400,7 +421,8 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
 
     /// How many items are equal to `value` (compared encoded).
     pub fn count(&self, value: &T) -> Result<usize, Error> {
-        self.h.client.call_probing(
+        self.h.client.call_as(
+            Uses::PROBING,
             Op::SeqCount,
             self.h.id,
             |f| put(f, value),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::client::{Handle, owner_token, permit_token, process_token};
+use super::client::{Handle, Uses, owner_token, permit_token, process_token};
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, NO_PERMIT, Op, timeout_ms};
 use crate::error::Error;
@@ -111,7 +111,8 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     fn get_within(&self, t: Option<Duration>) -> Result<Option<T>, Error> {
-        self.h.client.call_taking(
+        self.h.client.call_as(
+            Uses::TAKING,
             Op::QueueGet,
             self.h.id,
             |f| {
