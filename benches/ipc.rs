@@ -21,7 +21,10 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use multiproc::{Connection, Fd, JoinHandle, Pipe, Queue, process_entry, spawn};
 use serde::{Deserialize, Serialize};
 
@@ -104,6 +107,26 @@ fn ping_pong(c: &mut Criterion) {
 }
 
 /// Receives batches: a count, then that many messages of `size` bytes, then acks.
+/// The floor: `msg` written to a raw socketpair, a child reading each.
+fn raw_socketpair(group: &mut BenchmarkGroup<'_, WallTime>, label: &str, msg: &[u8]) {
+    let (mut mine, theirs) = UnixStream::pair().unwrap();
+    let sink = spawn!(raw_sink, Fd::from(OwnedFd::from(theirs)), msg.len()).unwrap();
+    group.bench_function(BenchmarkId::new("raw socketpair", label), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            mine.write_all(&iters.to_le_bytes()).unwrap();
+            for _ in 0..iters {
+                mine.write_all(msg).unwrap();
+            }
+            let mut ack = [0u8; 1];
+            mine.read_exact(&mut ack).unwrap();
+            start.elapsed()
+        })
+    });
+    drop(mine);
+    sink.join().unwrap();
+}
+
 #[process_entry]
 fn raw_sink(fd: Fd, size: usize) {
     let mut stream = UnixStream::from(fd.into_owned_fd());
@@ -147,22 +170,7 @@ fn throughput(c: &mut Criterion) {
         }
         let msg = vec![0xa5u8; size];
 
-        let (mut mine, theirs) = UnixStream::pair().unwrap();
-        let sink = spawn!(raw_sink, Fd::from(OwnedFd::from(theirs)), size).unwrap();
-        group.bench_function(BenchmarkId::new("raw socketpair", label), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                mine.write_all(&iters.to_le_bytes()).unwrap();
-                for _ in 0..iters {
-                    mine.write_all(&msg).unwrap();
-                }
-                let mut ack = [0u8; 1];
-                mine.read_exact(&mut ack).unwrap();
-                start.elapsed()
-            })
-        });
-        drop(mine);
-        sink.join().unwrap();
+        raw_socketpair(&mut group, label, &msg);
 
         for typed in [false, true] {
             let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
@@ -324,22 +332,7 @@ fn queue_bytes(c: &mut Criterion) {
             data: msg.clone(),
         };
 
-        let (mut mine, theirs) = UnixStream::pair().unwrap();
-        let sink = spawn!(raw_sink, Fd::from(OwnedFd::from(theirs)), size).unwrap();
-        group.bench_function(BenchmarkId::new("raw socketpair", label), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                mine.write_all(&iters.to_le_bytes()).unwrap();
-                for _ in 0..iters {
-                    mine.write_all(&msg).unwrap();
-                }
-                let mut ack = [0u8; 1];
-                mine.read_exact(&mut ack).unwrap();
-                start.elapsed()
-            })
-        });
-        drop(mine);
-        sink.join().unwrap();
+        raw_socketpair(&mut group, label, &msg);
 
         let (conn, theirs) = Pipe::<Vec<u8>>::duplex().unwrap();
         let sink = spawn!(bytes_sink, theirs, true).unwrap();
