@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::internals::{self, error};
-use super::proto::{ERR, Fields, Frame, FrameReader, NO_PERMIT, OK, Op, ReadError, code_kind};
+use super::proto::{
+    ERR, Fields, Frame, FrameReader, NO_PERMIT, OK, Op, ReadError, code_kind, kind_code,
+};
 use crate::Fd;
 use crate::error::{Error, ErrorKind};
 
@@ -260,6 +262,38 @@ impl Client {
         build: impl FnOnce(&mut Frame) -> Result<(), Error>,
         parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        self.request(uses, op, id, build, parse).map(|(r, _)| r)
+    }
+
+    /// [`call`](Client::call) for a request whose reply (`parse`'s result)
+    /// says whether the server stored its values (a put that may time
+    /// out): if it did not, the references their proxies took are given
+    /// back.
+    pub(crate) fn call_storing_if(
+        self: &Arc<Client>,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<bool, Error>,
+    ) -> Result<bool, Error> {
+        let (stored, took) = self.request(Uses::PLAIN, op, id, build, parse)?;
+        if !stored {
+            give_back(took);
+        }
+        Ok(stored)
+    }
+
+    /// Sends the request and reads its reply; also returns the references
+    /// the request's proxies took for their copies, given back here
+    /// already if the request was not delivered or the server refused it.
+    fn request<R>(
+        self: &Arc<Client>,
+        uses: Uses,
+        op: Op,
+        id: u64,
+        build: impl FnOnce(&mut Frame) -> Result<(), Error>,
+        parse: impl FnOnce(&mut Fields<'_>) -> Result<R, Error>,
+    ) -> Result<(R, Vec<GivenUp>), Error> {
         let mut lease = Lease {
             client: self,
             conn: None,
@@ -267,7 +301,17 @@ impl Client {
         let conn = lease.conn.insert(self.take()?);
         conn.out.clear();
         conn.out.u8(op as u8).u64(id);
-        AtServer::enter(At::building(self, uses), || build(&mut conn.out))?;
+        let (built, took) = AtServer::enter(At::building(self, uses), || {
+            let built = build(&mut conn.out);
+            (built, AtServer::took())
+        });
+        // Not sent, or not all of it: the server keeps nothing.
+        if let Err(e) = built {
+            conn.out.clear();
+            drop(lease);
+            give_back(took);
+            return Err(e);
+        }
         if let Err(e) = conn.out.send(&mut conn.stream) {
             // A frame over the limit is refused before a byte is written:
             // the connection is in step, and keeps no such buffer.
@@ -276,6 +320,8 @@ impl Client {
             } else {
                 lease.conn = None;
             }
+            drop(lease);
+            give_back(took);
             return Err(e);
         }
         // Not kept (large, perhaps) while the connection is idle.
@@ -285,10 +331,19 @@ impl Client {
             // step whatever the frame held (a value that does not decode
             // as `T`, an error).
             Ok(reply) => {
+                // Refused: nothing was stored. (A reply over the limit is
+                // an error too, but the request's change stands.)
+                let refused = reply.first() == Some(&ERR)
+                    && reply.get(1) != Some(&kind_code(ErrorKind::Encode));
                 let result = AtServer::enter(At::parsing(self, uses), || parse_reply(reply, parse));
                 // Not kept (large, perhaps) while the connection is idle.
                 conn.reader.release_idle();
-                return result;
+                drop(lease);
+                if refused {
+                    give_back(took);
+                    return result.map(|r| (r, Vec::new()));
+                }
+                return result.map(|r| (r, took));
             }
             Err(ReadError::Closed) => error(
                 ErrorKind::Disconnected,
@@ -317,6 +372,21 @@ impl Client {
             Stream::Tcp(s) => Ok(s.into()),
         }
     }
+}
+
+/// A reference taken for a copy: whose, and of which object.
+type GivenUp = (Arc<Client>, u64);
+
+/// Gives back references taken for copies the server did not keep.
+fn give_back(took: Vec<GivenUp>) {
+    for (client, id) in took {
+        decref(&client, id);
+    }
+}
+
+fn decref(client: &Arc<Client>, id: u64) {
+    // A server that is gone has freed everything already.
+    let _ = client.call(Op::DecRef, id, |_| Ok(()), |_| Ok(()));
 }
 
 /// A connection taken for one request: given back when dropped (also when
@@ -392,10 +462,7 @@ struct Held {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        // A server that is gone has freed everything already.
-        let _ = self
-            .client
-            .call(Op::DecRef, self.id, |_| Ok(()), |_| Ok(()));
+        decref(&self.client, self.id);
     }
 }
 
@@ -486,6 +553,8 @@ struct At {
     probing: bool,
     /// Whether the values being read are no longer stored there.
     taking: bool,
+    /// While a request is written: the references its proxies took.
+    took: Option<Vec<GivenUp>>,
 }
 
 impl At {
@@ -494,6 +563,7 @@ impl At {
             client: Arc::clone(client),
             probing: uses.probing,
             taking: false,
+            took: Some(Vec::new()),
         }
     }
 
@@ -502,6 +572,7 @@ impl At {
             client: Arc::clone(client),
             probing: false,
             taking: uses.taking,
+            took: None,
         }
     }
 }
@@ -549,6 +620,28 @@ impl AtServer {
             .flatten()
     }
 
+    /// Notes a reference taken for a copy in the request being written
+    /// (not in a message encoded meanwhile).
+    fn note_taken(client: &Arc<Client>, id: u64) {
+        if internals::in_message() {
+            return;
+        }
+        let _ = AT_SERVER.try_with(|at| {
+            if let Some(took) = at.borrow_mut().as_mut().and_then(|at| at.took.as_mut()) {
+                took.push((Arc::clone(client), id));
+            }
+        });
+    }
+
+    /// The references noted for the request being written.
+    fn took() -> Vec<GivenUp> {
+        AT_SERVER
+            .try_with(|at| at.borrow_mut().as_mut().and_then(|at| at.took.take()))
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
     /// Whether the value being written is only compared with stored ones
     /// (not by a message encoded meanwhile).
     fn probing() -> bool {
@@ -578,24 +671,32 @@ impl Drop for AtServer {
 impl Serialize for Handle {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::Error as _;
-        // The reference the copy holds, taken before it leaves. A server
-        // that is gone takes none, and the copy fails as this one does. A
-        // copy only compared with stored values (a key looked up) needs
-        // none: the server drops it with the request.
-        if !AtServer::probing()
-            && let Err(e) = self
-                .client
-                .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
-            && e.kind() != ErrorKind::Disconnected
-        {
-            return Err(S::Error::custom(e));
-        }
-        match &self.client.endpoint {
+        // Written first: a handle that cannot go where the value goes (a
+        // descriptor into a stored value) takes no reference.
+        let written = match &self.client.endpoint {
             Endpoint::Local(_) if AtServer::is(&self.client) => WireOut::Here(self.id),
             Endpoint::Local(fd) => WireOut::Local(fd, self.id),
             Endpoint::Remote { addr, key } => WireOut::Remote(addr, key, self.id),
         }
-        .serialize(s)
+        .serialize(s)?;
+        // A copy only compared with stored values (a key looked up) needs
+        // no reference: the server drops it with the request.
+        if AtServer::probing() {
+            return Ok(written);
+        }
+        // The reference the copy holds, taken before it leaves; given
+        // back if the request carrying it is not delivered or not stored.
+        // A server that is gone takes none, and the copy fails as this one
+        // does.
+        match self
+            .client
+            .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
+        {
+            Ok(()) => AtServer::note_taken(&self.client, self.id),
+            Err(e) if e.kind() != ErrorKind::Disconnected => return Err(S::Error::custom(e)),
+            Err(_) => {}
+        }
+        Ok(written)
     }
 }
 

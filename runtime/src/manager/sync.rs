@@ -98,7 +98,7 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     fn put_within(&self, item: T, t: Option<Duration>) -> Result<Option<T>, Error> {
-        let put = self.h.client.call(
+        let put = self.h.client.call_storing_if(
             Op::QueuePut,
             self.h.id,
             |f| {

@@ -1,0 +1,41 @@
+//! The Manager's reference counting across real processes: every object
+//! the docs say is freed is (`Manager::__objects` counts them), and no
+//! drop waits long for a server that does not answer.
+
+mod common;
+
+use multiproc::{ListProxy, Manager};
+
+/// A value the server refuses to store (it holds a proxy of another local
+/// manager, which travels with a descriptor) took no reference that
+/// nothing gives back.
+#[test]
+fn a_refused_store_keeps_no_object_alive() {
+    let manager = Manager::start().unwrap();
+    let other = Manager::start().unwrap();
+    let d = manager.dict::<u8, ListProxy<u8>>().unwrap();
+    let l = other.list(vec![1u8]).unwrap();
+    assert!(d.insert(1, l.clone()).is_err());
+    assert!(d.is_empty().unwrap());
+    drop(l);
+    assert_eq!(other.__objects().unwrap(), 0);
+}
+
+/// A value the server did not keep (a put on a full queue, a `set` past
+/// a list's end) keeps nothing alive either.
+#[test]
+fn a_proxy_the_server_did_not_store_keeps_no_object_alive() {
+    let manager = Manager::start().unwrap();
+    let q = manager.queue::<ListProxy<u8>>(Some(1)).unwrap();
+    q.put(manager.list(vec![1u8]).unwrap()).unwrap();
+    let l = manager.list(vec![2u8]).unwrap();
+    let back = q.try_put(l.clone()).unwrap();
+    assert!(back.is_some(), "the queue is full");
+    let items = manager.list::<ListProxy<u8>>(vec![]).unwrap();
+    assert!(items.set(3, l.clone()).is_err());
+    drop((back, l, items));
+    assert_eq!(manager.__objects().unwrap(), 2, "the queue and its item");
+    drop(q.get().unwrap());
+    drop(q);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
