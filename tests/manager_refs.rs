@@ -39,3 +39,27 @@ fn a_proxy_the_server_did_not_store_keeps_no_object_alive() {
     drop(q);
     assert_eq!(manager.__objects().unwrap(), 0);
 }
+
+#[derive(serde::Deserialize)]
+struct FailsHalfway(ListProxy<u8>, #[allow(dead_code)] u8);
+
+impl serde::Serialize for FailsHalfway {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeTuple};
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&self.0)?;
+        Err(S::Error::custom("the second half refuses"))
+    }
+}
+
+/// A message that fails to encode after a proxy in it took its copy's
+/// reference is never sent: that reference is given back.
+#[test]
+fn a_message_that_fails_to_encode_keeps_no_object_alive() {
+    let manager = Manager::start().unwrap();
+    let (tx, _rx) = multiproc::Pipe::<FailsHalfway>::duplex().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    assert!(tx.send(&FailsHalfway(l.clone(), 0)).is_err());
+    drop(l);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}

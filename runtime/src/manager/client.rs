@@ -692,7 +692,14 @@ impl Serialize for Handle {
             .client
             .call(Op::IncRef, self.id, |_| Ok(()), |_| Ok(()))
         {
-            Ok(()) => AtServer::note_taken(&self.client, self.id),
+            Ok(()) => {
+                AtServer::note_taken(&self.client, self.id);
+                // In a message: given back if the message fails to encode.
+                if internals::in_message() {
+                    let (client, id) = (Arc::clone(&self.client), self.id);
+                    internals::undo_if_failed(Box::new(move || decref(&client, id)));
+                }
+            }
             Err(e) if e.kind() != ErrorKind::Disconnected => return Err(S::Error::custom(e)),
             Err(_) => {}
         }

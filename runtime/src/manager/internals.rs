@@ -61,6 +61,11 @@ pub(crate) fn decoding_copy() -> bool {
     crate::wire::decoding_copy()
 }
 
+/// Has `undo` run if the message being encoded fails to encode.
+pub(crate) fn undo_if_failed(undo: crate::wire::Undo) {
+    crate::wire::undo_if_failed(undo);
+}
+
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     crate::wire::outside_frames(|| crate::wire::codec::decode(bytes))

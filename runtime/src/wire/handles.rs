@@ -54,8 +54,26 @@ pub(crate) fn codec_error(kind: ErrorKind, message: String) -> Error {
     Error::new(kind, take_handle_error().unwrap_or(message))
 }
 
-/// An encode's collected descriptors and a decode's offered ones.
-type Tables = (Vec<OwnedFd>, Vec<Option<OwnedFd>>);
+/// An encode's collected descriptors and a decode's offered ones, and an
+/// encode's undo actions.
+type Tables = (Vec<OwnedFd>, Vec<Option<OwnedFd>>, Vec<Undo>);
+
+/// What to undo if the encode in progress fails: a reference a handle took
+/// for its copy (a manager proxy's), which no receiver will give back.
+pub(crate) type Undo = Box<dyn FnOnce()>;
+
+/// The undo actions of one encode: run if it failed, dropped (nothing
+/// done) if it succeeded.
+#[must_use]
+pub(crate) struct Undos(Vec<Undo>);
+
+impl Undos {
+    pub(crate) fn run(self) {
+        for undo in self.0 {
+            undo();
+        }
+    }
+}
 
 /// What the codec is doing on this thread, for the handles it meets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +93,9 @@ thread_local! {
     static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
     /// The descriptors of the encodes and decodes that nested ones interrupted.
     static OUTER: RefCell<Vec<Tables>> = const { RefCell::new(Vec::new()) };
+    /// What to undo if the encode in progress fails. Empty whenever `MODE`
+    /// is not `Encoding`.
+    static UNDO: RefCell<Vec<Undo>> = const { RefCell::new(Vec::new()) };
     /// Why the last handle failed to (de)serialize: some formats replace a
     /// serializer's custom message with a generic one, so the codec asks here.
     static HANDLE_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -146,15 +167,16 @@ impl Scope {
     /// something): the outer one's descriptors wait aside.
     #[cold]
     fn set_outer_aside() {
-        let outer = (OUT_FDS.take(), IN_FDS.take());
+        let outer = (OUT_FDS.take(), IN_FDS.take(), UNDO.take());
         OUTER.with_borrow_mut(|stack| stack.push(outer));
     }
 
     #[cold]
     fn restore_outer() {
-        if let Some((outer_out, outer_in)) = OUTER.with_borrow_mut(Vec::pop) {
+        if let Some((outer_out, outer_in, outer_undo)) = OUTER.with_borrow_mut(Vec::pop) {
             OUT_FDS.set(outer_out);
             IN_FDS.set(outer_in);
+            UNDO.set(outer_undo);
         }
     }
 
@@ -164,6 +186,7 @@ impl Scope {
     fn clear_after_panic() {
         OUT_FDS.take();
         IN_FDS.take();
+        UNDO.take();
     }
 
     fn nested(&self) -> bool {
@@ -198,11 +221,20 @@ pub(crate) fn outside_frames<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Runs an encode; returns its result and the descriptors its handles gave.
-pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+/// Runs an encode; returns its result, the descriptors its handles gave,
+/// and what to undo if the encode (or the message) fails.
+pub(crate) fn encoding<R>(f: impl FnOnce() -> R) -> (R, Vec<OwnedFd>, Undos) {
     let _scope = Scope::enter(Mode::Encoding);
     let result = f();
-    (result, OUT_FDS.take())
+    (result, OUT_FDS.take(), Undos(UNDO.take()))
+}
+
+/// Used by handles' `Serialize`: `undo` runs if the message being encoded
+/// fails to encode. (Outside a message's encode it is dropped.)
+pub(crate) fn undo_if_failed(undo: Undo) {
+    if MODE.get() == Mode::Encoding {
+        UNDO.with_borrow_mut(|u| u.push(undo));
+    }
 }
 
 /// Runs a decode with `fds` on offer; returns its result and the

@@ -28,8 +28,8 @@ mod spill;
 pub use frame::encode_frame_for_tests;
 pub(crate) use frame::{FRAME_HEADER_LEN, FrameError, FrameKind, MAX_FDS, MAX_FRAME_LEN, header};
 pub(crate) use handles::{
-    decode, decode_copy, decode_prefix, decoding_copy, handle_error, in_frame, outside_frames,
-    push_fd, take_fd, take_handle_error,
+    Undo, decode, decode_copy, decode_prefix, decoding_copy, handle_error, in_frame,
+    outside_frames, push_fd, take_fd, take_handle_error, undo_if_failed,
 };
 pub(crate) use recv::{FrameReader, InFrame, ReceivedFrame, recv_frame};
 pub(crate) use send::{OutFrame, send_all, send_now, send_raw_frame};

@@ -96,10 +96,14 @@ impl OutFrame {
     /// Appends the encoding of `value`, collecting the descriptors of any
     /// handles inside it.
     pub(crate) fn encode<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
-        let (result, fds) = encoding(|| codec::encode_into(value, &mut self.buf));
-        result.map_err(|e| codec_error(ErrorKind::Encode, e))?;
+        let (result, fds, undo) = encoding(|| codec::encode_into(value, &mut self.buf));
+        if let Err(e) = result {
+            undo.run();
+            return Err(codec_error(ErrorKind::Encode, e));
+        }
         self.fds.extend(fds);
         if self.fds.len() > MAX_HANDLES {
+            undo.run();
             return Err(Error::new(
                 ErrorKind::Encode,
                 // Counted in descriptors, not handles: a handle may hold
