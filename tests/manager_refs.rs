@@ -4,7 +4,9 @@
 
 mod common;
 
-use multiproc::{ListProxy, Manager};
+use common::BOUND;
+
+use multiproc::{Connection, ListProxy, Manager, Pipe, process_entry, spawn};
 
 /// A value the server refuses to store (it holds a proxy of another local
 /// manager, which travels with a descriptor) took no reference that
@@ -62,4 +64,70 @@ fn a_message_that_fails_to_encode_keeps_no_object_alive() {
     assert!(tx.send(&FailsHalfway(l.clone(), 0)).is_err());
     drop(l);
     assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+static KEPT_FOR_LIFE: std::sync::OnceLock<ListProxy<u8>> = std::sync::OnceLock::new();
+
+#[process_entry]
+fn keep_in_a_static(l: ListProxy<u8>) {
+    assert!(KEPT_FOR_LIFE.set(l).is_ok());
+}
+
+#[process_entry]
+fn exit_holding(l: ListProxy<u8>) {
+    assert_eq!(l.len().unwrap(), 1);
+    std::process::exit(3);
+}
+
+/// A process that exits holding proxies (in a static, which is never
+/// dropped, or on its stack when it calls `exit`) gives their references
+/// back, as Python's proxies' finalizers do.
+#[test]
+fn a_process_that_exits_gives_back_the_proxies_it_holds() {
+    let manager = Manager::start().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    spawn!(keep_in_a_static, l.clone()).unwrap().join().unwrap();
+    let exited = spawn!(exit_holding, l.clone()).unwrap().join().unwrap_err();
+    assert_eq!(exited.exitcode(), Some(3), "{exited:#}");
+    assert_eq!(l.len().map_err(|e| format!("{e:#}")), Ok(1));
+    drop(l);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+#[process_entry]
+fn keep_then_exit(l: ListProxy<u8>, go: Connection<u8>) {
+    assert!(KEPT_FOR_LIFE.set(l).is_ok());
+    go.recv().unwrap();
+}
+
+/// Resumes a stopped process when dropped, so that a failing test leaves
+/// no server stopped.
+struct Resume(u32);
+
+impl Drop for Resume {
+    fn drop(&mut self) {
+        signal(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+fn signal(pid: u32, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+    rustix::process::kill_process(pid, signal).unwrap();
+}
+
+/// Giving back what a process still holds as it exits waits for a server
+/// that does not answer (stopped here) for a bounded time only: the
+/// process exits all the same.
+#[test]
+fn a_process_holding_proxies_exits_while_its_server_is_stopped() {
+    let manager = Manager::start().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    let (went, go) = Pipe::simplex().unwrap();
+    let mut child = spawn!(keep_then_exit, l.clone(), went).unwrap();
+    let server = manager.pid().unwrap();
+    signal(server, rustix::process::Signal::STOP);
+    let _resume = Resume(server);
+    go.send(&1).unwrap();
+    let joined = child.join_timeout(BOUND).unwrap();
+    assert!(joined.is_some(), "the child did not exit within {BOUND:?}");
 }

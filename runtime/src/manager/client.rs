@@ -8,8 +8,9 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -454,14 +455,105 @@ pub(crate) struct Handle {
     _held: Option<Arc<Held>>,
 }
 
-/// One reference to an object, given back to the server when dropped.
+/// One reference to an object, given back to the server when dropped, or
+/// when this process exits (see [`give_back_all`]), whichever comes first.
 struct Held {
     client: Arc<Client>,
     id: u64,
+    /// Given back already (at exit).
+    given: AtomicBool,
+    /// The process it belongs to: a copy of it in a process forked from
+    /// that one (by a C library, say) gives nothing back, which would be
+    /// more than was taken.
+    pid: u32,
+}
+
+/// The references this process holds, for [`give_back_all`].
+struct Live {
+    held: Vec<Weak<Held>>,
+    /// How many `held` may grow to before its dropped ones are let go.
+    prune_at: usize,
+}
+
+fn live() -> MutexGuard<'static, Live> {
+    static LIVE: Mutex<Live> = Mutex::new(Live {
+        held: Vec::new(),
+        prune_at: 64,
+    });
+    LIVE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Held {
+    fn new(client: Arc<Client>, id: u64) -> Arc<Held> {
+        static HOOKED: std::sync::Once = std::sync::Once::new();
+        HOOKED.call_once(|| internals::before_exit(give_back_all));
+        let held = Arc::new(Held {
+            client,
+            id,
+            given: AtomicBool::new(false),
+            pid: std::process::id(),
+        });
+        let mut live = live();
+        if live.held.len() >= live.prune_at {
+            live.held.retain(|h| h.strong_count() > 0);
+            live.prune_at = (live.held.len() * 2).max(64);
+        }
+        live.held.push(Arc::downgrade(&held));
+        held
+    }
+}
+
+/// How long a process's exit waits for [`give_back_all`]: a server that
+/// does not answer (stopped, or on a host gone silent) must not keep a
+/// process from exiting. What is not given back by then stays taken.
+const EXIT_BOUND: Duration = Duration::from_secs(5);
+
+/// Gives back, as this process exits (`main` returning, `exit`, an entry
+/// returning), the references of the proxies it never dropped: kept in a
+/// static, leaked, or held by threads still running. (Python's proxies do
+/// the same from their finalizers.) One request per server that cannot
+/// be reached, not one per proxy; and for at most [`EXIT_BOUND`].
+fn give_back_all() {
+    let held = std::mem::take(&mut live().held);
+    if held.iter().all(|h| h.strong_count() == 0) {
+        return;
+    }
+    let (done, finished) = std::sync::mpsc::channel();
+    let give_back = move || {
+        let mut unreachable: Vec<Arc<Client>> = Vec::new();
+        for held in held.iter().filter_map(Weak::upgrade) {
+            if held.given.swap(true, Ordering::AcqRel)
+                || held.pid != std::process::id()
+                || unreachable.iter().any(|c| Arc::ptr_eq(c, &held.client))
+            {
+                continue;
+            }
+            if let Err(e) = held
+                .client
+                .call(Op::DecRef, held.id, |_| Ok(()), |_| Ok(()))
+                && e.kind() == ErrorKind::Disconnected
+            {
+                unreachable.push(Arc::clone(&held.client));
+            }
+        }
+        let _ = done.send(());
+    };
+    // On a thread of its own, so that the wait is bounded. (One that
+    // cannot be made gives nothing back: the objects stay.)
+    if std::thread::Builder::new()
+        .name("manager-exit".into())
+        .spawn(give_back)
+        .is_ok()
+    {
+        let _ = finished.recv_timeout(EXIT_BOUND);
+    }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
+        if self.given.swap(true, Ordering::AcqRel) || self.pid != std::process::id() {
+            return;
+        }
         decref(&self.client, self.id);
     }
 }
@@ -470,10 +562,7 @@ impl Handle {
     /// A handle holding the reference the server took for it (the one
     /// `Create` made, or one taken for a copy on its way here).
     pub(crate) fn holding(client: Arc<Client>, id: u64) -> Handle {
-        let held = Some(Arc::new(Held {
-            client: Arc::clone(&client),
-            id,
-        }));
+        let held = Some(Held::new(Arc::clone(&client), id));
         Handle {
             client,
             id,

@@ -66,6 +66,11 @@ pub(crate) fn undo_if_failed(undo: crate::wire::Undo) {
     crate::wire::undo_if_failed(undo);
 }
 
+/// Runs `hook` when this process exits (see `reaper::before_exit`).
+pub(crate) fn before_exit(hook: fn()) {
+    crate::spawn::reaper::before_exit(hook);
+}
+
 /// Decodes a user value stored by the server.
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
     crate::wire::outside_frames(|| crate::wire::codec::decode(bytes))

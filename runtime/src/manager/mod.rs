@@ -95,9 +95,13 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   Python: the server counts a reference for each proxy a process made
 ///   or received (clones share it), and a proxy being sent takes its
 ///   copy's before it leaves. Dropping a proxy is one request to the
-///   server. An object lives until the server stops if a process died
-///   holding a proxy of it without dropping it (killed, or ended by
-///   `std::process::exit`), if a proxy of it was sent and never received,
+///   server. A process that exits (`main` returning, `std::process::exit`,
+///   an entry returning) gives back the references it still holds
+///   (proxies in statics, leaked, or on threads still running), as
+///   Python's finalizers do: one request each, waited for 5 s at most. An
+///   object lives until the server stops if a process was killed holding
+///   a proxy of it (or ended without running its exit handlers: `_exit`,
+///   an abort), if a proxy of it was sent and never received,
 ///   or if a proxy of it is an argument of a [`Pool`](crate::Pool)'s
 ///   initializer (the pool keeps that encoding for every worker it
 ///   starts; each worker's copy takes a reference of its own). A proxy stored in a manager object keeps its object while
