@@ -6,7 +6,20 @@ mod common;
 
 use common::BOUND;
 
-use multiproc::{Connection, ListProxy, Manager, Pipe, process_entry, spawn};
+use std::net::TcpListener;
+
+use multiproc::{Connection, Fd, ListProxy, Manager, Pipe, process_entry, spawn};
+
+const KEY: &[u8] = b"correct horse battery staple";
+
+#[process_entry]
+fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
+    let listener = TcpListener::from(listener.into_owned_fd());
+    match Manager::serve_on(listener, &key) {
+        Ok(()) => "returned".into(),
+        Err(e) => e.to_string(),
+    }
+}
 
 /// A value the server refuses to store (it holds a proxy of another local
 /// manager, which travels with a descriptor) took no reference that
@@ -130,4 +143,26 @@ fn a_process_holding_proxies_exits_while_its_server_is_stopped() {
     go.send(&1).unwrap();
     let joined = child.join_timeout(BOUND).unwrap();
     assert!(joined.is_some(), "the child did not exit within {BOUND:?}");
+}
+
+/// Proxies of a remote manager whose address still takes connections but
+/// never answers (its server hung, or another process holds the listening
+/// socket) are dropped without waiting the connection's timeout for each.
+#[test]
+fn dropping_proxies_of_a_silent_remote_server_waits_once() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let fd = std::os::fd::OwnedFd::from(listener.try_clone().unwrap());
+    let mut server = spawn!(serve_remote, Fd::from(fd), KEY.to_vec()).unwrap();
+    let far = Manager::connect(&addr, KEY).unwrap();
+    let lists: Vec<_> = (0..5).map(|_| far.list(vec![1u32]).unwrap()).collect();
+    server.kill().unwrap();
+    assert!(server.join_timeout(BOUND).unwrap_err().is_signaled());
+    // `listener` is still open here: connections are taken, never answered.
+    let start = std::time::Instant::now();
+    drop(lists);
+    let took = start.elapsed();
+    // One connection's timeout (10 s), not five.
+    assert!(took < BOUND, "dropping 5 proxies took {took:?}");
+    drop(listener);
 }

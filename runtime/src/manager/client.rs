@@ -10,7 +10,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -86,7 +86,16 @@ pub(crate) struct Client {
     key: Key,
     /// The process the idle connections were opened in, and the connections.
     idle: Mutex<(u32, Vec<Conn>)>,
+    /// When a remote server was last found unreachable (a connection or a
+    /// reply that failed), until a connection to it is made again.
+    unreachable: Mutex<Option<Instant>>,
 }
+
+/// How long after a remote server was found unreachable a dropped proxy
+/// gives its reference up without asking it: each attempt may wait up to
+/// the connection's timeout (10 s), and a program dropping many proxies
+/// of a server that went silent would wait that long for each.
+const UNREACHABLE_FOR: Duration = Duration::from_secs(30);
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,6 +147,7 @@ impl Client {
             endpoint,
             key,
             idle: Mutex::new((std::process::id(), Vec::new())),
+            unreachable: Mutex::new(None),
         });
         clients.push(Arc::downgrade(&client));
         Ok(client)
@@ -198,13 +208,33 @@ impl Client {
                 internals::send_fd(dial.as_fd(), theirs.as_fd()).map_err(gone)?;
                 Stream::Unix(mine)
             }
-            Endpoint::Remote { addr, key } => Stream::Tcp(connect_tcp(addr, key)?),
+            Endpoint::Remote { addr, key } => {
+                let connected = connect_tcp(addr, key);
+                self.reached(connected.is_ok());
+                Stream::Tcp(connected?)
+            }
         };
         Ok(Conn {
             stream,
             reader: FrameReader::default(),
             out: Frame::new(),
         })
+    }
+
+    /// Notes whether a remote server was just reached.
+    fn reached(&self, reached: bool) {
+        if let Endpoint::Remote { .. } = self.endpoint {
+            *self.unreachable.lock().unwrap_or_else(|p| p.into_inner()) =
+                (!reached).then(Instant::now);
+        }
+    }
+
+    /// Whether this (remote) server was found unreachable lately.
+    fn lately_unreachable(&self) -> bool {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < UNREACHABLE_FOR)
     }
 
     fn take(&self) -> Result<Conn, Error> {
@@ -350,7 +380,11 @@ impl Client {
                 ErrorKind::Disconnected,
                 "the manager's server is gone (it closed the connection)",
             ),
-            Err(ReadError::Io(e)) => gone(e),
+            Err(ReadError::Io(e)) => {
+                // Timed out, or reset: a server that went silent, perhaps.
+                self.reached(false);
+                gone(e)
+            }
             Err(ReadError::TooLarge(n)) => error(
                 ErrorKind::Decode,
                 format!("the manager announced a reply of {n} bytes, over the limit"),
@@ -524,6 +558,7 @@ fn give_back_all() {
         for held in held.iter().filter_map(Weak::upgrade) {
             if held.given.swap(true, Ordering::AcqRel)
                 || held.pid != std::process::id()
+                || held.client.lately_unreachable()
                 || unreachable.iter().any(|c| Arc::ptr_eq(c, &held.client))
             {
                 continue;
@@ -551,7 +586,12 @@ fn give_back_all() {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        if self.given.swap(true, Ordering::AcqRel) || self.pid != std::process::id() {
+        // A server found unreachable lately is not waited for again: the
+        // reference stays taken (its object lives until the server stops).
+        if self.given.swap(true, Ordering::AcqRel)
+            || self.pid != std::process::id()
+            || self.client.lately_unreachable()
+        {
             return;
         }
         decref(&self.client, self.id);

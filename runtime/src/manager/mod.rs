@@ -101,7 +101,10 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   Python's finalizers do: one request each, waited for 5 s at most. An
 ///   object lives until the server stops if a process was killed holding
 ///   a proxy of it (or ended without running its exit handlers: `_exit`,
-///   an abort), if a proxy of it was sent and never received,
+///   an abort), if a proxy of it was sent and never received, if a proxy
+///   of a remote manager was dropped while its server could not be
+///   reached (within 30 s of a connection to it failing, a drop does not
+///   wait for it again),
 ///   or if a proxy of it is an argument of a [`Pool`](crate::Pool)'s
 ///   initializer (the pool keeps that encoding for every worker it
 ///   starts; each worker's copy takes a reference of its own). A proxy stored in a manager object keeps its object while
