@@ -8,7 +8,7 @@ use common::BOUND;
 
 use std::net::TcpListener;
 
-use multiproc::{Connection, Fd, ListProxy, Manager, Pipe, process_entry, spawn};
+use multiproc::{Connection, Fd, ListProxy, Manager, Pipe, Pool, entry, process_entry, spawn};
 
 const KEY: &[u8] = b"correct horse battery staple";
 
@@ -165,4 +165,83 @@ fn dropping_proxies_of_a_silent_remote_server_waits_once() {
     // One connection's timeout (10 s), not five.
     assert!(took < BOUND, "dropping 5 proxies took {took:?}");
     drop(listener);
+}
+
+#[process_entry]
+fn pass_back(l: ListProxy<u8>) -> ListProxy<u8> {
+    l.push(9).unwrap();
+    l
+}
+
+/// Proxies as pool task arguments and results, in and out of workers: each
+/// copy holds its own reference, and all of them are given back.
+#[test]
+fn proxies_through_pool_tasks_and_results_keep_their_count() {
+    let manager = Manager::start().unwrap();
+    let pool = Pool::new(2).unwrap();
+    let ls: Vec<_> = (0..6).map(|_| manager.list(vec![1u8]).unwrap()).collect();
+    let back = pool.map(entry!(pass_back), ls.clone()).unwrap();
+    drop(ls);
+    for l in &back {
+        assert_eq!(l.len().map_err(|e| format!("{e:#}")), Ok(2));
+    }
+    let one = manager.list(vec![1u8]).unwrap();
+    let r = pool.apply(entry!(pass_back), (one,)).unwrap();
+    assert_eq!(r.len().map_err(|e| format!("{e:#}")), Ok(2));
+    let pending = pool.apply_async(entry!(pass_back), (r.clone(),)).unwrap();
+    drop(r);
+    let r = pending.get().unwrap();
+    assert_eq!(r.len().map_err(|e| format!("{e:#}")), Ok(3));
+    drop((back, r));
+    drop(pool);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+/// One proxy sent twice in one message, in two messages: four copies, four
+/// references, whichever is dropped first.
+#[test]
+fn a_proxy_sent_many_times_holds_a_reference_per_copy() {
+    let manager = Manager::start().unwrap();
+    let (tx, rx) = multiproc::Pipe::<(ListProxy<u8>, ListProxy<u8>)>::duplex().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    tx.send(&(l.clone(), l.clone())).unwrap();
+    tx.send(&(l.clone(), l.clone())).unwrap();
+    drop(l);
+    let (a, b) = rx.recv().unwrap();
+    drop(a);
+    assert_eq!(b.len().map_err(|e| format!("{e:#}")), Ok(1));
+    drop(b);
+    let (a, b) = rx.recv().unwrap();
+    drop(b);
+    assert_eq!(a.len().map_err(|e| format!("{e:#}")), Ok(1));
+    drop(a);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+/// Clones made and dropped on many threads at once share one reference.
+#[test]
+fn clones_on_many_threads_share_one_reference() {
+    let manager = Manager::start().unwrap();
+    let l = manager.list(vec![1u8]).unwrap();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let l = l.clone();
+            std::thread::spawn(move || {
+                for _ in 0..50 {
+                    let c = l.clone();
+                    let got = len_of(&c);
+                    assert_eq!(got, Ok(1));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(l);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+fn len_of(l: &ListProxy<u8>) -> Result<usize, String> {
+    l.len().map_err(|e| format!("{e:#}"))
 }
