@@ -168,6 +168,33 @@ fn dropping_proxies_of_a_silent_remote_server_waits_once() {
 }
 
 #[process_entry]
+fn push_one(l: ListProxy<u32>) {
+    l.push(1).unwrap();
+}
+
+/// A pool keeps its initializer's arguments encoded for every worker it
+/// starts, each worker's proxy taking a reference of its own: the
+/// encoding itself holds none that would outlive the pool.
+#[test]
+fn a_pools_initializer_proxies_are_freed_once_the_pool_is_gone() {
+    let manager = Manager::start().unwrap();
+    let l = manager.list::<u32>(vec![]).unwrap();
+    let pool = Pool::builder()
+        .processes(2)
+        .initializer(entry!(push_one), (l.clone(),))
+        .build()
+        .unwrap();
+    // `build` returns once both workers ran the initializer.
+    assert_eq!(l.len().map_err(|e| format!("{e:#}")), Ok(2));
+    pool.close();
+    pool.join().unwrap();
+    drop(pool);
+    assert_eq!(l.len().map_err(|e| format!("{e:#}")), Ok(2));
+    drop(l);
+    assert_eq!(manager.__objects().unwrap(), 0);
+}
+
+#[process_entry]
 fn pass_back(l: ListProxy<u8>) -> ListProxy<u8> {
     l.push(9).unwrap();
     l

@@ -639,6 +639,40 @@ thread_local! {
     /// The server this thread is encoding a request for, or decoding a
     /// reply from (see [`AtServer`]).
     static AT_SERVER: RefCell<Option<At>> = const { RefCell::new(None) };
+    /// While a value decoded only as copies is encoded (see
+    /// [`encode_for_copies`]): the handles met, which take no reference.
+    static FOR_COPIES: RefCell<Option<Vec<Handle>>> = const { RefCell::new(None) };
+}
+
+/// The proxies in a value encoded once and decoded only as copies (a pool
+/// initializer's arguments: every worker's proxy takes a reference of its
+/// own, see `wire::decode_copy`). They keep their objects while this is
+/// kept, and the encoding takes no reference that nothing would give back.
+#[derive(Debug, Default)]
+pub(crate) struct Copies {
+    _kept: Vec<Handle>,
+}
+
+/// Runs `encode`, the encoding of a value decoded only as copies: its
+/// proxies take no reference, and are returned to be kept meanwhile.
+pub(crate) fn encode_for_copies<R>(encode: impl FnOnce() -> R) -> (R, Copies) {
+    // Restored also if `encode` unwinds.
+    struct Restore(Option<Option<Vec<Handle>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                let _ = FOR_COPIES.try_with(|c| c.replace(previous));
+            }
+        }
+    }
+    let mut restore = Restore(Some(FOR_COPIES.with(|c| c.replace(Some(Vec::new())))));
+    let result = encode();
+    let met = restore
+        .0
+        .take()
+        .and_then(|previous| FOR_COPIES.with(|c| c.replace(previous)))
+        .unwrap_or_default();
+    (result, Copies { _kept: met })
 }
 
 /// How a request uses the values in it and in its reply.
@@ -711,7 +745,7 @@ impl At {
 /// local proxy of that same server is then stored there as its object's
 /// id alone (Python nests proxies this way: `outer.append(inner)`), and
 /// read back as a proxy through the reader's own client.
-struct AtServer(Option<At>);
+struct AtServer(Option<At>, Option<Vec<Handle>>);
 
 impl AtServer {
     fn enter<R>(at: At, f: impl FnOnce() -> R) -> R {
@@ -720,7 +754,10 @@ impl AtServer {
         let Ok(previous) = AT_SERVER.try_with(|cell| cell.replace(Some(at))) else {
             return f();
         };
-        let _restore = AtServer(previous);
+        // A value stored meanwhile (by a `Serialize` that makes a manager
+        // call) is no copy of the one encoded for copies.
+        let copies = FOR_COPIES.try_with(|c| c.take()).ok().flatten();
+        let _restore = AtServer(previous, copies);
         f()
     }
 
@@ -794,6 +831,9 @@ impl Drop for AtServer {
     fn drop(&mut self) {
         let previous = self.0.take();
         let _ = AT_SERVER.try_with(|at| *at.borrow_mut() = previous);
+        if let Some(copies) = self.1.take() {
+            let _ = FOR_COPIES.try_with(|c| *c.borrow_mut() = Some(copies));
+        }
     }
 }
 
@@ -809,8 +849,21 @@ impl Serialize for Handle {
         }
         .serialize(s)?;
         // A copy only compared with stored values (a key looked up) needs
-        // no reference: the server drops it with the request.
+        // no reference: the server drops it with the request. One encoded
+        // for copies needs none either: each copy decoded takes its own,
+        // and this handle, kept meanwhile, keeps the object.
         if AtServer::probing() {
+            return Ok(written);
+        }
+        let for_copies = FOR_COPIES
+            .try_with(|c| {
+                c.borrow_mut()
+                    .as_mut()
+                    .map(|met| met.push(self.clone()))
+                    .is_some()
+            })
+            .unwrap_or(false);
+        if for_copies {
             return Ok(written);
         }
         // The reference the copy holds, taken before it leaves; given

@@ -44,6 +44,7 @@ pub use self::sync::{
 };
 
 use self::client::{Client, Handle};
+pub(crate) use self::client::{Copies, encode_for_copies};
 use self::proto::{Frame, ObjKind, Op};
 use crate::error::Error;
 use crate::{Fd, JoinHandle, Process, entry};
@@ -101,23 +102,22 @@ pub(crate) fn run_local_server(dial: Fd) {
 ///   do: one request each, waited for 5 s at most. An object lives until
 ///   the server stops if a process was killed holding a proxy of it (or
 ///   ended without running its exit handlers: `_exit`, an abort), if a
-///   proxy of it was sent and never received, if a proxy of a remote
+///   proxy of it was sent and never received, or if a proxy of a remote
 ///   manager was dropped while its server could not be reached (within 30 s
-///   of a connection to it failing, a drop does not wait for it again), or
-///   if a proxy of it is an argument of a [`Pool`](crate::Pool)'s
-///   initializer (the pool keeps that encoding for every worker it starts;
-///   each worker's copy takes a reference of its own). A proxy stored in a
-///   manager object keeps its object while it is stored there, and hands it
-///   over to the proxy read when it is taken out (`pop`, `remove`,
-///   `pop_last`, an `insert` that replaces it, a queue's `get`); one the
-///   server drops unread (`clear`, a `set` or an `update` over it, a list's
-///   `remove` of it, a namespace's `set` over it or `remove`, the object
-///   holding it freed: a dict of lists dropped keeps its lists, where
-///   Python frees them) keeps its object until the server stops, since the
-///   server does not look inside stored values. So does one sent in a value
-///   the server may or may not store: the key of an `insert`,
-///   `get_or_insert` or `update_with` for a key already there, and that
-///   `get_or_insert`'s default.
+///   of a connection to it failing, a drop does not wait for it again). A
+///   [`Pool`](crate::Pool)'s initializer arguments keep their proxies'
+///   objects while the pool lives (each worker's copy takes a reference of
+///   its own). A proxy stored in a manager object keeps its object while it
+///   is stored there, and hands it over to the proxy read when it is taken
+///   out (`pop`, `remove`, `pop_last`, an `insert` that replaces it, a
+///   queue's `get`); one the server drops unread (`clear`, a `set` or an
+///   `update` over it, a list's `remove` of it, a namespace's `set` over it
+///   or `remove`, the object holding it freed: a dict of lists dropped
+///   keeps its lists, where Python frees them) keeps its object until the
+///   server stops, since the server does not look inside stored values. So
+///   does one sent in a value the server may or may not store: the key of
+///   an `insert`, `get_or_insert` or `update_with` for a key already there,
+///   and that `get_or_insert`'s default.
 /// - A value stored in a manager object may hold proxies of that same
 ///   manager (nested proxies, as in Python: a dict of lists), which come
 ///   back as working proxies wherever the value is read, and proxies of a

@@ -153,7 +153,7 @@ impl fmt::Debug for Pool {
 #[derive(Debug, Default)]
 pub struct PoolBuilder {
     processes: Option<usize>,
-    init: Option<Result<(String, Item)>>,
+    init: Option<Result<(String, Item, task::Copies)>>,
     max_tasks: Option<u64>,
     method: Option<crate::StartMethod>,
     launcher: Option<Launcher>,
@@ -170,13 +170,15 @@ impl PoolBuilder {
 
     /// An entry each worker runs once when it starts (replacements too),
     /// before any task. If it fails, [`build`](Self::build) fails with its
-    /// error.
+    /// error. Manager proxies in `args` keep their objects while the pool
+    /// lives; each worker's copy takes a reference of its own.
     pub fn initializer<E: Entry>(mut self, entry: E, args: E::Args) -> PoolBuilder {
         let _ = entry;
-        self.init = Some(
-            task::key::<E>()
-                .and_then(|key| task::encode(&args).map(|item| (key.to_string(), item))),
-        );
+        // Decoded only as copies: the encoding takes no reference, the
+        // proxies kept with it keep their objects.
+        let (item, copies) = task::encode_for_copies(|| task::encode(&args));
+        self.init =
+            Some(task::key::<E>().and_then(|key| item.map(|item| (key.to_string(), item, copies))));
         self
     }
 
@@ -243,7 +245,9 @@ impl PoolBuilder {
         }
         let init = self.init.transpose()?;
         if self.launcher.as_ref().is_some_and(|l| l.0.remote())
-            && init.as_ref().is_some_and(|(_, item)| !item.fds.is_empty())
+            && init
+                .as_ref()
+                .is_some_and(|(_, item, _)| !item.fds.is_empty())
         {
             return Err(task::error(
                 ErrorKind::InvalidInput,

@@ -335,7 +335,9 @@ impl State {
 pub(crate) struct Config {
     pub(crate) processes: usize,
     pub(crate) max_tasks: u64,
-    pub(crate) init: Option<(String, Item)>,
+    /// The initializer: entry name, encoded arguments, and the proxies in
+    /// them, kept with them.
+    pub(crate) init: Option<(String, Item, task::Copies)>,
     pub(crate) launcher: Box<dyn Launch>,
 }
 
@@ -936,7 +938,7 @@ fn ended() -> Failure {
 
 fn launch(config: &Config) -> Result<Started> {
     let init = match &config.init {
-        Some((entry, item)) => Some((entry.clone(), item.try_clone()?)),
+        Some((entry, item, _)) => Some((entry.clone(), item.try_clone()?)),
         None => None,
     };
     config.launcher.launch(super::proto::Boot {

@@ -34,6 +34,8 @@ pub(super) fn check_entry(name: &str) -> Result<(), Error> {
     crate::spawn::registry::lookup(name).map(drop)
 }
 
+pub(super) use crate::manager::{Copies, encode_for_copies};
+
 /// Encodes one call's arguments (or any value) into bytes and the
 /// descriptors of the handles inside them.
 pub(super) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Item, Error> {
