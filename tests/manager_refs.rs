@@ -8,7 +8,10 @@ use common::BOUND;
 
 use std::net::TcpListener;
 
-use multiproc::{Connection, Fd, ListProxy, Manager, Pipe, Pool, entry, process_entry, spawn};
+use multiproc::{
+    Connection, DictProxy, Fd, JoinHandle, ListProxy, Manager, Pipe, Pool, entry, process_entry,
+    spawn,
+};
 
 const KEY: &[u8] = b"correct horse battery staple";
 
@@ -18,6 +21,38 @@ fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
     match Manager::serve_on(listener, &key) {
         Ok(()) => "returned".into(),
         Err(e) => e.to_string(),
+    }
+}
+
+/// A remote server in a child process, its address, and a kill-on-drop guard.
+struct Remote {
+    addr: String,
+    server: Option<JoinHandle<String>>,
+}
+
+impl Remote {
+    fn start() -> Remote {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server = spawn!(
+            serve_remote,
+            Fd::from(std::os::fd::OwnedFd::from(listener)),
+            KEY.to_vec()
+        )
+        .unwrap();
+        Remote {
+            addr,
+            server: Some(server),
+        }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.kill();
+            let _ = server.join();
+        }
     }
 }
 
@@ -271,4 +306,34 @@ fn clones_on_many_threads_share_one_reference() {
 
 fn len_of(l: &ListProxy<u8>) -> Result<usize, String> {
     l.len().map_err(|e| format!("{e:#}"))
+}
+
+#[process_entry]
+fn keep_the_list(old: Option<ListProxy<u32>>) -> ListProxy<u32> {
+    let l = old.expect("a value is stored");
+    l.push(2).unwrap();
+    l
+}
+
+/// An `update_with` that succeeds replaces the stored value: the old one's
+/// references go with it, so a remote proxy stored there, taken out and
+/// dropped, frees its object.
+#[test]
+fn an_update_with_gives_back_the_references_of_the_value_it_replaces() {
+    let remote = Remote::start();
+    let far = Manager::connect(&remote.addr, KEY).unwrap();
+    let manager = Manager::start().unwrap();
+    let d: DictProxy<String, ListProxy<u32>> = manager.dict().unwrap();
+    d.insert("k".into(), far.list(vec![1u32]).unwrap()).unwrap();
+    for _ in 0..3 {
+        let kept = d.update_with("k".into(), entry!(keep_the_list)).unwrap();
+        drop(kept);
+    }
+    let taken = d.remove(&"k".into()).unwrap().unwrap();
+    assert_eq!(
+        taken.snapshot().map_err(|e| format!("{e:#}")),
+        Ok(vec![1, 2, 2, 2])
+    );
+    drop(taken);
+    assert_eq!(far.__objects().unwrap(), 0);
 }

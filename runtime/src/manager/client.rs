@@ -644,6 +644,40 @@ thread_local! {
     static FOR_COPIES: RefCell<Option<Vec<Handle>>> = const { RefCell::new(None) };
 }
 
+thread_local! {
+    /// While an `update_with` entry runs in the server: the references the
+    /// replaced value's copy held (see [`replacing_stored`]).
+    static REPLACED: RefCell<Option<Vec<GivenUp>>> = const { RefCell::new(None) };
+}
+
+/// Runs `update`, which decodes a stored value as a copy (its proxies
+/// taking references of their own) and makes the value to store in its
+/// place (an `update_with` entry, run in the server). If it succeeds, the
+/// value it replaces is gone: the references its stored copy held are
+/// given back. If it fails, that value stays stored, and keeps them.
+pub(crate) fn replacing_stored<T>(update: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    // Restored also if `update` unwinds (nothing is given back then).
+    struct Restore(Option<Option<Vec<GivenUp>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(previous) = self.0.take() {
+                let _ = REPLACED.try_with(|r| r.replace(previous));
+            }
+        }
+    }
+    let mut restore = Restore(Some(REPLACED.with(|r| r.replace(Some(Vec::new())))));
+    let result = update();
+    let replaced = restore
+        .0
+        .take()
+        .and_then(|previous| REPLACED.with(|r| r.replace(previous)))
+        .unwrap_or_default();
+    if result.is_ok() {
+        give_back(replaced);
+    }
+    result
+}
+
 /// The proxies in a value encoded once and decoded only as copies (a pool
 /// initializer's arguments: every worker's proxy takes a reference of its
 /// own, see `wire::decode_copy`). They keep their objects while this is
@@ -917,7 +951,18 @@ impl<'de> Deserialize<'de> for Handle {
         // it takes over the one its sender, or the stored copy, held.
         if AtServer::reading_stored() || internals::decoding_copy() {
             return Ok(match client.call(Op::IncRef, id, |_| Ok(()), |_| Ok(())) {
-                Ok(()) => Handle::holding(client, id),
+                Ok(()) => {
+                    // A stored value being replaced: its copy's reference
+                    // is given back if the replacement succeeds.
+                    if internals::decoding_copy() {
+                        let _ = REPLACED.try_with(|r| {
+                            if let Some(replaced) = r.borrow_mut().as_mut() {
+                                replaced.push((Arc::clone(&client), id));
+                            }
+                        });
+                    }
+                    Handle::holding(client, id)
+                }
                 Err(_) => Handle {
                     client,
                     id,

@@ -105,12 +105,16 @@ pub(crate) fn run_update(
         }
         None => encode_into(&None::<()>, &mut args)?,
     }
-    let mut frame = crate::wire::OutFrame::new();
     // Decoded as a copy: the stored value keeps its proxies' references
     // (a failing entry leaves it stored), and those decoded here take
-    // their own.
+    // their own; once the entry succeeds, the old value's are given back.
+    super::client::replacing_stored(|| run_entry(record, name, &args))
+}
+
+fn run_entry(record: &'static EntryRecord, name: &str, args: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut frame = crate::wire::OutFrame::new();
     let run = crate::spawn::registry::run_copy;
-    match run(record.run(), &args, Vec::new(), &mut frame) {
+    match run(record.run(), args, Vec::new(), &mut frame) {
         RunOutcome::Value => {
             if !frame.fds().is_empty() {
                 return Err(Error::new(
