@@ -523,54 +523,11 @@ fn a_local_server_has_no_name_anyone_could_connect_to() {
 
 use std::net::{TcpListener, TcpStream};
 
-use multiproc::{Fd, JoinHandle};
+use multiproc::Fd;
 
-const KEY: &[u8] = b"correct horse battery staple";
-
-#[process_entry]
-fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
-    let listener = TcpListener::from(listener.into_owned_fd());
-    match Manager::serve_on(listener, &key) {
-        Ok(()) => "returned".into(),
-        Err(e) => e.to_string(),
-    }
-}
-
-/// A remote server in a child process, its address, and a kill-on-drop guard.
-struct Remote {
-    addr: String,
-    server: Option<JoinHandle<String>>,
-}
-
-impl Remote {
-    fn start() -> Remote {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = spawn!(
-            serve_remote,
-            Fd::from(std::os::fd::OwnedFd::from(listener)),
-            KEY.to_vec()
-        )
-        .unwrap();
-        Remote {
-            addr,
-            server: Some(server),
-        }
-    }
-
-    fn pid(&self) -> u32 {
-        self.server.as_ref().unwrap().pid()
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.join();
-        }
-    }
-}
+#[path = "common/remote.rs"]
+mod remote;
+use remote::{KEY, Remote, serve_remote};
 
 #[process_entry]
 fn remote_child(d: DictProxy<String, u32>, lock: LockProxy, n: u32) {

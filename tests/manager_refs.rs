@@ -9,52 +9,12 @@ use common::BOUND;
 use std::net::TcpListener;
 
 use multiproc::{
-    Connection, DictProxy, Fd, JoinHandle, ListProxy, Manager, Pipe, Pool, entry, process_entry,
-    spawn,
+    Connection, DictProxy, Fd, ListProxy, Manager, Pipe, Pool, entry, process_entry, spawn,
 };
 
-const KEY: &[u8] = b"correct horse battery staple";
-
-#[process_entry]
-fn serve_remote(listener: Fd, key: Vec<u8>) -> String {
-    let listener = TcpListener::from(listener.into_owned_fd());
-    match Manager::serve_on(listener, &key) {
-        Ok(()) => "returned".into(),
-        Err(e) => e.to_string(),
-    }
-}
-
-/// A remote server in a child process, its address, and a kill-on-drop guard.
-struct Remote {
-    addr: String,
-    server: Option<JoinHandle<String>>,
-}
-
-impl Remote {
-    fn start() -> Remote {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let server = spawn!(
-            serve_remote,
-            Fd::from(std::os::fd::OwnedFd::from(listener)),
-            KEY.to_vec()
-        )
-        .unwrap();
-        Remote {
-            addr,
-            server: Some(server),
-        }
-    }
-}
-
-impl Drop for Remote {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            let _ = server.kill();
-            let _ = server.join();
-        }
-    }
-}
+#[path = "common/remote.rs"]
+mod remote;
+use remote::{KEY, Remote, serve_remote};
 
 /// A value the server refuses to store (it holds a proxy of another local
 /// manager, which travels with a descriptor) took no reference that

@@ -656,26 +656,42 @@ thread_local! {
 /// value it replaces is gone: the references its stored copy held are
 /// given back. If it fails, that value stays stored, and keeps them.
 pub(crate) fn replacing_stored<T>(update: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
-    // Restored also if `update` unwinds (nothing is given back then).
-    struct Restore(Option<Option<Vec<GivenUp>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                let _ = REPLACED.try_with(|r| r.replace(previous));
-            }
-        }
-    }
-    let mut restore = Restore(Some(REPLACED.with(|r| r.replace(Some(Vec::new())))));
-    let result = update();
-    let replaced = restore
-        .0
-        .take()
-        .and_then(|previous| REPLACED.with(|r| r.replace(previous)))
-        .unwrap_or_default();
+    let (result, replaced) = collecting(&REPLACED, update);
     if result.is_ok() {
         give_back(replaced);
     }
     result
+}
+
+/// Runs `f` with `list` collecting (`Some`), and returns what it
+/// collected; the list is as it was before afterwards (also if `f`
+/// unwinds, when what it collected is dropped).
+fn collecting<T: 'static, R>(
+    list: &'static std::thread::LocalKey<RefCell<Option<Vec<T>>>>,
+    f: impl FnOnce() -> R,
+) -> (R, Vec<T>) {
+    struct Restore<T: 'static> {
+        list: &'static std::thread::LocalKey<RefCell<Option<Vec<T>>>>,
+        previous: Option<Option<Vec<T>>>,
+    }
+    impl<T: 'static> Drop for Restore<T> {
+        fn drop(&mut self) {
+            if let Some(previous) = self.previous.take() {
+                let _ = self.list.try_with(|l| l.replace(previous));
+            }
+        }
+    }
+    let mut restore = Restore {
+        list,
+        previous: Some(list.with(|l| l.replace(Some(Vec::new())))),
+    };
+    let result = f();
+    let met = restore
+        .previous
+        .take()
+        .and_then(|previous| list.with(|l| l.replace(previous)))
+        .unwrap_or_default();
+    (result, met)
 }
 
 /// The proxies in a value encoded once and decoded only as copies (a pool
@@ -690,22 +706,7 @@ pub(crate) struct Copies {
 /// Runs `encode`, the encoding of a value decoded only as copies: its
 /// proxies take no reference, and are returned to be kept meanwhile.
 pub(crate) fn encode_for_copies<R>(encode: impl FnOnce() -> R) -> (R, Copies) {
-    // Restored also if `encode` unwinds.
-    struct Restore(Option<Option<Vec<Handle>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(previous) = self.0.take() {
-                let _ = FOR_COPIES.try_with(|c| c.replace(previous));
-            }
-        }
-    }
-    let mut restore = Restore(Some(FOR_COPIES.with(|c| c.replace(Some(Vec::new())))));
-    let result = encode();
-    let met = restore
-        .0
-        .take()
-        .and_then(|previous| FOR_COPIES.with(|c| c.replace(previous)))
-        .unwrap_or_default();
+    let (result, met) = collecting(&FOR_COPIES, encode);
     (result, Copies { _kept: met })
 }
 
