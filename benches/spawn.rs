@@ -17,6 +17,12 @@
 //! spare child ready and a quiet machine, where in the interleaved rounds
 //! it follows the Spawn run's exec and exit.
 //!
+//! The kernel's own floor under a forked start is measured too: `fork`,
+//! `_exit(0)` in the new process and `waitpid`, done in a loop inside a
+//! child of this binary held before `main`, the image the fork server forks
+//! from. No start can be cheaper than that: it is the fork and the exit
+//! alone, with no call, no result and no wake-up of another process.
+//!
 //! `cargo bench -p multiproc-benches --bench spawn`; procspawn is measured in the same run by
 //! `benches/peers` (`cd benches/peers && cargo bench`), Python by
 //! `benches/python/spawn.py`.
@@ -48,6 +54,52 @@ fn own_memory() -> (u64, u64, u64) {
         field("Pss:"),
         field("Private_Clean:") + field("Private_Dirty:"),
     )
+}
+
+/// Forks `rounds` times in this process (a child of the bench, held before
+/// `main` with one thread), each new process calling `_exit(0)` at once and
+/// each reaped with `waitpid` before the next fork; returns the total time.
+#[process_entry]
+fn fork_exit_wait(rounds: u64) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        // SAFETY: the new process calls only `_exit`, which is
+        // async-signal-safe, so forking is sound even if another thread
+        // held a lock; this one reaps it before the next fork.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                libc::_exit(0);
+            }
+            if pid > 0 {
+                let mut status = 0;
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
+    start.elapsed()
+}
+
+/// The fork floor's per-round times in µs, `rounds` of them, each round
+/// after `pause` if one is given (the pause is not timed), measured in one
+/// child of this binary.
+fn fork_floor_rounds(rounds: usize, pause: Option<std::time::Duration>) -> Vec<f64> {
+    let child = spawn!(fork_exit_wait_each, rounds as u64, pause).expect("spawn");
+    child.join().expect("join")
+}
+
+/// `fork_exit_wait` one round at a time, each after `pause` if given;
+/// each round's time in µs.
+#[process_entry]
+fn fork_exit_wait_each(rounds: u64, pause: Option<std::time::Duration>) -> Vec<f64> {
+    (0..rounds)
+        .map(|_| {
+            if let Some(pause) = pause {
+                std::thread::sleep(pause);
+            }
+            fork_exit_wait(1).as_secs_f64() * 1e6
+        })
+        .collect()
 }
 
 /// Execs this binary so that it stops before `main` as a child does, but
@@ -146,6 +198,15 @@ fn print_rounds(pause: Option<std::time::Duration>) {
             }
         }
     }
+    let mut floor = fork_floor_rounds(ROUNDS, pause);
+    floor.sort_by(f64::total_cmp);
+    let fork_median = floor[ROUNDS / 2];
+    eprintln!(
+        "{label} {:22} min {:7.1} us  median {fork_median:7.1} us  mean {:7.1} us",
+        "floor: fork+exit+wait",
+        floor[0],
+        floor.iter().sum::<f64>() / ROUNDS as f64
+    );
     let mut medians = [0.0; 3];
     for (i, (name, _)) in runs.iter().enumerate() {
         let t = &mut times[i];
@@ -162,6 +223,10 @@ fn print_rounds(pause: Option<std::time::Duration>) {
         medians[0] / medians[2],
         medians[1] / medians[2]
     );
+    eprintln!(
+        "{label} medians: ForkServer start+join is {:.2}x the fork floor",
+        medians[2] / fork_median
+    );
 }
 
 fn benches(c: &mut Criterion) {
@@ -172,6 +237,14 @@ fn benches(c: &mut Criterion) {
     print_rounds(Some(std::time::Duration::from_millis(3)));
 
     let mut group = c.benchmark_group("spawn");
+    group.bench_function("floor: fork+exit+wait in a child of this binary", |b| {
+        b.iter_custom(|iters| {
+            spawn!(fork_exit_wait, iters)
+                .expect("spawn")
+                .join()
+                .expect("join")
+        })
+    });
     group.bench_function("floor: bare exec of this binary", |b| b.iter(bare_exec));
     group.bench_function("multiproc: spawn!+join", |b| b.iter(spawn_join));
     group.bench_function("multiproc: ForkServer start+join", |b| {
