@@ -390,6 +390,12 @@ fn active_children_lists_running_children_only() {
             .any(|c| c.pid() == child.pid() && c.name() == "listed"),
         "{listed:?}"
     );
+    // The same, as fields.
+    assert!(
+        listed
+            .iter()
+            .any(|c| c.pid == child.pid() && c.name == "listed")
+    );
     drop(gate_w);
     child.join_timeout(Duration::from_secs(30)).unwrap();
     let pid = child.pid();
@@ -401,6 +407,12 @@ fn entries_lists_registered_names() {
     let names = multiproc::entries();
     assert!(names.contains(&"process::add"), "{names:?}");
     assert!(names.contains(&"process::wait_for_gate"), "{names:?}");
+    // An iterator too, sorted, which yields each name once.
+    assert!(multiproc::entries().any(|name| name == "process::add"));
+    let all: Vec<&str> = multiproc::entries().collect();
+    assert_eq!(all.len(), names.len());
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    assert_eq!(Vec::from(multiproc::entries()), all);
 }
 
 #[test]

@@ -131,6 +131,7 @@ fn array_and_shared_memory_written_by_a_child_are_seen_by_the_parent() {
     let numbers = Array::<u32>::new(5).unwrap();
     assert_eq!(numbers.to_vec().unwrap(), [0; 5]);
     let bytes = SharedMemory::new(14).unwrap();
+    assert_eq!((bytes.size(), bytes.len()), (14, 14));
     spawn!(fill, numbers.clone(), bytes.clone())
         .unwrap()
         .join()

@@ -332,7 +332,7 @@ pub use crate::spawn::method::{
     StartMethod, get_all_start_methods, get_start_method, set_start_method,
 };
 pub use crate::spawn::parent::{JoinHandle, Process};
-pub use crate::spawn::registry::{Entry, entries};
+pub use crate::spawn::registry::{Entries, Entry, entries};
 pub use crate::sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,

@@ -110,11 +110,15 @@ pub fn cpu_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// A live child, as [`active_children`] lists it.
+/// A live child, as [`active_children`] lists it: its pid and name, as
+/// fields or through the methods of the same names.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ChildInfo {
-    pid: u32,
-    name: String,
+    /// The child's process id.
+    pub pid: u32,
+    /// The child's name.
+    pub name: String,
 }
 
 impl ChildInfo {

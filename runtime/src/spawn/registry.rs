@@ -316,13 +316,20 @@ pub(crate) fn key_of<E: Entry>() -> Result<&'static str, Error> {
 
 /// The names of all entries registered in this binary, sorted.
 ///
+/// The [`Entries`] it returns is an iterator over the names, and also
+/// derefs to the slice of the names not yet iterated, so both the iterator
+/// methods and the slice methods work:
+///
 /// ```
 /// #[multiproc::process_entry]
 /// fn double(x: u64) -> u64 { x * 2 }
 ///
+/// assert!(multiproc::entries().any(|name| name.ends_with("::double")));
 /// assert!(multiproc::entries().iter().any(|name| name.ends_with("::double")));
+/// let names: Vec<&str> = multiproc::entries().collect();
+/// assert_eq!(names.len(), multiproc::entries().len());
 /// ```
-pub fn entries() -> Vec<&'static str> {
+pub fn entries() -> Entries {
     let registry = registry();
     // Entries that share their name and place have no key: count them too.
     let mut names: Vec<&'static str> = registry
@@ -333,7 +340,62 @@ pub fn entries() -> Vec<&'static str> {
         .collect();
     names.sort_unstable();
     names.dedup();
-    names
+    Entries {
+        names: names.into_iter(),
+    }
+}
+
+/// The registered entries' names, sorted, as [`entries`] returns them: an
+/// iterator that also derefs to the slice of the names it has yet to yield
+/// (`.iter()`, `.contains(&name)`, `.len()`, indexing).
+#[derive(Debug, Clone)]
+pub struct Entries {
+    names: std::vec::IntoIter<&'static str>,
+}
+
+impl Iterator for Entries {
+    type Item = &'static str;
+
+    fn next(&mut self) -> Option<&'static str> {
+        self.names.next()
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.names.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Entries {
+    fn next_back(&mut self) -> Option<&'static str> {
+        self.names.next_back()
+    }
+}
+
+impl ExactSizeIterator for Entries {}
+
+impl std::iter::FusedIterator for Entries {}
+
+impl std::ops::Deref for Entries {
+    type Target = [&'static str];
+
+    fn deref(&self) -> &[&'static str] {
+        self.names.as_slice()
+    }
+}
+
+impl<'a> IntoIterator for &'a Entries {
+    type Item = &'a &'static str;
+    type IntoIter = std::slice::Iter<'a, &'static str>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.names.as_slice().iter()
+    }
+}
+
+impl From<Entries> for Vec<&'static str> {
+    fn from(entries: Entries) -> Vec<&'static str> {
+        entries.names.collect()
+    }
 }
 
 /// What an entry's load-time constructor registers it with: its type and

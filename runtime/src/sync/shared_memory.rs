@@ -61,6 +61,12 @@ impl SharedMemory {
         self.pod.len()
     }
 
+    /// The size in bytes, as Python's `SharedMemory.size`: the same as
+    /// [`len`](Self::len).
+    pub fn size(&self) -> usize {
+        self.len()
+    }
+
     /// Whether the block is empty.
     pub fn is_empty(&self) -> bool {
         self.pod.len() == 0
