@@ -43,7 +43,7 @@ fn children_mutate_dict_and_list_and_nothing_is_lost() {
     for k in kids {
         k.join().unwrap();
     }
-    assert_eq!(d.get(&"count".into()).unwrap(), Some(200));
+    assert_eq!(d.get("count").unwrap(), Some(200));
     assert_eq!(d.len().unwrap(), 201);
     let snap = d.snapshot().unwrap();
     for who in 0..4 {
@@ -85,12 +85,25 @@ fn dict_and_list_methods() {
     assert_eq!(l.set(6, 1).unwrap_err().kind(), ErrorKind::OutOfRange);
     assert_eq!(l.get(5).unwrap(), Some(50));
     assert_eq!(l.get(6).unwrap(), None);
-    assert!(l.remove(&2).unwrap());
-    assert!(!l.remove(&2).unwrap());
+    assert!(l.remove_value(&2).unwrap());
+    assert!(!l.remove_value(&2).unwrap());
     assert_eq!(l.pop().unwrap(), Some(50));
     assert_eq!(l.pop_at(0).unwrap(), Some(0));
     assert_eq!(l.snapshot().unwrap(), vec![1, 3, 4]);
     assert_eq!(l.len().unwrap(), 3);
+    // `remove` takes an index, as `Vec::remove` does.
+    assert_eq!(l.remove(1).unwrap(), Some(3));
+    assert_eq!(l.remove(2).unwrap(), None);
+    assert_eq!(l.snapshot().unwrap(), vec![1, 4]);
+
+    // A `String` key is looked up by `&str`, as in a `HashMap`.
+    let names = manager.dict::<String, u8>().unwrap();
+    names.insert("one".to_string(), 1).unwrap();
+    assert_eq!(names.get("one").unwrap(), Some(1));
+    assert_eq!(names.get(&"one".to_string()).unwrap(), Some(1));
+    assert!(names.contains_key("one").unwrap());
+    assert_eq!(names.remove("one").unwrap(), Some(1));
+    assert!(!names.contains_key("one").unwrap());
 
     let ns = manager.namespace().unwrap();
     ns.set("x", &vec![1u8, 2]).unwrap();
@@ -124,7 +137,7 @@ fn a_dict_keeps_insertion_order_across_processes() {
         .join()
         .unwrap();
     d.insert("parent-39".into(), 1000).unwrap();
-    d.remove(&"parent-38".into()).unwrap();
+    d.remove("parent-38").unwrap();
     d.insert("parent-38".into(), 2000).unwrap();
     d.update([("late-b".to_string(), 1), ("late-a".to_string(), 2)])
         .unwrap();
@@ -157,7 +170,7 @@ fn get_or_insert_is_atomic_and_pop_last_takes_the_newest() {
         .map(|me| spawn!(claim, d.clone(), me).unwrap())
         .collect();
     let got: Vec<u32> = kids.into_iter().map(|k| k.join().unwrap()).collect();
-    let winner = d.get(&"winner".into()).unwrap().unwrap();
+    let winner = d.get("winner").unwrap().unwrap();
     assert!((1..=6).contains(&winner));
     assert!(got.iter().all(|&g| g == winner), "{got:?} vs {winner}");
     assert_eq!(d.get_or_insert("winner".into(), 99).unwrap(), winner);
@@ -165,7 +178,7 @@ fn get_or_insert_is_atomic_and_pop_last_takes_the_newest() {
 
     d.insert("b".into(), 2).unwrap();
     d.insert("c".into(), 3).unwrap();
-    d.remove(&"c".into()).unwrap();
+    d.remove("c").unwrap();
     assert_eq!(d.pop_last().unwrap(), Some(("b".into(), 2)));
     assert_eq!(d.pop_last().unwrap(), Some(("winner".into(), winner)));
     assert_eq!(d.pop_last().unwrap(), None);
@@ -317,7 +330,7 @@ fn a_dead_server_fails_every_call_promptly_with_disconnected() {
     let manager = Manager::start().unwrap();
     let d = manager.dict::<u8, u8>().unwrap();
     let lock = manager.lock().unwrap();
-    let q = manager.queue::<u8>(None).unwrap();
+    let q = manager.queue::<u8>().unwrap();
     d.insert(1, 1).unwrap();
     let (mine, theirs) = Pipe::duplex().unwrap();
     let child = spawn!(call_after_server_death, d.clone(), lock.clone(), theirs).unwrap();
@@ -553,7 +566,7 @@ fn a_remote_manager_serves_clients_and_its_proxies_pass_to_children() {
     for k in kids {
         k.join().unwrap();
     }
-    assert_eq!(d.get(&"total".into()).unwrap(), Some(3));
+    assert_eq!(d.get("total").unwrap(), Some(3));
     assert_eq!(d.len().unwrap(), 4);
     // Connections probe a silent peer, so a vanished one is noticed.
     let raw = manager.__raw_connection().unwrap();
@@ -587,7 +600,7 @@ fn fresh_client(addr: String, d: DictProxy<String, u32>) -> Option<u32> {
     let manager = Manager::connect(&addr, KEY).unwrap();
     let mine = manager.dict::<u8, u8>().unwrap();
     mine.insert(1, 2).unwrap();
-    d.get(&"x".into()).unwrap()
+    d.get("x").unwrap()
 }
 
 #[test]
@@ -651,14 +664,14 @@ fn abuse_costs_a_remote_server_nothing_lasting() {
     for _ in 0..1000 {
         drop(TcpStream::connect(&remote.addr).unwrap());
     }
-    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    assert_eq!(d.get("x").unwrap(), Some(7));
     let child = spawn!(fresh_client, remote.addr.clone(), d.clone()).unwrap();
     assert_eq!(child.join().unwrap(), Some(7));
     drop((stalled_frame, stalled_hello));
     eventually("the server's descriptors are back", || {
         fd_count(pid) == before
     });
-    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    assert_eq!(d.get("x").unwrap(), Some(7));
 }
 
 fn thread_count(pid: u32) -> usize {
@@ -719,7 +732,7 @@ fn silent_connections_do_not_lock_out_a_client_with_the_key() {
     }
     // Not after a silent connection's 10 s handshake timeout.
     assert!(took < Duration::from_secs(5), "{took:?}");
-    assert_eq!(d.get(&"x".into()).unwrap(), Some(7));
+    assert_eq!(d.get("x").unwrap(), Some(7));
     drop(silent);
 }
 
@@ -737,7 +750,7 @@ fn produce(q: QueueProxy<u32>, from: u32) {
 #[test]
 fn a_bounded_queue_carries_every_item_once_between_processes() {
     let manager = Manager::start().unwrap();
-    let q = manager.queue::<u32>(Some(4)).unwrap();
+    let q = manager.queue_bounded::<u32>(4).unwrap();
     let kids: Vec<_> = (0..3)
         .map(|k| spawn!(produce, q.clone(), k * 1000).unwrap())
         .collect();
@@ -773,7 +786,7 @@ fn get_one(q: QueueProxy<u32>, ready: Connection<u8>) -> Option<u32> {
 #[test]
 fn a_getter_killed_while_waiting_takes_no_item_with_it() {
     let manager = Manager::start().unwrap();
-    let q = manager.queue::<u32>(None).unwrap();
+    let q = manager.queue::<u32>().unwrap();
     let server = manager.pid().unwrap();
     let without_getter = fd_count(server);
     let (mine, theirs) = Pipe::duplex().unwrap();
@@ -864,7 +877,7 @@ fn errors_from_the_server_name_their_kind_once() {
 
 #[process_entry]
 fn use_nested(outer: DictProxy<String, ListProxy<i64>>, q: QueueProxy<ListProxy<i64>>) -> i64 {
-    let inner = outer.get(&"inner".into()).unwrap().unwrap();
+    let inner = outer.get("inner").unwrap().unwrap();
     inner.push(2).unwrap();
     let again = q.get().unwrap();
     again.push(3).unwrap();
@@ -880,7 +893,7 @@ fn a_proxy_stored_in_its_own_manager_comes_back_working() {
     let manager = Manager::start().unwrap();
     let inner = manager.list::<i64>(vec![1]).unwrap();
     let outer = manager.dict::<String, ListProxy<i64>>().unwrap();
-    let q = manager.queue::<ListProxy<i64>>(None).unwrap();
+    let q = manager.queue::<ListProxy<i64>>().unwrap();
     outer.insert("inner".into(), inner.clone()).unwrap();
     q.put(inner.clone()).unwrap();
     let sum = spawn!(use_nested, outer.clone(), q.clone())
@@ -889,7 +902,7 @@ fn a_proxy_stored_in_its_own_manager_comes_back_working() {
         .unwrap();
     assert_eq!(sum, 1 + 2 + 3, "the child's two proxies are one list");
     assert_eq!(inner.snapshot().unwrap(), vec![1, 2, 3]);
-    let back = outer.get(&"inner".into()).unwrap().unwrap();
+    let back = outer.get("inner").unwrap().unwrap();
     back.push(4).unwrap();
     assert_eq!(inner.snapshot().unwrap(), vec![1, 2, 3, 4]);
 }
@@ -916,7 +929,7 @@ fn update_with_over_a_nested_proxy_is_an_error_not_a_crash() {
             || cfg!(feature = "postcard"),
         "{err:#}"
     );
-    let back = outer.get(&"inner".into()).unwrap().unwrap();
+    let back = outer.get("inner").unwrap().unwrap();
     assert_eq!(back.snapshot().unwrap(), vec![1]);
 }
 
@@ -1070,7 +1083,7 @@ fn a_condition_wakes_a_waiter_in_another_process() {
     assert!(ready.wait_timeout(BOUND).unwrap());
     // The child set `ready` holding the lock: taking it means it is waiting.
     let guard = cond.lock().unwrap();
-    state.set(&7).unwrap();
+    state.set(7).unwrap();
     cond.notify(1).unwrap();
     drop(guard);
     assert_eq!(child.join().unwrap(), 7);
@@ -1129,6 +1142,13 @@ fn values_and_arrays_are_shared_and_update_with_is_atomic() {
     for k in kids {
         k.join().unwrap();
     }
+    assert_eq!(v.get().unwrap(), 80);
+    // Set by value or by reference.
+    v.set(81).unwrap();
+    assert_eq!(v.get().unwrap(), 81);
+    let eighty = 80;
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    v.set(&eighty).unwrap();
     assert_eq!(v.get().unwrap(), 80);
     assert_eq!(a.snapshot().unwrap(), vec![0, 10, 20, 30]);
     assert_eq!(a.len().unwrap(), 4);
@@ -1325,7 +1345,7 @@ fn manager_objects_refuse_and_count_as_the_crates_own_do() {
     // As `Barrier::new(0)` and `Queue::bounded(0)`: a caller's mistake.
     let err = manager.barrier(0).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
-    let err = manager.queue::<u8>(Some(0)).unwrap_err();
+    let err = manager.queue_bounded::<u8>(0).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     // A broken barrier has no one waiting at it, as `Barrier::n_waiting`.
     let b = manager.barrier(3).unwrap();
@@ -1347,7 +1367,7 @@ fn manager_objects_refuse_and_count_as_the_crates_own_do() {
 fn a_timeout_under_a_millisecond_still_waits() {
     let manager = Manager::start().unwrap();
     let ev = manager.event().unwrap();
-    let q = manager.queue::<u8>(None).unwrap();
+    let q = manager.queue::<u8>().unwrap();
     let lock = manager.lock().unwrap();
     let _held = lock.lock().unwrap();
     let wait = Duration::from_micros(900);
@@ -1931,7 +1951,7 @@ fn an_object_is_freed_when_its_last_proxy_is_dropped() {
     for n in 0..200u32 {
         let d = manager.dict::<u32, Vec<u8>>().unwrap();
         d.insert(n, vec![0; 4096]).unwrap();
-        let q = manager.queue::<u32>(None).unwrap();
+        let q = manager.queue::<u32>().unwrap();
         q.put(n).unwrap();
     }
     assert_eq!(manager.__objects().unwrap(), 0);
@@ -2023,7 +2043,7 @@ fn a_stored_proxy_keeps_its_object_until_taken_out() {
     drop(last);
     assert_eq!(manager.__objects().unwrap(), 2, "outer and d");
 
-    let q = manager.queue::<ListProxy<u32>>(None).unwrap();
+    let q = manager.queue::<ListProxy<u32>>().unwrap();
     for n in 0..10 {
         q.put(manager.list(vec![n]).unwrap()).unwrap();
     }
@@ -2051,7 +2071,7 @@ fn a_remote_manager_frees_objects_too() {
     drop(lock);
     kid.join().unwrap();
     assert_eq!(manager.__objects().unwrap(), 1);
-    assert_eq!(d.get(&"total".into()).unwrap(), Some(1));
+    assert_eq!(d.get("total").unwrap(), Some(1));
     drop(d);
     assert_eq!(manager.__objects().unwrap(), 0);
 }
@@ -2160,7 +2180,7 @@ fn a_named_object_is_made_once_and_found_after() {
 fn produce_by_name(addr: String, n: u32) -> Result<(), String> {
     let manager = Manager::connect(&addr, KEY).map_err(|e| format!("{e:#}"))?;
     let jobs = manager
-        .named("jobs", |m| m.queue::<u32>(None))
+        .named("jobs", |m| m.queue::<u32>())
         .map_err(|e| format!("{e:#}"))?;
     for i in 0..n {
         jobs.put(i).map_err(|e| format!("{e:#}"))?;
@@ -2177,7 +2197,7 @@ fn clients_of_a_remote_manager_share_an_object_by_name() {
     let producer = spawn!(produce_by_name, remote.addr.clone(), 5).unwrap();
     assert_eq!(producer.join().unwrap(), Ok(()));
     let manager = Manager::connect(&remote.addr, KEY).unwrap();
-    let jobs = manager.named("jobs", |m| m.queue::<u32>(None)).unwrap();
+    let jobs = manager.named("jobs", |m| m.queue::<u32>()).unwrap();
     let got: Vec<u32> = (0..5).map(|_| jobs.get().unwrap()).collect();
     assert_eq!(got, [0, 1, 2, 3, 4]);
 }
@@ -2220,7 +2240,7 @@ fn looking_a_proxy_up_takes_no_reference() {
         assert_eq!(d.get(&inner).unwrap(), None);
         assert!(!d.contains_key(&inner).unwrap());
         assert_eq!(d.remove(&inner).unwrap(), None);
-        assert!(!outer.remove(&manager.list(vec![]).unwrap()).unwrap());
+        assert!(!outer.remove_value(&manager.list(vec![]).unwrap()).unwrap());
     }
     drop(outer.pop().unwrap());
     drop(inner);

@@ -36,7 +36,7 @@ fn a_refused_store_keeps_no_object_alive() {
 #[test]
 fn a_proxy_the_server_did_not_store_keeps_no_object_alive() {
     let manager = Manager::start().unwrap();
-    let q = manager.queue::<ListProxy<u8>>(Some(1)).unwrap();
+    let q = manager.queue_bounded::<ListProxy<u8>>(1).unwrap();
     q.put(manager.list(vec![1u8]).unwrap()).unwrap();
     let l = manager.list(vec![2u8]).unwrap();
     let back = q.try_put(l.clone()).unwrap();
@@ -289,7 +289,7 @@ fn an_update_with_gives_back_the_references_of_the_value_it_replaces() {
         let kept = d.update_with("k".into(), entry!(keep_the_list)).unwrap();
         drop(kept);
     }
-    let taken = d.remove(&"k".into()).unwrap().unwrap();
+    let taken = d.remove("k").unwrap().unwrap();
     assert_eq!(
         taken.snapshot().map_err(|e| format!("{e:#}")),
         Ok(vec![1, 2, 2, 2])

@@ -126,7 +126,7 @@ pub fn run() -> multiproc::Result<Summary> {
     }
     let items = d.items()?;
     let list = l.snapshot()?;
-    let children = counts.get(&"children".into())?.unwrap_or(0);
+    let children = counts.get("children")?.unwrap_or(0);
     println!("{}", show_dict(items.clone()));
     println!("{}", show_list(&list));
     println!("children counted: {children}");

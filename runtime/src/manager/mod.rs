@@ -258,10 +258,10 @@ impl Manager {
     /// ```
     /// # fn main() -> multiproc::Result<()> {
     /// let manager = multiproc::Manager::start()?;
-    /// let jobs = manager.named("jobs", |m| m.queue::<String>(None))?;
+    /// let jobs = manager.named("jobs", |m| m.queue::<String>())?;
     /// jobs.put("first".into())?;
     /// // Elsewhere (another process, or a client of a remote manager):
-    /// let same = manager.named("jobs", |m| m.queue::<String>(None))?;
+    /// let same = manager.named("jobs", |m| m.queue::<String>())?;
     /// assert_eq!(same.get()?, "first");
     /// # Ok(())
     /// # }
@@ -349,23 +349,37 @@ impl Manager {
         ))
     }
 
-    /// A new queue, holding at most `maxsize` items (`None`: unbounded).
+    /// A new unbounded queue (Python's `manager.Queue()`), as
+    /// [`Queue::new`](crate::Queue::new) is for a local one.
+    pub fn queue<T: Serialize + DeserializeOwned>(&self) -> Result<QueueProxy<T>, Error> {
+        self.make_queue(0)
+    }
+
+    /// A new queue holding at most `maxsize` items (Python's
+    /// `manager.Queue(maxsize)`), as [`Queue::bounded`](crate::Queue::bounded)
+    /// is for a local one.
     ///
     /// # Errors
-    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for
-    /// `Some(0)`, as [`Queue`](crate::Queue) refuses a capacity of 0 (in
-    /// Python, 0 means unbounded: that is `None` here).
-    pub fn queue<T: Serialize + DeserializeOwned>(
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for 0, as
+    /// [`Queue::bounded`](crate::Queue::bounded) refuses a capacity of 0 (in
+    /// Python, 0 means unbounded: that is [`queue`](Self::queue) here).
+    pub fn queue_bounded<T: Serialize + DeserializeOwned>(
         &self,
-        maxsize: Option<usize>,
+        maxsize: usize,
     ) -> Result<QueueProxy<T>, Error> {
-        if maxsize == Some(0) {
+        if maxsize == 0 {
             return Err(internals::error(
                 crate::ErrorKind::InvalidInput,
-                "a queue needs room for at least one item (None for no bound)",
+                "a bounded queue needs room for at least one item (`queue()` has no bound)",
             ));
         }
-        let max = maxsize.unwrap_or(0) as u64;
+        self.make_queue(maxsize as u64)
+    }
+
+    fn make_queue<T: Serialize + DeserializeOwned>(
+        &self,
+        max: u64,
+    ) -> Result<QueueProxy<T>, Error> {
         Ok(QueueProxy::from_handle(self.create(
             ObjKind::Queue,
             |f| {

@@ -1,6 +1,7 @@
 //! Typed proxies of the manager's data objects: they encode and decode on
 //! this side; the server only ever sees bytes.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::Hash;
@@ -81,7 +82,7 @@ macro_rules! proxy_common {
 /// let d = manager.dict::<String, i64>()?;
 /// d.insert("b".into(), 1)?;
 /// d.insert("a".into(), 2)?;
-/// assert_eq!(d.get(&"a".into())?, Some(2));
+/// assert_eq!(d.get("a")?, Some(2));
 /// assert_eq!(d.len()?, 2);
 /// assert_eq!(d.keys()?, ["b", "a"]);
 /// # Ok(())
@@ -96,7 +97,14 @@ proxy_common!(DictProxy<K, V>, "dict");
 
 impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy<K, V> {
     /// The value under `key`, if any.
-    pub fn get(&self, key: &K) -> Result<Option<V>, Error> {
+    ///
+    /// `key` may be any form of the key type `K` borrows as (`&str` for a
+    /// `String` key, as with a `HashMap`); it must encode as the key does.
+    pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.h.client.call_as(
             Uses::PROBING,
             Op::MapGet,
@@ -121,7 +129,14 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     }
 
     /// Removes `key`; returns its value.
-    pub fn remove(&self, key: &K) -> Result<Option<V>, Error> {
+    ///
+    /// `key` may be any form of the key type `K` borrows as (`&str` for a
+    /// `String` key, as with a `HashMap`); it must encode as the key does.
+    pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.h.client.call_as(
             Uses::PROBING_TAKING,
             Op::MapRemove,
@@ -166,7 +181,14 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     }
 
     /// Whether `key` is present.
-    pub fn contains_key(&self, key: &K) -> Result<bool, Error> {
+    ///
+    /// `key` may be any form of the key type `K` borrows as (`&str` for a
+    /// `String` key, as with a `HashMap`); it must encode as the key does.
+    pub fn contains_key<Q>(&self, key: &Q) -> Result<bool, Error>
+    where
+        K: Borrow<Q>,
+        Q: Serialize + ?Sized,
+    {
         self.h.client.call_as(
             Uses::PROBING,
             Op::MapContains,
@@ -389,9 +411,18 @@ impl<T: Serialize + DeserializeOwned> ListProxy<T> {
         )
     }
 
+    /// Removes and returns the item at `index` (`None` past the end), as
+    /// `Vec::remove` does; the same as [`pop_at`](Self::pop_at). To remove
+    /// by value, as Python's `list.remove(x)` does, use
+    /// [`remove_value`](Self::remove_value).
+    pub fn remove(&self, index: usize) -> Result<Option<T>, Error> {
+        self.pop_at(index)
+    }
+
     /// Removes the first item equal to `value` (compared encoded); returns
-    /// whether there was one.
-    pub fn remove(&self, value: &T) -> Result<bool, Error> {
+    /// whether there was one (Python's `list.remove(x)`, which raises where
+    /// this returns `false`).
+    pub fn remove_value(&self, value: &T) -> Result<bool, Error> {
         self.h.client.call_as(
             Uses::PROBING,
             Op::SeqRemove,
@@ -641,11 +672,15 @@ impl<T: Serialize + DeserializeOwned> ValueProxy<T> {
             .call(Op::ValueGet, self.h.id, |_| Ok(()), |f| decode(f.bytes()?))
     }
 
-    /// Replaces the value.
-    pub fn set(&self, value: &T) -> Result<(), Error> {
-        self.h
-            .client
-            .call(Op::ValueSet, self.h.id, |f| put(f, value), |_| Ok(()))
+    /// Replaces the value; `value` may be given by value or by reference
+    /// (`v.set(5)` or `v.set(&x)`).
+    pub fn set(&self, value: impl Borrow<T>) -> Result<(), Error> {
+        self.h.client.call(
+            Op::ValueSet,
+            self.h.id,
+            |f| put(f, value.borrow()),
+            |_| Ok(()),
+        )
     }
 
     /// Replaces the value with `f(Some(old))` atomically on the server (see

@@ -49,7 +49,7 @@ macro_rules! plain_proxy {
 /// ```
 /// # fn main() -> multiproc::Result<()> {
 /// let manager = multiproc::Manager::start()?;
-/// let q = manager.queue::<String>(Some(1))?;
+/// let q = manager.queue_bounded::<String>(1)?;
 /// q.put("a".into())?;
 /// assert_eq!(q.try_put("b".into())?, Some("b".to_string())); // full
 /// assert_eq!(q.get()?, "a");
