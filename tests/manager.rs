@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::{
     Connection, DictProxy, ErrorKind, EventProxy, ListProxy, LockProxy, Manager, NamespaceProxy,
-    Pipe, Queue, SemaphoreProxy, entry, process_entry, spawn,
+    Pipe, Queue, SemaphoreProxy, TryLockError, entry, process_entry, spawn,
 };
 use serde::{Deserialize, Serialize};
 
@@ -266,12 +266,15 @@ fn a_client_killed_holding_a_lock_and_a_permit_gives_them_back() {
     let (mine, theirs) = Pipe::duplex().unwrap();
     let child = spawn!(hold_lock_forever, lock.clone(), sem.clone(), theirs).unwrap();
     assert_eq!(mine.recv().unwrap(), 1);
-    assert!(lock.try_lock().unwrap().is_none(), "the child holds it");
+    assert!(
+        matches!(lock.try_lock(), Err(TryLockError::WouldBlock)),
+        "the child holds it"
+    );
     assert!(sem.try_acquire().unwrap().is_none(), "the child holds it");
     child.kill().unwrap();
     assert!(child.join().unwrap_err().is_signaled());
-    let guard = lock.lock_timeout(BOUND).unwrap();
-    assert!(guard.is_some(), "the lock of a killed client is released");
+    let guard = lock.lock_timeout(BOUND);
+    assert!(guard.is_ok(), "the lock of a killed client is released");
     let permit = sem.acquire_timeout(BOUND).unwrap();
     assert!(
         permit.is_some(),
@@ -302,11 +305,11 @@ fn a_blocked_client_stalls_no_one_else() {
     for i in 0..100 {
         d.insert(i, i).unwrap();
     }
-    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock.try_lock().is_err());
     // And in another thread of ours, while this one waits on the lock.
     let waiter = {
         let lock = lock.clone();
-        std::thread::spawn(move || lock.lock_timeout(BOUND).unwrap().is_some())
+        std::thread::spawn(move || lock.lock_timeout(BOUND).is_ok())
     };
     assert_eq!(d.len().unwrap(), 100);
     ev.set().unwrap();
@@ -814,7 +817,7 @@ fn a_getter_killed_while_waiting_takes_no_item_with_it() {
 
 #[process_entry]
 fn try_rlock(lock: RLockProxy) -> bool {
-    lock.try_lock().unwrap().is_some()
+    lock.try_lock().is_ok()
 }
 
 #[test]
@@ -826,7 +829,7 @@ fn an_rlock_is_reentrant_for_its_owner_only() {
     assert!(!spawn!(try_rlock, lock.clone()).unwrap().join().unwrap());
     let other = {
         let lock = lock.clone();
-        std::thread::spawn(move || lock.try_lock().unwrap().is_some())
+        std::thread::spawn(move || lock.try_lock().is_ok())
     };
     assert!(!other.join().unwrap(), "another thread is not the owner");
     drop(b);
@@ -1039,7 +1042,7 @@ fn a_semaphore_refuses_a_release_past_u64_max() {
     assert!(child.join().unwrap_err().is_signaled());
     // The child's lock is released when its connection's end is handled,
     // in the same step as its permits.
-    assert!(lock.lock_timeout(BOUND).unwrap().is_some());
+    assert!(lock.lock_timeout(BOUND).is_ok());
     assert_eq!(sem.value().unwrap(), u64::MAX);
     refuse_a_release_past_u64_max(&sem);
 }
@@ -1204,7 +1207,7 @@ fn a_thread_that_panics_in_a_call_releases_nothing_its_process_holds() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert!(
-        lock.try_lock().unwrap().is_none(),
+        lock.try_lock().is_err(),
         "this process still holds the lock"
     );
     assert!(
@@ -1212,7 +1215,7 @@ fn a_thread_that_panics_in_a_call_releases_nothing_its_process_holds() {
         "this process still holds the permit"
     );
     drop((guard, permit));
-    assert!(lock.try_lock().unwrap().is_some());
+    assert!(lock.try_lock().is_ok());
     assert!(sem.try_acquire().unwrap().is_some());
 }
 
@@ -1264,9 +1267,9 @@ fn a_proxy_of_a_restarted_remote_server_touches_none_of_its_new_objects() {
     assert_eq!(fresh.len().unwrap(), 0);
     // The connection that error came through, which this process holds
     // the lock through, stayed open.
-    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock.try_lock().is_err());
     drop(guard);
-    assert!(lock.try_lock().unwrap().is_some());
+    assert!(lock.try_lock().is_ok());
 }
 
 #[process_entry]
@@ -1378,7 +1381,7 @@ fn a_timeout_under_a_millisecond_still_waits() {
     assert_eq!(q.get_timeout(wait).unwrap(), None);
     assert!(start.elapsed() >= wait, "the queue get returned early");
     let start = Instant::now();
-    assert!(lock.lock_timeout(wait).unwrap().is_none());
+    assert!(lock.lock_timeout(wait).is_err());
     assert!(start.elapsed() >= wait, "the lock wait returned early");
 }
 
@@ -1400,9 +1403,9 @@ fn a_proxy_decoded_as_another_type_gets_an_error_and_costs_nothing() {
     assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     // The connection that error came through, which this process holds
     // the lock through, stayed open.
-    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock.try_lock().is_err());
     drop(guard);
-    assert!(lock.try_lock().unwrap().is_some());
+    assert!(lock.try_lock().is_ok());
     assert_eq!(d.len().unwrap(), 0);
 }
 
@@ -1570,10 +1573,7 @@ fn a_guard_whose_connection_was_cut_releases_no_one_elses_lock() {
     assert_eq!(mine.recv().unwrap(), 1);
     // This process's guard, whose lock was taken from it, ends.
     drop(guard);
-    assert!(
-        lock.try_lock().unwrap().is_none(),
-        "the child still holds the lock"
-    );
+    assert!(lock.try_lock().is_err(), "the child still holds the lock");
     child.kill().unwrap();
     let _ = child.join();
 }

@@ -11,7 +11,7 @@ use common::{BOUND, eventually, state_of};
 
 use multiproc::{
     Array, Barrier, BoundedSemaphore, Condition, ErrorKind, Event, Lock, RLock, Semaphore,
-    SharedMemory, Value, process_entry, spawn,
+    SharedMemory, TryLockError, Value, process_entry, spawn,
 };
 
 /// How far past its deadline a timed wait may return.
@@ -345,7 +345,7 @@ fn condition_wait_timeout_gives_up_within_bounds() {
     assert_within(start.elapsed(), deadline);
     assert!(timed_out);
     drop(guard);
-    assert!(cond.try_lock().unwrap().is_some());
+    assert!(cond.try_lock().is_ok());
 }
 
 #[process_entry]
@@ -785,7 +785,7 @@ fn lock_reports_owner_death_after_kill() {
     let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
     let child = spawn!(hold_lock, lock.clone(), held.clone(), release.clone()).unwrap();
     assert!(held.wait_timeout(BOUND));
-    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock.try_lock().is_err());
     child.kill().unwrap();
 
     let start = Instant::now();
@@ -813,10 +813,12 @@ fn try_lock_reports_owner_death_at_once() {
     child.kill().unwrap();
     let pid = child.pid();
     assert!(child.join().unwrap_err().is_signaled());
-    let err = lock.try_lock().unwrap_err();
+    let Err(TryLockError::Failed(err)) = lock.try_lock() else {
+        panic!("the owner's death was not reported");
+    };
     assert_eq!(err.kind(), ErrorKind::OwnerDied);
     assert!(err.to_string().contains(&pid.to_string()));
-    assert!(lock.try_lock().unwrap().is_some());
+    assert!(lock.try_lock().is_ok());
 }
 
 #[test]
@@ -831,12 +833,12 @@ fn lock_timeout_gives_up_within_bounds() {
         Duration::from_millis(300),
     ] {
         let start = Instant::now();
-        assert!(lock.lock_timeout(deadline).unwrap().is_none());
+        assert!(lock.lock_timeout(deadline).is_err());
         assert_within(start.elapsed(), deadline);
     }
     release.set();
     child.join().unwrap().unwrap();
-    assert!(lock.lock_timeout(BOUND).unwrap().is_some());
+    assert!(lock.lock_timeout(BOUND).is_ok());
 }
 
 #[process_entry]
@@ -859,7 +861,7 @@ fn value_reports_owner_death_and_keeps_its_contents() {
     assert!(held.wait_timeout(BOUND));
     let deadline = Duration::from_millis(100);
     let start = Instant::now();
-    assert!(value.lock_timeout(deadline).unwrap().is_none());
+    assert!(value.lock_timeout(deadline).is_err());
     assert_within(start.elapsed(), deadline);
     child.kill().unwrap();
     assert_eq!(value.load().unwrap_err().kind(), ErrorKind::OwnerDied);
@@ -884,7 +886,7 @@ fn rlock_reports_owner_death_after_kill() {
     let (held, release) = (Event::new().unwrap(), Event::new().unwrap());
     let child = spawn!(hold_rlock, lock.clone(), held.clone(), release.clone()).unwrap();
     assert!(held.wait_timeout(BOUND));
-    assert!(lock.try_lock().unwrap().is_none());
+    assert!(lock.try_lock().is_err());
     child.kill().unwrap();
 
     let err = lock.lock().unwrap_err();
@@ -896,7 +898,7 @@ fn rlock_reports_owner_death_after_kill() {
     assert!(lock.is_owned());
     drop(guard);
     assert!(!lock.is_owned());
-    assert!(lock.try_lock().unwrap().is_some());
+    assert!(lock.try_lock().is_ok());
     assert!(child.join().unwrap_err().is_signaled());
 }
 
@@ -909,10 +911,7 @@ fn release_rlock(lock: RLock) -> Option<String> {
 fn rlock_is_reentrant_and_only_its_owner_may_release_it() {
     let lock = RLock::new().unwrap();
     let outer = lock.lock().unwrap();
-    let inner = lock
-        .lock_timeout(Duration::ZERO)
-        .unwrap()
-        .expect("re-entry");
+    let inner = lock.lock_timeout(Duration::ZERO).expect("re-entry");
     // Another process, and another thread, do not own it.
     assert_eq!(
         spawn!(release_rlock, lock.clone()).unwrap().join().unwrap(),
@@ -921,7 +920,7 @@ fn rlock_is_reentrant_and_only_its_owner_may_release_it() {
     std::thread::scope(|s| {
         s.spawn(|| {
             assert_eq!(lock.release().unwrap_err().kind(), ErrorKind::NotOwner);
-            assert!(lock.try_lock().unwrap().is_none());
+            assert!(matches!(lock.try_lock(), Err(TryLockError::WouldBlock)));
         });
     });
     drop(inner);

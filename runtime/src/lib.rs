@@ -336,7 +336,7 @@ pub use crate::spawn::registry::{Entries, Entry, entries};
 pub use crate::sync::{
     Array, ArrayGuard, Barrier, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
     LockGuard, RLock, RLockGuard, Semaphore, SemaphoreGuard, SharedMemory, SharedMemoryGuard,
-    Value, ValueGuard,
+    TryLockError, Value, ValueGuard,
 };
 pub use crate::wait::{Waitable, wait};
 /// bytemuck, as multiproc uses it, for `#[bytemuck(crate =

@@ -16,6 +16,7 @@ use super::client::{Handle, Uses, owner_token, permit_token, process_token};
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, NO_PERMIT, Op, timeout_ms};
 use crate::error::Error;
+use crate::sync::{TryLockError, try_locked};
 
 fn flag(f: &mut Fields<'_>) -> Result<bool, Error> {
     f.bool()
@@ -264,14 +265,18 @@ macro_rules! lock_methods {
             forever(acquire(&self.h, None)?)
         }
 
-        /// Takes the lock if it is free now.
-        pub fn try_lock(&self) -> Result<Option<ProxyLockGuard>, Error> {
-            acquire(&self.h, Some(Duration::ZERO))
+        /// Takes the lock if it is free now:
+        /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if
+        /// it is held.
+        pub fn try_lock(&self) -> Result<ProxyLockGuard, TryLockError> {
+            try_locked(acquire(&self.h, Some(Duration::ZERO)))
         }
 
-        /// Takes the lock if it comes free within `timeout`.
-        pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ProxyLockGuard>, Error> {
-            acquire(&self.h, Some(timeout))
+        /// Takes the lock if it comes free within `timeout`:
+        /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if
+        /// it does not.
+        pub fn lock_timeout(&self, timeout: Duration) -> Result<ProxyLockGuard, TryLockError> {
+            try_locked(acquire(&self.h, Some(timeout)))
         }
     };
 }
@@ -286,9 +291,9 @@ plain_proxy!(
     /// let manager = multiproc::Manager::start()?;
     /// let lock = manager.lock()?;
     /// let guard = lock.lock()?;
-    /// assert!(lock.try_lock()?.is_none());
+    /// assert!(lock.try_lock().is_err());
     /// drop(guard);
-    /// assert!(lock.try_lock()?.is_some());
+    /// assert!(lock.try_lock().is_ok());
     /// # Ok(())
     /// # }
     /// ```

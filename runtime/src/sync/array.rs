@@ -8,6 +8,7 @@ use bytemuck::{CheckedBitPattern, NoUninit, Zeroable};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::RegionKind;
+use super::TryLockError;
 use super::pod::PodRegion;
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
@@ -116,14 +117,16 @@ impl<T: CheckedBitPattern + NoUninit> Array<T> {
         }
     }
 
-    /// Locks the array if no live process holds it: `Ok(None)` otherwise.
-    pub fn try_lock(&self) -> Result<Option<ArrayGuard<'_, T>>, Error> {
-        self.acquire(Deadline::Now)
+    /// Locks the array if no live process holds it: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// otherwise.
+    pub fn try_lock(&self) -> Result<ArrayGuard<'_, T>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Locks the array, giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ArrayGuard<'_, T>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Locks the array, giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ArrayGuard<'_, T>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// A copy of the elements, taken under the lock.

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::{Relaxed, Release};
 use std::time::Duration;
 
+use super::TryLockError;
 use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
 use crate::sys::futex;
@@ -111,14 +112,17 @@ impl Condition {
         }
     }
 
-    /// Takes the lock if it is free: `Ok(None)` if a live process holds it.
-    pub fn try_lock(&self) -> Result<Option<ConditionGuard<'_>>, Error> {
-        self.acquire(Deadline::Now)
+    /// Takes the lock if it is free: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if a live process
+    /// holds it; [`TryLockError::Failed`](crate::TryLockError::Failed) with
+    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if its holder died.
+    pub fn try_lock(&self) -> Result<ConditionGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Takes the lock, giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ConditionGuard<'_>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Takes the lock, giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// Releases the lock, sleeps until notified, takes the lock again.

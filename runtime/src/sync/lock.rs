@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::TryLockError;
 use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::Error;
 use crate::sys::lock_word::Deadline;
@@ -24,7 +25,7 @@ const KIND: RegionKind = RegionKind::new(b"mpLK", "multiproc::Lock");
 ///
 /// #[process_entry]
 /// fn is_free(lock: Lock) -> bool {
-///     matches!(lock.try_lock(), Ok(Some(_)))
+///     lock.try_lock().is_ok()
 /// }
 ///
 /// # fn main() -> multiproc::Result<()> {
@@ -115,17 +116,18 @@ impl Lock {
         }
     }
 
-    /// Takes the lock if it is free: `Ok(None)` if a live process holds it.
+    /// Takes the lock if it is free: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if a live process
+    /// holds it; [`TryLockError::Failed`](crate::TryLockError::Failed) with
+    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if its holder died.
     ///
-    /// # Errors
-    /// [`OwnerDied`](crate::ErrorKind::OwnerDied), as for [`lock`](Self::lock).
-    pub fn try_lock(&self) -> Result<Option<LockGuard<'_>>, Error> {
-        self.acquire(Deadline::Now)
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Like [`lock`](Self::lock), giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<LockGuard<'_>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Like [`lock`](Self::lock), giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// Whether some process holds the lock (a snapshot).

@@ -43,6 +43,90 @@ pub use semaphore::{BoundedSemaphore, Semaphore, SemaphoreGuard};
 pub use shared_memory::{SharedMemory, SharedMemoryGuard};
 pub use value::{Value, ValueGuard};
 
+/// Why `try_lock` or `lock_timeout` returned no guard (std's
+/// `TryLockError`, with owner death in place of poisoning).
+///
+/// It converts into [`Error`], so `lock.try_lock()?` works in a function
+/// returning [`Result`](crate::Result).
+///
+/// ```
+/// use multiproc::{Lock, TryLockError};
+/// # fn main() -> multiproc::Result<()> {
+/// let lock = Lock::new()?;
+/// let guard = lock.try_lock()?;
+/// assert!(matches!(lock.try_lock(), Err(TryLockError::WouldBlock)));
+/// drop(guard);
+/// assert!(lock.try_lock().is_ok());
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub enum TryLockError {
+    /// The lock is held: now (`try_lock`), or until the deadline
+    /// (`lock_timeout`).
+    WouldBlock,
+    /// The lock could not be taken: its holder died
+    /// ([`ErrorKind::OwnerDied`]; the lock is then free, and the next
+    /// attempt takes it), or another failure.
+    Failed(Error),
+}
+
+impl TryLockError {
+    /// Whether the lock was held ([`TryLockError::WouldBlock`]).
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, TryLockError::WouldBlock)
+    }
+
+    /// The error, if the attempt failed rather than found the lock held.
+    pub fn error(&self) -> Option<&Error> {
+        match self {
+            TryLockError::WouldBlock => None,
+            TryLockError::Failed(e) => Some(e),
+        }
+    }
+}
+
+impl fmt::Display for TryLockError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryLockError::WouldBlock => f.write_str("the lock is held by another holder"),
+            TryLockError::Failed(e) => write!(f, "the lock could not be taken: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TryLockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TryLockError::WouldBlock => None,
+            TryLockError::Failed(e) => Some(e),
+        }
+    }
+}
+
+impl From<TryLockError> for Error {
+    /// `WouldBlock` becomes an [`ErrorKind::Timeout`] error; `Failed` its
+    /// error.
+    fn from(e: TryLockError) -> Error {
+        match e {
+            TryLockError::WouldBlock => {
+                Error::new(ErrorKind::Timeout, "the lock is held by another holder")
+            }
+            TryLockError::Failed(e) => e,
+        }
+    }
+}
+
+/// A guard, or why there is none: what `try_lock` and `lock_timeout`
+/// return, from an attempt that gives `Ok(None)` when the lock is held.
+pub(crate) fn try_locked<G>(attempt: Result<Option<G>, Error>) -> Result<G, TryLockError> {
+    match attempt {
+        Ok(Some(guard)) => Ok(guard),
+        Ok(None) => Err(TryLockError::WouldBlock),
+        Err(e) => Err(TryLockError::Failed(e)),
+    }
+}
+
 /// The standard words: magic, lock word, owner tag, and kind-specific
 /// words up to here. The data of `Value`, `Array` and `SharedMemory` starts
 /// right after (aligned), so a small value shares the lock's cache line.

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicU32;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
+use super::TryLockError;
 use super::{RegionKind, WORDS_ONLY_LEN, owner_died, region_handle};
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::Deadline;
@@ -132,15 +133,16 @@ impl RLock {
         }
     }
 
-    /// Takes the lock if it is free or already this thread's: `Ok(None)`
+    /// Takes the lock if it is free or already this thread's: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
     /// if another live owner holds it.
-    pub fn try_lock(&self) -> Result<Option<RLockGuard<'_>>, Error> {
-        self.acquire(Deadline::Now)
+    pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Like [`lock`](Self::lock), giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<RLockGuard<'_>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Like [`lock`](Self::lock), giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// Releases one level of a hold taken with a guard that was

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::RegionKind;
+use super::TryLockError;
 use super::pod::PodRegion;
 use crate::error::Error;
 use crate::sys::lock_word::DataGuard;
@@ -92,14 +93,16 @@ impl SharedMemory {
         }
     }
 
-    /// Locks the bytes if no live process holds them: `Ok(None)` otherwise.
-    pub fn try_lock(&self) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
-        self.acquire(Deadline::Now)
+    /// Locks the bytes if no live process holds them: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// otherwise.
+    pub fn try_lock(&self) -> Result<SharedMemoryGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Locks the bytes, giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<SharedMemoryGuard<'_>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Locks the bytes, giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<SharedMemoryGuard<'_>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// The first byte, for raw access outside the lock.

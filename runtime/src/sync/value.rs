@@ -8,6 +8,7 @@ use bytemuck::{CheckedBitPattern, NoUninit};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::RegionKind;
+use super::TryLockError;
 use super::pod::PodRegion;
 use crate::error::{Error, ErrorKind};
 use crate::sys::lock_word::DataGuard;
@@ -158,14 +159,16 @@ impl<T: CheckedBitPattern + NoUninit> Value<T> {
         }
     }
 
-    /// Locks the value if no live process holds it: `Ok(None)` otherwise.
-    pub fn try_lock(&self) -> Result<Option<ValueGuard<'_, T>>, Error> {
-        self.acquire(Deadline::Now)
+    /// Locks the value if no live process holds it: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// otherwise.
+    pub fn try_lock(&self) -> Result<ValueGuard<'_, T>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::Now))
     }
 
-    /// Locks the value, giving up after `timeout`: `Ok(None)`.
-    pub fn lock_timeout(&self, timeout: Duration) -> Result<Option<ValueGuard<'_, T>>, Error> {
-        self.acquire(Deadline::after(timeout))
+    /// Locks the value, giving up after `timeout`:
+    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    pub fn lock_timeout(&self, timeout: Duration) -> Result<ValueGuard<'_, T>, TryLockError> {
+        super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
     /// Reads the value under its lock.
