@@ -266,14 +266,14 @@ macro_rules! lock_methods {
         }
 
         /// Takes the lock if it is free now:
-        /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if
+        /// [`TryLockError::WouldBlock`] if
         /// it is held.
         pub fn try_lock(&self) -> Result<ProxyLockGuard, TryLockError> {
             try_locked(acquire(&self.h, Some(Duration::ZERO)))
         }
 
         /// Takes the lock if it comes free within `timeout`:
-        /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if
+        /// [`TryLockError::WouldBlock`] if
         /// it does not.
         pub fn lock_timeout(&self, timeout: Duration) -> Result<ProxyLockGuard, TryLockError> {
             try_locked(acquire(&self.h, Some(timeout)))

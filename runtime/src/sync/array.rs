@@ -117,14 +117,14 @@ impl<T: CheckedBitPattern + NoUninit> Array<T> {
         }
     }
 
-    /// Locks the array if no live process holds it: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// Locks the array if no live process holds it: [`TryLockError::WouldBlock`]
     /// otherwise.
     pub fn try_lock(&self) -> Result<ArrayGuard<'_, T>, TryLockError> {
         super::try_locked(self.acquire(Deadline::Now))
     }
 
     /// Locks the array, giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<ArrayGuard<'_, T>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }

@@ -112,15 +112,15 @@ impl Condition {
         }
     }
 
-    /// Takes the lock if it is free: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if a live process
-    /// holds it; [`TryLockError::Failed`](crate::TryLockError::Failed) with
+    /// Takes the lock if it is free: [`TryLockError::WouldBlock`] if a live process
+    /// holds it; [`TryLockError::Failed`] with
     /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if its holder died.
     pub fn try_lock(&self) -> Result<ConditionGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::Now))
     }
 
     /// Takes the lock, giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<ConditionGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }

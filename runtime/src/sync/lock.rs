@@ -116,8 +116,8 @@ impl Lock {
         }
     }
 
-    /// Takes the lock if it is free: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock) if a live process
-    /// holds it; [`TryLockError::Failed`](crate::TryLockError::Failed) with
+    /// Takes the lock if it is free: [`TryLockError::WouldBlock`] if a live process
+    /// holds it; [`TryLockError::Failed`] with
     /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if its holder died.
     ///
     pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError> {
@@ -125,7 +125,7 @@ impl Lock {
     }
 
     /// Like [`lock`](Self::lock), giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }

@@ -133,14 +133,14 @@ impl RLock {
         }
     }
 
-    /// Takes the lock if it is free or already this thread's: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// Takes the lock if it is free or already this thread's: [`TryLockError::WouldBlock`]
     /// if another live owner holds it.
     pub fn try_lock(&self) -> Result<RLockGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::Now))
     }
 
     /// Like [`lock`](Self::lock), giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<RLockGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }

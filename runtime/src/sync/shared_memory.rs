@@ -93,14 +93,14 @@ impl SharedMemory {
         }
     }
 
-    /// Locks the bytes if no live process holds them: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// Locks the bytes if no live process holds them: [`TryLockError::WouldBlock`]
     /// otherwise.
     pub fn try_lock(&self) -> Result<SharedMemoryGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::Now))
     }
 
     /// Locks the bytes, giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<SharedMemoryGuard<'_>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }

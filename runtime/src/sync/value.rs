@@ -159,14 +159,14 @@ impl<T: CheckedBitPattern + NoUninit> Value<T> {
         }
     }
 
-    /// Locks the value if no live process holds it: [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock)
+    /// Locks the value if no live process holds it: [`TryLockError::WouldBlock`]
     /// otherwise.
     pub fn try_lock(&self) -> Result<ValueGuard<'_, T>, TryLockError> {
         super::try_locked(self.acquire(Deadline::Now))
     }
 
     /// Locks the value, giving up after `timeout`:
-    /// [`TryLockError::WouldBlock`](crate::TryLockError::WouldBlock).
+    /// [`TryLockError::WouldBlock`].
     pub fn lock_timeout(&self, timeout: Duration) -> Result<ValueGuard<'_, T>, TryLockError> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }
