@@ -62,7 +62,7 @@ fn one_round(round: u64) {
     }
     drop(ours);
     assert_eq!(child.join().unwrap(), want);
-    assert_eq!(counter.load().unwrap(), 20);
+    assert_eq!(counter.load(), 20);
 }
 
 #[test]

@@ -254,7 +254,7 @@
 //! for child in children {
 //!     child.join()?;
 //! }
-//! assert_eq!(counter.load()?, 4000);
+//! assert_eq!(counter.load(), 4000);
 //! # Ok(())
 //! # }
 //! ```

@@ -40,7 +40,7 @@ const TOKENS: usize = 32;
 /// #[process_entry]
 /// fn produce(cond: Condition, item: Value<u32>) {
 ///     let _guard = cond.lock().expect("lock");
-///     item.store(42).expect("store");
+///     item.store(42);
 ///     cond.notify_all();
 /// }
 ///
@@ -49,11 +49,10 @@ const TOKENS: usize = 32;
 /// let item = Value::new(0u32)?;
 /// let guard = cond.lock()?;
 /// let child = spawn!(produce, cond.clone(), item.clone())?;
-/// let (guard, timed_out) = cond.wait_while_timeout(guard, Duration::from_secs(10), || {
-///     matches!(item.load(), Ok(0))
-/// })?;
+/// let (guard, timed_out) =
+///     cond.wait_while_timeout(guard, Duration::from_secs(10), || item.load() == 0);
 /// assert!(!timed_out);
-/// assert_eq!(item.load()?, 42);
+/// assert_eq!(item.load(), 42);
 /// drop(guard);
 /// child.join()?;
 /// # Ok(())
@@ -62,8 +61,10 @@ const TOKENS: usize = 32;
 ///
 /// # Caveats
 /// - The lock behaves as a [`Lock`](crate::Lock), owner death included: if
-///   its holder dies, the next `lock` (or a `wait` taking it back) returns an
-///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and leaves it free.
+///   its holder dies, the next `lock` returns an
+///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and leaves it free. A
+///   `wait` that takes it back from a dead holder just has it: the wait
+///   ends as a spurious wake-up, with no error.
 /// - A waiter killed while waiting keeps its place in the count of waiters,
 ///   so a later `notify(n)` may spend one of its `n` wake-ups on it (Python
 ///   has the same weakness), and that wake-up may later go to a waiter that
@@ -127,24 +128,27 @@ impl Condition {
 
     /// Releases the lock, sleeps until notified, takes the lock again.
     ///
-    /// # Errors
-    /// [`OwnerDied`](crate::ErrorKind::OwnerDied) if, while taking the lock
-    /// back, its holder had died; the lock is then left free.
+    /// As with any condition variable, a wait may also end without a
+    /// notify (a spurious wake-up), so check what you wait for in a loop,
+    /// or use [`wait_while`](Self::wait_while). One such case: the lock's
+    /// holder died while this waiter took the lock back; the waiter then
+    /// has the lock (freed by the death), and no error, since a condition
+    /// holds no data of its own that the dead holder could have left
+    /// half-written.
     ///
     /// # Panics
     /// If `guard` belongs to another condition.
-    pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> Result<ConditionGuard<'a>, Error> {
-        self.wait_until(guard, Deadline::Never)
-            .map(|(guard, _)| guard)
+    pub fn wait<'a>(&'a self, guard: ConditionGuard<'a>) -> ConditionGuard<'a> {
+        self.wait_until(guard, Deadline::Never).0
     }
 
     /// Like [`wait`](Self::wait), for at most `timeout`; the flag is `true`
-    /// if it timed out rather than being notified.
+    /// if it timed out rather than being woken.
     pub fn wait_timeout<'a>(
         &'a self,
         guard: ConditionGuard<'a>,
         timeout: Duration,
-    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+    ) -> (ConditionGuard<'a>, bool) {
         self.wait_until(guard, Deadline::after(timeout))
     }
 
@@ -154,11 +158,11 @@ impl Condition {
         &'a self,
         mut guard: ConditionGuard<'a>,
         mut condition: impl FnMut() -> bool,
-    ) -> Result<ConditionGuard<'a>, Error> {
+    ) -> ConditionGuard<'a> {
         while condition() {
-            guard = self.wait(guard)?;
+            guard = self.wait(guard);
         }
-        Ok(guard)
+        guard
     }
 
     /// Like [`wait_while`](Self::wait_while), for at most `timeout`; the flag
@@ -168,16 +172,16 @@ impl Condition {
         mut guard: ConditionGuard<'a>,
         timeout: Duration,
         mut condition: impl FnMut() -> bool,
-    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+    ) -> (ConditionGuard<'a>, bool) {
         let wait = Deadline::after(timeout);
         loop {
             if !condition() {
-                return Ok((guard, false));
+                return (guard, false);
             }
             if wait.left() == Some(Duration::ZERO) {
-                return Ok((guard, true));
+                return (guard, true);
             }
-            guard = self.wait_until(guard, wait)?.0;
+            guard = self.wait_until(guard, wait).0;
         }
     }
 
@@ -185,7 +189,7 @@ impl Condition {
         &'a self,
         guard: ConditionGuard<'a>,
         wait: Deadline,
-    ) -> Result<(ConditionGuard<'a>, bool), Error> {
+    ) -> (ConditionGuard<'a>, bool) {
         assert!(
             guard.cond.region.same_object(&self.region),
             "Condition::wait called with the guard of another condition"
@@ -211,29 +215,31 @@ impl Condition {
                     futex::wait(seq, seen, left);
                 }
             }
-            let mut died = None;
+            let mut died = false;
             loop {
                 match raw.acquire(Deadline::Never) {
                     Acquisition::Acquired => break,
-                    // Left free by the detection: take it to fix the counts.
-                    Acquisition::OwnerDied(pid) => died = Some(pid),
+                    // Left free by the detection: take it.
+                    Acquisition::OwnerDied(_) => died = true,
                     Acquisition::TimedOut => {}
                 }
             }
             let notified = seq.load(Relaxed) != arrived && take_one(tokens);
-            if let Some(pid) = died {
+            if died {
+                // A wake-up of its own (spurious, if not notified): the
+                // counts say this waiter is gone, whatever comes next.
                 if !notified {
                     take_one(waiters);
                 }
-                raw.release();
-                return Err(owner_died("condition's lock", pid));
+                let timed_out = !notified && wait.left() == Some(Duration::ZERO);
+                return (ConditionGuard { cond: self, raw }, timed_out);
             }
             if notified {
-                return Ok((ConditionGuard { cond: self, raw }, false));
+                return (ConditionGuard { cond: self, raw }, false);
             }
             if wait.left() == Some(Duration::ZERO) {
                 take_one(waiters);
-                return Ok((ConditionGuard { cond: self, raw }, true));
+                return (ConditionGuard { cond: self, raw }, true);
             }
             // Woken without a wake-up of our own (another waiter took it).
         }

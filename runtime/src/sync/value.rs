@@ -48,7 +48,7 @@ const WHAT: &str = "value's lock";
 /// let a = spawn!(count, total.clone(), 1000)?;
 /// let b = spawn!(count, total.clone(), 1000)?;
 /// assert!(a.join()? && b.join()?);
-/// assert_eq!(total.load()?, 2000);
+/// assert_eq!(total.load(), 2000);
 /// # Ok(())
 /// # }
 /// ```
@@ -77,7 +77,7 @@ const WHAT: &str = "value's lock";
 /// # fn main() -> multiproc::Result<()> {
 /// let p = Value::new(Point { x: 1.0, y: 2.0 })?;
 /// spawn!(shift, p.clone())?.join()?;
-/// assert_eq!(p.load()?, Point { x: 2.0, y: 2.0 });
+/// assert_eq!(p.load(), Point { x: 2.0, y: 2.0 });
 /// # Ok(())
 /// # }
 /// ```
@@ -88,14 +88,14 @@ const WHAT: &str = "value's lock";
 /// use multiproc::{process_entry, spawn, Value};
 ///
 /// #[process_entry]
-/// fn finish(done: Value<bool>) -> bool {
-///     done.store(true).is_ok()
+/// fn finish(done: Value<bool>) {
+///     done.store(true);
 /// }
 ///
 /// # fn main() -> multiproc::Result<()> {
 /// let done = Value::new(false)?;
-/// assert!(spawn!(finish, done.clone())?.join()?);
-/// assert!(done.load()?);
+/// spawn!(finish, done.clone())?.join()?;
+/// assert!(done.load());
 /// # Ok(())
 /// # }
 /// ```
@@ -104,14 +104,16 @@ const WHAT: &str = "value's lock";
 /// - The guard works on a copy of the value, read when the lock is taken
 ///   and written back when the guard is dropped (if it was changed). So
 ///   keep `T` small: for many elements use an [`Array`](crate::Array).
-/// - If a process dies holding the lock, the next locker gets an
-///   [`OwnerDied`](crate::ErrorKind::OwnerDied) error and the lock is left
-///   free; the value is as the dead process last wrote it back, and may be
-///   half-written if it died while writing.
+/// - If a process dies holding the lock, the next [`lock`](Self::lock)
+///   gets an [`OwnerDied`](crate::ErrorKind::OwnerDied) error and the lock
+///   is left free ([`load`](Self::load) and [`store`](Self::store) just
+///   take it); the value is as the dead process last wrote it back, and may
+///   be half-written if it died while writing.
 /// - Bytes that are not a `T` (a `bool` other than 0 or 1, which only a
 ///   process writing to the memory behind the lock's back could leave)
-///   make reading fail with [`Decode`](crate::ErrorKind::Decode);
-///   [`store`](Self::store) still overwrites them.
+///   make [`lock`](Self::lock) fail with [`Decode`](crate::ErrorKind::Decode)
+///   and [`load`](Self::load) panic; [`store`](Self::store) still
+///   overwrites them.
 pub struct Value<T> {
     pod: PodRegion<T>,
 }
@@ -171,20 +173,42 @@ impl<T: CheckedBitPattern + NoUninit> Value<T> {
         super::try_locked(self.acquire(Deadline::after(timeout)))
     }
 
-    /// Reads the value under its lock.
-    pub fn load(&self) -> Result<T, Error> {
-        Ok(*self.lock()?)
+    /// Reads the value under its lock (Python's `v.value`).
+    ///
+    /// A lock whose holder died is taken all the same: the value is as that
+    /// process last wrote it back. [`lock`](Self::lock) reports the death.
+    ///
+    /// # Panics
+    /// If the shared bytes are not a `T` (a `bool` other than 0 or 1), which
+    /// only a write behind the lock's back can leave (see the caveats);
+    /// [`lock`](Self::lock) reports that as an error instead.
+    pub fn load(&self) -> T {
+        let guard = self.lock_even_if_orphaned();
+        match bytemuck::checked::try_pod_read_unaligned::<T>(shm::data(&guard)) {
+            Ok(value) => value,
+            Err(_) => panic!(
+                "the shared value's bytes are not a valid `{}`",
+                std::any::type_name::<T>()
+            ),
+        }
     }
 
-    /// Writes the value under its lock (without reading it first).
-    pub fn store(&self, value: T) -> Result<(), Error> {
-        let mut guard = loop {
-            if let Some(guard) = self.pod.lock(Deadline::Never, WHAT)? {
-                break guard;
-            }
-        };
+    /// Writes the value under its lock, without reading it first (Python's
+    /// `v.value = x`). A lock whose holder died is taken all the same.
+    pub fn store(&self, value: T) {
+        let mut guard = self.lock_even_if_orphaned();
         shm::data_mut(&mut guard).copy_from_slice(bytemuck::bytes_of(&value));
-        Ok(())
+    }
+
+    /// Takes the lock; one its holder left by dying is taken too (the
+    /// death is detected once, which leaves the lock free).
+    fn lock_even_if_orphaned(&self) -> DataGuard<'_> {
+        loop {
+            // The only error is the holder's death: the lock is now free.
+            if let Ok(Some(guard)) = self.pod.lock(Deadline::Never, WHAT) {
+                return guard;
+            }
+        }
     }
 }
 
@@ -266,12 +290,13 @@ mod tests {
         let flag = Value::<bool> {
             pod: byte.pod.retyped(),
         };
-        assert_eq!(flag.load().unwrap_err().kind(), ErrorKind::Decode);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| flag.load()));
+        assert!(panicked.is_err(), "load read a bool from the byte 2");
         assert_eq!(flag.lock().unwrap_err().kind(), ErrorKind::Decode);
         // The failed reads left the lock free, and a store needs no read.
-        flag.store(true).unwrap();
-        assert!(flag.load().unwrap());
-        assert_eq!(byte.load().unwrap(), 1);
+        flag.store(true);
+        assert!(flag.load());
+        assert_eq!(byte.load(), 1);
     }
 
     #[test]
@@ -288,6 +313,6 @@ mod tests {
             let mut guard = value.lock().unwrap();
             *guard += 1;
         }
-        assert_eq!(twin.load().unwrap(), 6);
+        assert_eq!(twin.load(), 6);
     }
 }
