@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use multiproc::{
     Connection, DictProxy, ErrorKind, EventProxy, ListProxy, LockProxy, Manager, NamespaceProxy,
-    Pipe, Queue, SemaphoreProxy, TryLockError, entry, process_entry, spawn,
+    Pipe, Queue, RecvTimeoutError, SemaphoreProxy, SendTimeoutError, TryLockError, TryRecvError,
+    TrySendError, entry, process_entry, spawn,
 };
 use serde::{Deserialize, Serialize};
 
@@ -346,7 +347,7 @@ fn a_dead_server_fails_every_call_promptly_with_disconnected() {
     }
     {
         let q = q.clone();
-        std::thread::spawn(move || tx.send(q.get().unwrap_err().kind()));
+        std::thread::spawn(move || tx.send(multiproc::Error::from(q.get().unwrap_err()).kind()));
     }
     // Kill the server (not through the Manager).
     let pid = manager.pid().unwrap();
@@ -759,7 +760,7 @@ fn a_bounded_queue_carries_every_item_once_between_processes() {
         .collect();
     let mut got = Vec::new();
     for _ in 0..300 {
-        got.push(q.get_timeout(BOUND).unwrap().expect("an item"));
+        got.push(q.get_timeout(BOUND).expect("an item"));
         assert!(q.len().unwrap() <= 4);
     }
     for k in kids {
@@ -769,15 +770,16 @@ fn a_bounded_queue_carries_every_item_once_between_processes() {
     let want: Vec<u32> = (0..3).flat_map(|k| k * 1000..k * 1000 + 100).collect();
     assert_eq!(got, want);
     assert!(q.is_empty().unwrap());
-    assert_eq!(q.try_get().unwrap(), None);
+    assert!(matches!(q.try_get(), Err(TryRecvError::Empty)));
     for i in 0..4 {
-        assert_eq!(q.try_put(i).unwrap(), None);
+        q.try_put(i).unwrap();
     }
     assert!(q.is_full().unwrap());
-    assert_eq!(
-        q.put_timeout(9, Duration::from_millis(20)).unwrap(),
-        Some(9)
-    );
+    assert!(matches!(q.try_put(8), Err(TrySendError::Full(8))));
+    assert!(matches!(
+        q.put_timeout(9, Duration::from_millis(20)),
+        Err(SendTimeoutError::Timeout(9))
+    ));
 }
 
 #[process_entry]
@@ -812,7 +814,7 @@ fn a_getter_killed_while_waiting_takes_no_item_with_it() {
         fd_count(server) == without_getter
     });
     q.put(42).unwrap();
-    assert_eq!(q.get_timeout(BOUND).unwrap(), Some(42));
+    assert_eq!(q.get_timeout(BOUND).unwrap(), 42);
 }
 
 #[process_entry]
@@ -1095,7 +1097,7 @@ fn a_condition_wakes_a_waiter_in_another_process() {
 }
 
 #[process_entry]
-fn meet(b: BarrierProxy, arrivals: ListProxy<u64>) {
+fn meet(b: BarrierProxy, arrivals: ListProxy<usize>) {
     let index = b.wait_timeout(BOUND).unwrap();
     arrivals.push(index).unwrap();
 }
@@ -1104,7 +1106,7 @@ fn meet(b: BarrierProxy, arrivals: ListProxy<u64>) {
 fn a_barrier_lets_parties_through_together_and_breaks_on_timeout() {
     let manager = Manager::start().unwrap();
     let b = manager.barrier(3).unwrap();
-    let arrivals = manager.list::<u64>(vec![]).unwrap();
+    let arrivals = manager.list::<usize>(vec![]).unwrap();
     let kids: Vec<_> = (0..2)
         .map(|_| spawn!(meet, b.clone(), arrivals.clone()).unwrap())
         .collect();
@@ -1378,7 +1380,10 @@ fn a_timeout_under_a_millisecond_still_waits() {
     assert!(!ev.wait_timeout(wait).unwrap());
     assert!(start.elapsed() >= wait, "the event wait returned early");
     let start = Instant::now();
-    assert_eq!(q.get_timeout(wait).unwrap(), None);
+    assert!(matches!(
+        q.get_timeout(wait),
+        Err(RecvTimeoutError::Timeout)
+    ));
     assert!(start.elapsed() >= wait, "the queue get returned early");
     let start = Instant::now();
     assert!(lock.lock_timeout(wait).is_err());

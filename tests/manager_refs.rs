@@ -39,8 +39,10 @@ fn a_proxy_the_server_did_not_store_keeps_no_object_alive() {
     let q = manager.queue_bounded::<ListProxy<u8>>(1).unwrap();
     q.put(manager.list(vec![1u8]).unwrap()).unwrap();
     let l = manager.list(vec![2u8]).unwrap();
-    let back = q.try_put(l.clone()).unwrap();
-    assert!(back.is_some(), "the queue is full");
+    let back = match q.try_put(l.clone()) {
+        Err(multiproc::TrySendError::Full(back)) => back,
+        other => panic!("the queue is full: {:?}", other.map_err(|e| e.to_string())),
+    };
     let items = manager.list::<ListProxy<u8>>(vec![]).unwrap();
     assert!(items.set(3, l.clone()).is_err());
     drop((back, l, items));

@@ -403,7 +403,8 @@ impl Manager {
         ))
     }
 
-    /// A new semaphore with `value` permits.
+    /// A new semaphore with `value` permits (counted in `u64` by the
+    /// server, where a [`Semaphore`](crate::Semaphore) counts in `u32`).
     pub fn semaphore(&self, value: u64) -> Result<SemaphoreProxy, Error> {
         Ok(SemaphoreProxy::from_handle(self.create(
             ObjKind::Semaphore,
@@ -414,7 +415,8 @@ impl Manager {
         )?))
     }
 
-    /// A new semaphore with `value` permits that refuses a release above `value`.
+    /// A new semaphore with `value` permits that refuses a release above
+    /// `value`.
     pub fn bounded_semaphore(&self, value: u64) -> Result<SemaphoreProxy, Error> {
         Ok(SemaphoreProxy::from_handle(self.create(
             ObjKind::BoundedSemaphore,
@@ -441,7 +443,7 @@ impl Manager {
 
     /// A new barrier for `parties` parties (at least 1: else
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput)).
-    pub fn barrier(&self, parties: u64) -> Result<BarrierProxy, Error> {
+    pub fn barrier(&self, parties: usize) -> Result<BarrierProxy, Error> {
         if parties == 0 {
             return Err(internals::error(
                 crate::ErrorKind::InvalidInput,
@@ -451,7 +453,7 @@ impl Manager {
         Ok(BarrierProxy::from_handle(self.create(
             ObjKind::Barrier,
             |f| {
-                f.u64(parties);
+                f.u64(parties as u64);
                 Ok(())
             },
         )?))

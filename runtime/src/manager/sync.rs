@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::client::{Handle, Uses, owner_token, permit_token, process_token};
 use super::internals::{decode, encode_into};
 use super::proto::{Fields, NO_PERMIT, Op, timeout_ms};
+use crate::channel_error::{
+    RecvError, RecvTimeoutError, SendError, SendTimeoutError, TryRecvError, TrySendError,
+};
 use crate::error::Error;
 use crate::sync::{TryLockError, try_locked};
 
@@ -45,16 +48,20 @@ macro_rules! plain_proxy {
 }
 
 /// A queue held by a [`Manager`](crate::Manager): Python's
-/// `manager.Queue()`. Unbounded or bounded; `get` waits for an item.
+/// `manager.Queue()`. Unbounded or bounded; `get` waits for an item. Its
+/// methods and errors are those of a local [`Queue`](crate::Queue), so
+/// code can move from one to the other; the errors convert into
+/// [`Error`] for `?`.
 ///
 /// ```
+/// use multiproc::{TryRecvError, TrySendError};
 /// # fn main() -> multiproc::Result<()> {
 /// let manager = multiproc::Manager::start()?;
 /// let q = manager.queue_bounded::<String>(1)?;
 /// q.put("a".into())?;
-/// assert_eq!(q.try_put("b".into())?, Some("b".to_string())); // full
+/// assert!(matches!(q.try_put("b".into()), Err(TrySendError::Full(b)) if b == "b"));
 /// assert_eq!(q.get()?, "a");
-/// assert_eq!(q.try_get()?, None);
+/// assert!(matches!(q.try_get(), Err(TryRecvError::Empty)));
 /// # Ok(())
 /// # }
 /// ```
@@ -98,17 +105,18 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
         QueueProxy { h, _t: PhantomData }
     }
 
-    fn put_within(&self, item: T, t: Option<Duration>) -> Result<Option<T>, Error> {
-        let put = self.h.client.call_storing_if(
+    /// Puts `item` if there is room within `t` (`None`: waits for room);
+    /// says whether it did.
+    fn put_within(&self, item: &T, t: Option<Duration>) -> Result<bool, Error> {
+        self.h.client.call_storing_if(
             Op::QueuePut,
             self.h.id,
             |f| {
                 f.u64(timeout_ms(t));
-                f.bytes_with(|buf| encode_into(&item, buf)).map(drop)
+                f.bytes_with(|buf| encode_into(item, buf)).map(drop)
             },
             flag,
-        )?;
-        Ok(if put { None } else { Some(item) })
+        )
     }
 
     fn get_within(&self, t: Option<Duration>) -> Result<Option<T>, Error> {
@@ -125,37 +133,76 @@ impl<T: Serialize + DeserializeOwned> QueueProxy<T> {
     }
 
     /// Puts `item`, waiting while the queue is full.
-    pub fn put(&self, item: T) -> Result<(), Error> {
-        self.put_within(item, None).map(drop)
-    }
-
-    /// Puts `item` if there is room within `timeout`; otherwise gives it
-    /// back as `Some(item)`.
-    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<Option<T>, Error> {
-        self.put_within(item, Some(timeout))
-    }
-
-    /// Puts `item` if there is room now; otherwise gives it back.
-    pub fn try_put(&self, item: T) -> Result<Option<T>, Error> {
-        self.put_within(item, Some(Duration::ZERO))
-    }
-
-    /// Takes the oldest item, waiting for one.
-    pub fn get(&self) -> Result<T, Error> {
-        match self.get_within(None)? {
-            Some(item) => Ok(item),
-            None => Err(super::proto::malformed()),
+    ///
+    /// # Errors
+    /// [`SendError::Disconnected`] if the manager is gone;
+    /// [`SendError::Failed`] if the item cannot be encoded, or the request
+    /// fails otherwise. Either way the item is handed back.
+    pub fn put(&self, item: T) -> Result<(), SendError<T>> {
+        match self.put_within(&item, None) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_disconnected() => Err(SendError::Disconnected(item)),
+            Err(e) => Err(SendError::Failed(item, e)),
         }
     }
 
-    /// Takes the oldest item if one comes within `timeout`.
-    pub fn get_timeout(&self, timeout: Duration) -> Result<Option<T>, Error> {
-        self.get_within(Some(timeout))
+    /// Puts `item` if there is room within `timeout`; otherwise hands it
+    /// back in [`SendTimeoutError::Timeout`].
+    pub fn put_timeout(&self, item: T, timeout: Duration) -> Result<(), SendTimeoutError<T>> {
+        match self.put_within(&item, Some(timeout)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SendTimeoutError::Timeout(item)),
+            Err(e) if e.is_disconnected() => Err(SendTimeoutError::Disconnected(item)),
+            Err(e) => Err(SendTimeoutError::Failed(item, e)),
+        }
     }
 
-    /// Takes the oldest item if there is one now.
-    pub fn try_get(&self) -> Result<Option<T>, Error> {
-        self.get_within(Some(Duration::ZERO))
+    /// Puts `item` if there is room now; otherwise hands it back in
+    /// [`TrySendError::Full`].
+    pub fn try_put(&self, item: T) -> Result<(), TrySendError<T>> {
+        match self.put_within(&item, Some(Duration::ZERO)) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TrySendError::Full(item)),
+            Err(e) if e.is_disconnected() => Err(TrySendError::Disconnected(item)),
+            Err(e) => Err(TrySendError::Failed(item, e)),
+        }
+    }
+
+    /// Takes the oldest item, waiting for one.
+    ///
+    /// # Errors
+    /// [`RecvError::Disconnected`] if the manager is gone;
+    /// [`RecvError::Failed`] if the item does not decode as `T`, or the
+    /// request fails otherwise.
+    pub fn get(&self) -> Result<T, RecvError> {
+        match self.get_within(None) {
+            Ok(Some(item)) => Ok(item),
+            Ok(None) => Err(RecvError::Failed(super::proto::malformed())),
+            Err(e) if e.is_disconnected() => Err(RecvError::Disconnected),
+            Err(e) => Err(RecvError::Failed(e)),
+        }
+    }
+
+    /// Takes the oldest item if one comes within `timeout`;
+    /// [`RecvTimeoutError::Timeout`] if none does.
+    pub fn get_timeout(&self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        match self.get_within(Some(timeout)) {
+            Ok(Some(item)) => Ok(item),
+            Ok(None) => Err(RecvTimeoutError::Timeout),
+            Err(e) if e.is_disconnected() => Err(RecvTimeoutError::Disconnected),
+            Err(e) => Err(RecvTimeoutError::Failed(e)),
+        }
+    }
+
+    /// Takes the oldest item if there is one now; [`TryRecvError::Empty`]
+    /// if there is none.
+    pub fn try_get(&self) -> Result<T, TryRecvError> {
+        match self.get_within(Some(Duration::ZERO)) {
+            Ok(Some(item)) => Ok(item),
+            Ok(None) => Err(TryRecvError::Empty),
+            Err(e) if e.is_disconnected() => Err(TryRecvError::Disconnected),
+            Err(e) => Err(TryRecvError::Failed(e)),
+        }
     }
 
     fn len_max(&self) -> Result<(usize, usize), Error> {
@@ -622,8 +669,13 @@ plain_proxy!(
     "barrier"
 );
 
+/// A count the server sent, as a `usize` (malformed if it does not fit).
+fn usize_field(f: &mut Fields<'_>) -> Result<usize, Error> {
+    usize::try_from(f.u64()?).map_err(|_| super::proto::malformed())
+}
+
 impl BarrierProxy {
-    fn wait_within(&self, t: Option<Duration>) -> Result<u64, Error> {
+    fn wait_within(&self, t: Option<Duration>) -> Result<usize, Error> {
         self.h.client.call(
             Op::BarrierWait,
             self.h.id,
@@ -631,7 +683,7 @@ impl BarrierProxy {
                 f.u64(timeout_ms(t));
                 Ok(())
             },
-            |f| f.u64(),
+            usize_field,
         )
     }
 
@@ -640,7 +692,7 @@ impl BarrierProxy {
     /// # Errors
     /// [`ErrorKind::BrokenBarrier`](crate::ErrorKind::BrokenBarrier) if the
     /// barrier is or becomes broken.
-    pub fn wait(&self) -> Result<u64, Error> {
+    pub fn wait(&self) -> Result<usize, Error> {
         self.wait_within(None)
     }
 
@@ -650,7 +702,7 @@ impl BarrierProxy {
     /// Python's `BrokenBarrierError`. (A [`Barrier`](crate::Barrier)'s
     /// waiter that times out gets [`ErrorKind::Timeout`](crate::ErrorKind::Timeout)
     /// instead.)
-    pub fn wait_timeout(&self, timeout: Duration) -> Result<u64, Error> {
+    pub fn wait_timeout(&self, timeout: Duration) -> Result<usize, Error> {
         self.wait_within(Some(timeout))
     }
 
@@ -669,10 +721,10 @@ impl BarrierProxy {
     }
 
     /// How many parties are waiting.
-    pub fn n_waiting(&self) -> Result<u64, Error> {
+    pub fn n_waiting(&self) -> Result<usize, Error> {
         self.h
             .client
-            .call(Op::BarrierWaiting, self.h.id, |_| Ok(()), |f| f.u64())
+            .call(Op::BarrierWaiting, self.h.id, |_| Ok(()), usize_field)
     }
 
     /// Whether the barrier is broken.
