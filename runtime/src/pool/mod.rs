@@ -658,7 +658,14 @@ impl Pool {
             sink: Sink::new(entry, false, ordered),
             input,
             chunksize,
-            window: (chunksize * IMAP_CHUNKS_PER_WORKER * self.processes()) as u64,
+            // Saturating: a chunk size far beyond any input is a chunk of
+            // all of it, not an overflow.
+            window: u64::try_from(
+                chunksize
+                    .saturating_mul(IMAP_CHUNKS_PER_WORKER)
+                    .saturating_mul(self.processes()),
+            )
+            .unwrap_or(u64::MAX),
             ordered,
             taken: 0,
             yielded: 0,
@@ -744,7 +751,9 @@ impl<R> IMap<'_, R> {
         let mut submitted = self.taken;
         while !self.exhausted && self.taken - self.yielded < self.window {
             let first = self.taken;
-            let mut chunk = Vec::with_capacity(self.chunksize);
+            // Grown as items come: the chunk size may be far beyond the
+            // input (and beyond what memory holds).
+            let mut chunk = Vec::new();
             let mut failed = None;
             while chunk.len() < self.chunksize {
                 match self.input.next() {
