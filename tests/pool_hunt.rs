@@ -762,6 +762,34 @@ fn imap_with_a_chunk_size_far_beyond_its_input() {
 // ---------------------------------------------------------------------
 // Leaks over many pools.
 
+/// This process's open descriptors, each as `fd -> target`.
+fn fd_links() -> Vec<String> {
+    let mut links: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap_or_default();
+            format!(
+                "{} -> {}",
+                e.file_name().to_string_lossy(),
+                target.display()
+            )
+        })
+        .collect();
+    links.sort();
+    links
+}
+
+/// Descriptors the parent may hold for the fork server's spares (two kept
+/// announced after quick starts, each a pidfd, two sockets and a status
+/// pipe): present or not depending on timing, so not a leak.
+fn spare_fds(method: StartMethod) -> usize {
+    match method {
+        StartMethod::ForkServer => 2 * 4,
+        _ => 0,
+    }
+}
+
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -819,7 +847,9 @@ fn many_pools(method: StartMethod) {
     common::eventually("every worker is gone", || {
         multiproc::active_children().is_empty() && child_count() <= children && zombie_count() == 0
     });
-    common::eventually("no descriptor is left open", || fd_count() <= fds);
+    common::eventually("no descriptor is left open", || {
+        fd_count() <= fds + spare_fds(method)
+    });
     common::eventually("no thread is left running", || thread_count() <= threads);
 }
 
@@ -1121,4 +1151,431 @@ fn max_tasks_early_close(method: StartMethod) {
 #[test]
 fn max_tasks_per_child_then_close_and_join_keeps_every_result() {
     each_method("max_tasks early close", max_tasks_early_close);
+}
+
+// ---------------------------------------------------------------------
+// Stress: workers killed from outside mid-task while several threads
+// submit, then terminate or close+join in the middle of it all.
+
+#[process_entry]
+fn pid_and_square(x: u64) -> (u32, u64) {
+    std::thread::sleep(Duration::from_millis(2));
+    (std::process::id(), x * x)
+}
+
+/// Checks one result of `pid_and_square(x)`: right, or the death of its
+/// worker by SIGKILL (or the pool's end, if `ending`); records the pid.
+fn check_result(
+    x: u64,
+    r: multiproc::Result<(u32, u64)>,
+    seen: &std::sync::Mutex<Vec<u32>>,
+    killed: &AtomicU64,
+    ending: bool,
+) {
+    match r {
+        Ok((pid, v)) => {
+            assert_eq!(v, x * x);
+            seen.lock().unwrap().push(pid);
+        }
+        Err(e) if e.is_signaled() => {
+            assert_eq!(e.exitcode(), Some(-9), "{e}");
+            killed.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(e) if ending && e.is_disconnected() => {}
+        Err(e) => panic!("item {x}: {e}"),
+    }
+}
+
+fn killed_under_load(method: StartMethod, end: u8) {
+    let pool = Arc::new(
+        Pool::builder()
+            .processes(2)
+            .start_method(method)
+            .build()
+            .unwrap(),
+    );
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let killed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let kills = Arc::new(AtomicU64::new(0));
+    let killer = {
+        let (seen, stop, kills) = (Arc::clone(&seen), Arc::clone(&stop), Arc::clone(&kills));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(25));
+                let last = seen.lock().unwrap().last().copied();
+                if let Some(pid) = last {
+                    let pid = rustix::process::Pid::from_raw(pid as i32).unwrap();
+                    if rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok() {
+                        kills.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+    let ending = end != 0;
+    let submitters: Vec<_> = (0..3u64)
+        .map(|t| {
+            let (pool, seen, killed) = (Arc::clone(&pool), Arc::clone(&seen), Arc::clone(&killed));
+            std::thread::spawn(move || {
+                for round in 0..4u64 {
+                    let base = t * 10_000 + round * 1000;
+                    match t {
+                        0 => match pool.imap_unordered(entry!(pid_and_square), base..base + 60) {
+                            Ok(it) => {
+                                let mut n = 0;
+                                for r in it {
+                                    n += 1;
+                                    if let Ok((_, v)) = &r {
+                                        assert_eq!(v.isqrt() * v.isqrt(), *v);
+                                        assert!((base..base + 60).contains(&v.isqrt()));
+                                    }
+                                    check_result(
+                                        r.as_ref().map_or(0, |(_, v)| v.isqrt()),
+                                        r,
+                                        &seen,
+                                        &killed,
+                                        ending,
+                                    );
+                                }
+                                assert_eq!(n, 60);
+                            }
+                            Err(e) => assert!(ending && e.is_disconnected(), "{e}"),
+                        },
+                        1 => match pool.imap(entry!(pid_and_square), base..base + 60) {
+                            Ok(it) => {
+                                let results: Vec<_> = it.collect();
+                                assert_eq!(results.len(), 60);
+                                for (x, r) in (base..).zip(results) {
+                                    check_result(x, r, &seen, &killed, ending);
+                                }
+                            }
+                            Err(e) => assert!(ending && e.is_disconnected(), "{e}"),
+                        },
+                        _ => {
+                            let pending: Vec<_> = (base..base + 60)
+                                .map(|x| (x, pool.apply_async(entry!(pid_and_square), (x,))))
+                                .collect();
+                            for (x, r) in pending {
+                                match r {
+                                    Ok(r) => check_result(x, r.get(), &seen, &killed, ending),
+                                    Err(e) => assert!(ending && e.is_disconnected(), "{e}"),
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    match end {
+        1 => pool.terminate(),
+        2 => {
+            pool.close();
+            pool.join().unwrap();
+        }
+        _ => {}
+    }
+    for s in submitters {
+        s.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    if end == 0 {
+        assert!(
+            kills.load(Ordering::Relaxed) > 0,
+            "the killer killed nothing"
+        );
+        // Still serving, with no worker lost for good (a worker killed
+        // idle just before the killer stopped may fail one more map, with
+        // how it died, before it is seen dead).
+        let got = match pool.map(entry!(pid_and_square), 0..100u64) {
+            Ok(got) => got,
+            Err(e) => {
+                assert!(e.is_signaled(), "{e}");
+                pool.map(entry!(pid_and_square), 0..100u64).unwrap()
+            }
+        };
+        assert!(
+            got.iter()
+                .enumerate()
+                .all(|(x, (_, v))| *v == (x * x) as u64)
+        );
+        let pids: std::collections::BTreeSet<u32> = got.iter().map(|(p, _)| *p).collect();
+        assert!(!pids.is_empty());
+        pool.close();
+        pool.join().unwrap();
+    }
+    drop(pool);
+    assert!(multiproc::active_children().is_empty());
+}
+
+fn killed_under_load_then_nothing(method: StartMethod) {
+    killed_under_load(method, 0);
+}
+
+fn killed_under_load_then_terminate(method: StartMethod) {
+    killed_under_load(method, 1);
+}
+
+fn killed_under_load_then_close_join(method: StartMethod) {
+    killed_under_load(method, 2);
+}
+
+#[test]
+fn workers_killed_from_outside_under_load_lose_nothing_else() {
+    each_method("killed under load", killed_under_load_then_nothing);
+}
+
+#[test]
+fn terminate_in_the_middle_of_kills_and_load() {
+    each_method("terminate amid kills", killed_under_load_then_terminate);
+}
+
+#[test]
+fn close_and_join_in_the_middle_of_kills_and_load() {
+    each_method("close+join amid kills", killed_under_load_then_close_join);
+}
+
+// ---------------------------------------------------------------------
+// Leaks over one long-lived pool whose workers keep dying, and over
+// builds that fail part-way.
+
+fn deaths_leak_nothing(method: StartMethod) {
+    let pool = pool_of(2, method);
+    let kill_some = |n: u64| {
+        for i in 0..n {
+            let how = [Death::Kill, Death::Exit3, Death::Abort][(i % 3) as usize];
+            let err = pool.apply(entry!(die_now), (how,)).unwrap_err();
+            assert!(err.is_signaled() || err.is_exited(), "{err}");
+            assert_eq!(pool.map(entry!(square), 0..10u64).unwrap(), squares(0..10));
+        }
+    };
+    kill_some(4);
+    common::eventually("warm-up deaths are reaped", || zombie_count() == 0);
+    let (fds, threads) = (fd_count(), thread_count());
+    let before = fd_links();
+    kill_some(40);
+    let start = std::time::Instant::now();
+    while fd_count() > fds + spare_fds(method) {
+        if start.elapsed() > common::BOUND {
+            let after = fd_links();
+            let new: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+            panic!("{method:?}: descriptors left open by dead workers: {new:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    common::eventually("no thread is left running for dead workers", || {
+        thread_count() <= threads
+    });
+    common::eventually("just the two live workers are left", || {
+        multiproc::active_children().len() == 2 && zombie_count() == 0
+    });
+}
+
+#[test]
+fn workers_that_keep_dying_leak_no_descriptor_or_thread() {
+    each_method("deaths leak nothing", deaths_leak_nothing);
+}
+
+/// Counts its runs; run `bad` panics.
+#[process_entry]
+fn init_fails_at(runs: Value<u64>, bad: u64) {
+    let run = {
+        let mut runs = runs.lock().unwrap();
+        *runs += 1;
+        *runs
+    };
+    assert_ne!(run, bad, "initializer run {bad} fails");
+}
+
+fn failed_builds_leak_nothing(method: StartMethod) {
+    // Warm up.
+    drop(pool_of(1, method));
+    let (fds, threads) = (fd_count(), thread_count());
+    for round in 0..6u64 {
+        let runs = Value::new(0u64).unwrap();
+        let err = Pool::builder()
+            .processes(8)
+            .start_method(method)
+            .initializer(entry!(init_fails_at), (runs.clone(), 1 + round % 8))
+            .build()
+            .unwrap_err();
+        assert!(err.is_panicked(), "{err}");
+        assert!(err.to_string().contains("fails"), "{err}");
+        let left = multiproc::active_children();
+        assert!(left.is_empty(), "{left:?}");
+    }
+    common::eventually("failed builds leave no descriptor", || {
+        fd_count() <= fds + spare_fds(method)
+    });
+    common::eventually("failed builds leave no thread", || {
+        thread_count() <= threads
+    });
+    assert_eq!(zombie_count(), 0);
+}
+
+#[test]
+fn builds_that_fail_part_way_leak_nothing() {
+    each_method("failed builds", failed_builds_leak_nothing);
+}
+
+// ---------------------------------------------------------------------
+// Results holding more handles than this process may open.
+
+#[process_entry]
+fn make_events(n: u64) -> Vec<Event> {
+    (0..n).map(|_| Event::new().unwrap()).collect()
+}
+
+const FEW_FDS: &str = "POOL_HUNT_FEW_FDS";
+
+/// Run alone (it lowers this process's descriptor limit) by
+/// [`results_beyond_the_descriptor_limit_fail_rather_than_hang`].
+#[test]
+#[ignore = "run by results_beyond_the_descriptor_limit_fail_rather_than_hang"]
+fn results_beyond_the_descriptor_limit_inner() {
+    if !common::run_by_outer_test(
+        FEW_FDS,
+        "results_beyond_the_descriptor_limit_fail_rather_than_hang",
+    ) {
+        return;
+    }
+    for method in common::start_methods() {
+        bounded("results beyond the fd limit", NO_HANG, move || {
+            let pool = pool_of(1, method);
+            assert_eq!(pool.map(entry!(square), 0..4u64).unwrap(), squares(0..4));
+            use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+            let before = getrlimit(Resource::Nofile);
+            let soft = fd_count() as u64 + 120;
+            setrlimit(
+                Resource::Nofile,
+                Rlimit {
+                    current: Some(soft),
+                    maximum: before.maximum,
+                },
+            )
+            .unwrap();
+            let mut held = Vec::new();
+            let mut failed = 0;
+            for _ in 0..8 {
+                match pool.apply_async(entry!(make_events), (40,)) {
+                    Ok(r) => match r.get() {
+                        Ok(events) => held.push(events),
+                        Err(e) => {
+                            failed += 1;
+                            println!("a result beyond the limit: {e}");
+                        }
+                    },
+                    Err(e) => {
+                        failed += 1;
+                        println!("a submit beyond the limit: {e}");
+                    }
+                }
+            }
+            assert!(held.len() < 8, "the limit did not bite");
+            assert!(failed > 0);
+            drop(held);
+            setrlimit(Resource::Nofile, before).unwrap();
+            // With descriptors free again, calls return at once. The pool
+            // should serve again, but its slots were given up for good when
+            // their replacements could not start for want of descriptors
+            // (see `..._then_serves_again`, ignored: a known failure).
+            let strict = std::env::var(FEW_FDS).as_deref() == Ok("strict");
+            let mut served = false;
+            for _ in 0..3 {
+                match pool.map(entry!(square), 0..10u64) {
+                    Ok(got) => {
+                        assert_eq!(got, squares(0..10));
+                        served = true;
+                        break;
+                    }
+                    Err(e) => {
+                        assert!(e.is_spawn() || e.is_disconnected(), "{e}");
+                        println!("after the limit: {e}");
+                    }
+                }
+            }
+            assert!(served || !strict, "the pool did not serve again");
+            pool.close();
+            pool.join().unwrap();
+        });
+    }
+}
+
+#[test]
+fn results_beyond_the_descriptor_limit_fail_rather_than_hang() {
+    let _alone = alone();
+    common::run_alone("results_beyond_the_descriptor_limit_inner", FEW_FDS);
+}
+
+/// Known failure: a pool whose workers could not be replaced for want of
+/// descriptors (three quick failed starts a slot) is broken for good, even
+/// once descriptors are free again.
+#[test]
+#[ignore = "known failure: a slot given up after a transient EMFILE never comes back"]
+fn results_beyond_the_descriptor_limit_then_serves_again() {
+    let _alone = alone();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "results_beyond_the_descriptor_limit_inner",
+            "--ignored",
+            "--nocapture",
+        ])
+        .env(FEW_FDS, "strict")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 passed"), "{stdout}");
+}
+
+// ---------------------------------------------------------------------
+// terminate from two threads at once: each returns only once every
+// worker is reaped, as its docs say.
+
+fn is_gone(pid: u32) -> bool {
+    !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+fn concurrent_terminates(method: StartMethod) {
+    for round in 0..10 {
+        let pool = Arc::new(pool_of(4, method));
+        let pids: std::collections::BTreeSet<u32> = pool
+            .map_chunked(entry!(pid_of), 0..400u64, 1)
+            .unwrap()
+            .into_iter()
+            .collect();
+        let never = Event::new().unwrap();
+        let _busy: Vec<_> = (0..4)
+            .map(|_| {
+                pool.apply_async(entry!(wait_for), (never.clone(),))
+                    .unwrap()
+            })
+            .collect();
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let terminators: Vec<_> = (0..3)
+            .map(|_| {
+                let (pool, barrier, pids) = (Arc::clone(&pool), Arc::clone(&barrier), pids.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    pool.terminate();
+                    let alive: Vec<u32> = pids.iter().copied().filter(|&p| !is_gone(p)).collect();
+                    assert!(
+                        alive.is_empty(),
+                        "round {round}: terminate returned with workers {alive:?} not reaped"
+                    );
+                })
+            })
+            .collect();
+        for t in terminators {
+            t.join().unwrap();
+        }
+    }
+}
+
+#[test]
+fn concurrent_terminates_each_wait_for_every_worker() {
+    each_method("concurrent terminates", concurrent_terminates);
 }

@@ -530,8 +530,12 @@ impl Pool {
     }
 
     fn join_threads(&self) {
-        let threads = std::mem::take(&mut *lock(&self.threads));
-        for thread in threads {
+        // Joined under the lock: a `terminate` or `join` on another thread
+        // meanwhile waits for the same threads (every worker reaped)
+        // rather than finding none left to join and returning at once.
+        // The pool's threads never take this lock.
+        let mut threads = lock(&self.threads);
+        for thread in threads.drain(..) {
             let _ = thread.join();
         }
     }
