@@ -346,7 +346,10 @@ fn initializer_always_dies(method: StartMethod) {
             // Not ready, and gone: a failed start.
             Death::Exit0 => assert!(err.is_spawn() || err.exitcode() == Some(0), "{err}"),
         }
-        assert!(runs.load().unwrap() >= 1, "{how:?}");
+        // The other worker may have been killed by the failing build while
+        // it held the counter's lock: that is reported once, then it is free.
+        let ran = runs.load().or_else(|_| runs.load()).unwrap();
+        assert!(ran >= 1, "{how:?}");
         let left = multiproc::active_children();
         assert!(left.is_empty(), "{how:?}: {err}: {left:?}");
     }
@@ -398,7 +401,7 @@ fn every_replacement_dies_in_its_initializer(method: StartMethod) {
         assert!(err.is_spawn(), "{how:?}: {err}");
         let _ = spawn_errors;
         // Bounded attempts, not a spin: 2 good runs and a few bad per slot.
-        let total = runs.load().unwrap();
+        let total = runs.load().or_else(|_| runs.load()).unwrap();
         assert!(
             (3..=2 + 2 * 10).contains(&total),
             "{how:?}: {total} initializer runs"
@@ -1578,4 +1581,144 @@ fn concurrent_terminates(method: StartMethod) {
 #[test]
 fn concurrent_terminates_each_wait_for_every_worker() {
     each_method("concurrent terminates", concurrent_terminates);
+}
+
+// ---------------------------------------------------------------------
+// An initializer whose arguments hold handles, run in replacement after
+// replacement: each gets working handles, and none is left open here.
+
+static INIT_EVENT: std::sync::OnceLock<Event> = std::sync::OnceLock::new();
+
+#[process_entry]
+fn init_with_handles(event: Event, counter: Value<u64>) {
+    *counter.lock().unwrap() += 1;
+    let _ = INIT_EVENT.set(event);
+}
+
+#[process_entry]
+fn init_event_is_set(_x: u64) -> bool {
+    INIT_EVENT.get().is_some_and(Event::is_set)
+}
+
+fn initializer_handles_across_replacements(method: StartMethod) {
+    let event = Event::new().unwrap();
+    let counter = Value::new(0u64).unwrap();
+    event.set();
+    let pool = Pool::builder()
+        .processes(2)
+        .start_method(method)
+        .max_tasks_per_child(1)
+        .initializer(entry!(init_with_handles), (event.clone(), counter.clone()))
+        .build()
+        .unwrap();
+    let warm = pool
+        .map_chunked(entry!(init_event_is_set), 0..10u64, 1)
+        .unwrap();
+    assert!(warm.iter().all(|&b| b));
+    let (fds, threads) = (fd_count(), thread_count());
+    let got = pool
+        .map_chunked(entry!(init_event_is_set), 0..150u64, 1)
+        .unwrap();
+    assert!(
+        got.iter().all(|&b| b),
+        "a replacement's initializer event is not set"
+    );
+    assert!(
+        counter.load().unwrap() >= 160,
+        "{}",
+        counter.load().unwrap()
+    );
+    common::eventually("no descriptor is left open by replacements", || {
+        fd_count() <= fds + spare_fds(method)
+    });
+    common::eventually("no thread is left by replacements", || {
+        thread_count() <= threads
+    });
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[test]
+fn an_initializer_with_handles_serves_every_replacement_without_leaks() {
+    each_method(
+        "initializer handles",
+        initializer_handles_across_replacements,
+    );
+}
+
+// ---------------------------------------------------------------------
+// Many items holding handles in one chunk: more, all told, than one
+// message carries (each item holds one).
+
+#[process_entry]
+fn is_set_then(event: Event, x: u64) -> u64 {
+    assert!(event.is_set());
+    x
+}
+
+fn many_handle_arguments_in_one_chunk(method: StartMethod) {
+    let pool = pool_of(2, method);
+    let event = Event::new().unwrap();
+    event.set();
+    let expected: Vec<u64> = (0..2400).collect();
+    // The default chunk size: 300 items, each one handle.
+    let got = pool
+        .starmap(
+            entry!(is_set_then),
+            (0..2400u64).map(|x| (event.clone(), x)),
+        )
+        .unwrap();
+    assert_eq!(got, expected);
+    let got = pool
+        .starmap_chunked(
+            entry!(is_set_then),
+            (0..2400u64).map(|x| (event.clone(), x)),
+            1000,
+        )
+        .unwrap();
+    assert_eq!(got, expected);
+    let pending = pool
+        .starmap_async(
+            entry!(is_set_then),
+            (0..2400u64).map(|x| (event.clone(), x)),
+        )
+        .unwrap();
+    assert_eq!(pending.get().unwrap(), expected);
+    for ordered in [true, false] {
+        let events = vec![event.clone(); 2400];
+        let it = if ordered {
+            pool.imap_chunked(entry!(wait_for), events, 700)
+        } else {
+            pool.imap_unordered_chunked(entry!(wait_for), events, 700)
+        };
+        let got: Vec<u32> = it.unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(got, vec![7; 2400]);
+    }
+    // One item with more handles than any message carries still fails
+    // alone, naming itself.
+    let items: Vec<Vec<Event>> = vec![vec![event.clone()], vec![event.clone(); 300], vec![]];
+    let err = pool
+        .map_chunked(entry!(count_set), items.clone(), 3)
+        .unwrap_err();
+    assert!(err.is_encode(), "{err}");
+    assert!(err.to_string().contains("item 1 of"), "{err}");
+    let results: Vec<_> = pool
+        .imap_chunked(entry!(count_set), items, 3)
+        .unwrap()
+        .collect();
+    assert_eq!(results[0].as_ref().unwrap(), &1);
+    assert!(results[1].as_ref().unwrap_err().is_encode());
+    assert_eq!(results[2].as_ref().unwrap(), &0);
+    pool.close();
+    pool.join().unwrap();
+}
+
+#[process_entry]
+fn count_set(events: Vec<Event>) -> usize {
+    events.iter().filter(|e| e.is_set()).count()
+}
+
+#[test]
+fn many_items_holding_handles_run_whatever_the_chunk_size() {
+    each_method("many handle arguments", many_handle_arguments_in_one_chunk);
 }

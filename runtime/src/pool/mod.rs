@@ -29,7 +29,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub use self::launch::Launcher;
-use self::proto::Item;
+use self::proto::{FDS_PER_MESSAGE, Item};
 use self::results::Results;
 use self::scheduler::{Config, Sink, Wake, lock};
 use crate::Entry;
@@ -323,6 +323,11 @@ impl Pool {
     }
 
     /// [`map`](Self::map) with chunks of `chunksize` items (at least 1).
+    /// A chunk goes to its worker in one message, so one whose items hold
+    /// more handles, all told, than a message carries (200 descriptors) is
+    /// cut short, and each part is a task of its own (for
+    /// [`max_tasks_per_child`](PoolBuilder::max_tasks_per_child)); as for
+    /// every call that takes a chunk size.
     pub fn map_chunked<E, A, I>(
         &self,
         entry: E,
@@ -612,7 +617,10 @@ impl Pool {
     }
 
     /// Encodes and submits `items` chunk by chunk, in batches, so the
-    /// workers start on the first while the rest is encoded.
+    /// workers start on the first while the rest is encoded. A chunk is cut
+    /// short before an item whose handles would take it over what one
+    /// message carries ([`FDS_PER_MESSAGE`]): a chunk goes to its worker in
+    /// one message, and each part is then a task of its own.
     fn submit_map<T>(
         &self,
         sink: &Arc<Sink>,
@@ -627,22 +635,32 @@ impl Pool {
             .max(1);
         let mut batch = Vec::new();
         let mut batched = 0;
-        for (c, chunk) in items.chunks(chunksize).enumerate() {
-            let first = c * chunksize;
-            let encoded = chunk
-                .iter()
-                .enumerate()
-                .map(|(i, item)| {
-                    encode(item)
-                        .map_err(|e| task::copy_error(&e, &context(entry, (first + i) as u64)))
-                })
-                .collect::<Result<Vec<Item>>>()?;
-            batched += encoded.len();
-            batch.push((first as u64, encoded));
-            if batched >= SUBMIT_ITEMS || first + chunk.len() == len {
-                self.inner.submit(sink, std::mem::take(&mut batch), true)?;
-                batched = 0;
+        let mut chunk = Vec::new();
+        let mut chunk_fds = 0;
+        let mut first = 0;
+        for (index, item) in items.iter().enumerate() {
+            let item =
+                encode(item).map_err(|e| task::copy_error(&e, &context(entry, index as u64)))?;
+            if !chunk.is_empty()
+                && (chunk.len() == chunksize || chunk_fds + item.fds.len() > FDS_PER_MESSAGE)
+            {
+                batched += chunk.len();
+                batch.push((first as u64, std::mem::take(&mut chunk)));
+                first = index;
+                chunk_fds = 0;
+                if batched >= SUBMIT_ITEMS {
+                    self.inner.submit(sink, std::mem::take(&mut batch), true)?;
+                    batched = 0;
+                }
             }
+            chunk_fds += item.fds.len();
+            chunk.push(item);
+        }
+        if !chunk.is_empty() {
+            batch.push((first as u64, chunk));
+        }
+        if !batch.is_empty() {
+            self.inner.submit(sink, batch, true)?;
         }
         Ok(())
     }
@@ -674,6 +692,7 @@ impl Pool {
             taken: 0,
             yielded: 0,
             exhausted: false,
+            carry: None,
             _result: PhantomData,
         })
     }
@@ -730,6 +749,9 @@ pub struct IMap<'a, R> {
     taken: u64,
     yielded: u64,
     exhausted: bool,
+    /// An item taken from the input that starts the next chunk (it did
+    /// not fit this one's handles).
+    carry: Option<Item>,
     _result: PhantomData<fn() -> R>,
 }
 
@@ -758,10 +780,26 @@ impl<R> IMap<'_, R> {
             // Grown as items come: the chunk size may be far beyond the
             // input (and beyond what memory holds).
             let mut chunk = Vec::new();
+            let mut fds = 0;
+            if let Some(item) = self.carry.take() {
+                fds += item.fds.len();
+                chunk.push(item);
+            }
             let mut failed = None;
             while chunk.len() < self.chunksize {
                 match self.input.next() {
-                    Some(Ok(item)) => chunk.push(item),
+                    // Cut short before the handles of the chunk, all told,
+                    // would be more than one message carries (as `map`'s).
+                    Some(Ok(item))
+                        if !chunk.is_empty() && fds + item.fds.len() > FDS_PER_MESSAGE =>
+                    {
+                        self.carry = Some(item);
+                        break;
+                    }
+                    Some(Ok(item)) => {
+                        fds += item.fds.len();
+                        chunk.push(item);
+                    }
                     Some(Err(e)) => {
                         failed = Some(e);
                         break;
