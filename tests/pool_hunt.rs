@@ -793,6 +793,20 @@ fn spare_fds(method: StartMethod) -> usize {
     }
 }
 
+/// Waits until no more descriptors are open than `fds` (and the fork
+/// server's spares), failing with those opened since `before`.
+fn no_fd_leak(what: &str, method: StartMethod, fds: usize, before: &[String]) {
+    let start = std::time::Instant::now();
+    while fd_count() > fds + spare_fds(method) {
+        if start.elapsed() > common::BOUND {
+            let after = fd_links();
+            let new: Vec<_> = after.iter().filter(|l| !before.contains(l)).collect();
+            panic!("{method:?}: descriptors left open by {what}: {new:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn fd_count() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
@@ -1616,6 +1630,7 @@ fn initializer_handles_across_replacements(method: StartMethod) {
         .unwrap();
     assert!(warm.iter().all(|&b| b));
     let (fds, threads) = (fd_count(), thread_count());
+    let before = fd_links();
     let got = pool
         .map_chunked(entry!(init_event_is_set), 0..150u64, 1)
         .unwrap();
@@ -1628,9 +1643,10 @@ fn initializer_handles_across_replacements(method: StartMethod) {
         "{}",
         counter.load().unwrap()
     );
-    common::eventually("no descriptor is left open by replacements", || {
-        fd_count() <= fds + spare_fds(method)
-    });
+    // A slot may be between workers when counted (each recycled after a
+    // task): up to one worker's descriptors (pidfd, two sockets, a lane)
+    // a slot either way. 150 replacements leaking would be far more.
+    no_fd_leak("replacements", method, fds + 2 * 4, &before);
     common::eventually("no thread is left by replacements", || {
         thread_count() <= threads
     });
@@ -1721,4 +1737,78 @@ fn count_set(events: Vec<Event>) -> usize {
 #[test]
 fn many_items_holding_handles_run_whatever_the_chunk_size() {
     each_method("many handle arguments", many_handle_arguments_in_one_chunk);
+}
+
+// ---------------------------------------------------------------------
+// A stopped (SIGSTOP) fork server: terminate must not wait for it.
+
+/// Sends SIGCONT to `pid` when dropped, so that a failing test leaves no
+/// stopped process behind.
+struct ContinueOnDrop(u32);
+
+impl Drop for ContinueOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0 as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        }
+    }
+}
+
+/// Known failure: a replacement's start reads the fork server's reply
+/// with no bound (`fork_client::Server::receive`, under the process-wide
+/// server lock), before the pool knows the new worker as `starting`, so
+/// `terminate` waits for that slot's thread for as long as the server is
+/// stopped.
+#[test]
+#[ignore = "known failure: terminate hangs while the fork server is stopped"]
+fn terminate_returns_while_the_fork_server_is_stopped() {
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    let _alone = alone();
+    let pool = Arc::new(pool_of(1, StartMethod::ForkServer));
+    let worker = pool.apply(entry!(pid), ()).unwrap();
+    let server = parent_of(worker);
+    assert_ne!(server, std::process::id());
+    let server_pid = rustix::process::Pid::from_raw(server as i32).unwrap();
+    rustix::process::kill_process(server_pid, rustix::process::Signal::STOP).unwrap();
+    // Continued however this test ends (a panic of `bounded` too).
+    let _cont = ContinueOnDrop(server);
+    common::eventually("the fork server is stopped", || {
+        common::state_of(server) == Some(b'T')
+    });
+    bounded("stopped fork server", NO_HANG, move || {
+        // Worker deaths until a replacement must ask the stopped server
+        // (the first ones may take spares it announced before it stopped;
+        // each death's status comes only after STATUS_GRACE, 2 s, as the
+        // server that reports it is stopped).
+        let (died_tx, died_rx) = std::sync::mpsc::channel();
+        let p = Arc::clone(&pool);
+        std::thread::spawn(move || {
+            for _ in 0..4 {
+                let r = p.apply_async(entry!(die_now), (Death::Exit3,));
+                let Ok(r) = r else { return };
+                let _ = died_tx.send(r.get().map(drop).map_err(|e| e.to_string()));
+            }
+        });
+        let mut deaths = 0;
+        while deaths < 3 {
+            match died_rx.recv_timeout(common::BOUND) {
+                Ok(Err(_)) => deaths += 1,
+                Ok(Ok(())) => panic!("die_now returned"),
+                Err(_) => break,
+            }
+        }
+        println!("{deaths} deaths before the starts stopped");
+        std::thread::sleep(Duration::from_secs(3));
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            pool.terminate();
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(common::BOUND).is_ok(),
+            "terminate() waited for a stopped fork server"
+        );
+    });
 }
