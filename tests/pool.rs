@@ -476,6 +476,42 @@ fn a_failing_initializer_fails_build() {
     assert!(err.to_string().contains("no setup today"), "{err}");
 }
 
+#[process_entry]
+fn init_refuses_while(refuse: Event) {
+    if refuse.is_set() {
+        std::process::exit(3);
+    }
+}
+
+/// A slot whose replacement could not start (an initializer failing for a
+/// while, or no descriptors left for a while) tries again for the next job,
+/// rather than leaving the pool without workers for good.
+#[test]
+fn a_pool_that_could_not_start_workers_tries_again_for_the_next_job() {
+    for method in common::start_methods() {
+        let refuse = Event::new().unwrap();
+        let pool = Pool::builder()
+            .processes(1)
+            .max_tasks_per_child(1)
+            .start_method(method)
+            .initializer(entry!(init_refuses_while), (refuse.clone(),))
+            .build()
+            .unwrap();
+        refuse.set();
+        // Runs on the first worker, which then retires; its replacements
+        // exit in their initializer.
+        assert_eq!(pool.apply(entry!(square), (2,)).unwrap(), 4);
+        let err = pool.apply(entry!(square), (3,)).unwrap_err();
+        assert!(err.is_spawn(), "{method:?}: {err}");
+        assert!(err.to_string().contains("no workers left"), "{err}");
+        refuse.clear();
+        assert_eq!(pool.apply(entry!(square), (4,)).unwrap(), 16, "{method:?}");
+        assert_eq!(pool.map(entry!(square), 0..4u64).unwrap(), [0, 1, 4, 9]);
+        pool.close();
+        pool.join().unwrap();
+    }
+}
+
 #[test]
 fn handles_travel_as_task_arguments() {
     let pool = Pool::new(2).unwrap();

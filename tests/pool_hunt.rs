@@ -1495,26 +1495,10 @@ fn results_beyond_the_descriptor_limit_inner() {
             assert!(failed > 0);
             drop(held);
             setrlimit(Resource::Nofile, before).unwrap();
-            // With descriptors free again, calls return at once. The pool
-            // should serve again, but its slots were given up for good when
-            // their replacements could not start for want of descriptors
-            // (see `..._then_serves_again`, ignored: a known failure).
-            let strict = std::env::var(FEW_FDS).as_deref() == Ok("strict");
-            let mut served = false;
-            for _ in 0..3 {
-                match pool.map(entry!(square), 0..10u64) {
-                    Ok(got) => {
-                        assert_eq!(got, squares(0..10));
-                        served = true;
-                        break;
-                    }
-                    Err(e) => {
-                        assert!(e.is_spawn() || e.is_disconnected(), "{e}");
-                        println!("after the limit: {e}");
-                    }
-                }
-            }
-            assert!(served || !strict, "the pool did not serve again");
+            // With descriptors free again, the pool serves again: slots
+            // whose replacements could not start for want of descriptors
+            // try again for the next job.
+            assert_eq!(pool.map(entry!(square), 0..10u64).unwrap(), squares(0..10));
             pool.close();
             pool.join().unwrap();
         });
@@ -1525,27 +1509,6 @@ fn results_beyond_the_descriptor_limit_inner() {
 fn results_beyond_the_descriptor_limit_fail_rather_than_hang() {
     let _alone = alone();
     common::run_alone("results_beyond_the_descriptor_limit_inner", FEW_FDS);
-}
-
-/// Known failure: a pool whose workers could not be replaced for want of
-/// descriptors (three quick failed starts a slot) is broken for good, even
-/// once descriptors are free again.
-#[test]
-#[ignore = "known failure: a slot given up after a transient EMFILE never comes back"]
-fn results_beyond_the_descriptor_limit_then_serves_again() {
-    let _alone = alone();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "results_beyond_the_descriptor_limit_inner",
-            "--ignored",
-            "--nocapture",
-        ])
-        .env(FEW_FDS, "strict")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("1 passed"), "{stdout}");
 }
 
 // ---------------------------------------------------------------------

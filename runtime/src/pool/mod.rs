@@ -88,6 +88,14 @@ const IMAP_CHUNKS_PER_WORKER: usize = 64;
 ///   chunks it had received but not started run elsewhere. It is replaced
 ///   (its initializer runs again) and the pool keeps serving. No call waits
 ///   for a dead worker.
+/// - A replacement that cannot start (its initializer fails, or the
+///   process is out of descriptors) is tried three times; then that
+///   worker's place stays empty until the next call (`map`, `apply_async`,
+///   `imap`…) submits work, which tries again, once per call. While no worker can start, tasks fail with a
+///   [`Spawn`](crate::ErrorKind::Spawn) error saying the pool has no
+///   workers left, so a pool whose starts fail for a while serves again
+///   afterwards, and one whose starts always fail makes a few attempts per
+///   call, never a loop of them.
 /// - No call waits for a worker to read either: one that stops reading
 ///   (its process stopped with `SIGSTOP`) holds up only the tasks sent to
 ///   it, and [`terminate`](Pool::terminate) (or dropping the pool) kills it

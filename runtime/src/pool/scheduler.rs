@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use super::launch::{ExitWatch, Launch, Started, WorkerProc};
@@ -304,7 +304,8 @@ struct Slot {
     /// A worker started for this slot and not ready yet (in its
     /// initializer): here so that `terminate` and `finish` can kill it.
     starting: Option<Box<dyn WorkerProc>>,
-    /// Could not be (re)started: serves no more.
+    /// Could not be (re)started: serves no more until the next job comes
+    /// (its thread then tries again).
     dead: bool,
 }
 
@@ -316,8 +317,13 @@ struct State {
     closed: bool,
     stopping: bool,
     terminated: bool,
-    /// Why no worker can be started any more.
+    /// Why no worker could be started, when every slot last tried and
+    /// failed; cleared when they try again.
     broken: Option<String>,
+    /// The job that last made the dead slots try again: each job makes
+    /// them try once, so a job submitting its chunks in many batches (an
+    /// `imap`) does not make a start fail over and over.
+    revived_for: Option<Weak<Sink>>,
 }
 
 impl State {
@@ -347,6 +353,9 @@ pub(crate) struct Pool {
     state: Mutex<State>,
     /// Notified when the pool runs out of work, or ends.
     idle: Condvar,
+    /// Notified when a job comes while a slot is dead, or the pool ends:
+    /// the dead slots' threads try to start a worker again.
+    revive: Condvar,
     pub(crate) config: Config,
 }
 
@@ -401,8 +410,10 @@ impl Pool {
                 stopping: false,
                 terminated: false,
                 broken: None,
+                revived_for: None,
             }),
             idle: Condvar::new(),
+            revive: Condvar::new(),
             config,
         });
         let mut threads = Vec::new();
@@ -457,11 +468,26 @@ impl Pool {
                 "the pool was joined or terminated before these items were submitted",
             ));
         }
-        if let Some(why) = &state.broken {
-            return Err(task::error(
-                ErrorKind::Spawn,
-                format!("the pool has no workers left: {why}"),
-            ));
+        // Slots that could not start a worker (a failure that may have
+        // passed: no descriptors or processes left then) try again, a few
+        // times each, once per job; if none can, its chunks fail. So a
+        // pool whose starts always fail makes a few attempts per job, never
+        // a loop of them.
+        if state.slots.iter().any(|slot| slot.dead) {
+            let job = Arc::downgrade(sink);
+            if !state.revived_for.as_ref().is_some_and(|w| w.ptr_eq(&job)) {
+                state.revived_for = Some(job);
+                state.broken = None;
+                for slot in &mut state.slots {
+                    slot.dead = false;
+                }
+                self.revive.notify_all();
+            } else if let Some(why) = &state.broken {
+                return Err(task::error(
+                    ErrorKind::Spawn,
+                    format!("the pool has no workers left: {why}"),
+                ));
+            }
         }
         if self.config.launcher.remote() {
             for (first, items) in &chunks {
@@ -598,10 +624,22 @@ impl Pool {
             if !self.bury(idx) {
                 return;
             }
-            if !self.replace(idx) {
-                return;
+            while !self.replace(idx) {
+                if !self.await_revival(idx) {
+                    return;
+                }
             }
         }
+    }
+
+    /// After [`replace`](Self::replace) failed: waits while slot `idx` is
+    /// dead, until a job comes (true: try again) or the pool ends (false).
+    fn await_revival(&self, idx: usize) -> bool {
+        let mut state = lock(&self.state);
+        while state.slots[idx].dead && !state.terminated && !state.stopping {
+            state = self.revive.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        !state.terminated && !state.stopping
     }
 
     /// Takes the worker's answers until its connection ends, or until it
@@ -841,6 +879,7 @@ impl Pool {
             state = self.idle.wait(state).unwrap_or_else(|p| p.into_inner());
         }
         state.stopping = true;
+        self.revive.notify_all();
         for slot in &state.slots {
             if let Some(live) = &slot.worker {
                 let _ = live.conn.send(&Msg::Stop);
@@ -874,6 +913,7 @@ impl Pool {
             }
         }
         self.idle.notify_all();
+        self.revive.notify_all();
         drop(state);
         deliver_all(failed);
     }
