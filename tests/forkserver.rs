@@ -389,16 +389,19 @@ fn server_pid() -> u32 {
     kernel_parent
 }
 
-/// Runs the ignored test `name` alone in a fresh copy of this test binary
-/// (with `INNER` and `env` set), and checks that it passed.
 /// Starts `add(a, b)` under the fork server.
 fn forked_add(a: i32, b: i32) -> multiproc::JoinHandle<i32> {
+    try_forked_add(a, b).unwrap()
+}
+
+fn try_forked_add(a: i32, b: i32) -> multiproc::Result<multiproc::JoinHandle<i32>> {
     Process::new(entry!(add), (a, b))
         .start_method(StartMethod::ForkServer)
         .start()
-        .unwrap()
 }
 
+/// Runs the ignored test `name` alone in a fresh copy of this test binary
+/// (with `INNER` and `env` set), and checks that it passed.
 fn run_inner(name: &str, env: &[(&str, &str)]) {
     common::run_alone_with(name, INNER, env);
 }
@@ -957,6 +960,53 @@ fn inner_stopped_server() {
     // Its status was never reported: unknown, and not alive.
     assert_eq!(child.exitcode(), None);
     assert!(!child.is_alive());
+}
+
+#[test]
+fn a_start_fails_rather_than_waits_for_a_stopped_server() {
+    // Every start asks the server (no spare), so a start needs its reply.
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    run_inner(
+        "inner_start_on_stopped_server",
+        &[("MULTIPROC_TEST_NO_SPARE", "1")],
+    );
+}
+
+#[test]
+#[ignore = "run by a_start_fails_rather_than_waits_for_a_stopped_server"]
+fn inner_start_on_stopped_server() {
+    if !common::run_by_outer_test(
+        INNER,
+        "a_start_fails_rather_than_waits_for_a_stopped_server",
+    ) {
+        return;
+    }
+    let server = server_pid();
+    kill(server, Signal::STOP);
+    common::eventually("the server stops", || {
+        common::state_of(server) == Some(b'T')
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(try_forked_add(1, 2).map(drop).map_err(|e| e.to_string()));
+    });
+    let got = rx.recv_timeout(common::BOUND);
+    kill(server, Signal::CONT);
+    let err = match got {
+        Ok(Err(err)) => err,
+        Ok(Ok(())) => panic!("a stopped server started a child"),
+        Err(_) => panic!("the start waited for a stopped server"),
+    };
+    assert!(err.contains("did not answer"), "{err}");
+    // The stopped server was retired: the next start has a new one.
+    assert_eq!(forked_add(2, 3).join().unwrap(), 5);
+    assert_ne!(server_pid(), server);
+    assert!(
+        common::exits_within(server, common::BOUND),
+        "the old server lives on"
+    );
 }
 
 /// Writes `id` to `out` (a pipe shared by many children) and returns it.

@@ -26,7 +26,7 @@
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
 use rustix::process::Signal;
@@ -75,6 +75,10 @@ struct Server {
 const MAX_SPARES: usize = 4;
 
 static SERVER: Mutex<Option<Server>> = Mutex::new(None);
+
+/// How long a start waits for the server's reply (it takes well under a
+/// millisecond) before it takes the server for stopped or wedged.
+const REPLY_WITHIN: Duration = Duration::from_secs(5);
 
 fn lock() -> MutexGuard<'static, Option<Server>> {
     SERVER.lock().unwrap_or_else(|p| p.into_inner())
@@ -279,11 +283,35 @@ impl Server {
     /// refusal.
     fn read_reply(&mut self, status: OwnedFd) -> Result<Result<Forked, Error>, Error> {
         let mut status = Some(status);
+        let deadline = Instant::now() + REPLY_WITHIN;
         loop {
+            self.await_frame(deadline)?;
             match self.receive(&mut status)? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Reply(reply) => return Ok(reply),
             }
+        }
+    }
+
+    /// Waits until a frame can be read, until `deadline`: a server that
+    /// has not answered by then (stopped, or wedged) is an error, and is to
+    /// be retired, rather than a start (and every start after it, and a
+    /// pool's `terminate`, which waits for its starts) waiting for ever.
+    fn await_frame(&self, deadline: Instant) -> Result<(), Error> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
+        match crate::sys::poll::poll(&mut fds, Some(left)) {
+            Ok(0) => Err(Error::new(
+                ErrorKind::Spawn,
+                format!(
+                    "the fork server (pid {}) did not answer within {} s (is it stopped?); \
+                     the next start brings up a new one",
+                    self.process.pid,
+                    REPLY_WITHIN.as_secs()
+                ),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.died().with_source(e)),
         }
     }
 
