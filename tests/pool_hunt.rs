@@ -467,44 +467,48 @@ fn max_tasks_per_child_one_under_load_loses_nothing() {
 // ---------------------------------------------------------------------
 // Values that fail to encode or decode, for some items only; huge results.
 
-/// Serializes, except 13, whose Serialize fails (in whichever process).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Picky(u64);
+/// A `u64` newtype whose serde impls check the value with `ser` before it
+/// is serialized and with `de` after it is deserialized: each may return an
+/// error, or panic, for some values.
+macro_rules! fragile_u64 {
+    ($(#[$doc:meta])* $name:ident, ser: |$s:ident| $ser:expr, de: |$d:ident| $de:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        struct $name(u64);
 
-impl serde::Serialize for Picky {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0 == 13 {
-            return Err(serde::ser::Error::custom("13 does not serialize"));
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let $s = self.0;
+                let checked: Result<(), &str> = $ser;
+                checked.map_err(serde::ser::Error::custom)?;
+                s.serialize_u64(self.0)
+            }
         }
-        s.serialize_u64(self.0)
-    }
-}
 
-/// Deserializes, except 7, whose Deserialize fails.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Fussy(u64);
-
-impl serde::Serialize for Fussy {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Fussy {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Fussy, D::Error> {
-        let n = u64::deserialize(d)?;
-        if n == 7 {
-            return Err(serde::de::Error::custom("7 does not deserialize"));
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<$name, D::Error> {
+                let $d = u64::deserialize(d)?;
+                let checked: Result<(), &str> = $de;
+                checked.map_err(serde::de::Error::custom)?;
+                Ok($name($d))
+            }
         }
-        Ok(Fussy(n))
-    }
+    };
 }
 
-impl<'de> serde::Deserialize<'de> for Picky {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Picky, D::Error> {
-        u64::deserialize(d).map(Picky)
-    }
-}
+fragile_u64!(
+    /// Serializes, except 13, whose Serialize fails (in whichever process).
+    Picky,
+    ser: |n| if n == 13 { Err("13 does not serialize") } else { Ok(()) },
+    de: |_n| Ok(())
+);
+
+fragile_u64!(
+    /// Deserializes, except 7, whose Deserialize fails.
+    Fussy,
+    ser: |_n| Ok(()),
+    de: |n| if n == 7 { Err("7 does not deserialize") } else { Ok(()) }
+);
 
 #[process_entry]
 fn picky_result(x: u64) -> Picky {
@@ -955,40 +959,25 @@ fn chunks_sent_to_a_worker_that_dies_run_on_its_replacement() {
 // ---------------------------------------------------------------------
 // serde impls that panic (rather than fail) in the worker.
 
-/// Its Serialize panics for 13.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct BoomOut(u64);
+fragile_u64!(
+    /// Its Serialize panics for 13.
+    BoomOut,
+    ser: |n| {
+        assert_ne!(n, 13, "BoomOut 13 will not serialize");
+        Ok(())
+    },
+    de: |_n| Ok(())
+);
 
-impl serde::Serialize for BoomOut {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        assert_ne!(self.0, 13, "BoomOut 13 will not serialize");
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for BoomOut {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<BoomOut, D::Error> {
-        u64::deserialize(d).map(BoomOut)
-    }
-}
-
-/// Its Deserialize panics for 7.
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Boom(u64);
-
-impl serde::Serialize for Boom {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(self.0)
-    }
-}
-
-impl<'de> serde::Deserialize<'de> for Boom {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Boom, D::Error> {
-        let n = u64::deserialize(d)?;
+fragile_u64!(
+    /// Its Deserialize panics for 7.
+    Boom,
+    ser: |_n| Ok(()),
+    de: |n| {
         assert_ne!(n, 7, "Boom 7 will not deserialize");
-        Ok(Boom(n))
+        Ok(())
     }
-}
+);
 
 #[process_entry]
 fn boom_result(x: u64) -> BoomOut {
