@@ -403,6 +403,7 @@ fn active_children_lists_running_children_only() {
 }
 
 #[test]
+#[deny(unstable_name_collisions)]
 fn entries_lists_registered_names() {
     let names = multiproc::entries();
     assert!(names.contains(&"process::add"), "{names:?}");
@@ -413,6 +414,9 @@ fn entries_lists_registered_names() {
     assert_eq!(all.len(), names.len());
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
     assert_eq!(Vec::from(multiproc::entries()), all);
+    // As on the `Vec` it once was; not `ExactSizeIterator`'s unstable
+    // `is_empty`, which would warn.
+    assert!(!multiproc::entries().is_empty());
 }
 
 #[test]

@@ -76,6 +76,13 @@ macro_rules! proxy_common {
 /// does not). Every method is one request, atomic on the server. Keys
 /// keep the order they were first inserted in, as in a Python `dict`.
 ///
+/// `get`, `remove` and `contains_key` take any form the key borrows as,
+/// which is found only if it encodes as the key does: `&str` for a
+/// `String`, `&[T]` for a `Vec<T>`, `&Path` for a `PathBuf` do. **An array
+/// key `[T; N]` looked up by a slice `&[T]` does not**: an array encodes
+/// without its length, a slice with it, so the key is not found (`None`,
+/// `false`), where a `HashMap` would find it. Look it up by the array.
+///
 /// ```
 /// # fn main() -> multiproc::Result<()> {
 /// let manager = multiproc::Manager::start()?;
@@ -100,6 +107,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     ///
     /// `key` may be any form of the key type `K` borrows as (`&str` for a
     /// `String` key, as with a `HashMap`); it must encode as the key does.
+    /// See [`DictProxy`]'s caveat: an array key is not found by a slice.
     pub fn get<Q>(&self, key: &Q) -> Result<Option<V>, Error>
     where
         K: Borrow<Q>,
@@ -132,6 +140,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     ///
     /// `key` may be any form of the key type `K` borrows as (`&str` for a
     /// `String` key, as with a `HashMap`); it must encode as the key does.
+    /// See [`DictProxy`]'s caveat: an array key is not found by a slice.
     pub fn remove<Q>(&self, key: &Q) -> Result<Option<V>, Error>
     where
         K: Borrow<Q>,
@@ -184,6 +193,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> DictProxy
     ///
     /// `key` may be any form of the key type `K` borrows as (`&str` for a
     /// `String` key, as with a `HashMap`); it must encode as the key does.
+    /// See [`DictProxy`]'s caveat: an array key is not found by a slice.
     pub fn contains_key<Q>(&self, key: &Q) -> Result<bool, Error>
     where
         K: Borrow<Q>,

@@ -353,6 +353,15 @@ pub struct Entries {
     names: std::vec::IntoIter<&'static str>,
 }
 
+impl Entries {
+    /// Whether no name is left to yield. (Inherent, so that
+    /// `entries().is_empty()` is this, not `ExactSizeIterator`'s unstable
+    /// method of the same name, which the slice's would collide with.)
+    pub fn is_empty(&self) -> bool {
+        self.names.as_slice().is_empty()
+    }
+}
+
 impl Iterator for Entries {
     type Item = &'static str;
 
