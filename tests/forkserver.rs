@@ -983,6 +983,13 @@ fn inner_start_on_stopped_server() {
     ) {
         return;
     }
+    // A daemon the server forked before it stopped.
+    let (gate_r, gate_w) = pipe();
+    let daemon = Process::new(entry!(blocker), (Fd::from(gate_r),))
+        .daemon(true)
+        .start_method(StartMethod::ForkServer)
+        .start()
+        .unwrap();
     let server = server_pid();
     kill(server, Signal::STOP);
     common::eventually("the server stops", || {
@@ -1000,12 +1007,16 @@ fn inner_start_on_stopped_server() {
         Err(_) => panic!("the start waited for a stopped server"),
     };
     assert!(err.contains("did not answer"), "{err}");
-    // The stopped server was retired: the next start has a new one.
+    // The stopped server was set aside: the next start has a new one.
     assert_eq!(forked_add(2, 3).join().unwrap(), 5);
     assert_ne!(server_pid(), server);
+    // Set aside, not killed: the daemon it forked lives on (its
+    // parent-death signal follows that server), and its status comes.
+    drop(gate_w);
+    assert_eq!(daemon.join().unwrap(), 7);
     assert!(
-        common::exits_within(server, common::BOUND),
-        "the old server lives on"
+        common::state_of(server).is_some_and(|state| state != b'Z'),
+        "the server set aside was ended"
     );
 }
 

@@ -176,7 +176,13 @@ pub(crate) fn fork_child(
                 early(ours.as_fd());
                 (child, ours)
             }),
-            Err(e) => {
+            // Silent (stopped, or wedged): set aside, not killed, so that
+            // the children it forked, daemons too, live on.
+            Err((e, true)) => {
+                set_aside(&mut server);
+                Err(e)
+            }
+            Err((e, false)) => {
                 retire(&mut server);
                 Err(e)
             }
@@ -279,14 +285,14 @@ impl Server {
 
     /// Waits for the reply to a request, keeping any spare announced
     /// before it. `status` is the request's status pipe. The outer error
-    /// leaves the stream out of step; the inner one is the server's
-    /// refusal.
-    fn read_reply(&mut self, status: OwnedFd) -> Result<Result<Forked, Error>, Error> {
+    /// leaves the stream out of step (with `true` if the server was only
+    /// silent too long); the inner one is the server's refusal.
+    fn read_reply(&mut self, status: OwnedFd) -> Result<Result<Forked, Error>, (Error, bool)> {
         let mut status = Some(status);
         let deadline = Instant::now() + REPLY_WITHIN;
         loop {
-            self.await_frame(deadline)?;
-            match self.receive(&mut status)? {
+            self.await_frame(deadline).map_err(|e| (e, true))?;
+            match self.receive(&mut status).map_err(|e| (e, false))? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Reply(reply) => return Ok(reply),
             }
@@ -295,7 +301,7 @@ impl Server {
 
     /// Waits until a frame can be read, until `deadline`: a server that
     /// has not answered by then (stopped, or wedged) is an error, and is to
-    /// be retired, rather than a start (and every start after it, and a
+    /// be set aside, rather than a start (and every start after it, and a
     /// pool's `terminate`, which waits for its starts) waiting for ever.
     fn await_frame(&self, deadline: Instant) -> Result<(), Error> {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -395,6 +401,27 @@ impl Server {
             &[],
         );
         Some((spare.child, spare.control))
+    }
+}
+
+/// Servers a start gave up on for their silence (stopped, or wedged),
+/// by their sockets: no longer asked for children, but kept open, so that
+/// such a server does not take its children with it (a daemon's
+/// parent-death signal follows its server, which exits when its socket
+/// ends). It lives on with them, reporting how they end once it runs
+/// again, until this process exits and its own parent-death signal ends
+/// it.
+static SET_ASIDE: Mutex<Vec<OwnedFd>> = Mutex::new(Vec::new());
+
+/// Stops asking the server for children without ending it (see
+/// [`SET_ASIDE`]); the next start brings up a new one. The spares it
+/// announced are dropped, and exit.
+fn set_aside(server: &mut Option<Server>) {
+    if let Some(old) = server.take() {
+        SET_ASIDE
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(old.sock);
     }
 }
 
