@@ -254,7 +254,11 @@ pub(super) fn signal_text(signal: i32) -> String {
 
 /// Copies an error (errors are not `Clone`), prefixed with `context`.
 pub(super) fn copy_error(err: &Error, context: &str) -> Error {
-    let copy = Error::new(err.kind(), format!("{context}: {err:#}"));
+    // The kind is the copy's own: said once, not again inside the message.
+    let copy = Error::new(
+        err.kind(),
+        format!("{context}: {}", err.message_for(err.kind())),
+    );
     match err.exitcode() {
         Some(code) => copy.with_exitcode(code),
         None => copy,
@@ -269,4 +273,20 @@ pub(super) fn io_error(context: &str, err: std::io::Error) -> Error {
 /// How many CPUs this process may use.
 pub(super) fn cpu_count() -> usize {
     crate::spawn::current::cpu_count()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn a_copied_error_names_its_kind_once() {
+        let e = super::error(ErrorKind::Spawn, "the pool has no workers left");
+        let copy = super::copy_error(&e, "item 3 of `sq`");
+        assert_eq!(copy.kind(), ErrorKind::Spawn);
+        assert_eq!(
+            copy.to_string(),
+            "could not start process: item 3 of `sq`: the pool has no workers left"
+        );
+    }
 }
