@@ -202,15 +202,24 @@ fn throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// Waits for a count on `control`, then takes that many items and acks.
-#[process_entry]
-fn queue_consumer(q: Queue<u64>, control: Connection<u64>) {
+/// Waits for a count on `control`, then takes that many items and acks;
+/// until `control` ends. The consumers' common body.
+fn consume_counted<T: Serialize + serde::de::DeserializeOwned + 'static>(
+    q: &Queue<T>,
+    control: &Connection<u64>,
+) {
     while let Ok(n) = control.recv() {
         for _ in 0..n {
             black_box(q.get().unwrap());
         }
         control.send(&n).unwrap();
     }
+}
+
+/// Waits for a count on `control`, then takes that many items and acks.
+#[process_entry]
+fn queue_consumer(q: Queue<u64>, control: Connection<u64>) {
+    consume_counted(&q, &control);
 }
 
 /// Waits for a count on `control`, then puts that many items and acks.
@@ -270,23 +279,13 @@ struct Blob {
 /// Waits for a count on `control`, then takes that many items and acks.
 #[process_entry]
 fn bytes_queue_consumer(q: Queue<Vec<u8>>, control: Connection<u64>) {
-    while let Ok(n) = control.recv() {
-        for _ in 0..n {
-            black_box(q.get().unwrap());
-        }
-        control.send(&n).unwrap();
-    }
+    consume_counted(&q, &control);
 }
 
 /// Waits for a count on `control`, then takes that many items and acks.
 #[process_entry]
 fn blob_queue_consumer(q: Queue<Blob>, control: Connection<u64>) {
-    while let Ok(n) = control.recv() {
-        for _ in 0..n {
-            black_box(q.get().unwrap());
-        }
-        control.send(&n).unwrap();
-    }
+    consume_counted(&q, &control);
 }
 
 /// Receives batches of `Blob`s, each announced by a count, and acks each.

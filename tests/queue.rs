@@ -1018,10 +1018,13 @@ const BYTE_SIZES: [usize; 9] = [
     3 << 20,
 ];
 
-/// Echoes byte items back, taking them with `get` and `get_timeout` in
-/// turn and putting them back with `put` and `try_put` in turn.
-#[process_entry]
-fn echo_bytes(q_in: Queue<Vec<u8>>, q_out: Queue<Vec<u8>>) {
+/// Echoes items from `q_in` to `q_out` until `q_in` is shut down, taking
+/// them with `get` and `get_timeout` in turn, and putting them back with
+/// `put`, or (`try_put_too`) with `put` and `try_put` in turn.
+fn echo_in_turns<T>(q_in: &Queue<T>, q_out: &Queue<T>, try_put_too: bool)
+where
+    T: Serialize + serde::de::DeserializeOwned + std::fmt::Debug + 'static,
+{
     for turn in 0u32.. {
         let item = if turn % 2 == 0 {
             q_in.get().ok()
@@ -1029,12 +1032,19 @@ fn echo_bytes(q_in: Queue<Vec<u8>>, q_out: Queue<Vec<u8>>) {
             q_in.get_timeout(Duration::from_secs(60)).ok()
         };
         let Some(item) = item else { return };
-        if turn % 2 == 0 {
-            q_out.put(item).unwrap();
-        } else {
+        if try_put_too && turn % 2 == 1 {
             q_out.try_put(item).unwrap();
+        } else {
+            q_out.put(item).unwrap();
         }
     }
+}
+
+/// Echoes byte items back, taking them with `get` and `get_timeout` in
+/// turn and putting them back with `put` and `try_put` in turn.
+#[process_entry]
+fn echo_bytes(q_in: Queue<Vec<u8>>, q_out: Queue<Vec<u8>>) {
+    echo_in_turns(&q_in, &q_out, true);
 }
 
 #[test]
@@ -1076,15 +1086,7 @@ struct Blob {
 
 #[process_entry]
 fn echo_blobs(q_in: Queue<Blob>, q_out: Queue<Blob>) {
-    for turn in 0u32.. {
-        let item = if turn % 2 == 0 {
-            q_in.get().ok()
-        } else {
-            q_in.get_timeout(Duration::from_secs(60)).ok()
-        };
-        let Some(item) = item else { return };
-        q_out.put(item).unwrap();
-    }
+    echo_in_turns(&q_in, &q_out, false);
 }
 
 #[test]
