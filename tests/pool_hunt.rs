@@ -205,11 +205,22 @@ fn results_outliving_their_pool_fail_rather_than_wait() {
 // ---------------------------------------------------------------------
 // terminate / close+join from another thread.
 
+/// `slow_square(x)`, counting the tasks that ran in `ran`.
+#[process_entry]
+fn slow_square_counted(x: u64, ran: Value<u64>) -> u64 {
+    *ran.lock().unwrap() += 1;
+    slow_square(x)
+}
+
 fn terminate_during_map(method: StartMethod) {
     let pool = Arc::new(pool_of(2, method));
+    let ran = Value::new(0u64).unwrap();
     let p = Arc::clone(&pool);
-    let mapper = std::thread::spawn(move || p.map_chunked(entry!(slow_square), 0..2000u64, 1));
-    std::thread::sleep(Duration::from_millis(200));
+    let items: Vec<_> = (0..2000u64).map(|x| (x, ran.clone())).collect();
+    let mapper =
+        std::thread::spawn(move || p.starmap_chunked(entry!(slow_square_counted), items, 1));
+    // Terminated while the map runs (2000 tasks of 5 ms on 2 workers).
+    common::eventually("the map runs", || ran.load() > 0);
     pool.terminate();
     let err = mapper.join().unwrap().unwrap_err();
     assert!(err.is_disconnected(), "{err}");
@@ -1274,7 +1285,10 @@ fn killed_under_load(method: StartMethod, end: u8) {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    // Ended (or not) once workers are being killed under the load.
+    common::eventually("a worker is killed under load", || {
+        kills.load(Ordering::Relaxed) > 0
+    });
     match end {
         1 => pool.terminate(),
         2 => {
