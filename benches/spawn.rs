@@ -61,23 +61,7 @@ fn own_memory() -> (u64, u64, u64) {
 /// each reaped with `waitpid` before the next fork; returns the total time.
 #[process_entry]
 fn fork_exit_wait(rounds: u64) -> std::time::Duration {
-    let start = std::time::Instant::now();
-    for _ in 0..rounds {
-        // SAFETY: the new process calls only `_exit`, which is
-        // async-signal-safe, so forking is sound even if another thread
-        // held a lock; this one reaps it before the next fork.
-        unsafe {
-            let pid = libc::fork();
-            if pid == 0 {
-                libc::_exit(0);
-            }
-            if pid > 0 {
-                let mut status = 0;
-                libc::waitpid(pid, &mut status, 0);
-            }
-        }
-    }
-    start.elapsed()
+    multiproc::__private::fork_exit_wait(rounds).expect("fork")
 }
 
 /// The fork floor's per-round times in µs, `rounds` of them, each round

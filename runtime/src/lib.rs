@@ -497,6 +497,7 @@ pub mod __private {
     pub use crate::spawn::registry::{
         Entry, EntryRecord, Probe, RegisterEntry, RegisterNothing, Travel, travels,
     };
+    pub use crate::sys::fork::fork_exit_wait;
     #[cfg(feature = "test-hooks")]
     pub use crate::sys::fork::fork_lingering_child;
     #[cfg(feature = "test-hooks")]

@@ -155,3 +155,33 @@ pub fn fork_lingering_child(linger: std::time::Duration) -> io::Result<()> {
         _ => Ok(()),
     }
 }
+
+/// For the spawn benchmark's floor (not public API, and not behind
+/// `test-hooks`, which changes what the benchmark measures): forks `rounds`
+/// times, one at a time, each new process calling `_exit(0)` at once and
+/// reaped with `waitpid` before the next fork; returns the total time. The
+/// kernel's own cost of a forked start, with no call, result or wake-up of
+/// another process. Works in a process with many threads, since the child
+/// calls only `_exit`.
+pub fn fork_exit_wait(rounds: u64) -> io::Result<std::time::Duration> {
+    let start = std::time::Instant::now();
+    for _ in 0..rounds {
+        // SAFETY: the child is a copy of this thread alone; it calls only
+        // `_exit`, which is async-signal-safe, takes no lock and touches no
+        // memory the parent could be changing.
+        match unsafe { libc::fork() } {
+            -1 => return Err(io::Error::last_os_error()),
+            // SAFETY: as said above.
+            0 => unsafe { libc::_exit(0) },
+            pid => {
+                let mut status = 0;
+                // SAFETY: `status` is a valid place for the kernel to
+                // write; `pid` is our child, not yet reaped.
+                if unsafe { libc::waitpid(pid, &mut status, 0) } == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+        }
+    }
+    Ok(start.elapsed())
+}
