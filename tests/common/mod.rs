@@ -228,3 +228,16 @@ pub fn write_end_closed(r: &std::os::fd::OwnedFd) -> bool {
     matches!(rustix::event::poll(&mut fds, Some(&bound)), Ok(1))
         && matches!(rustix::io::read(r, &mut [0u8; 1]), Ok(0))
 }
+
+/// Whether this kernel keeps how a reaped process ended for its pidfd
+/// (Linux 6.15 and later), from its release number.
+pub fn kernel_keeps_exits() -> bool {
+    let uname = rustix::system::uname();
+    let release = uname.release().to_string_lossy();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let major = numbers.next().unwrap_or(0);
+    let minor = numbers.next().unwrap_or(0);
+    (major, minor) >= (6, 15)
+}

@@ -581,8 +581,10 @@ impl<R> JoinHandle<R> {
     ///
     /// Also `None` once the child has ended if how it ended was lost (then
     /// [`is_alive`](Self::is_alive) is false): a child of the fork server
-    /// whose server was killed before it could report it, or any child of a
-    /// process that ignores `SIGCHLD` (the kernel then reaps it at once).
+    /// whose server was killed before it could report it, or, before Linux
+    /// 6.15, any child of a process that ignores `SIGCHLD` (the kernel then
+    /// reaps it at once; since 6.15 it keeps the status for the child's
+    /// pidfd, where this reads it).
     pub fn exitcode(&self) -> Option<i32> {
         self.child
             .try_reap()
@@ -694,7 +696,8 @@ impl<R: DeserializeOwned> JoinHandle<R> {
                     ErrorKind::Exited,
                     "ended without a result; how is unknown: its exit status was lost (its \
                      fork server died before it could report it, or this process ignores \
-                     SIGCHLD, so the kernel reaped the child)",
+                     SIGCHLD, so the kernel reaped the child, and this kernel is older than \
+                     Linux 6.15, which keeps the status for the child's pidfd)",
                 ),
             },
             Some(Report::Taken) => Error::new(

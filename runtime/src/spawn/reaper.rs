@@ -17,7 +17,7 @@
 //! ended (it is stopped). An ended child is never running, status or not.
 
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -26,6 +26,7 @@ use rustix::event::{PollFd, PollFlags};
 use rustix::process::{Pid, Signal, WaitId, WaitIdOptions, WaitOptions};
 
 use super::protocol::{ReportedExit, STATUS_LEN};
+use crate::sys::pidfd::KeptExit;
 
 /// How a child ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,7 +35,8 @@ pub(crate) enum ExitStatus {
     Signal(i32),
     /// Ended, but how was lost: its fork server died before it could say,
     /// or it was reaped by no one here (this process ignores `SIGCHLD`,
-    /// so the kernel reaps its children itself).
+    /// so the kernel reaps its children itself) on a kernel older than
+    /// 6.15, which keeps no status for a reaped child.
     Unknown,
 }
 
@@ -75,6 +77,13 @@ const STATUS_GRACE: Duration = Duration::from_secs(2);
 /// How often a wait for a fork-server child's status also looks at its
 /// pidfd, to notice a child that has ended but is not reported.
 const STATUS_LOOK: Duration = Duration::from_millis(200);
+
+/// How long [`Child::kept_once_released`] waits for the kernel to keep the
+/// status of a child it reaps (microseconds after its end, normally).
+const RELEASE_WITHIN: Duration = Duration::from_millis(100);
+
+/// How often [`Child::kept_once_released`] looks again.
+const RELEASE_LOOK: Duration = Duration::from_millis(1);
 
 /// One child process of this process.
 #[derive(Debug)]
@@ -245,6 +254,38 @@ impl Child {
         Ok(self.has_ended()?.then_some(ExitStatus::Unknown))
     }
 
+    /// How the child ended, from its pidfd, if the kernel has reaped it and
+    /// keeps that (Linux 6.15 and later; see `sys::pidfd`).
+    fn kept_exit(&self) -> Option<ExitStatus> {
+        let exit = crate::sys::pidfd::kept_exit(self.pidfd.as_ref()?.as_fd())?;
+        Some(match exit {
+            KeptExit::Code(code) => ExitStatus::Code(code),
+            KeptExit::Signal(sig) => ExitStatus::Signal(sig),
+        })
+    }
+
+    /// How the child, which the kernel reaps, ended. `waitid` stops seeing
+    /// it a moment before the kernel keeps its status, so this waits for
+    /// that, for at most [`RELEASE_WITHIN`], where the kernel keeps
+    /// statuses at all.
+    fn kept_once_released(&self, pidfd: BorrowedFd<'_>) -> ExitStatus {
+        let deadline = Instant::now() + RELEASE_WITHIN;
+        loop {
+            if let Some(exit) = self.kept_exit() {
+                return exit;
+            }
+            if !crate::sys::pidfd::kernel_keeps_exits() || Instant::now() >= deadline {
+                return ExitStatus::Unknown;
+            }
+            // No event asked for: woken by the hang-up of its release, or
+            // after the bound of one look.
+            let mut fds = [PollFd::new(&pidfd, PollFlags::empty())];
+            if crate::sys::poll::poll(&mut fds, Some(RELEASE_LOOK)).is_err() {
+                return ExitStatus::Unknown;
+            }
+        }
+    }
+
     /// Whether the child has exited, from its pidfd (without reaping it).
     /// Without a pidfd nothing can be learnt: say it has, so that no wait
     /// lasts for ever.
@@ -282,7 +323,12 @@ impl Child {
                         st.terminating_signal().map(ExitStatus::Signal)
                     }
                 }),
-                Err(e) => Some(not_ours(e)?),
+                Err(e) => Some(match not_ours(e)? {
+                    // Reaped by the kernel (this process ignores SIGCHLD),
+                    // which may keep how it ended.
+                    ExitStatus::Unknown => self.kept_once_released(fd.as_fd()),
+                    known => known,
+                }),
             },
             (Reaping::Us, None) => {
                 let pid =
@@ -384,7 +430,8 @@ impl Child {
 /// A wait for our child that failed with `e`. `ECHILD` says the kernel
 /// reaped it already, which it does when it exits in a process that
 /// ignores `SIGCHLD` (set so by the program, or inherited through `exec`):
-/// it has ended, and how is lost. Anything else is an error.
+/// it has ended, and how is unknown here (its pidfd may still say: see
+/// `Child::kept_exit`). Anything else is an error.
 fn not_ours(e: rustix::io::Errno) -> io::Result<ExitStatus> {
     match e {
         rustix::io::Errno::CHILD => Ok(ExitStatus::Unknown),

@@ -10,6 +10,7 @@ pub(crate) mod fork;
 pub(crate) mod futex;
 pub(crate) mod lock_word;
 pub(crate) mod owner;
+pub(crate) mod pidfd;
 pub(crate) mod poll;
 pub(crate) mod ring;
 pub(crate) mod shm;
