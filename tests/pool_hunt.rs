@@ -901,8 +901,15 @@ fn terminate_during_join(method: StartMethod) {
         .unwrap();
     pool.close();
     let p = Arc::clone(&pool);
-    let joiner = std::thread::spawn(move || p.join());
-    std::thread::sleep(Duration::from_millis(200));
+    let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+    let joiner = std::thread::spawn(move || {
+        let _ = tid_tx.send(rustix::thread::gettid().as_raw_pid() as u32);
+        p.join()
+    });
+    let tid = tid_rx.recv().unwrap();
+    common::eventually("join returns or waits", || {
+        joiner.is_finished() || common::state_of(tid) == Some(b'S')
+    });
     assert!(
         !joiner.is_finished(),
         "join did not wait for the running task"
