@@ -5,7 +5,10 @@
 //! these gets there first: its `JoinHandle`, the orphan reaper (after the
 //! handle was dropped), [`active_children`](crate::active_children), or the
 //! exit hook. Waiting for the exit happens on the pidfd *outside* that lock,
-//! so no lock is ever held across a blocking wait.
+//! so no lock is held across a blocking wait, but one: the kernel keeps the
+//! status of a child it reaped (this process ignores `SIGCHLD`) a moment
+//! after `waitid` stops seeing it, and that moment is waited for under the
+//! lock (`Child::kept_once_released`: microseconds, at most 100 ms).
 //!
 //! A child forked by the fork server is the server's child, not ours: the
 //! server reaps it and writes its exit status to the child's status pipe,
