@@ -377,9 +377,27 @@ fn map_chunks_as_python_does_by_default() {
     let err = pool.map(entry!(kill_on_seven), 0..10u64).unwrap_err();
     assert!(err.is_signaled(), "{err}");
     assert!(err.to_string().contains("item 6 of"), "{err}");
+    // The error names the first item, which may not be the one that ended
+    // the worker: it says which items went with it.
+    assert!(
+        err.to_string()
+            .contains("its worker held items 6 to 7 together"),
+        "{err}"
+    );
     // 33 items: chunks of 5, so the chunk that dies is items 5 to 9.
     let err = pool.map(entry!(kill_on_seven), 0..33u64).unwrap_err();
     assert!(err.to_string().contains("item 5 of"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("its worker held items 5 to 9 together"),
+        "{err}"
+    );
+    // A chunk of one item names no others.
+    let err = pool
+        .map_chunked(entry!(kill_on_seven), 0..10u64, 1)
+        .unwrap_err();
+    assert!(err.to_string().contains("item 7 of"), "{err}");
+    assert!(!err.to_string().contains("held items"), "{err}");
 }
 
 #[test]

@@ -84,8 +84,10 @@ const IMAP_CHUNKS_PER_WORKER: usize = 64;
 /// - A task that panics fails only itself: its error
 ///   ([`Error::is_panicked`](crate::Error::is_panicked)) carries the panic message and says which item.
 /// - A worker that dies (killed, `abort`, `exit`, …) fails the chunk it was
-///   running with how it died ([`Error::is_signaled`](crate::Error::is_signaled), [`Error::exitcode`](crate::Error::exitcode));
-///   chunks it had received but not started run elsewhere. It is replaced
+///   running with how it died ([`Error::is_signaled`](crate::Error::is_signaled), [`Error::exitcode`](crate::Error::exitcode)),
+///   every item of it, each error naming the items that went together (any
+///   one may have ended it; `map` reports the first); chunks it had
+///   received but not started run elsewhere. It is replaced
 ///   (its initializer runs again) and the pool keeps serving. No call waits
 ///   for a dead worker.
 /// - A replacement that cannot start (its initializer fails, or the

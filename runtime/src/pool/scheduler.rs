@@ -176,6 +176,28 @@ impl Pending {
             .collect();
         (self.sink, self.first, results)
     }
+
+    /// As [`fail`](Self::fail), for the chunk a worker held when it was
+    /// lost. Every item of the chunk fails, though one alone may have
+    /// ended the worker: with more than one, each error says which items
+    /// went together, so that `map`'s error, which names the first, is not
+    /// taken to name the culprit.
+    fn fail_held(self, why: &Failure) -> (Arc<Sink>, u64, Vec<Result<Item>>) {
+        let items = self.chunk.items.len() as u64;
+        if items < 2 {
+            return self.fail(why);
+        }
+        let last = self.first + items - 1;
+        let why = Failure {
+            message: format!(
+                "{} (its worker held items {} to {} together; any of them may have ended it)",
+                why.message, self.first, last
+            ),
+            process: why.process.clone(),
+            ..*why
+        };
+        self.fail(&why)
+    }
 }
 
 /// Why the items of a chunk failed together (a chunk holds many items,
@@ -760,7 +782,7 @@ impl Pool {
                     &Error::new(ErrorKind::Exited, "exit code 0").with_exitcode(0),
                 ),
             };
-            failed.push(running.fail(&why));
+            failed.push(running.fail_held(&why));
         }
         for p in outstanding.into_iter().rev() {
             state.queue.push_front(p);
