@@ -20,7 +20,7 @@
 //! ended (it is stopped). An ended child is never running, status or not.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
@@ -271,18 +271,21 @@ impl Child {
     /// it a moment before the kernel keeps its status, so this waits for
     /// that, for at most [`RELEASE_WITHIN`], where the kernel keeps
     /// statuses at all.
-    fn kept_once_released(&self, pidfd: BorrowedFd<'_>) -> ExitStatus {
+    fn kept_once_released(&self) -> ExitStatus {
         let deadline = Instant::now() + RELEASE_WITHIN;
         loop {
             if let Some(exit) = self.kept_exit() {
                 return exit;
             }
+            let Some(pidfd) = &self.pidfd else {
+                return ExitStatus::Unknown;
+            };
             if !crate::sys::pidfd::kernel_keeps_exits() || Instant::now() >= deadline {
                 return ExitStatus::Unknown;
             }
             // No event asked for: woken by the hang-up of its release, or
             // after the bound of one look.
-            let mut fds = [PollFd::new(&pidfd, PollFlags::empty())];
+            let mut fds = [PollFd::new(pidfd, PollFlags::empty())];
             if crate::sys::poll::poll(&mut fds, Some(RELEASE_LOOK)).is_err() {
                 return ExitStatus::Unknown;
             }
@@ -329,7 +332,7 @@ impl Child {
                 Err(e) => Some(match not_ours(e)? {
                     // Reaped by the kernel (this process ignores SIGCHLD),
                     // which may keep how it ended.
-                    ExitStatus::Unknown => self.kept_once_released(fd.as_fd()),
+                    ExitStatus::Unknown => self.kept_once_released(),
                     known => known,
                 }),
             },
