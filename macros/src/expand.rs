@@ -112,6 +112,11 @@ pub(crate) fn expand(parsed: &Parsed) -> TokenStream {
 
                 #args_method
 
+                impl #private::MarkedEntry for #ident {
+                    type Entry = Self;
+                    const ENTRY: Self = #ident {};
+                }
+
                 // The bounds here only repeat what `travel_checks` reports;
                 // they keep rustc from reporting it again, through serde.
                 impl #private::Entry for #ident

@@ -8,6 +8,8 @@
 
 mod expand;
 mod parse;
+mod place;
+mod source;
 mod validate;
 
 use proc_macro::TokenStream;
@@ -30,8 +32,30 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
         Ok(parsed) => parsed,
         Err(err) => return expand::failed(err, item).into(),
     };
+    // A method taking `self` has its own, more specific, error below.
+    let has_receiver = parsed.func.sig.receiver().is_some();
+    if let Some(err) = place::not_free(&parsed.func).filter(|_| !has_receiver) {
+        return expand::failed(err, item).into();
+    }
     match validate::validate(&parsed) {
         Ok(()) => expand::expand(&parsed).into(),
         Err(err) => expand::failed(err, validate::without_variadic(&parsed.func)).into(),
     }
+}
+
+/// Not public API: what `multiproc::spawn!` and `multiproc::entry!` expand
+/// to, `entry_marker!($crate, path)`, the value of the entry's marker type.
+///
+/// Where the call's own file shows that nothing but the module's names (or,
+/// for `a::b::f`, those of `a::b`) can be in scope for the last name, the
+/// marker is looked up beside a stand-in of the same name, so that a fn
+/// without `#[process_entry]` is reported in multiproc's words ("need a fn
+/// marked `#[process_entry]`") rather than by resolution ("expected struct,
+/// found function"). Elsewhere it names the path as written, through
+/// multiproc's `mark_the_fn_with_process_entry!`, whose name rustc's error
+/// then notes.
+#[doc(hidden)]
+#[proc_macro]
+pub fn entry_marker(input: TokenStream) -> TokenStream {
+    place::mark(input.into()).into()
 }

@@ -39,14 +39,17 @@
 //!
 //! 1. **A free `fn`**: at module level or local to a block, with any
 //!    visibility; not a method or any other fn inside an `impl` or a
-//!    `trait`. (One that uses `self` or `Self` is rejected as such; one
-//!    that uses neither looks like a free fn to the attribute, and rustc
-//!    reports "struct is not supported in `trait`s or `impl`s" at the
-//!    attribute, noting that it "originates in the macro
-//!    `…::process_entry_must_be_on_a_free_fn`": move the fn to module
-//!    level.) Its name is also given to a hidden struct in the same module
-//!    (braced, so it takes only the type namespace, not the fn's), so no
-//!    type of that name may live beside it.
+//!    `trait`: such a fn is rejected with "must be a free fn", at its
+//!    name. (The attribute sees only the fn, so it reads the fn's source
+//!    file to find the `impl` or `trait` around it. Where it cannot, as
+//!    inside another macro's input, a fn that uses `self` or `Self` is
+//!    still rejected as such, and for one that uses neither rustc reports
+//!    "struct is not supported in `trait`s or `impl`s" at the attribute,
+//!    noting that it "originates in the macro
+//!    `…::process_entry_must_be_on_a_free_fn`".) Its name is also given
+//!    to a hidden struct in the same module (braced, so it takes only the
+//!    type namespace, not the fn's), so no type of that name may live
+//!    beside it.
 //! 2. **Plain**: not generic (no type, lifetime or const parameters, no
 //!    `where`), not `async`, `const`, `unsafe`, variadic, or of another ABI
 //!    than Rust's (`extern "C"`, a bare `extern`; `extern "Rust"` is fine).
@@ -380,9 +383,9 @@ pub fn init() {
 
 /// Names an entry as a value implementing [`Entry`], for [`Process::new`].
 ///
-/// As with [`spawn!`], a fn without `#[process_entry]` is reported by rustc
-/// as "expected struct, variant or union type, found function", noting that
-/// it "originates in the macro `…::mark_the_fn_with_process_entry`".
+/// As with [`spawn!`], a fn without `#[process_entry]` is a compile error,
+/// "`spawn!` and `entry!` take a fn marked `#[process_entry]`", at its name
+/// (in rustc's words in a few places: see [`spawn!`]).
 ///
 /// ```
 /// use multiproc::{entry, process_entry, Entry, Process};
@@ -400,14 +403,15 @@ pub fn init() {
 #[macro_export]
 macro_rules! entry {
     ($($entry:ident)::+) => {
-        $crate::__private::mark_the_fn_with_process_entry!($($entry)::+)
+        $crate::__private::entry_marker!($crate, $($entry)::+)
     };
     (::$($entry:ident)::+) => {
-        $crate::__private::mark_the_fn_with_process_entry!(::$($entry)::+)
+        $crate::__private::entry_marker!($crate, ::$($entry)::+)
     };
 }
 
-/// Not public API: what [`entry!`] and [`spawn!`] expand to, `path {}`.
+/// Not public API: names an entry's marker as written, `path {}`, for
+/// `entry_marker!` where it cannot tell whether a name is shadowed.
 ///
 /// Its name is the hint: when the path names a fn without
 /// `#[process_entry]`, rustc's error ("expected struct, variant or union
@@ -429,13 +433,21 @@ macro_rules! __mark_the_fn_with_process_entry {
 /// Checked at compile time against `f`'s signature. Returns
 /// `Result<JoinHandle<R>, Error>` where `R` is `f`'s return type.
 ///
-/// `f` must be marked `#[process_entry]`. If it is not, rustc says
-/// "expected struct, variant or union type, found function `f`" (the
-/// attribute defines a type named like the fn, which this macro names),
-/// and notes that the error "originates in the macro
-/// `$crate::__private::mark_the_fn_with_process_entry`": the name of that
-/// macro is the fix. (rustc's own message cannot be changed: the name fails
-/// to resolve before any trait could word the error.)
+/// `f` must be marked `#[process_entry]`. If it is not, the error is
+/// "`spawn!` and `entry!` take a fn marked `#[process_entry]`", at `f`.
+///
+/// The attribute defines a type named like the fn, which this macro looks
+/// up beside a stand-in of the same name, one scope further out, that
+/// carries that message. That is exact only where nothing between the
+/// module and the call could declare or import the name, which the macro
+/// checks by reading the calling fn's source: no `use`, no entry, no type
+/// of that name, no macro call but std's and multiproc's, and the call not
+/// inside another macro's input. (A path `a::b::f` needs none of this: the
+/// marker is looked for among `a::b`'s names.) Elsewhere the macro names
+/// the type as written, and rustc says "expected struct, variant or union
+/// type, found function `f`", noting that the error "originates in the
+/// macro `$crate::__private::mark_the_fn_with_process_entry`": the name of
+/// that macro is the fix.
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
@@ -451,11 +463,11 @@ macro_rules! __mark_the_fn_with_process_entry {
 #[macro_export]
 macro_rules! spawn {
     ($($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
-        let entry = $crate::__private::mark_the_fn_with_process_entry!($($entry)::+);
+        let entry = $crate::__private::entry_marker!($crate, $($entry)::+);
         $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
     }};
     (::$($entry:ident)::+ $(, $arg:expr)* $(,)?) => {{
-        let entry = $crate::__private::mark_the_fn_with_process_entry!(::$($entry)::+);
+        let entry = $crate::__private::entry_marker!($crate, ::$($entry)::+);
         $crate::Process::new(entry, entry.__multiproc_args($($arg),*)).start()
     }};
 }
@@ -495,7 +507,7 @@ pub mod __private {
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};
     pub use crate::spawn::registry::{
-        Entry, EntryRecord, Probe, RegisterEntry, RegisterNothing, Travel, travels,
+        Entry, EntryRecord, MarkedEntry, Probe, RegisterEntry, RegisterNothing, Travel, travels,
     };
     pub use crate::sys::fork::fork_exit_wait;
     #[cfg(feature = "test-hooks")]
@@ -504,6 +516,7 @@ pub mod __private {
     pub use crate::sys::futex::set_futex_check_period;
     #[cfg(feature = "test-hooks")]
     pub use crate::wire::encode_frame_for_tests;
+    pub use multiproc_macros::entry_marker;
     /// Entry points for the fuzz targets (`fuzz/`) and `tests/fuzz_smoke.rs`.
     #[cfg(feature = "test-hooks")]
     pub mod fuzz {

@@ -26,6 +26,23 @@ pub trait Entry: Copy + Send + Sync + 'static {
     fn call(args: Self::Args) -> Self::Output;
 }
 
+/// Implemented by `#[process_entry]` for an entry's marker type: what
+/// [`spawn!`](crate::spawn) and [`entry!`](crate::entry) look up by the fn's
+/// name, to report a fn without the attribute in these words. Not public
+/// API.
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "`spawn!` and `entry!` take a fn marked `#[process_entry]`",
+    label = "not marked `#[process_entry]`",
+    note = "add `#[process_entry]` above this fn (it stays callable as a normal fn)"
+)]
+pub trait MarkedEntry {
+    /// The marker type itself.
+    type Entry;
+    /// The marker value.
+    const ENTRY: Self::Entry;
+}
+
 /// What an entry's argument and result types need: checked by
 /// `#[process_entry]` one type at a time, so that rustc's error names the
 /// type at fault, at that type, with a hint for the usual case. Not public

@@ -1,0 +1,650 @@
+//! What the source file around a macro call says about its place.
+//!
+//! rustc tells a macro nothing about where it is used: an attribute cannot
+//! see that its fn sits inside an `impl`, and `spawn!` cannot ask whether a
+//! name is a fn or an entry before resolution fails. Both know the file and
+//! position of their tokens (`Span::local_file`, `line`, `column`), so this
+//! module reads that file and follows its brackets up to that position.
+//!
+//! Every answer is "known" or "unknown", never a guess: a macro acts on it
+//! only to choose a clearer error for code that fails anyway (the attribute)
+//! or an expansion that is right in every case the answer allows (`spawn!`).
+//! The file is lexed, not parsed: comments, strings, raw strings, chars and
+//! lifetimes are told apart, brackets are matched, and each `{` is classed by
+//! the tokens before it. Anything unusual (no file, a position that does not
+//! hold the expected token, unbalanced brackets, text inside a macro's
+//! input) answers "unknown", and the macro keeps its ordinary expansion.
+
+use std::path::Path;
+
+/// One token of the file: its text (empty for literals) and byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    Ident(String),
+    Punct(char),
+    Open(char),
+    Close(char),
+    Literal,
+}
+
+#[derive(Debug)]
+struct Token {
+    kind: Kind,
+    start: usize,
+}
+
+/// What a `{`, `(` or `[` opens, judged by the tokens before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Group {
+    /// The body of an `impl` block.
+    Impl,
+    /// The body of a `trait`.
+    Trait,
+    /// The body of an inline `mod`.
+    Mod,
+    /// A macro's input (`name!{…}`, `name!(…)`, `macro_rules! m {…}`): its
+    /// text is not code where it stands.
+    Macro(String),
+    /// An attribute's brackets.
+    Attr,
+    /// Anything else: a fn body, a block, parentheses, a struct's fields.
+    Other,
+}
+
+/// A lexed file, with each bracket's class and its matching close.
+pub(crate) struct Source {
+    tokens: Vec<Token>,
+    /// For each token index that opens a group: (index of its close, class).
+    groups: Vec<Option<(usize, Group)>>,
+    /// For each token index that closes a group: the index of its open.
+    opens: Vec<usize>,
+    text: String,
+}
+
+impl Source {
+    /// Reads and lexes `path`; `None` if it cannot be read or its brackets
+    /// do not match.
+    pub(crate) fn read(path: &Path) -> Option<Source> {
+        let text = std::fs::read_to_string(path).ok()?;
+        Source::new(text)
+    }
+
+    pub(crate) fn new(text: String) -> Option<Source> {
+        let tokens = lex(&text)?;
+        let (groups, opens) = classify(&tokens)?;
+        Some(Source {
+            tokens,
+            groups,
+            opens,
+            text,
+        })
+    }
+
+    /// The byte offset of 1-based `line` and 1-based `column` (in chars).
+    pub(crate) fn offset(&self, line: usize, column: usize) -> Option<usize> {
+        let start = if line == 1 {
+            0
+        } else {
+            self.text
+                .match_indices('\n')
+                .nth(line.checked_sub(2)?)
+                .map(|(at, _)| at + 1)?
+        };
+        let rest = &self.text[start..];
+        let end = rest.find('\n').unwrap_or(rest.len());
+        let (in_line, _) = rest[..end].char_indices().nth(column.checked_sub(1)?)?;
+        Some(start + in_line)
+    }
+
+    /// The index of the token that starts at `offset`.
+    fn token_at(&self, offset: usize) -> Option<usize> {
+        self.tokens
+            .binary_search_by_key(&offset, |token| token.start)
+            .ok()
+    }
+
+    fn ident(&self, index: usize) -> Option<&str> {
+        match &self.tokens.get(index)?.kind {
+            Kind::Ident(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The groups that hold token `index`, innermost first: (open index,
+    /// class).
+    fn enclosing(&self, index: usize) -> Vec<(usize, &Group)> {
+        let mut chain: Vec<(usize, &Group)> = self
+            .groups
+            .iter()
+            .enumerate()
+            .filter_map(|(open, group)| {
+                let (close, class) = group.as_ref()?;
+                (open < index && index < *close).then_some((open, class))
+            })
+            .collect();
+        chain.reverse();
+        chain
+    }
+
+    /// Where the `fn` keyword at `offset`, followed by `name`, stands:
+    /// `Some(Group::Impl)` or `Some(Group::Trait)` when it is directly in
+    /// such a body, `Some(Group::Other)` when it is elsewhere outside any
+    /// macro's input, `None` when unknown.
+    pub(crate) fn fn_place(&self, offset: usize, name: &str) -> Option<Group> {
+        let index = self.token_at(offset)?;
+        if self.ident(index) != Some("fn") || self.ident(index + 1) != Some(name) {
+            return None;
+        }
+        let chain = self.enclosing(index);
+        if chain
+            .iter()
+            .any(|(_, class)| matches!(class, Group::Macro(_) | Group::Attr))
+        {
+            return None;
+        }
+        match chain.first() {
+            Some((_, Group::Impl)) => Some(Group::Impl),
+            Some((_, Group::Trait)) => Some(Group::Trait),
+            _ => Some(Group::Other),
+        }
+    }
+
+    /// Whether, at the identifier `name` at `offset`, the only names in
+    /// scope that are not the module's own come from the prelude: nothing
+    /// between the module and this point (the enclosing fn, its blocks, an
+    /// `impl` around it) declares or imports a type, or could (a `use`, an
+    /// entry, a macro call that is not one of std's or multiproc's). `false`
+    /// when unknown.
+    pub(crate) fn only_module_names(&self, offset: usize, name: &str) -> bool {
+        let Some(index) = self.token_at(offset) else {
+            return false;
+        };
+        if self.ident(index) != Some(name) {
+            return false;
+        }
+        // The outermost group below the module (or the file) that holds
+        // the name, through macro inputs that only pass code along.
+        let mut outermost = None;
+        for (open, class) in self.enclosing(index) {
+            match class {
+                Group::Mod => break,
+                Group::Macro(name) if TRANSPARENT.contains(&name.as_str()) => {}
+                Group::Macro(_) | Group::Attr => return false,
+                Group::Impl | Group::Trait | Group::Other => {}
+            }
+            outermost = Some(open);
+        }
+        let Some(open) = outermost else {
+            return false;
+        };
+        let Some((close, _)) = &self.groups[open] else {
+            return false;
+        };
+        let from = self.header_start(open);
+        let region = from..*close;
+        region.clone().all(|at| {
+            let Kind::Ident(word) = &self.tokens[at].kind else {
+                return true;
+            };
+            let next = self.ident(at + 1);
+            let is_call = !NOT_MACROS.contains(&word.as_str())
+                && self.tokens.get(at + 1).map(|t| &t.kind) == Some(&Kind::Punct('!'))
+                && matches!(
+                    self.tokens.get(at + 2).map(|t| &t.kind),
+                    Some(Kind::Open(_))
+                );
+            match word.as_str() {
+                "use" | "process_entry" | "macro_rules" => false,
+                "struct" | "enum" | "union" | "type" | "trait" | "mod" => next != Some(name),
+                _ if is_call => TRANSPARENT.contains(&word.as_str()),
+                _ => true,
+            }
+        })
+    }
+
+    /// The first token of the item or statement whose group opens at
+    /// `open`: back over its header to the previous `;`, `}` or `{` at the
+    /// same depth.
+    fn header_start(&self, open: usize) -> usize {
+        header_start(&self.tokens, &self.opens, open)
+    }
+}
+
+/// Macros whose input is code that stays where it is: a name inside them
+/// resolves as it would outside.
+const TRANSPARENT: &[&str] = &[
+    "spawn",
+    "entry",
+    "assert",
+    "assert_eq",
+    "assert_ne",
+    "debug_assert",
+    "debug_assert_eq",
+    "debug_assert_ne",
+    "dbg",
+    "eprint",
+    "eprintln",
+    "format",
+    "format_args",
+    "matches",
+    "panic",
+    "print",
+    "println",
+    "todo",
+    "unimplemented",
+    "unreachable",
+    "vec",
+    "write",
+    "writeln",
+];
+
+fn lex(text: &str) -> Option<Vec<Token>> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut at = 0;
+    // A first line `#!…` that does not open an inner attribute is a shebang.
+    if text.starts_with("#!") && !text[2..].trim_start().starts_with('[') {
+        at = text.find('\n').unwrap_or(text.len());
+    }
+    while at < bytes.len() {
+        let rest = &text[at..];
+        let Some(c) = rest.chars().next() else {
+            break;
+        };
+        let start = at;
+        if c.is_whitespace() {
+            at += c.len_utf8();
+        } else if rest.starts_with("//") {
+            at += rest.find('\n').unwrap_or(rest.len());
+        } else if rest.starts_with("/*") {
+            at += block_comment(rest)?;
+        } else if c == '"' {
+            at += quoted(rest, '"')?;
+            tokens.push(Token {
+                kind: Kind::Literal,
+                start,
+            });
+        } else if c == '\'' {
+            // A char literal (`'a'`, `'\n'`) or a lifetime or label (`'a`).
+            let mut chars = rest.char_indices().skip(1);
+            let (_, first) = chars.next()?;
+            let char_literal = first == '\\' || chars.next().is_some_and(|(_, c)| c == '\'');
+            if char_literal {
+                at += quoted(rest, '\'')?;
+                tokens.push(Token {
+                    kind: Kind::Literal,
+                    start,
+                });
+            } else {
+                at += 1 + ident_len(&rest[1..]);
+                tokens.push(Token {
+                    kind: Kind::Literal,
+                    start,
+                });
+            }
+        } else if c.is_alphanumeric() || c == '_' {
+            let len = ident_len(rest);
+            let word = &rest[..len];
+            let after = &rest[len..];
+            if matches!(word, "r" | "br" | "cr")
+                && (after.starts_with('"') || after.starts_with("#\"") || after.starts_with("##"))
+            {
+                at += len + raw_string(after)?;
+                tokens.push(Token {
+                    kind: Kind::Literal,
+                    start,
+                });
+            } else if word == "r"
+                && after.starts_with('#')
+                && after[1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_alphanumeric() || c == '_')
+            {
+                let len = len + 1 + ident_len(&after[1..]);
+                tokens.push(Token {
+                    kind: Kind::Ident(rest[..len].to_string()),
+                    start,
+                });
+                at += len;
+            } else {
+                tokens.push(Token {
+                    kind: Kind::Ident(word.to_string()),
+                    start,
+                });
+                at += len;
+            }
+        } else {
+            let kind = match c {
+                '{' | '(' | '[' => Kind::Open(c),
+                '}' | ')' | ']' => Kind::Close(c),
+                _ => Kind::Punct(c),
+            };
+            tokens.push(Token { kind, start });
+            at += c.len_utf8();
+        }
+    }
+    Some(tokens)
+}
+
+fn ident_len(text: &str) -> usize {
+    text.char_indices()
+        .find(|(_, c)| !(c.is_alphanumeric() || *c == '_'))
+        .map_or(text.len(), |(at, _)| at)
+}
+
+/// The length of a (nested) block comment at the start of `text`.
+fn block_comment(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut at = 0;
+    while at < text.len() {
+        let rest = &text[at..];
+        if rest.starts_with("/*") {
+            depth += 1;
+            at += 2;
+        } else if rest.starts_with("*/") {
+            depth -= 1;
+            at += 2;
+            if depth == 0 {
+                return Some(at);
+            }
+        } else {
+            at += rest.chars().next()?.len_utf8();
+        }
+    }
+    None
+}
+
+/// The length of a string or char literal at the start of `text`, quoted by
+/// `quote`, with backslash escapes.
+fn quoted(text: &str, quote: char) -> Option<usize> {
+    let mut chars = text.char_indices().skip(1);
+    while let Some((at, c)) = chars.next() {
+        if c == '\\' {
+            chars.next()?;
+        } else if c == quote {
+            return Some(at + 1);
+        }
+    }
+    None
+}
+
+/// The length of a raw string's `#…"…"#…` part at the start of `text`.
+fn raw_string(text: &str) -> Option<usize> {
+    let hashes = text.len() - text.trim_start_matches('#').len();
+    let body = text[hashes..].strip_prefix('"')?;
+    let end = format!("\"{}", "#".repeat(hashes));
+    let close = body.find(&end)?;
+    Some(hashes + 1 + close + end.len())
+}
+
+fn header_start(tokens: &[Token], opens: &[usize], open: usize) -> usize {
+    // Walk back over whole groups; stop after a `;`, the bracket that opens
+    // the enclosing group, or a `}` that ends an item or a statement (not a
+    // const generic argument, `A<{ 1 }>`).
+    let mut at = open;
+    while at > 0 {
+        let prev = at - 1;
+        match &tokens[prev].kind {
+            Kind::Punct(';') | Kind::Open(_) => return at,
+            Kind::Close(c) => {
+                let group_open = opens[prev];
+                let in_generics = group_open
+                    .checked_sub(1)
+                    .is_some_and(|b| matches!(tokens[b].kind, Kind::Punct('<' | ',')));
+                if *c == '}' && !in_generics {
+                    return at;
+                }
+                at = group_open;
+            }
+            _ => at = prev,
+        }
+    }
+    at
+}
+
+/// Matches brackets and classes each group; `None` if they do not match.
+#[allow(clippy::type_complexity)]
+fn classify(tokens: &[Token]) -> Option<(Vec<Option<(usize, Group)>>, Vec<usize>)> {
+    let mut groups: Vec<Option<(usize, Group)>> = tokens.iter().map(|_| None).collect();
+    let mut opens = vec![usize::MAX; tokens.len()];
+    let mut open = Vec::new();
+    for (at, token) in tokens.iter().enumerate() {
+        match token.kind {
+            Kind::Open(c) => open.push((at, c)),
+            Kind::Close(c) => {
+                let (start, opened) = open.pop()?;
+                let matching = matches!((opened, c), ('{', '}') | ('(', ')') | ('[', ']'));
+                if !matching {
+                    return None;
+                }
+                groups[start] = Some((at, Group::Other));
+                opens[at] = start;
+            }
+            _ => {}
+        }
+    }
+    if !open.is_empty() {
+        return None;
+    }
+    for at in 0..tokens.len() {
+        let Some((close, _)) = groups[at] else {
+            continue;
+        };
+        let class = class_of(tokens, &groups, &opens, at);
+        groups[at] = Some((close, class));
+    }
+    Some((groups, opens))
+}
+
+/// Words after which `!` is a negation, not a macro call.
+const NOT_MACROS: &[&str] = &[
+    "if", "while", "match", "return", "in", "break", "yield", "else", "let", "mut", "ref",
+];
+
+fn class_of(
+    tokens: &[Token],
+    groups: &[Option<(usize, Group)>],
+    opens: &[usize],
+    open: usize,
+) -> Group {
+    let kind = |at: usize| tokens.get(at).map(|t| &t.kind);
+    let before = |back: usize| open.checked_sub(back).and_then(kind);
+    let ident_before = |back: usize| match before(back) {
+        Some(Kind::Ident(word)) => Some(word.as_str()),
+        _ => None,
+    };
+    // `#[…]`, `#![…]`.
+    if kind(open) == Some(&Kind::Open('['))
+        && (before(1) == Some(&Kind::Punct('#'))
+            || (before(1) == Some(&Kind::Punct('!')) && before(2) == Some(&Kind::Punct('#'))))
+    {
+        return Group::Attr;
+    }
+    // `name!(…)`, `name!{…}`, `macro_rules! name {…}`.
+    if before(1) == Some(&Kind::Punct('!'))
+        && let Some(name) = ident_before(2).filter(|name| !NOT_MACROS.contains(name))
+    {
+        return Group::Macro(name.to_string());
+    }
+    if before(2) == Some(&Kind::Punct('!'))
+        && ident_before(1).is_some()
+        && ident_before(3) == Some("macro_rules")
+    {
+        return Group::Macro("macro_rules".to_string());
+    }
+    if kind(open) != Some(&Kind::Open('{')) {
+        return Group::Other;
+    }
+    // The first word of the header, past attributes, visibility and
+    // qualifiers.
+    let mut at = header_start(tokens, opens, open);
+    while at < open {
+        match kind(at) {
+            Some(Kind::Punct('#')) => {
+                at += 1;
+                if kind(at) == Some(&Kind::Punct('!')) {
+                    at += 1;
+                }
+                match groups.get(at) {
+                    Some(Some((close, _))) => at = close + 1,
+                    _ => return Group::Other,
+                }
+            }
+            Some(Kind::Ident(word)) if word == "pub" => {
+                at += 1;
+                if let Some(Some((close, _))) = groups.get(at)
+                    && kind(at) == Some(&Kind::Open('('))
+                {
+                    at = close + 1;
+                }
+            }
+            Some(Kind::Ident(word)) if matches!(word.as_str(), "unsafe" | "default" | "auto") => {
+                at += 1;
+            }
+            Some(Kind::Ident(word)) => {
+                return match word.as_str() {
+                    "impl" => Group::Impl,
+                    "trait" => Group::Trait,
+                    "mod" => Group::Mod,
+                    _ => Group::Other,
+                };
+            }
+            _ => return Group::Other,
+        }
+    }
+    Group::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(text: &str, name: &str) -> Option<Group> {
+        let source = Source::new(text.to_string()).expect("lexes");
+        let offset = text.find(&format!("fn {name}")).expect("the fn");
+        source.fn_place(offset, name)
+    }
+
+    fn only_module(text: &str, name: &str) -> bool {
+        let source = Source::new(text.to_string()).expect("lexes");
+        let offset = text.find(&format!("spawn!({name}")).expect("the call") + "spawn!(".len();
+        source.only_module_names(offset, name)
+    }
+
+    #[test]
+    fn finds_a_fn_in_an_impl_or_a_trait() {
+        assert_eq!(place("impl W { #[e] fn f() {} }", "f"), Some(Group::Impl));
+        assert_eq!(
+            place(
+                "#[cfg(x)] unsafe impl<T: A<{ 1 }>> B for W<T> where T: C { fn f() {} }",
+                "f"
+            ),
+            Some(Group::Impl)
+        );
+        assert_eq!(
+            place("pub(crate) trait T { fn f() {} }", "f"),
+            Some(Group::Trait)
+        );
+        assert_eq!(place("fn f() {}", "f"), Some(Group::Other));
+        assert_eq!(place("mod m { fn f() {} }", "f"), Some(Group::Other));
+        assert_eq!(
+            place("impl W { fn g() { fn f() {} } }", "f"),
+            Some(Group::Other)
+        );
+        assert_eq!(
+            place("impl W { fn g() { let x = 1; fn f() {} } }", "f"),
+            Some(Group::Other)
+        );
+    }
+
+    #[test]
+    fn comments_strings_and_chars_hide_their_brackets() {
+        let text = r####"
+            // impl X {
+            /* impl Y { /* nested { */ */
+            const S: &str = "impl Z { \" {";
+            const R: &str = r#"impl Q { "# ;
+            const C: char = '{';
+            const D: char = '\'';
+            fn l<'a>(x: &'a str) -> &'a str { 'outer: loop { break 'outer x; } }
+            fn f() {}
+        "####;
+        assert_eq!(place(text, "f"), Some(Group::Other));
+    }
+
+    #[test]
+    fn text_inside_a_macro_input_is_unknown() {
+        assert_eq!(place("m! { impl W { fn f() {} } }", "f"), None);
+        assert_eq!(
+            place("macro_rules! m { () => { impl W { fn f() {} } } }", "f"),
+            None
+        );
+        let source = Source::new("impl W { fn g() {} }".to_string()).expect("lexes");
+        assert_eq!(source.fn_place(9, "g"), Some(Group::Impl));
+        assert_eq!(source.fn_place(9, "f"), None, "another name");
+        assert_eq!(source.fn_place(8, "g"), None, "not at a token");
+    }
+
+    #[test]
+    fn unbalanced_text_is_not_read() {
+        assert!(Source::new("fn f() {".to_string()).is_none());
+        assert!(Source::new("fn f() { ) }".to_string()).is_none());
+        assert!(Source::new("const S: &str = \"open".to_string()).is_none());
+    }
+
+    #[test]
+    fn offsets_count_lines_and_chars() {
+        let source = Source::new("é = 1;\n  ü fn".to_string()).expect("lexes");
+        assert_eq!(source.offset(1, 1), Some(0));
+        assert_eq!(
+            source.offset(2, 5),
+            Some(source.text.find("fn").expect("fn"))
+        );
+        assert_eq!(source.offset(3, 1), None);
+        assert_eq!(source.offset(2, 40), None);
+    }
+
+    #[test]
+    fn a_call_sees_only_module_names_unless_something_could_shadow_them() {
+        assert!(only_module("fn main() { let h = spawn!(add, 1); }", "add"));
+        assert!(only_module(
+            "fn main() { assert!(spawn!(add, 1).is_ok()); fn add() {} }",
+            "add"
+        ));
+        assert!(only_module("impl W { fn m() { spawn!(add); } }", "add"));
+        assert!(only_module(
+            "mod t { use super::*; fn m() { spawn!(add); } }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { use w::add; spawn!(add); }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { #[process_entry] fn add() {} spawn!(add); }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { struct add {} spawn!(add); }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { make!(add); spawn!(add); }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { tokio::select! { _ = spawn!(add) => {} } }",
+            "add"
+        ));
+        assert!(!only_module(
+            "macro_rules! m { () => { spawn!(add) } }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { if !(x) { spawn!(add); } m!(); }",
+            "add"
+        ));
+        assert!(only_module("fn main() { if !(x) { spawn!(add); } }", "add"));
+    }
+}
