@@ -4,11 +4,12 @@
 use crate::source::{Group, Source};
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned};
+use std::rc::Rc;
 use syn::parse::{Parse, ParseStream};
 use syn::{ItemFn, Path, Token};
 
 /// The source file that holds `span`, and the byte offset where it starts.
-fn source_of(span: Span) -> Option<(Source, usize)> {
+fn source_of(span: Span) -> Option<(Rc<Source>, usize)> {
     // Outside a running macro (a unit test) there is no compiler to ask.
     if !proc_macro::is_available() {
         return None;

@@ -15,7 +15,11 @@
 //! hold the expected token, unbalanced brackets, text inside a macro's
 //! input) answers "unknown", and the macro keeps its ordinary expansion.
 
-use std::path::Path;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::SystemTime;
 
 /// One token of the file: its text (empty for literals) and byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +36,10 @@ struct Token {
     kind: Kind,
     start: usize,
 }
+
+/// A file lexed before: its modification time and length then, and what
+/// came of it.
+type Lexed = (Option<SystemTime>, u64, Rc<Source>);
 
 /// What a `{`, `(` or `[` opens, judged by the tokens before it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,10 +71,31 @@ pub(crate) struct Source {
 
 impl Source {
     /// Reads and lexes `path`; `None` if it cannot be read or its brackets
-    /// do not match.
-    pub(crate) fn read(path: &Path) -> Option<Source> {
+    /// do not match. A file is lexed once per compiler process (and again
+    /// when its length or modification time change, for a long-lived one
+    /// such as an editor's): every entry and `spawn!` in it asks.
+    pub(crate) fn read(path: &Path) -> Option<Rc<Source>> {
+        thread_local! {
+            static LEXED: RefCell<HashMap<PathBuf, Lexed>> = RefCell::new(HashMap::new());
+        }
+        let meta = std::fs::metadata(path).ok()?;
+        let (modified, len) = (meta.modified().ok(), meta.len());
+        let cached = LEXED.with(|lexed| {
+            let lexed = lexed.borrow();
+            let (when, size, source) = lexed.get(path)?;
+            (*when == modified && *size == len && modified.is_some()).then(|| Rc::clone(source))
+        });
+        if cached.is_some() {
+            return cached;
+        }
         let text = std::fs::read_to_string(path).ok()?;
-        Source::new(text)
+        let source = Rc::new(Source::new(text)?);
+        LEXED.with(|lexed| {
+            lexed
+                .borrow_mut()
+                .insert(path.to_path_buf(), (modified, len, Rc::clone(&source)))
+        });
+        Some(source)
     }
 
     pub(crate) fn new(text: String) -> Option<Source> {
@@ -136,10 +165,10 @@ impl Source {
             return None;
         }
         let chain = self.enclosing(index);
-        if chain
-            .iter()
-            .any(|(_, class)| matches!(class, Group::Macro(_) | Group::Attr))
-        {
+        let rewritten = chain.iter().any(|&(open, ref class)| {
+            matches!(class, Group::Macro(_) | Group::Attr) || self.has_active_attribute(open)
+        });
+        if rewritten {
             return None;
         }
         match chain.first() {
@@ -166,6 +195,9 @@ impl Source {
         // the name, through macro inputs that only pass code along.
         let mut outermost = None;
         for (open, class) in self.enclosing(index) {
+            if self.has_active_attribute(open) {
+                return false;
+            }
             match class {
                 Group::Mod => break,
                 Group::Macro(name) if TRANSPARENT.contains(&name.as_str()) => {}
@@ -195,11 +227,36 @@ impl Source {
                 );
             match word.as_str() {
                 "use" | "process_entry" | "macro_rules" => false,
-                "struct" | "enum" | "union" | "type" | "trait" | "mod" => next != Some(name),
+                // A local fn of that name may be an entry under a renamed
+                // attribute (`use multiproc::process_entry as pe`).
+                "fn" | "struct" | "enum" | "union" | "type" | "trait" | "mod" => next != Some(name),
                 _ if is_call => TRANSPARENT.contains(&word.as_str()),
                 _ => true,
             }
         })
+    }
+
+    /// Whether the item or statement whose group opens at `open` carries an
+    /// attribute that may rewrite it (`#[tokio::main]`, `#[async_trait]`):
+    /// any but rustc's inert ones and `#[test]`. Such a macro may move the
+    /// text it was given anywhere.
+    fn has_active_attribute(&self, open: usize) -> bool {
+        let mut at = self.header_start(open);
+        while at < open {
+            let attribute = self.tokens[at].kind == Kind::Punct('#')
+                && matches!(self.groups.get(at + 1), Some(Some((_, Group::Attr))));
+            if attribute {
+                let inert = self.ident(at + 2).is_some_and(|word| {
+                    INERT.contains(&word)
+                        && self.tokens.get(at + 3).map(|t| &t.kind) != Some(&Kind::Punct(':'))
+                });
+                if !inert {
+                    return true;
+                }
+            }
+            at += 1;
+        }
+        false
     }
 
     /// The first token of the item or statement whose group opens at
@@ -209,6 +266,27 @@ impl Source {
         header_start(&self.tokens, &self.opens, open)
     }
 }
+
+/// Attributes that leave the item they are on where it is (a path, such as
+/// `#[tokio::main]`, never is one).
+const INERT: &[&str] = &[
+    "allow",
+    "cfg",
+    "cold",
+    "deny",
+    "deprecated",
+    "doc",
+    "expect",
+    "forbid",
+    "ignore",
+    "inline",
+    "must_use",
+    "non_exhaustive",
+    "should_panic",
+    "test",
+    "track_caller",
+    "warn",
+];
 
 /// Macros whose input is code that stays where it is: a name inside them
 /// resolves as it would outside.
@@ -559,6 +637,26 @@ mod tests {
     }
 
     #[test]
+    fn an_attribute_that_may_move_the_fn_makes_its_place_unknown() {
+        assert_eq!(
+            place("#[allow(x)] #[doc = \"d\"] impl W { fn f() {} }", "f"),
+            Some(Group::Impl)
+        );
+        assert_eq!(place("#[async_trait] impl W { fn f() {} }", "f"), None);
+        assert_eq!(place("#[a::b] impl W { fn f() {} }", "f"), None);
+        assert_eq!(
+            place("#[flatten] mod m { impl W { fn f() {} } }", "f"),
+            None
+        );
+        assert!(only_module("#[test] fn t() { spawn!(add); }", "add"));
+        assert!(!only_module(
+            "#[tokio::main] async fn main() { spawn!(add); }",
+            "add"
+        ));
+        assert!(!only_module("#[rewrite] fn main() { spawn!(add); }", "add"));
+    }
+
+    #[test]
     fn comments_strings_and_chars_hide_their_brackets() {
         let text = r####"
             // impl X {
@@ -609,7 +707,11 @@ mod tests {
     fn a_call_sees_only_module_names_unless_something_could_shadow_them() {
         assert!(only_module("fn main() { let h = spawn!(add, 1); }", "add"));
         assert!(only_module(
-            "fn main() { assert!(spawn!(add, 1).is_ok()); fn add() {} }",
+            "fn main() { assert!(spawn!(add, 1).is_ok()); fn other() {} }",
+            "add"
+        ));
+        assert!(!only_module(
+            "fn main() { #[pe] fn add() {} spawn!(add); }",
             "add"
         ));
         assert!(only_module("impl W { fn m() { spawn!(add); } }", "add"));
@@ -646,5 +748,94 @@ mod tests {
             "add"
         ));
         assert!(only_module("fn main() { if !(x) { spawn!(add); } }", "add"));
+    }
+
+    /// Every fn in this workspace's own sources, placed by `fn_place` as
+    /// syn's parse of the same file places it.
+    #[test]
+    fn agrees_with_syn_on_this_workspace() {
+        use syn::visit::Visit;
+
+        struct Fns<'a> {
+            source: &'a Source,
+            file: String,
+            checked: usize,
+        }
+
+        impl Fns<'_> {
+            fn check(&mut self, token: &syn::token::Fn, name: &syn::Ident, expected: Group) {
+                let at = token.span.start();
+                let offset = self
+                    .source
+                    .offset(at.line, at.column + 1)
+                    .expect("syn's position is in the file");
+                let found = self.source.fn_place(offset, &name.to_string());
+                assert_eq!(
+                    found,
+                    Some(expected),
+                    "{}:{}: fn {name}",
+                    self.file,
+                    at.line
+                );
+                self.checked += 1;
+            }
+        }
+
+        impl<'ast> Visit<'ast> for Fns<'_> {
+            fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+                self.check(&item.sig.fn_token, &item.sig.ident, Group::Other);
+                syn::visit::visit_item_fn(self, item);
+            }
+            fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
+                self.check(&item.sig.fn_token, &item.sig.ident, Group::Impl);
+                syn::visit::visit_impl_item_fn(self, item);
+            }
+            fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
+                self.check(&item.sig.fn_token, &item.sig.ident, Group::Trait);
+                syn::visit::visit_trait_item_fn(self, item);
+            }
+        }
+
+        fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                let name = entry.file_name();
+                if name == "target" || name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                if path.is_dir() {
+                    files(&path, out);
+                } else if path.extension().is_some_and(|ext| ext == "rs") {
+                    out.push(path);
+                }
+            }
+        }
+
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the workspace");
+        let mut paths = Vec::new();
+        files(root, &mut paths);
+        assert!(paths.len() > 50, "the workspace's files: {}", paths.len());
+        let mut checked = 0;
+        for path in paths {
+            let text = std::fs::read_to_string(&path).expect("readable");
+            let Ok(file) = syn::parse_file(&text) else {
+                // Not Rust as a whole file (a trybuild case meant to fail).
+                continue;
+            };
+            let source = Source::new(text).unwrap_or_else(|| panic!("{} lexes", path.display()));
+            let mut fns = Fns {
+                source: &source,
+                file: path.display().to_string(),
+                checked: 0,
+            };
+            fns.visit_file(&file);
+            checked += fns.checked;
+        }
+        assert!(checked > 1000, "fns checked: {checked}");
     }
 }

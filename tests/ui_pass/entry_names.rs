@@ -43,6 +43,7 @@ mod globbed {
 }
 
 use globbed::*;
+use multiproc::process_entry as entry_attribute;
 use other::imported;
 use other::renamed as by_new_name;
 
@@ -99,6 +100,16 @@ fn in_this_fn() -> [&'static str; 2] {
     [name_of(entry!(local)), name_of(entry!(inner::in_block_module))]
 }
 
+// A local entry under a renamed attribute: the macros see a local fn of
+// that name, and name the path as written.
+fn renamed_attribute() -> &'static str {
+    #[entry_attribute]
+    fn under_renamed(n: u32) -> u32 {
+        n
+    }
+    name_of(entry!(under_renamed))
+}
+
 fn main() {
     let names = [
         name_of(entry!(here)),
@@ -111,6 +122,7 @@ fn main() {
         name_of(entry!(self::here)),
         in_this_fn()[0],
         in_this_fn()[1],
+        renamed_attribute(),
     ];
     let expected = [
         "::here",
@@ -123,6 +135,7 @@ fn main() {
         "::here",
         "::local",
         "::inner::in_block_module",
+        "::under_renamed",
     ];
     for (name, end) in names.iter().zip(expected) {
         assert!(name.ends_with(end), "{name} should end with {end}");
