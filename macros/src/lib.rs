@@ -49,7 +49,7 @@ pub fn process_entry(attr: TokenStream, item: TokenStream) -> TokenStream {
 /// Where the call's own file shows that nothing but the module's names (or,
 /// for `a::b::f`, those of `a::b`) can be in scope for the last name, the
 /// marker is looked up beside a stand-in of the same name, so that a fn
-/// without `#[process_entry]` is reported in multiproc's words ("need a fn
+/// without `#[process_entry]` is reported in multiproc's words ("take a fn
 /// marked `#[process_entry]`") rather than by resolution ("expected struct,
 /// found function"). Elsewhere it names the path as written, through
 /// multiproc's `mark_the_fn_with_process_entry!`, whose name rustc's error
