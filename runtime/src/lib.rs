@@ -440,9 +440,11 @@ macro_rules! __mark_the_fn_with_process_entry {
 /// up beside a stand-in of the same name, one scope further out, that
 /// carries that message. That is exact only where nothing between the
 /// module and the call could declare or import the name, which the macro
-/// checks by reading the calling fn's source: no `use`, no entry, no type
-/// of that name, no macro call but std's and multiproc's, and the call not
-/// inside another macro's input. (A path `a::b::f` needs none of this: the
+/// checks by reading the calling fn's source: no `use`, no entry, no fn
+/// or type of that name, no macro call but std's and multiproc's, no
+/// attribute that may rewrite the code (`#[test]` and rustc's own are
+/// fine), and the call not inside another macro's input. (A path `a::b::f`
+/// needs none of this: the
 /// marker is looked for among `a::b`'s names.) Elsewhere the macro names
 /// the type as written, and rustc says "expected struct, variant or union
 /// type, found function `f`", noting that the error "originates in the
