@@ -444,12 +444,12 @@ macro_rules! __mark_the_fn_with_process_entry {
 /// or type of that name, no macro call but std's and multiproc's, no
 /// attribute that may rewrite the code (`#[test]` and rustc's own are
 /// fine), and the call not inside another macro's input. (A path `a::b::f`
-/// needs none of this: the
-/// marker is looked for among `a::b`'s names.) Elsewhere the macro names
-/// the type as written, and rustc says "expected struct, variant or union
-/// type, found function `f`", noting that the error "originates in the
-/// macro `$crate::__private::mark_the_fn_with_process_entry`": the name of
-/// that macro is the fix.
+/// needs none of this: the marker is looked for among `a::b`'s names.)
+/// Elsewhere the macro names the type as written, and rustc says "expected
+/// struct, variant or union type, found function `f`", noting that the
+/// error "originates in the macro
+/// `$crate::__private::mark_the_fn_with_process_entry`": the name of that
+/// macro is the fix.
 ///
 /// ```
 /// use multiproc::{process_entry, spawn};
