@@ -285,7 +285,7 @@ impl Source {
             return false;
         }
         let mut at = from + 2;
-        let mut first = true;
+        // Where the attribute after the last comma seen starts.
         let mut start = None;
         while at < *end {
             if is(at, Kind::Punct(',')) {
@@ -294,7 +294,6 @@ impl Source {
                 {
                     return false;
                 }
-                first = false;
                 start = Some(at + 1);
             }
             match self.groups.get(at) {
@@ -302,9 +301,11 @@ impl Source {
                 _ => at += 1,
             }
         }
+        // No comma: nothing is added, `cfg_attr(x)` is malformed.
         match start {
             Some(begin) if begin < *end => self.inert(begin, *end),
-            _ => !first,
+            Some(_) => true,
+            None => false,
         }
     }
 

@@ -37,7 +37,9 @@ pub trait Entry: Copy + Send + Sync + 'static {
     note = "add `#[process_entry]` above this fn (it stays callable as a normal fn)"
 )]
 pub trait MarkedEntry {
-    /// The marker type itself.
+    /// The marker type itself. An associated type, not `Self`, so that
+    /// where the bound fails `ENTRY`'s type is unknown too, and rustc
+    /// reports the one missing impl rather than each later use of the value.
     type Entry;
     /// The marker value.
     const ENTRY: Self::Entry;
