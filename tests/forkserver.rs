@@ -406,19 +406,78 @@ fn run_inner(name: &str, env: &[(&str, &str)]) {
     common::run_alone_with(name, INNER, env);
 }
 
-/// The live (not zombie) children of process `pid`, from /proc.
+/// The live (not zombie) children of process `pid`, from /proc, but the
+/// fork server's memory holders (`sys/holder.rs`), which share a spare's
+/// memory and run nothing.
 fn children_of(pid: u32) -> Vec<u32> {
     common::processes()
         .into_iter()
-        .filter(|&(_, state, ppid)| state != b'Z' && ppid == pid)
+        .filter(|&(child, state, ppid)| state != b'Z' && ppid == pid && !is_holder(child))
         .map(|(child, _, _)| child)
         .collect()
+}
+
+/// Whether `pid` is a memory holder of a fork-server child, by its name.
+fn is_holder(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "multiproc-hold")
 }
 
 /// The variable `key` as this child sees it, and its descriptors.
 #[process_entry]
 fn env_and_fds(key: String) -> (Option<String>, Vec<(u32, String)>) {
     (std::env::var(&key).ok(), list_fds())
+}
+
+#[test]
+fn the_memory_holders_of_spares_hold_one_pidfd_and_are_reaped() {
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse().unwrap_or(0));
+    if (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) < (5u32, 9u32) {
+        println!("skipped: memory holders need close_range (Linux 5.9)");
+        return;
+    }
+    let server = server_pid();
+    let holders = || -> Vec<u32> {
+        common::processes()
+            .into_iter()
+            .filter(|&(pid, state, ppid)| ppid == server && state != b'Z' && is_holder(pid))
+            .map(|(pid, _, _)| pid)
+            .collect()
+    };
+    // Children served by spares, each of which made a holder as it warmed
+    // up; the spares announced since have made theirs.
+    for i in 0..20 {
+        assert_eq!(forked_add(i, 1).join().unwrap(), i + 1);
+    }
+    common::eventually("an announced spare has a memory holder", || {
+        !holders().is_empty()
+    });
+    for holder in holders() {
+        // Not the spare's sockets (they would keep its parent from seeing
+        // it end): only the pidfd it waits on.
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{holder}/fd")) else {
+            continue; // gone meanwhile
+        };
+        let targets: Vec<String> = fds
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|t| t.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(targets, ["anon_inode:[pidfd]"], "holder {holder}");
+    }
+    // The ended children's holders have ended too, and the server reaped
+    // them: none is a zombie, and no more are left than live spares.
+    common::eventually("the server reaps ended children and holders", || {
+        let zombies = common::processes()
+            .into_iter()
+            .filter(|&(_, state, ppid)| ppid == server && state == b'Z')
+            .count();
+        zombies == 0 && holders().len() <= children_of(server).len()
+    });
 }
 
 #[test]
@@ -441,7 +500,15 @@ fn inner_spare() {
     ) {
         return;
     }
-    let inherited = inheritable_fds();
+    // By number and target: a socket of the child's may have the number
+    // of one of ours.
+    let inherited: Vec<(u32, String)> = inheritable_fds()
+        .into_iter()
+        .filter_map(|fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
+            Some((fd, target.to_string_lossy().into_owned()))
+        })
+        .collect();
     let server = server_pid();
     // Asleep, and none of `taken`: a child still exiting (the one
     // `server_pid` joined) is not a spare, nor is one already serving.
@@ -481,7 +548,7 @@ fn inner_spare() {
     assert_eq!(var.as_deref(), Some("set after the fork"));
     let fds: Vec<(u32, String)> = fds
         .into_iter()
-        .filter(|(fd, _)| !inherited.contains(fd))
+        .filter(|fd| !inherited.contains(fd))
         .collect();
     let numbers: Vec<u32> = fds.iter().map(|(fd, _)| *fd).collect();
     assert_eq!(numbers.len(), 4, "{fds:?}");

@@ -130,6 +130,9 @@ fn dispatch(loaded: usize, force: bool) {
 }
 
 pub(super) fn exit(code: i32) -> ! {
+    // A forked child with a memory holder that used much memory hands its
+    // unmapping back to normal scheduling (`sys::holder`).
+    crate::sys::holder::before_exit();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     std::process::exit(code);

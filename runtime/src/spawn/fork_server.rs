@@ -42,6 +42,13 @@
 //! back to back waits for no fork at all. A spare whose parent drops it
 //! (or dies) reads the end of its socket and exits.
 //!
+//! **The memory holder.** A warmed-up spare starts a holder of its memory
+//! (`sys::holder`), so that its exit, once it has run, does not wait for
+//! that memory to be unmapped: the holder, a child of the server, exits
+//! after it and does that. The server reaps holders on `SIGCHLD`, which it
+//! blocks and reads from a signalfd (`Server::sweep`); they are the only
+//! children it holds no pidfd for.
+//!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
 //! as the parent). Its daemon children die with it by their own
@@ -92,6 +99,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         Served::Forked { target, control } => {
             // The new child keeps none of the server's descriptors.
             drop(server);
+            crate::sys::unblock_sigchld();
             if sigchld_ignored {
                 crate::sys::ignore_sigchld();
             }
@@ -107,6 +115,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             let Server {
                 sock,
                 epoll,
+                signals,
                 running,
                 nofile,
                 single,
@@ -116,7 +125,8 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 spare_due: _,
                 quick: _,
             } = server;
-            drop((sock, epoll, running, buf, announced));
+            drop((sock, epoll, signals, running, buf, announced));
+            crate::sys::unblock_sigchld();
             if sigchld_ignored {
                 crate::sys::ignore_sigchld();
             }
@@ -182,6 +192,9 @@ fn run_spare(
         let _ = rustix::process::setrlimit(Resource::Nofile, nofile);
     }
     warm_up();
+    // So that its exit, once it has run, does not wait for its memory to
+    // be unmapped (`sys::holder`).
+    crate::sys::holder::hold_memory();
     let mut buf = Vec::new();
     let request = match wire::recv_frame(assigned.as_fd(), &mut buf) {
         Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest && frame.fds.is_empty() => {
@@ -231,11 +244,17 @@ const QUICK_SPARES: usize = 2;
 
 /// The epoll key of the request socket; a child's key is its pid.
 const REQUESTS: u64 = u64::MAX;
+/// The epoll key of the `SIGCHLD` signalfd.
+const SIGNALS: u64 = u64::MAX - 1;
 
 #[derive(Debug)]
 struct Server {
     sock: OwnedFd,
     epoll: OwnedFd,
+    /// Readable when a child has exited: the children the server holds no
+    /// pidfd for, the memory holders of its spares (`sys::holder`), are
+    /// reaped when it is.
+    signals: OwnedFd,
     running: HashMap<u32, Running>,
     /// The descriptor limit the server was started with, which its
     /// children get back (the server raises its own: it holds two
@@ -334,9 +353,17 @@ impl Server {
             epoll::EventData::new_u64(REQUESTS),
             epoll::EventFlags::IN,
         )?;
+        let signals = crate::sys::sigchld_fd()?;
+        epoll::add(
+            &epoll,
+            &signals,
+            epoll::EventData::new_u64(SIGNALS),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Server {
             sock,
             epoll,
+            signals,
             running: HashMap::new(),
             nofile,
             single,
@@ -383,9 +410,12 @@ impl Server {
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Served::Failed(e.into()),
             }
+            let mut signalled = false;
             for event in &events {
                 let key = event.data.u64();
-                if key == REQUESTS {
+                if key == SIGNALS {
+                    signalled = true;
+                } else if key == REQUESTS {
                     if let Some(served) = self.request() {
                         return served;
                     }
@@ -395,7 +425,38 @@ impl Server {
                     return served;
                 }
             }
+            // After the children's own events, whose statuses come first.
+            if signalled && let Some(served) = self.sweep() {
+                return served;
+            }
         }
+    }
+
+    /// Reaps every child that has exited: a memory holder (no pidfd, not
+    /// in `running`) at once, a running child as its own event would.
+    fn sweep(&mut self) -> Option<Served> {
+        let mut info = [0u8; 128];
+        while matches!(rustix::io::read(&self.signals, &mut info), Ok(n) if n > 0) {}
+        while let Some(pid) = crate::sys::exited_child() {
+            if self.running.contains_key(&pid) {
+                if let Some(served) = self.reap(pid) {
+                    return Some(served);
+                }
+                if self.running.contains_key(&pid) {
+                    // Not reaped after all: leave it to its pidfd.
+                    return None;
+                }
+            } else if !matches!(
+                rustix::process::waitpid(
+                    rustix::process::Pid::from_raw(pid as i32),
+                    rustix::process::WaitOptions::NOHANG,
+                ),
+                Ok(Some(_))
+            ) {
+                return None;
+            }
+        }
+        None
     }
 
     /// Forgets the announced spares that have been taken (or have died),

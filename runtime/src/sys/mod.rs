@@ -8,6 +8,7 @@
 pub(crate) mod dial;
 pub(crate) mod fork;
 pub(crate) mod futex;
+pub(crate) mod holder;
 pub(crate) mod lock_word;
 pub(crate) mod owner;
 pub(crate) mod pidfd;
@@ -151,6 +152,62 @@ pub(crate) fn ignore_sigchld() {
     unsafe {
         libc::signal(libc::SIGCHLD, libc::SIG_IGN);
     }
+}
+
+/// Blocks `SIGCHLD` for this thread and returns a signalfd (CLOEXEC,
+/// non-blocking) that becomes readable when one is pending: the fork
+/// server's wake-up for children it holds no pidfd for (memory holders,
+/// [`holder`]). Its children unblock it ([`unblock_sigchld`]).
+pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
+    // SAFETY: `sigset_t` is plain data that `sigemptyset` initialises.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid set; `pthread_sigmask` changes this
+    // thread's mask only.
+    let fd = unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
+    };
+    if fd < 0 {
+        let err = io::Error::last_os_error();
+        unblock_sigchld();
+        return Err(err);
+    }
+    // SAFETY: `signalfd` returned a new descriptor that nothing else owns.
+    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+/// Unblocks `SIGCHLD` for this thread (see [`sigchld_fd`]).
+pub(crate) fn unblock_sigchld() {
+    // SAFETY: as in `sigchld_fd`.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as in `sigchld_fd`.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// The pid of a child of this process that has exited and is not reaped
+/// yet, if there is one; it stays unreaped (`WNOWAIT`).
+pub(crate) fn exited_child() -> Option<u32> {
+    // SAFETY: `siginfo_t` is plain data that `waitid` fills.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is a valid place for the kernel to write.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_ALL,
+            0,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: the kernel filled `info` for a child's state change (a zero
+    // pid means none).
+    let pid = unsafe { info.si_pid() };
+    (r == 0 && pid > 0).then_some(pid as u32)
 }
 
 /// A connected pair of Unix stream sockets, both ends CLOEXEC: a child's
