@@ -10,7 +10,8 @@
 //! one left last does the unmapping. So a spare (`spawn/fork_server.rs`)
 //! starts a holder ahead of time, off any start's path: a process that
 //! blocks every signal it can, closes every descriptor but a pidfd of the
-//! child, and waits on that pidfd. When the child has exited (its status
+//! child (which the child waits for: a socket of its must not stay open in
+//! the holder), and waits on that pidfd. When the child has exited (its status
 //! already on its way to the server), the holder exits too, and the memory
 //! goes then.
 //!
@@ -82,6 +83,16 @@ pub(crate) fn hold_memory() {
     if stack == libc::MAP_FAILED {
         return;
     }
+    // Until the holder has closed its copies of this process's descriptors,
+    // they stay open: a socket would not end when this process ends. Its
+    // copy of `closed_w` goes with them, which this process waits for.
+    let Ok((closed_r, closed_w)) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC) else {
+        // SAFETY: nothing else knows of the mapping.
+        unsafe {
+            libc::munmap(stack, STACK);
+        }
+        return;
+    };
     let base = stack.cast::<u8>();
     // The arguments sit at the bottom of the holder's stack, far below
     // where its frames grow down to: memory only the holder reads, never
@@ -136,11 +147,30 @@ pub(crate) fn hold_memory() {
         return;
     }
     // Its copy of the pidfd is what it waits on; ours is not needed.
-    drop(pidfd);
+    drop((pidfd, closed_w));
+    let mut fds = [rustix::event::PollFd::new(
+        &closed_r,
+        rustix::event::PollFlags::IN,
+    )];
+    let bound = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    if !matches!(rustix::event::poll(&mut fds, Some(&bound)), Ok(1)) {
+        // Not run within a second (stopped?): ended, its copies with it.
+        // SAFETY: `kill` sends a signal; `pid` is the holder, not yet
+        // reaped (the server reaps it only once it has ended).
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+        return;
+    }
     let param = libc::sched_param { sched_priority: 0 };
     // SAFETY: `param` is a valid `sched_param`; lowering the priority of a
     // process of the same user needs no privilege. A failure leaves it at
-    // normal priority, which is only slower.
+    // normal priority, which is only slower. (It is set here, not in the
+    // holder's first lines: under load, a holder waiting to run at idle
+    // priority would keep this process waiting above.)
     unsafe {
         libc::sched_setscheduler(pid, libc::SCHED_IDLE, &param);
     }
