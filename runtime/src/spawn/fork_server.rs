@@ -42,10 +42,11 @@
 //! back to back waits for no fork at all. A spare whose parent drops it
 //! (or dies) reads the end of its socket and exits.
 //!
-//! **The memory holder.** A warmed-up spare starts a holder of its memory
-//! (`sys::holder`), so that its exit, once it has run, does not wait for
-//! that memory to be unmapped: the holder, a child of the server, exits
-//! after it and does that. The server reaps holders on `SIGCHLD`, which it
+//! **The memory holder.** A warmed-up spare of the idle rule (not one
+//! forked while the parent starts children in quick succession) starts a
+//! holder of its memory (`sys::holder`), so that its exit, once it has
+//! run, does not wait for that memory to be unmapped: the holder, a child
+//! of the server, exits after it and does that while a CPU is free. The server reaps holders on `SIGCHLD`, which it
 //! blocks and reads from a signalfd (`Server::sweep`); they are the only
 //! children it holds no pidfd for.
 //!
@@ -109,6 +110,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             assigned,
             control,
             taken,
+            hold,
         } => {
             // The spare keeps none of the server's descriptors either, but
             // its proof of being single-threaded, to change its environment.
@@ -135,7 +137,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 nofile,
                 pid,
                 (assigned, control, taken),
-                marker.parent,
+                (marker.parent, hold),
             )
         }
     }
@@ -185,7 +187,7 @@ fn run_spare(
     nofile: Rlimit,
     server: u32,
     (assigned, control, taken): (OwnedFd, OwnedFd, OwnedFd),
-    started_by: u32,
+    (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
     if nofile.current != nofile.maximum {
@@ -193,8 +195,14 @@ fn run_spare(
     }
     warm_up();
     // So that its exit, once it has run, does not wait for its memory to
-    // be unmapped (`sys::holder`).
-    crate::sys::holder::hold_memory();
+    // be unmapped (`sys::holder`): for a spare of the idle rule, whose
+    // start is likely to find a CPU free for that unmapping meanwhile. A
+    // parent starting children back to back keeps both CPUs of a small
+    // machine busy, and there a holder only added its own cost: the same
+    // unmapping, later, and a process more.
+    if hold {
+        crate::sys::holder::hold_memory();
+    }
     let mut buf = Vec::new();
     let request = match wire::recv_frame(assigned.as_fd(), &mut buf) {
         Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest && frame.fds.is_empty() => {
@@ -324,11 +332,13 @@ enum Served {
         control: OwnedFd,
     },
     /// This is a new spare child, to wait for its request on `assigned`,
-    /// close `taken` when it comes, and then serve it on `control`.
+    /// close `taken` when it comes, and then serve it on `control`; with a
+    /// memory holder if `hold` (a spare of the idle rule).
     Spare {
         assigned: OwnedFd,
         control: OwnedFd,
         taken: OwnedFd,
+        hold: bool,
     },
 }
 
@@ -390,7 +400,7 @@ impl Server {
                 if left.is_zero() && self.announced.is_empty() {
                     // Not again until the next request (or a spare's end).
                     self.spare_due = None;
-                    if let Some(served) = self.fork_spare() {
+                    if let Some(served) = self.fork_spare(true) {
                         return served;
                     }
                     continue;
@@ -597,8 +607,10 @@ impl Server {
 
     /// Forks a spare child and announces it to the parent, which hands it
     /// its next request; `Some` in the spare itself, or if the parent has
-    /// gone. Without a spare, requests fork on demand.
-    fn fork_spare(&mut self) -> Option<Served> {
+    /// gone. Without a spare, requests fork on demand. `idle`: forked by
+    /// the idle rule (not for starts in quick succession), so the spare
+    /// starts a memory holder.
+    fn fork_spare(&mut self, idle: bool) -> Option<Served> {
         // The crate's tests make it fail, as a fork can.
         #[cfg(feature = "test-hooks")]
         if std::env::var_os(super::protocol::NO_SPARE_ENV).is_some() {
@@ -615,6 +627,7 @@ impl Server {
                     assigned,
                     control,
                     taken,
+                    hold: idle,
                 });
             }
             Ok(Forked::Parent(pid)) => pid,
@@ -735,7 +748,7 @@ impl Server {
         // timer tries again.)
         if self.quick
             && self.announced.is_empty()
-            && let Some(served) = self.fork_spare()
+            && let Some(served) = self.fork_spare(false)
         {
             return Some(served);
         }
@@ -749,7 +762,7 @@ impl Server {
         // announced: it will serve the start after that. (If the fork
         // fails, the next end tries again.)
         if self.quick && self.announced.len() < QUICK_SPARES {
-            return self.fork_spare();
+            return self.fork_spare(false);
         }
         None
     }

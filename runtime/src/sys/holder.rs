@@ -8,7 +8,10 @@
 //! instruction to its status, which `join` waits for. While another process
 //! uses the same memory, the exit only drops a reference to it, and the
 //! one left last does the unmapping. So a spare (`spawn/fork_server.rs`)
-//! starts a holder ahead of time, off any start's path: a process that
+//! starts a holder ahead of time, off any start's path, where the parent
+//! does not start children back to back (then both CPUs of a small
+//! machine are busy, and a holder only moves the unmapping later and adds
+//! a process; measured, it made nothing faster there): a process that
 //! blocks every signal it can, closes every descriptor but a pidfd of the
 //! child (which the child waits for: a socket of its must not stay open in
 //! the holder), and waits on that pidfd. When the child has exited (its status
