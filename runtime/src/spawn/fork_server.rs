@@ -46,9 +46,10 @@
 //! forked while the parent starts children in quick succession) starts a
 //! holder of its memory (`sys::holder`), so that its exit, once it has
 //! run, does not wait for that memory to be unmapped: the holder, a child
-//! of the server, exits after it and does that while a CPU is free. The server reaps holders on `SIGCHLD`, which it
-//! blocks and reads from a signalfd (`Server::sweep`); they are the only
-//! children it holds no pidfd for.
+//! of the server, exits after it and does that while a CPU is free. The
+//! server reaps holders on `SIGCHLD`, which it blocks and reads from a
+//! signalfd (`Server::sweep`); they are the only children it holds no
+//! pidfd for.
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long

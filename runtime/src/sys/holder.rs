@@ -14,9 +14,9 @@
 //! a process; measured, it made nothing faster there): a process that
 //! blocks every signal it can, closes every descriptor but a pidfd of the
 //! child (which the child waits for: a socket of its must not stay open in
-//! the holder), and waits on that pidfd. When the child has exited (its status
-//! already on its way to the server), the holder exits too, and the memory
-//! goes then.
+//! the holder), and waits on that pidfd. When the child has exited (its
+//! status already on its way to the server), the holder exits too, and the
+//! memory goes then.
 //!
 //! The holder runs under `SCHED_IDLE`: it is woken together with the
 //! server, and it must not run before it, or before the parent, on a CPU
@@ -24,7 +24,7 @@
 //! it may wait to run; a child that used much memory (a peak of
 //! [`LARGE_PEAK_KIB`]) puts its holder back to normal scheduling as it
 //! exits from its entry ([`before_exit`]), so that a large memory does not
-//! stay long.
+//! stay long, where the kernel lets it (`RLIMIT_NICE`, or root).
 //!
 //! The holder is the server's child (`CLONE_PARENT`), not the spare's: a
 //! process left behind by its parent would be reaped by whoever adopts it,
@@ -182,7 +182,11 @@ pub(crate) fn hold_memory() {
 
 /// Before a forked child exits: if its memory peaked above
 /// [`LARGE_PEAK_KIB`], its holder goes back to normal scheduling, so that
-/// the memory is freed soon even on a busy machine.
+/// the memory is freed soon even on a busy machine. The kernel allows
+/// that only where `RLIMIT_NICE` would let the holder's nice value be
+/// set (or with `CAP_SYS_NICE`); elsewhere the holder keeps its idle
+/// priority, and a busy machine frees that memory at the pace of an idle
+/// task.
 pub(crate) fn before_exit() {
     let Some(&pid) = HOLDER.get() else {
         return;
@@ -195,10 +199,26 @@ pub(crate) fn before_exit() {
     {
         return;
     }
+    // Still our holder, by name and parent (the server's child, as we
+    // are): one killed by someone else and reaped would leave its pid to
+    // another process, whose scheduling is not ours to change.
+    let ours = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let name = NAME.to_str().unwrap_or_default();
+        let Some((head, tail)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let ppid = tail
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        head.ends_with(&format!("({name}")) && ppid == Some(std::os::unix::process::parent_id())
+    });
+    if !ours {
+        return;
+    }
     let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `hold_memory`; raising a `SCHED_IDLE` process of the
-    // same user back to `SCHED_OTHER` at nice 0 needs no privilege where
-    // its nice value was 0 before.
+    // SAFETY: `param` is a valid `sched_param`; the kernel checks whether
+    // this process may make the change, and a refusal changes nothing.
     unsafe {
         libc::sched_setscheduler(pid, libc::SCHED_OTHER, &param);
     }
