@@ -151,15 +151,24 @@ pub(crate) fn hold_memory() {
     }
     // Its copy of the pidfd is what it waits on; ours is not needed.
     drop((pidfd, closed_w));
-    let mut fds = [rustix::event::PollFd::new(
-        &closed_r,
-        rustix::event::PollFlags::IN,
-    )];
-    let bound = rustix::event::Timespec {
-        tv_sec: 1,
-        tv_nsec: 0,
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let closed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let bound = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: left.as_nanos().min(999_999_999) as _,
+        };
+        let mut fds = [rustix::event::PollFd::new(
+            &closed_r,
+            rustix::event::PollFlags::IN,
+        )];
+        match rustix::event::poll(&mut fds, Some(&bound)) {
+            // A signal handled by this process: look again.
+            Err(rustix::io::Errno::INTR) if !left.is_zero() => continue,
+            ready => break matches!(ready, Ok(1)),
+        }
     };
-    if !matches!(rustix::event::poll(&mut fds, Some(&bound)), Ok(1)) {
+    if !closed {
         // Not run within a second (stopped?): ended, its copies with it.
         // SAFETY: `kill` sends a signal; `pid` is the holder, not yet
         // reaped (the server reaps it only once it has ended).
