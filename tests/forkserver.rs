@@ -435,11 +435,7 @@ fn the_memory_holders_of_spares_hold_one_pidfd_and_are_reaped() {
     if !common::fork_server_or_skip() {
         return;
     }
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(|n| n.parse().unwrap_or(0));
-    if (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) < (5u32, 9u32) {
+    if !common::kernel_at_least(5, 9) {
         println!("skipped: memory holders need close_range (Linux 5.9)");
         return;
     }

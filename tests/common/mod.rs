@@ -232,12 +232,15 @@ pub fn write_end_closed(r: &std::os::fd::OwnedFd) -> bool {
 /// Whether this kernel keeps how a reaped process ended for its pidfd
 /// (Linux 6.15 and later), from its release number.
 pub fn kernel_keeps_exits() -> bool {
+    kernel_at_least(6, 15)
+}
+
+/// Whether this kernel's release is `major.minor` or later.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let uname = rustix::system::uname();
     let release = uname.release().to_string_lossy();
     let mut numbers = release
         .split(|c: char| !c.is_ascii_digit())
         .map(|n| n.parse::<u32>().unwrap_or(0));
-    let major = numbers.next().unwrap_or(0);
-    let minor = numbers.next().unwrap_or(0);
-    (major, minor) >= (6, 15)
+    (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)) >= (major, minor)
 }

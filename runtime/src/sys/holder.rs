@@ -41,13 +41,13 @@ static HOLDER: OnceLock<i32> = OnceLock::new();
 
 /// The peak resident memory above which a child puts its holder back to
 /// normal scheduling before it exits: 64 MiB.
-pub(crate) const LARGE_PEAK_KIB: i64 = 64 << 10;
+const LARGE_PEAK_KIB: i64 = 64 << 10;
 
 /// The holder's stack. It needs a few hundred bytes; the rest is margin.
 const STACK: usize = 64 << 10;
 
 /// The holder's name (its `comm`, as `ps` shows it).
-pub(crate) const NAME: &std::ffi::CStr = c"multiproc-hold";
+const NAME: &std::ffi::CStr = c"multiproc-hold";
 
 /// What the holder is given: the pidfd to wait on (it closes every other
 /// descriptor it inherited).
@@ -61,7 +61,7 @@ struct Args {
 /// child then exits as it would have without one.
 pub(crate) fn hold_memory() {
     // `close_range` came in Linux 5.9.
-    if HOLDER.get().is_some() || !super::pidfd::kernel_at_least(5, 9) {
+    if HOLDER.get().is_some() || !super::kernel_at_least(5, 9) {
         return;
     }
     let Ok(pidfd) = pidfd_open(getpid(), PidfdFlags::empty()) else {

@@ -159,13 +159,10 @@ pub(crate) fn ignore_sigchld() {
 /// server's wake-up for children it holds no pidfd for (memory holders,
 /// [`holder`]). Its children unblock it ([`unblock_sigchld`]).
 pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
-    // SAFETY: `sigset_t` is plain data that `sigemptyset` initialises.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let set = sigchld_set();
     // SAFETY: `set` is a valid set; `pthread_sigmask` changes this
     // thread's mask only.
     let fd = unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK)
     };
@@ -180,14 +177,37 @@ pub(crate) fn sigchld_fd() -> io::Result<OwnedFd> {
 
 /// Unblocks `SIGCHLD` for this thread (see [`sigchld_fd`]).
 pub(crate) fn unblock_sigchld() {
-    // SAFETY: as in `sigchld_fd`.
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let set = sigchld_set();
     // SAFETY: as in `sigchld_fd`.
     unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGCHLD);
         libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
+}
+
+/// The signal set of `SIGCHLD` alone.
+fn sigchld_set() -> libc::sigset_t {
+    // SAFETY: `sigset_t` is plain data; `sigemptyset` and `sigaddset` only
+    // write the set given, which they initialise.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGCHLD);
+        set
+    }
+}
+
+/// Whether this kernel's release is `major.minor` or later (its release
+/// number is read once).
+pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
+    static RELEASE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    *RELEASE.get_or_init(|| {
+        let uname = rustix::system::uname();
+        let release = uname.release().to_string_lossy();
+        let mut numbers = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|n| n.parse::<u32>().unwrap_or(0));
+        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
+    }) >= (major, minor)
 }
 
 /// The pid of a child of this process that has exited and is not reaped

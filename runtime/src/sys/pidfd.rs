@@ -49,21 +49,7 @@ const GET_INFO: libc::Ioctl =
 /// Whether this kernel keeps exit statuses for pidfds: Linux 6.15 or
 /// later, by its release number.
 pub(crate) fn kernel_keeps_exits() -> bool {
-    kernel_at_least(6, 15)
-}
-
-/// Whether this kernel's release is `major.minor` or later (its release
-/// number is read once).
-pub(crate) fn kernel_at_least(major: u32, minor: u32) -> bool {
-    static RELEASE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
-    *RELEASE.get_or_init(|| {
-        let uname = rustix::system::uname();
-        let release = uname.release().to_string_lossy();
-        let mut numbers = release
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|n| n.parse::<u32>().unwrap_or(0));
-        (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0))
-    }) >= (major, minor)
+    super::kernel_at_least(6, 15)
 }
 
 /// How the process of `pidfd` ended, if it has ended, been reaped, and the
