@@ -230,9 +230,10 @@ pub fn write_end_closed(r: &std::os::fd::OwnedFd) -> bool {
 }
 
 /// Whether this kernel keeps how a reaped process ended for its pidfd
-/// (Linux 6.15 and later), from its release number.
+/// (Linux 6.15 and later), from its release number, and the test process
+/// does not act as on an older kernel (`MULTIPROC_TEST_NO_KEPT_EXITS`).
 pub fn kernel_keeps_exits() -> bool {
-    kernel_at_least(6, 15)
+    std::env::var_os("MULTIPROC_TEST_NO_KEPT_EXITS").is_none() && kernel_at_least(6, 15)
 }
 
 /// Whether this kernel's release is `major.minor` or later.

@@ -17,6 +17,11 @@
 //!    pipe and a pidfd, watched by epoll.
 //! 3. When the child's pidfd is readable, reap it (`waitid`), write its exit
 //!    status to its status pipe in one 8-byte write, and close the pipe.
+//!    Where the kernel keeps how a process ended for its pidfds (Linux 6.15
+//!    and later), the server has the kernel reap its children as they exit
+//!    (`Server::autoreap`) and reads the status from the pidfd instead; the
+//!    parent reads it from its own pidfd first, so a child's end reaches
+//!    `join` without waiting for the server.
 //!
 //! **The spare.** Once no request has come for [`SPARE_AFTER_IDLE`], the
 //! server forks the next child ahead of time: a spare, which drops the
@@ -49,7 +54,8 @@
 //! of the server, exits after it and does that while a CPU is free. The
 //! server reaps holders on `SIGCHLD`, which it blocks and reads from a
 //! signalfd (`Server::sweep`); they are the only children it holds no
-//! pidfd for.
+//! pidfd for. (Where the kernel reaps the server's children, it reaps them
+//! too.)
 //!
 //! The server exits when the parent's end closes, and is killed when the
 //! parent dies (parent-death signal, set from a thread that lives as long
@@ -69,6 +75,7 @@ use super::protocol::{
     CallHeader, EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit,
 };
 use crate::sys::fork::{Forked, SingleThreaded};
+use crate::sys::pidfd::KeptExit;
 use crate::wire::{self, FrameKind};
 
 /// Runs the fork server of `marker.parent`; returns the server's exit code
@@ -77,8 +84,9 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     crate::sys::ignore_sigpipe();
     // The server reaps its children to report how they ended, which it
     // cannot if it inherited an ignored SIGCHLD (the kernel would reap them
-    // first). Its children get the parent's disposition back, as under
-    // `Spawn`.
+    // first, with no status kept before Linux 6.15; `Server::new` has it do
+    // so only where it keeps them). Its children get the parent's
+    // disposition back, as under `Spawn`.
     let sigchld_ignored = crate::sys::default_sigchld();
     // Die with the parent; if it already died, the signal will never come.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
@@ -101,10 +109,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         Served::Forked { target, control } => {
             // The new child keeps none of the server's descriptors.
             drop(server);
-            crate::sys::unblock_sigchld();
-            if sigchld_ignored {
-                crate::sys::ignore_sigchld();
-            }
+            restore_sigchld(sigchld_ignored);
             super::child::run_forked(&target, marker.parent, control)
         }
         Served::Spare {
@@ -127,12 +132,10 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 announced,
                 spare_due: _,
                 quick: _,
+                autoreap: _,
             } = server;
             drop((sock, epoll, signals, running, buf, announced));
-            crate::sys::unblock_sigchld();
-            if sigchld_ignored {
-                crate::sys::ignore_sigchld();
-            }
+            restore_sigchld(sigchld_ignored);
             run_spare(
                 &single,
                 nofile,
@@ -141,6 +144,17 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 (marker.parent, hold),
             )
         }
+    }
+}
+
+/// Gives a new child of the server the parent's `SIGCHLD` back: unblocked,
+/// and ignored if the parent ignored it, else at its default (its children
+/// wait to be reaped by it, whatever the server asked of the kernel).
+fn restore_sigchld(ignored: bool) {
+    crate::sys::unblock_sigchld();
+    crate::sys::default_sigchld();
+    if ignored {
+        crate::sys::ignore_sigchld();
     }
 }
 
@@ -291,6 +305,12 @@ struct Server {
     /// [`QUICK_SPARES`]: the parent is starting children in quick
     /// succession.
     quick: bool,
+    /// Whether the kernel reaps the server's children as they exit
+    /// (`sys::reap_children_automatically`), and keeps how each ended for
+    /// its pidfd, where the server and the parent both read it: where the
+    /// kernel keeps exits (Linux 6.15 and later). Then the parent learns a
+    /// child's end from its own pidfd, without waiting for the server.
+    autoreap: bool,
 }
 
 /// A spare the parent holds, as far as the server knows.
@@ -365,6 +385,8 @@ impl Server {
             epoll::EventFlags::IN,
         )?;
         let signals = crate::sys::sigchld_fd()?;
+        let autoreap =
+            crate::sys::pidfd::kernel_keeps_exits() && crate::sys::reap_children_automatically();
         epoll::add(
             &epoll,
             &signals,
@@ -383,6 +405,7 @@ impl Server {
             announced: Vec::new(),
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
             quick: false,
+            autoreap,
         })
     }
 
@@ -560,8 +583,14 @@ impl Server {
             Ok(Forked::Parent(pid)) => {
                 drop(control);
                 let raw = pid.as_raw_pid() as u32;
+                self.forget_reused(raw);
                 let pidfd = match rustix::process::pidfd_open(pid, PidfdFlags::empty()) {
                     Ok(pidfd) => pidfd,
+                    // Ended already, before its call came, and reaped by
+                    // the kernel (`autoreap`): its pid may be another's.
+                    Err(rustix::io::Errno::SRCH) if self.autoreap => {
+                        return self.refuse("the child ended as soon as it was forked".into());
+                    }
                     Err(e) => {
                         // Unwatchable: stop it now rather than leave it
                         // running with no way to report on it.
@@ -635,6 +664,7 @@ impl Server {
         };
         drop((assigned, control, taken));
         let raw = pid.as_raw_pid() as u32;
+        self.forget_reused(raw);
         let watched = rustix::process::pidfd_open(pid, PidfdFlags::empty())
             .ok()
             .filter(|pidfd| {
@@ -691,6 +721,29 @@ impl Server {
         None
     }
 
+    /// Reports the end of a child whose pid `pid`, just given to a new
+    /// child, was: where the kernel reaps the server's children, a pid can
+    /// be reused before the event of the pidfd of the child that had it is
+    /// handled (only after every other pid was taken, so very rarely).
+    fn forget_reused(&mut self, pid: u32) {
+        let Some(old) = self.running.remove(&pid) else {
+            return;
+        };
+        let _ = epoll::delete(&self.epoll, &old.pidfd);
+        if let Some(at) = self.announced.iter().position(|a| a.pid == pid) {
+            self.announced.remove(at);
+            if self.announced.is_empty() {
+                self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
+            }
+        }
+        let exit = match crate::sys::pidfd::kept_exit(old.pidfd.as_fd()) {
+            Some(KeptExit::Code(code)) => ReportedExit::Code(code),
+            Some(KeptExit::Signal(sig)) => ReportedExit::Signal(sig),
+            None => return,
+        };
+        let _ = rustix::io::write(&old.status, &exit.encode());
+    }
+
     fn refuse(&mut self, message: String) -> Option<Served> {
         let reply = ForkReply::Failed { message };
         super::protocol::send_message(self.sock.as_fd(), FrameKind::Forked, &reply, &[])
@@ -712,21 +765,58 @@ impl Server {
     /// own.
     fn reap(&mut self, pid: u32) -> Option<Served> {
         let child = self.running.get(&pid)?;
-        let exit = match rustix::process::waitid(
-            WaitId::PidFd(child.pidfd.as_fd()),
-            WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-        ) {
-            Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
-                (Some(code), _) => Some(ReportedExit::Code(code)),
-                (None, Some(sig)) => Some(ReportedExit::Signal(sig)),
-                // Stopped or continued: not an exit (only EXITED was asked).
-                (None, None) => return None,
-            },
-            Ok(None) => return None,
-            // Not ours to reap after all: close the pipe without a status,
-            // which the parent reads as "status lost".
-            Err(_) => None,
+        let exit = if self.autoreap {
+            match crate::sys::pidfd::kept_exit(child.pidfd.as_fd()) {
+                Some(KeptExit::Code(code)) => Some(ReportedExit::Code(code)),
+                Some(KeptExit::Signal(sig)) => Some(ReportedExit::Signal(sig)),
+                // Ended, and released by the kernel a moment later, when
+                // it keeps the status: wait for the pidfd's hang-up,
+                // which says so (or for as long as a tracer holds it).
+                // (Should that change fail, its readable pidfd wakes the
+                // server again at once.)
+                None if !released(child.pidfd.as_fd()) => {
+                    let _ = epoll::modify(
+                        &self.epoll,
+                        &child.pidfd,
+                        epoll::EventData::new_u64(u64::from(pid)),
+                        epoll::EventFlags::empty(),
+                    );
+                    return None;
+                }
+                // Released with no status kept: lost.
+                None => None,
+            }
+        } else {
+            self.waited(child)?
         };
+        self.reported(pid, exit)
+    }
+
+    /// Reaps `child` if it has exited (`waitid`): its status, `Some(None)`
+    /// if it was not ours to reap, `None` if it has not exited.
+    fn waited(&self, child: &Running) -> Option<Option<ReportedExit>> {
+        Some(
+            match rustix::process::waitid(
+                WaitId::PidFd(child.pidfd.as_fd()),
+                WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
+            ) {
+                Ok(Some(status)) => match (status.exit_status(), status.terminating_signal()) {
+                    (Some(code), _) => Some(ReportedExit::Code(code)),
+                    (None, Some(sig)) => Some(ReportedExit::Signal(sig)),
+                    // Stopped or continued: not an exit (only EXITED was asked).
+                    (None, None) => return None,
+                },
+                Ok(None) => return None,
+                // Not ours to reap after all: close the pipe without a status,
+                // which the parent reads as "status lost".
+                Err(_) => None,
+            },
+        )
+    }
+
+    /// Reports the end of child `pid`, reaped, with `exit` (`None`: lost),
+    /// and forks spares as `reap` says.
+    fn reported(&mut self, pid: u32, exit: Option<ReportedExit>) -> Option<Served> {
         let child = self.running.remove(&pid)?;
         let _ = epoll::delete(&self.epoll, &child.pidfd);
         let now = Instant::now();
@@ -767,4 +857,12 @@ impl Server {
         }
         None
     }
+}
+
+/// Whether the process of `pidfd` has been released by the kernel (reaped):
+/// its pidfd hangs up.
+fn released(pidfd: std::os::fd::BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(&pidfd, PollFlags::empty())];
+    matches!(crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)), Ok(n) if n > 0)
+        && fds[0].revents().contains(PollFlags::HUP)
 }

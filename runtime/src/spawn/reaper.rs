@@ -13,11 +13,16 @@
 //! A child forked by the fork server is the server's child, not ours: the
 //! server reaps it and writes its exit status to the child's status pipe,
 //! whose read end is here. Reaping it here is reading that pipe; waiting is
-//! polling it. If the server dies first (the pipe ends without a status),
-//! the pidfd the server opened for the child says when it has ended, and
-//! its status is [`ExitStatus::Unknown`]; so it is if the server is alive
-//! but says nothing for [`STATUS_GRACE`] after the pidfd said the child
-//! ended (it is stopped). An ended child is never running, status or not.
+//! polling it. Where the kernel keeps how a process ended for its pidfds
+//! (Linux 6.15 and later), the server has the kernel reap its children as
+//! they exit, and the pidfd the server opened for the child says first:
+//! waiting polls that pidfd too, and reaping reads the status the kernel
+//! kept, without waiting for the server. Otherwise, if the server dies
+//! first (the pipe ends without a status), that pidfd says when the child
+//! has ended, and its status is [`ExitStatus::Unknown`]; so it is if the
+//! server is alive but says nothing for [`STATUS_GRACE`] after the pidfd
+//! said the child ended (it is stopped). An ended child is never running,
+//! status or not.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -230,6 +235,12 @@ impl Child {
                 Ok(_) => return Err(io::Error::other("short status from the fork server")),
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
+                    // Where the kernel keeps how a process ended, the
+                    // server has it reap its children, and the pidfd says
+                    // first (see `wait`).
+                    if let Some(exit) = self.kept_exit() {
+                        return Ok(Some(exit));
+                    }
                     // Ended but not reported yet: the server reaps and
                     // reports within moments, so wait that long (bounded,
                     // should the server be stopped). A status later than
@@ -247,14 +258,26 @@ impl Child {
                         return Ok(None);
                     }
                     waited = true;
-                    let mut fds = [PollFd::new(status, PollFlags::IN)];
-                    crate::sys::poll::poll(&mut fds, Some(crate::sys::futex::CHECK_PERIOD))?;
+                    // Or until the kernel releases it, and keeps its
+                    // status: its pidfd then hangs up.
+                    let also = self
+                        .pidfd
+                        .as_ref()
+                        .filter(|_| crate::sys::pidfd::kernel_keeps_exits())
+                        .map(|pidfd| PollFd::new(pidfd, PollFlags::empty()));
+                    poll_with(
+                        PollFd::new(status, PollFlags::IN),
+                        also,
+                        Some(crate::sys::futex::CHECK_PERIOD),
+                    )?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-        // The server is gone: the child's own pidfd says whether it ended.
-        Ok(self.has_ended()?.then_some(ExitStatus::Unknown))
+        // The server is gone: the child's own pidfd says whether it ended,
+        // and how, where the kernel keeps that once whoever inherited it
+        // has reaped it.
+        Ok(self.has_ended()?.then(|| self.kept_once_released()))
     }
 
     /// How the child ended, from its pidfd, if the kernel has reaped it and
@@ -397,8 +420,20 @@ impl Child {
                         }
                         _ => remaining,
                     };
-                    let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
-                    crate::sys::poll::poll(&mut fds, remaining)?;
+                    // Where the kernel keeps how a process ended, the
+                    // server has it reap its children, and the child's
+                    // pidfd says it has ended before the server can
+                    // (`Child::kept_exit` then says how): wait on both.
+                    let also = match (&self.reaping, self.pidfd()) {
+                        (Reaping::Server { server_gone, .. }, Some(pidfd))
+                            if !server_gone.load(Ordering::Acquire)
+                                && crate::sys::pidfd::kernel_keeps_exits() =>
+                        {
+                            Some(PollFd::from_borrowed_fd(pidfd, PollFlags::IN))
+                        }
+                        _ => None,
+                    };
+                    poll_with(PollFd::from_borrowed_fd(fd, PollFlags::IN), also, remaining)?;
                 }
                 None => {
                     // No pidfd on this kernel: poll the pid with a growing sleep.
@@ -430,6 +465,19 @@ impl Child {
             Err(rustix::io::Errno::SRCH) => Ok(()),
             other => other.map_err(Into::into),
         }
+    }
+}
+
+/// Polls `first`, and `also` if given, for at most `timeout` (`None`: no
+/// limit).
+fn poll_with(
+    first: PollFd<'_>,
+    also: Option<PollFd<'_>>,
+    timeout: Option<Duration>,
+) -> io::Result<usize> {
+    match also {
+        Some(also) => crate::sys::poll::poll(&mut [first, also], timeout),
+        None => crate::sys::poll::poll(&mut [first], timeout),
     }
 }
 

@@ -138,11 +138,30 @@ pub(crate) fn ignore_sigpipe() {
 /// Sets `SIGCHLD` to its default disposition, so that this process's
 /// children wait to be reaped by it; returns whether it was ignored (as an
 /// ignored signal stays across `exec`, from whoever started this process).
+/// It sets no flags, so it also undoes [`reap_children_automatically`].
 pub(crate) fn default_sigchld() -> bool {
     // SAFETY: `SIG_DFL` is a valid disposition for SIGCHLD and installs no
     // handler code.
     let old = unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     old == libc::SIG_IGN
+}
+
+/// Has the kernel reap this process's children as they exit (`SIGCHLD` at
+/// its default disposition, with `SA_NOCLDWAIT`): no child is ever left a
+/// zombie, `waitid` finds none, and `SIGCHLD` is still sent (to a
+/// [`sigchld_fd`] while blocked). Where the kernel keeps how a process
+/// ended for its pidfds ([`pidfd::kept_exit`]) that is how to learn it.
+/// [`default_sigchld`] undoes it. Returns whether it was set.
+pub(crate) fn reap_children_automatically() -> bool {
+    // SAFETY: `sigaction` is plain data, zeroed to an empty mask; the
+    // disposition is `SIG_DFL`, so no handler code is installed.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = libc::SIG_DFL;
+        action.sa_flags = libc::SA_NOCLDWAIT;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGCHLD, &action, std::ptr::null_mut()) == 0
+    }
 }
 
 /// Sets `SIGCHLD` to ignored again (see [`default_sigchld`]).

@@ -47,15 +47,28 @@ const GET_INFO: libc::Ioctl =
     (3 << 30) | ((std::mem::size_of::<PidfdInfo>() as libc::Ioctl) << 16) | (0xFF << 8) | 11;
 
 /// Whether this kernel keeps exit statuses for pidfds: Linux 6.15 or
-/// later, by its release number.
+/// later, by its release number. (With the `test-hooks` feature, a test
+/// process whose environment has `MULTIPROC_TEST_NO_KEPT_EXITS` is told
+/// no, and acts as on an older kernel.)
 pub(crate) fn kernel_keeps_exits() -> bool {
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(NO_KEPT_EXITS_ENV).is_some() {
+        return false;
+    }
     super::kernel_at_least(6, 15)
 }
+
+/// See [`kernel_keeps_exits`].
+#[cfg(feature = "test-hooks")]
+const NO_KEPT_EXITS_ENV: &str = "MULTIPROC_TEST_NO_KEPT_EXITS";
 
 /// How the process of `pidfd` ended, if it has ended, been reaped, and the
 /// kernel keeps that (Linux 6.15 and later); `None` otherwise: still
 /// running, ended but not yet reaped, or an older kernel.
 pub(crate) fn kept_exit(pidfd: BorrowedFd<'_>) -> Option<KeptExit> {
+    if !kernel_keeps_exits() {
+        return None;
+    }
     let mut info = PidfdInfo {
         mask: INFO_EXIT,
         ..PidfdInfo::default()
