@@ -722,6 +722,47 @@ fn inner_two_spares() {
 }
 
 #[test]
+fn a_start_waits_for_the_spare_being_forked_rather_than_ask() {
+    // Alone in its own process, whose server takes 2 s between saying a
+    // spare is coming and forking it.
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    run_inner(
+        "inner_spare_coming",
+        &[("MULTIPROC_TEST_SPARE_DELAY_MS", "2000")],
+    );
+}
+
+#[test]
+#[ignore = "run by a_start_waits_for_the_spare_being_forked_rather_than_ask"]
+fn inner_spare_coming() {
+    use multiproc::__private::{
+        fork_server_coming, fork_server_drop_spares, fork_server_spares, fork_server_starts,
+    };
+    if !common::run_by_outer_test(
+        INNER,
+        "a_start_waits_for_the_spare_being_forked_rather_than_ask",
+    ) {
+        return;
+    }
+    // The first start brings the server up and asks it; as that child
+    // ends, the server says a spare is coming, and forks it 2 s later.
+    // (Where the server reports the end, a first spare may come before
+    // that report, and a second be coming after it: the first is dropped.)
+    assert_eq!(forked_add(1, 1).join().unwrap(), 2);
+    fork_server_drop_spares();
+    common::eventually("the server says a spare is coming", || {
+        fork_server_coming() >= 1 && fork_server_spares() == 0
+    });
+    let before = fork_server_starts();
+    let child = forked_add(2, 1);
+    // Served by that spare: no request, and no fork of its own.
+    assert_eq!(fork_server_starts(), (before.0, before.1 + 1));
+    assert_eq!(child.join().unwrap(), 3);
+}
+
+#[test]
 fn starts_ask_when_the_server_cannot_fork_spares() {
     // Alone in its own process, whose server fails to fork any spare.
     if !common::fork_server_or_skip() {

@@ -504,7 +504,7 @@ pub mod __private {
     pub use crate::spawn::child::entry_loaded;
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::fork_client::{
-        fork_server_drop_spares, fork_server_spares, fork_server_starts,
+        fork_server_coming, fork_server_drop_spares, fork_server_spares, fork_server_starts,
     };
     #[cfg(feature = "test-hooks")]
     pub use crate::spawn::parent::{spawn_unchecked_named, spawn_with_raw_call};

@@ -9,17 +9,20 @@
 //! [`ErrorKind::Spawn`], never hangs.
 //!
 //! **Spares.** Between requests the server may announce a spare: a child it
-//! forked ahead of time, with a pidfd, the socket the spare waits on for
-//! its request, its control socket and its status pipe (a `Forked` frame
-//! the server sends unasked). The next start writes a small call to the
-//! control socket and hands the request straight to the spare: it waits
+//! forked ahead of time, with a pidfd, its control socket (where it waits
+//! for its request) and its status pipe (a `Forked` frame the server sends
+//! unasked). The next start writes the request to the control socket, and
+//! then a small call, straight to the spare: it waits
 //! for no reply, makes no socketpair, passes no descriptor, wakes only the
 //! child, and does not wake the server at all (a wake-up of another
 //! process there costs more than all the rest on a small machine: the
 //! scheduler then spreads the child's run and exit across CPUs). The
 //! server finds out later that the spare was taken (`fork_server.rs`).
 //! Announcements are read when a start looks for one, or while it waits
-//! for a reply, and spares are taken oldest first. The server announces
+//! for a reply, and spares are taken oldest first. The server also says
+//! when it begins to fork a spare: a start that finds none, but was told
+//! one is coming, waits for it (`Server::await_spare`) rather than ask for
+//! a fork behind it. The server announces
 //! at most two at a time; should more than [`MAX_SPARES`] be held, the
 //! oldest are dropped, and exit.
 
@@ -52,9 +55,7 @@ pub(crate) struct Forked {
 #[derive(Debug)]
 struct Spare {
     child: Forked,
-    /// Where its request goes (the spare holds the other end).
-    assign: OwnedFd,
-    /// Our end of its control socket.
+    /// Our end of its control socket, where its request goes first.
     control: OwnedFd,
 }
 
@@ -69,6 +70,8 @@ struct Server {
     /// The spares announced and not taken yet, oldest first. Dropping one
     /// closes its socket, and the spare exits.
     spares: VecDeque<Spare>,
+    /// How many spares the server said it is forking, not announced yet.
+    coming: usize,
 }
 
 /// The most spares kept at once (the server announces fewer).
@@ -88,7 +91,7 @@ fn lock() -> MutexGuard<'static, Option<Server>> {
 /// child to run `entry`: a spare it announced, or one it forks now. The
 /// child changes its environment by `env` before it runs. `early` may
 /// write a small call to our end of the child's control socket: for a
-/// spare before it is asked to run (so it finds the call at once), for a
+/// spare right after its request (so it finds the call at once), for a
 /// child forked on request once the server has said it forked it (a start
 /// that fails never leaves a call for a child to run). It is called once,
 /// unless this fails. Returns the child and our end of its control socket.
@@ -125,6 +128,23 @@ pub(crate) fn fork_child(
                 continue;
             }
             return Err(e);
+        }
+        if pair.is_none() && current.spares.is_empty() && current.coming > 0 {
+            match current.await_spare() {
+                Ok(()) => {}
+                // Silent (stopped, or wedged): set aside, as below.
+                Err((e, true)) => {
+                    set_aside(&mut server);
+                    return Err(e);
+                }
+                Err((e, false)) => {
+                    retire(&mut server);
+                    if attempt == 0 {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
         }
         while pair.is_none()
             && let Some(spare) = current.spares.pop_front()
@@ -223,6 +243,22 @@ pub fn fork_server_spares() -> usize {
     }
 }
 
+/// How many spares the server has said it is forking and not announced
+/// yet (reading the announcements waiting first). Not public API: for the
+/// fork server's tests.
+#[doc(hidden)]
+#[cfg(feature = "test-hooks")]
+pub fn fork_server_coming() -> usize {
+    let mut server = lock();
+    match server.as_mut() {
+        Some(current) => match current.take_announcements() {
+            Ok(()) => current.coming,
+            Err(_) => 0,
+        },
+        None => 0,
+    }
+}
+
 /// Drops the spares this process holds, reading the announcements waiting
 /// first; they exit. Not public API: for tests that count this process's
 /// descriptors, which held spares would otherwise add to.
@@ -239,6 +275,8 @@ pub fn fork_server_drop_spares() {
 enum FromServer {
     Reply(Result<Forked, Error>),
     Spare(Spare),
+    /// A spare is being forked (`true`), or could not be (`false`).
+    Coming(bool),
 }
 
 impl Server {
@@ -264,6 +302,7 @@ impl Server {
             }
             match self.receive(&mut None)? {
                 FromServer::Spare(spare) => self.keep(spare),
+                FromServer::Coming(more) => self.expect(more),
                 FromServer::Reply(_) => {
                     return Err(Error::new(
                         ErrorKind::Decode,
@@ -274,8 +313,41 @@ impl Server {
         }
     }
 
+    /// Counts a spare the server is forking (`more`), or one it could not
+    /// fork after all.
+    fn expect(&mut self, more: bool) {
+        if more {
+            self.coming += 1;
+        } else {
+            self.coming = self.coming.saturating_sub(1);
+        }
+    }
+
+    /// Waits for the spares the server is forking until one is announced
+    /// (or none is coming any more), for at most [`REPLY_WITHIN`]: a start
+    /// then waits for the rest of that fork, not for another fork behind
+    /// it. The error is as `read_reply`'s outer one.
+    fn await_spare(&mut self) -> Result<(), (Error, bool)> {
+        let deadline = Instant::now() + REPLY_WITHIN;
+        while self.spares.is_empty() && self.coming > 0 {
+            self.await_frame(deadline).map_err(|e| (e, true))?;
+            match self.receive(&mut None).map_err(|e| (e, false))? {
+                FromServer::Spare(spare) => self.keep(spare),
+                FromServer::Coming(more) => self.expect(more),
+                FromServer::Reply(_) => {
+                    return Err((
+                        Error::new(ErrorKind::Decode, "the fork server replied to no request"),
+                        false,
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Keeps an announced spare, behind those announced before it.
     fn keep(&mut self, spare: Spare) {
+        self.coming = self.coming.saturating_sub(1);
         if self.spares.len() >= MAX_SPARES {
             // More than the server announces: dropped, they exit.
             self.spares.pop_front();
@@ -294,6 +366,7 @@ impl Server {
             self.await_frame(deadline).map_err(|e| (e, true))?;
             match self.receive(&mut status).map_err(|e| (e, false))? {
                 FromServer::Spare(spare) => self.keep(spare),
+                FromServer::Coming(more) => self.expect(more),
                 FromServer::Reply(reply) => return Ok(reply),
             }
         }
@@ -359,14 +432,15 @@ impl Server {
                 ErrorKind::Spawn,
                 format!("the fork server could not fork: {message}"),
             )))),
-            Ok(ForkReply::Spare { pid }) => match <[OwnedFd; 4]>::try_from(frame.fds) {
-                Ok([pidfd, assign, control, status]) => Ok(FromServer::Spare(Spare {
+            Ok(ForkReply::Spare { pid }) => match <[OwnedFd; 3]>::try_from(frame.fds) {
+                Ok([pidfd, control, status]) => Ok(FromServer::Spare(Spare {
                     child: Forked { pid, pidfd, status },
-                    assign,
                     control,
                 })),
                 Err(_) => Err(malformed("spare")),
             },
+            Ok(ForkReply::SpareComing) => Ok(FromServer::Coming(true)),
+            Ok(ForkReply::NoSpare) => Ok(FromServer::Coming(false)),
             Err(message) => Err(Error::new(
                 ErrorKind::Decode,
                 format!("could not decode the fork server's reply: {message}"),
@@ -374,7 +448,7 @@ impl Server {
         }
     }
 
-    /// Hands `request` to `spare` (after `early` on its control socket),
+    /// Hands `request` to `spare` (then `early` on its control socket),
     /// or `None` if the spare has died.
     fn assign(
         &self,
@@ -382,24 +456,25 @@ impl Server {
         request: &ForkRequest,
         early: &mut dyn FnMut(BorrowedFd<'_>),
     ) -> Option<(Forked, OwnedFd)> {
-        // Its end of `assign` closes when it dies (hang-up, or bytes it
-        // never sends).
-        let mut fds = [PollFd::new(&spare.assign, PollFlags::IN)];
+        // Its end of its control socket closes when it dies (hang-up, or
+        // bytes it never sends before its request).
+        let mut fds = [PollFd::new(&spare.control, PollFlags::IN)];
         if !matches!(
             crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
             Ok(0)
         ) {
             return None;
         }
-        early(spare.control.as_fd());
         // From here on the spare is the child: if it dies before it reads
-        // the request, `join` reports how, as for any child.
+        // the request, `join` reports how, as for any child. The call
+        // follows the request on the same socket.
         let _ = super::protocol::send_message(
-            spare.assign.as_fd(),
+            spare.control.as_fd(),
             FrameKind::ForkRequest,
             request,
             &[],
         );
+        early(spare.control.as_fd());
         Some((spare.child, spare.control))
     }
 }
@@ -469,5 +544,6 @@ fn start_server() -> Result<Server, Error> {
         sock: ours,
         process,
         spares: VecDeque::new(),
+        coming: 0,
     })
 }

@@ -25,13 +25,13 @@
 //!
 //! **The spare.** Once no request has come for [`SPARE_AFTER_IDLE`], the
 //! server forks the next child ahead of time: a spare, which drops the
-//! server's descriptors, warms up (`warm_up`) and waits on a socket of its
-//! own, with its control socket already made. The server announces it to
-//! the parent, unasked (`ForkReply::Spare`, with a pidfd, the other ends of
-//! those two sockets and the read end of a status pipe), and from then on
-//! watches and reaps it as any running child. The parent's next start
-//! sends its request (entry, daemon flag, environment changes) straight to
-//! the spare, and the call on the control socket, without telling the
+//! server's descriptors, warms up (`warm_up`) and waits for its request on
+//! its control socket, already made. The server announces it to the
+//! parent, unasked (`ForkReply::Spare`, with a pidfd, the other end of that
+//! socket and the read end of a status pipe), and from then on watches and
+//! reaps it as any running child. The parent's next start sends its
+//! request (entry, daemon flag, environment changes) straight to the spare,
+//! and then the call, both on the control socket, without telling the
 //! server. A start thus waits for no fork, no reply and no first page
 //! faults of the child. The spare closes a pipe when its request comes,
 //! which the server looks at without being woken by it (`Announced`). No
@@ -44,8 +44,12 @@
 //! the child's status, so that the parent's next start finds it; the other
 //! is forked after the status, while the parent starts the first, and
 //! serves the start after that. So a parent starting and joining children
-//! back to back waits for no fork at all. A spare whose parent drops it
-//! (or dies) reads the end of its socket and exits.
+//! back to back waits for no fork at all. Before each spare's fork, the
+//! server says one is coming (`ForkReply::SpareComing`; `NoSpare` if the
+//! fork fails): a start that finds none then waits for it, rather than ask
+//! for a fork behind it (where the parent learns of a child's end from its
+//! pidfd, its next start can come before the server has forked). A spare
+//! whose parent drops it (or dies) reads the end of its socket and exits.
 //!
 //! **The memory holder.** A warmed-up spare of the idle rule (not one
 //! forked while the parent starts children in quick succession) starts a
@@ -113,7 +117,6 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
             super::child::run_forked(&target, marker.parent, control)
         }
         Served::Spare {
-            assigned,
             control,
             taken,
             hold,
@@ -140,7 +143,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 &single,
                 nofile,
                 pid,
-                (assigned, control, taken),
+                (control, taken),
                 (marker.parent, hold),
             )
         }
@@ -193,15 +196,15 @@ fn warm_up() {
     }
 }
 
-/// A spare child: waits for its request on `assigned`, then runs it with
-/// `control` as its control socket, as a child forked on request does; it
-/// closes `taken` to tell the server, which looks without being woken.
-/// Exits if the parent drops it unused.
+/// A spare child: waits for its request on `control`, its control socket,
+/// then runs it as a child forked on request does, the call coming next on
+/// the same socket; it closes `taken` to tell the server, which looks
+/// without being woken. Exits if the parent drops it unused.
 fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    (assigned, control, taken): (OwnedFd, OwnedFd, OwnedFd),
+    (control, taken): (OwnedFd, OwnedFd),
     (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
@@ -219,7 +222,8 @@ fn run_spare(
         crate::sys::holder::hold_memory();
     }
     let mut buf = Vec::new();
-    let request = match wire::recv_frame(assigned.as_fd(), &mut buf) {
+    // One frame exactly: the call after it stays in the socket.
+    let request = match wire::recv_frame(control.as_fd(), &mut buf) {
         Ok(Some(frame)) if frame.kind == FrameKind::ForkRequest && frame.fds.is_empty() => {
             match wire::codec::decode::<ForkRequest>(&buf) {
                 Ok(request) => request,
@@ -233,7 +237,6 @@ fn run_spare(
         let _ = rustix::io::write(&taken, &TAKEN_QUICKLY);
     }
     drop(taken);
-    drop(assigned);
     if !request.env.is_empty() {
         single.change_env(request.env.clear, &request.env.vars);
     }
@@ -352,11 +355,10 @@ enum Served {
         target: Marker,
         control: OwnedFd,
     },
-    /// This is a new spare child, to wait for its request on `assigned`,
-    /// close `taken` when it comes, and then serve it on `control`; with a
-    /// memory holder if `hold` (a spare of the idle rule).
+    /// This is a new spare child, to wait for its request on `control`,
+    /// close `taken` when it comes, and then serve it there; with a memory
+    /// holder if `hold` (a spare of the idle rule).
     Spare {
-        assigned: OwnedFd,
         control: OwnedFd,
         taken: OwnedFd,
         hold: bool,
@@ -646,15 +648,30 @@ impl Server {
         if std::env::var_os(super::protocol::NO_SPARE_ENV).is_some() {
             return None;
         }
-        let (assign, assigned) = crate::sys::stream_pair().ok()?;
         let (ours, control) = crate::sys::stream_pair().ok()?;
         let (is_taken, taken) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).ok()?;
+        let (status_r, status_w) = rustix::pipe::pipe_with(
+            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
+        )
+        .ok()?;
+        // A start that finds no spare now waits for this one rather than
+        // ask for a fork behind it.
+        if !self.tell(ForkReply::SpareComing) {
+            return Some(Served::ParentGone);
+        }
+        // The crate's tests make a start come while this fork is under way.
+        #[cfg(feature = "test-hooks")]
+        if let Some(ms) = std::env::var(super::protocol::SPARE_DELAY_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+        {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let pid = match crate::sys::fork::fork(&self.single) {
-            Err(_) => return None,
+            Err(_) => return self.no_spare(),
             Ok(Forked::Child) => {
-                drop((assign, ours, is_taken));
+                drop((ours, is_taken, status_r, status_w));
                 return Some(Served::Spare {
-                    assigned,
                     control,
                     taken,
                     hold: idle,
@@ -662,7 +679,7 @@ impl Server {
             }
             Ok(Forked::Parent(pid)) => pid,
         };
-        drop((assigned, control, taken));
+        drop((control, taken));
         let raw = pid.as_raw_pid() as u32;
         self.forget_reused(raw);
         let watched = rustix::process::pidfd_open(pid, PidfdFlags::empty())
@@ -676,26 +693,18 @@ impl Server {
                 )
                 .is_ok()
             });
-        let status = rustix::pipe::pipe_with(
-            rustix::pipe::PipeFlags::CLOEXEC | rustix::pipe::PipeFlags::NONBLOCK,
-        );
-        let (Some(pidfd), Ok((status_r, status_w))) = (watched, status) else {
-            // Unwatchable or unreportable: its end of the socket closes
-            // with ours, so it exits; reap it now.
-            drop(assign);
+        let Some(pidfd) = watched else {
+            // Unwatchable: its end of the socket closes with ours, so it
+            // exits; reap it now.
+            drop(ours);
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
-            return None;
+            return self.no_spare();
         };
         let sent = super::protocol::send_message(
             self.sock.as_fd(),
             FrameKind::Forked,
             &ForkReply::Spare { pid: raw },
-            &[
-                pidfd.as_fd(),
-                assign.as_fd(),
-                ours.as_fd(),
-                status_r.as_fd(),
-            ],
+            &[pidfd.as_fd(), ours.as_fd(), status_r.as_fd()],
         );
         // From here the spare is a running child: reaped when it exits,
         // whether or not it was ever handed a request.
@@ -719,6 +728,20 @@ impl Server {
             every: TAKEN_CHECK_FIRST,
         });
         None
+    }
+
+    /// Tells the parent, unasked; `false` if it has gone.
+    fn tell(&self, what: ForkReply) -> bool {
+        super::protocol::send_message(self.sock.as_fd(), FrameKind::Forked, &what, &[]).is_ok()
+    }
+
+    /// The spare said to be coming could not be forked: says so.
+    fn no_spare(&self) -> Option<Served> {
+        if self.tell(ForkReply::NoSpare) {
+            None
+        } else {
+            Some(Served::ParentGone)
+        }
     }
 
     /// Reports the end of a child whose pid `pid`, just given to a new

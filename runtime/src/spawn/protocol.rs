@@ -149,8 +149,8 @@ impl Marker {
 /// Parent to fork server, in a `ForkRequest` frame whose two descriptors
 /// are the child's end of its control socket and the write end of its
 /// status pipe: fork a child to run `entry`. Or, with no descriptor,
-/// parent to a spare the server announced (`ForkReply::Spare`): run
-/// `entry`, with the control socket you were forked with. No reply.
+/// parent to a spare the server announced (`ForkReply::Spare`), on its
+/// control socket, before its call: run `entry`. No reply.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ForkRequest {
     pub(crate) entry: String,
@@ -205,10 +205,16 @@ pub(crate) enum ForkReply {
     /// The reply to a request: why there is no child.
     Failed { message: String },
     /// Unasked, between requests: a spare forked ahead of time, waiting for
-    /// a request. Its descriptors: a pidfd, the socket the spare waits on
-    /// for its request, our end of its control socket, and the read end of
+    /// a request. Its descriptors: a pidfd, our end of its control socket
+    /// (where its request goes first, then its call), and the read end of
     /// its status pipe.
     Spare { pid: u32 },
+    /// Unasked: a spare is being forked, and its `Spare` (or `NoSpare`)
+    /// follows. A start that finds no spare waits for it, rather than ask
+    /// for a fork of its own behind it.
+    SpareComing,
+    /// Unasked: the spare of the last `SpareComing` could not be forked.
+    NoSpare,
 }
 
 /// Set (to anything) in a test process's environment, with the
@@ -216,6 +222,12 @@ pub(crate) enum ForkReply {
 /// can.
 #[cfg(feature = "test-hooks")]
 pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
+
+/// Set to a number of milliseconds in a test process's environment, with
+/// the `test-hooks` feature: its fork server waits that long between
+/// saying a spare is coming (`ForkReply::SpareComing`) and forking it.
+#[cfg(feature = "test-hooks")]
+pub(crate) const SPARE_DELAY_ENV: &str = "MULTIPROC_TEST_SPARE_DELAY_MS";
 
 /// Set (to anything) in a test process's environment, with the
 /// `test-hooks` feature: its fork server forks spares only once idle, never
