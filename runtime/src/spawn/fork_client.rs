@@ -12,19 +12,18 @@
 //! forked ahead of time, with a pidfd, its control socket (where it waits
 //! for its request) and its status pipe (a `Forked` frame the server sends
 //! unasked). The next start writes the request to the control socket, and
-//! then a small call, straight to the spare: it waits
-//! for no reply, makes no socketpair, passes no descriptor, wakes only the
-//! child, and does not wake the server at all (a wake-up of another
-//! process there costs more than all the rest on a small machine: the
-//! scheduler then spreads the child's run and exit across CPUs). The
-//! server finds out later that the spare was taken (`fork_server.rs`).
-//! Announcements are read when a start looks for one, or while it waits
-//! for a reply, and spares are taken oldest first. The server also says
-//! when it begins to fork a spare: a start that finds none, but was told
-//! one is coming, waits for it (`Server::await_spare`) rather than ask for
-//! a fork behind it. The server announces
-//! at most two at a time; should more than [`MAX_SPARES`] be held, the
-//! oldest are dropped, and exit.
+//! then a small call, straight to the spare: it waits for no reply, makes
+//! no socketpair, passes no descriptor, wakes only the child, and does not
+//! wake the server at all (a wake-up of another process there costs more
+//! than all the rest on a small machine: the scheduler then spreads the
+//! child's run and exit across CPUs). The server finds out later that the
+//! spare was taken (`fork_server.rs`). Announcements are read when a start
+//! looks for one, or while it waits for a reply, and spares are taken
+//! oldest first. The server also says when it begins to fork a spare: a
+//! start that finds none, but was told one is coming, waits for it
+//! (`Server::await_spare`) rather than ask for a fork behind it. The server
+//! announces at most two at a time; should more than [`MAX_SPARES`] be
+//! held, the oldest are dropped, and exit.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -233,14 +232,7 @@ pub fn fork_server_starts() -> (u64, u64) {
 #[doc(hidden)]
 #[cfg(feature = "test-hooks")]
 pub fn fork_server_spares() -> usize {
-    let mut server = lock();
-    match server.as_mut() {
-        Some(current) => match current.take_announcements() {
-            Ok(()) => current.spares.len(),
-            Err(_) => 0,
-        },
-        None => 0,
-    }
+    after_announcements(|current| current.spares.len())
 }
 
 /// How many spares the server has said it is forking and not announced
@@ -249,10 +241,17 @@ pub fn fork_server_spares() -> usize {
 #[doc(hidden)]
 #[cfg(feature = "test-hooks")]
 pub fn fork_server_coming() -> usize {
+    after_announcements(|current| current.coming)
+}
+
+/// `count` of this process's server once the announcements waiting are
+/// read; 0 without a server, or if they cannot be.
+#[cfg(feature = "test-hooks")]
+fn after_announcements(count: impl FnOnce(&Server) -> usize) -> usize {
     let mut server = lock();
     match server.as_mut() {
         Some(current) => match current.take_announcements() {
-            Ok(()) => current.coming,
+            Ok(()) => count(current),
             Err(_) => 0,
         },
         None => 0,

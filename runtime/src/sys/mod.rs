@@ -138,7 +138,8 @@ pub(crate) fn ignore_sigpipe() {
 /// Sets `SIGCHLD` to its default disposition, so that this process's
 /// children wait to be reaped by it; returns whether it was ignored (as an
 /// ignored signal stays across `exec`, from whoever started this process).
-/// It sets no flags, so it also undoes [`reap_children_automatically`].
+/// It replaces the disposition's flags too, so it also undoes
+/// [`reap_children_automatically`].
 pub(crate) fn default_sigchld() -> bool {
     // SAFETY: `SIG_DFL` is a valid disposition for SIGCHLD and installs no
     // handler code.
