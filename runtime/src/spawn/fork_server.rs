@@ -79,7 +79,6 @@ use super::protocol::{
     CallHeader, EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit,
 };
 use crate::sys::fork::{Forked, SingleThreaded};
-use crate::sys::pidfd::KeptExit;
 use crate::wire::{self, FrameKind};
 
 /// Runs the fork server of `marker.parent`; returns the server's exit code
@@ -759,12 +758,9 @@ impl Server {
                 self.spare_due = Instant::now().checked_add(SPARE_AFTER_IDLE);
             }
         }
-        let exit = match crate::sys::pidfd::kept_exit(old.pidfd.as_fd()) {
-            Some(KeptExit::Code(code)) => ReportedExit::Code(code),
-            Some(KeptExit::Signal(sig)) => ReportedExit::Signal(sig),
-            None => return,
-        };
-        let _ = rustix::io::write(&old.status, &exit.encode());
+        if let Some(exit) = crate::sys::pidfd::kept_exit(old.pidfd.as_fd()) {
+            let _ = rustix::io::write(&old.status, &ReportedExit::kept(exit).encode());
+        }
     }
 
     fn refuse(&mut self, message: String) -> Option<Served> {
@@ -790,8 +786,7 @@ impl Server {
         let child = self.running.get(&pid)?;
         let exit = if self.autoreap {
             match crate::sys::pidfd::kept_exit(child.pidfd.as_fd()) {
-                Some(KeptExit::Code(code)) => Some(ReportedExit::Code(code)),
-                Some(KeptExit::Signal(sig)) => Some(ReportedExit::Signal(sig)),
+                Some(exit) => Some(ReportedExit::kept(exit)),
                 // Ended, and released by the kernel a moment later, when
                 // it keeps the status: wait for the pidfd's hang-up,
                 // which says so (or for as long as a tracer holds it).

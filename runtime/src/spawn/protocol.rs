@@ -259,6 +259,14 @@ impl ReportedExit {
         bytes
     }
 
+    /// How the kernel kept it for the child's pidfd.
+    pub(crate) fn kept(exit: crate::sys::pidfd::KeptExit) -> ReportedExit {
+        match exit {
+            crate::sys::pidfd::KeptExit::Code(code) => ReportedExit::Code(code),
+            crate::sys::pidfd::KeptExit::Signal(sig) => ReportedExit::Signal(sig),
+        }
+    }
+
     pub(crate) fn decode(bytes: [u8; STATUS_LEN]) -> Option<ReportedExit> {
         let [k0, k1, k2, k3, v0, v1, v2, v3] = bytes;
         let value = i32::from_le_bytes([v0, v1, v2, v3]);
