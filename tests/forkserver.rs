@@ -795,6 +795,12 @@ fn a_dead_server_fails_pending_starts_and_is_replaced() {
         return;
     }
     run_inner("inner_dead_server", &[]);
+    // And with the server slow to fork its spares once it has said one is
+    // coming: a start waiting for that spare fails too when it dies.
+    run_inner(
+        "inner_dead_server",
+        &[("MULTIPROC_TEST_SPARE_DELAY_MS", "500")],
+    );
 }
 
 #[test]
@@ -842,7 +848,15 @@ fn inner_dead_server() {
 
     // A start waiting for a server that dies fails, naming it. Stopped,
     // the server forks no spare; the one it may have announced is killed,
-    // so that the start has to ask the server.
+    // so that the start has to ask the server. (With a slow spare fork,
+    // the server is stopped once it has said a spare is coming, and the
+    // start waits for that spare instead.)
+    if std::env::var_os("MULTIPROC_TEST_SPARE_DELAY_MS").is_some() {
+        multiproc::__private::fork_server_drop_spares();
+        common::eventually("the server says a spare is coming", || {
+            multiproc::__private::fork_server_coming() >= 1
+        });
+    }
     kill(second, Signal::STOP);
     for spare in children_of(second) {
         kill(spare, Signal::KILL);

@@ -136,11 +136,10 @@ pub(crate) fn fork_child(
                     set_aside(&mut server);
                     return Err(e);
                 }
+                // A start waiting for its server fails if the server dies,
+                // as one waiting for a reply does.
                 Err((e, false)) => {
                     retire(&mut server);
-                    if attempt == 0 {
-                        continue;
-                    }
                     return Err(e);
                 }
             }
