@@ -763,6 +763,52 @@ fn inner_spare_coming() {
 }
 
 #[test]
+fn a_start_after_an_unreported_end_waits_for_the_server_rather_than_ask() {
+    // Alone in its own process, whose server handles each child's end 1 s
+    // late and forks no spare while idle.
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    if !common::kernel_keeps_exits() {
+        // `join` then waits for the server's report, and no end is ever
+        // unreported when a start looks for a spare.
+        eprintln!("skipped: this kernel keeps no exit status for pidfds");
+        return;
+    }
+    run_inner(
+        "inner_unreported_end",
+        &[("MULTIPROC_TEST_LATE_REPORTS_MS", "1000")],
+    );
+}
+
+#[test]
+#[ignore = "run by a_start_after_an_unreported_end_waits_for_the_server_rather_than_ask"]
+fn inner_unreported_end() {
+    use multiproc::__private::{fork_server_coming, fork_server_spares, fork_server_starts};
+    if !common::run_by_outer_test(
+        INNER,
+        "a_start_after_an_unreported_end_waits_for_the_server_rather_than_ask",
+    ) {
+        return;
+    }
+    // The first start brings the server up and asks it, which makes the
+    // parent quick: the server forks a spare when that child ends, before
+    // it reports the end. `join` learns of the end from the child's pidfd,
+    // a second before the server handles it.
+    assert_eq!(forked_add(1, 1).join().unwrap(), 2);
+    if fork_server_spares() != 0 || fork_server_coming() != 0 {
+        eprintln!("skipped: the server handled the end before the next start");
+        return;
+    }
+    let before = fork_server_starts();
+    let child = forked_add(2, 1);
+    // Served by that spare: the start waited for the server, and did not
+    // ask for a fork behind it.
+    assert_eq!(fork_server_starts(), (before.0, before.1 + 1));
+    assert_eq!(child.join().unwrap(), 3);
+}
+
+#[test]
 fn starts_ask_when_the_server_cannot_fork_spares() {
     // Alone in its own process, whose server fails to fork any spare.
     if !common::fork_server_or_skip() {

@@ -21,7 +21,11 @@
 //! looks for one, or while it waits for a reply, and spares are taken
 //! oldest first. The server also says when it begins to fork a spare: a
 //! start that finds none, but was told one is coming, waits for it
-//! (`Server::await_spare`) rather than ask for a fork behind it. The server
+//! (`Server::await_spare`) rather than ask for a fork behind it; one told
+//! of none first waits for the server to report the ends of its children
+//! that `join` learnt of from their pidfds (`end_unreported`), since the
+//! server says a spare is coming before it reports the end that made it
+//! fork one (`Server::await_reports`). The server
 //! announces at most two at a time; should more than [`MAX_SPARES`] be
 //! held, the oldest are dropped, and exit.
 
@@ -43,6 +47,8 @@ use crate::wire::{self, FrameKind};
 #[derive(Debug)]
 pub(crate) struct Forked {
     pub(crate) pid: u32,
+    /// The pid of the server that forked it (and reports its end).
+    pub(crate) server: u32,
     /// A pidfd for the child, opened by the server before it could reap it.
     pub(crate) pidfd: OwnedFd,
     /// The read end of the child's status pipe (non-blocking), where the
@@ -127,6 +133,22 @@ pub(crate) fn fork_child(
                 continue;
             }
             return Err(e);
+        }
+        // The end of a child of this server may not be reported yet
+        // (its pidfd said first): the server may fork a spare before it
+        // reports it, and says so first.
+        if pair.is_none() && current.spares.is_empty() && current.coming == 0 {
+            match current.await_reports() {
+                Ok(()) => {}
+                Err((e, true)) => {
+                    set_aside(&mut server);
+                    return Err(e);
+                }
+                Err((e, false)) => {
+                    retire(&mut server);
+                    return Err(e);
+                }
+            }
         }
         if pair.is_none() && current.spares.is_empty() && current.coming > 0 {
             match current.await_spare() {
@@ -258,8 +280,9 @@ fn after_announcements(count: impl FnOnce(&Server) -> usize) -> usize {
 }
 
 /// Drops the spares this process holds, reading the announcements waiting
-/// first; they exit. Not public API: for tests that count this process's
-/// descriptors, which held spares would otherwise add to.
+/// first (they exit), and its copies of the status pipes of ends not yet
+/// reported. Not public API: for tests that count this process's
+/// descriptors, which these would otherwise add to.
 #[doc(hidden)]
 #[cfg(feature = "test-hooks")]
 pub fn fork_server_drop_spares() {
@@ -267,6 +290,7 @@ pub fn fork_server_drop_spares() {
         let _ = current.take_announcements();
         current.spares.clear();
     }
+    UNREPORTED.lock().unwrap_or_else(|p| p.into_inner()).clear();
 }
 
 /// A `Forked` frame, as the server sends it: a reply or an announcement.
@@ -343,6 +367,57 @@ impl Server {
         Ok(())
     }
 
+    /// Waits until the server has reported the ends of its children that
+    /// this process learnt of from their pidfds (`end_unreported`), or
+    /// until it announces a spare or says one is coming, for at most
+    /// [`REPLY_WITHIN`]: where the server forks a spare when a child ends,
+    /// it says so before it reports that end, and a start then waits for
+    /// that spare rather than ask for a fork behind it. The error is as
+    /// `read_reply`'s outer one.
+    fn await_reports(&mut self) -> Result<(), (Error, bool)> {
+        let mut ends = take_unreported(self.process.pid);
+        let deadline = Instant::now() + REPLY_WITHIN;
+        let waited = loop {
+            if ends.is_empty() || !self.spares.is_empty() || self.coming > 0 {
+                break Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut fds: Vec<PollFd<'_>> = std::iter::once(&self.sock)
+                .chain(&ends)
+                .map(|fd| PollFd::new(fd, PollFlags::IN))
+                .collect();
+            let ready = match crate::sys::poll::poll(&mut fds, Some(left)) {
+                Ok(0) => break Err((self.silent(), true)),
+                Ok(_) => fds
+                    .iter()
+                    .map(|fd| !fd.revents().is_empty())
+                    .collect::<Vec<_>>(),
+                Err(e) => break Err((self.died().with_source(e), false)),
+            };
+            // Reported (or the server is gone, which ends the pipe).
+            let mut reported = ready[1..].iter();
+            ends.retain(|_| reported.next() != Some(&true));
+            if ready[0] {
+                match self.receive(&mut None) {
+                    Ok(FromServer::Spare(spare)) => self.keep(spare),
+                    Ok(FromServer::Coming(more)) => self.expect(more),
+                    Ok(FromServer::Reply(_)) => {
+                        break Err((
+                            Error::new(ErrorKind::Decode, "the fork server replied to no request"),
+                            false,
+                        ));
+                    }
+                    Err(e) => break Err((e, false)),
+                }
+            }
+        };
+        // Still to come, for the next start.
+        for end in ends {
+            keep_unreported(self.process.pid, end);
+        }
+        waited
+    }
+
     /// Keeps an announced spare, behind those announced before it.
     fn keep(&mut self, spare: Spare) {
         self.coming = self.coming.saturating_sub(1);
@@ -378,18 +453,23 @@ impl Server {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut fds = [PollFd::new(&self.sock, PollFlags::IN)];
         match crate::sys::poll::poll(&mut fds, Some(left)) {
-            Ok(0) => Err(Error::new(
-                ErrorKind::Spawn,
-                format!(
-                    "the fork server (pid {}) did not answer within {} s (is it stopped?); \
-                     the next start brings up a new one",
-                    self.process.pid,
-                    REPLY_WITHIN.as_secs()
-                ),
-            )),
+            Ok(0) => Err(self.silent()),
             Ok(_) => Ok(()),
             Err(e) => Err(self.died().with_source(e)),
         }
+    }
+
+    /// The server has not answered within [`REPLY_WITHIN`].
+    fn silent(&self) -> Error {
+        Error::new(
+            ErrorKind::Spawn,
+            format!(
+                "the fork server (pid {}) did not answer within {} s (is it stopped?); \
+                 the next start brings up a new one",
+                self.process.pid,
+                REPLY_WITHIN.as_secs()
+            ),
+        )
     }
 
     /// Reads one `Forked` frame. A reply takes `status` (the request's
@@ -416,9 +496,12 @@ impl Server {
         match wire::codec::decode::<ForkReply>(&buf) {
             Ok(ForkReply::Started { pid }) => {
                 match (<[OwnedFd; 1]>::try_from(frame.fds), status.take()) {
-                    (Ok([pidfd]), Some(status)) => {
-                        Ok(FromServer::Reply(Ok(Forked { pid, pidfd, status })))
-                    }
+                    (Ok([pidfd]), Some(status)) => Ok(FromServer::Reply(Ok(Forked {
+                        pid,
+                        server: self.process.pid,
+                        pidfd,
+                        status,
+                    }))),
                     (Ok(_), None) => Err(Error::new(
                         ErrorKind::Decode,
                         "the fork server replied to no request",
@@ -432,7 +515,12 @@ impl Server {
             )))),
             Ok(ForkReply::Spare { pid }) => match <[OwnedFd; 3]>::try_from(frame.fds) {
                 Ok([pidfd, control, status]) => Ok(FromServer::Spare(Spare {
-                    child: Forked { pid, pidfd, status },
+                    child: Forked {
+                        pid,
+                        server: self.process.pid,
+                        pidfd,
+                        status,
+                    },
                     control,
                 })),
                 Err(_) => Err(malformed("spare")),
@@ -475,6 +563,62 @@ impl Server {
         early(spare.control.as_fd());
         Some((spare.child, spare.control))
     }
+}
+
+/// The status pipes of children whose end this process learnt from their
+/// pidfds before their server reported it, with the server's pid: at most
+/// [`MAX_UNREPORTED`], the newest. Not under the server's lock, which a
+/// start holds while it waits on them, so that a `join` never waits for a
+/// start.
+static UNREPORTED: Mutex<VecDeque<(u32, OwnedFd)>> = Mutex::new(VecDeque::new());
+
+/// How many unreported ends are kept (a start waits for the first report
+/// that comes with a spare, and any one report will do for that).
+const MAX_UNREPORTED: usize = 8;
+
+/// Notes that the end of a child of `server` was learnt from its pidfd
+/// before the server reported it on `status`, its status pipe: the next
+/// start that finds no spare waits for that report (`await_reports`).
+pub(crate) fn end_unreported(server: u32, status: BorrowedFd<'_>) {
+    // A copy, which the child's handle does not wait on; without one, the
+    // start asks for a fork, as it would have.
+    if let Ok(copy) = rustix::io::fcntl_dupfd_cloexec(status, 0) {
+        keep_unreported(server, copy);
+    }
+}
+
+/// Keeps `status`, dropping the ends reported since (whose pipes are
+/// readable), so that only ends still to be reported hold a descriptor.
+fn keep_unreported(server: u32, status: OwnedFd) {
+    let mut ends = UNREPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    if !ends.is_empty() {
+        let reported: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = ends
+                .iter()
+                .map(|(_, fd)| PollFd::new(fd, PollFlags::IN))
+                .collect();
+            match crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)) {
+                Ok(_) => fds.iter().map(|fd| !fd.revents().is_empty()).collect(),
+                Err(_) => vec![false; fds.len()],
+            }
+        };
+        let mut reported = reported.into_iter();
+        ends.retain(|_| reported.next() != Some(true));
+    }
+    if ends.len() >= MAX_UNREPORTED {
+        ends.pop_front();
+    }
+    ends.push_back((server, status));
+}
+
+/// Takes the unreported ends of children of `server`, dropping those of
+/// any other (an earlier server, gone or set aside).
+fn take_unreported(server: u32) -> Vec<OwnedFd> {
+    let mut ends = UNREPORTED.lock().unwrap_or_else(|p| p.into_inner());
+    ends.drain(..)
+        .filter(|(of, _)| *of == server)
+        .map(|(_, status)| status)
+        .collect()
 }
 
 /// Servers a start gave up on for their silence (stopped, or wedged),

@@ -288,13 +288,7 @@ pub(crate) fn start_child<R>(
                 .map_err(|e| e.in_process(describe(&name, None, entry)))?;
             // The server writes the child's exit status to `forked.status`
             // once it has reaped it (see `reaper.rs`).
-            let child = Child::track_forked(
-                forked.pid,
-                name.clone(),
-                daemon,
-                forked.pidfd,
-                forked.status,
-            );
+            let child = Child::track_forked(name.clone(), daemon, forked);
             (child, ours)
         }
     };

@@ -229,6 +229,14 @@ pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
 #[cfg(feature = "test-hooks")]
 pub(crate) const SPARE_DELAY_ENV: &str = "MULTIPROC_TEST_SPARE_DELAY_MS";
 
+/// Set to a number of milliseconds in a test process's environment, with
+/// the `test-hooks` feature: its fork server handles each child's end that
+/// long after the child's pidfd says it, and forks no spare by the idle
+/// rule, so that a test can make a start find no spare while the end of a
+/// child it has joined is still unreported.
+#[cfg(feature = "test-hooks")]
+pub(crate) const LATE_REPORTS_ENV: &str = "MULTIPROC_TEST_LATE_REPORTS_MS";
+
 /// Set (to anything) in a test process's environment, with the
 /// `test-hooks` feature: its fork server forks spares only once idle, never
 /// for starts in quick succession, so that a test can follow the one spare

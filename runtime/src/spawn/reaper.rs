@@ -67,6 +67,8 @@ enum Reaping {
     Us,
     /// Its fork server does, and reports the status on this pipe.
     Server {
+        /// The server's pid, which names it to `fork_client`.
+        server: u32,
         status: OwnedFd,
         /// The pipe ended without a status: the server died.
         server_gone: AtomicBool,
@@ -160,23 +162,20 @@ impl Child {
         })
     }
 
-    /// Starts tracking a child the fork server just forked: `pidfd` is the
-    /// server's pidfd for it, `status` the read end (non-blocking) of its
-    /// status pipe.
+    /// Starts tracking a child the fork server just forked.
     pub(crate) fn track_forked(
-        pid: u32,
         name: String,
         daemon: bool,
-        pidfd: OwnedFd,
-        status: OwnedFd,
+        forked: super::fork_client::Forked,
     ) -> Arc<Child> {
         let child = Arc::new(Child {
-            pid,
+            pid: forked.pid,
             name,
             daemon,
-            pidfd: Some(pidfd),
+            pidfd: Some(forked.pidfd),
             reaping: Reaping::Server {
-                status,
+                server: forked.server,
+                status: forked.status,
                 server_gone: AtomicBool::new(false),
                 late_since: Mutex::new(None),
             },
@@ -216,7 +215,7 @@ impl Child {
     /// A fork-server child's status, from its pipe; `None` while it runs.
     fn reported(
         &self,
-        status: &OwnedFd,
+        (server, status): (u32, &OwnedFd),
         server_gone: &AtomicBool,
         late_since: &Mutex<Option<Instant>>,
     ) -> io::Result<Option<ExitStatus>> {
@@ -237,8 +236,11 @@ impl Child {
                 Err(rustix::io::Errno::AGAIN) => {
                     // Where the kernel keeps how a process ended, the
                     // server has it reap its children, and the pidfd says
-                    // first (see `wait`).
+                    // first (see `wait`). The server's report is still to
+                    // come: a start that finds no spare waits for it, as
+                    // the server may fork one first.
                     if let Some(exit) = self.kept_exit() {
+                        super::fork_client::end_unreported(server, status.as_fd());
                         return Ok(Some(exit));
                     }
                     // Ended but not reported yet: the server reaps and
@@ -335,12 +337,13 @@ impl Child {
         let reaped = match (&self.reaping, &self.pidfd) {
             (
                 Reaping::Server {
+                    server,
                     status,
                     server_gone,
                     late_since,
                 },
                 _,
-            ) => self.reported(status, server_gone, late_since)?,
+            ) => self.reported((*server, status), server_gone, late_since)?,
             (Reaping::Us, Some(fd)) => match rustix::process::waitid(
                 WaitId::PidFd(fd.as_fd()),
                 WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
