@@ -531,6 +531,15 @@ fn an_idle_server_forks_a_spare_that_serves_the_next_start() {
         return;
     }
     run_inner("inner_spare", &[("MULTIPROC_TEST_IDLE_SPARES_ONLY", "1")]);
+    // And where this process may not take its spares' sockets from them,
+    // so that the server sends them.
+    run_inner(
+        "inner_spare",
+        &[
+            ("MULTIPROC_TEST_IDLE_SPARES_ONLY", "1"),
+            ("MULTIPROC_TEST_NO_FETCH", "1"),
+        ],
+    );
 }
 
 #[test]
@@ -806,6 +815,96 @@ fn inner_unreported_end() {
     // ask for a fork behind it.
     assert_eq!(fork_server_starts(), (before.0, before.1 + 1));
     assert_eq!(child.join().unwrap(), 3);
+}
+
+/// The spares of this process waiting for their requests, once one is:
+/// the children of its server asleep (not one still exiting, nor one
+/// warming up), once this process holds a spare.
+fn held_spares() -> Vec<u32> {
+    let server = server_pid();
+    let asleep = || -> Vec<u32> {
+        children_of(server)
+            .into_iter()
+            .filter(|&pid| common::state_of(pid) == Some(b'S'))
+            .collect()
+    };
+    common::eventually("a spare waits for its request", || {
+        multiproc::__private::fork_server_spares() >= 1 && !asleep().is_empty()
+    });
+    asleep()
+}
+
+#[test]
+fn spares_end_when_dropped_or_when_their_parent_is_killed() {
+    // Alone in its own process, which drops its spares; and where the
+    // server sends each spare's socket rather than leave it in the spare
+    // for this process to take.
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    run_inner("inner_drop_spares", &[]);
+    run_inner("inner_drop_spares", &[("MULTIPROC_TEST_NO_FETCH", "1")]);
+    // A parent killed with its spares: the server dies with it, and so do
+    // they (a spare may hold the parent's end of its socket).
+    let (gate_r, _gate_w) = pipe();
+    let (report_r, report_w) = pipe();
+    let middle = Process::new(
+        entry!(middle_with_spares),
+        (Fd::from(gate_r), Fd::from(report_w)),
+    )
+    .start_method(StartMethod::Spawn)
+    .start()
+    .unwrap();
+    let mut bytes = Vec::new();
+    std::fs::File::from(report_r)
+        .read_to_end(&mut bytes)
+        .unwrap();
+    let spares: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(!spares.is_empty());
+    middle.kill().unwrap();
+    assert_eq!(middle.join().unwrap_err().exitcode(), Some(-9));
+    for spare in spares {
+        assert!(
+            common::exits_within(spare, common::BOUND),
+            "spare {spare} outlived its SIGKILLed parent"
+        );
+    }
+}
+
+#[process_entry]
+fn middle_with_spares(gate: Fd, report: Fd) {
+    let spares = held_spares();
+    let mut report = std::fs::File::from(report.into_owned_fd());
+    for spare in spares {
+        report.write_all(&spare.to_le_bytes()).unwrap();
+    }
+    drop(report);
+    block_on(gate);
+}
+
+#[test]
+#[ignore = "run by spares_end_when_dropped_or_when_their_parent_is_killed"]
+fn inner_drop_spares() {
+    if !common::run_by_outer_test(
+        INNER,
+        "spares_end_when_dropped_or_when_their_parent_is_killed",
+    ) {
+        return;
+    }
+    let spares = held_spares();
+    assert!(!spares.is_empty());
+    multiproc::__private::fork_server_drop_spares();
+    for spare in spares {
+        assert!(
+            common::exits_within(spare, common::BOUND),
+            "spare {spare} outlived its dropping"
+        );
+    }
+    // The server serves on.
+    assert_eq!(forked_add(1, 1).join().unwrap(), 2);
 }
 
 #[test]

@@ -9,9 +9,12 @@
 //! [`ErrorKind::Spawn`], never hangs.
 //!
 //! **Spares.** Between requests the server may announce a spare: a child it
-//! forked ahead of time, with a pidfd, its control socket (where it waits
-//! for its request) and its status pipe (a `Forked` frame the server sends
-//! unasked). The next start writes the request to the control socket, and
+//! forked ahead of time, with a pidfd and its status pipe (a `Forked` frame
+//! the server sends unasked). Our end of its control socket, where it
+//! waits for its request, we take from the spare itself (`pidfd_getfd`), so
+//! that no unix socket is in flight meanwhile (see `fork_server.rs`);
+//! where this process may not (`start_server`), it comes in the
+//! announcement. The next start writes the request to the control socket, and
 //! then a small call, straight to the spare: it waits for no reply, makes
 //! no socketpair, passes no descriptor, wakes only the child, and does not
 //! wake the server at all (a wake-up of another process there costs more
@@ -25,12 +28,13 @@
 //! of none first waits for the server to report the ends of its children
 //! that `join` learnt of from their pidfds (`end_unreported`), since the
 //! server says a spare is coming before it reports the end that made it
-//! fork one (`Server::await_reports`). The server
-//! announces at most two at a time; should more than [`MAX_SPARES`] be
-//! held, the oldest are dropped, and exit.
+//! fork one (`Server::await_reports`). The server announces at most two at
+//! a time; should more than [`MAX_SPARES`] be held, the oldest are dropped,
+//! and exit (a spare that holds our end of its socket is killed).
 
 use std::collections::VecDeque;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,11 +61,35 @@ pub(crate) struct Forked {
 }
 
 /// A spare the server announced: a forked child waiting for its request.
+/// Dropped unused, it exits: it reads the end of its socket, or, if it
+/// holds a copy of our end (we fetched ours from it), it is killed.
 #[derive(Debug)]
 struct Spare {
-    child: Forked,
-    /// Our end of its control socket, where its request goes first.
-    control: OwnedFd,
+    /// The child, and our end of its control socket, where its request
+    /// goes first; taken when it is handed a request.
+    parts: Option<(Forked, OwnedFd)>,
+    /// Whether the spare holds a copy of our end of its control socket
+    /// until its request comes (`Marker::fetch`).
+    holds_ours: bool,
+}
+
+impl Spare {
+    /// Our end of its control socket.
+    fn control(&self) -> Option<BorrowedFd<'_>> {
+        self.parts.as_ref().map(|(_, control)| control.as_fd())
+    }
+}
+
+impl Drop for Spare {
+    fn drop(&mut self) {
+        if let Some((child, _)) = &self.parts
+            && self.holds_ours
+        {
+            // Waiting for a request that will not come, and holding our
+            // end of its socket, it would never see that end close.
+            let _ = rustix::process::pidfd_send_signal(&child.pidfd, Signal::KILL);
+        }
+    }
 }
 
 /// This process's fork server, while it runs.
@@ -299,6 +327,9 @@ enum FromServer {
     Spare(Spare),
     /// A spare is being forked (`true`), or could not be (`false`).
     Coming(bool),
+    /// A spare was announced that cannot be used (it has died): one less
+    /// coming.
+    Lost,
 }
 
 impl Server {
@@ -325,6 +356,7 @@ impl Server {
             match self.receive(&mut None)? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Coming(more) => self.expect(more),
+                FromServer::Lost => self.expect(false),
                 FromServer::Reply(_) => {
                     return Err(Error::new(
                         ErrorKind::Decode,
@@ -356,6 +388,7 @@ impl Server {
             match self.receive(&mut None).map_err(|e| (e, false))? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Coming(more) => self.expect(more),
+                FromServer::Lost => self.expect(false),
                 FromServer::Reply(_) => {
                     return Err((
                         Error::new(ErrorKind::Decode, "the fork server replied to no request"),
@@ -401,6 +434,7 @@ impl Server {
                 match self.receive(&mut None) {
                     Ok(FromServer::Spare(spare)) => self.keep(spare),
                     Ok(FromServer::Coming(more)) => self.expect(more),
+                    Ok(FromServer::Lost) => self.expect(false),
                     Ok(FromServer::Reply(_)) => {
                         break Err((
                             Error::new(ErrorKind::Decode, "the fork server replied to no request"),
@@ -440,6 +474,7 @@ impl Server {
             match self.receive(&mut status).map_err(|e| (e, false))? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Coming(more) => self.expect(more),
+                FromServer::Lost => self.expect(false),
                 FromServer::Reply(reply) => return Ok(reply),
             }
         }
@@ -513,16 +548,53 @@ impl Server {
                 ErrorKind::Spawn,
                 format!("the fork server could not fork: {message}"),
             )))),
-            Ok(ForkReply::Spare { pid }) => match <[OwnedFd; 3]>::try_from(frame.fds) {
-                Ok([pidfd, control, status]) => Ok(FromServer::Spare(Spare {
-                    child: Forked {
+            Ok(ForkReply::Spare { pid, control: None }) => {
+                match <[OwnedFd; 3]>::try_from(frame.fds) {
+                    Ok([pidfd, control, status]) => Ok(FromServer::Spare(Spare {
+                        parts: Some((
+                            Forked {
+                                pid,
+                                server: self.process.pid,
+                                pidfd,
+                                status,
+                            },
+                            control,
+                        )),
+                        holds_ours: false,
+                    })),
+                    Err(_) => Err(malformed("spare")),
+                }
+            }
+            Ok(ForkReply::Spare {
+                pid,
+                control: Some(number),
+            }) => match <[OwnedFd; 2]>::try_from(frame.fds) {
+                Ok([pidfd, status]) => {
+                    // Our end, which the spare holds under that number.
+                    let fetched = rustix::process::pidfd_getfd(
+                        &pidfd,
+                        number,
+                        rustix::process::PidfdGetfdFlags::empty(),
+                    );
+                    let child = Forked {
                         pid,
                         server: self.process.pid,
                         pidfd,
                         status,
-                    },
-                    control,
-                })),
+                    };
+                    match fetched {
+                        Ok(control) => Ok(FromServer::Spare(Spare {
+                            parts: Some((child, control)),
+                            holds_ours: true,
+                        })),
+                        // Ended already (or refused us after all): passed
+                        // over, and killed, as a spare dropped unused.
+                        Err(_) => {
+                            let _ = rustix::process::pidfd_send_signal(&child.pidfd, Signal::KILL);
+                            Ok(FromServer::Lost)
+                        }
+                    }
+                }
                 Err(_) => Err(malformed("spare")),
             },
             Ok(ForkReply::SpareComing) => Ok(FromServer::Coming(true)),
@@ -544,24 +616,23 @@ impl Server {
     ) -> Option<(Forked, OwnedFd)> {
         // Its end of its control socket closes when it dies (hang-up, or
         // bytes it never sends before its request).
-        let mut fds = [PollFd::new(&spare.control, PollFlags::IN)];
+        let control = spare.control()?;
+        let mut fds = [PollFd::new(&control, PollFlags::IN)];
         if !matches!(
             crate::sys::poll::poll(&mut fds, Some(Duration::ZERO)),
             Ok(0)
         ) {
             return None;
         }
+        let mut spare = spare;
+        let (child, control) = spare.parts.take()?;
         // From here on the spare is the child: if it dies before it reads
         // the request, `join` reports how, as for any child. The call
         // follows the request on the same socket.
-        let _ = super::protocol::send_message(
-            spare.control.as_fd(),
-            FrameKind::ForkRequest,
-            request,
-            &[],
-        );
-        early(spare.control.as_fd());
-        Some((spare.child, spare.control))
+        let _ =
+            super::protocol::send_message(control.as_fd(), FrameKind::ForkRequest, request, &[]);
+        early(control.as_fd());
+        Some((child, control))
     }
 }
 
@@ -653,7 +724,49 @@ fn retire(server: &mut Option<Server>) {
 /// Starts the fork server: this binary with the server marker and its end
 /// of the socket on fd 0, spawned from the daemon-spawner thread so that its
 /// parent-death signal follows this process, not the calling thread.
+///
+/// It is told to leave each spare's end of its control socket in the spare,
+/// for us to take (`Marker::fetch`), unless this process may not take a
+/// descriptor from its children (`pidfd_getfd`, Linux 5.6, which a
+/// ptrace policy, a security module or a seccomp filter may refuse): that
+/// is tried on the server itself, and if refused, the server is replaced
+/// by one that sends each spare's end, and so is every later one.
 fn start_server() -> Result<Server, Error> {
+    if !FETCH_REFUSED.load(Ordering::Relaxed) {
+        let server = launch_server(true)?;
+        if may_fetch_from(&server.process) {
+            return Ok(server);
+        }
+        FETCH_REFUSED.store(true, Ordering::Relaxed);
+        let _ = server.process.signal(Signal::KILL);
+    }
+    launch_server(false)
+}
+
+/// Whether this process was refused a descriptor of one of its children.
+static FETCH_REFUSED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process may take descriptors from `process`, a child (and
+/// so from its children): it takes a copy of its standard error, or is
+/// told it has none, which is checked after the permission.
+fn may_fetch_from(process: &Child) -> bool {
+    // The crate's tests make it refused.
+    #[cfg(feature = "test-hooks")]
+    if std::env::var_os(super::protocol::NO_FETCH_ENV).is_some() {
+        return false;
+    }
+    let Some(pidfd) = process.pidfd() else {
+        return false;
+    };
+    matches!(
+        rustix::process::pidfd_getfd(pidfd, 2, rustix::process::PidfdGetfdFlags::empty()),
+        Ok(_) | Err(rustix::io::Errno::BADF)
+    )
+}
+
+/// Starts a fork server (see `start_server`), which leaves each spare's
+/// end of its control socket in the spare if `fetch`.
+fn launch_server(fetch: bool) -> Result<Server, Error> {
     let spawn_err = |e: std::io::Error| {
         Error::new(ErrorKind::Spawn, "could not start the fork server").with_source(e)
     };
@@ -665,7 +778,7 @@ fn start_server() -> Result<Server, Error> {
     let mut env = EnvChanges::default();
     env.change(
         BOOT_ENV.into(),
-        Some(Marker::for_server(super::registry::loaded_count()).into()),
+        Some(Marker::for_server(super::registry::loaded_count(), fetch).into()),
     );
     let launch = super::parent::Relaunch {
         control: theirs,

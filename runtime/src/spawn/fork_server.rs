@@ -27,9 +27,14 @@
 //! server forks the next child ahead of time: a spare, which drops the
 //! server's descriptors, warms up (`warm_up`) and waits for its request on
 //! its control socket, already made. The server announces it to the
-//! parent, unasked (`ForkReply::Spare`, with a pidfd, the other end of that
-//! socket and the read end of a status pipe), and from then on watches and
-//! reaps it as any running child. The parent's next start sends its
+//! parent, unasked (`ForkReply::Spare`, with a pidfd and the read end of a
+//! status pipe), and from then on watches and reaps it as any running
+//! child. The parent takes the other end of that socket from the spare
+//! itself (`pidfd_getfd`; the spare holds it until its request comes),
+//! where it may (`Marker::fetch`), or else receives it in the announcement:
+//! while a unix socket is in flight in a message, every unix socket closed
+//! on the machine queues work for the kernel's collector of unreachable
+//! sockets, and this one would be until the parent's next start. The parent's next start sends its
 //! request (entry, daemon flag, environment changes) straight to the spare,
 //! and then the call, both on the control socket, without telling the
 //! server. A start thus waits for no fork, no reply and no first page
@@ -49,7 +54,9 @@
 //! fork fails): a start that finds none then waits for it, rather than ask
 //! for a fork behind it (where the parent learns of a child's end from its
 //! pidfd, its next start can come before the server has forked). A spare
-//! whose parent drops it (or dies) reads the end of its socket and exits.
+//! the parent drops exits: it reads the end of its socket, or, holding the
+//! parent's end, is killed by the parent. One whose parent dies dies with
+//! the server (its parent-death signal, while it holds that end).
 //!
 //! **The memory holder.** A warmed-up spare of the idle rule (not one
 //! forked while the parent starts children in quick succession) starts a
@@ -69,7 +76,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, epoll};
@@ -96,7 +103,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     if std::os::unix::process::parent_id() != marker.parent {
         return EXIT_BOOTSTRAP_FAILED;
     }
-    let mut server = match Server::new() {
+    let mut server = match Server::new(marker.fetch) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("multiproc: the fork server could not start: {e}");
@@ -117,6 +124,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         }
         Served::Spare {
             control,
+            ours,
             taken,
             hold,
         } => {
@@ -135,6 +143,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 spare_due: _,
                 quick: _,
                 autoreap: _,
+                fetch: _,
             } = server;
             drop((sock, epoll, signals, running, buf, announced));
             restore_sigchld(sigchld_ignored);
@@ -142,7 +151,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 &single,
                 nofile,
                 pid,
-                (control, taken),
+                (control, ours, taken),
                 (marker.parent, hold),
             )
         }
@@ -199,14 +208,27 @@ fn warm_up() {
 /// then runs it as a child forked on request does, the call coming next on
 /// the same socket; it closes `taken` to tell the server, which looks
 /// without being woken. Exits if the parent drops it unused.
+///
+/// `ours`, if given, is the other end of that socket, which the parent
+/// takes from this process (`pidfd_getfd`) rather than receive it in the
+/// spare's announcement: held until the request comes, so that the parent
+/// finds it. Meanwhile this process would not see the end of its socket
+/// if the parent dropped it, or died: the parent kills a spare it drops,
+/// and this one dies with the server (which dies with the parent).
 fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    (control, taken): (OwnedFd, OwnedFd),
+    (control, ours, taken): (OwnedFd, Option<OwnedFd>, OwnedFd),
     (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
+    if ours.is_some() {
+        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+        if std::os::unix::process::parent_id() != server {
+            super::child::exit(EXIT_BOOTSTRAP_FAILED);
+        }
+    }
     if nofile.current != nofile.maximum {
         let _ = rustix::process::setrlimit(Resource::Nofile, nofile);
     }
@@ -232,6 +254,14 @@ fn run_spare(
         // Dropped unused (or out of step): nobody will ask.
         _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
     };
+    if ours.is_some() {
+        // The parent has its own end now. A daemon dies with the server
+        // (`child::run_forked` sets that again); no other child does.
+        drop(ours);
+        if !request.daemon {
+            let _ = rustix::process::set_parent_process_death_signal(None);
+        }
+    }
     if forked.elapsed() < SPARE_AFTER_IDLE {
         let _ = rustix::io::write(&taken, &TAKEN_QUICKLY);
     }
@@ -243,6 +273,7 @@ fn run_spare(
         parent: server,
         daemon: request.daemon,
         server: false,
+        fetch: false,
         expected: 0,
         entry: request.entry,
     };
@@ -313,6 +344,10 @@ struct Server {
     /// kernel keeps exits (Linux 6.15 and later). Then the parent learns a
     /// child's end from its own pidfd, without waiting for the server.
     autoreap: bool,
+    /// Whether the parent takes each spare's end of its control socket
+    /// from the spare (`Marker::fetch`): the spare holds it, and its
+    /// announcement carries its number instead.
+    fetch: bool,
 }
 
 /// A spare the parent holds, as far as the server knows.
@@ -356,16 +391,19 @@ enum Served {
     },
     /// This is a new spare child, to wait for its request on `control`,
     /// close `taken` when it comes, and then serve it there; with a memory
-    /// holder if `hold` (a spare of the idle rule).
+    /// holder if `hold` (a spare of the idle rule). It holds `ours`, the
+    /// parent's end of `control`, for the parent to take, if the parent
+    /// fetches it.
     Spare {
         control: OwnedFd,
+        ours: Option<OwnedFd>,
         taken: OwnedFd,
         hold: bool,
     },
 }
 
 impl Server {
-    fn new() -> io::Result<Server> {
+    fn new(fetch: bool) -> io::Result<Server> {
         let sock = super::child::take_control_socket()?;
         let single = SingleThreaded::check()?;
         let nofile = rustix::process::getrlimit(Resource::Nofile);
@@ -407,6 +445,7 @@ impl Server {
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
             quick: false,
             autoreap,
+            fetch,
         })
     }
 
@@ -575,6 +614,7 @@ impl Server {
                         parent: self.pid,
                         daemon: request.daemon,
                         server: false,
+                        fetch: false,
                         expected: 0,
                         entry: request.entry,
                     },
@@ -669,9 +709,11 @@ impl Server {
         let pid = match crate::sys::fork::fork(&self.single) {
             Err(_) => return self.no_spare(),
             Ok(Forked::Child) => {
-                drop((ours, is_taken, status_r, status_w));
+                drop((is_taken, status_r, status_w));
+                let ours = self.fetch.then_some(ours);
                 return Some(Served::Spare {
                     control,
+                    ours,
                     taken,
                     hold: idle,
                 });
@@ -693,18 +735,35 @@ impl Server {
                 .is_ok()
             });
         let Some(pidfd) = watched else {
-            // Unwatchable: its end of the socket closes with ours, so it
-            // exits; reap it now.
+            // Unwatchable: stopped (it may hold our end of its socket, and
+            // never see it close), and reaped now.
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
             drop(ours);
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             return self.no_spare();
         };
-        let sent = super::protocol::send_message(
-            self.sock.as_fd(),
-            FrameKind::Forked,
-            &ForkReply::Spare { pid: raw },
-            &[pidfd.as_fd(), ours.as_fd(), status_r.as_fd()],
-        );
+        let sent = if self.fetch {
+            // The spare holds `ours` under the same number, until the
+            // parent has taken it: no socket in flight.
+            let control = Some(ours.as_raw_fd());
+            drop(ours);
+            super::protocol::send_message(
+                self.sock.as_fd(),
+                FrameKind::Forked,
+                &ForkReply::Spare { pid: raw, control },
+                &[pidfd.as_fd(), status_r.as_fd()],
+            )
+        } else {
+            super::protocol::send_message(
+                self.sock.as_fd(),
+                FrameKind::Forked,
+                &ForkReply::Spare {
+                    pid: raw,
+                    control: None,
+                },
+                &[pidfd.as_fd(), ours.as_fd(), status_r.as_fd()],
+            )
+        };
         // From here the spare is a running child: reaped when it exits,
         // whether or not it was ever handed a request.
         self.running.insert(

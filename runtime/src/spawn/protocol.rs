@@ -102,6 +102,10 @@ pub(crate) struct Marker {
     pub(crate) daemon: bool,
     /// A fork server rather than a child that runs an entry.
     pub(crate) server: bool,
+    /// For a fork server: its parent takes each spare's end of its control
+    /// socket from the spare itself (`pidfd_getfd`), rather than have it
+    /// sent in the spare's announcement (`ForkReply::Spare`).
+    pub(crate) fetch: bool,
     /// How many entries the parent's registry holds (it is the same binary).
     pub(crate) expected: usize,
     pub(crate) entry: String,
@@ -119,19 +123,21 @@ impl Marker {
     }
 
     /// The marker for this process's fork server, in a binary with
-    /// `entries` registered entries.
-    pub(crate) fn for_server(entries: usize) -> String {
-        format!("{}:s:{entries}:", std::process::id())
+    /// `entries` registered entries; `fetch`: as [`Marker::fetch`].
+    pub(crate) fn for_server(entries: usize, fetch: bool) -> String {
+        let kind = if fetch { "f" } else { "s" };
+        format!("{}:{kind}:{entries}:", std::process::id())
     }
 
     /// Reads a marker; `None` if it is not one.
     pub(crate) fn parse(marker: &str) -> Option<Marker> {
         let mut parts = marker.splitn(4, ':');
         let parent = parts.next()?.parse().ok()?;
-        let (daemon, server) = match parts.next()? {
-            "0" => (false, false),
-            "1" => (true, false),
-            "s" => (false, true),
+        let (daemon, server, fetch) = match parts.next()? {
+            "0" => (false, false, false),
+            "1" => (true, false, false),
+            "s" => (false, true, false),
+            "f" => (false, true, true),
             _ => return None,
         };
         let expected = parts.next()?.parse().ok()?;
@@ -140,6 +146,7 @@ impl Marker {
             parent,
             daemon,
             server,
+            fetch,
             expected,
             entry,
         })
@@ -207,8 +214,13 @@ pub(crate) enum ForkReply {
     /// Unasked, between requests: a spare forked ahead of time, waiting for
     /// a request. Its descriptors: a pidfd, our end of its control socket
     /// (where its request goes first, then its call), and the read end of
-    /// its status pipe.
-    Spare { pid: u32 },
+    /// its status pipe; or, where the parent fetches that end from the
+    /// spare (`Marker::fetch`), the pidfd and the pipe, and `control` is the
+    /// number of that end in the spare, which holds it until its request
+    /// comes. (A unix socket sent in a message is in flight until it is
+    /// received, and while one is, every unix socket closed on the machine
+    /// queues work for the kernel's collector of unreachable sockets.)
+    Spare { pid: u32, control: Option<i32> },
     /// Unasked: a spare is being forked, and its `Spare` (or `NoSpare`)
     /// follows. A start that finds no spare waits for it, rather than ask
     /// for a fork of its own behind it.
@@ -228,6 +240,13 @@ pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
 /// saying a spare is coming (`ForkReply::SpareComing`) and forking it.
 #[cfg(feature = "test-hooks")]
 pub(crate) const SPARE_DELAY_ENV: &str = "MULTIPROC_TEST_SPARE_DELAY_MS";
+
+/// Set (to anything) in a test process's environment, with the
+/// `test-hooks` feature: it takes itself to be refused descriptors of its
+/// children (`pidfd_getfd`), so its fork server sends each spare's end of
+/// its control socket in the spare's announcement.
+#[cfg(feature = "test-hooks")]
+pub(crate) const NO_FETCH_ENV: &str = "MULTIPROC_TEST_NO_FETCH";
 
 /// Set to a number of milliseconds in a test process's environment, with
 /// the `test-hooks` feature: its fork server handles each child's end that
