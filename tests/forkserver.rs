@@ -844,8 +844,8 @@ fn spares_end_when_dropped_or_when_their_parent_is_killed() {
     }
     run_inner("inner_drop_spares", &[]);
     run_inner("inner_drop_spares", &[("MULTIPROC_TEST_NO_FETCH", "1")]);
-    // A parent killed with its spares: the server dies with it, and so do
-    // they (a spare may hold the parent's end of its socket).
+    // A parent killed with its spares: they end too (a spare may hold the
+    // parent's end of its socket, and then watches a pidfd of the parent).
     let (gate_r, _gate_w) = pipe();
     let (report_r, report_w) = pipe();
     let middle = Process::new(

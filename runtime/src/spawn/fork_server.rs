@@ -55,8 +55,9 @@
 //! for a fork behind it (where the parent learns of a child's end from its
 //! pidfd, its next start can come before the server has forked). A spare
 //! the parent drops exits: it reads the end of its socket, or, holding the
-//! parent's end, is killed by the parent. One whose parent dies dies with
-//! the server (its parent-death signal, while it holds that end).
+//! parent's end, is killed by the parent. One whose parent dies exits: it
+//! reads the end of its socket, or, holding the parent's end, learns it
+//! from a pidfd of the parent, which the server opened at its start.
 //!
 //! **The memory holder.** A warmed-up spare of the idle rule (not one
 //! forked while the parent starts children in quick succession) starts a
@@ -80,7 +81,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, epoll};
-use rustix::process::{PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags, Resource, Rlimit, Signal, WaitId, WaitIdOptions};
 
 use super::protocol::{
     CallHeader, EXIT_BOOTSTRAP_FAILED, ForkReply, ForkRequest, Marker, ReportedExit,
@@ -100,10 +101,18 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
     let sigchld_ignored = crate::sys::default_sigchld();
     // Die with the parent; if it already died, the signal will never come.
     let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
+    // Where the parent takes each spare's socket from it, a spare holds the
+    // parent's end, and does not see it close if the parent dies: it waits
+    // on this pidfd of the parent too. (Opened before the parent is known
+    // to be alive, below, so it names that process and no later one.)
+    let parent = match Pid::from_raw(marker.parent as i32) {
+        Some(pid) if marker.fetch => rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok(),
+        _ => None,
+    };
     if std::os::unix::process::parent_id() != marker.parent {
         return EXIT_BOOTSTRAP_FAILED;
     }
-    let mut server = match Server::new(marker.fetch) {
+    let mut server = match Server::new(parent) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("multiproc: the fork server could not start: {e}");
@@ -143,7 +152,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 spare_due: _,
                 quick: _,
                 autoreap: _,
-                fetch: _,
+                parent,
             } = server;
             drop((sock, epoll, signals, running, buf, announced));
             restore_sigchld(sigchld_ignored);
@@ -151,7 +160,7 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 &single,
                 nofile,
                 pid,
-                (control, ours, taken),
+                (control, ours.zip(parent), taken),
                 (marker.parent, hold),
             )
         }
@@ -209,26 +218,22 @@ fn warm_up() {
 /// the same socket; it closes `taken` to tell the server, which looks
 /// without being woken. Exits if the parent drops it unused.
 ///
-/// `ours`, if given, is the other end of that socket, which the parent
+/// `fetched`, if given, is the other end of that socket, which the parent
 /// takes from this process (`pidfd_getfd`) rather than receive it in the
-/// spare's announcement: held until the request comes, so that the parent
-/// finds it. Meanwhile this process would not see the end of its socket
-/// if the parent dropped it, or died: the parent kills a spare it drops,
-/// and this one dies with the server (which dies with the parent).
+/// spare's announcement, held until the request comes so that the parent
+/// finds it, and a pidfd of the parent. Meanwhile this process would not
+/// see the end of its socket if the parent dropped it, or died: the
+/// parent kills a spare it drops, and this one exits when that pidfd says
+/// the parent has ended. (Not when the server dies: the parent may have
+/// handed it a request already, as a child started.)
 fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    (control, ours, taken): (OwnedFd, Option<OwnedFd>, OwnedFd),
+    (control, fetched, taken): (OwnedFd, Option<(OwnedFd, OwnedFd)>, OwnedFd),
     (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
-    if ours.is_some() {
-        let _ = rustix::process::set_parent_process_death_signal(Some(Signal::KILL));
-        if std::os::unix::process::parent_id() != server {
-            super::child::exit(EXIT_BOOTSTRAP_FAILED);
-        }
-    }
     if nofile.current != nofile.maximum {
         let _ = rustix::process::setrlimit(Resource::Nofile, nofile);
     }
@@ -242,6 +247,11 @@ fn run_spare(
     if hold {
         crate::sys::holder::hold_memory();
     }
+    if let Some((_, parent)) = &fetched
+        && !request_before_end(control.as_fd(), parent.as_fd())
+    {
+        super::child::exit(EXIT_BOOTSTRAP_FAILED);
+    }
     let mut buf = Vec::new();
     // One frame exactly: the call after it stays in the socket.
     let request = match wire::recv_frame(control.as_fd(), &mut buf) {
@@ -254,14 +264,8 @@ fn run_spare(
         // Dropped unused (or out of step): nobody will ask.
         _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
     };
-    if ours.is_some() {
-        // The parent has its own end now. A daemon dies with the server
-        // (`child::run_forked` sets that again); no other child does.
-        drop(ours);
-        if !request.daemon {
-            let _ = rustix::process::set_parent_process_death_signal(None);
-        }
-    }
+    // The parent has its own end now.
+    drop(fetched);
     if forked.elapsed() < SPARE_AFTER_IDLE {
         let _ = rustix::io::write(&taken, &TAKEN_QUICKLY);
     }
@@ -278,6 +282,21 @@ fn run_spare(
         entry: request.entry,
     };
     super::child::run_forked(&target, started_by, control)
+}
+
+/// Waits until `control` has bytes to read (a request, or the end of the
+/// socket) or `parent`, a pidfd, says the parent has ended; whether the
+/// former came.
+fn request_before_end(
+    control: std::os::fd::BorrowedFd<'_>,
+    parent: std::os::fd::BorrowedFd<'_>,
+) -> bool {
+    let mut fds = [
+        PollFd::new(&control, PollFlags::IN),
+        PollFd::new(&parent, PollFlags::IN),
+    ];
+    // (Retried on a signal; with no timeout, it returns only when ready.)
+    crate::sys::poll::poll(&mut fds, None).is_ok() && !fds[0].revents().is_empty()
 }
 
 /// A forked child not yet reaped.
@@ -344,10 +363,12 @@ struct Server {
     /// kernel keeps exits (Linux 6.15 and later). Then the parent learns a
     /// child's end from its own pidfd, without waiting for the server.
     autoreap: bool,
-    /// Whether the parent takes each spare's end of its control socket
-    /// from the spare (`Marker::fetch`): the spare holds it, and its
-    /// announcement carries its number instead.
-    fetch: bool,
+    /// A pidfd of the parent, where it takes each spare's end of its
+    /// control socket from the spare (`Marker::fetch`): the spare holds
+    /// that end, and its announcement carries its number instead; and the
+    /// spare waits on this pidfd too, since the end of its socket would
+    /// not tell it that the parent has died.
+    parent: Option<OwnedFd>,
 }
 
 /// A spare the parent holds, as far as the server knows.
@@ -403,7 +424,7 @@ enum Served {
 }
 
 impl Server {
-    fn new(fetch: bool) -> io::Result<Server> {
+    fn new(parent: Option<OwnedFd>) -> io::Result<Server> {
         let sock = super::child::take_control_socket()?;
         let single = SingleThreaded::check()?;
         let nofile = rustix::process::getrlimit(Resource::Nofile);
@@ -445,7 +466,7 @@ impl Server {
             spare_due: Instant::now().checked_add(SPARE_AFTER_IDLE),
             quick: false,
             autoreap,
-            fetch,
+            parent,
         })
     }
 
@@ -710,7 +731,7 @@ impl Server {
             Err(_) => return self.no_spare(),
             Ok(Forked::Child) => {
                 drop((is_taken, status_r, status_w));
-                let ours = self.fetch.then_some(ours);
+                let ours = self.parent.is_some().then_some(ours);
                 return Some(Served::Spare {
                     control,
                     ours,
@@ -742,7 +763,7 @@ impl Server {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             return self.no_spare();
         };
-        let sent = if self.fetch {
+        let sent = if self.parent.is_some() {
             // The spare holds `ours` under the same number, until the
             // parent has taken it: no socket in flight.
             let control = Some(ours.as_raw_fd());
