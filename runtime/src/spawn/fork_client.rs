@@ -165,34 +165,21 @@ pub(crate) fn fork_child(
         // The end of a child of this server may not be reported yet
         // (its pidfd said first): the server may fork a spare before it
         // reports it, and says so first.
-        if pair.is_none() && current.spares.is_empty() && current.coming == 0 {
-            match current.await_reports() {
-                Ok(()) => {}
-                Err((e, true)) => {
-                    set_aside(&mut server);
-                    return Err(e);
-                }
-                Err((e, false)) => {
-                    retire(&mut server);
-                    return Err(e);
-                }
-            }
+        if pair.is_none()
+            && current.spares.is_empty()
+            && current.coming == 0
+            && let Err(failed) = current.await_reports()
+        {
+            return Err(give_up_on(&mut server, failed));
         }
-        if pair.is_none() && current.spares.is_empty() && current.coming > 0 {
-            match current.await_spare() {
-                Ok(()) => {}
-                // Silent (stopped, or wedged): set aside, as below.
-                Err((e, true)) => {
-                    set_aside(&mut server);
-                    return Err(e);
-                }
-                // A start waiting for its server fails if the server dies,
-                // as one waiting for a reply does.
-                Err((e, false)) => {
-                    retire(&mut server);
-                    return Err(e);
-                }
-            }
+        // A start waiting for its server fails if the server dies, as one
+        // waiting for a reply does.
+        if pair.is_none()
+            && current.spares.is_empty()
+            && current.coming > 0
+            && let Err(failed) = current.await_spare()
+        {
+            return Err(give_up_on(&mut server, failed));
         }
         while pair.is_none()
             && let Some(spare) = current.spares.pop_front()
@@ -244,19 +231,23 @@ pub(crate) fn fork_child(
                 early(ours.as_fd());
                 (child, ours)
             }),
-            // Silent (stopped, or wedged): set aside, not killed, so that
-            // the children it forked, daemons too, live on.
-            Err((e, true)) => {
-                set_aside(&mut server);
-                Err(e)
-            }
-            Err((e, false)) => {
-                retire(&mut server);
-                Err(e)
-            }
+            Err(failed) => Err(give_up_on(&mut server, failed)),
         };
     }
     Err(Error::new(ErrorKind::Spawn, "the fork server is gone"))
+}
+
+/// Stops using the server after a wait on it failed, and returns why:
+/// `silent` (stopped, or wedged), it is set aside, not killed, so that the
+/// children it forked, daemons too, live on; otherwise (dead, or out of
+/// step) it is retired.
+fn give_up_on(server: &mut Option<Server>, (error, silent): (Error, bool)) -> Error {
+    if silent {
+        set_aside(server);
+    } else {
+        retire(server);
+    }
+    error
 }
 
 /// Starts that asked the server for a child.
