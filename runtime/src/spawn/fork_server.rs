@@ -34,16 +34,17 @@
 //! where it may (`Marker::fetch`), or else receives it in the announcement:
 //! while a unix socket is in flight in a message, every unix socket closed
 //! on the machine queues work for the kernel's collector of unreachable
-//! sockets, and this one would be until the parent's next start. The parent's next start sends its
-//! request (entry, daemon flag, environment changes) straight to the spare,
-//! and then the call, both on the control socket, without telling the
-//! server. A start thus waits for no fork, no reply and no first page
-//! faults of the child. The spare closes a pipe when its request comes,
-//! which the server looks at without being woken by it (`Announced`). No
-//! other spare is forked until the announced one is taken or reaped, and
-//! then not before the server has been idle again, unless the parent starts
-//! children in quick succession (`Server::quick`: its last start asked for
-//! a child, or took a spare within [`SPARE_AFTER_IDLE`] of its fork).
+//! sockets, and this one would be until the parent's next start. That
+//! start sends its request (entry, daemon flag, environment changes)
+//! straight to the spare, and then the call, both on the control socket,
+//! without telling the server. A start thus waits for no fork, no reply
+//! and no first page faults of the child. The spare closes a pipe when its
+//! request comes, which the server looks at without being woken by it
+//! (`Announced`). No other spare is forked until the announced one is
+//! taken or reaped, and then not before the server has been idle again,
+//! unless the parent starts children in quick succession (`Server::quick`:
+//! its last start asked for a child, or took a spare within
+//! [`SPARE_AFTER_IDLE`] of its fork).
 //! Then, when a child ends, the server keeps [`QUICK_SPARES`] (two)
 //! announced: if none is, it forks one and announces it before it writes
 //! the child's status, so that the parent's next start finds it; the other

@@ -321,3 +321,24 @@ pub(crate) fn send_message<T: Serialize>(
     bytes.extend_from_slice(&payload);
     crate::wire::send_all(sock, &bytes, fds)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Marker;
+
+    #[test]
+    fn a_server_marker_says_whether_the_parent_fetches_spares_sockets() {
+        for fetch in [false, true] {
+            let marker = Marker::parse(&Marker::for_server(3, fetch)).unwrap();
+            assert_eq!(marker.parent, std::process::id());
+            assert!(marker.server && !marker.daemon);
+            assert_eq!((marker.fetch, marker.expected), (fetch, 3));
+            assert!(marker.entry.is_empty());
+        }
+        // A child's marker is never a server's, and never fetches.
+        let marker = Marker::parse(&Marker::for_child(true, 2, "m::f")).unwrap();
+        assert!(!marker.server && !marker.fetch && marker.daemon);
+        assert_eq!(marker.entry, "m::f");
+        assert!(Marker::parse("1:x:2:").is_none());
+    }
+}
