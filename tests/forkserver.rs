@@ -896,13 +896,14 @@ fn inner_drop_spares() {
     }
     let spares = held_spares();
     assert!(!spares.is_empty());
-    multiproc::__private::fork_server_drop_spares();
-    for spare in spares {
-        assert!(
-            common::exits_within(spare, common::BOUND),
-            "spare {spare} outlived its dropping"
-        );
-    }
+    // Dropped again while any lives: one may have been announced only
+    // after it was seen waiting (the server forks two in quick succession).
+    common::eventually("the dropped spares have ended", || {
+        multiproc::__private::fork_server_drop_spares();
+        spares
+            .iter()
+            .all(|&spare| common::state_of(spare).is_none_or(|state| state == b'Z'))
+    });
     // The server serves on.
     assert_eq!(forked_add(1, 1).join().unwrap(), 2);
 }
