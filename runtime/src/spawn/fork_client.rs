@@ -14,8 +14,8 @@
 //! waits for its request, we take from the spare itself (`pidfd_getfd`), so
 //! that no unix socket is in flight meanwhile (see `fork_server.rs`);
 //! where this process may not (`start_server`), it comes in the
-//! announcement. The next start writes the request to the control socket, and
-//! then a small call, straight to the spare: it waits for no reply, makes
+//! announcement. The next start writes the request to the control socket,
+//! and then a small call, straight to the spare: it waits for no reply, makes
 //! no socketpair, passes no descriptor, wakes only the child, and does not
 //! wake the server at all (a wake-up of another process there costs more
 //! than all the rest on a small machine: the scheduler then spreads the
@@ -316,11 +316,9 @@ pub fn fork_server_drop_spares() {
 enum FromServer {
     Reply(Result<Forked, Error>),
     Spare(Spare),
-    /// A spare is being forked (`true`), or could not be (`false`).
+    /// A spare is being forked (`true`), or could not be had (`false`):
+    /// its fork failed, or it was announced dead.
     Coming(bool),
-    /// A spare was announced that cannot be used (it has died): one less
-    /// coming.
-    Lost,
 }
 
 impl Server {
@@ -344,18 +342,24 @@ impl Server {
             if ready == 0 {
                 return Ok(());
             }
-            match self.receive(&mut None)? {
-                FromServer::Spare(spare) => self.keep(spare),
-                FromServer::Coming(more) => self.expect(more),
-                FromServer::Lost => self.expect(false),
-                FromServer::Reply(_) => {
-                    return Err(Error::new(
-                        ErrorKind::Decode,
-                        "the fork server replied to no request",
-                    ));
-                }
+            self.take_unasked()?;
+        }
+    }
+
+    /// Reads one frame the server sent unasked (a spare, or word of one
+    /// coming or not), and keeps what it says. A reply is out of step.
+    fn take_unasked(&mut self) -> Result<(), Error> {
+        match self.receive(&mut None)? {
+            FromServer::Spare(spare) => self.keep(spare),
+            FromServer::Coming(more) => self.expect(more),
+            FromServer::Reply(_) => {
+                return Err(Error::new(
+                    ErrorKind::Decode,
+                    "the fork server replied to no request",
+                ));
             }
         }
+        Ok(())
     }
 
     /// Counts a spare the server is forking (`more`), or one it could not
@@ -376,17 +380,7 @@ impl Server {
         let deadline = Instant::now() + REPLY_WITHIN;
         while self.spares.is_empty() && self.coming > 0 {
             self.await_frame(deadline).map_err(|e| (e, true))?;
-            match self.receive(&mut None).map_err(|e| (e, false))? {
-                FromServer::Spare(spare) => self.keep(spare),
-                FromServer::Coming(more) => self.expect(more),
-                FromServer::Lost => self.expect(false),
-                FromServer::Reply(_) => {
-                    return Err((
-                        Error::new(ErrorKind::Decode, "the fork server replied to no request"),
-                        false,
-                    ));
-                }
-            }
+            self.take_unasked().map_err(|e| (e, false))?;
         }
         Ok(())
     }
@@ -421,19 +415,10 @@ impl Server {
             // Reported (or the server is gone, which ends the pipe).
             let mut reported = ready[1..].iter();
             ends.retain(|_| reported.next() != Some(&true));
-            if ready[0] {
-                match self.receive(&mut None) {
-                    Ok(FromServer::Spare(spare)) => self.keep(spare),
-                    Ok(FromServer::Coming(more)) => self.expect(more),
-                    Ok(FromServer::Lost) => self.expect(false),
-                    Ok(FromServer::Reply(_)) => {
-                        break Err((
-                            Error::new(ErrorKind::Decode, "the fork server replied to no request"),
-                            false,
-                        ));
-                    }
-                    Err(e) => break Err((e, false)),
-                }
+            if ready[0]
+                && let Err(e) = self.take_unasked()
+            {
+                break Err((e, false));
             }
         };
         // Still to come, for the next start.
@@ -465,7 +450,6 @@ impl Server {
             match self.receive(&mut status).map_err(|e| (e, false))? {
                 FromServer::Spare(spare) => self.keep(spare),
                 FromServer::Coming(more) => self.expect(more),
-                FromServer::Lost => self.expect(false),
                 FromServer::Reply(reply) => return Ok(reply),
             }
         }
@@ -579,10 +563,11 @@ impl Server {
                             holds_ours: true,
                         })),
                         // Ended already (or refused us after all): passed
-                        // over, and killed, as a spare dropped unused.
+                        // over, and killed, as a spare dropped unused; one
+                        // less coming.
                         Err(_) => {
                             let _ = rustix::process::pidfd_send_signal(&child.pidfd, Signal::KILL);
-                            Ok(FromServer::Lost)
+                            Ok(FromServer::Coming(false))
                         }
                     }
                 }

@@ -722,12 +722,7 @@ impl Server {
         }
         // The crate's tests make a start come while this fork is under way.
         #[cfg(feature = "test-hooks")]
-        if let Some(ms) = std::env::var(super::protocol::SPARE_DELAY_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-        {
-            std::thread::sleep(Duration::from_millis(ms));
-        }
+        delay_for_tests(super::protocol::SPARE_DELAY_ENV);
         let pid = match crate::sys::fork::fork(&self.single) {
             Err(_) => return self.no_spare(),
             Ok(Forked::Child) => {
@@ -764,28 +759,21 @@ impl Server {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             return self.no_spare();
         };
-        let sent = if self.parent.is_some() {
-            // The spare holds `ours` under the same number, until the
-            // parent has taken it: no socket in flight.
-            let control = Some(ours.as_raw_fd());
-            drop(ours);
-            super::protocol::send_message(
-                self.sock.as_fd(),
-                FrameKind::Forked,
-                &ForkReply::Spare { pid: raw, control },
-                &[pidfd.as_fd(), status_r.as_fd()],
-            )
-        } else {
-            super::protocol::send_message(
-                self.sock.as_fd(),
-                FrameKind::Forked,
-                &ForkReply::Spare {
-                    pid: raw,
-                    control: None,
-                },
-                &[pidfd.as_fd(), ours.as_fd(), status_r.as_fd()],
-            )
+        // Where the parent fetches `ours`, the spare holds it under the
+        // same number until then: no socket in flight.
+        let sending = [pidfd.as_fd(), ours.as_fd(), status_r.as_fd()];
+        let fetched = [pidfd.as_fd(), status_r.as_fd()];
+        let (control, fds) = match self.parent {
+            Some(_) => (Some(ours.as_raw_fd()), &fetched[..]),
+            None => (None, &sending[..]),
         };
+        let sent = super::protocol::send_message(
+            self.sock.as_fd(),
+            FrameKind::Forked,
+            &ForkReply::Spare { pid: raw, control },
+            fds,
+        );
+        drop(ours);
         // From here the spare is a running child: reaped when it exits,
         // whether or not it was ever handed a request.
         self.running.insert(
@@ -866,12 +854,7 @@ impl Server {
     fn reap(&mut self, pid: u32) -> Option<Served> {
         // The crate's tests make the server late.
         #[cfg(feature = "test-hooks")]
-        if let Some(ms) = std::env::var(super::protocol::LATE_REPORTS_ENV)
-            .ok()
-            .and_then(|ms| ms.parse().ok())
-        {
-            std::thread::sleep(Duration::from_millis(ms));
-        }
+        delay_for_tests(super::protocol::LATE_REPORTS_ENV);
         let child = self.running.get(&pid)?;
         let exit = if self.autoreap {
             match crate::sys::pidfd::kept_exit(child.pidfd.as_fd()) {
@@ -963,6 +946,15 @@ impl Server {
             return self.fork_spare(false);
         }
         None
+    }
+}
+
+/// Sleeps for the milliseconds the crate's tests set in variable `name`,
+/// if any.
+#[cfg(feature = "test-hooks")]
+fn delay_for_tests(name: &str) {
+    if let Some(ms) = std::env::var(name).ok().and_then(|ms| ms.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
