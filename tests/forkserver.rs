@@ -909,6 +909,59 @@ fn inner_drop_spares() {
 }
 
 #[test]
+fn a_spare_its_dead_server_never_announced_ends() {
+    // Alone in its own process, whose server forks no spare while idle and
+    // sleeps 3 s between forking each spare and announcing it: it is
+    // killed meanwhile. (Where this process may not take descriptors from
+    // the spares, the server holds their sockets' other ends until the
+    // announcement, and its death ends them.)
+    if !common::fork_server_or_skip() {
+        return;
+    }
+    let env = [
+        ("MULTIPROC_TEST_ANNOUNCE_DELAY_MS", "3000"),
+        ("MULTIPROC_TEST_LATE_REPORTS_MS", "0"),
+    ];
+    run_inner("inner_unannounced_spare", &env);
+    run_inner(
+        "inner_unannounced_spare",
+        &[env[0], env[1], ("MULTIPROC_TEST_NO_FETCH", "1")],
+    );
+}
+
+#[test]
+#[ignore = "run by a_spare_its_dead_server_never_announced_ends"]
+fn inner_unannounced_spare() {
+    if !common::run_by_outer_test(INNER, "a_spare_its_dead_server_never_announced_ends") {
+        return;
+    }
+    // The first start asks the server, which then forks a spare as that
+    // child ends, and sleeps before announcing it. This process reads no
+    // announcement until its next start, so it has taken the socket of no
+    // spare when the server dies.
+    let server = server_pid();
+    let mut spares = Vec::new();
+    common::eventually("the server has forked a spare", || {
+        spares = children_of(server)
+            .into_iter()
+            .filter(|&pid| common::state_of(pid) == Some(b'S'))
+            .collect();
+        !spares.is_empty()
+    });
+    assert_eq!(multiproc::__private::fork_server_spares(), 0);
+    kill(server, Signal::KILL);
+    for spare in spares {
+        assert!(
+            common::exits_within(spare, common::BOUND),
+            "spare {spare} outlived its server, unannounced"
+        );
+    }
+    // The next start passes over what the dead server said, and brings up
+    // a new one.
+    assert_eq!(forked_add(1, 1).join().unwrap(), 2);
+}
+
+#[test]
 fn starts_ask_when_the_server_cannot_fork_spares() {
     // Alone in its own process, whose server fails to fork any spare.
     if !common::fork_server_or_skip() {

@@ -58,7 +58,10 @@
 //! the parent drops exits: it reads the end of its socket, or, holding the
 //! parent's end, is killed by the parent. One whose parent dies exits: it
 //! reads the end of its socket, or, holding the parent's end, learns it
-//! from a pidfd of the parent, which the server opened at its start.
+//! from a pidfd of the parent, which the server opened at its start. One
+//! still holding it when the server dies lets go of it (`Held`): if the
+//! parent never took it (the server died before announcing the spare), the
+//! spare's socket ends and it exits.
 //!
 //! **The memory holder.** A warmed-up spare of the idle rule (not one
 //! forked while the parent starts children in quick succession) starts a
@@ -110,10 +113,15 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
         Some(pid) if marker.fetch => rustix::process::pidfd_open(pid, PidfdFlags::empty()).ok(),
         _ => None,
     };
+    // And a pidfd of the server itself, which such a spare watches too
+    // (`Held`).
+    let own = parent.as_ref().and_then(|_| {
+        rustix::process::pidfd_open(rustix::process::getpid(), PidfdFlags::empty()).ok()
+    });
     if std::os::unix::process::parent_id() != marker.parent {
         return EXIT_BOOTSTRAP_FAILED;
     }
-    let mut server = match Server::new(parent) {
+    let mut server = match Server::new(parent, own) {
         Ok(server) => server,
         Err(e) => {
             eprintln!("multiproc: the fork server could not start: {e}");
@@ -154,14 +162,20 @@ pub(crate) fn serve(marker: &Marker) -> i32 {
                 quick: _,
                 autoreap: _,
                 parent,
+                own,
             } = server;
             drop((sock, epoll, signals, running, buf, announced));
             restore_sigchld(sigchld_ignored);
+            let held = ours.zip(parent).map(|(ours, parent)| Held {
+                ours: Some(ours),
+                parent,
+                server: own,
+            });
             run_spare(
                 &single,
                 nofile,
                 pid,
-                (control, ours.zip(parent), taken),
+                (control, held, taken),
                 (marker.parent, hold),
             )
         }
@@ -219,19 +233,14 @@ fn warm_up() {
 /// the same socket; it closes `taken` to tell the server, which looks
 /// without being woken. Exits if the parent drops it unused.
 ///
-/// `fetched`, if given, is the other end of that socket, which the parent
+/// `held`, if given, holds the other end of that socket, which the parent
 /// takes from this process (`pidfd_getfd`) rather than receive it in the
-/// spare's announcement, held until the request comes so that the parent
-/// finds it, and a pidfd of the parent. Meanwhile this process would not
-/// see the end of its socket if the parent dropped it, or died: the
-/// parent kills a spare it drops, and this one exits when that pidfd says
-/// the parent has ended. (Not when the server dies: the parent may have
-/// handed it a request already, as a child started.)
+/// spare's announcement, until the request comes (see [`Held`]).
 fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    (control, fetched, taken): (OwnedFd, Option<(OwnedFd, OwnedFd)>, OwnedFd),
+    (control, held, taken): (OwnedFd, Option<Held>, OwnedFd),
     (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
@@ -248,8 +257,9 @@ fn run_spare(
     if hold {
         crate::sys::holder::hold_memory();
     }
-    if let Some((_, parent)) = &fetched
-        && !request_before_end(control.as_fd(), parent.as_fd())
+    let mut held = held;
+    if let Some(held) = &mut held
+        && !held.await_request(control.as_fd())
     {
         super::child::exit(EXIT_BOOTSTRAP_FAILED);
     }
@@ -266,7 +276,7 @@ fn run_spare(
         _ => super::child::exit(EXIT_BOOTSTRAP_FAILED),
     };
     // The parent has its own end now.
-    drop(fetched);
+    drop(held);
     if forked.elapsed() < SPARE_AFTER_IDLE {
         let _ = rustix::io::write(&taken, &TAKEN_QUICKLY);
     }
@@ -285,19 +295,59 @@ fn run_spare(
     super::child::run_forked(&target, started_by, control)
 }
 
-/// Waits until `control` has bytes to read (a request, or the end of the
-/// socket) or `parent`, a pidfd, says the parent has ended; whether the
-/// former came.
-fn request_before_end(
-    control: std::os::fd::BorrowedFd<'_>,
-    parent: std::os::fd::BorrowedFd<'_>,
-) -> bool {
-    let mut fds = [
-        PollFd::new(&control, PollFlags::IN),
-        PollFd::new(&parent, PollFlags::IN),
-    ];
-    // (Retried on a signal; with no timeout, it returns only when ready.)
-    crate::sys::poll::poll(&mut fds, None).is_ok() && !fds[0].revents().is_empty()
+/// What a spare holds while the parent may take its end of the spare's
+/// control socket from it (`Marker::fetch`).
+///
+/// Holding that end, the spare would not see its socket end if the parent
+/// dropped it, or died: the parent kills a spare it drops, and the spare
+/// watches a pidfd of the parent. Nor would it if the parent never took
+/// it: a spare whose server died before announcing it (or whose
+/// announcement the parent had not read yet) would wait for the parent's
+/// exit. So it watches a pidfd of the server too, and lets go of that end
+/// when the server ends: if the parent never took it, its socket ends and
+/// it exits; if the parent did, it waits on for its request. (The server's
+/// end alone does not end it: the parent may have handed it a request
+/// already, as a child started.)
+struct Held {
+    /// The parent's end of the spare's control socket, under the number
+    /// its announcement gives.
+    ours: Option<OwnedFd>,
+    /// A pidfd of the parent, opened by the server at its start.
+    parent: OwnedFd,
+    /// A pidfd of the server, if it could open one.
+    server: Option<OwnedFd>,
+}
+
+impl Held {
+    /// Waits until `control` has bytes to read (a request, or the end of
+    /// the socket) or the parent has ended; whether the former came.
+    fn await_request(&mut self, control: std::os::fd::BorrowedFd<'_>) -> bool {
+        loop {
+            let server = match (&self.ours, &self.server) {
+                (Some(_), Some(server)) => Some(server.as_fd()),
+                _ => None,
+            };
+            let mut fds = [
+                PollFd::new(&control, PollFlags::IN),
+                PollFd::new(&self.parent, PollFlags::IN),
+                PollFd::from_borrowed_fd(server.unwrap_or(control), PollFlags::IN),
+            ];
+            let watched = if server.is_some() { 3 } else { 2 };
+            // (Retried on a signal; with no timeout, it returns only when
+            // ready.)
+            if crate::sys::poll::poll(&mut fds[..watched], None).is_err() {
+                return false;
+            }
+            if !fds[0].revents().is_empty() {
+                return true;
+            }
+            if !fds[1].revents().is_empty() {
+                return false;
+            }
+            // The server has ended before the request came.
+            self.ours = None;
+        }
+    }
 }
 
 /// A forked child not yet reaped.
@@ -370,6 +420,9 @@ struct Server {
     /// spare waits on this pidfd too, since the end of its socket would
     /// not tell it that the parent has died.
     parent: Option<OwnedFd>,
+    /// A pidfd of the server itself, where `parent` is: a spare watches it
+    /// too ([`Held`]).
+    own: Option<OwnedFd>,
 }
 
 /// A spare the parent holds, as far as the server knows.
@@ -425,7 +478,7 @@ enum Served {
 }
 
 impl Server {
-    fn new(parent: Option<OwnedFd>) -> io::Result<Server> {
+    fn new(parent: Option<OwnedFd>, own: Option<OwnedFd>) -> io::Result<Server> {
         let sock = super::child::take_control_socket()?;
         let single = SingleThreaded::check()?;
         let nofile = rustix::process::getrlimit(Resource::Nofile);
@@ -468,6 +521,7 @@ impl Server {
             quick: false,
             autoreap,
             parent,
+            own,
         })
     }
 
@@ -759,6 +813,10 @@ impl Server {
             let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
             return self.no_spare();
         };
+        // The crate's tests make the server die before it announces a
+        // spare.
+        #[cfg(feature = "test-hooks")]
+        delay_for_tests(super::protocol::ANNOUNCE_DELAY_ENV);
         // Where the parent fetches `ours`, the spare holds it under the
         // same number until then: no socket in flight.
         let sending = [pidfd.as_fd(), ours.as_fd(), status_r.as_fd()];

@@ -241,6 +241,12 @@ pub(crate) const NO_SPARE_ENV: &str = "MULTIPROC_TEST_NO_SPARE";
 #[cfg(feature = "test-hooks")]
 pub(crate) const SPARE_DELAY_ENV: &str = "MULTIPROC_TEST_SPARE_DELAY_MS";
 
+/// Set to a number of milliseconds in a test process's environment, with
+/// the `test-hooks` feature: its fork server waits that long between
+/// forking a spare and announcing it (`ForkReply::Spare`).
+#[cfg(feature = "test-hooks")]
+pub(crate) const ANNOUNCE_DELAY_ENV: &str = "MULTIPROC_TEST_ANNOUNCE_DELAY_MS";
+
 /// Set (to anything) in a test process's environment, with the
 /// `test-hooks` feature: it takes itself to be refused descriptors of its
 /// children (`pidfd_getfd`), so its fork server sends each spare's end of
