@@ -240,7 +240,7 @@ fn run_spare(
     single: &SingleThreaded,
     nofile: Rlimit,
     server: u32,
-    (control, held, taken): (OwnedFd, Option<Held>, OwnedFd),
+    (control, mut held, taken): (OwnedFd, Option<Held>, OwnedFd),
     (started_by, hold): (u32, bool),
 ) -> ! {
     let forked = Instant::now();
@@ -257,7 +257,6 @@ fn run_spare(
     if hold {
         crate::sys::holder::hold_memory();
     }
-    let mut held = held;
     if let Some(held) = &mut held
         && !held.await_request(control.as_fd())
     {
